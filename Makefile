@@ -1,0 +1,42 @@
+# Two commands on a fresh clone: `make demo` and `make test`. Both create .venv and install what they need.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DEMO_DIR := checkpoints/demo
+DEMO_IMAGES ?= 32
+DEMO_EPOCHS ?= 6
+
+.PHONY: install install-test demo test lint clean-demo
+
+$(VENV)/.runtime-installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.test-installed: $(VENV)/.runtime-installed requirements-test.txt
+	$(PY) -m pip install --quiet -r requirements-test.txt
+	touch $@
+
+install: $(VENV)/.runtime-installed
+
+install-test: $(VENV)/.test-installed
+
+# Synthetic Carvana-format data if data/ has none, a short training run, evaluation, one prediction.
+demo: install
+	@if [ -z "$$(ls -A data/imgs 2>/dev/null)" ]; then \
+		$(PY) -m utils.synthetic_data --out data --count $(DEMO_IMAGES) --width 480 --height 320; fi
+	$(PY) train.py --epochs $(DEMO_EPOCHS) --batch-size 4 --scale 0.3 --learning-rate 1e-3 --amp \
+		--validation 20 --checkpoint-dir $(DEMO_DIR) --wandb offline
+	$(PY) evaluate.py -m $(DEMO_DIR)/best.pth --output $(DEMO_DIR)/evaluation.csv
+	$(PY) predict.py -m $(DEMO_DIR)/best.pth -i "$$(ls data/imgs/* | head -n 1)" -o $(DEMO_DIR)/predictions/ --overlay
+	@echo "demo done: see $(DEMO_DIR)/ (training_curves.png, metrics.csv, evaluation.csv, predictions/)"
+
+test: install-test
+	$(PY) -m pytest -q
+
+lint: install-test
+	$(VENV)/bin/ruff check .
+
+clean-demo:
+	rm -rf $(DEMO_DIR)

@@ -1,0 +1,127 @@
+"""Dice and IoU of a model on image/mask folders: the function used during training, and a CLI.
+
+    python evaluate.py -m checkpoints/best.pth --imgs data/imgs --masks data/masks
+"""
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from utils.checkpoint import inference_scale, load_model, unwrap_model
+from utils.data_loading import SegmentationDataset, list_pairs, make_loader
+from utils.device import PRECISIONS, Precision, choose_device, choose_precision
+from utils.dice_score import per_class_scores
+from utils.errors import UserError, run_cli
+from utils.inference import logits_to_classes, predict_logits
+
+
+def evaluate(
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    precision: Precision,
+    threshold: float = 0.5,
+    progress: bool = True,
+) -> dict:
+    """Per-image and mean Dice/IoU, comparing at the masks' resolution (logits are resized to it).
+
+    "dice" and "iou" are means over images of the mean over foreground classes (class 0 is background),
+    as in the reference; the per-class lists include the background.
+    """
+    was_training = model.training
+    model.eval()
+    n_classes = max(unwrap_model(model).n_classes, 2)
+    rows: list[dict] = []
+    dice_sum = torch.zeros(n_classes, dtype=torch.float64)
+    iou_sum = torch.zeros(n_classes, dtype=torch.float64)
+    for batch in tqdm(loader, desc="evaluation", unit="batch", leave=False, disable=not progress):
+        masks = batch["mask"].to(device, non_blocking=True)
+        logits = predict_logits(model, batch["image"], device, precision, output_size=tuple(masks.shape[-2:]))
+        dice, iou = per_class_scores(logits_to_classes(logits, threshold), masks, n_classes)
+        dice, iou = dice.double().cpu(), iou.double().cpu()
+        dice_sum += dice.sum(0)
+        iou_sum += iou.sum(0)
+        for name, image_dice, image_iou in zip(batch["name"], dice, iou):
+            rows.append({"name": name, "dice": image_dice[1:].mean().item(), "iou": image_iou[1:].mean().item(),
+                         **{f"dice_{c}": image_dice[c].item() for c in range(n_classes)},
+                         **{f"iou_{c}": image_iou[c].item() for c in range(n_classes)}})
+    model.train(was_training)
+    count = max(len(rows), 1)
+    return {
+        "dice": sum(r["dice"] for r in rows) / count,
+        "iou": sum(r["iou"] for r in rows) / count,
+        "dice_per_class": (dice_sum / count).tolist(),
+        "iou_per_class": (iou_sum / count).tolist(),
+        "images": len(rows),
+        "rows": rows,
+    }
+
+
+def write_rows(rows: list[dict], path: Path) -> None:
+    """Per-image scores as CSV, or JSON when the file name ends in .json."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".json":
+        path.write_text(json.dumps(rows, indent=1))
+        return
+    with open(path, "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]) if rows else ["name", "dice", "iou"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Score a trained U-Net on image/mask folders (Dice and IoU).")
+    parser.add_argument("--model", "-m", default="MODEL.pth", metavar="FILE", help="checkpoint (default MODEL.pth)")
+    parser.add_argument("--imgs", type=Path, default=Path("data/imgs"), help="image folder (default data/imgs)")
+    parser.add_argument("--masks", type=Path, default=Path("data/masks"), help="mask folder (default data/masks)")
+    parser.add_argument("--mask-suffix", default=None,
+                        help="mask name = image name + suffix (e.g. _mask); detected when omitted")
+    parser.add_argument("--scale", "-s", type=float, default=None,
+                        help="image downscaling before the model (default: the scale the model was trained at)")
+    parser.add_argument("--mask-threshold", "-t", type=float, default=0.5,
+                        help="probability threshold for one-class (sigmoid) models (default 0.5)")
+    parser.add_argument("--batch-size", "-b", type=int, default=1,
+                        help="images per batch; >1 needs images of one size (default 1)")
+    parser.add_argument("--workers", type=int, default=2, help="data loading processes (default 2)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA if available)")
+    parser.add_argument("--amp", action="store_true", help="mixed precision (bf16, or fp16 on older GPUs)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="force a precision (default auto: fp32, or what --amp picks)")
+    parser.add_argument("--output", "-o", type=Path, default=Path("evaluation.csv"),
+                        help="per-image scores, .csv or .json (default evaluation.csv)")
+    return parser
+
+
+def main(args: argparse.Namespace) -> dict:
+    device = choose_device(args.device)
+    precision = choose_precision(device, args.amp, args.precision)
+    model, checkpoint = load_model(args.model, device)
+    scale = inference_scale(checkpoint, args.scale)
+    pairs = list_pairs(args.imgs, args.masks, args.mask_suffix)
+    dataset = SegmentationDataset(pairs, model.mask_values, scale, model.n_channels, scale_masks=False)
+    loader = make_loader(dataset, args.batch_size, device, min(args.workers, len(pairs)))
+    try:
+        result = evaluate(model, loader, device, precision, args.mask_threshold)
+    except RuntimeError as error:
+        if "stack expects each tensor to be equal size" in str(error):
+            raise UserError("images differ in size and cannot be batched: use --batch-size 1") from None
+        raise
+    write_rows(result["rows"], args.output)
+    print(f"{result['images']} images, model {args.model}, scale {scale}, {precision.name} on {device}")
+    print(f"{'class':>5}  {'mask value':>14}  {'Dice':>7}  {'IoU':>7}")
+    for index, (dice, iou) in enumerate(zip(result["dice_per_class"], result["iou_per_class"])):
+        value = model.mask_values[index] if index < len(model.mask_values) else "-"
+        print(f"{index:>5}  {str(value):>14}  {dice:7.4f}  {iou:7.4f}")
+    print(f"mean foreground Dice {result['dice']:.4f}  IoU {result['iou']:.4f}")
+    print(f"per-image scores written to {args.output}")
+    return result
+
+
+if __name__ == "__main__":
+    run_cli(lambda: main(get_args_parser().parse_args()))

@@ -1,0 +1,57 @@
+"""torch.hub entry points.
+
+    torch.hub.load("<owner>/<repo>", "unet_carvana", pretrained=True, scale=0.5)
+    torch.hub.load("path/to/this/repo", "unet", source="local", n_classes=3, weights="run/best.pth")
+"""
+
+from pathlib import Path
+
+import torch
+
+from unet import UNet
+from utils.checkpoint import load_checkpoint, model_from_checkpoint
+
+dependencies = ["torch", "torchvision", "numpy", "PIL"]
+
+# The published Carvana weights (plain state_dicts, reference v3.0 release), one per training scale.
+CARVANA_WEIGHTS = {
+    0.5: "https://github.com/milesial/Pytorch-UNet/releases/download/v3.0/unet_carvana_scale0.5_epoch2.pth",
+    1.0: "https://github.com/milesial/Pytorch-UNet/releases/download/v3.0/unet_carvana_scale1.0_epoch2.pth",
+}
+
+
+def _local_copy(url: str, progress: bool = True) -> Path:
+    """Download once into torch.hub's cache (TORCH_HOME), then reuse the file."""
+    target = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(url, str(target), progress=progress)
+    return target
+
+
+def _weights_file(weights: str | Path, progress: bool) -> Path:
+    text = str(weights)
+    return _local_copy(text, progress) if text.startswith(("http://", "https://")) else Path(text)
+
+
+def unet(n_channels: int = 3, n_classes: int = 2, bilinear: bool = False, weights: str | Path | None = None,
+         progress: bool = True) -> UNet:
+    """A U-Net, untrained or with weights from a checkpoint path or URL (ours or a reference state_dict).
+
+    With weights, the architecture comes from the file; the arguments must agree with it.
+    """
+    if weights is None:
+        return UNet(n_channels, n_classes, bilinear)
+    checkpoint = load_checkpoint(_weights_file(weights, progress))
+    if checkpoint["model_args"]["n_channels"] != n_channels:
+        raise ValueError(f"{weights} expects {checkpoint['model_args']['n_channels']} input channels, not {n_channels}")
+    return model_from_checkpoint(checkpoint, n_classes=n_classes, bilinear=bilinear)
+
+
+def unet_carvana(pretrained: bool = False, scale: float = 0.5, progress: bool = True) -> UNet:
+    """The U-Net trained on Carvana (3 channels, 2 classes, transposed-conv upsampling), as in the reference."""
+    if not pretrained:
+        return UNet(n_channels=3, n_classes=2, bilinear=False)
+    if scale not in CARVANA_WEIGHTS:
+        raise ValueError(f"pretrained Carvana weights exist for scale {sorted(CARVANA_WEIGHTS)}, not {scale}")
+    return unet(3, 2, False, weights=CARVANA_WEIGHTS[scale], progress=progress)

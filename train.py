@@ -1,0 +1,287 @@
+"""Train a U-Net on a folder of images and a folder of masks.
+
+    python train.py --amp                         # data/imgs + data/masks, Carvana naming detected
+    python train.py --imgs X --masks Y -c 3 -e 20 # three classes, twenty epochs
+    python train.py --resume auto                 # continue checkpoints/last.pth
+
+Read top to bottom: arguments, device and precision, data, model and optimizer, resume, the epoch loop.
+"""
+
+import argparse
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from evaluate import evaluate
+from unet import UNet
+from utils.checkpoint import (
+    load_checkpoint,
+    model_from_checkpoint,
+    restore_rng_state,
+    rng_state,
+    save_checkpoint,
+)
+from utils.data_loading import Pair, SegmentationDataset, list_pairs, make_loader, normalize_images
+from utils.device import PRECISIONS, Precision, choose_device, choose_precision, memory_format
+from utils.dice_score import segmentation_loss
+from utils.errors import UserError, run_cli
+from utils.inference import logits_to_classes
+from utils.mask_encoding import MaskValue, check_classes, scan_mask_values
+from utils.run_log import WANDB_MODES, RunLog, default_wandb_mode
+
+
+def default_workers() -> int:
+    """Half the cores for decoding, the rest for the training threads; at most 8."""
+    return max(1, min(8, (os.cpu_count() or 2) // 2))
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Train a U-Net on images and target masks.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    data = parser.add_argument_group("data")
+    data.add_argument("--imgs", type=Path, default=Path("data/imgs"), help="folder of input images")
+    data.add_argument("--masks", type=Path, default=Path("data/masks"), help="folder of masks")
+    data.add_argument("--mask-suffix", default=None,
+                      help="mask name = image name + suffix (Carvana: _mask); detected when omitted")
+    data.add_argument("--scale", "-s", type=float, default=0.5, help="downscaling factor of the images")
+    data.add_argument("--validation", "-v", type=float, default=10.0,
+                      help="percent of the data (0-100) held out for validation")
+    data.add_argument("--workers", type=int, default=default_workers(), help="data loading processes")
+    model = parser.add_argument_group("model")
+    model.add_argument("--classes", "-c", type=int, default=2,
+                       help="number of classes (1 = binary with sigmoid/BCE, 2+ = softmax/cross-entropy)")
+    model.add_argument("--channels", type=int, default=3, choices=(1, 3), help="image channels the model reads")
+    model.add_argument("--bilinear", action="store_true", help="bilinear upsampling instead of transposed conv")
+    model.add_argument("--load", "-f", default=None, metavar="FILE",
+                       help="start from the weights of this checkpoint (ours or a reference .pth)")
+    model.add_argument("--checkpointing", action="store_true",
+                       help="activation checkpointing: less memory, about 30%% more compute")
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--epochs", "-e", type=int, default=5, help="number of epochs")
+    optim.add_argument("--batch-size", "-b", type=int, default=1, help="images per step")
+    optim.add_argument("--learning-rate", "-l", type=float, default=1e-4, help="peak learning rate (AdamW)")
+    optim.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
+    optim.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm to this value")
+    optim.add_argument("--amp", action="store_true", help="mixed precision: bf16, or fp16 + scaler on older GPUs")
+    optim.add_argument("--precision", choices=PRECISIONS, default="auto",
+                       help="force a precision; auto = fp32, or what --amp picks")
+    optim.add_argument("--seed", type=int, default=0, help="seed for the split, data order and weights")
+    run = parser.add_argument_group("run")
+    run.add_argument("--checkpoint-dir", type=Path, default=Path("checkpoints"),
+                     help="where last.pth, best.pth, metrics.csv and training_curves.png go")
+    run.add_argument("--resume", default=None, metavar="FILE|auto",
+                     help="continue a run from a checkpoint (auto = CHECKPOINT_DIR/last.pth if present)")
+    run.add_argument("--wandb", choices=WANDB_MODES, default=None,
+                     help="wandb mode (default: online if WANDB_API_KEY is set, else offline)")
+    run.add_argument("--log-every", type=int, default=10, help="steps between loss readouts (each one syncs)")
+    run.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA if available)")
+    return parser
+
+
+def check_args(args: argparse.Namespace) -> None:
+    for flag, value, ok in (
+        ("--epochs", args.epochs, args.epochs >= 1),
+        ("--batch-size", args.batch_size, args.batch_size >= 1),
+        ("--learning-rate", args.learning_rate, args.learning_rate > 0),
+        ("--scale", args.scale, 0 < args.scale <= 1),
+        ("--validation", args.validation, 0 <= args.validation < 100),
+        ("--classes", args.classes, args.classes >= 1),
+        ("--workers", args.workers, args.workers >= 0),
+        ("--log-every", args.log_every, args.log_every >= 1),
+    ):
+        if not ok:
+            raise UserError(f"{flag} {value} is out of range: see python train.py --help")
+
+
+def split_pairs(pairs: list[Pair], validation_percent: float, seed: int) -> tuple[list[Pair], list[Pair]]:
+    """A seeded random hold-out; tiny sets still get one validation image when any is asked for."""
+    order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = int(len(pairs) * validation_percent / 100)
+    if validation_percent > 0 and n_val == 0:
+        n_val = 1 if len(pairs) > 1 else 0
+        if n_val == 0:
+            print("warning: one image only: training without validation", file=sys.stderr)
+    val = [pairs[i] for i in order[:n_val]]
+    train = [pairs[i] for i in order[n_val:]]
+    return train, val
+
+
+def resume_path(resume: str | None, checkpoint_dir: Path) -> Path | None:
+    if resume is None:
+        return None
+    if resume == "auto":
+        path = checkpoint_dir / "last.pth"
+        if not path.exists():
+            print(f"no {path} yet: starting a new run")
+            return None
+        return path
+    return Path(resume)
+
+
+def check_writable(folder: Path) -> None:
+    """Fail now, not after an epoch, when checkpoints cannot be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write_test.{os.getpid()}"
+        probe.write_bytes(b"0" * 4096)
+        probe.unlink()
+    except OSError as error:
+        raise UserError(f"cannot write to --checkpoint-dir {folder} ({error.strerror}): pick another folder") from None
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    device: torch.device,
+    precision: Precision,
+    args: argparse.Namespace,
+    step: int,
+    epoch: int,
+    run_log: RunLog,
+) -> tuple[float, int, dict]:
+    """One pass over the training data; returns mean loss, the global step and a sample for the logs."""
+    model.train()
+    loss_sum = torch.zeros((), device=device)  # summed on the device: no host sync per step
+    batches = 0
+    with tqdm(total=len(loader.dataset), desc=f"epoch {epoch}/{args.epochs}", unit="img") as progress:
+        for batch in loader:
+            images = normalize_images(batch["image"].to(device, non_blocking=True))
+            images = images.contiguous(memory_format=memory_format(device))
+            masks = batch["mask"].to(device, non_blocking=True)
+            with precision.autocast():
+                logits = model(images)
+            loss = segmentation_loss(logits, masks)
+
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+
+            loss_sum += loss.detach()
+            batches += 1
+            step += 1
+            progress.update(images.shape[0])
+            if step % args.log_every == 0:
+                mean_loss = (loss_sum / batches).item()
+                progress.set_postfix(loss=f"{mean_loss:.4f}")
+                run_log.log_step(step, epoch, loss.item(), scheduler.get_last_lr()[0])
+    sample = {"image": images[0].cpu(), "true": masks[0].cpu(), "pred": logits_to_classes(logits.detach()[:1])[0].cpu()}
+    return (loss_sum / max(batches, 1)).item(), step, sample
+
+
+def main(args: argparse.Namespace) -> dict:
+    check_args(args)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    device = choose_device(args.device)
+    precision = choose_precision(device, args.amp, args.precision)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    check_writable(args.checkpoint_dir)
+
+    resume_file = resume_path(args.resume, args.checkpoint_dir)
+    resumed = load_checkpoint(resume_file) if resume_file else None
+    if resumed is not None:
+        if "optimizer" not in resumed:
+            raise UserError(f"{resume_file} holds weights only, no training state: use --load to start from it")
+        for name in ("n_classes", "bilinear", "n_channels"):  # the run's architecture wins over the flags
+            setattr(args, {"n_classes": "classes", "n_channels": "channels"}.get(name, name),
+                    resumed["model_args"][name])
+        args.scale = resumed.get("scale", args.scale)
+
+    # Data: pair the files once, scan the mask values once (cached), split, wrap in loaders.
+    pairs = list_pairs(args.imgs, args.masks, args.mask_suffix)
+    mask_values: list[MaskValue] = scan_mask_values([pair.mask for pair in pairs], workers=max(args.workers, 1))
+    if resumed is not None and resumed.get("mask_values") is not None:
+        known = resumed["mask_values"]
+        if any(value not in known for value in mask_values):
+            raise UserError(f"the masks now hold values {mask_values} but {resume_file} was trained on {known}: "
+                            "resume with the same data or start a new run")
+        mask_values = known
+    check_classes(mask_values, args.classes)
+    train_pairs, val_pairs = split_pairs(pairs, args.validation, args.seed)
+    train_set = SegmentationDataset(train_pairs, mask_values, args.scale, args.channels)
+    val_set = SegmentationDataset(val_pairs, mask_values, args.scale, args.channels)
+    shuffle_generator = torch.Generator()
+    train_loader = make_loader(train_set, args.batch_size, device, min(args.workers, len(train_set)),
+                               shuffle=True, generator=shuffle_generator)
+    val_loader = make_loader(val_set, args.batch_size, device, min(args.workers, len(val_set))) if val_set else None
+
+    # Model, optimizer, schedule (cosine decay over all steps), gradient scaler for fp16.
+    if args.load:
+        model = model_from_checkpoint(load_checkpoint(args.load), n_classes=args.classes, bilinear=args.bilinear)
+    else:
+        model = UNet(args.channels, args.classes, args.bilinear)
+    model.use_checkpointing(args.checkpointing)
+    model.to(device, memory_format=memory_format(device))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    total_steps = args.epochs * math.ceil(len(train_set) / args.batch_size)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps,
+                                                           eta_min=args.learning_rate / 100)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_grad_scaler)
+
+    start_epoch, step, best_dice = 1, 0, -1.0
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+        scheduler.T_max = total_steps  # --epochs may have been raised to train longer
+        scaler.load_state_dict(resumed["scaler"])
+        restore_rng_state(resumed["rng"])
+        start_epoch, step, best_dice = resumed["epoch"] + 1, resumed["step"], resumed["best_dice"]
+        print(f"resuming {resume_file}: epoch {start_epoch}, step {step}, best Dice {best_dice:.4f}")
+
+    print(f"{len(train_set)} training and {len(val_set)} validation images from {args.imgs}, scale {args.scale}, "
+          f"mask values {mask_values}, {args.classes} classes, {precision.name} on {device}")
+    run_log = RunLog(args.checkpoint_dir, vars(args), args.wandb or default_wandb_mode(), start_epoch)
+    val_dice = None
+    try:
+        for epoch in range(start_epoch, args.epochs + 1):
+            started = time.perf_counter()
+            shuffle_generator.manual_seed(args.seed * 1000 + epoch)  # the order of an epoch survives a resume
+            train_loss, step, sample = train_one_epoch(model, train_loader, optimizer, scheduler, scaler, device,
+                                                       precision, args, step, epoch, run_log)
+            scores = evaluate(model, val_loader, device, precision) if val_loader else None
+            val_dice = scores["dice"] if scores else None
+            is_best = val_dice is not None and val_dice > best_dice
+            best_dice = max(best_dice, val_dice) if val_dice is not None else best_dice
+            state = {
+                "scale": args.scale, "args": vars(args), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch, "step": step,
+                "best_dice": best_dice, "val_dice": val_dice, "rng": rng_state(),
+            }
+            save_checkpoint(args.checkpoint_dir / "last.pth", model, mask_values, **state)
+            if is_best:
+                save_checkpoint(args.checkpoint_dir / "best.pth", model, mask_values, **state)
+            row = {"epoch": epoch, "step": step, "train_loss": train_loss, "lr": scheduler.get_last_lr()[0],
+                   "val_dice": val_dice, "val_iou": scores["iou"] if scores else None,
+                   "seconds": round(time.perf_counter() - started, 2)}
+            run_log.log_epoch(row, model, sample)
+            summary = f"epoch {epoch}: train loss {train_loss:.4f}"
+            if val_dice is not None:
+                summary += f", validation Dice {val_dice:.4f}" + (" (best)" if is_best else "")
+            print(summary)
+    finally:
+        run_log.close()
+    print(f"checkpoints in {args.checkpoint_dir}: last.pth" + (", best.pth" if best_dice >= 0 else ""))
+    return {"step": step, "best_dice": best_dice, "val_dice": val_dice}
+
+
+if __name__ == "__main__":
+    run_cli(lambda: main(get_args_parser().parse_args()))

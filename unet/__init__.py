@@ -1,0 +1,3 @@
+from .unet_model import UNet
+
+__all__ = ["UNet"]

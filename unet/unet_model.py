@@ -1,0 +1,52 @@
+"""The U-Net, assembled so that forward() reads like the architecture figure."""
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .unet_parts import DoubleConv, Down, OutConv, Up
+
+
+class UNet(nn.Module):
+    def __init__(self, n_channels: int, n_classes: int, bilinear: bool = False):
+        super().__init__()
+        self.n_channels = n_channels
+        self.n_classes = n_classes
+        self.bilinear = bilinear
+        self.checkpointing = False
+        self.mask_values: list | None = None  # set when loaded from a checkpoint; not part of state_dict
+
+        factor = 2 if bilinear else 1
+        self.inc = DoubleConv(n_channels, 64)
+        self.down1 = Down(64, 128)
+        self.down2 = Down(128, 256)
+        self.down3 = Down(256, 512)
+        self.down4 = Down(512, 1024 // factor)
+        self.up1 = Up(1024, 512 // factor, bilinear)
+        self.up2 = Up(512, 256 // factor, bilinear)
+        self.up3 = Up(256, 128 // factor, bilinear)
+        self.up4 = Up(128, 64, bilinear)
+        self.outc = OutConv(64, n_classes)
+
+    def use_checkpointing(self, enabled: bool = True) -> "UNet":
+        """Recompute block activations in backward: less memory for about a third more compute."""
+        self.checkpointing = enabled
+        return self
+
+    def _run(self, block: nn.Module, *inputs: torch.Tensor) -> torch.Tensor:
+        # Wrapping calls, not replacing modules, keeps the state_dict keys of existing checkpoints.
+        if self.checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(block, *inputs, use_reentrant=False)
+        return block(*inputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1 = self._run(self.inc, x)
+        x2 = self._run(self.down1, x1)
+        x3 = self._run(self.down2, x2)
+        x4 = self._run(self.down3, x3)
+        x5 = self._run(self.down4, x4)
+        x = self._run(self.up1, x5, x4)
+        x = self._run(self.up2, x, x3)
+        x = self._run(self.up3, x, x2)
+        x = self._run(self.up4, x, x1)
+        return self.outc(x)

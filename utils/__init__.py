@@ -1,0 +1,1 @@
+"""Everything but the model: data, masks, metrics, checkpoints, device, logging, plotting."""

@@ -1,0 +1,188 @@
+"""The checkpoint is the contract: one function writes it, one reads it, everything else goes through them.
+
+Our checkpoints are self-describing dicts (weights, model_args, mask_values, scale, run args, training
+state). Plain reference state_dicts (optionally with a "mask_values" key) load too: their architecture is
+read off the tensor shapes. Files are always read with weights_only=True, so loading never runs code.
+"""
+
+import os
+import pickle
+import random
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from unet import UNet
+
+from .errors import UserError
+from .mask_encoding import MaskValue
+
+FORMAT_VERSION = 1
+
+
+def unwrap_model(model: nn.Module) -> UNet:
+    """The UNet inside DDP (.module) and torch.compile (._orig_mod) wrappers."""
+    while not isinstance(model, UNet):
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            raise TypeError(f"{type(model).__name__} does not wrap a UNet")
+        model = inner
+    return model
+
+
+def model_args(model: nn.Module) -> dict[str, Any]:
+    net = unwrap_model(model)
+    return {"n_channels": net.n_channels, "n_classes": net.n_classes, "bilinear": net.bilinear}
+
+
+def _plain(value: Any) -> Any:
+    """Run arguments as the built-in types that weights_only loading accepts."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def rng_state() -> dict[str, Any]:
+    numpy_state = np.random.get_state(legacy=False)
+    state = {
+        "python": random.getstate(),
+        "numpy": {**numpy_state, "state": {**numpy_state["state"],
+                                           "key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64))}},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(_tuples(state["python"]))
+    numpy_state = state["numpy"]
+    key = numpy_state["state"]["key"].numpy().astype(np.uint32)
+    np.random.set_state({**numpy_state, "state": {**numpy_state["state"], "key": key}})
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuples(value: Any) -> Any:
+    return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def save_checkpoint(path: Path | str, model: nn.Module, mask_values: list[MaskValue], **extra: Any) -> None:
+    """Write atomically (temporary file, fsync, rename): a crash leaves the old file or the new one.
+
+    extra: scale, args, optimizer, scheduler, scaler (state_dicts), epoch, step, best_dice, rng, ...
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT_VERSION,
+        "model": unwrap_model(model).state_dict(),
+        "model_args": model_args(model),
+        "mask_values": _plain(mask_values),
+        **{key: (_plain(value) if key == "args" else value) for key, value in extra.items()},
+    }
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as file:
+            torch.save(payload, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write checkpoint {path} ({error.strerror}): free disk space or pick "
+                        "another --checkpoint-dir") from None
+
+
+def infer_model_args(state_dict: dict[str, torch.Tensor], source: Path | str) -> dict[str, Any]:
+    """Architecture from the weights themselves, so plain state_dicts need no --classes/--bilinear."""
+    try:
+        return {
+            "n_channels": int(state_dict["inc.double_conv.0.weight"].shape[1]),
+            "n_classes": int(state_dict["outc.conv.weight"].shape[0]),
+            "bilinear": "up1.up.weight" not in state_dict,
+        }
+    except (KeyError, AttributeError, IndexError):
+        raise UserError(f"{source} is not a U-Net checkpoint (no inc/outc weights)") from None
+
+
+def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read our checkpoints and plain reference state_dicts into one shape: model, model_args, mask_values, ..."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist: train one with train.py or pass --model PATH")
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        reason = str(error).strip().splitlines()[0][:160]
+        raise UserError(f"refusing to load {path}: it holds Python objects, not just tensors ({reason})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+        raise UserError(f"{path} is not a readable checkpoint ({reason}): it may be truncated") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} is not a U-Net checkpoint (it holds a {type(data).__name__})")
+    if "model" in data and "model_args" in data:
+        checkpoint = dict(data)
+    else:  # a reference-style plain state_dict, maybe with mask_values
+        state_dict = {k: v for k, v in data.items() if k != "mask_values"}
+        checkpoint = {"model": state_dict, "model_args": infer_model_args(state_dict, path)}
+        if "mask_values" in data:
+            checkpoint["mask_values"] = data["mask_values"]
+    checkpoint.setdefault("mask_values", None)
+    checkpoint["source"] = str(path)
+    return checkpoint
+
+
+def default_mask_values(n_classes: int) -> list[MaskValue]:
+    """What the reference assumed for checkpoints without mask_values: 0/1 for binary, else 0..n-1."""
+    return [0, 1] if n_classes <= 2 else list(range(n_classes))
+
+
+def model_from_checkpoint(
+    checkpoint: dict[str, Any], n_classes: int | None = None, bilinear: bool | None = None
+) -> UNet:
+    """Rebuild the UNet and load its weights; flags may restate, never contradict, the weights."""
+    args = dict(checkpoint["model_args"])
+    source = checkpoint.get("source", "checkpoint")
+    for name, value in (("n_classes", n_classes), ("bilinear", bilinear)):
+        if value is not None and value != args[name]:
+            flag = "--classes" if name == "n_classes" else "--bilinear"
+            raise UserError(f"{flag} says {value} but {source} was trained with {name}={args[name]}: drop the flag")
+    model = UNet(**args)
+    try:
+        model.load_state_dict(checkpoint["model"], strict=True)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0][:200]
+        raise UserError(f"{source} does not fit the U-Net layout ({first})") from None
+    mask_values = checkpoint.get("mask_values")
+    model.mask_values = list(mask_values) if mask_values is not None else default_mask_values(args["n_classes"])
+    return model
+
+
+def load_model(
+    path: Path | str, device: torch.device, n_classes: int | None = None, bilinear: bool | None = None
+) -> tuple[UNet, dict[str, Any]]:
+    """A checkpoint's model on the device in eval mode, plus the checkpoint (for scale, args, ...)."""
+    from .device import memory_format
+
+    checkpoint = load_checkpoint(path)
+    model = model_from_checkpoint(checkpoint, n_classes=n_classes, bilinear=bilinear)
+    model.to(device, memory_format=memory_format(device)).eval()
+    return model, checkpoint
+
+
+def inference_scale(checkpoint: dict[str, Any], requested: float | None) -> float:
+    """--scale if given, else the scale the model was trained at, else the reference default 0.5."""
+    if requested is not None:
+        return requested
+    return float(checkpoint.get("scale") or 0.5)

@@ -1,0 +1,242 @@
+"""Image/mask pairs from two folders: list once, pair once, decode, scale, encode masks to class indices."""
+
+import sys
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+from .errors import UserError
+from .mask_encoding import MaskValue, encode_mask
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".npy", ".pt")
+# Tried in this order when --mask-suffix is not given; the one pairing the most images wins.
+MASK_SUFFIX_CANDIDATES = ("", "_mask", "_masks", "_label", "_labels", "_seg", "_gt", "-mask")
+
+
+class Pair(NamedTuple):
+    name: str
+    image: Path
+    mask: Path
+
+
+def _read_array(path: Path) -> np.ndarray:
+    if path.suffix.lower() == ".npy":
+        return np.load(path, allow_pickle=False)
+    tensor = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(tensor, torch.Tensor):
+        raise UserError(f"{path} does not hold a single tensor: save it with torch.save(tensor, path)")
+    return tensor.numpy()
+
+
+def _open(path: Path) -> np.ndarray | Image.Image:
+    try:
+        if path.suffix.lower() in (".npy", ".pt"):
+            return _read_array(path)
+        image = Image.open(path)
+        image.load()
+        return image
+    except FileNotFoundError:
+        raise UserError(f"{path} does not exist") from None
+    except (UnidentifiedImageError, OSError, ValueError, RuntimeError) as error:
+        raise UserError(f"cannot read {path} ({error}): replace or remove the file") from None
+
+
+def read_image(path: Path, channels: int = 3) -> np.ndarray:
+    """Decode to uint8 HxWxC with the model's channel count (grayscale repeated, RGBA/palette converted)."""
+    data = _open(path)
+    if isinstance(data, Image.Image):
+        if data.mode in ("I;16", "I;16B", "I", "F"):
+            data = np.asarray(data)
+        else:
+            data = np.asarray(data.convert("L" if channels == 1 else "RGB"))
+    array = np.asarray(data)
+    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
+        array = array.transpose(1, 2, 0)  # tensors saved channels-first
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[-1] not in (1, 3, 4):
+        raise UserError(f"{path} has shape {array.shape}: expected HxW, HxWx3 or 3xHxW")
+    if array.dtype != np.uint8:
+        array = _to_uint8(array)
+    array = array[..., :3]
+    if channels == 1 and array.shape[-1] == 3:
+        array = np.asarray(Image.fromarray(array).convert("L"))[..., None]
+    elif channels == 3 and array.shape[-1] == 1:
+        array = np.repeat(array, 3, axis=-1)
+    return array
+
+
+def _to_uint8(array: np.ndarray) -> np.ndarray:
+    # 16-bit and float images: stretch each image's own range to 0..255 (floats already in [0, 1] kept).
+    values = array.astype(np.float32)
+    low, high = float(values.min()), float(values.max())
+    if array.dtype.kind == "f" and low >= 0 and high <= 1:
+        low, high = 0.0, 1.0
+    scaled = (values - low) / max(high - low, 1e-12) * 255
+    return scaled.round().astype(np.uint8)
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """Decode a mask to raw values: HxW (palette index, gray level, label) or HxWx3 colours."""
+    data = _open(path)
+    if isinstance(data, Image.Image):
+        if data.mode in ("RGBA", "LA", "PA", "CMYK", "YCbCr", "HSV"):
+            data = data.convert("RGB" if data.mode != "LA" else "L")
+        array = np.asarray(data)
+    else:
+        array = np.asarray(data)
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim == 3 and array.shape[-1] >= 3:
+        array = array[..., :3]
+        if (array[..., 0] == array[..., 1]).all() and (array[..., 1] == array[..., 2]).all():
+            array = array[..., 0]  # a gray mask saved as RGB
+    if array.ndim not in (2, 3):
+        raise UserError(f"{path} has shape {array.shape}: a mask must be HxW or HxWx3")
+    return array
+
+
+def _files_by_stem(folder: Path, role: str) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise UserError(f"{role} folder {folder} does not exist: pass --{role} DIR (see download_data.sh)")
+    files: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+            continue
+        if path.stem in files:
+            raise UserError(f"{files[path.stem].name} and {path.name} in {folder} have the same name: keep one")
+        files[path.stem] = path
+    if not files:
+        raise UserError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+    return files
+
+
+def detect_mask_suffix(image_stems: list[str], mask_stems: set[str]) -> str:
+    """The suffix (e.g. Carvana's "_mask") that pairs the most images with masks."""
+    return max(MASK_SUFFIX_CANDIDATES, key=lambda s: sum(f"{stem}{s}" in mask_stems for stem in image_stems))
+
+
+def list_pairs(images_dir: Path, masks_dir: Path, mask_suffix: str | None = None) -> list[Pair]:
+    """Pair every image with its mask, listing each folder once; unpaired files are reported, not used."""
+    images = _files_by_stem(Path(images_dir), "imgs")
+    masks = _files_by_stem(Path(masks_dir), "masks")
+    if mask_suffix is None:
+        mask_suffix = detect_mask_suffix(list(images), set(masks))
+    pairs = [Pair(stem, image, masks[stem + mask_suffix])
+             for stem, image in images.items() if stem + mask_suffix in masks]
+    if not pairs:
+        example = next(iter(images.values())).name
+        raise UserError(
+            f"no image in {images_dir} has a mask in {masks_dir} (e.g. {example} has no "
+            f"'{Path(example).stem}{mask_suffix}.*'): check the folders or pass --mask-suffix"
+        )
+    paired_masks = {pair.mask.stem for pair in pairs}
+    lonely_images = [p.name for stem, p in images.items() if stem + mask_suffix not in masks]
+    lonely_masks = [p.name for stem, p in masks.items() if stem not in paired_masks]
+    for kind, names in (("images without a mask", lonely_images), ("masks without an image", lonely_masks)):
+        if names:
+            shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+            print(f"warning: skipping {len(names)} {kind}: {shown}", file=sys.stderr)
+    return pairs
+
+
+def scaled_size(width: int, height: int, scale: float, source: Path | str = "image") -> tuple[int, int]:
+    """The reference's rule: int(scale * side), which must stay positive."""
+    new_width, new_height = int(scale * width), int(scale * height)
+    if new_width <= 0 or new_height <= 0:
+        raise UserError(f"--scale {scale} shrinks {source} ({width}x{height}) to nothing: use a larger scale")
+    return new_width, new_height
+
+
+def image_to_tensor(image: np.ndarray, scale: float = 1.0, source: Path | str = "image") -> torch.Tensor:
+    """uint8 HxWxC -> uint8 CxH'xW' resized with bicubic (antialiased, like PIL's resize)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+    if scale != 1.0:
+        width, height = scaled_size(image.shape[1], image.shape[0], scale, source)
+        tensor = TF.resize(tensor, [height, width], interpolation=InterpolationMode.BICUBIC, antialias=True)
+    return tensor
+
+
+def mask_to_tensor(class_indices: np.ndarray, scale: float = 1.0, source: Path | str = "mask") -> torch.Tensor:
+    """Class indices HxW -> int64 H'xW' resized with nearest neighbour (never invents classes)."""
+    tensor = torch.from_numpy(class_indices)
+    if scale != 1.0:
+        width, height = scaled_size(tensor.shape[1], tensor.shape[0], scale, source)
+        tensor = TF.resize(tensor[None], [height, width], interpolation=InterpolationMode.NEAREST_EXACT)[0]
+    return tensor.long()
+
+
+def normalize_images(images: torch.Tensor) -> torch.Tensor:
+    """uint8 batch -> float in [0, 1]; done on the device so that uint8 crosses the bus."""
+    return images.float().div_(255)
+
+
+class SegmentationDataset(Dataset):
+    """Items are {"image": uint8 CxHxW, "mask": int64 HxW class indices, "name": str}.
+
+    scale_masks=False keeps masks at native resolution (for evaluation against the original masks).
+    """
+
+    def __init__(
+        self,
+        pairs: list[Pair],
+        mask_values: list[MaskValue],
+        scale: float = 1.0,
+        channels: int = 3,
+        scale_masks: bool = True,
+    ):
+        if not 0 < scale <= 1:
+            raise UserError(f"--scale must be in (0, 1], got {scale}")
+        self.pairs = pairs
+        self.mask_values = mask_values
+        self.scale = scale
+        self.channels = channels
+        self.scale_masks = scale_masks
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> dict:
+        pair = self.pairs[index]
+        image = read_image(pair.image, self.channels)
+        mask = read_mask(pair.mask)
+        if image.shape[:2] != mask.shape[:2]:
+            raise UserError(
+                f"{pair.image.name} is {image.shape[1]}x{image.shape[0]} but its mask {pair.mask.name} is "
+                f"{mask.shape[1]}x{mask.shape[0]}: resize the mask to the image"
+            )
+        class_indices = encode_mask(mask, self.mask_values, pair.mask)
+        return {
+            "image": image_to_tensor(image, self.scale, pair.image),
+            "mask": mask_to_tensor(class_indices, self.scale if self.scale_masks else 1.0, pair.mask),
+            "name": pair.name,
+        }
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    device: torch.device,
+    workers: int,
+    shuffle: bool = False,
+    generator: torch.Generator | None = None,
+) -> DataLoader:
+    """Decoding in worker processes, pinned memory for CUDA; workers stay alive across epochs."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+        generator=generator,
+        drop_last=False,
+    )

@@ -1,0 +1,106 @@
+"""What a training run reports: wandb (offline unless a key is set), metrics.csv and a curve PNG.
+
+wandb is optional: any failure to start it is reported in one line and the run goes on without it.
+"""
+
+import csv
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .plotting import save_training_curves
+
+CSV_FIELDS = ("epoch", "step", "train_loss", "val_dice", "val_iou", "lr", "seconds")
+WANDB_MODES = ("online", "offline", "disabled")
+
+
+def default_wandb_mode() -> str:
+    """Online only when the user has a key; otherwise runs are written locally and synced by hand later."""
+    return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+
+
+class RunLog:
+    def __init__(self, run_dir: Path, config: dict[str, Any], wandb_mode: str, start_epoch: int = 1):
+        self.run_dir = run_dir
+        self.csv_path = run_dir / "metrics.csv"
+        self.curve_path = run_dir / "training_curves.png"
+        self.rows = self._previous_rows(start_epoch)
+        self._write_csv()
+        self.wandb_run = None
+        if wandb_mode != "disabled":
+            self.wandb_run = self._start_wandb(config, wandb_mode)
+
+    def _previous_rows(self, start_epoch: int) -> list[dict]:
+        # On resume keep the epochs already done; a fresh run starts a fresh file.
+        if start_epoch <= 1 or not self.csv_path.exists():
+            return []
+        with open(self.csv_path, newline="") as file:
+            return [row for row in csv.DictReader(file) if int(row["epoch"]) < start_epoch]
+
+    def _start_wandb(self, config: dict[str, Any], mode: str) -> Any:
+        try:
+            import wandb
+
+            return wandb.init(
+                project="U-Net", config=config, mode=mode, dir=str(self.run_dir), resume="allow",
+                settings=wandb.Settings(init_timeout=60, silent=True),
+            )
+        except Exception as error:  # noqa: BLE001 - logging must never stop training
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            print(f"warning: wandb did not start ({first_line}); continuing without it", file=sys.stderr)
+            return None
+
+    def log_step(self, step: int, epoch: int, loss: float, lr: float) -> None:
+        if self.wandb_run is not None:
+            self.wandb_run.log({"train loss": loss, "learning rate": lr, "step": step, "epoch": epoch})
+
+    def log_epoch(self, row: dict, model: nn.Module | None = None, sample: dict | None = None) -> None:
+        """One row per epoch in metrics.csv and the curve PNG; wandb also gets images and histograms."""
+        self.rows.append({key: row.get(key, "") for key in CSV_FIELDS})
+        self._write_csv()
+        save_training_curves(self.rows, self.curve_path)
+        if self.wandb_run is None:
+            return
+        import wandb
+
+        record = {"validation Dice": row.get("val_dice"), "step": row["step"], "epoch": row["epoch"]}
+        if sample is not None:
+            record["images"] = wandb.Image(sample["image"].float())
+            record["masks"] = {"true": wandb.Image(sample["true"].float()), "pred": wandb.Image(sample["pred"].float())}
+        if model is not None:
+            record.update(_histograms(model, wandb))
+        self.wandb_run.log(record)
+
+    def _write_csv(self) -> None:
+        tmp = self.csv_path.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=CSV_FIELDS)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        tmp.replace(self.csv_path)
+
+    def close(self) -> None:
+        if self.wandb_run is not None:
+            try:
+                self.wandb_run.finish()
+            except Exception as error:  # noqa: BLE001 - a failed upload must not fail a finished run
+                print(f"warning: wandb did not finish cleanly ({error})", file=sys.stderr)
+
+
+def _histograms(model: nn.Module, wandb: Any) -> dict[str, Any]:
+    """Weight and gradient histograms; non-finite values are dropped (they crash wandb.Histogram)."""
+    histograms = {}
+    for name, parameter in model.named_parameters():
+        tag = name.replace(".", "/")
+        for kind, tensor in (("Weights", parameter.detach()), ("Gradients", parameter.grad)):
+            if tensor is None:
+                continue
+            values = tensor.float().flatten().cpu()
+            values = values[torch.isfinite(values)]
+            if values.numel():
+                histograms[f"{kind}/{tag}"] = wandb.Histogram(values.numpy())
+    return histograms
