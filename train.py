@@ -80,6 +80,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                      help="where last.pth, best.pth, metrics.csv and training_curves.png go")
     run.add_argument("--resume", default=None, metavar="FILE|auto",
                      help="continue a run from a checkpoint (auto = CHECKPOINT_DIR/last.pth if present)")
+    run.add_argument("--keep-epochs", action="store_true",
+                     help="also keep every epoch's checkpoint as epoch_N.pth (as the reference did)")
     run.add_argument("--wandb", choices=WANDB_MODES, default=None,
                      help="wandb mode (default: online if WANDB_API_KEY is set, else offline)")
     run.add_argument("--log-every", type=int, default=10, help="steps between loss readouts (each one syncs)")
@@ -269,6 +271,8 @@ def main(args: argparse.Namespace) -> dict:
             save_checkpoint(args.checkpoint_dir / "last.pth", model, mask_values, **state)
             if is_best:
                 save_checkpoint(args.checkpoint_dir / "best.pth", model, mask_values, **state)
+            if args.keep_epochs:
+                save_checkpoint(args.checkpoint_dir / f"epoch_{epoch}.pth", model, mask_values, **state)
             row = {"epoch": epoch, "step": step, "train_loss": train_loss, "lr": scheduler.get_last_lr()[0],
                    "val_dice": val_dice, "val_iou": scores["iou"] if scores else None,
                    "seconds": round(time.perf_counter() - started, 2)}

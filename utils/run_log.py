@@ -6,6 +6,7 @@ wandb is optional: any failure to start it is reported in one line and the run g
 import csv
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,26 +55,24 @@ class RunLog:
             print(f"warning: wandb did not start ({first_line}); continuing without it", file=sys.stderr)
             return None
 
+    def _wandb_log(self, make_record: Callable[[], dict[str, Any]]) -> None:
+        if self.wandb_run is None:
+            return
+        try:
+            self.wandb_run.log(make_record())
+        except Exception as error:  # noqa: BLE001 - logging must never stop training
+            print(f"warning: wandb logging failed ({error}); continuing without it", file=sys.stderr)
+            self.wandb_run = None
+
     def log_step(self, step: int, epoch: int, loss: float, lr: float) -> None:
-        if self.wandb_run is not None:
-            self.wandb_run.log({"train loss": loss, "learning rate": lr, "step": step, "epoch": epoch})
+        self._wandb_log(lambda: {"train loss": loss, "learning rate": lr, "step": step, "epoch": epoch})
 
     def log_epoch(self, row: dict, model: nn.Module | None = None, sample: dict | None = None) -> None:
         """One row per epoch in metrics.csv and the curve PNG; wandb also gets images and histograms."""
         self.rows.append({key: row.get(key, "") for key in CSV_FIELDS})
         self._write_csv()
         save_training_curves(self.rows, self.curve_path)
-        if self.wandb_run is None:
-            return
-        import wandb
-
-        record = {"validation Dice": row.get("val_dice"), "step": row["step"], "epoch": row["epoch"]}
-        if sample is not None:
-            record["images"] = wandb.Image(sample["image"].float())
-            record["masks"] = {"true": wandb.Image(sample["true"].float()), "pred": wandb.Image(sample["pred"].float())}
-        if model is not None:
-            record.update(_histograms(model, wandb))
-        self.wandb_run.log(record)
+        self._wandb_log(lambda: _wandb_record(row, model, sample))
 
     def _write_csv(self) -> None:
         tmp = self.csv_path.with_suffix(".csv.tmp")
@@ -89,6 +88,22 @@ class RunLog:
                 self.wandb_run.finish()
             except Exception as error:  # noqa: BLE001 - a failed upload must not fail a finished run
                 print(f"warning: wandb did not finish cleanly ({error})", file=sys.stderr)
+
+
+def _wandb_record(row: dict, model: nn.Module | None, sample: dict | None) -> dict[str, Any]:
+    """What the reference logged each validation round: Dice, an image with true and predicted masks, histograms."""
+    import wandb
+
+    record = {"validation Dice": row.get("val_dice"), "step": row["step"], "epoch": row["epoch"]}
+    if sample is not None:
+        image = (sample["image"].float().clamp(0, 1) * 255).byte().permute(1, 2, 0).squeeze(-1).numpy()
+        top = max(int(sample["true"].max()), int(sample["pred"].max()), 1)
+        visible = {key: (sample[key].float() * (255 / top)).byte().numpy() for key in ("true", "pred")}
+        record["images"] = wandb.Image(image)
+        record["masks"] = {"true": wandb.Image(visible["true"]), "pred": wandb.Image(visible["pred"])}
+    if model is not None:
+        record.update(_histograms(model, wandb))
+    return record
 
 
 def _histograms(model: nn.Module, wandb: Any) -> dict[str, Any]:

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Get training data into data/imgs and data/masks.
+#
+#   ./download_data.sh                  Kaggle Carvana (needs the kaggle CLI, ~/.kaggle/kaggle.json, and the
+#                                       competition rules accepted on kaggle.com)
+#   ./download_data.sh --synthetic [N]  N offline synthetic images in the same format (default 48)
+set -euo pipefail
+cd "$(dirname "$0")"
+PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
+
+if [ "${1:-}" = "--synthetic" ]; then
+    exec "$PYTHON" -m utils.synthetic_data --out data --count "${2:-48}" "${@:3}"
+fi
+if [ $# -gt 0 ]; then
+    echo "usage: $0 [--synthetic [N] [--width W --height H]]" >&2
+    exit 2
+fi
+
+if ! command -v kaggle >/dev/null 2>&1; then
+    echo "error: the kaggle CLI is not installed: pip install kaggle (or use $0 --synthetic)" >&2
+    exit 2
+fi
+if [ ! -f "${KAGGLE_CONFIG_DIR:-$HOME/.kaggle}/kaggle.json" ] && [ -z "${KAGGLE_USERNAME:-}" ]; then
+    echo "error: no Kaggle credentials: put kaggle.json in ~/.kaggle/ (kaggle.com > Account > API) or set" \
+         "KAGGLE_USERNAME and KAGGLE_KEY" >&2
+    exit 2
+fi
+
+mkdir -p data/imgs data/masks
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+for file in train_hq.zip train_masks.zip; do
+    kaggle competitions download -c carvana-image-masking-challenge -f "$file" -p "$tmp"
+done
+unzip -q -o "$tmp/train_hq.zip" -d "$tmp"
+unzip -q -o "$tmp/train_masks.zip" -d "$tmp"
+mv "$tmp"/train_hq/* data/imgs/
+mv "$tmp"/train_masks/* data/masks/
+echo "Carvana: $(ls data/imgs | wc -l) images in data/imgs, $(ls data/masks | wc -l) masks in data/masks"

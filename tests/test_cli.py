@@ -1,0 +1,206 @@
+"""train -> checkpoint -> predict -> evaluate through the real command lines, on tiny generated data."""
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from unet import UNet
+from utils.checkpoint import load_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN_FLAGS = ["--scale", "1", "--batch-size", "4", "--learning-rate", "3e-3", "--wandb", "disabled",
+               "--workers", "0", "--log-every", "1"]
+
+
+def write_carvana_like(folder: Path, count: int, size: tuple[int, int] = (48, 32), seed: int = 0) -> Path:
+    """<id>_NN.jpg images and <id>_NN_mask.gif 0/1 palette masks: a bright disc on a noisy background."""
+    rng = np.random.default_rng(seed)
+    (folder / "imgs").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    width, height = size
+    yy, xx = np.mgrid[:height, :width]
+    for i in range(count):
+        cy, cx, r = rng.integers(10, height - 10), rng.integers(10, width - 10), rng.integers(5, 9)
+        mask = ((yy - cy) ** 2 + (xx - cx) ** 2 < r * r).astype(np.uint8)
+        image = rng.normal(90, 15, (height, width, 3)) + mask[..., None] * np.array([110, 60, -40])
+        name = f"c0ffee{i:06d}_{i % 16 + 1:02d}"
+        Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(folder / "imgs" / f"{name}.jpg")
+        gif = Image.fromarray(mask, mode="P")
+        gif.putpalette([0, 0, 0, 255, 255, 255])
+        gif.save(folder / "masks" / f"{name}_mask.gif")
+    return folder
+
+
+def run(script: str, *args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=cwd,
+                            capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        pytest.fail(f"{script} failed ({result.returncode}):\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-class model trained for 3 epochs with the default data folders (data/imgs, data/masks)."""
+    root = tmp_path_factory.mktemp("run")
+    write_carvana_like(root / "data", 10)
+    run("train.py", "--epochs", "3", "--validation", "20", *TRAIN_FLAGS, cwd=root)
+    return root
+
+
+def test_train_writes_checkpoints_metrics_and_curves(trained: Path) -> None:
+    folder = trained / "checkpoints"
+    assert {"last.pth", "best.pth", "metrics.csv", "training_curves.png"} <= {p.name for p in folder.iterdir()}
+    checkpoint = load_checkpoint(folder / "last.pth")
+    assert checkpoint["model_args"] == {"n_channels": 3, "n_classes": 2, "bilinear": False}
+    assert checkpoint["mask_values"] == [0, 1]
+    assert checkpoint["scale"] == 1.0 and checkpoint["epoch"] == 3
+    assert checkpoint["step"] == 3 * 2  # 8 training images in batches of 4
+    assert checkpoint["args"]["batch_size"] == 4
+    with open(folder / "metrics.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    assert all(0 <= float(r["val_dice"]) <= 1 for r in rows)
+    best = load_checkpoint(folder / "best.pth")
+    assert best["best_dice"] == max(float(r["val_dice"]) for r in rows) == pytest.approx(best["val_dice"])
+
+
+def test_predict_writes_binary_mask_at_original_size(trained: Path) -> None:
+    image = sorted((trained / "data" / "imgs").iterdir())[0]
+    run("predict.py", "-m", "checkpoints/best.pth", "-i", image, "-o", "out.png", "--overlay", cwd=trained)
+    mask = np.asarray(Image.open(trained / "out.png"))
+    assert mask.shape == (32, 48)
+    assert set(np.unique(mask)) <= {0, 255}
+    overlay = Image.open(trained / "out_overlay.png")
+    assert overlay.size == (48, 32) and overlay.mode == "RGB"
+
+
+def test_predict_several_inputs_viz_without_saving(trained: Path) -> None:
+    images = sorted((trained / "data" / "imgs").iterdir())[:2]
+    result = run("predict.py", "-m", "checkpoints/last.pth", "-i", *images, "--viz", "--no-save", cwd=trained)
+    assert not list((trained / "data" / "imgs").glob("*_OUT.png"))
+    for image in images:  # no display here: the side-by-side view is saved instead of shown
+        viz = Image.open(image.with_name(f"{image.stem}_OUT_viz.png"))
+        assert viz.height == 32 and viz.width > 3 * 48
+        assert str(image) in result.stdout
+        image.with_name(f"{image.stem}_OUT_viz.png").unlink()
+
+
+def test_predict_folder_input_to_output_folder(trained: Path) -> None:
+    run("predict.py", "-m", "checkpoints/last.pth", "-i", "data/imgs", "-o", "preds/", cwd=trained)
+    written = sorted(p.name for p in (trained / "preds").iterdir())
+    assert written == sorted(f"{p.stem}_OUT.png" for p in (trained / "data" / "imgs").iterdir())
+
+
+def test_evaluate_cli_prints_scores_and_writes_rows(trained: Path) -> None:
+    result = run("evaluate.py", "-m", "checkpoints/best.pth", "-o", "scores.json", "--workers", "0", cwd=trained)
+    assert "mean foreground Dice" in result.stdout
+    rows = json.loads((trained / "scores.json").read_text())
+    assert len(rows) == 10
+    assert all(0 <= row["dice"] <= 1 and 0 <= row["iou"] <= row["dice"] + 1e-9 for row in rows)
+    mean = float(result.stdout.split("mean foreground Dice ")[1].split()[0])
+    assert mean == pytest.approx(sum(row["dice"] for row in rows) / 10, abs=1e-4)
+
+
+def test_classes_1_trains_with_sigmoid_and_predicts_binary(tmp_path: Path) -> None:
+    write_carvana_like(tmp_path / "data", 6)
+    run("train.py", "--classes", "1", "--epochs", "1", "--validation", "20", *TRAIN_FLAGS, cwd=tmp_path)
+    checkpoint = load_checkpoint(tmp_path / "checkpoints" / "best.pth")
+    assert checkpoint["model_args"]["n_classes"] == 1
+    image = sorted((tmp_path / "data" / "imgs").iterdir())[0]
+    run("predict.py", "-m", "checkpoints/best.pth", "-i", image, "-o", "one.png", "-t", "0.5", cwd=tmp_path)
+    assert set(np.unique(np.asarray(Image.open(tmp_path / "one.png")))) <= {0, 255}
+
+
+def test_resume_continues_step_count_and_matches_uninterrupted_run(tmp_path: Path) -> None:
+    write_carvana_like(tmp_path / "data", 6)
+    flags = ["--epochs", "2", "--validation", "0", *TRAIN_FLAGS]
+    run("train.py", "--checkpoint-dir", "straight", "--keep-epochs", *flags, cwd=tmp_path)
+    (tmp_path / "split").mkdir()  # a run of the same plan that stopped after epoch 1
+    shutil.copy(tmp_path / "straight" / "epoch_1.pth", tmp_path / "split" / "last.pth")
+    result = run("train.py", "--checkpoint-dir", "split", "--resume", "auto", *flags, cwd=tmp_path)
+    assert "resuming" in result.stdout and "epoch 2" in result.stdout
+    straight = load_checkpoint(tmp_path / "straight" / "last.pth")
+    resumed = load_checkpoint(tmp_path / "split" / "last.pth")
+    assert resumed["epoch"] == 2 and resumed["step"] == straight["step"] == 4
+    for key, value in straight["model"].items():
+        torch.testing.assert_close(resumed["model"][key], value, rtol=0, atol=0, msg=key)
+
+
+def test_tiny_datasets_do_not_crash(tmp_path: Path) -> None:
+    write_carvana_like(tmp_path / "data", 2)
+    # a 1-image validation split and a batch larger than the training set
+    run("train.py", "--epochs", "1", "--validation", "10", *TRAIN_FLAGS, "--batch-size", "8", cwd=tmp_path)
+    assert (tmp_path / "checkpoints" / "best.pth").exists()
+    # no validation at all: last.pth only
+    run("train.py", "--epochs", "1", "--validation", "0", *TRAIN_FLAGS, "--checkpoint-dir", "noval", cwd=tmp_path)
+    assert {p.name for p in (tmp_path / "noval").glob("*.pth")} == {"last.pth"}
+
+
+def test_reference_state_dict_with_mask_values_loads_in_predict(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    state = UNet(3, 2, bilinear=True).state_dict()
+    state["mask_values"] = [0, 1]
+    torch.save(state, tmp_path / "MODEL.pth")  # what reference users already have
+    Image.fromarray(np.full((40, 56, 3), 128, np.uint8)).save(tmp_path / "img.jpg")
+    run("predict.py", "-i", "img.jpg", "-o", "out.png", "--scale", "0.5", cwd=tmp_path)  # default -m MODEL.pth
+    mask = np.asarray(Image.open(tmp_path / "out.png"))
+    assert mask.shape == (40, 56) and set(np.unique(mask)) <= {0, 255}
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--imgs", "nowhere"], "nowhere"),
+        (["--classes", "2", "--masks", "data/masks3"], "--classes 3"),
+        (["--scale", "0"], "--scale"),
+    ],
+)
+def test_user_errors_are_one_line_with_exit_code_2(tmp_path: Path, args: list[str], needle: str) -> None:
+    write_carvana_like(tmp_path / "data", 2)
+    three_valued = tmp_path / "data" / "masks3"
+    three_valued.mkdir()
+    for mask in (tmp_path / "data" / "masks").iterdir():
+        values = np.zeros((32, 48), np.uint8)
+        values[:, :10], values[:, 10:20] = 2, 1
+        Image.fromarray(values).save(three_valued / f"{mask.stem}.png")
+    result = run("train.py", "--epochs", "1", *TRAIN_FLAGS, *args, cwd=tmp_path, check=False)
+    assert result.returncode == 2
+    error_lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert error_lines[-1].startswith("error: ") and needle in error_lines[-1]
+    assert "Traceback" not in result.stderr
+
+
+def test_predict_refuses_checkpoint_with_code_payload(tmp_path: Path) -> None:
+    marker = tmp_path / "payload_ran"
+    torch.save({"model": Payload(marker)}, tmp_path / "evil.pth")
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "img.png")
+    result = run("predict.py", "-m", "evil.pth", "-i", "img.png", cwd=tmp_path, check=False)
+    assert result.returncode == 2 and "refusing to load" in result.stderr
+    assert not marker.exists()
+
+
+class Payload:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_wandb_offline_run_is_written_locally(tmp_path: Path) -> None:
+    write_carvana_like(tmp_path / "data", 3)
+    flags = [flag if flag != "disabled" else "offline" for flag in TRAIN_FLAGS]
+    result = run("train.py", "--epochs", "1", "--validation", "34", *flags, cwd=tmp_path)
+    assert "warning: wandb" not in result.stderr  # started, logged images and histograms, finished
+    runs = list((tmp_path / "checkpoints" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
