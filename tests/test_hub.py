@@ -1,0 +1,77 @@
+"""torch.hub entry points, loaded from this directory with local weight files (no network)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import hubconf
+from unet import UNet
+from utils.checkpoint import save_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_unet_entry_point_builds_untrained_model() -> None:
+    model = torch.hub.load(str(REPO), "unet", source="local", n_channels=1, n_classes=4, bilinear=True)
+    assert (model.n_channels, model.n_classes, model.bilinear) == (1, 4, True)
+    assert model(torch.rand(1, 1, 35, 41)).shape == (1, 4, 35, 41)
+
+
+def test_unet_entry_point_loads_our_checkpoint(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    trained = UNet(3, 3).eval()
+    save_checkpoint(tmp_path / "run.pth", trained, [0, 10, 20], scale=0.5)
+    model = torch.hub.load(str(REPO), "unet", source="local", n_classes=3, weights=tmp_path / "run.pth").eval()
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), trained(x))
+    assert model.mask_values == [0, 10, 20]
+
+
+def test_unet_entry_point_rejects_contradicting_arguments(tmp_path: Path) -> None:
+    torch.save(UNet(3, 2).state_dict(), tmp_path / "plain.pth")
+    with pytest.raises(Exception, match="--classes says 5"):
+        torch.hub.load(str(REPO), "unet", source="local", n_classes=5, weights=str(tmp_path / "plain.pth"))
+
+
+def test_unet_carvana_pretrained_reads_reference_weights_from_hub_cache(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # torch.hub.get_dir() is $TORCH_HOME/hub
+    torch.manual_seed(1)
+    published = UNet(3, 2, bilinear=False).eval()
+    state = published.state_dict()
+    state["mask_values"] = [0, 1]
+    cached = tmp_path / "hub" / "checkpoints" / hubconf.CARVANA_WEIGHTS[0.5].rsplit("/", 1)[-1]
+    cached.parent.mkdir(parents=True)
+    torch.save(state, cached)  # what the download would have put there
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the cached file should have been used")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    model = torch.hub.load(str(REPO), "unet_carvana", source="local", pretrained=True, scale=0.5).eval()
+    x = torch.rand(1, 3, 40, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), published(x))
+    assert model.mask_values == [0, 1]
+    untrained = torch.hub.load(str(REPO), "unet_carvana", source="local")
+    assert (untrained.n_classes, untrained.bilinear) == (2, False)
+    with pytest.raises(ValueError, match="scale"):
+        hubconf.unet_carvana(pretrained=True, scale=0.25)
+
+
+def test_weights_url_is_downloaded_once_into_hub_cache(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    downloads = []
+
+    def fake_download(url: str, dst: str, progress: bool = True) -> None:
+        downloads.append(url)
+        torch.save(UNet(3, 2, bilinear=True).state_dict(), dst)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
+    url = "https://example.invalid/releases/my_unet.pth"
+    for _ in range(2):
+        model = hubconf.unet(bilinear=True, weights=url, progress=False)
+        assert model.bilinear and model.mask_values == [0, 1]
+    assert downloads == [url]
+    assert (tmp_path / "hub" / "checkpoints" / "my_unet.pth").exists()
