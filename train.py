@@ -45,46 +45,54 @@ def default_workers() -> int:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Train a U-Net on images and target masks.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description="Train a U-Net on images and target masks.")
     data = parser.add_argument_group("data")
-    data.add_argument("--imgs", type=Path, default=Path("data/imgs"), help="folder of input images")
-    data.add_argument("--masks", type=Path, default=Path("data/masks"), help="folder of masks")
+    data.add_argument("--imgs", type=Path, default=Path("data/imgs"),
+                      help="folder of input images (default: %(default)s)")
+    data.add_argument("--masks", type=Path, default=Path("data/masks"), help="folder of masks (default: %(default)s)")
     data.add_argument("--mask-suffix", default=None,
                       help="mask name = image name + suffix (Carvana: _mask); detected when omitted")
-    data.add_argument("--scale", "-s", type=float, default=0.5, help="downscaling factor of the images")
+    data.add_argument("--scale", "-s", type=float, default=0.5,
+                      help="downscaling factor of the images (default: %(default)s)")
     data.add_argument("--validation", "-v", type=float, default=10.0,
-                      help="percent of the data (0-100) held out for validation")
-    data.add_argument("--workers", type=int, default=default_workers(), help="data loading processes")
+                      help="percent of the data (0-100) held out for validation (default: %(default)s)")
+    data.add_argument("--workers", type=int, default=default_workers(),
+                      help="data loading processes (default: half the cores, here %(default)s)")
     model = parser.add_argument_group("model")
     model.add_argument("--classes", "-c", type=int, default=2,
-                       help="number of classes (1 = binary with sigmoid/BCE, 2+ = softmax/cross-entropy)")
-    model.add_argument("--channels", type=int, default=3, choices=(1, 3), help="image channels the model reads")
+                       help="number of classes: 1 = binary with sigmoid/BCE, 2+ = softmax/cross-entropy "
+                            "(default: %(default)s)")
+    model.add_argument("--channels", type=int, default=3, choices=(1, 3),
+                       help="image channels the model reads (default: %(default)s)")
     model.add_argument("--bilinear", action="store_true", help="bilinear upsampling instead of transposed conv")
     model.add_argument("--load", "-f", default=None, metavar="FILE",
                        help="start from the weights of this checkpoint (ours or a reference .pth)")
     model.add_argument("--checkpointing", action="store_true",
                        help="activation checkpointing: less memory, about 30%% more compute")
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--epochs", "-e", type=int, default=5, help="number of epochs")
-    optim.add_argument("--batch-size", "-b", type=int, default=1, help="images per step")
-    optim.add_argument("--learning-rate", "-l", type=float, default=1e-4, help="peak learning rate (AdamW)")
-    optim.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
-    optim.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm to this value")
+    optim.add_argument("--epochs", "-e", type=int, default=5, help="number of epochs (default: %(default)s)")
+    optim.add_argument("--batch-size", "-b", type=int, default=1, help="images per step (default: %(default)s)")
+    optim.add_argument("--learning-rate", "-l", type=float, default=1e-4,
+                       help="peak learning rate of AdamW, decayed by a cosine (default: %(default)s)")
+    optim.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (default: %(default)s)")
+    optim.add_argument("--grad-clip", type=float, default=1.0,
+                       help="clip the gradient norm to this value (default: %(default)s)")
     optim.add_argument("--amp", action="store_true", help="mixed precision: bf16, or fp16 + scaler on older GPUs")
     optim.add_argument("--precision", choices=PRECISIONS, default="auto",
-                       help="force a precision; auto = fp32, or what --amp picks")
-    optim.add_argument("--seed", type=int, default=0, help="seed for the split, data order and weights")
+                       help="force a precision; auto = fp32, or what --amp picks (default: %(default)s)")
+    optim.add_argument("--seed", type=int, default=0,
+                       help="seed for the split, data order and weights (default: %(default)s)")
     run = parser.add_argument_group("run")
     run.add_argument("--checkpoint-dir", type=Path, default=Path("checkpoints"),
-                     help="where last.pth, best.pth, metrics.csv and training_curves.png go")
+                     help="where last.pth, best.pth, metrics.csv and training_curves.png go (default: %(default)s)")
     run.add_argument("--resume", default=None, metavar="FILE|auto",
                      help="continue a run from a checkpoint (auto = CHECKPOINT_DIR/last.pth if present)")
     run.add_argument("--keep-epochs", action="store_true",
                      help="also keep every epoch's checkpoint as epoch_N.pth (as the reference did)")
     run.add_argument("--wandb", choices=WANDB_MODES, default=None,
                      help="wandb mode (default: online if WANDB_API_KEY is set, else offline)")
-    run.add_argument("--log-every", type=int, default=10, help="steps between loss readouts (each one syncs)")
+    run.add_argument("--log-every", type=int, default=10,
+                     help="steps between loss readouts, each a host sync (default: %(default)s)")
     run.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA if available)")
     return parser
 
