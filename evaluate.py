@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from utils.checkpoint import inference_scale, load_model, unwrap_model
 from utils.data_loading import SegmentationDataset, list_pairs, make_loader
-from utils.device import PRECISIONS, Precision, choose_device, choose_precision
+from utils.device import Precision, add_device_arguments, choose_device, choose_precision
 from utils.dice_score import per_class_scores
 from utils.errors import UserError, run_cli
 from utils.inference import logits_to_classes, predict_logits
@@ -89,10 +89,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", "-b", type=int, default=1,
                         help="images per batch; >1 needs images of one size (default 1)")
     parser.add_argument("--workers", type=int, default=2, help="data loading processes (default 2)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA if available)")
-    parser.add_argument("--amp", action="store_true", help="mixed precision (bf16, or fp16 on older GPUs)")
-    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
-                        help="force a precision (default auto: fp32, or what --amp picks)")
+    add_device_arguments(parser)
     parser.add_argument("--output", "-o", type=Path, default=Path("evaluation.csv"),
                         help="per-image scores, .csv or .json (default evaluation.csv)")
     return parser

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from utils.checkpoint import inference_scale, load_model
 from utils.data_loading import IMAGE_SUFFIXES, image_to_tensor, read_image
-from utils.device import PRECISIONS, choose_device, choose_precision
+from utils.device import add_device_arguments, choose_device, choose_precision
 from utils.errors import UserError, run_cli
 from utils.inference import logits_to_classes, predict_logits
 from utils.mask_encoding import decode_mask
@@ -44,10 +44,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="number of classes; read from the checkpoint, only needed to double-check")
     parser.add_argument("--bilinear", action="store_true", default=None,
                         help="bilinear upsampling; read from the checkpoint, only needed to double-check")
-    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA if available)")
-    parser.add_argument("--amp", action="store_true", help="mixed precision (bf16, or fp16 on older GPUs)")
-    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
-                        help="force a precision (default auto: fp32, or what --amp picks)")
+    add_device_arguments(parser)
     return parser
 
 

@@ -31,7 +31,7 @@ from utils.checkpoint import (
     save_checkpoint,
 )
 from utils.data_loading import Pair, SegmentationDataset, list_pairs, make_loader, normalize_images
-from utils.device import PRECISIONS, Precision, choose_device, choose_precision, memory_format
+from utils.device import Precision, add_device_arguments, choose_device, choose_precision, memory_format
 from utils.dice_score import segmentation_loss
 from utils.errors import UserError, run_cli
 from utils.inference import logits_to_classes
@@ -77,9 +77,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     optim.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (default: %(default)s)")
     optim.add_argument("--grad-clip", type=float, default=1.0,
                        help="clip the gradient norm to this value (default: %(default)s)")
-    optim.add_argument("--amp", action="store_true", help="mixed precision: bf16, or fp16 + scaler on older GPUs")
-    optim.add_argument("--precision", choices=PRECISIONS, default="auto",
-                       help="force a precision; auto = fp32, or what --amp picks (default: %(default)s)")
     optim.add_argument("--seed", type=int, default=0,
                        help="seed for the split, data order and weights (default: %(default)s)")
     run = parser.add_argument_group("run")
@@ -93,7 +90,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                      help="wandb mode (default: online if WANDB_API_KEY is set, else offline)")
     run.add_argument("--log-every", type=int, default=10,
                      help="steps between loss readouts, each a host sync (default: %(default)s)")
-    run.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA if available)")
+    add_device_arguments(parser.add_argument_group("device and precision"))
     return parser
 
 

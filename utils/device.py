@@ -1,5 +1,6 @@
 """Device and precision, decided once per run and used by train, evaluate and predict."""
 
+import argparse
 import os
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -70,3 +71,11 @@ def choose_precision(device: torch.device, amp: bool = False, precision: str = "
 def memory_format(device: torch.device) -> torch.memory_format:
     """channels_last pays off on CUDA tensor cores; on CPU it is left to the default layout."""
     return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+
+
+def add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    """--device, --amp and --precision, the same in every script."""
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA if available)")
+    parser.add_argument("--amp", action="store_true", help="mixed precision: bf16, or fp16 (+ scaler) on older GPUs")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="force a precision; auto = fp32, or what --amp picks (default: %(default)s)")
