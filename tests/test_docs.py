@@ -1,0 +1,31 @@
+"""The README documents every command-line flag and the two Quickstart commands."""
+
+from pathlib import Path
+
+import pytest
+
+import evaluate
+import predict
+import train
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
+@pytest.mark.parametrize("script", [train, predict, evaluate], ids=lambda m: m.__name__)
+def test_every_flag_is_in_the_readme(script) -> None:
+    flags = [flag for action in script.get_args_parser()._actions for flag in action.option_strings]
+    assert flags, "the parser has no flags"
+    missing = [flag for flag in flags if flag not in README]
+    assert not missing, f"{script.__name__}.py flags missing from README.md: {missing}"
+
+
+def test_every_flag_has_help() -> None:
+    for script in (train, predict, evaluate):
+        for action in script.get_args_parser()._actions:
+            assert action.help, f"{script.__name__}.py {action.option_strings} has no help text"
+
+
+def test_quickstart_is_make_demo_then_make_test() -> None:
+    quickstart = README.split("## Quickstart", 1)[1].split("\n## ", 1)[0]
+    commands = [line.split("#")[0].strip() for line in quickstart.splitlines() if line.startswith("make ")]
+    assert commands == ["make demo", "make test"]
