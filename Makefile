@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEMO_DIR := checkpoints/demo
 DEMO_IMAGES ?= 32
-DEMO_EPOCHS ?= 6
+DEMO_EPOCHS ?= 8
 
 .PHONY: install install-test demo test lint clean-demo
 
@@ -26,7 +26,7 @@ install-test: $(VENV)/.test-installed
 demo: install
 	@if [ -z "$$(ls -A data/imgs 2>/dev/null)" ]; then \
 		$(PY) -m utils.synthetic_data --out data --count $(DEMO_IMAGES) --width 480 --height 320; fi
-	$(PY) train.py --epochs $(DEMO_EPOCHS) --batch-size 4 --scale 0.3 --learning-rate 1e-3 --amp \
+	$(PY) train.py --epochs $(DEMO_EPOCHS) --batch-size 2 --scale 0.25 --learning-rate 5e-4 --amp \
 		--validation 20 --checkpoint-dir $(DEMO_DIR) --wandb offline
 	$(PY) evaluate.py -m $(DEMO_DIR)/best.pth --output $(DEMO_DIR)/evaluation.csv
 	$(PY) predict.py -m $(DEMO_DIR)/best.pth -i "$$(ls data/imgs/* | head -n 1)" -o $(DEMO_DIR)/predictions/ --overlay
