@@ -232,7 +232,9 @@ def main(args: argparse.Namespace) -> dict:
 
     # Model, optimizer, schedule (cosine decay over all steps), gradient scaler for fp16.
     if args.load:
-        model = model_from_checkpoint(load_checkpoint(args.load), n_classes=args.classes, bilinear=args.bilinear)
+        model = model_from_checkpoint(load_checkpoint(args.load), n_classes=args.classes,
+                                      bilinear=args.bilinear or None)
+        args.bilinear, args.channels = model.bilinear, model.n_channels
     else:
         model = UNet(args.channels, args.classes, args.bilinear)
     model.use_checkpointing(args.checkpointing)

@@ -204,3 +204,15 @@ def test_wandb_offline_run_is_written_locally(tmp_path: Path) -> None:
     assert "warning: wandb" not in result.stderr  # started, logged images and histograms, finished
     runs = list((tmp_path / "checkpoints" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+
+
+def test_size_mismatch_found_in_a_worker_process_is_one_line(tmp_path: Path) -> None:
+    write_carvana_like(tmp_path / "data", 3)
+    mask = sorted((tmp_path / "data" / "masks").iterdir())[1]
+    small = Image.open(mask).resize((24, 16))
+    small.save(mask)
+    flags = [flag if flag != "0" else "1" for flag in TRAIN_FLAGS]  # --workers 1
+    result = run("train.py", "--epochs", "1", "--validation", "0", *flags, cwd=tmp_path, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and mask.name in last and "48x32" in last and "24x16" in last

@@ -154,10 +154,12 @@ def model_from_checkpoint(
     """Rebuild the UNet and load its weights; flags may restate, never contradict, the weights."""
     args = dict(checkpoint["model_args"])
     source = checkpoint.get("source", "checkpoint")
-    for name, value in (("n_classes", n_classes), ("bilinear", bilinear)):
-        if value is not None and value != args[name]:
-            flag = "--classes" if name == "n_classes" else "--bilinear"
-            raise UserError(f"{flag} says {value} but {source} was trained with {name}={args[name]}: drop the flag")
+    if n_classes is not None and n_classes != args["n_classes"]:
+        raise UserError(f"--classes is {n_classes} but {source} has {args['n_classes']} classes: "
+                        f"use --classes {args['n_classes']}")
+    if bilinear is not None and bilinear != args["bilinear"]:
+        raise UserError(f"{source} was trained {'with' if args['bilinear'] else 'without'} --bilinear: "
+                        f"{'add' if args['bilinear'] else 'drop'} the flag")
     model = UNet(**args)
     try:
         model.load_state_dict(checkpoint["model"], strict=True)
