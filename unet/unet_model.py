@@ -1,10 +1,28 @@
 """The U-Net, assembled so that forward() reads like the architecture figure."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .unet_parts import DoubleConv, Down, OutConv, Up
+
+
+@contextmanager
+def _batchnorm_stats_frozen(block: nn.Module) -> Iterator[None]:
+    """Recomputing a checkpointed block must not update BatchNorm running statistics a second time."""
+    norms = [m for m in block.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (momentum, tracked) in zip(norms, saved):
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(tracked)
 
 
 class UNet(nn.Module):
@@ -36,7 +54,8 @@ class UNet(nn.Module):
     def _run(self, block: nn.Module, *inputs: torch.Tensor) -> torch.Tensor:
         # Wrapping calls, not replacing modules, keeps the state_dict keys of existing checkpoints.
         if self.checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(block, *inputs, use_reentrant=False)
+            return checkpoint(block, *inputs, use_reentrant=False,
+                              context_fn=lambda: (nullcontext(), _batchnorm_stats_frozen(block)))
         return block(*inputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

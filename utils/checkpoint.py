@@ -5,6 +5,7 @@ state). Plain reference state_dicts (optionally with a "mask_values" key) load t
 read off the tensor shapes. Files are always read with weights_only=True, so loading never runs code.
 """
 
+import contextlib
 import os
 import pickle
 import random
@@ -83,7 +84,6 @@ def save_checkpoint(path: Path | str, model: nn.Module, mask_values: list[MaskVa
     extra: scale, args, optimizer, scheduler, scaler (state_dicts), epoch, step, best_dice, rng, ...
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": FORMAT_VERSION,
         "model": unwrap_model(model).state_dict(),
@@ -93,14 +93,17 @@ def save_checkpoint(path: Path | str, model: nn.Module, mask_values: list[MaskVa
     }
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as file:
             torch.save(payload, file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, path)
-    except OSError as error:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"cannot write checkpoint {path} ({error.strerror}): free disk space or pick "
+    except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        reason = getattr(error, "strerror", None) or str(error).strip().splitlines()[0][:120]
+        raise UserError(f"cannot write checkpoint {path} ({reason}): free disk space or pick "
                         "another --checkpoint-dir") from None
 
 

@@ -158,7 +158,7 @@ def scaled_size(width: int, height: int, scale: float, source: Path | str = "ima
 
 def image_to_tensor(image: np.ndarray, scale: float = 1.0, source: Path | str = "image") -> torch.Tensor:
     """uint8 HxWxC -> uint8 CxH'xW' resized with bicubic (antialiased, like PIL's resize)."""
-    tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+    tensor = torch.from_numpy(np.array(image.transpose(2, 0, 1), order="C"))  # a writable copy
     if scale != 1.0:
         width, height = scaled_size(image.shape[1], image.shape[0], scale, source)
         tensor = TF.resize(tensor, [height, width], interpolation=InterpolationMode.BICUBIC, antialias=True)

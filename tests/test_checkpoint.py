@@ -1,0 +1,376 @@
+"""Checkpoints: our format and plain reference state_dicts, safe loading, atomic saving, RNG state."""
+
+import os
+import pathlib
+import random
+import resource
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from unet import UNet
+from utils.checkpoint import (
+    default_mask_values,
+    inference_scale,
+    load_checkpoint,
+    load_model,
+    model_args,
+    model_from_checkpoint,
+    restore_rng_state,
+    rng_state,
+    save_checkpoint,
+    unwrap_model,
+)
+from utils.errors import UserError
+
+
+class FakeDDP(nn.Module):
+    """Like DistributedDataParallel: the real model is `.module`."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+
+class FakeCompiled(nn.Module):
+    """Like torch.compile's OptimizedModule: the real model is `._orig_mod`."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self._orig_mod = module
+
+
+class TouchOnUnpickle:
+    """A malicious payload: unpickling it calls Path.touch(marker)."""
+
+    def __init__(self, marker: pathlib.Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (self.marker,))
+
+
+def draw_random_numbers() -> tuple:
+    return torch.rand(4), np.random.rand(4), random.random()
+
+
+def assert_same_draws(first: tuple, second: tuple) -> None:
+    assert torch.equal(first[0], second[0])
+    assert np.array_equal(first[1], second[1])
+    assert first[2] == second[2]
+
+
+def set_running_stats(model: nn.Module, seed: int) -> None:
+    """Non-default BatchNorm buffers, so that a checkpoint that lost them would show."""
+    generator = torch.Generator().manual_seed(seed)
+    for bn in model.modules():
+        if isinstance(bn, nn.BatchNorm2d):
+            bn.running_mean.copy_(torch.randn(bn.num_features, generator=generator) * 0.1)
+            bn.running_var.copy_(torch.rand(bn.num_features, generator=generator) + 0.5)
+
+
+def outputs(model: UNet, seed: int = 0) -> torch.Tensor:
+    x = torch.rand(1, model.n_channels, 19, 23, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        return model.eval()(x)
+
+
+@pytest.fixture
+def ckpt_dir(tmp_path):
+    """tmp_path, with the (tens of MB) checkpoint files removed afterwards."""
+    yield tmp_path
+    for path in tmp_path.rglob("*.pth"):
+        if path.is_file():
+            path.unlink()
+
+
+@pytest.fixture(scope="module")
+def saved_run(tmp_path_factory):
+    """One checkpoint written by save_checkpoint from a DDP-like wrapper, with extras and RNG state."""
+    folder = tmp_path_factory.mktemp("run")
+    torch.manual_seed(0)
+    model = UNet(n_channels=1, n_classes=3, bilinear=True)
+    set_running_stats(model, seed=1)
+    torch.manual_seed(123)
+    np.random.seed(123)
+    random.seed(123)
+    state = rng_state()
+    expected_draws = draw_random_numbers()
+    path = folder / "run.pth"
+    save_checkpoint(path, FakeDDP(model), [0, 10, 20], scale=0.5, epoch=3, best_dice=0.75,
+                    args={"data": pathlib.Path("data/imgs"), "size": (32, 48), "amp": True}, rng=state)
+    yield {"path": path, "model": model, "expected_draws": expected_draws}
+    path.unlink(missing_ok=True)
+
+
+# --- our format -------------------------------------------------------------------------------------
+
+
+def test_saved_checkpoint_rebuilds_a_model_with_identical_outputs(saved_run):
+    checkpoint = load_checkpoint(saved_run["path"])
+    rebuilt = model_from_checkpoint(checkpoint)
+    assert (rebuilt.n_channels, rebuilt.n_classes, rebuilt.bilinear) == (1, 3, True)
+    assert torch.equal(outputs(rebuilt), outputs(saved_run["model"]))
+    assert rebuilt.mask_values == [0, 10, 20]
+
+
+def test_checkpoint_carries_mask_values_model_args_and_extras(saved_run):
+    checkpoint = load_checkpoint(saved_run["path"])
+    assert checkpoint["format"] == 1
+    assert checkpoint["model_args"] == {"n_channels": 1, "n_classes": 3, "bilinear": True}
+    assert checkpoint["mask_values"] == [0, 10, 20]
+    assert (checkpoint["scale"], checkpoint["epoch"], checkpoint["best_dice"]) == (0.5, 3, 0.75)
+    assert checkpoint["args"] == {"data": "data/imgs", "size": [32, 48], "amp": True}  # plain types only
+    assert checkpoint["source"] == str(saved_run["path"])
+
+
+def test_checkpoint_of_wrapped_model_has_the_plain_unet_keys(saved_run):
+    checkpoint = load_checkpoint(saved_run["path"])
+    assert list(checkpoint["model"]) == list(UNet(1, 3, bilinear=True).state_dict())
+
+
+def test_save_leaves_no_temporary_file(saved_run):
+    assert [p.name for p in saved_run["path"].parent.iterdir()] == ["run.pth"]
+
+
+def test_rng_state_restored_from_checkpoint_repeats_the_draws(saved_run):
+    checkpoint = load_checkpoint(saved_run["path"])  # weights_only=True inside
+    draw_random_numbers()  # move all generators on
+    restore_rng_state(checkpoint["rng"])
+    assert_same_draws(draw_random_numbers(), saved_run["expected_draws"])
+
+
+def test_load_model_returns_eval_model_and_checkpoint(saved_run):
+    model, checkpoint = load_model(saved_run["path"], torch.device("cpu"))
+    assert not model.training
+    assert checkpoint["scale"] == 0.5
+    assert torch.equal(outputs(model), outputs(saved_run["model"]))
+
+
+# --- plain reference state_dicts --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("n_channels", "n_classes", "bilinear", "mask_values"),
+    [(3, 1, False, [0, 255]), (1, 3, False, [0, 10, 20]), (3, 1, True, [0, 1]), (1, 3, True, [0, 128, 255])],
+    ids=["tconv-1class", "tconv-3class", "bilinear-1class", "bilinear-3class"],
+)
+def test_plain_state_dict_with_mask_values_infers_architecture(ckpt_dir, n_channels, n_classes, bilinear,
+                                                               mask_values):
+    torch.manual_seed(0)
+    model = UNet(n_channels, n_classes, bilinear)
+    set_running_stats(model, seed=2)
+    path = ckpt_dir / "reference.pth"
+    torch.save({**model.state_dict(), "mask_values": mask_values}, path)
+    checkpoint = load_checkpoint(path)
+    expected_args = {"n_channels": n_channels, "n_classes": n_classes, "bilinear": bilinear}
+    assert checkpoint["model_args"] == expected_args
+    assert checkpoint["mask_values"] == mask_values
+    assert "mask_values" not in checkpoint["model"]
+    rebuilt = model_from_checkpoint(checkpoint)
+    assert rebuilt.mask_values == mask_values
+    assert torch.equal(outputs(rebuilt), outputs(model))
+
+
+@pytest.fixture(scope="module")
+def plain_two_class_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("plain") / "unet_carvana.pth"
+    torch.manual_seed(0)
+    torch.save(UNet(n_channels=3, n_classes=2, bilinear=True).state_dict(), path)
+    yield path
+    path.unlink(missing_ok=True)
+
+
+def test_plain_state_dict_without_mask_values_gets_0_1_for_two_classes(plain_two_class_file):
+    checkpoint = load_checkpoint(plain_two_class_file)
+    assert checkpoint["mask_values"] is None
+    model = model_from_checkpoint(checkpoint)
+    assert (model.n_channels, model.n_classes, model.bilinear) == (3, 2, True)
+    assert model.mask_values == [0, 1]
+
+
+def test_default_mask_values_by_class_count():
+    assert default_mask_values(1) == [0, 1]
+    assert default_mask_values(2) == [0, 1]
+    assert default_mask_values(4) == [0, 1, 2, 3]
+
+
+def test_flags_restating_the_weights_are_accepted(plain_two_class_file):
+    model = model_from_checkpoint(load_checkpoint(plain_two_class_file), n_classes=2, bilinear=True)
+    assert model.n_classes == 2
+
+
+@pytest.mark.parametrize(
+    ("flags", "flag_name"), [({"n_classes": 3}, "--classes"), ({"bilinear": False}, "--bilinear")]
+)
+def test_flags_contradicting_the_weights_raise_user_error(plain_two_class_file, flags, flag_name):
+    with pytest.raises(UserError) as error:
+        model_from_checkpoint(load_checkpoint(plain_two_class_file), **flags)
+    assert flag_name in str(error.value) and str(plain_two_class_file) in str(error.value)
+
+
+def test_weights_that_do_not_fit_the_layout_raise_user_error():
+    state_dict = UNet(1, 2).state_dict()
+    del state_dict["up4.conv.double_conv.4.running_var"]
+    checkpoint = {"model": state_dict, "model_args": {"n_channels": 1, "n_classes": 2, "bilinear": False},
+                  "source": "broken.pth"}
+    with pytest.raises(UserError, match="broken.pth does not fit"):
+        model_from_checkpoint(checkpoint)
+
+
+# --- refusing bad files -----------------------------------------------------------------------------
+
+
+def test_pickled_code_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "MARKER"
+    path = tmp_path / "evil.pth"
+    payload = {"inc.double_conv.0.weight": torch.zeros(64, 3, 3, 3), "payload": TouchOnUnpickle(marker)}
+    torch.save(payload, path)
+    with pytest.raises(UserError, match="refusing to load"):
+        load_checkpoint(path)
+    assert not marker.exists()
+    # The payload is live: an unsafe load does run it (proof that the refusal above mattered).
+    torch.load(path, weights_only=False)
+    assert marker.exists()
+
+
+def test_truncated_checkpoint_raises_user_error_naming_it(saved_run, tmp_path):
+    data = saved_run["path"].read_bytes()
+    for size in (0, 100, len(data) // 2, len(data) - 16):
+        path = tmp_path / f"cut_{size}.pth"
+        path.write_bytes(data[:size])
+        with pytest.raises(UserError) as error:
+            load_checkpoint(path)
+        assert str(path) in str(error.value)
+        assert "truncated" in str(error.value)
+        path.unlink()
+
+
+def test_missing_checkpoint_raises_user_error(tmp_path):
+    with pytest.raises(UserError, match="nope.pth does not exist"):
+        load_checkpoint(tmp_path / "nope.pth")
+
+
+def test_files_that_are_not_unet_checkpoints_raise_user_error(tmp_path):
+    torch.save(torch.zeros(3), tmp_path / "tensor.pth")
+    with pytest.raises(UserError, match="not a U-Net checkpoint"):
+        load_checkpoint(tmp_path / "tensor.pth")
+    torch.save({"fc.weight": torch.zeros(2, 2)}, tmp_path / "other.pth")
+    with pytest.raises(UserError, match="other.pth is not a U-Net checkpoint"):
+        load_checkpoint(tmp_path / "other.pth")
+
+
+# --- unwrap_model -----------------------------------------------------------------------------------
+
+
+def test_unwrap_model_finds_the_unet_in_wrappers():
+    net = UNet(1, 1, bilinear=True)
+    assert unwrap_model(net) is net
+    assert unwrap_model(FakeDDP(net)) is net
+    assert unwrap_model(FakeCompiled(net)) is net
+    assert unwrap_model(FakeDDP(FakeCompiled(net))) is net
+    assert model_args(FakeCompiled(FakeDDP(net))) == {"n_channels": 1, "n_classes": 1, "bilinear": True}
+
+
+def test_unwrap_model_refuses_modules_without_a_unet():
+    with pytest.raises(TypeError, match="Linear does not wrap a UNet"):
+        unwrap_model(nn.Linear(2, 2))
+    with pytest.raises(TypeError):
+        unwrap_model(FakeDDP(nn.Linear(2, 2)))
+
+
+# --- atomic saving ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_unet():
+    torch.manual_seed(0)
+    return UNet(n_channels=1, n_classes=1, bilinear=True)
+
+
+def test_save_into_new_folder_creates_it_and_leaves_only_the_file(ckpt_dir, small_unet):
+    path = ckpt_dir / "nested" / "deeper" / "best.pth"
+    save_checkpoint(path, small_unet, [0, 255])
+    assert [p.name for p in path.parent.iterdir()] == ["best.pth"]
+    assert load_checkpoint(path)["mask_values"] == [0, 255]
+
+
+def test_save_replaces_an_existing_checkpoint(ckpt_dir, small_unet):
+    path = ckpt_dir / "last.pth"
+    save_checkpoint(path, small_unet, [0, 1], epoch=1)
+    save_checkpoint(path, small_unet, [0, 1], epoch=2)
+    assert load_checkpoint(path)["epoch"] == 2
+    assert [p.name for p in ckpt_dir.iterdir()] == ["last.pth"]
+
+
+def test_save_onto_a_directory_raises_user_error_and_cleans_up(ckpt_dir, small_unet):
+    target = ckpt_dir / "best.pth"
+    target.mkdir()
+    with pytest.raises(UserError, match="cannot write checkpoint"):
+        save_checkpoint(target, small_unet, [0, 1])
+    assert [p.name for p in ckpt_dir.iterdir()] == ["best.pth"]
+    assert target.is_dir()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write into read-only folders")
+def test_save_into_read_only_folder_raises_user_error(ckpt_dir, small_unet):
+    folder = ckpt_dir / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        with pytest.raises(UserError, match="cannot write checkpoint"):
+            save_checkpoint(folder / "best.pth", small_unet, [0, 1])
+        assert list(folder.iterdir()) == []
+    finally:
+        folder.chmod(0o700)
+
+
+def test_save_where_the_folder_is_a_file_raises_user_error(ckpt_dir, small_unet):
+    (ckpt_dir / "checkpoints").write_text("not a folder")
+    with pytest.raises(UserError, match="cannot write checkpoint"):
+        save_checkpoint(ckpt_dir / "checkpoints" / "best.pth", small_unet, [0, 1])
+
+
+def test_failed_write_raises_user_error_and_leaves_no_temporary_file(ckpt_dir, small_unet):
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, hard))  # writes past 1 MiB fail like a full disk
+    try:
+        with pytest.raises(UserError, match="cannot write checkpoint"):
+            save_checkpoint(ckpt_dir / "best.pth", small_unet, [0, 1])
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        leftovers = sorted(p.name for p in ckpt_dir.iterdir())
+        for path in ckpt_dir.iterdir():
+            path.unlink()
+    assert leftovers == []
+
+
+# --- RNG state --------------------------------------------------------------------------------------
+
+
+def test_rng_state_round_trip_repeats_torch_numpy_and_python_draws():
+    torch.manual_seed(7)
+    np.random.seed(7)
+    random.seed(7)
+    state = rng_state()
+    first = draw_random_numbers()
+    restore_rng_state(state)
+    assert_same_draws(draw_random_numbers(), first)
+
+
+def test_rng_state_survives_weights_only_save_and_load(tmp_path):
+    torch.manual_seed(8)
+    np.random.seed(8)
+    random.seed(8)
+    torch.save(rng_state(), tmp_path / "rng.pt")
+    first = draw_random_numbers()
+    restore_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    assert_same_draws(draw_random_numbers(), first)
+
+
+def test_inference_scale_prefers_flag_then_checkpoint_then_half():
+    assert inference_scale({"scale": 0.25}, 1.0) == 1.0
+    assert inference_scale({"scale": 0.25}, None) == 0.25
+    assert inference_scale({}, None) == 0.5

@@ -1,0 +1,328 @@
+"""Decoding images and masks of every supported format, pairing folders, and dataset items."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import HEIGHT, WIDTH, disc_mask, random_rgb, write_image
+from PIL import Image
+
+from utils.data_loading import (
+    SegmentationDataset,
+    list_pairs,
+    normalize_images,
+    read_image,
+    read_mask,
+)
+from utils.errors import UserError
+
+PALETTE = [0, 0, 0, 255, 0, 0, 0, 255, 0]  # index 0 black, 1 red, 2 green
+
+
+def index_pattern(height: int = HEIGHT, width: int = WIDTH) -> np.ndarray:
+    """uint8 HxW with every one of the indices 0, 1, 2."""
+    return (np.add.outer(np.arange(height), np.arange(width)) % 3).astype(np.uint8)
+
+
+# --- read_image -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".png", ".bmp", ".tif", ".npy", ".pt"])
+def test_lossless_rgb_image_reads_back_exactly(tmp_path, suffix):
+    rgb = random_rgb(0)
+    path = write_image(tmp_path / f"img{suffix}", rgb)
+    image = read_image(path)
+    assert image.dtype == np.uint8 and image.shape == (HEIGHT, WIDTH, 3)
+    assert np.array_equal(image, rgb)
+
+
+def test_channels_first_tensor_is_transposed(tmp_path):
+    rgb = random_rgb(1)
+    path = write_image(tmp_path / "img.pt", rgb.transpose(2, 0, 1))
+    assert np.array_equal(read_image(path), rgb)
+
+
+def test_jpeg_reads_as_uint8_rgb_close_to_the_colour(tmp_path):
+    rgb = np.full((HEIGHT, WIDTH, 3), (200, 30, 90), dtype=np.uint8)
+    image = read_image(write_image(tmp_path / "img.jpg", rgb))
+    assert image.dtype == np.uint8 and image.shape == (HEIGHT, WIDTH, 3)
+    assert np.abs(image.astype(int) - rgb).max() <= 6
+
+
+@pytest.mark.parametrize("suffix", [".gif", ".png"])
+def test_palette_image_reads_as_its_colours(tmp_path, suffix):
+    indices = index_pattern()
+    path = write_image(tmp_path / f"img{suffix}", indices, mode="P", palette=PALETTE)
+    image = read_image(path)
+    assert image.shape == (HEIGHT, WIDTH, 3)
+    assert np.array_equal(image, np.array(PALETTE, dtype=np.uint8).reshape(3, 3)[indices])
+
+
+def test_grayscale_image_is_repeated_to_three_channels(tmp_path):
+    gray = random_rgb(2)[..., 0]
+    path = write_image(tmp_path / "gray.png", gray)
+    image = read_image(path)
+    assert image.shape == (HEIGHT, WIDTH, 3)
+    assert all(np.array_equal(image[..., c], gray) for c in range(3))
+
+
+def test_grayscale_image_with_one_channel_is_hxwx1(tmp_path):
+    gray = random_rgb(3)[..., 0]
+    for suffix in (".png", ".npy"):
+        image = read_image(write_image(tmp_path / f"gray{suffix}", gray), channels=1)
+        assert image.dtype == np.uint8 and image.shape == (HEIGHT, WIDTH, 1)
+        assert np.array_equal(image[..., 0], gray)
+
+
+def test_rgb_image_with_one_channel_is_converted_to_luminance(tmp_path):
+    rgb = random_rgb(4)
+    image = read_image(write_image(tmp_path / "rgb.png", rgb), channels=1)
+    assert image.shape == (HEIGHT, WIDTH, 1)
+    assert np.array_equal(image[..., 0], np.asarray(Image.fromarray(rgb).convert("L")))
+
+
+@pytest.mark.parametrize("suffix", [".png", ".npy"])
+def test_rgba_image_drops_alpha(tmp_path, suffix):
+    rgba = np.random.default_rng(5).integers(0, 256, (HEIGHT, WIDTH, 4), dtype=np.uint8)
+    image = read_image(write_image(tmp_path / f"rgba{suffix}", rgba))
+    assert image.shape == (HEIGHT, WIDTH, 3)
+    assert np.array_equal(image, rgba[..., :3])
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_16_bit_image_is_stretched_to_full_uint8_range(tmp_path, suffix):
+    values = np.array([[1000, 2000, 3000], [4000, 5000, 1000]], dtype=np.uint16)
+    path = write_image(tmp_path / f"deep{suffix}", values)
+    image = read_image(path)
+    assert image.dtype == np.uint8 and image.shape == (2, 3, 3)
+    expected = np.round((values.astype(np.float64) - 1000) / 4000 * 255).astype(np.uint8)
+    assert np.array_equal(image[..., 0], expected)
+    assert image.min() == 0 and image.max() == 255
+
+
+def test_float_tensor_in_unit_range_is_scaled_by_255(tmp_path):
+    values = np.array([[[0.0, 0.5], [0.25, 1.0]]] * 3, dtype=np.float32)  # 3x2x2, channels first
+    image = read_image(write_image(tmp_path / "float.pt", values))
+    assert image.dtype == np.uint8 and image.shape == (2, 2, 3)
+    assert np.array_equal(image[..., 1], np.array([[0, 128], [64, 255]], dtype=np.uint8))
+
+
+def test_unreadable_image_raises_user_error_naming_it(tmp_path):
+    path = tmp_path / "broken.png"
+    path.write_bytes(b"not a png at all")
+    with pytest.raises(UserError, match="broken.png"):
+        read_image(path)
+    with pytest.raises(UserError, match="missing.png"):
+        read_image(tmp_path / "missing.png")
+
+
+# --- read_mask --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".gif", ".png"])
+def test_palette_mask_keeps_indices_not_colours(tmp_path, suffix):
+    indices = index_pattern()
+    mask = read_mask(write_image(tmp_path / f"mask{suffix}", indices, mode="P", palette=PALETTE))
+    assert mask.dtype == np.uint8 and mask.shape == (HEIGHT, WIDTH)
+    assert np.array_equal(mask, indices)
+
+
+def test_gray_mask_saved_as_rgb_collapses_to_hxw(tmp_path):
+    gray = disc_mask(value=255)
+    mask = read_mask(write_image(tmp_path / "mask.png", np.repeat(gray[..., None], 3, axis=-1)))
+    assert mask.shape == (HEIGHT, WIDTH)
+    assert np.array_equal(mask, gray)
+
+
+def test_colour_mask_stays_hxwx3(tmp_path):
+    colours = np.array(PALETTE, dtype=np.uint8).reshape(3, 3)[index_pattern()]
+    mask = read_mask(write_image(tmp_path / "mask.png", colours))
+    assert mask.shape == (HEIGHT, WIDTH, 3)
+    assert np.array_equal(mask, colours)
+
+
+def test_rgba_colour_mask_drops_alpha(tmp_path):
+    colours = np.array(PALETTE, dtype=np.uint8).reshape(3, 3)[index_pattern()]
+    rgba = np.concatenate([colours, np.full((HEIGHT, WIDTH, 1), 255, np.uint8)], axis=-1)
+    mask = read_mask(write_image(tmp_path / "mask.png", rgba))
+    assert np.array_equal(mask, colours)
+
+
+def test_bool_npy_mask_reads_as_zero_one(tmp_path):
+    flags = disc_mask().astype(bool)
+    mask = read_mask(write_image(tmp_path / "mask.npy", flags))
+    assert mask.dtype == np.uint8 and mask.shape == (HEIGHT, WIDTH)
+    assert np.array_equal(mask, flags.astype(np.uint8))
+    assert set(np.unique(mask)) == {0, 1}
+
+
+def test_label_tensor_mask_keeps_values(tmp_path):
+    labels = index_pattern().astype(np.int64) * 7
+    mask = read_mask(write_image(tmp_path / "mask.pt", labels))
+    assert mask.shape == (HEIGHT, WIDTH)
+    assert np.array_equal(mask, labels)
+
+
+# --- list_pairs -------------------------------------------------------------------------------------
+
+
+def _touch_images(folder, names, seed: int = 0):
+    for i, name in enumerate(names):
+        write_image(folder / name, random_rgb(seed + i, 6, 5))
+
+
+def test_carvana_mask_suffix_is_detected(carvana_folder):
+    pairs = list_pairs(carvana_folder / "imgs", carvana_folder / "masks")
+    assert [(p.name, p.image.name, p.mask.name) for p in pairs] == [
+        ("car0_01", "car0_01.png", "car0_01_mask.gif"),
+        ("car1_01", "car1_01.png", "car1_01_mask.gif"),
+    ]
+
+
+def test_same_stem_pairs_are_detected(tmp_path):
+    _touch_images(tmp_path / "imgs", ["a.jpg", "b.jpg"])
+    _touch_images(tmp_path / "masks", ["a.png", "b.png"])
+    pairs = list_pairs(tmp_path / "imgs", tmp_path / "masks")
+    assert [(p.image.name, p.mask.name) for p in pairs] == [("a.jpg", "a.png"), ("b.jpg", "b.png")]
+
+
+def test_explicit_mask_suffix_overrides_detection(tmp_path):
+    _touch_images(tmp_path / "imgs", ["a.png", "b.png"])
+    _touch_images(tmp_path / "masks", ["a_mask.png", "b_mask.png", "a_seg.png", "b_seg.png"])
+    detected = list_pairs(tmp_path / "imgs", tmp_path / "masks")
+    assert [p.mask.name for p in detected] == ["a_mask.png", "b_mask.png"]
+    explicit = list_pairs(tmp_path / "imgs", tmp_path / "masks", mask_suffix="_seg")
+    assert [p.mask.name for p in explicit] == ["a_seg.png", "b_seg.png"]
+
+
+def test_unpaired_files_are_skipped_with_a_warning_naming_them(tmp_path, capsys):
+    _touch_images(tmp_path / "imgs", ["a.png", "b.png", "c.png"])
+    _touch_images(tmp_path / "masks", ["a_mask.png", "b_mask.png", "z_mask.png"])
+    pairs = list_pairs(tmp_path / "imgs", tmp_path / "masks")
+    assert [p.name for p in pairs] == ["a", "b"]
+    err = capsys.readouterr().err
+    assert "warning" in err
+    assert "c.png" in err and "z_mask.png" in err
+    assert "a.png" not in err and "b_mask.png" not in err
+
+
+def test_hidden_and_non_image_files_are_ignored(tmp_path, capsys):
+    _touch_images(tmp_path / "imgs", ["a.png"])
+    _touch_images(tmp_path / "masks", ["a.png"])
+    (tmp_path / "masks" / ".mask_values_cache.json").write_text("{}")
+    (tmp_path / "imgs" / "notes.txt").write_text("x")
+    (tmp_path / "imgs" / ".hidden.png").write_bytes(b"")
+    pairs = list_pairs(tmp_path / "imgs", tmp_path / "masks")
+    assert [p.name for p in pairs] == ["a"]
+    assert capsys.readouterr().err == ""
+
+
+def test_no_pairs_raises_user_error_naming_the_folder(tmp_path):
+    _touch_images(tmp_path / "imgs", ["a.png", "b.png"])
+    _touch_images(tmp_path / "masks", ["x_mask.png"])
+    with pytest.raises(UserError) as error:
+        list_pairs(tmp_path / "imgs", tmp_path / "masks")
+    assert str(tmp_path / "imgs") in str(error.value)
+    assert str(tmp_path / "masks") in str(error.value)
+
+
+@pytest.mark.parametrize("missing", ["imgs", "masks"])
+def test_missing_folder_raises_user_error(tmp_path, missing):
+    for role in ("imgs", "masks"):
+        if role != missing:
+            _touch_images(tmp_path / role, ["a.png"])
+    with pytest.raises(UserError, match=str(tmp_path / missing)):
+        list_pairs(tmp_path / "imgs", tmp_path / "masks")
+
+
+def test_folder_without_images_raises_user_error(tmp_path):
+    _touch_images(tmp_path / "imgs", ["a.png"])
+    (tmp_path / "masks").mkdir()
+    (tmp_path / "masks" / "readme.txt").write_text("x")
+    with pytest.raises(UserError, match="no image files"):
+        list_pairs(tmp_path / "imgs", tmp_path / "masks")
+
+
+def test_two_files_with_the_same_stem_raise_user_error(tmp_path):
+    _touch_images(tmp_path / "imgs", ["a.jpg", "a.png"])
+    _touch_images(tmp_path / "masks", ["a.png"])
+    with pytest.raises(UserError) as error:
+        list_pairs(tmp_path / "imgs", tmp_path / "masks")
+    assert "a.jpg" in str(error.value) and "a.png" in str(error.value)
+
+
+# --- SegmentationDataset ----------------------------------------------------------------------------
+
+
+def test_item_is_uint8_image_and_int64_mask_scaled_by_int_rule(carvana_folder):
+    pairs = list_pairs(carvana_folder / "imgs", carvana_folder / "masks")
+    item = SegmentationDataset(pairs, [0, 1], scale=0.5)[1]
+    width, height = int(0.5 * WIDTH), int(0.5 * HEIGHT)  # 26, 18
+    assert item["name"] == "car1_01"
+    assert item["image"].dtype == torch.uint8 and item["image"].shape == (3, height, width)
+    assert item["mask"].dtype == torch.int64 and item["mask"].shape == (height, width)
+    assert set(item["mask"].unique().tolist()) == {0, 1}
+
+
+def test_item_at_full_scale_is_the_encoded_mask(carvana_folder):
+    pairs = list_pairs(carvana_folder / "imgs", carvana_folder / "masks")
+    dataset = SegmentationDataset(pairs, [0, 1])
+    assert len(dataset) == 2
+    item = dataset[0]
+    assert torch.equal(item["image"], torch.from_numpy(random_rgb(0)).permute(2, 0, 1))
+    assert torch.equal(item["mask"], torch.from_numpy(disc_mask()).long())
+
+
+def test_scaled_mask_is_resized_nearest_without_new_classes(tmp_path):
+    write_image(tmp_path / "imgs" / "a.png", random_rgb(0))
+    write_image(tmp_path / "masks" / "a.png", disc_mask(value=20))  # values 0 and 20, never 10
+    pairs = list_pairs(tmp_path / "imgs", tmp_path / "masks")
+    mask = SegmentationDataset(pairs, [0, 10, 20], scale=0.3)[0]["mask"]
+    assert mask.shape == (int(0.3 * HEIGHT), int(0.3 * WIDTH))
+    assert set(mask.unique().tolist()) == {0, 2}
+
+
+def test_scale_masks_false_keeps_native_mask_size(carvana_folder):
+    pairs = list_pairs(carvana_folder / "imgs", carvana_folder / "masks")
+    item = SegmentationDataset(pairs, [0, 1], scale=0.5, scale_masks=False)[0]
+    assert item["image"].shape == (3, int(0.5 * HEIGHT), int(0.5 * WIDTH))
+    assert item["mask"].shape == (HEIGHT, WIDTH)
+    assert torch.equal(item["mask"], torch.from_numpy(disc_mask()).long())
+
+
+def test_one_channel_dataset_gives_one_channel_images(carvana_folder):
+    pairs = list_pairs(carvana_folder / "imgs", carvana_folder / "masks")
+    image = SegmentationDataset(pairs, [0, 1], scale=0.5, channels=1)[0]["image"]
+    assert image.dtype == torch.uint8 and image.shape == (1, int(0.5 * HEIGHT), int(0.5 * WIDTH))
+
+
+def test_image_mask_size_mismatch_raises_user_error_naming_both(tmp_path):
+    write_image(tmp_path / "imgs" / "a.png", random_rgb(0))
+    write_image(tmp_path / "masks" / "a_mask.png", disc_mask(HEIGHT, WIDTH + 1))
+    pairs = list_pairs(tmp_path / "imgs", tmp_path / "masks")
+    with pytest.raises(UserError) as error:
+        SegmentationDataset(pairs, [0, 1])[0]
+    assert "a.png" in str(error.value) and "a_mask.png" in str(error.value)
+
+
+def test_unknown_mask_value_raises_user_error_naming_the_mask(carvana_folder):
+    pairs = list_pairs(carvana_folder / "imgs", carvana_folder / "masks")
+    with pytest.raises(UserError, match="car0_01_mask.gif"):
+        SegmentationDataset(pairs, [0, 255])[0]
+
+
+def test_scale_that_shrinks_to_nothing_raises_user_error(carvana_folder):
+    pairs = list_pairs(carvana_folder / "imgs", carvana_folder / "masks")
+    with pytest.raises(UserError, match="--scale 0.01"):
+        SegmentationDataset(pairs, [0, 1], scale=0.01)[0]
+
+
+@pytest.mark.parametrize("scale", [0.0, -0.5, 1.5])
+def test_scale_outside_zero_one_is_refused(carvana_folder, scale):
+    pairs = list_pairs(carvana_folder / "imgs", carvana_folder / "masks")
+    with pytest.raises(UserError, match="--scale"):
+        SegmentationDataset(pairs, [0, 1], scale=scale)
+
+
+def test_normalize_images_maps_uint8_to_unit_range():
+    images = torch.tensor([[[[0, 51, 255]]]], dtype=torch.uint8)
+    assert torch.allclose(normalize_images(images), torch.tensor([[[[0.0, 0.2, 1.0]]]]))

@@ -1,0 +1,151 @@
+"""Dice/IoU scores and the training loss against hand-computed values."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from utils.dice_score import dice_coeff, dice_loss, multiclass_dice_coeff, per_class_scores, segmentation_loss
+
+EPS = 1e-6
+
+
+def t(values) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float32)
+
+
+def one_hot(classes, n_classes: int) -> torch.Tensor:
+    """(B, H, W) class indices -> (B, C, H, W) float one-hot."""
+    return F.one_hot(torch.tensor(classes), n_classes).permute(0, 3, 1, 2).float()
+
+
+def test_dice_of_one_overlap_in_two_plus_one_pixels_is_two_thirds():
+    dice = dice_coeff(t([[1, 1], [0, 0]]), t([[1, 0], [0, 0]]))
+    assert dice.shape == ()
+    assert dice.item() == pytest.approx(2 * 1 / (2 + 1), abs=1e-6)
+
+
+def test_dice_of_soft_prediction_uses_products():
+    dice = dice_coeff(t([[0.5, 0.5], [0.5, 0.5]]), t([[1, 0], [0, 0]]))
+    assert dice.item() == pytest.approx(2 * 0.5 / (2 + 1), abs=1e-6)
+
+
+BATCH_PRED = [[[1, 1], [0, 0]], [[1, 1], [1, 0]]]
+BATCH_TRUE = [[[1, 0], [0, 0]], [[1, 1], [1, 1]]]
+
+
+def test_batch_dice_is_mean_of_per_image_dice():
+    dice = dice_coeff(t(BATCH_PRED), t(BATCH_TRUE))
+    assert dice.shape == ()
+    assert dice.item() == pytest.approx((2 / 3 + 6 / 7) / 2, abs=1e-6)
+
+
+def test_batch_dice_reduced_batch_first_pools_all_pixels():
+    dice = dice_coeff(t(BATCH_PRED), t(BATCH_TRUE), reduce_batch_first=True)
+    assert dice.item() == pytest.approx(2 * (1 + 3) / (2 + 1 + 3 + 4), abs=1e-6)
+
+
+def test_two_empty_masks_score_one():
+    assert dice_coeff(torch.zeros(3, 4), torch.zeros(3, 4)).item() == pytest.approx(1.0)
+    batch = dice_coeff(t([[[0, 0], [0, 0]], [[1, 1], [0, 0]]]), t([[[0, 0], [0, 0]], [[1, 0], [0, 0]]]))
+    assert batch.item() == pytest.approx((1 + 2 / 3) / 2, abs=1e-6)
+
+
+@pytest.mark.parametrize("empty_side", ["prediction", "target"])
+def test_one_empty_mask_scores_about_zero(empty_side):
+    full = t([[1, 0], [1, 1]])
+    pred, target = (torch.zeros(2, 2), full) if empty_side == "prediction" else (full, torch.zeros(2, 2))
+    dice = dice_coeff(pred, target).item()
+    assert 0 <= dice < 1e-5
+    assert dice == pytest.approx(EPS / (3 + EPS), rel=1e-3)
+
+
+# prediction [[0,1],[2,2]] vs truth [[0,1],[1,2]]: class 0 Dice 1, class 1 Dice 2/3, class 2 Dice 2/3
+MC_PRED = [[[0, 1], [2, 2]]]
+MC_TRUE = [[[0, 1], [1, 2]]]
+
+
+def test_multiclass_dice_averages_over_classes_and_images():
+    dice = multiclass_dice_coeff(one_hot(MC_PRED, 3), one_hot(MC_TRUE, 3))
+    assert dice.item() == pytest.approx((1 + 2 / 3 + 2 / 3) / 3, abs=1e-6)
+
+
+def test_multiclass_dice_reduced_batch_first_pools_all_classes():
+    dice = multiclass_dice_coeff(one_hot(MC_PRED, 3), one_hot(MC_TRUE, 3), reduce_batch_first=True)
+    assert dice.item() == pytest.approx(2 * 3 / (4 + 4), abs=1e-6)  # 3 of 4 pixels right, one-hot sums 4+4
+
+
+def test_dice_loss_is_one_minus_batch_pooled_dice():
+    assert dice_loss(t(BATCH_PRED), t(BATCH_TRUE)).item() == pytest.approx(1 - 0.8, abs=1e-6)
+    loss = dice_loss(one_hot(MC_PRED, 3), one_hot(MC_TRUE, 3), multiclass=True)
+    assert loss.item() == pytest.approx(1 - 0.75, abs=1e-6)
+
+
+def test_dice_loss_is_zero_for_identical_masks():
+    mask = t([[[1, 0, 1], [0, 1, 1]]])
+    assert dice_loss(mask, mask).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_per_class_dice_and_iou_by_hand():
+    pred = torch.tensor([[[0, 0, 1], [0, 1, 1], [0, 0, 0]],
+                         [[2, 2, 2], [2, 2, 2], [2, 2, 2]]])
+    true = torch.tensor([[[0, 0, 1], [0, 0, 1], [0, 0, 0]],
+                         [[0, 0, 0], [0, 0, 0], [0, 0, 0]]])
+    dice, iou = per_class_scores(pred, true, n_classes=3)
+    assert dice.shape == iou.shape == (2, 3)
+    # image 0: class 0 pred 6 / true 7 / both 6, class 1 pred 3 / true 2 / both 2, class 2 absent -> 1
+    # image 1: class 0 and class 2 disjoint -> 0, class 1 absent everywhere -> 1
+    expected_dice = torch.tensor([[12 / 13, 4 / 5, 1.0], [0.0, 1.0, 0.0]])
+    expected_iou = torch.tensor([[6 / 7, 2 / 3, 1.0], [0.0, 1.0, 0.0]])
+    assert torch.allclose(dice, expected_dice, atol=1e-6)
+    assert torch.allclose(iou, expected_iou, atol=1e-6)
+
+
+def test_per_class_scores_are_one_for_a_perfect_prediction():
+    classes = torch.tensor([[[0, 1, 2], [2, 1, 0]]])
+    dice, iou = per_class_scores(classes, classes, n_classes=4)
+    assert torch.equal(dice, torch.ones(1, 4)) and torch.equal(iou, torch.ones(1, 4))
+
+
+def _manual_dice(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return (2 * (probs * target).sum() + EPS) / (probs.sum() + target.sum() + EPS)
+
+
+def test_binary_loss_is_bce_plus_dice_loss():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 1, 5, 7)
+    masks = torch.randint(0, 2, (2, 5, 7))
+    expected = F.binary_cross_entropy_with_logits(logits[:, 0], masks.float()) + 1 - _manual_dice(
+        torch.sigmoid(logits[:, 0]), masks.float())
+    assert segmentation_loss(logits, masks).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_multiclass_loss_is_cross_entropy_plus_dice_loss():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 5, 7)
+    masks = torch.randint(0, 3, (2, 5, 7))
+    target = F.one_hot(masks, 3).permute(0, 3, 1, 2).float()
+    expected = F.cross_entropy(logits, masks) + 1 - _manual_dice(F.softmax(logits, dim=1), target)
+    assert segmentation_loss(logits, masks).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("n_classes", [1, 3])
+def test_perfect_logits_have_lower_loss_than_wrong_ones(n_classes):
+    torch.manual_seed(0)
+    masks = torch.randint(0, max(n_classes, 2), (2, 6, 5))
+    if n_classes == 1:
+        perfect = (masks.float() * 20 - 10)[:, None]
+    else:
+        perfect = F.one_hot(masks, n_classes).permute(0, 3, 1, 2).float() * 20 - 10
+    good, bad = segmentation_loss(perfect, masks).item(), segmentation_loss(-perfect, masks).item()
+    assert good < 1e-3
+    assert bad > 1.0
+    assert good < bad
+
+
+def test_loss_is_computed_in_float32_for_half_precision_logits():
+    torch.manual_seed(0)
+    logits = torch.randn(1, 3, 4, 4)
+    masks = torch.randint(0, 3, (1, 4, 4))
+    loss = segmentation_loss(logits.to(torch.bfloat16), masks)
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(segmentation_loss(logits.to(torch.bfloat16).float(), masks).item())
