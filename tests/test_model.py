@@ -102,6 +102,7 @@ def checkpointing_runs() -> dict:
         "checkpointed": _train_step(checkpointed, x, target),
         "toggled": _train_step(toggled, x, target),
         "flags": (plain.checkpointing, checkpointed.checkpointing, toggled.checkpointing),
+        "buffers": (dict(plain.named_buffers()), dict(checkpointed.named_buffers())),
     }
 
 
@@ -112,6 +113,13 @@ def test_checkpointing_gives_the_same_output_and_gradients(checkpointing_runs):
     assert all(grad.abs().sum() > 0 for grad in plain["grads"].values())
     for name, grad in plain["grads"].items():
         assert torch.allclose(grad, checkpointed["grads"][name], rtol=1e-5, atol=1e-7), name
+
+
+def test_checkpointing_updates_batchnorm_statistics_once(checkpointing_runs):
+    plain, checkpointed = checkpointing_runs["buffers"]
+    assert plain.keys() == checkpointed.keys() and any("running_mean" in name for name in plain)
+    for name, value in plain.items():
+        assert torch.equal(value, checkpointed[name]), name  # recomputation must not count the batch twice
 
 
 def test_checkpointing_saves_less_than_half_the_activations(checkpointing_runs):
