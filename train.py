@@ -207,9 +207,9 @@ def main(args: argparse.Namespace) -> dict:
     if resumed is not None:
         if "optimizer" not in resumed:
             raise UserError(f"{resume_file} holds weights only, no training state: use --load to start from it")
-        for name in ("n_classes", "bilinear", "n_channels"):  # the run's architecture wins over the flags
-            setattr(args, {"n_classes": "classes", "n_channels": "channels"}.get(name, name),
-                    resumed["model_args"][name])
+        architecture = resumed["model_args"]  # the run's architecture wins over the flags
+        args.classes, args.channels = architecture["n_classes"], architecture["n_channels"]
+        args.bilinear = architecture["bilinear"]
         args.scale = resumed.get("scale", args.scale)
 
     # Data: pair the files once, scan the mask values once (cached), split, wrap in loaders.
@@ -254,7 +254,10 @@ def main(args: argparse.Namespace) -> dict:
         scaler.load_state_dict(resumed["scaler"])
         restore_rng_state(resumed["rng"])
         start_epoch, step, best_dice = resumed["epoch"] + 1, resumed["step"], resumed["best_dice"]
-        print(f"resuming {resume_file}: epoch {start_epoch}, step {step}, best Dice {best_dice:.4f}")
+        best = f", best validation Dice {best_dice:.4f}" if best_dice >= 0 else ""
+        print(f"resuming {resume_file}: epoch {start_epoch}, step {step}{best}")
+        if start_epoch > args.epochs:
+            print(f"{resume_file} has already trained {args.epochs} epochs: raise --epochs to train longer")
 
     print(f"{len(train_set)} training and {len(val_set)} validation images from {args.imgs}, scale {args.scale}, "
           f"mask values {mask_values}, {args.classes} classes, {precision.name} on {device}")
