@@ -23,6 +23,8 @@ from utils.inference import logits_to_classes, predict_logits
 from utils.mask_encoding import decode_mask
 from utils.plotting import class_colours, overlay_mask, side_by_side
 
+MASK_FILE_SUFFIXES = (".png", ".gif", ".bmp", ".tif", ".tiff")  # lossless, so class values survive
+
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Predict masks from input images.")
@@ -79,6 +81,9 @@ def output_paths(inputs: list[Path], outputs: list[str] | None) -> list[Path]:
         return [folder / f"{path.stem}_OUT.png" for path in inputs]
     if len(outputs) != len(inputs):
         raise UserError(f"{len(inputs)} inputs but {len(outputs)} outputs: give one output per input or a folder")
+    for output in outputs:
+        if Path(output).suffix.lower() not in MASK_FILE_SUFFIXES:
+            raise UserError(f"output {output} is not an image file name: end it in .png (or / for a folder)")
     return [Path(output) for output in outputs]
 
 

@@ -14,6 +14,7 @@ from PIL import Image
 
 from unet import UNet
 from utils.checkpoint import load_checkpoint
+from utils.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_FLAGS = ["--scale", "1", "--batch-size", "4", "--learning-rate", "3e-3", "--wandb", "disabled",
@@ -216,3 +217,22 @@ def test_size_mismatch_found_in_a_worker_process_is_one_line(tmp_path: Path) -> 
     assert result.returncode == 2 and "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and mask.name in last and "48x32" in last and "24x16" in last
+
+
+def test_predict_inputs_expand_folders_and_globs_and_outputs_pair_up(tmp_path: Path) -> None:
+    import predict
+
+    for name in ("b.png", "a.jpg", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    assert predict.expand_inputs([str(tmp_path)]) == [tmp_path / "a.jpg", tmp_path / "b.png"]
+    assert predict.expand_inputs([str(tmp_path / "*.png")]) == [tmp_path / "b.png"]
+    inputs = [tmp_path / "a.jpg", tmp_path / "b.png"]
+    assert predict.output_paths(inputs, None) == [tmp_path / "a_OUT.png", tmp_path / "b_OUT.png"]
+    assert predict.output_paths(inputs, [str(tmp_path / "out")]) == [tmp_path / "out" / "a_OUT.png",
+                                                                      tmp_path / "out" / "b_OUT.png"]
+    with pytest.raises(UserError, match="matches no image"):
+        predict.expand_inputs([str(tmp_path / "*.tif")])
+    with pytest.raises(UserError, match="2 inputs but 3 outputs"):
+        predict.output_paths(inputs, ["x.png", "y.png", "z.png"])
+    with pytest.raises(UserError, match=r"end it in \.png"):
+        predict.output_paths(inputs[:1], ["mask"])
