@@ -101,7 +101,10 @@ def main(args: argparse.Namespace) -> dict:
     model, checkpoint = load_model(args.model, device)
     scale = inference_scale(checkpoint, args.scale)
     pairs = list_pairs(args.imgs, args.masks, args.mask_suffix)
-    dataset = SegmentationDataset(pairs, model.mask_values, scale, model.n_channels, scale_masks=False)
+    trained_with = checkpoint.get("args") or {}  # read the masks the way the model was trained on them
+    dataset = SegmentationDataset(pairs, model.mask_values, scale, model.n_channels, scale_masks=False,
+                                  binarize=bool(trained_with.get("binarize")),
+                                  ignore_value=trained_with.get("ignore_index"))
     loader = make_loader(dataset, args.batch_size, device, min(args.workers, len(pairs)))
     try:
         result = evaluate(model, loader, device, precision, args.mask_threshold)
@@ -121,4 +124,4 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    run_cli(lambda: main(get_args_parser().parse_args()))
+    run_cli(main, get_args_parser())

@@ -108,7 +108,7 @@ def main(args: argparse.Namespace) -> int:
         class_indices = logits_to_classes(logits, args.mask_threshold)[0].cpu().numpy()
         if not args.no_save:
             target.parent.mkdir(parents=True, exist_ok=True)
-            decode_mask(class_indices, model.mask_values).save(target)
+            decode_mask(class_indices, model.mask_values, checkpoint.get("mask_palette")).save(target)
             if len(inputs) < 2:
                 print(f"mask of {source} saved to {target}")
         if args.overlay:
@@ -127,4 +127,4 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    run_cli(lambda: main(get_args_parser().parse_args()))
+    run_cli(main, get_args_parser())

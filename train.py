@@ -23,6 +23,8 @@ from tqdm import tqdm
 
 from evaluate import evaluate
 from unet import UNet
+from utils.augmentation import AUGMENT_PRESETS, train_augmentation
+from utils.check_data import check_dataset
 from utils.checkpoint import (
     load_checkpoint,
     model_from_checkpoint,
@@ -30,13 +32,15 @@ from utils.checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from utils.data_loading import Pair, SegmentationDataset, list_pairs, make_loader, normalize_images
+from utils.data_loading import Pair, SegmentationDataset, make_loader, normalize_images
 from utils.device import Precision, add_device_arguments, choose_device, choose_precision, memory_format
-from utils.dice_score import segmentation_loss
+from utils.dice_score import class_weights_from_pixels, segmentation_loss
 from utils.errors import UserError, run_cli
 from utils.inference import logits_to_classes
-from utils.mask_encoding import MaskValue, check_classes, scan_mask_values
+from utils.mask_encoding import MaskValue, check_classes
 from utils.run_log import WANDB_MODES, RunLog, default_wandb_mode
+
+DEFAULT_AUGMENT = "light"  # chosen by the held-out Dice measured in the README
 
 
 def default_workers() -> int:
@@ -56,12 +60,18 @@ def get_args_parser() -> argparse.ArgumentParser:
                       help="downscaling factor of the images (default: %(default)s)")
     data.add_argument("--validation", "-v", type=float, default=10.0,
                       help="percent of the data (0-100) held out for validation (default: %(default)s)")
+    data.add_argument("--binarize", action="store_true",
+                      help="any nonzero mask value is foreground (instance labels, 0/255 masks with noise)")
+    data.add_argument("--ignore-index", type=int, default=None, metavar="VALUE",
+                      help="mask value left out of the loss and the scores (e.g. 255 borders in VOC-style masks)")
+    data.add_argument("--augment", choices=AUGMENT_PRESETS, default=DEFAULT_AUGMENT,
+                      help="augmentation of the training images (default: %(default)s; see README)")
     data.add_argument("--workers", type=int, default=default_workers(),
                       help="data loading processes (default: half the cores, here %(default)s)")
     model = parser.add_argument_group("model")
-    model.add_argument("--classes", "-c", type=int, default=2,
+    model.add_argument("--classes", "-c", type=int, default=None,
                        help="number of classes: 1 = binary with sigmoid/BCE, 2+ = softmax/cross-entropy "
-                            "(default: %(default)s)")
+                            "(default: one per mask value found, at least 2)")
     model.add_argument("--channels", type=int, default=3, choices=(1, 3),
                        help="image channels the model reads (default: %(default)s)")
     model.add_argument("--bilinear", action="store_true", help="bilinear upsampling instead of transposed conv")
@@ -75,6 +85,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     optim.add_argument("--learning-rate", "-l", type=float, default=1e-4,
                        help="peak learning rate of AdamW, decayed by a cosine (default: %(default)s)")
     optim.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (default: %(default)s)")
+    optim.add_argument("--class-weights", default=None, metavar="auto|W1,W2,...",
+                       help="weight the cross-entropy per class: auto = median-frequency balancing from the "
+                            "data check, or one weight per class")
     optim.add_argument("--grad-clip", type=float, default=1.0,
                        help="clip the gradient norm to this value (default: %(default)s)")
     optim.add_argument("--seed", type=int, default=0,
@@ -101,7 +114,7 @@ def check_args(args: argparse.Namespace) -> None:
         ("--learning-rate", args.learning_rate, args.learning_rate > 0),
         ("--scale", args.scale, 0 < args.scale <= 1),
         ("--validation", args.validation, 0 <= args.validation < 100),
-        ("--classes", args.classes, args.classes >= 1),
+        ("--classes", args.classes, args.classes is None or args.classes >= 1),
         ("--workers", args.workers, args.workers >= 0),
         ("--log-every", args.log_every, args.log_every >= 1),
     ):
@@ -120,6 +133,24 @@ def split_pairs(pairs: list[Pair], validation_percent: float, seed: int) -> tupl
     val = [pairs[i] for i in order[:n_val]]
     train = [pairs[i] for i in order[n_val:]]
     return train, val
+
+
+def parse_class_weights(text: str | None, n_classes: int, class_pixels: list[int]) -> torch.Tensor | None:
+    """--class-weights: None, "auto" (from the data check's pixel counts) or one number per class."""
+    if text is None:
+        return None
+    n_weights = max(n_classes, 2)  # one-channel binary output still weighs background and foreground
+    if text == "auto":
+        weights = class_weights_from_pixels(class_pixels + [0] * (n_weights - len(class_pixels)))
+        print(f"class weights (auto): {', '.join(f'{w:.3g}' for w in weights)}")
+    else:
+        try:
+            weights = [float(w) for w in text.split(",")]
+        except ValueError:
+            raise UserError(f"--class-weights {text!r} is not 'auto' or numbers like 1,5") from None
+        if len(weights) != n_weights or min(weights) < 0:
+            raise UserError(f"--class-weights needs {n_weights} non-negative numbers, one per class, got {text!r}")
+    return torch.tensor(weights, dtype=torch.float32)
 
 
 def resume_path(resume: str | None, checkpoint_dir: Path) -> Path | None:
@@ -157,19 +188,26 @@ def train_one_epoch(
     step: int,
     epoch: int,
     run_log: RunLog,
-) -> tuple[float, int, dict]:
-    """One pass over the training data; returns mean loss, the global step and a sample for the logs."""
+    class_weights: torch.Tensor | None = None,
+) -> tuple[float, int, dict, int]:
+    """One pass over the training data: mean loss, the global step, a sample for the logs, files skipped."""
     model.train()
     loss_sum = torch.zeros((), device=device)  # summed on the device: no host sync per step
-    batches = 0
+    batches = skipped = 0
     with tqdm(total=len(loader.dataset), desc=f"epoch {epoch}/{args.epochs}", unit="img") as progress:
         for batch in loader:
+            for reason in batch["skipped"]:  # a file that broke after the data check: report, don't crash
+                tqdm.write(f"warning: skipped {reason}", file=sys.stderr)
+            skipped += len(batch["skipped"])
+            progress.update(len(batch["skipped"]))
+            if "image" not in batch:
+                continue
             images = normalize_images(batch["image"].to(device, non_blocking=True))
             images = images.contiguous(memory_format=memory_format(device))
             masks = batch["mask"].to(device, non_blocking=True)
             with precision.autocast():
                 logits = model(images)
-            loss = segmentation_loss(logits, masks)
+            loss = segmentation_loss(logits, masks, class_weights)
 
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -187,8 +225,10 @@ def train_one_epoch(
                 mean_loss = (loss_sum / batches).item()
                 progress.set_postfix(loss=f"{mean_loss:.4f}")
                 run_log.log_step(step, epoch, loss.item(), scheduler.get_last_lr()[0])
+    if batches == 0:
+        raise UserError(f"every training file failed to load this epoch ({skipped} skipped): check the data")
     sample = {"image": images[0].cpu(), "true": masks[0].cpu(), "pred": logits_to_classes(logits.detach()[:1])[0].cpu()}
-    return (loss_sum / max(batches, 1)).item(), step, sample
+    return (loss_sum / batches).item(), step, sample, skipped
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -210,21 +250,34 @@ def main(args: argparse.Namespace) -> dict:
         architecture = resumed["model_args"]  # the run's architecture wins over the flags
         args.classes, args.channels = architecture["n_classes"], architecture["n_channels"]
         args.bilinear = architecture["bilinear"]
+        for name in ("binarize", "ignore_index", "class_weights"):  # the data is read as it was
+            setattr(args, name, resumed.get("args", {}).get(name, getattr(args, name)))
         args.scale = resumed.get("scale", args.scale)
 
-    # Data: pair the files once, scan the mask values once (cached), split, wrap in loaders.
-    pairs = list_pairs(args.imgs, args.masks, args.mask_suffix)
-    mask_values: list[MaskValue] = scan_mask_values([pair.mask for pair in pairs], workers=max(args.workers, 1))
+    # Data: pair and check the files (decoded once, cached), settle the classes, split, wrap in loaders.
+    data = check_dataset(args.imgs, args.masks, args.mask_suffix, args.binarize, args.ignore_index,
+                         workers=max(args.workers, 1))
+    print(data.report())
+    if data.size_mismatches:
+        raise UserError(f"{len(data.size_mismatches)} image/mask pairs differ in size, e.g. "
+                        f"{data.size_mismatches[0]}: resize the masks to their images")
+    mask_values: list[MaskValue] = data.mask_values
     if resumed is not None and resumed.get("mask_values") is not None:
         known = resumed["mask_values"]
         if any(value not in known for value in mask_values):
             raise UserError(f"the masks now hold values {mask_values} but {resume_file} was trained on {known}: "
                             "resume with the same data or start a new run")
         mask_values = known
+    if args.classes is None:
+        args.classes = max(len(mask_values), 2)
     check_classes(mask_values, args.classes)
-    train_pairs, val_pairs = split_pairs(pairs, args.validation, args.seed)
-    train_set = SegmentationDataset(train_pairs, mask_values, args.scale, args.channels)
-    val_set = SegmentationDataset(val_pairs, mask_values, args.scale, args.channels)
+    class_weights = parse_class_weights(args.class_weights, args.classes, data.class_pixels)
+    train_pairs, val_pairs = split_pairs(data.pairs, args.validation, args.seed)
+    encoding = {"mask_values": mask_values, "scale": args.scale, "channels": args.channels,
+                "binarize": args.binarize, "ignore_value": args.ignore_index}
+    train_set = SegmentationDataset(train_pairs, **encoding, transform=train_augmentation(args.augment),
+                                    skip_unreadable=True)
+    val_set = SegmentationDataset(val_pairs, **encoding)
     shuffle_generator = torch.Generator()
     train_loader = make_loader(train_set, args.batch_size, device, min(args.workers, len(train_set)),
                                shuffle=True, generator=shuffle_generator)
@@ -267,8 +320,9 @@ def main(args: argparse.Namespace) -> dict:
         for epoch in range(start_epoch, args.epochs + 1):
             started = time.perf_counter()
             shuffle_generator.manual_seed(args.seed * 1000 + epoch)  # the order of an epoch survives a resume
-            train_loss, step, sample = train_one_epoch(model, train_loader, optimizer, scheduler, scaler, device,
-                                                       precision, args, step, epoch, run_log)
+            train_loss, step, sample, skipped = train_one_epoch(model, train_loader, optimizer, scheduler, scaler,
+                                                                device, precision, args, step, epoch, run_log,
+                                                                class_weights)
             scores = evaluate(model, val_loader, device, precision) if val_loader else None
             val_dice = scores["dice"] if scores else None
             is_best = val_dice is not None and val_dice > best_dice
@@ -276,7 +330,7 @@ def main(args: argparse.Namespace) -> dict:
             state = {
                 "scale": args.scale, "args": vars(args), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch, "step": step,
-                "best_dice": best_dice, "val_dice": val_dice, "rng": rng_state(),
+                "best_dice": best_dice, "val_dice": val_dice, "rng": rng_state(), "mask_palette": data.palette,
             }
             save_checkpoint(args.checkpoint_dir / "last.pth", model, mask_values, **state)
             if is_best:
@@ -284,10 +338,10 @@ def main(args: argparse.Namespace) -> dict:
             if args.keep_epochs:
                 save_checkpoint(args.checkpoint_dir / f"epoch_{epoch}.pth", model, mask_values, **state)
             row = {"epoch": epoch, "step": step, "train_loss": train_loss, "lr": scheduler.get_last_lr()[0],
-                   "val_dice": val_dice, "val_iou": scores["iou"] if scores else None,
+                   "val_dice": val_dice, "val_iou": scores["iou"] if scores else None, "skipped": skipped,
                    "seconds": round(time.perf_counter() - started, 2)}
             run_log.log_epoch(row, model, sample)
-            summary = f"epoch {epoch}: train loss {train_loss:.4f}"
+            summary = f"epoch {epoch}: train loss {train_loss:.4f}" + (f", {skipped} files skipped" if skipped else "")
             if val_dice is not None:
                 summary += f", validation Dice {val_dice:.4f}" + (" (best)" if is_best else "")
             print(summary)
@@ -298,4 +352,4 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    run_cli(lambda: main(get_args_parser().parse_args()))
+    run_cli(main, get_args_parser())

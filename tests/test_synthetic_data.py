@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from utils.check_data import scan_mask_values
 from utils.data_loading import SegmentationDataset, list_pairs
-from utils.mask_encoding import scan_mask_values
 from utils.synthetic_data import main, make_synthetic_carvana
 
 

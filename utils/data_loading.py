@@ -1,13 +1,14 @@
 """Image/mask pairs from two folders: list once, pair once, decode, scale, encode masks to class indices."""
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
@@ -47,21 +48,29 @@ def _open(path: Path) -> np.ndarray | Image.Image:
         raise UserError(f"cannot read {path} ({error}): replace or remove the file") from None
 
 
-def read_image(path: Path, channels: int = 3) -> np.ndarray:
-    """Decode to uint8 HxWxC with the model's channel count (grayscale repeated, RGBA/palette converted)."""
+def read_image_data(path: Path) -> tuple[np.ndarray, str]:
+    """Decode fully to HxWxC (C = 1, 3 or 4) in the file's own depth, plus the file's mode for reports."""
     data = _open(path)
     if isinstance(data, Image.Image):
-        if data.mode in ("I;16", "I;16B", "I", "F"):
-            data = np.asarray(data)
-        else:
-            data = np.asarray(data.convert("L" if channels == 1 else "RGB"))
-    array = np.asarray(data)
-    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
-        array = array.transpose(1, 2, 0)  # tensors saved channels-first
+        mode = data.mode
+        if mode not in ("L", "RGB", "I;16", "I;16B", "I", "F"):
+            data = data.convert("L" if mode in ("1", "LA") else "RGB")  # palette, RGBA, CMYK, ...
+        array = np.asarray(data)
+    else:
+        array = np.asarray(data)
+        mode = f"{path.suffix.lower()[1:]} {array.dtype}"
+        if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
+            array = array.transpose(1, 2, 0)  # tensors saved channels-first
     if array.ndim == 2:
         array = array[..., None]
     if array.ndim != 3 or array.shape[-1] not in (1, 3, 4):
         raise UserError(f"{path} has shape {array.shape}: expected HxW, HxWx3 or 3xHxW")
+    return array, mode
+
+
+def read_image(path: Path, channels: int = 3) -> np.ndarray:
+    """Decode to uint8 HxWxC with the model's channel count (grayscale repeated, RGBA/palette converted)."""
+    array, _ = read_image_data(path)
     if array.dtype != np.uint8:
         array = _to_uint8(array)
     array = array[..., :3]
@@ -124,8 +133,15 @@ def detect_mask_suffix(image_stems: list[str], mask_stems: set[str]) -> str:
     return max(MASK_SUFFIX_CANDIDATES, key=lambda s: sum(f"{stem}{s}" in mask_stems for stem in image_stems))
 
 
-def list_pairs(images_dir: Path, masks_dir: Path, mask_suffix: str | None = None) -> list[Pair]:
-    """Pair every image with its mask, listing each folder once; unpaired files are reported, not used."""
+class Pairing(NamedTuple):
+    pairs: list[Pair]
+    mask_suffix: str
+    lonely_images: list[str]
+    lonely_masks: list[str]
+
+
+def pair_files(images_dir: Path, masks_dir: Path, mask_suffix: str | None = None) -> Pairing:
+    """Pair every image with its mask, listing each folder once; the unpaired files are returned by name."""
     images = _files_by_stem(Path(images_dir), "imgs")
     masks = _files_by_stem(Path(masks_dir), "masks")
     if mask_suffix is None:
@@ -139,13 +155,23 @@ def list_pairs(images_dir: Path, masks_dir: Path, mask_suffix: str | None = None
             f"'{Path(example).stem}{mask_suffix}.*'): check the folders or pass --mask-suffix"
         )
     paired_masks = {pair.mask.stem for pair in pairs}
-    lonely_images = [p.name for stem, p in images.items() if stem + mask_suffix not in masks]
-    lonely_masks = [p.name for stem, p in masks.items() if stem not in paired_masks]
-    for kind, names in (("images without a mask", lonely_images), ("masks without an image", lonely_masks)):
+    # With images and masks in one folder (suffix "_mask"), the masks are not unpaired images.
+    lonely_images = [p.name for stem, p in images.items()
+                     if stem + mask_suffix not in masks and p not in {q.mask for q in pairs}]
+    lonely_masks = [p.name for stem, p in masks.items()
+                    if stem not in paired_masks and p not in {q.image for q in pairs}]
+    return Pairing(pairs, mask_suffix, lonely_images, lonely_masks)
+
+
+def list_pairs(images_dir: Path, masks_dir: Path, mask_suffix: str | None = None) -> list[Pair]:
+    """pair_files, with a warning that names the files left unpaired."""
+    pairing = pair_files(images_dir, masks_dir, mask_suffix)
+    for kind, names in (("images without a mask", pairing.lonely_images),
+                        ("masks without an image", pairing.lonely_masks)):
         if names:
             shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
             print(f"warning: skipping {len(names)} {kind}: {shown}", file=sys.stderr)
-    return pairs
+    return pairing.pairs
 
 
 def scaled_size(width: int, height: int, scale: float, source: Path | str = "image") -> tuple[int, int]:
@@ -183,6 +209,9 @@ class SegmentationDataset(Dataset):
     """Items are {"image": uint8 CxHxW, "mask": int64 HxW class indices, "name": str}.
 
     scale_masks=False keeps masks at native resolution (for evaluation against the original masks).
+    transform(image, mask) -> (image, mask) is the augmentation, applied after scaling.
+    skip_unreadable: a file that fails to decode mid-epoch yields {"skipped": reason} instead of stopping
+    the run (collate_skipping drops it from the batch and reports it).
     """
 
     def __init__(
@@ -192,6 +221,10 @@ class SegmentationDataset(Dataset):
         scale: float = 1.0,
         channels: int = 3,
         scale_masks: bool = True,
+        binarize: bool = False,
+        ignore_value: int | None = None,
+        transform: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+        skip_unreadable: bool = False,
     ):
         if not 0 < scale <= 1:
             raise UserError(f"--scale must be in (0, 1], got {scale}")
@@ -200,25 +233,42 @@ class SegmentationDataset(Dataset):
         self.scale = scale
         self.channels = channels
         self.scale_masks = scale_masks
+        self.binarize = binarize
+        self.ignore_value = ignore_value
+        self.transform = transform
+        self.skip_unreadable = skip_unreadable
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def __getitem__(self, index: int) -> dict:
         pair = self.pairs[index]
-        image = read_image(pair.image, self.channels)
-        mask = read_mask(pair.mask)
+        try:
+            image = read_image(pair.image, self.channels)
+            mask = read_mask(pair.mask)
+        except UserError as error:
+            if self.skip_unreadable:
+                return {"skipped": str(error)}
+            raise
         if image.shape[:2] != mask.shape[:2]:
             raise UserError(
                 f"{pair.image.name} is {image.shape[1]}x{image.shape[0]} but its mask {pair.mask.name} is "
                 f"{mask.shape[1]}x{mask.shape[0]}: resize the mask to the image"
             )
-        class_indices = encode_mask(mask, self.mask_values, pair.mask)
-        return {
-            "image": image_to_tensor(image, self.scale, pair.image),
-            "mask": mask_to_tensor(class_indices, self.scale if self.scale_masks else 1.0, pair.mask),
-            "name": pair.name,
-        }
+        class_indices = encode_mask(mask, self.mask_values, pair.mask, self.binarize, self.ignore_value)
+        image_tensor = image_to_tensor(image, self.scale, pair.image)
+        mask_tensor = mask_to_tensor(class_indices, self.scale if self.scale_masks else 1.0, pair.mask)
+        if self.transform is not None:
+            image_tensor, mask_tensor = self.transform(image_tensor, mask_tensor)
+        return {"image": image_tensor, "mask": mask_tensor, "name": pair.name}
+
+
+def collate_skipping(items: list[dict]) -> dict:
+    """default_collate of the readable items; "skipped" lists why the others were left out."""
+    readable = [item for item in items if "skipped" not in item]
+    batch = default_collate(readable) if readable else {}
+    batch["skipped"] = [item["skipped"] for item in items if "skipped" in item]
+    return batch
 
 
 def make_loader(
@@ -239,4 +289,5 @@ def make_loader(
         persistent_workers=workers > 0,
         generator=generator,
         drop_last=False,
+        collate_fn=collate_skipping,
     )

@@ -4,6 +4,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .mask_encoding import IGNORE_CLASS
+
 
 def dice_coeff(input: Tensor, target: Tensor, reduce_batch_first: bool = False, epsilon: float = 1e-6) -> Tensor:
     """Mean Dice of (soft) masks shaped (H, W) or (B, H, W); two empty masks agree perfectly (Dice 1)."""
@@ -26,24 +28,38 @@ def dice_loss(input: Tensor, target: Tensor, multiclass: bool = False) -> Tensor
     return 1 - fn(input, target, reduce_batch_first=True)
 
 
-def segmentation_loss(logits: Tensor, masks: Tensor) -> Tensor:
-    """Cross-entropy + Dice for C >= 2 classes, BCE + Dice for one-channel (binary) output."""
+def segmentation_loss(logits: Tensor, masks: Tensor, class_weights: Tensor | None = None) -> Tensor:
+    """Cross-entropy + Dice for C >= 2 classes, BCE + Dice for one-channel (binary) output.
+
+    Pixels labelled IGNORE_CLASS count in neither term; class_weights (one per class, also two for the
+    one-channel case: background, foreground) weight the cross-entropy/BCE term.
+    """
     logits = logits.float()  # the loss in fp32 even under autocast
+    valid = masks != IGNORE_CLASS
+    target = masks.clamp(min=0)
     if logits.size(1) == 1:
-        target = masks.float()
         logits = logits.squeeze(1)
-        return F.binary_cross_entropy_with_logits(logits, target) + dice_loss(torch.sigmoid(logits), target)
-    one_hot = F.one_hot(masks, logits.size(1)).permute(0, 3, 1, 2).float()
-    return F.cross_entropy(logits, masks) + dice_loss(F.softmax(logits, dim=1), one_hot, multiclass=True)
+        target = target.float()
+        pixel_weight = valid.float() if class_weights is None else valid * class_weights[target.long()]
+        bce = F.binary_cross_entropy_with_logits(logits, target, weight=pixel_weight, reduction="sum")
+        bce = bce / valid.sum().clamp(min=1)
+        return bce + dice_loss(torch.sigmoid(logits) * valid, target * valid)
+    ce = F.cross_entropy(logits, masks, weight=class_weights, ignore_index=IGNORE_CLASS)
+    if not valid.any():
+        ce = logits.sum() * 0  # every pixel ignored: cross_entropy would be NaN
+    one_hot = F.one_hot(target, logits.size(1)).permute(0, 3, 1, 2).float() * valid[:, None]
+    return ce + dice_loss(F.softmax(logits, dim=1) * valid[:, None], one_hot, multiclass=True)
 
 
 def per_class_scores(pred: Tensor, target: Tensor, n_classes: int) -> tuple[Tensor, Tensor]:
     """Per-image, per-class Dice and IoU of hard class-index maps (B, H, W) -> two (B, C) tensors.
 
-    A class absent from both prediction and truth scores 1 (nothing to find, nothing found).
+    Pixels whose target is IGNORE_CLASS are left out. A class absent from both prediction and truth
+    scores 1 (nothing to find, nothing found).
     """
-    pred_one_hot = F.one_hot(pred.long(), n_classes).flatten(1, 2).float()  # (B, H*W, C)
-    true_one_hot = F.one_hot(target.long(), n_classes).flatten(1, 2).float()
+    valid = (target != IGNORE_CLASS).flatten(1, 2)[..., None].float()
+    pred_one_hot = F.one_hot(pred.long(), n_classes).flatten(1, 2).float() * valid  # (B, H*W, C)
+    true_one_hot = F.one_hot(target.long().clamp(min=0), n_classes).flatten(1, 2).float() * valid
     intersection = (pred_one_hot * true_one_hot).sum(1)
     total = pred_one_hot.sum(1) + true_one_hot.sum(1)
     union = total - intersection
@@ -51,3 +67,10 @@ def per_class_scores(pred: Tensor, target: Tensor, n_classes: int) -> tuple[Tens
     dice = torch.where(empty, 1.0, 2 * intersection / total.clamp(min=1))
     iou = torch.where(empty, 1.0, intersection / union.clamp(min=1))
     return dice, iou
+
+
+def class_weights_from_pixels(class_pixels: list[int]) -> list[float]:
+    """Median-frequency balancing: weight = median class frequency / class frequency, within [0.1, 10]."""
+    present = [count for count in class_pixels if count > 0]
+    median = float(torch.tensor(present, dtype=torch.float64).median()) if present else 1.0
+    return [min(max(median / count, 0.1), 10.0) if count > 0 else 1.0 for count in class_pixels]

@@ -1,5 +1,6 @@
-"""User-facing errors: one line naming the file or flag and the fix, never a traceback."""
+"""User-facing errors: one line naming the file or flag and the fix, never a traceback (unless --debug)."""
 
+import argparse
 import sys
 from collections.abc import Callable
 
@@ -8,11 +9,15 @@ class UserError(Exception):
     """Something the user can fix (a bad file, a wrong flag); the CLIs print it and exit with code 2."""
 
 
-def run_cli(main: Callable[[], object]) -> None:
-    """Run a script's main(); turn a UserError (also one raised in a DataLoader worker) into one line."""
+def run_cli(main: Callable[[argparse.Namespace], object], parser: argparse.ArgumentParser) -> None:
+    """Parse the arguments and run main(args); a UserError (also one from a DataLoader worker) is one line."""
+    parser.add_argument("--debug", action="store_true", help="show the full Python traceback of errors")
+    args = parser.parse_args()
     try:
-        code = main()
+        code = main(args)
     except UserError as error:
+        if args.debug:
+            raise
         # DataLoader workers re-raise with the worker's traceback folded into the message: keep the last line.
         message = str(error).strip().splitlines()[-1]
         message = message.split("UserError: ", 1)[-1]

@@ -1,13 +1,11 @@
-"""Mask values <-> class indices: scanned once (cached next to the data), used by train, evaluate and predict.
+"""Mask values <-> class indices, one mapping used by train, evaluate and predict.
 
-`mask_values` is the sorted list of distinct values found in the masks: scalars (0, 255, ...) for
-single-channel masks, [r, g, b] lists for colour-coded masks. Class i is the pixel value mask_values[i].
+`mask_values` is the sorted list of distinct values found in the masks (by utils.check_data): scalars
+(0, 255, palette indices, labels) for single-channel masks, [r, g, b] lists for colour-coded masks.
+Class i is the pixel value mask_values[i]; IGNORE_CLASS marks pixels left out of loss and scores.
 """
 
-import json
-import os
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -15,23 +13,31 @@ from PIL import Image
 
 from .errors import UserError
 
-CACHE_NAME = ".mask_values_cache.json"
-CACHE_VERSION = 1
 MaskValue = int | list[int]
+IGNORE_CLASS = -1
+
+
+def is_colour(mask_values: Sequence[MaskValue]) -> bool:
+    return bool(mask_values) and isinstance(mask_values[0], list)
+
+
+def value_counts(mask: np.ndarray) -> tuple[list[MaskValue], list[int]]:
+    """Sorted distinct values of one decoded mask (HxW scalars or HxWx3 colours) and their pixel counts."""
+    if mask.ndim == 3:
+        values, counts = np.unique(pack_colours(mask), return_counts=True)
+        return [unpack_colour(int(v)) for v in values], [int(c) for c in counts]
+    if mask.dtype in (np.bool_, np.uint8, np.uint16):
+        histogram = np.bincount(mask.ravel().astype(np.int64, copy=False))  # far faster than np.unique here
+        present = np.flatnonzero(histogram)
+        return [int(v) for v in present], [int(histogram[v]) for v in present]
+    values, counts = np.unique(mask, return_counts=True)
+    if not np.all(values == np.round(values)):
+        raise UserError("mask holds non-integer values: save class labels as integers")
+    return [int(v) for v in values], [int(c) for c in counts]
 
 
 def distinct_values(mask: np.ndarray) -> list[MaskValue]:
-    """Sorted distinct values of one decoded mask (HxW scalars or HxWx3 colours)."""
-    if mask.ndim == 3:
-        packed = pack_colours(mask)
-        return [unpack_colour(int(v)) for v in np.unique(packed)]
-    if mask.dtype in (np.bool_, np.uint8, np.uint16):
-        counts = np.bincount(mask.ravel().astype(np.int64, copy=False))  # far faster than np.unique here
-        return [int(v) for v in np.flatnonzero(counts)]
-    values = np.unique(mask)
-    if not np.all(values == np.round(values)):
-        raise UserError("mask holds non-integer values: save class labels as integers")
-    return [int(v) for v in values]
+    return value_counts(mask)[0]
 
 
 def pack_colours(mask: np.ndarray) -> np.ndarray:
@@ -43,56 +49,13 @@ def unpack_colour(packed: int) -> list[int]:
     return [(packed >> 16) & 255, (packed >> 8) & 255, packed & 255]
 
 
-def _scan_one(path: str) -> list[MaskValue]:
-    from .data_loading import read_mask  # late import: data_loading imports this module
-
-    return distinct_values(read_mask(Path(path)))
-
-
-def _file_key(path: Path) -> list[int]:
-    stat = path.stat()
-    return [stat.st_size, stat.st_mtime_ns]
-
-
-def scan_mask_values(mask_paths: Sequence[Path], workers: int | None = None) -> list[MaskValue]:
-    """Union of the distinct values of all masks, read in parallel once and cached beside the masks.
-
-    The cache holds one entry per file keyed by size and mtime, so editing or adding a mask rescans
-    only that file.
-    """
-    if not mask_paths:
-        return []
-    cache_file = Path(mask_paths[0]).parent / CACHE_NAME
-    cached = _read_cache(cache_file)
-    entries: dict[str, dict] = {}
-    stale: list[Path] = []
-    for path in mask_paths:
-        key = _file_key(path)
-        entry = cached.get(path.name)
-        if entry is not None and entry.get("key") == key:
-            entries[path.name] = entry
-        else:
-            entries[path.name] = {"key": key}
-            stale.append(path)
-    if stale:
-        workers = workers if workers is not None else min(8, os.cpu_count() or 1)
-        if workers > 1 and len(stale) >= 32:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                scanned = list(pool.map(_scan_one, [str(p) for p in stale], chunksize=8))
-        else:
-            scanned = [_scan_one(str(p)) for p in stale]
-        for path, values in zip(stale, scanned):
-            entries[path.name]["values"] = values
-        _write_cache(cache_file, {**cached, **entries})
-    return merge_values(entries, cache_file.parent)
-
-
-def merge_values(entries: dict[str, dict], folder: Path) -> list[MaskValue]:
+def merge_values(values_by_file: dict[str, list[MaskValue]], folder: Path) -> list[MaskValue]:
+    """The sorted union of every file's values; scalar and colour masks must not be mixed."""
     scalars: set[int] = set()
     colours: set[tuple[int, ...]] = set()
     kinds: dict[str, str] = {}
-    for name, entry in entries.items():
-        for value in entry["values"]:
+    for name, values in values_by_file.items():
+        for value in values:
             if isinstance(value, list):
                 colours.add(tuple(value))
                 kinds.setdefault("colour", name)
@@ -107,26 +70,6 @@ def merge_values(entries: dict[str, dict], folder: Path) -> list[MaskValue]:
     if colours:
         return [list(c) for c in sorted(colours)]
     return sorted(scalars)
-
-
-def _read_cache(cache_file: Path) -> dict:
-    try:
-        data = json.loads(cache_file.read_text())
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(data, dict) or data.get("version") != CACHE_VERSION:
-        return {}
-    return data.get("files", {})
-
-
-def _write_cache(cache_file: Path, files: dict) -> None:
-    # Read-only data folders are fine: the scan is simply redone next time.
-    tmp = cache_file.with_name(f"{CACHE_NAME}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps({"version": CACHE_VERSION, "files": files}))
-        os.replace(tmp, cache_file)
-    except OSError:
-        tmp.unlink(missing_ok=True)
 
 
 def check_classes(mask_values: Sequence[MaskValue], n_classes: int) -> None:
@@ -149,11 +92,24 @@ def _short(values: Sequence[MaskValue]) -> str:
     return f"[{shown}{', ...' if len(values) > 8 else ''}]"
 
 
-def encode_mask(mask: np.ndarray, mask_values: Sequence[MaskValue], source: Path | str) -> np.ndarray:
-    """Pixel values -> class indices (int64); a value outside mask_values is an error naming the file."""
+def encode_mask(
+    mask: np.ndarray,
+    mask_values: Sequence[MaskValue],
+    source: Path | str,
+    binarize: bool = False,
+    ignore_value: int | None = None,
+) -> np.ndarray:
+    """Pixel values -> class indices (int64), IGNORE_CLASS where the value is ignore_value.
+
+    binarize: any nonzero value (instance labels, 0/255, colours) is foreground (class value 1).
+    A value outside mask_values is an error naming the file.
+    """
     if len(mask_values) == 0:
         raise UserError(f"no mask values known to encode {source}")
-    colour = isinstance(mask_values[0], list)
+    ignored = (mask == ignore_value) if ignore_value is not None and mask.ndim == 2 else None
+    if binarize:
+        mask = (mask.any(axis=-1) if mask.ndim == 3 else mask != 0).astype(np.int64)
+    colour = is_colour(mask_values)
     if colour != (mask.ndim == 3):
         kind = "RGB colour" if mask.ndim == 3 else "single-channel"
         raise UserError(f"{source} is a {kind} mask, unlike the masks the model was trained on")
@@ -163,6 +119,9 @@ def encode_mask(mask: np.ndarray, mask_values: Sequence[MaskValue], source: Path
     positions = np.searchsorted(table[order], pixels).clip(0, len(table) - 1)
     indices = order[positions]
     unknown = table[indices] != pixels
+    if ignored is not None:
+        unknown &= ~ignored
+        indices[ignored] = IGNORE_CLASS
     if unknown.any():
         bad = pixels[unknown][0]
         value = unpack_colour(int(bad)) if colour else int(bad)
@@ -173,14 +132,24 @@ def encode_mask(mask: np.ndarray, mask_values: Sequence[MaskValue], source: Path
     return indices
 
 
-def decode_mask(class_indices: np.ndarray, mask_values: Sequence[MaskValue]) -> Image.Image:
-    """Class indices -> an image in the training masks' encoding (binary 0/1 masks are written 0/255)."""
-    if mask_values and isinstance(mask_values[0], list):
+def decode_mask(
+    class_indices: np.ndarray, mask_values: Sequence[MaskValue], palette: Sequence[int] | None = None
+) -> Image.Image:
+    """Class indices -> an image in the training masks' encoding.
+
+    Colour masks get their colours back, palette masks their palette (pixel = palette index), label masks
+    their values (16-bit above 255); binary 0/1 masks are written 0/255 so that they are visible.
+    """
+    if is_colour(mask_values):
         colours = np.array(mask_values, dtype=np.uint8)
         return Image.fromarray(colours[class_indices])
     values = np.array(mask_values, dtype=np.int64)
     if set(mask_values) <= {0, 1}:
-        values = values * 255  # visible, and what users expect from a binary mask file
+        return Image.fromarray((values[class_indices] * 255).astype(np.uint8))
+    if palette and values.max(initial=0) <= 255:
+        image = Image.fromarray(values[class_indices].astype(np.uint8), mode="P")
+        image.putpalette(list(palette))
+        return image
     if values.max(initial=0) <= 255:
         return Image.fromarray(values[class_indices].astype(np.uint8))
     return Image.fromarray(values[class_indices].astype(np.uint16))

@@ -15,7 +15,7 @@ from torch import nn
 
 from .plotting import save_training_curves
 
-CSV_FIELDS = ("epoch", "step", "train_loss", "val_dice", "val_iou", "lr", "seconds")
+CSV_FIELDS = ("epoch", "step", "train_loss", "val_dice", "val_iou", "lr", "skipped", "seconds")
 WANDB_MODES = ("online", "offline", "disabled")
 
 

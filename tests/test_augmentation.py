@@ -1,0 +1,142 @@
+"""Augmentation presets: shapes and dtypes kept, image and mask moved together, revealed areas ignored."""
+
+import pickle
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import HEIGHT, WIDTH
+
+from utils.augmentation import AUGMENT_PRESETS, IGNORE_CLASS, TrainAugmentation, train_augmentation
+
+# Class k -> a pure colour, none of them the image fill (black), so the image says which class it shows.
+RGB_BY_CLASS = torch.tensor([[0, 0, 255], [255, 0, 0], [0, 255, 0]], dtype=torch.uint8)
+GRAY_BY_CLASS = torch.tensor([[80], [160], [240]], dtype=torch.uint8)
+
+
+def class_mask(height: int = 64, width: int = 96) -> torch.Tensor:
+    """int64 HxW: background 0, a rectangle of class 1 on the left, a disc of class 2 on the right."""
+    mask = torch.zeros(height, width, dtype=torch.int64)
+    mask[height // 4: 3 * height // 4, width // 10: 2 * width // 5] = 1
+    yy, xx = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    mask[(yy - height // 2) ** 2 + (xx - 3 * width // 4) ** 2 < (height // 4) ** 2] = 2
+    return mask
+
+
+def coloured(mask: torch.Tensor, colours: torch.Tensor) -> torch.Tensor:
+    """uint8 CxHxW: the mask painted with one colour per class."""
+    return colours[mask].permute(2, 0, 1).contiguous()
+
+
+def one_class_around(mask: torch.Tensor) -> torch.Tensor:
+    """bool HxW: pixels whose 3x3 neighbourhood (inside the image) holds a single class."""
+    as_float = mask[None, None].float()
+    highest = F.max_pool2d(as_float, 3, stride=1, padding=1)[0, 0]
+    lowest = -F.max_pool2d(-as_float, 3, stride=1, padding=1)[0, 0]
+    return highest == lowest
+
+
+def seeded(augment, image: torch.Tensor, mask: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(seed)
+    return augment(image.clone(), mask.clone())
+
+
+def test_none_preset_is_no_augmentation():
+    assert train_augmentation("none") is None
+    assert set(AUGMENT_PRESETS) == {"none", "light", "strong"}
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("preset", ["light", "strong"])
+def test_shapes_and_dtypes_are_kept(preset, channels):
+    augment = train_augmentation(preset)
+    mask = class_mask(HEIGHT, WIDTH)
+    image = coloured(mask, RGB_BY_CLASS if channels == 3 else GRAY_BY_CLASS)
+    for seed in range(5):
+        out_image, out_mask = seeded(augment, image, mask, seed)
+        assert out_image.shape == (channels, HEIGHT, WIDTH) and out_image.dtype == torch.uint8
+        assert out_mask.shape == (HEIGHT, WIDTH) and out_mask.dtype == torch.int64
+        assert type(out_image) is torch.Tensor and type(out_mask) is torch.Tensor  # plain tensors batch as before
+
+
+@pytest.mark.parametrize("colours", [RGB_BY_CLASS, GRAY_BY_CLASS], ids=["rgb", "gray"])
+def test_augmentation_keeps_image_and_mask_aligned(colours):
+    augment = TrainAugmentation("strong", colour=False)
+    mask = class_mask()
+    image = coloured(mask, colours)
+    agreeing = interior = fill_black = ignored = 0
+    for seed in range(30):
+        out_image, out_mask = seeded(augment, image, mask, seed)
+        # The class each output pixel's colour is closest to (bilinear blends only occur at class boundaries).
+        distances = (out_image.float().permute(1, 2, 0)[..., None, :] - colours.float()).abs().sum(-1)
+        image_class = distances.argmin(-1)
+        uniform = one_class_around(out_mask)
+        inside = uniform & (out_mask != IGNORE_CLASS)
+        agreeing += (image_class == out_mask)[inside].sum().item()
+        interior += inside.sum().item()
+        # The 1-pixel band where the revealed border meets the picture is a bilinear blend, like class boundaries.
+        revealed = uniform & (out_mask == IGNORE_CLASS)
+        fill_black += (out_image == 0).all(0)[revealed].sum().item()
+        ignored += revealed.sum().item()
+    assert interior > 0.5 * 30 * mask.numel()
+    assert agreeing >= 0.98 * interior
+    assert ignored > 0, "scale < 1, rotation and translation should reveal some border in 30 draws"
+    assert fill_black >= 0.95 * ignored
+
+
+def test_strong_preset_really_transforms():
+    mask = class_mask()
+    image = coloured(mask, RGB_BY_CLASS)
+    augment = train_augmentation("strong")
+    draws = 40
+    changed = mirrored = 0
+    for seed in range(draws):
+        out_image, out_mask = seeded(augment, image, mask, seed)
+        changed += not torch.equal(out_image, image) and not torch.equal(out_mask, mask)
+        # Class 1 starts on the left; only a horizontal flip moves it past the middle.
+        columns = (out_mask == 1).nonzero()[:, 1].float()
+        mirrored += columns.mean().item() > mask.shape[1] / 2
+    assert changed >= 0.9 * draws
+    assert 0.25 * draws <= mirrored <= 0.75 * draws  # p=0.5 flips; deterministic for these seeds
+
+
+def test_same_seed_gives_the_same_augmentation():
+    mask = class_mask()
+    image = coloured(mask, RGB_BY_CLASS)
+    augment = train_augmentation("strong")
+    first, second = seeded(augment, image, mask, 7), seeded(augment, image, mask, 7)
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+
+
+@pytest.mark.parametrize("preset", ["light", "strong"])
+def test_mask_values_stay_in_the_class_set(preset):
+    mask = class_mask() * 3 + 1  # classes 1, 4, 7: gaps that interpolation would fill
+    image = coloured(class_mask(), RGB_BY_CLASS)
+    augment = train_augmentation(preset)
+    seen = set()
+    for seed in range(20):
+        seen |= set(seeded(augment, image, mask, seed)[1].unique().tolist())
+    assert seen <= {1, 4, 7, IGNORE_CLASS}
+    assert {1, 4, 7} <= seen
+
+
+def test_light_preset_only_zooms_in_so_nothing_is_ignored():
+    mask = class_mask()
+    image = coloured(mask, RGB_BY_CLASS)
+    augment = train_augmentation("light")
+    for seed in range(20):
+        assert (seeded(augment, image, mask, seed)[1] != IGNORE_CLASS).all()
+
+
+def test_unknown_preset_is_rejected():
+    with pytest.raises(ValueError, match="none, light, strong"):
+        train_augmentation("heavy")
+
+
+def test_preset_is_picklable():
+    mask = class_mask()
+    image = coloured(mask, RGB_BY_CLASS)
+    augment = train_augmentation("strong")
+    restored = pickle.loads(pickle.dumps(augment))
+    expected, actual = seeded(augment, image, mask, 3), seeded(restored, image, mask, 3)
+    assert torch.equal(expected[0], actual[0]) and torch.equal(expected[1], actual[1])

@@ -1,0 +1,320 @@
+"""The data check: what an image/mask folder pair holds, and what is wrong with it, before training starts.
+
+    python -m utils.check_data --imgs data/imgs --masks data/masks
+
+Every file is decoded once, in parallel, and what was learnt (size, channels, mask encoding, values and pixel
+counts, or why it is unreadable) is cached beside the files, keyed by size and mtime: a second check, and every
+training start after it, reads no image. train.py runs the same check and prints the same report.
+"""
+
+import argparse
+import json
+import os
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .data_loading import Pair, pair_files, read_image_data, read_mask
+from .errors import UserError, run_cli
+from .mask_encoding import MaskValue, is_colour, merge_values, value_counts
+
+CACHE_NAME = ".unet_check_cache.json"
+CACHE_VERSION = 2
+RARE_CLASS_FRACTION = 0.01
+INSTANCE_LABEL_HINT = 16  # more distinct values than this in label masks usually means one value per object
+
+
+def inspect_image(path: Path) -> dict[str, Any]:
+    """Decode the whole file (a truncated JPEG fails only when decoded) and note its size and channels."""
+    array, mode = read_image_data(path)
+    return {"width": int(array.shape[1]), "height": int(array.shape[0]),
+            "channels": int(array.shape[2]) if array.ndim == 3 else 1, "mode": mode}
+
+
+def inspect_mask(path: Path) -> dict[str, Any]:
+    mask = read_mask(path)
+    values, counts = value_counts(mask)
+    record: dict[str, Any] = {"width": int(mask.shape[1]), "height": int(mask.shape[0]),
+                              "values": values, "counts": counts}
+    mode, palette = None, None
+    if path.suffix.lower() not in (".npy", ".pt"):
+        with Image.open(path) as header:  # header only: the pixels were decoded by read_mask
+            mode = header.mode
+            palette = header.getpalette() if mode == "P" else None
+    if mode == "P":
+        record["encoding"] = "palette"
+        record["palette"] = list(palette or [])[: 3 * 256]
+    elif mask.ndim == 3:
+        record["encoding"] = "colour"
+    elif mode in ("I;16", "I;16B", "I") or mask.dtype in (np.uint16, np.int32, np.int64):
+        record["encoding"] = "16-bit labels"
+    else:
+        record["encoding"] = "8-bit labels"
+    return record
+
+
+def _inspect_one(kind: str, path: str) -> dict[str, Any]:
+    """A record for one file, or {"error": reason}: an unreadable file is a finding, not a crash."""
+    try:
+        return (inspect_mask if kind == "mask" else inspect_image)(Path(path))
+    except UserError as error:
+        return {"error": str(error)}
+
+
+def inspect_files(
+    paths: Sequence[Path], kind: str, workers: int | None = None, cache_dir: Path | None = None
+) -> list[dict[str, Any]]:
+    """inspect_image/inspect_mask for every path, from the cache where the file is unchanged.
+
+    The cache lives in cache_dir (default: the first file's folder; check_dataset keeps images' and masks'
+    entries in the masks folder, leaving the image folder as it was).
+    """
+    if not paths:
+        return []
+    cache_file = Path(cache_dir or paths[0].parent) / CACHE_NAME
+    cache = _read_cache(cache_file)
+    records: list[dict[str, Any] | None] = [None] * len(paths)
+    stale: list[int] = []
+    for index, path in enumerate(paths):
+        stat = path.stat()
+        key = [stat.st_size, stat.st_mtime_ns]
+        entry = cache.get(f"{kind}:{path.name}")
+        if entry is not None and entry.get("key") == key:
+            records[index] = entry["record"]
+        else:
+            stale.append(index)
+            cache[f"{kind}:{path.name}"] = {"key": key}
+    if stale:
+        workers = workers if workers is not None else min(8, os.cpu_count() or 1)
+        kinds, names = [kind] * len(stale), [str(paths[i]) for i in stale]
+        if workers > 1 and len(stale) >= 16:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                scanned = list(pool.map(_inspect_one, kinds, names, chunksize=8))
+        else:
+            scanned = [_inspect_one(k, n) for k, n in zip(kinds, names)]
+        for index, record in zip(stale, scanned):
+            records[index] = record
+            cache[f"{kind}:{paths[index].name}"]["record"] = record
+        _write_cache(cache_file, cache)
+    return records  # type: ignore[return-value]
+
+
+def _read_cache(cache_file: Path) -> dict:
+    try:
+        data = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("version") != CACHE_VERSION:
+        return {}
+    return data.get("files", {})
+
+
+def _write_cache(cache_file: Path, files: dict) -> None:
+    # A read-only data folder is fine: the check is simply redone next time.
+    tmp = cache_file.with_name(f"{CACHE_NAME}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps({"version": CACHE_VERSION, "files": files}))
+        os.replace(tmp, cache_file)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+
+
+def scan_mask_values(mask_paths: Sequence[Path], workers: int | None = None) -> list[MaskValue]:
+    """The sorted distinct values of all masks (the class list), through the cached inspection."""
+    records = inspect_files(list(mask_paths), "mask", workers)
+    for record in records:
+        if "error" in record:
+            raise UserError(record["error"])
+    return merge_values({path.name: record["values"] for path, record in zip(mask_paths, records)},
+                        Path(mask_paths[0]).parent if mask_paths else Path("."))
+
+
+@dataclass
+class DataCheck:
+    """What check_dataset found; `pairs` are the usable ones (readable, image and mask of one size)."""
+
+    imgs: Path
+    masks: Path
+    mask_suffix: str
+    pairs: list[Pair]
+    mask_values: list[MaskValue]
+    class_pixels: list[int]
+    binarize: bool = False
+    ignore_value: int | None = None
+    lonely_images: list[str] = field(default_factory=list)
+    lonely_masks: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)  # one message per file, naming it
+    size_mismatches: list[str] = field(default_factory=list)
+    empty_masks: list[str] = field(default_factory=list)
+    image_sizes: Counter = field(default_factory=Counter)
+    image_channels: Counter = field(default_factory=Counter)
+    encodings: Counter = field(default_factory=Counter)
+    palette: list[int] | None = None
+
+    @property
+    def problems(self) -> bool:
+        return bool(self.unreadable or self.size_mismatches)
+
+    @property
+    def inferred_classes(self) -> int:
+        """One class per mask value; at least two (background and foreground)."""
+        return max(len(self.mask_values), 2)
+
+    @property
+    def class_fractions(self) -> list[float]:
+        total = sum(self.class_pixels) or 1
+        return [count / total for count in self.class_pixels]
+
+    def suggestions(self) -> list[str]:
+        hints = []
+        if self.unreadable:
+            hints.append("replace or remove the unreadable files (training skips them)")
+        if self.size_mismatches:
+            hints.append("resize each mask to its image with nearest-neighbour interpolation, or remove the pair")
+        if not self.binarize and len(self.mask_values) > INSTANCE_LABEL_HINT and not is_colour(self.mask_values):
+            hints.append(f"{len(self.mask_values)} distinct mask values look like instance labels (one value per "
+                         "object): pass --binarize to train foreground vs background")
+        rare = [i for i, f in enumerate(self.class_fractions) if 0 < f < RARE_CLASS_FRACTION]
+        if rare and len(self.mask_values) <= INSTANCE_LABEL_HINT:
+            hints.append(f"class{'es' if len(rare) > 1 else ''} {', '.join(map(str, rare))} cover less than "
+                         f"{RARE_CLASS_FRACTION:.0%} of the pixels: consider --class-weights auto")
+        if len(self.image_channels) > 1:
+            hints.append("grayscale and colour images are mixed: grayscale ones are repeated to 3 channels "
+                         "(--channels 1 converts all to grayscale instead)")
+        if self.pairs and len(self.empty_masks) > len(self.pairs) / 2:
+            hints.append("most masks are empty (background only): check the mask encoding or the folder")
+        return hints
+
+    def report(self) -> str:
+        lines = [f"data check: {len(self.pairs)} usable pairs in {self.imgs} + {self.masks} "
+                 f"(mask suffix {self.mask_suffix!r})"]
+        sizes = ", ".join(f"{w}x{h} ({n})" for (w, h), n in self.image_sizes.most_common(3))
+        more = f" and {len(self.image_sizes) - 3} more sizes" if len(self.image_sizes) > 3 else ""
+        channels = ", ".join(f"{_channel_name(c)} ({n})" for c, n in sorted(self.image_channels.items()))
+        lines.append(f"  images: {sizes}{more}; {channels}")
+        encodings = ", ".join(f"{name} ({n})" for name, n in self.encodings.most_common())
+        extra = " binarized (any nonzero = foreground)" if self.binarize else ""
+        extra += f", value {self.ignore_value} ignored" if self.ignore_value is not None else ""
+        lines.append(f"  masks: {encodings}{extra}; {len(self.mask_values)} classes")
+        shown = [f"{_short_value(v)}: {f:.1%}" for v, f in zip(self.mask_values, self.class_fractions)][:12]
+        lines.append(f"  class pixels: {', '.join(shown)}{', ...' if len(self.mask_values) > 12 else ''}")
+        if self.empty_masks:
+            lines.append(f"  empty masks (background only): {len(self.empty_masks)} {_names(self.empty_masks)}")
+        lonely = ((self.lonely_images, "images without a mask"), (self.lonely_masks, "masks without an image"))
+        for names, kind in lonely:
+            if names:
+                lines.append(f"  unpaired (not used): {len(names)} {kind} {_names(names)}")
+        lines += [f"  unreadable: {reason}" for reason in self.unreadable[:5]]
+        if len(self.unreadable) > 5:
+            lines.append(f"  unreadable: {len(self.unreadable) - 5} more files")
+        for message in self.size_mismatches[:5]:
+            lines.append(f"  size mismatch: {message}")
+        if len(self.size_mismatches) > 5:
+            lines.append(f"  size mismatch: {len(self.size_mismatches) - 5} more pairs")
+        lines += [f"  suggestion: {hint}" for hint in self.suggestions()]
+        return "\n".join(lines)
+
+
+def _channel_name(channels: int) -> str:
+    return {1: "grayscale", 3: "RGB", 4: "RGBA"}.get(channels, f"{channels} channels")
+
+
+def _short_value(value: MaskValue) -> str:
+    return "(" + ",".join(map(str, value)) + ")" if isinstance(value, list) else str(value)
+
+
+def _names(names: list[str]) -> str:
+    return "(" + ", ".join(names[:3]) + (", ..." if len(names) > 3 else "") + ")"
+
+
+def check_dataset(
+    imgs: Path,
+    masks: Path,
+    mask_suffix: str | None = None,
+    binarize: bool = False,
+    ignore_value: int | None = None,
+    workers: int | None = None,
+) -> DataCheck:
+    """Pair, decode (cached) and summarise a data set; raises UserError only when nothing usable is left."""
+    pairing = pair_files(Path(imgs), Path(masks), mask_suffix)
+    image_records = inspect_files([p.image for p in pairing.pairs], "image", workers, cache_dir=Path(masks))
+    mask_records = inspect_files([p.mask for p in pairing.pairs], "mask", workers, cache_dir=Path(masks))
+    check = DataCheck(Path(imgs), Path(masks), pairing.mask_suffix, [], [], [], binarize, ignore_value,
+                      pairing.lonely_images, pairing.lonely_masks)
+    usable: list[tuple[Pair, dict]] = []
+    for pair, image, mask in zip(pairing.pairs, image_records, mask_records):
+        if "error" in image or "error" in mask:
+            check.unreadable += [record["error"] for record in (image, mask) if "error" in record]
+            continue
+        if (image["width"], image["height"]) != (mask["width"], mask["height"]):
+            check.size_mismatches.append(f"{pair.image.name} is {image['width']}x{image['height']} but "
+                                         f"{pair.mask.name} is {mask['width']}x{mask['height']}")
+            continue
+        usable.append((pair, mask))
+        check.image_sizes[(image["width"], image["height"])] += 1
+        check.image_channels[image["channels"]] += 1
+        check.encodings[mask["encoding"]] += 1
+        if mask.get("palette") and check.palette is None:
+            check.palette = mask["palette"]
+    check.pairs = [pair for pair, _ in usable]
+    if not usable:
+        first = (check.unreadable + check.size_mismatches)[0]
+        raise UserError(f"no usable image/mask pair in {imgs} + {masks}: {first}")
+    per_file = {pair.mask.name: _effective_counts(mask, binarize, ignore_value) for pair, mask in usable}
+    check.mask_values = merge_values(
+        {name: [list(v) if isinstance(v, tuple) else v for v in counts] for name, counts in per_file.items()},
+        Path(masks))
+    index = {_hashable(v): i for i, v in enumerate(check.mask_values)}
+    check.class_pixels = [0] * len(check.mask_values)
+    for name, counts in per_file.items():
+        for value, count in counts.items():
+            check.class_pixels[index[value]] += count
+        if set(counts) <= {_hashable(check.mask_values[0])}:
+            check.empty_masks.append(name)
+    return check
+
+
+def _hashable(value: MaskValue) -> int | tuple[int, ...]:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _effective_counts(mask: dict, binarize: bool, ignore_value: int | None) -> Counter:
+    """Pixel count per value of one mask after --binarize and --ignore-index (colours as tuples)."""
+    counts: Counter = Counter()
+    for value, count in zip(mask["values"], mask["counts"]):
+        key = _hashable(value)
+        if ignore_value is not None and key == ignore_value:
+            continue
+        if binarize:
+            key = int(any(value) if isinstance(value, list) else value != 0)
+        counts[key] += count
+    return counts
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Check an image/mask data set before training.")
+    parser.add_argument("--imgs", type=Path, default=Path("data/imgs"), help="image folder (default: %(default)s)")
+    parser.add_argument("--masks", type=Path, default=Path("data/masks"), help="mask folder (default: %(default)s)")
+    parser.add_argument("--mask-suffix", default=None, help="mask name = image name + suffix; detected when omitted")
+    parser.add_argument("--binarize", action="store_true", help="any nonzero mask value is foreground")
+    parser.add_argument("--ignore-index", type=int, default=None, metavar="VALUE",
+                        help="mask value excluded from training and scores (e.g. 255 borders)")
+    parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores, max 8)")
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    """Prints the report; exit code 1 when files are unreadable or mismatched, else 0."""
+    check = check_dataset(args.imgs, args.masks, args.mask_suffix, args.binarize, args.ignore_index, args.workers)
+    print(check.report())
+    return 1 if check.problems else 0
+
+
+if __name__ == "__main__":
+    run_cli(main, get_args_parser())
