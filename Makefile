@@ -14,8 +14,11 @@ $(VENV)/.runtime-installed: requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $@
 
+# stardist is installed only for the real nuclei image inside its wheel (read as a file, never imported);
+# --no-deps keeps its heavy dependencies (TensorFlow, ...) out.
 $(VENV)/.test-installed: $(VENV)/.runtime-installed requirements-test.txt
 	$(PY) -m pip install --quiet -r requirements-test.txt
+	$(PY) -m pip install --quiet --no-deps stardist==0.9.2
 	touch $@
 
 install: $(VENV)/.runtime-installed

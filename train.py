@@ -135,6 +135,17 @@ def split_pairs(pairs: list[Pair], validation_percent: float, seed: int) -> tupl
     return train, val
 
 
+MIN_SIDE = 16  # four 2x2 poolings: below this the deepest feature map vanishes
+
+
+def check_scaled_sizes(image_sizes: dict[tuple[int, int], int], scale: float) -> None:
+    """Refuse a --scale that leaves an image too small for the U-Net, before any worker trips on it."""
+    width, height = min(image_sizes, key=lambda size: min(size))
+    if min(int(scale * width), int(scale * height)) < MIN_SIDE:
+        raise UserError(f"--scale {scale} shrinks {width}x{height} images to {int(scale * width)}x"
+                        f"{int(scale * height)}, below the U-Net's minimum of {MIN_SIDE} px a side: use a larger scale")
+
+
 def parse_class_weights(text: str | None, n_classes: int, class_pixels: list[int]) -> torch.Tensor | None:
     """--class-weights: None, "auto" (from the data check's pixel counts) or one number per class."""
     if text is None:
@@ -261,6 +272,7 @@ def main(args: argparse.Namespace) -> dict:
     if data.size_mismatches:
         raise UserError(f"{len(data.size_mismatches)} image/mask pairs differ in size, e.g. "
                         f"{data.size_mismatches[0]}: resize the masks to their images")
+    check_scaled_sizes(data.image_sizes, args.scale)
     mask_values: list[MaskValue] = data.mask_values
     if resumed is not None and resumed.get("mask_values") is not None:
         known = resumed["mask_values"]

@@ -2,13 +2,19 @@
 
 import json
 import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import write_image
 
 import utils.check_data as check_data
-from utils.check_data import CACHE_NAME, scan_mask_values
+from utils.check_data import CACHE_NAME, check_dataset, inspect_image, scan_mask_values
+from utils.data_loading import SegmentationDataset, collate_skipping, make_loader
 from utils.errors import UserError
 
 RED, GREEN, BLACK = [255, 0, 0], [0, 255, 0], [0, 0, 0]
@@ -134,3 +140,323 @@ def test_mixing_scalar_and_colour_masks_raises_user_error_naming_files(tmp_path)
     assert "gray.png" in str(error.value) and "colour.png" in str(error.value)
 
 
+
+
+# --- check_dataset on a deliberately broken folder ------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+H, W = 32, 48
+
+
+def noisy_rgb(seed: int, height: int = H, width: int = W) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def box_mask(height: int = H, width: int = W) -> np.ndarray:
+    mask = np.zeros((height, width), np.uint8)
+    mask[height // 4:height // 2, width // 4:width // 2] = 1
+    return mask
+
+
+def write_good_pairs(root: Path, count: int = 3) -> None:
+    for i in range(count):
+        write_image(root / "imgs" / f"good{i}.png", noisy_rgb(i))
+        write_image(root / "masks" / f"good{i}_mask.png", box_mask())
+
+
+def build_broken_folder(root: Path, size_mismatch: bool = True) -> dict[str, Path]:
+    """3 good pairs (masks named <image>_mask.png) and one of each problem; returns the problem files."""
+    imgs, masks = root / "imgs", root / "masks"
+    write_good_pairs(root)
+    files = {}
+    # a truncated JPEG: valid header, half the data
+    files["truncated"] = imgs / "trunc.jpg"
+    write_image(files["truncated"], noisy_rgb(10))
+    data = files["truncated"].read_bytes()
+    files["truncated"].write_bytes(data[: len(data) // 2])
+    write_image(masks / "trunc_mask.png", box_mask())
+    # a zero-byte image
+    files["zero"] = imgs / "zero.png"
+    files["zero"].write_bytes(b"")
+    write_image(masks / "zero_mask.png", box_mask())
+    # a mask of random bytes with a .png name
+    write_image(imgs / "junk.png", noisy_rgb(11))
+    files["junk"] = masks / "junk_mask.png"
+    files["junk"].write_bytes(np.random.default_rng(12).integers(0, 256, 3000, dtype=np.uint8).tobytes())
+    (imgs / "notes.txt").write_text("not an image")
+    if size_mismatch:
+        write_image(imgs / "bigmask.png", noisy_rgb(13))
+        write_image(masks / "bigmask_mask.png", box_mask(16, 24))
+    files["lonely_image"] = write_image(imgs / "alone.png", noisy_rgb(14))
+    files["lonely_mask"] = write_image(masks / "orphan_mask.png", box_mask())
+    write_image(imgs / "empty.png", noisy_rgb(15))
+    files["empty_mask"] = write_image(masks / "empty_mask.png", np.zeros((H, W), np.uint8))
+    return files
+
+
+def test_broken_folder_check_finds_every_problem_and_keeps_the_usable_pairs(tmp_path: Path) -> None:
+    files = build_broken_folder(tmp_path)
+    check = check_dataset(tmp_path / "imgs", tmp_path / "masks", workers=1)
+    assert check.mask_suffix == "_mask"
+    assert sorted(pair.name for pair in check.pairs) == ["empty", "good0", "good1", "good2"]
+    assert check.mask_values == [0, 1]
+    assert len(check.unreadable) == 3
+    for key in ("truncated", "zero", "junk"):
+        naming = [message for message in check.unreadable if str(files[key]) in message]
+        assert len(naming) == 1, (key, check.unreadable)
+        assert naming[0].startswith("cannot read")
+    assert check.size_mismatches == ["bigmask.png is 48x32 but bigmask_mask.png is 24x16"]
+    assert check.lonely_images == ["alone.png"]
+    assert check.lonely_masks == ["orphan_mask.png"]
+    assert check.empty_masks == ["empty_mask.png"]
+    assert check.problems is True
+
+    report = check.report()
+    lines = report.splitlines()
+    assert 5 <= len(lines) < 20
+    assert lines[0].startswith("data check: 4 usable pairs")
+    for name in ("trunc.jpg", "zero.png", "junk_mask.png", "bigmask.png", "bigmask_mask.png", "48x32", "24x16",
+                 "alone.png", "orphan_mask.png", "empty_mask.png"):
+        assert name in report, name
+    assert "notes.txt" not in report
+    assert sum(line.startswith("  unreadable: ") for line in lines) == 3
+
+
+def run_module(*args: str | Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_check_data_cli_exit_codes_report_problems_clean_data_and_user_errors(tmp_path: Path) -> None:
+    build_broken_folder(tmp_path / "broken")
+    broken = run_module("-m", "utils.check_data", "--imgs", tmp_path / "broken" / "imgs",
+                        "--masks", tmp_path / "broken" / "masks", "--workers", "1")
+    assert broken.returncode == 1, broken.stderr
+    expected = check_dataset(tmp_path / "broken" / "imgs", tmp_path / "broken" / "masks", workers=1).report()
+    assert broken.stdout.strip() == expected
+    assert "unreadable: cannot read" in broken.stdout and "size mismatch: bigmask.png" in broken.stdout
+
+    write_good_pairs(tmp_path / "clean")
+    clean = run_module("-m", "utils.check_data", "--imgs", tmp_path / "clean" / "imgs",
+                       "--masks", tmp_path / "clean" / "masks")
+    assert clean.returncode == 0, clean.stderr
+    assert clean.stdout.startswith("data check: 3 usable pairs")
+    assert "unreadable" not in clean.stdout and "size mismatch" not in clean.stdout
+
+    missing = tmp_path / "nowhere"
+    absent = run_module("-m", "utils.check_data", "--imgs", missing, "--masks", tmp_path / "clean" / "masks")
+    assert absent.returncode == 2
+    error_lines = [line for line in absent.stderr.splitlines() if line.strip()]
+    assert len(error_lines) == 1 and error_lines[0].startswith("error: ") and str(missing) in error_lines[0]
+    assert "Traceback" not in absent.stderr and absent.stdout == ""
+
+    debug = run_module("-m", "utils.check_data", "--imgs", missing, "--masks", tmp_path / "clean" / "masks", "--debug")
+    assert debug.returncode != 0
+    assert "Traceback" in debug.stderr and "UserError" in debug.stderr and str(missing) in debug.stderr
+
+
+# --- suggestions ----------------------------------------------------------------------------------------------------
+
+
+def write_pairs_with(root: Path, masks: list[np.ndarray], images: list[np.ndarray] | None = None) -> tuple[Path, Path]:
+    for i, mask in enumerate(masks):
+        height, width = mask.shape[:2]
+        write_image(root / "imgs" / f"s{i}.png", images[i] if images else noisy_rgb(i, height, width))
+        write_image(root / "masks" / f"s{i}.png", mask)
+    return root / "imgs", root / "masks"
+
+
+def instance_labels(first: int, count: int) -> np.ndarray:
+    labels = np.zeros((H, W), np.uint16)
+    for k in range(count):
+        top, left = (k // 6) * 8, (k % 6) * 8
+        labels[top + 1:top + 7, left + 1:left + 7] = first + k
+    return labels
+
+
+def test_instance_labels_suggest_binarize_unless_binarize_is_on(tmp_path: Path) -> None:
+    imgs, masks = write_pairs_with(tmp_path, [instance_labels(1, 12), instance_labels(13, 12)])
+    check = check_dataset(imgs, masks, workers=1)
+    assert check.mask_values == list(range(25))
+    binarize_hints = [hint for hint in check.suggestions() if "--binarize" in hint]
+    assert len(binarize_hints) == 1 and "25 distinct mask values" in binarize_hints[0]
+    assert "suggestion: " + binarize_hints[0] in check.report()
+
+    binarized = check_dataset(imgs, masks, binarize=True, workers=1)
+    assert binarized.mask_values == [0, 1]
+    assert not any("--binarize" in hint for hint in binarized.suggestions())
+    assert "binarized" in binarized.report()
+
+
+def test_a_class_under_one_percent_of_the_pixels_suggests_class_weights(tmp_path: Path) -> None:
+    rare = np.zeros((H, W), np.uint8)
+    rare[:, : W // 2] = 1
+    rare[0, :5] = 2  # 5 of 2 * 1536 pixels: 0.16%
+    imgs, masks = write_pairs_with(tmp_path, [rare, box_mask()])
+    check = check_dataset(imgs, masks, workers=1)
+    assert check.mask_values == [0, 1, 2]
+    assert check.class_pixels[2] == 5
+    hints = check.suggestions()
+    assert [hint for hint in hints if "--class-weights" in hint] == [
+        "class 2 cover less than 1% of the pixels: consider --class-weights auto"]
+    assert not any("--binarize" in hint or "--channels" in hint for hint in hints)
+
+
+def test_mixed_grayscale_and_rgb_images_suggest_channels(tmp_path: Path) -> None:
+    gray = np.random.default_rng(3).integers(0, 256, (H, W), dtype=np.uint8)
+    imgs, masks = write_pairs_with(tmp_path, [box_mask(), box_mask()], images=[gray, noisy_rgb(4)])
+    check = check_dataset(imgs, masks, workers=1)
+    assert check.image_channels == Counter({1: 1, 3: 1})
+    channel_hints = [hint for hint in check.suggestions() if "--channels" in hint]
+    assert len(channel_hints) == 1 and "grayscale and colour images are mixed" in channel_hints[0]
+
+    rgb_only = check_dataset(*write_pairs_with(tmp_path / "rgb", [box_mask()]), workers=1)
+    assert rgb_only.suggestions() == []
+
+
+# --- class pixel fractions ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def counted_masks(tmp_path: Path) -> tuple[Path, Path]:
+    """Two 4x4 masks: a = 0 x10, 1 x4, 2 x2; b = 0 x8, 2 x4, 255 x4 (32 pixels)."""
+    a = np.array([[0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 1, 1], [1, 1, 2, 2]], np.uint8)
+    b = np.array([[0, 0, 0, 0], [0, 0, 0, 0], [2, 2, 2, 2], [255, 255, 255, 255]], np.uint8)
+    return write_pairs_with(tmp_path, [a, b])
+
+
+@pytest.mark.parametrize(
+    ("binarize", "ignore_value", "values", "pixels"),
+    [
+        (False, None, [0, 1, 2, 255], [18, 4, 6, 4]),
+        (False, 255, [0, 1, 2], [18, 4, 6]),
+        (True, None, [0, 1], [18, 14]),
+        (True, 255, [0, 1], [18, 10]),
+    ],
+)
+def test_class_pixel_counts_and_fractions_follow_binarize_and_ignore_value(
+    counted_masks, binarize: bool, ignore_value: int | None, values: list[int], pixels: list[int]
+) -> None:
+    check = check_dataset(*counted_masks, binarize=binarize, ignore_value=ignore_value, workers=1)
+    assert check.mask_values == values
+    assert check.class_pixels == pixels
+    assert check.class_fractions == pytest.approx([p / sum(pixels) for p in pixels])
+    assert check.inferred_classes == len(values)
+
+
+def test_report_shows_fractions_without_the_ignored_value(counted_masks) -> None:
+    report = check_dataset(*counted_masks, ignore_value=255, workers=1).report()
+    assert "  class pixels: 0: 64.3%, 1: 14.3%, 2: 21.4%" in report.splitlines()
+    assert "value 255 ignored; 3 classes" in report
+
+
+# --- image inspection -----------------------------------------------------------------------------------------------
+
+
+def test_inspection_counts_sizes_channels_and_encodings_and_records_16_bit_mode(tmp_path: Path) -> None:
+    big, small = box_mask(), box_mask(30, 40)
+    images = [noisy_rgb(0), noisy_rgb(1), np.full((30, 40), 99, np.uint8),
+              np.arange(30 * 40, dtype=np.uint16).reshape(30, 40) * 50]
+    imgs, masks = write_pairs_with(tmp_path, [big, big, small, small], images)
+    write_image(masks / "s2.png", small, mode="P", palette=[0, 0, 0, 255, 255, 255])
+    write_image(masks / "s3.png", small.astype(np.uint16))
+    check = check_dataset(imgs, masks, workers=1)
+    assert check.image_sizes == Counter({(48, 32): 2, (40, 30): 2})
+    assert check.image_channels == Counter({3: 2, 1: 2})
+    assert check.encodings == Counter({"8-bit labels": 2, "palette": 1, "16-bit labels": 1})
+    assert check.palette[:6] == [0, 0, 0, 255, 255, 255]
+    assert check.mask_values == [0, 1]
+    assert inspect_image(imgs / "s3.png") == {"width": 40, "height": 30, "channels": 1, "mode": "I;16"}
+    cache = json.loads((masks / CACHE_NAME).read_text())["files"]
+    assert cache["image:s3.png"]["record"]["mode"] == "I;16"
+    assert cache["image:s0.png"]["record"] == {"width": 48, "height": 32, "channels": 3, "mode": "RGB"}
+    assert "48x32 (2), 40x30 (2); grayscale (2), RGB (2)" in check.report()
+
+
+# --- the cache ------------------------------------------------------------------------------------------------------
+
+
+def test_second_check_decodes_nothing_and_the_cache_lives_in_the_masks_folder_only(tmp_path, monkeypatch) -> None:
+    build_broken_folder(tmp_path)
+    images_before = sorted(p.name for p in (tmp_path / "imgs").iterdir())
+    first = check_dataset(tmp_path / "imgs", tmp_path / "masks", workers=1)
+    forbid_scans(monkeypatch)
+    second = check_dataset(tmp_path / "imgs", tmp_path / "masks", workers=1)
+    assert second.report() == first.report()
+    assert (second.pairs, second.mask_values, second.class_pixels) == (first.pairs, first.mask_values,
+                                                                       first.class_pixels)
+    assert second.unreadable == first.unreadable and len(second.unreadable) == 3
+    assert sorted(p.name for p in (tmp_path / "imgs").iterdir()) == images_before
+    assert (tmp_path / "masks" / CACHE_NAME).is_file()
+    keys = json.loads((tmp_path / "masks" / CACHE_NAME).read_text())["files"]
+    assert {"image:trunc.jpg", "image:good0.png", "mask:junk_mask.png", "mask:good0_mask.png"} <= set(keys)
+    assert "error" in keys["image:trunc.jpg"]["record"]
+
+
+# --- train.py on the broken folder ----------------------------------------------------------------------------------
+
+
+def run_train(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO / "train.py"), "--imgs", "imgs", "--masks", "masks", "--checkpoint-dir", "ck",
+         "--epochs", "1", "--validation", "0", "--scale", "1", "--batch-size", "4", "--wandb", "disabled",
+         "--workers", "0", *args],
+        cwd=root, capture_output=True, text=True, timeout=600)
+
+
+def test_train_proceeds_on_the_usable_pairs_despite_unreadable_unpaired_and_empty_files(tmp_path: Path) -> None:
+    build_broken_folder(tmp_path, size_mismatch=False)
+    result = run_train(tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "data check: 4 usable pairs" in result.stdout
+    for name in ("trunc.jpg", "zero.png", "junk_mask.png", "alone.png", "orphan_mask.png", "empty_mask.png"):
+        assert name in result.stdout, name
+    assert "4 training and 0 validation images" in result.stdout
+    assert "epoch 1: train loss" in result.stdout
+    assert (tmp_path / "ck" / "last.pth").is_file()
+    (tmp_path / "ck" / "last.pth").unlink()
+
+
+def test_train_stops_on_a_size_mismatch_with_one_error_line_naming_the_files(tmp_path: Path) -> None:
+    build_broken_folder(tmp_path)
+    result = run_train(tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ")
+    assert "bigmask.png is 48x32 but bigmask_mask.png is 24x16" in last
+    assert "size mismatch: bigmask.png" in result.stdout  # the report came first
+    assert not (tmp_path / "ck" / "last.pth").exists()
+
+
+# --- a file that breaks after the check -----------------------------------------------------------------------------
+
+
+def test_file_corrupted_after_the_check_is_skipped_with_a_reason_naming_it(tmp_path: Path) -> None:
+    write_good_pairs(tmp_path)
+    check = check_dataset(tmp_path / "imgs", tmp_path / "masks", workers=1)
+    broken = tmp_path / "imgs" / "good1.png"
+    broken.write_bytes(broken.read_bytes()[:40])  # the PNG header survives, the pixels do not
+    dataset = SegmentationDataset(check.pairs, check.mask_values, skip_unreadable=True)
+    item = dataset[1]
+    assert list(item) == ["skipped"]
+    assert str(broken) in item["skipped"] and item["skipped"].startswith("cannot read")
+    with pytest.raises(UserError, match="good1.png"):
+        SegmentationDataset(check.pairs, check.mask_values)[1]
+
+    batch = collate_skipping([dataset[0], dataset[1], dataset[2]])
+    assert batch["name"] == ["good0", "good2"]
+    assert batch["image"].shape == (2, 3, H, W) and batch["mask"].shape == (2, H, W)
+    assert batch["skipped"] == [item["skipped"]]
+
+    batches = list(make_loader(dataset, batch_size=2, device=torch.device("cpu"), workers=0))
+    assert [b["name"] for b in batches] == [["good0"], ["good2"]]
+    assert [b["skipped"] for b in batches] == [[item["skipped"]], []]
+    assert torch.equal(batches[0]["mask"][0], torch.from_numpy(box_mask()).long())
+
+
+def test_a_batch_of_only_unreadable_files_collates_to_reasons_alone(tmp_path: Path) -> None:
+    write_good_pairs(tmp_path, count=1)
+    check = check_dataset(tmp_path / "imgs", tmp_path / "masks", workers=1)
+    (tmp_path / "imgs" / "good0.png").write_bytes(b"")
+    batch = collate_skipping([SegmentationDataset(check.pairs, check.mask_values, skip_unreadable=True)[0]])
+    assert set(batch) == {"skipped"} and len(batch["skipped"]) == 1 and "good0.png" in batch["skipped"][0]

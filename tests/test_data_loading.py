@@ -126,11 +126,12 @@ def test_palette_mask_keeps_indices_not_colours(tmp_path, suffix):
     assert np.array_equal(mask, indices)
 
 
-def test_gray_mask_saved_as_rgb_collapses_to_hxw(tmp_path):
+def test_gray_mask_saved_as_rgb_stays_a_colour_mask(tmp_path):
     gray = disc_mask(value=255)
-    mask = read_mask(write_image(tmp_path / "mask.png", np.repeat(gray[..., None], 3, axis=-1)))
-    assert mask.shape == (HEIGHT, WIDTH)
-    assert np.array_equal(mask, gray)
+    rgb = np.repeat(gray[..., None], 3, axis=-1)
+    mask = read_mask(write_image(tmp_path / "mask.png", rgb))
+    assert mask.shape == (HEIGHT, WIDTH, 3)  # RGB in, RGB out: the encoding is the file's, not its content's
+    assert np.array_equal(mask, rgb)
 
 
 def test_colour_mask_stays_hxwx3(tmp_path):

@@ -105,9 +105,9 @@ def read_mask(path: Path) -> np.ndarray:
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim == 3 and array.shape[-1] >= 3:
+        # An RGB file stays a colour mask even when its colours happen to be gray (e.g. a background-only
+        # frame of a colour-coded set): masks are written back in the encoding they came in.
         array = array[..., :3]
-        if (array[..., 0] == array[..., 1]).all() and (array[..., 1] == array[..., 2]).all():
-            array = array[..., 0]  # a gray mask saved as RGB
     if array.ndim not in (2, 3):
         raise UserError(f"{path} has shape {array.shape}: a mask must be HxW or HxWx3")
     return array

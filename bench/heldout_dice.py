@@ -1,0 +1,156 @@
+"""Held-out Dice of short training runs, per augmentation preset, on two data sets.
+
+    python bench/heldout_dice.py                       # both data sets, presets none, light and strong
+    python bench/heldout_dice.py --data nuclei --presets none light
+
+- carvana: the synthetic Carvana-format set (utils.synthetic_data), 480x320; cars 1-2 (32 views) train, car 3
+  (16 views, never seen) is held out.
+- nuclei: the real fluorescence-microscopy image shipped in the stardist wheel (2018 Data Science Bowl, CC0),
+  512x512 16-bit with hand-annotated instance labels; tiles of the top three quarters train, the bottom quarter
+  is held out. A plain Otsu threshold of the held-out strip is the baseline to beat.
+"""
+
+import argparse
+import importlib.util
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import train  # noqa: E402
+from evaluate import evaluate  # noqa: E402
+from utils.checkpoint import load_model  # noqa: E402
+from utils.data_loading import SegmentationDataset, list_pairs, make_loader  # noqa: E402
+from utils.device import choose_precision  # noqa: E402
+from utils.synthetic_data import make_synthetic_carvana  # noqa: E402
+
+# Per data set: the training flags of the comparison (the same for every preset).
+SETTINGS = {
+    "carvana": ["--scale", "0.25", "--epochs", "8", "--batch-size", "2", "--learning-rate", "5e-4"],
+    "nuclei": ["--binarize", "--scale", "1", "--epochs", "12", "--batch-size", "8", "--learning-rate", "1e-3"],
+}
+
+
+def nuclei_files() -> tuple[Path, Path]:
+    """img2d.tif and mask2d.tif from the installed stardist package, found without importing it."""
+    spec = importlib.util.find_spec("stardist")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("stardist is not installed: pip install --no-deps stardist==0.9.2 (make install-test does)")
+    folder = Path(spec.submodule_search_locations[0]) / "data" / "images"
+    return folder / "img2d.tif", folder / "mask2d.tif"
+
+
+def make_nuclei_split(root: Path, tile: int = 96, stride: int = 48) -> tuple[Path, Path]:
+    """Tiles of the top three quarters -> root/train, the bottom quarter -> root/test (16-bit PNGs)."""
+    image_file, mask_file = nuclei_files()
+    image, mask = np.asarray(Image.open(image_file)), np.asarray(Image.open(mask_file))
+    split = image.shape[0] * 3 // 4
+    for part in ("train", "test"):
+        for kind in ("imgs", "masks"):
+            (root / part / kind).mkdir(parents=True, exist_ok=True)
+    for top in range(0, split - tile + 1, stride):
+        for left in range(0, image.shape[1] - tile + 1, stride):
+            name = f"tile_{top:03d}_{left:03d}.png"
+            Image.fromarray(image[top:top + tile, left:left + tile]).save(root / "train" / "imgs" / name)
+            Image.fromarray(mask[top:top + tile, left:left + tile]).save(root / "train" / "masks" / name)
+    Image.fromarray(image[split:]).save(root / "test" / "imgs" / "bottom.png")
+    Image.fromarray(mask[split:]).save(root / "test" / "masks" / "bottom.png")
+    return root / "train", root / "test"
+
+
+def make_carvana_split(root: Path) -> tuple[Path, Path]:
+    """48 synthetic views of 3 cars: the first two cars train, the third is held out."""
+    imgs, masks = make_synthetic_carvana(root / "all", count=48, width=480, height=320, seed=1)
+    car_ids = sorted({path.name[:12] for path in imgs.iterdir()})
+    for part, ids in (("train", car_ids[:2]), ("test", car_ids[2:])):
+        for kind, folder in (("imgs", imgs), ("masks", masks)):
+            (root / part / kind).mkdir(parents=True, exist_ok=True)
+            for path in folder.iterdir():
+                if path.name[:12] in ids:
+                    shutil.copy(path, root / part / kind / path.name)
+    return root / "train", root / "test"
+
+
+def otsu_threshold(values: np.ndarray) -> float:
+    """The threshold that maximises the between-class variance of a 256-bin histogram."""
+    histogram, edges = np.histogram(values, bins=256)
+    centres = (edges[:-1] + edges[1:]) / 2
+    weight_low = np.cumsum(histogram)
+    weight_high = weight_low[-1] - weight_low
+    mean_low = np.cumsum(histogram * centres) / np.maximum(weight_low, 1)
+    mean_high = (np.sum(histogram * centres) - np.cumsum(histogram * centres)) / np.maximum(weight_high, 1)
+    between = weight_low * weight_high * (mean_low - mean_high) ** 2
+    return float(centres[np.argmax(between)])
+
+
+def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
+    total = prediction.sum() + truth.sum()
+    return 1.0 if total == 0 else float(2 * (prediction & truth).sum() / total)
+
+
+def otsu_dice(test_dir: Path) -> float:
+    """Foreground Dice of Otsu thresholding on the held-out images (all pixels pooled)."""
+    predictions, truths = [], []
+    for pair in list_pairs(test_dir / "imgs", test_dir / "masks"):
+        image = np.asarray(Image.open(pair.image)).astype(np.float64)
+        predictions.append((image > otsu_threshold(image)).ravel())
+        truths.append((np.asarray(Image.open(pair.mask)) != 0).ravel())
+    return dice(np.concatenate(predictions), np.concatenate(truths))
+
+
+def train_and_score(train_dir: Path, test_dir: Path, flags: list[str], preset: str, run_dir: Path,
+                    seed: int = 0) -> dict:
+    """Train with the real train.main, then score the held-out images at their native resolution."""
+    args = train.get_args_parser().parse_args([
+        "--imgs", str(train_dir / "imgs"), "--masks", str(train_dir / "masks"), "--validation", "0",
+        "--augment", preset, "--checkpoint-dir", str(run_dir), "--wandb", "disabled", "--seed", str(seed),
+        "--amp", *flags,
+    ])
+    started = time.perf_counter()
+    train.main(args)
+    seconds = time.perf_counter() - started
+    device = torch.device("cpu")
+    model, checkpoint = load_model(run_dir / "last.pth", device)
+    trained_with = checkpoint["args"]
+    dataset = SegmentationDataset(list_pairs(test_dir / "imgs", test_dir / "masks"), model.mask_values,
+                                  checkpoint["scale"], model.n_channels, scale_masks=False,
+                                  binarize=trained_with["binarize"], ignore_value=trained_with["ignore_index"])
+    scores = evaluate(model, make_loader(dataset, 1, device, 0), device, choose_precision(device), progress=False)
+    return {"dice": scores["dice"], "seconds": seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", nargs="+", choices=sorted(SETTINGS), default=sorted(SETTINGS), help="data sets")
+    parser.add_argument("--presets", nargs="+", default=["none", "light", "strong"], help="augmentation presets")
+    parser.add_argument("--seeds", type=int, default=1, help="training runs per preset (different seeds)")
+    parser.add_argument("--work-dir", type=Path, default=Path("/tmp/unet_heldout"), help="scratch folder")
+    args = parser.parse_args()
+    shutil.rmtree(args.work_dir, ignore_errors=True)
+    rows = []
+    for name in args.data:
+        make_split = make_nuclei_split if name == "nuclei" else make_carvana_split
+        train_dir, test_dir = make_split(args.work_dir / name)
+        if name == "nuclei":
+            print(f"nuclei: Otsu threshold baseline, held-out Dice {otsu_dice(test_dir):.4f}")
+        for preset in args.presets:
+            for seed in range(args.seeds):
+                result = train_and_score(train_dir, test_dir, SETTINGS[name], preset,
+                                         args.work_dir / name / f"run_{preset}_{seed}", seed)
+                rows.append((name, preset, seed, result["dice"], result["seconds"]))
+                print(f"{name}: --augment {preset} seed {seed}: held-out Dice {result['dice']:.4f} "
+                      f"({result['seconds']:.0f} s training)", flush=True)
+    print("\n| data | --augment | seed | held-out Dice | training s |\n|---|---|---|---|---|")
+    for name, preset, seed, score, seconds in rows:
+        print(f"| {name} | {preset} | {seed} | {score:.4f} | {seconds:.0f} |")
+    print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, flags: {SETTINGS}")
+
+
+if __name__ == "__main__":
+    main()

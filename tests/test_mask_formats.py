@@ -1,0 +1,320 @@
+"""Every supported mask format survives the round trip: train (in-process) -> checkpoint -> predict writes masks
+in the training masks' own encoding (mode and values or colours), with the classes inferred from the data."""
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_image
+from PIL import Image
+
+import predict
+import train
+from evaluate import evaluate
+from unet import UNet
+from utils.check_data import check_dataset
+from utils.checkpoint import load_checkpoint
+from utils.data_loading import SegmentationDataset, make_loader
+from utils.device import choose_precision
+from utils.dice_score import class_weights_from_pixels
+from utils.errors import UserError
+from utils.mask_encoding import IGNORE_CLASS
+
+HEIGHT, WIDTH = 32, 48
+# What each class looks like in the images: dark background, red class 1, green class 2.
+CLASS_LOOKS = np.array([[40, 40, 40], [220, 50, 50], [50, 200, 70]])
+VOC_PALETTE = [0, 0, 0, 128, 0, 0, 0, 128, 0]
+COLOURS = [[250, 20, 120], [0, 0, 0], [10, 200, 30]]  # class 0, 1, 2 of the colour-coded masks (unsorted)
+
+
+def class_map(index: int, n_classes: int) -> np.ndarray:
+    """HxW class indices: a class-1 rectangle and (for 3 classes) a class-2 rectangle, shifted per sample."""
+    classes = np.zeros((HEIGHT, WIDTH), np.int64)
+    classes[4 + index:16 + index, 4:22] = 1
+    if n_classes > 2:
+        classes[18:29, 26 + index:44] = 2
+    return classes
+
+
+def image_of(classes: np.ndarray, seed: int) -> np.ndarray:
+    """Each class region painted its own colour, plus a little noise."""
+    noise = np.random.default_rng(seed).integers(-12, 13, (*classes.shape, 3))
+    return (CLASS_LOOKS[classes] + noise).clip(0, 255).astype(np.uint8)
+
+
+def write_pairs(root: Path, n_classes: int, to_mask: Callable[[np.ndarray], np.ndarray], mask_ext: str = ".png",
+                count: int = 3, **mask_options) -> list[np.ndarray]:
+    """imgs/sample<i>.png and masks/sample<i><mask_ext> where the mask is to_mask(class indices)."""
+    maps = [class_map(i, n_classes) for i in range(count)]
+    for i, classes in enumerate(maps):
+        write_image(root / "imgs" / f"sample{i}.png", image_of(classes, seed=i))
+        write_image(root / "masks" / f"sample{i}{mask_ext}", to_mask(classes), **mask_options)
+    return maps
+
+
+def train_args(root: Path, *flags: str):
+    return train.get_args_parser().parse_args([
+        "--imgs", str(root / "imgs"), "--masks", str(root / "masks"), "--checkpoint-dir", str(root / "ck"),
+        "--wandb", "disabled", "--workers", "0", "--scale", "1", "--validation", "0", "-b", "3", "-l", "1e-3",
+        "-e", "1", *flags,
+    ])
+
+
+def train_and_predict(root: Path, *flags: str) -> tuple[dict, Image.Image]:
+    """Train one epoch, predict sample0.png; the checkpoint (without its 370 MB file) and the written mask."""
+    train.main(train_args(root, *flags))
+    checkpoint_file = root / "ck" / "last.pth"
+    checkpoint = load_checkpoint(checkpoint_file)
+    predict.main(predict.get_args_parser().parse_args(
+        ["-m", str(checkpoint_file), "-i", str(root / "imgs" / "sample0.png"), "-o", str(root / "out.png")]))
+    checkpoint_file.unlink()  # a full training state per test would fill the temporary folder
+    output = Image.open(root / "out.png")
+    output.load()
+    assert output.size == (WIDTH, HEIGHT)
+    return checkpoint, output
+
+
+def values_of(image: Image.Image) -> set[int]:
+    return {int(v) for v in np.unique(np.asarray(image))}
+
+
+def colours_of(image: Image.Image) -> set[tuple[int, ...]]:
+    return {tuple(int(c) for c in colour) for colour in np.unique(np.asarray(image).reshape(-1, 3), axis=0)}
+
+
+def assert_classes_inferred(checkpoint: dict, n_values: int) -> None:
+    assert checkpoint["model_args"]["n_classes"] == n_values
+    assert checkpoint["args"]["classes"] == n_values
+
+
+# --- one test per mask format --------------------------------------------------------------------------------------
+
+
+def test_binary_0_1_png_masks_predict_0_255_grayscale(tmp_path: Path) -> None:
+    write_pairs(tmp_path, 2, lambda c: c.astype(np.uint8))
+    checkpoint, output = train_and_predict(tmp_path)
+    assert checkpoint["mask_values"] == [0, 1]
+    assert_classes_inferred(checkpoint, 2)
+    assert output.mode == "L" and values_of(output) <= {0, 255}
+
+
+def test_binary_0_255_png_masks_predict_0_255(tmp_path: Path) -> None:
+    write_pairs(tmp_path, 2, lambda c: (c * 255).astype(np.uint8))
+    checkpoint, output = train_and_predict(tmp_path)
+    assert checkpoint["mask_values"] == [0, 255]
+    assert_classes_inferred(checkpoint, 2)
+    assert output.mode == "L" and values_of(output) <= {0, 255}
+
+
+def test_two_arbitrary_values_predict_the_same_two_values(tmp_path: Path) -> None:
+    write_pairs(tmp_path, 2, lambda c: np.array([3, 9], np.uint8)[c])
+    checkpoint, output = train_and_predict(tmp_path)
+    assert checkpoint["mask_values"] == [3, 9]
+    assert_classes_inferred(checkpoint, 2)
+    assert output.mode == "L" and values_of(output) <= {3, 9}
+
+
+def test_bool_npy_masks_predict_0_255(tmp_path: Path) -> None:
+    write_pairs(tmp_path, 2, lambda c: c.astype(bool), mask_ext=".npy")
+    assert np.load(tmp_path / "masks" / "sample0.npy").dtype == np.bool_
+    checkpoint, output = train_and_predict(tmp_path)
+    assert checkpoint["mask_values"] == [0, 1]
+    assert_classes_inferred(checkpoint, 2)
+    assert output.mode == "L" and values_of(output) <= {0, 255}
+
+
+def test_voc_palette_masks_predict_palette_png_with_the_training_palette(tmp_path: Path) -> None:
+    write_pairs(tmp_path, 3, lambda c: c.astype(np.uint8), mode="P", palette=VOC_PALETTE)
+    assert Image.open(tmp_path / "masks" / "sample0.png").mode == "P"
+    checkpoint, output = train_and_predict(tmp_path)
+    assert checkpoint["mask_values"] == [0, 1, 2]
+    assert checkpoint["mask_palette"][:9] == VOC_PALETTE
+    assert_classes_inferred(checkpoint, 3)
+    assert output.mode == "P"
+    assert output.getpalette()[:9] == VOC_PALETTE
+    assert values_of(output) <= {0, 1, 2}
+
+
+def test_rgb_colour_coded_masks_predict_rgb_with_the_training_colours(tmp_path: Path) -> None:
+    write_pairs(tmp_path, 3, lambda c: np.array(COLOURS, np.uint8)[c])
+    checkpoint, output = train_and_predict(tmp_path)
+    assert checkpoint["mask_values"] == sorted(COLOURS) == [[0, 0, 0], [10, 200, 30], [250, 20, 120]]
+    assert_classes_inferred(checkpoint, 3)
+    assert output.mode == "RGB" and colours_of(output) <= {tuple(c) for c in COLOURS}
+
+
+def test_rgb_colour_coded_masks_with_a_background_only_mask_still_train(tmp_path: Path) -> None:
+    write_pairs(tmp_path, 3, lambda c: np.array(COLOURS, np.uint8)[c])
+    write_image(tmp_path / "imgs" / "blank.png", image_of(np.zeros((HEIGHT, WIDTH), np.int64), seed=9))
+    write_image(tmp_path / "masks" / "blank.png", np.zeros((HEIGHT, WIDTH, 3), np.uint8))  # all class 1 (black)
+    check = check_dataset(tmp_path / "imgs", tmp_path / "masks", workers=1)
+    assert check.mask_values == sorted(COLOURS)
+    assert len(check.pairs) == 4
+
+
+def test_16_bit_tiff_labels_predict_16_bit_with_the_same_values(tmp_path: Path) -> None:
+    write_pairs(tmp_path, 3, lambda c: np.array([0, 300, 600], np.uint16)[c], mask_ext=".tif")
+    assert Image.open(tmp_path / "masks" / "sample0.tif").mode == "I;16"
+    checkpoint, output = train_and_predict(tmp_path)
+    assert checkpoint["mask_values"] == [0, 300, 600]
+    assert_classes_inferred(checkpoint, 3)
+    assert output.mode == "I;16" and np.asarray(output).dtype == np.uint16
+    assert values_of(output) <= {0, 300, 600}
+
+
+def test_sparse_8_bit_labels_predict_the_same_sparse_values(tmp_path: Path) -> None:
+    write_pairs(tmp_path, 3, lambda c: np.array([0, 10, 20], np.uint8)[c])
+    checkpoint, output = train_and_predict(tmp_path)
+    assert checkpoint["mask_values"] == [0, 10, 20]
+    assert_classes_inferred(checkpoint, 3)
+    assert output.mode == "L" and values_of(output) <= {0, 10, 20}
+
+
+def write_instance_labels(root: Path) -> None:
+    """16-bit masks with one label per blob: sample i holds labels 10*i+1 .. 10*i+10, so 0..30 overall."""
+    for i in range(3):
+        labels = np.zeros((HEIGHT, WIDTH), np.uint16)
+        for blob in range(10):
+            top, left = 3 + (blob // 5) * 14, 2 + (blob % 5) * 9
+            labels[top:top + 6 + i, left:left + 6] = 10 * i + blob + 1
+        write_image(root / "imgs" / f"sample{i}.png", image_of((labels > 0).astype(np.int64), seed=i))
+        write_image(root / "masks" / f"sample{i}.png", labels)
+
+
+def test_instance_labels_with_binarize_train_foreground_vs_background(tmp_path: Path) -> None:
+    write_instance_labels(tmp_path)
+    assert Image.open(tmp_path / "masks" / "sample0.png").mode == "I;16"
+    checkpoint, output = train_and_predict(tmp_path, "--binarize")
+    assert checkpoint["mask_values"] == [0, 1]
+    assert_classes_inferred(checkpoint, 2)
+    assert checkpoint["args"]["binarize"] is True
+    assert output.mode == "L" and values_of(output) <= {0, 255}
+
+
+def test_instance_labels_without_binarize_and_two_classes_is_a_user_error(tmp_path: Path) -> None:
+    write_instance_labels(tmp_path)
+    with pytest.raises(UserError) as error:
+        train.main(train_args(tmp_path, "--classes", "2"))
+    message = str(error.value)
+    assert "--classes" in message and "31" in message  # 31 distinct values: background and 30 instances
+    assert not (tmp_path / "ck" / "last.pth").exists()
+
+
+# --- ignored pixels --------------------------------------------------------------------------------------------------
+
+
+def bordered(classes: np.ndarray) -> np.ndarray:
+    """0/1 mask with a 2-pixel 255 border around the foreground (VOC style)."""
+    mask = classes.astype(np.uint8)
+    grown = np.zeros_like(mask, dtype=bool)
+    for dy in range(-2, 3):
+        for dx in range(-2, 3):
+            grown |= np.roll(np.roll(classes == 1, dy, 0), dx, 1)
+    mask[grown & (classes == 0)] = 255
+    return mask
+
+
+def test_ignore_index_255_border_is_not_a_class_and_becomes_ignore_class(tmp_path: Path) -> None:
+    write_pairs(tmp_path, 2, bordered)
+    raw = np.asarray(Image.open(tmp_path / "masks" / "sample0.png"))
+    assert {int(v) for v in np.unique(raw)} == {0, 1, 255}
+    check = check_dataset(tmp_path / "imgs", tmp_path / "masks", ignore_value=255, workers=1)
+    assert check.mask_values == [0, 1]
+    dataset = SegmentationDataset(check.pairs, check.mask_values, ignore_value=255)
+    loader = make_loader(dataset, batch_size=3, device=torch.device("cpu"), workers=0)
+    batch = next(iter(loader))
+    masks = [np.asarray(Image.open(tmp_path / "masks" / f"{name}.png")) for name in batch["name"]]
+    expected = torch.from_numpy(np.stack([np.where(m == 255, IGNORE_CLASS, m.astype(np.int64)) for m in masks]))
+    assert torch.equal(batch["mask"], expected)
+    assert (batch["mask"] == IGNORE_CLASS).sum() == sum(int((m == 255).sum()) for m in masks) > 0
+
+    checkpoint, output = train_and_predict(tmp_path, "--ignore-index", "255")
+    assert checkpoint["mask_values"] == [0, 1]
+    assert checkpoint["args"]["ignore_index"] == 255
+    assert_classes_inferred(checkpoint, 2)
+    assert output.mode == "L" and values_of(output) <= {0, 255}
+
+
+class PaintsRedAsForeground(UNet):
+    """A stand-in model: class 1 exactly where the image is red (foreground and the border around it)."""
+
+    def __init__(self) -> None:
+        super().__init__(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        red = (x[:, 0] > 0.6) & (x[:, 1] < 0.4)
+        return torch.stack([(~red).float(), red.float()], dim=1)
+
+
+def test_evaluate_leaves_ignored_pixels_out_of_the_dice(tmp_path: Path) -> None:
+    maps = [class_map(i, 2) for i in range(2)]
+    for i, classes in enumerate(maps):
+        looks = classes.copy()
+        looks[bordered(classes) == 255] = 1  # the border looks like foreground: the model predicts it as such
+        write_image(tmp_path / "imgs" / f"sample{i}.png", image_of(looks, seed=i))
+        write_image(tmp_path / "masks" / f"sample{i}.png", bordered(classes))
+        write_image(tmp_path / "zeros" / f"sample{i}.png", classes.astype(np.uint8))  # the border as background
+    model, cpu = PaintsRedAsForeground(), torch.device("cpu")
+    precision = choose_precision(cpu)
+    check = check_dataset(tmp_path / "imgs", tmp_path / "masks", ignore_value=255, workers=1)
+    ignored = SegmentationDataset(check.pairs, check.mask_values, scale_masks=False, ignore_value=255)
+    scores = evaluate(model, make_loader(ignored, 2, cpu, 0), cpu, precision, progress=False)
+    assert scores["images"] == 2
+    assert scores["dice"] == pytest.approx(1.0) and scores["iou"] == pytest.approx(1.0)
+    assert scores["dice_per_class"] == pytest.approx([1.0, 1.0])
+
+    counted = check_dataset(tmp_path / "imgs", tmp_path / "zeros", workers=1)
+    control = SegmentationDataset(counted.pairs, counted.mask_values, scale_masks=False)
+    control_scores = evaluate(model, make_loader(control, 2, cpu, 0), cpu, precision, progress=False)
+    border, foreground = int((bordered(maps[0]) == 255).sum()), int((maps[0] == 1).sum())
+    first = control_scores["rows"][0]
+    assert first["dice"] == pytest.approx(2 * foreground / (2 * foreground + border))
+    assert control_scores["dice"] < 1
+
+
+# --- the class count and the class weights ---------------------------------------------------------------------------
+
+
+def test_classes_omitted_are_inferred_as_one_per_mask_value(tmp_path: Path, capsys) -> None:
+    write_pairs(tmp_path, 3, lambda c: np.array([0, 1, 2, 3], np.uint8)[c + (c == 2)])  # values 0, 1, 3
+    write_image(tmp_path / "masks" / "sample2.png", np.array([0, 2, 3], np.uint8)[class_map(2, 3)])  # adds 2
+    args = train_args(tmp_path)
+    assert args.classes is None
+    checkpoint, output = train_and_predict(tmp_path)
+    assert checkpoint["mask_values"] == [0, 1, 2, 3]
+    assert_classes_inferred(checkpoint, 4)
+    assert "mask values [0, 1, 2, 3], 4 classes" in capsys.readouterr().out
+    assert output.mode == "L" and values_of(output) <= {0, 1, 2, 3}
+
+
+def test_class_weights_auto_trains_and_prints_median_frequency_weights(tmp_path: Path, capsys) -> None:
+    maps = write_pairs(tmp_path, 2, lambda c: c.astype(np.uint8))
+    foreground = sum(int(m.sum()) for m in maps)
+    background = 3 * HEIGHT * WIDTH - foreground
+    expected = class_weights_from_pixels([background, foreground])
+    assert expected[0] / expected[1] == pytest.approx(foreground / background)  # the rarer class weighs more
+    assert 0.1 <= expected[0] < expected[1] <= 10
+    checkpoint, output = train_and_predict(tmp_path, "--class-weights", "auto")
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("class weights (auto)")]
+    assert printed == [f"class weights (auto): {expected[0]:.3g}, {expected[1]:.3g}"]
+    assert checkpoint["args"]["class_weights"] == "auto"
+    assert checkpoint["epoch"] == 1 and checkpoint["step"] == 1
+    assert values_of(output) <= {0, 255}
+
+
+def test_class_weights_of_the_wrong_count_is_a_user_error_naming_the_flag(tmp_path: Path) -> None:
+    write_pairs(tmp_path, 2, lambda c: c.astype(np.uint8))
+    with pytest.raises(UserError) as error:
+        train.main(train_args(tmp_path, "--class-weights", "1,2,3"))
+    assert "--class-weights" in str(error.value) and "needs 2" in str(error.value)
+    assert not (tmp_path / "ck" / "last.pth").exists()
+
+
+def test_classes_1_on_0_255_masks_trains_one_channel_and_predicts_0_255(tmp_path: Path) -> None:
+    write_pairs(tmp_path, 2, lambda c: (c * 255).astype(np.uint8))
+    checkpoint, output = train_and_predict(tmp_path, "--classes", "1")
+    assert checkpoint["mask_values"] == [0, 255]
+    assert checkpoint["model_args"]["n_classes"] == 1
+    assert output.mode == "L" and values_of(output) <= {0, 255}
