@@ -130,6 +130,7 @@ def main() -> None:
     parser.add_argument("--data", nargs="+", choices=sorted(SETTINGS), default=sorted(SETTINGS), help="data sets")
     parser.add_argument("--presets", nargs="+", default=["none", "light", "strong"], help="augmentation presets")
     parser.add_argument("--seeds", type=int, default=1, help="training runs per preset (different seeds)")
+    parser.add_argument("--epochs", type=int, default=None, help="override the data sets' epoch counts")
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/unet_heldout"), help="scratch folder")
     args = parser.parse_args()
     shutil.rmtree(args.work_dir, ignore_errors=True)
@@ -140,8 +141,9 @@ def main() -> None:
         if name == "nuclei":
             print(f"nuclei: Otsu threshold baseline, held-out Dice {otsu_dice(test_dir):.4f}")
         for preset in args.presets:
+            flags = SETTINGS[name] + (["--epochs", str(args.epochs)] if args.epochs else [])
             for seed in range(args.seeds):
-                result = train_and_score(train_dir, test_dir, SETTINGS[name], preset,
+                result = train_and_score(train_dir, test_dir, flags, preset,
                                          args.work_dir / name / f"run_{preset}_{seed}", seed)
                 rows.append((name, preset, seed, result["dice"], result["seconds"]))
                 print(f"{name}: --augment {preset} seed {seed}: held-out Dice {result['dice']:.4f} "
@@ -149,7 +151,8 @@ def main() -> None:
     print("\n| data | --augment | seed | held-out Dice | training s |\n|---|---|---|---|---|")
     for name, preset, seed, score, seconds in rows:
         print(f"| {name} | {preset} | {seed} | {score:.4f} | {seconds:.0f} |")
-    print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, flags: {SETTINGS}")
+    epochs = f", --epochs {args.epochs} for all" if args.epochs else ""
+    print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, flags: {SETTINGS}{epochs}")
 
 
 if __name__ == "__main__":

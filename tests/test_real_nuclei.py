@@ -8,7 +8,7 @@ import torch
 from bench.heldout_dice import make_nuclei_split, otsu_dice, train_and_score
 
 # Shorter than the README comparison (bench/heldout_dice.py) so that the suite stays fast.
-FLAGS = ["--binarize", "--scale", "1", "--epochs", "6", "--batch-size", "8", "--learning-rate", "1e-3",
+FLAGS = ["--binarize", "--scale", "1", "--epochs", "10", "--batch-size", "8", "--learning-rate", "1e-3",
          "--workers", "0"]
 
 

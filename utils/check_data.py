@@ -3,8 +3,8 @@
     python -m utils.check_data --imgs data/imgs --masks data/masks
 
 Every file is decoded once, in parallel, and what was learnt (size, channels, mask encoding, values and pixel
-counts, or why it is unreadable) is cached beside the files, keyed by size and mtime: a second check, and every
-training start after it, reads no image. train.py runs the same check and prints the same report.
+counts, or why it is unreadable) is cached in the masks folder, keyed by each file's size and mtime: a second
+check, and every training start after it, decodes no file. train.py runs the same check and prints the same report.
 """
 
 import argparse
@@ -64,7 +64,8 @@ def _inspect_one(kind: str, path: str) -> dict[str, Any]:
     try:
         return (inspect_mask if kind == "mask" else inspect_image)(Path(path))
     except UserError as error:
-        return {"error": str(error)}
+        message = str(error)
+        return {"error": message if Path(path).name in message else f"{path}: {message}"}
 
 
 def inspect_files(

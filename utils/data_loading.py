@@ -44,6 +44,8 @@ def _open(path: Path) -> np.ndarray | Image.Image:
         return image
     except FileNotFoundError:
         raise UserError(f"{path} does not exist") from None
+    except Image.DecompressionBombError:
+        raise UserError(f"{path} declares more pixels than Pillow's safety limit: check the file") from None
     except (UnidentifiedImageError, OSError, ValueError, RuntimeError) as error:
         raise UserError(f"cannot read {path} ({error}): replace or remove the file") from None
 
