@@ -265,6 +265,11 @@ def main(args: argparse.Namespace) -> dict:
             setattr(args, name, resumed.get("args", {}).get(name, getattr(args, name)))
         args.scale = resumed.get("scale", args.scale)
 
+    weights = load_checkpoint(args.load) if args.load else None
+    if weights is not None:  # start from these weights: their architecture decides how images are read
+        args.channels = weights["model_args"]["n_channels"]
+        args.classes = args.classes or weights["model_args"]["n_classes"]
+
     # Data: pair and check the files (decoded once, cached), settle the classes, split, wrap in loaders.
     data = check_dataset(args.imgs, args.masks, args.mask_suffix, args.binarize, args.ignore_index,
                          workers=max(args.workers, 1))
@@ -296,10 +301,9 @@ def main(args: argparse.Namespace) -> dict:
     val_loader = make_loader(val_set, args.batch_size, device, min(args.workers, len(val_set))) if val_set else None
 
     # Model, optimizer, schedule (cosine decay over all steps), gradient scaler for fp16.
-    if args.load:
-        model = model_from_checkpoint(load_checkpoint(args.load), n_classes=args.classes,
-                                      bilinear=args.bilinear or None)
-        args.bilinear, args.channels = model.bilinear, model.n_channels
+    if weights is not None:
+        model = model_from_checkpoint(weights, n_classes=args.classes, bilinear=args.bilinear or None)
+        args.bilinear = model.bilinear
     else:
         model = UNet(args.channels, args.classes, args.bilinear)
     model.use_checkpointing(args.checkpointing)

@@ -236,3 +236,22 @@ def test_predict_inputs_expand_folders_and_globs_and_outputs_pair_up(tmp_path: P
         predict.output_paths(inputs, ["x.png", "y.png", "z.png"])
     with pytest.raises(UserError, match=r"end it in \.png"):
         predict.output_paths(inputs[:1], ["mask"])
+
+
+def test_load_takes_the_architecture_from_the_weights_file(tmp_path: Path) -> None:
+    import train
+
+    write_carvana_like(tmp_path / "data", 3)
+    base = ["--imgs", str(tmp_path / "data" / "imgs"), "--masks", str(tmp_path / "data" / "masks"),
+            "--epochs", "1", "--validation", "0", *TRAIN_FLAGS]
+    train.main(train.get_args_parser().parse_args(
+        [*base, "--channels", "1", "--bilinear", "--classes", "3", "--checkpoint-dir", str(tmp_path / "first")]))
+    # no --channels, --bilinear or --classes: all three come from the file given to --load
+    train.main(train.get_args_parser().parse_args(
+        [*base, "--load", str(tmp_path / "first" / "last.pth"), "--checkpoint-dir", str(tmp_path / "second")]))
+    second = load_checkpoint(tmp_path / "second" / "last.pth")
+    assert second["model_args"] == {"n_channels": 1, "n_classes": 3, "bilinear": True}
+    with pytest.raises(UserError, match="use --classes 3"):
+        train.main(train.get_args_parser().parse_args(
+            [*base, "--load", str(tmp_path / "first" / "last.pth"), "--classes", "2",
+             "--checkpoint-dir", str(tmp_path / "third")]))
