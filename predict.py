@@ -16,7 +16,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from utils.checkpoint import inference_scale, load_model
-from utils.data_loading import IMAGE_SUFFIXES, image_to_tensor, read_image
+from utils.data_loading import IMAGE_SUFFIXES, load_scaled_image, read_image
 from utils.device import add_device_arguments, choose_device, choose_precision
 from utils.errors import UserError, run_cli
 from utils.inference import logits_to_classes, predict_logits
@@ -101,16 +101,15 @@ def main(args: argparse.Namespace) -> int:
     colours = class_colours(model.n_classes, model.mask_values)
 
     for source, target in tqdm(list(zip(inputs, outputs)), desc="predict", unit="img", disable=len(inputs) < 2):
-        image = read_image(source, model.n_channels)
-        height, width = image.shape[:2]
-        logits = predict_logits(model, image_to_tensor(image, scale, source)[None], device, precision,
-                                output_size=(height, width))
+        scaled_image, (width, height) = load_scaled_image(source, scale, model.n_channels)
+        logits = predict_logits(model, scaled_image[None], device, precision, output_size=(height, width))
         class_indices = logits_to_classes(logits, args.mask_threshold)[0].cpu().numpy()
         if not args.no_save:
             target.parent.mkdir(parents=True, exist_ok=True)
             decode_mask(class_indices, model.mask_values, checkpoint.get("mask_palette")).save(target)
             if len(inputs) < 2:
                 print(f"mask of {source} saved to {target}")
+        image = read_image(source, model.n_channels) if args.overlay or args.viz else None
         if args.overlay:
             overlay_mask(image, class_indices, colours).save(target.with_name(f"{target.stem}_overlay.png"))
         if args.viz:

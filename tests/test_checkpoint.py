@@ -1,5 +1,6 @@
 """Checkpoints: our format and plain reference state_dicts, safe loading, atomic saving, RNG state."""
 
+import copy
 import os
 import pathlib
 import random
@@ -12,6 +13,8 @@ from torch import nn
 
 from unet import UNet
 from utils.checkpoint import (
+    CheckpointWriter,
+    copy_checkpoint,
     default_mask_values,
     inference_scale,
     load_checkpoint,
@@ -72,9 +75,10 @@ def set_running_stats(model: nn.Module, seed: int) -> None:
 
 
 def outputs(model: UNet, seed: int = 0) -> torch.Tensor:
+    """Outputs in one memory layout (load_model may pick channels_last, whose kernels round differently)."""
     x = torch.rand(1, model.n_channels, 19, 23, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
-        return model.eval()(x)
+        return copy.deepcopy(model).to(memory_format=torch.contiguous_format).eval()(x)
 
 
 @pytest.fixture
@@ -140,6 +144,50 @@ def test_rng_state_restored_from_checkpoint_repeats_the_draws(saved_run):
     draw_random_numbers()  # move all generators on
     restore_rng_state(checkpoint["rng"])
     assert_same_draws(draw_random_numbers(), saved_run["expected_draws"])
+
+
+def test_copied_checkpoint_keeps_its_content_when_the_source_is_saved_again(ckpt_dir):
+    model = UNet(n_channels=1, n_classes=2)
+    save_checkpoint(ckpt_dir / "last.pth", model, [0, 1], epoch=1)
+    copy_checkpoint(ckpt_dir / "last.pth", ckpt_dir / "best.pth")
+    save_checkpoint(ckpt_dir / "last.pth", model, [0, 1], epoch=2)
+    assert load_checkpoint(ckpt_dir / "best.pth")["epoch"] == 1
+    assert load_checkpoint(ckpt_dir / "last.pth")["epoch"] == 2
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["best.pth", "last.pth"]
+
+
+def test_background_writer_saves_the_state_of_the_moment_save_was_called(ckpt_dir):
+    model = UNet(n_channels=1, n_classes=2)
+    expected = {key: value.clone() for key, value in model.state_dict().items()}
+    writer = CheckpointWriter()
+    writer.save(ckpt_dir / "last.pth", model, [0, 1], [ckpt_dir / "best.pth"], epoch=1)
+    with torch.no_grad():
+        for parameter in model.parameters():  # the next optimizer step, racing the write
+            parameter.add_(1.0)
+    writer.wait()
+    for name in ("last.pth", "best.pth"):
+        saved = load_checkpoint(ckpt_dir / name)["model"]
+        assert all(torch.equal(saved[key], value) for key, value in expected.items()), name
+
+
+def test_background_writer_raises_a_failed_write_at_the_next_wait(ckpt_dir):
+    blocker = ckpt_dir / "not_a_folder"
+    blocker.write_text("a file where the checkpoint folder should be")
+    writer = CheckpointWriter()
+    writer.save(blocker / "last.pth", UNet(n_channels=1, n_classes=2), [0, 1])
+    with pytest.raises(UserError, match="cannot write checkpoint"):
+        writer.wait()
+    writer.wait()  # reported once
+
+
+def test_foreground_writer_raises_a_failed_write_at_once(ckpt_dir):
+    blocker = ckpt_dir / "not_a_folder"
+    blocker.write_text("a file where the checkpoint folder should be")
+    writer = CheckpointWriter(background=False)
+    with pytest.raises(UserError, match="cannot write checkpoint"):
+        writer.save(blocker / "last.pth", UNet(n_channels=1, n_classes=2), [0, 1])
+    writer.save(ckpt_dir / "last.pth", UNet(n_channels=1, n_classes=2), [0, 1], [ckpt_dir / "best.pth"], epoch=3)
+    assert load_checkpoint(ckpt_dir / "best.pth")["epoch"] == 3
 
 
 def test_load_model_returns_eval_model_and_checkpoint(saved_run):

@@ -5,13 +5,18 @@ import pytest
 import torch
 from conftest import HEIGHT, WIDTH, disc_mask, random_rgb, write_image
 from PIL import Image
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
 
 from utils.data_loading import (
     SegmentationDataset,
+    image_to_tensor,
     list_pairs,
+    load_scaled_image,
     normalize_images,
     read_image,
     read_mask,
+    resize_nearest,
 )
 from utils.errors import UserError
 
@@ -327,3 +332,48 @@ def test_scale_outside_zero_one_is_refused(carvana_folder, scale):
 def test_normalize_images_maps_uint8_to_unit_range():
     images = torch.tensor([[[[0, 51, 255]]]], dtype=torch.uint8)
     assert torch.allclose(normalize_images(images), torch.tensor([[[[0.0, 0.2, 1.0]]]]))
+
+
+# --- scaling ----------------------------------------------------------------------------------------
+
+
+def smooth_rgb(height: int, width: int) -> np.ndarray:
+    """A photo-like image (smooth gradients and a disc): JPEG's reduced-size decoding is meant for such."""
+    yy, xx = np.mgrid[:height, :width].astype(np.float64)
+    disc = ((yy - height / 2) ** 2 + (xx - width / 3) ** 2 < (height / 4) ** 2) * 80.0
+    channels = [xx / width * 200, yy / height * 200, 120 + disc - xx / width * 60]
+    return np.stack(channels, axis=-1).clip(0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("scale", [0.5, 0.3, 0.2, 1.0])
+def test_scaled_jpeg_matches_full_decode_then_resize(tmp_path, scale):
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(smooth_rgb(400, 600)).save(path, quality=95)
+    tensor, size = load_scaled_image(path, scale)
+    assert size == (600, 400)
+    assert tuple(tensor.shape) == (3, int(400 * scale), int(600 * scale)) and tensor.dtype == torch.uint8
+    full = image_to_tensor(read_image(path), (int(600 * scale), int(400 * scale)))
+    assert (tensor.float() - full.float()).abs().mean() < 2.0  # grey levels out of 255
+
+
+def test_scaled_png_is_the_bicubic_resize_of_the_file(tmp_path):
+    rgb = smooth_rgb(40, 60)
+    tensor, size = load_scaled_image(write_image(tmp_path / "img.png", rgb), 0.5)
+    expected = TF.resize(torch.from_numpy(rgb).permute(2, 0, 1).contiguous(), [20, 30],
+                         interpolation=InterpolationMode.BICUBIC, antialias=True)
+    assert size == (60, 40) and torch.equal(tensor, expected)
+
+
+@pytest.mark.parametrize("size", [(30, 20), (17, 11), (53, 37), (106, 74)])
+def test_resize_nearest_picks_the_same_pixels_as_torch_nearest_exact(size):
+    labels = np.random.default_rng(0).integers(0, 1000, (HEIGHT, WIDTH)).astype(np.uint16)
+    expected = TF.resize(torch.from_numpy(labels.astype(np.int32))[None], [size[1], size[0]],
+                         interpolation=InterpolationMode.NEAREST_EXACT)[0].numpy()
+    assert np.array_equal(resize_nearest(labels, size), expected)
+
+
+def test_resize_nearest_keeps_colour_triples_together():
+    colours = np.random.default_rng(1).integers(0, 3, (HEIGHT, WIDTH, 1)).repeat(3, axis=-1).astype(np.uint8) * 100
+    resized = resize_nearest(colours, (20, 15))
+    assert resized.shape == (15, 20, 3)
+    assert (resized == resized[..., :1]).all()  # every pixel is still one of the grey triples

@@ -9,6 +9,8 @@ import contextlib
 import os
 import pickle
 import random
+import shutil
+import threading
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -78,19 +80,23 @@ def _tuples(value: Any) -> Any:
     return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
-def save_checkpoint(path: Path | str, model: nn.Module, mask_values: list[MaskValue], **extra: Any) -> None:
-    """Write atomically (temporary file, fsync, rename): a crash leaves the old file or the new one.
+def checkpoint_payload(model: nn.Module, mask_values: list[MaskValue], **extra: Any) -> dict[str, Any]:
+    """What a checkpoint holds: the plain UNet's state_dict and constructor arguments, mask values, extras.
 
     extra: scale, args, optimizer, scheduler, scaler (state_dicts), epoch, step, best_dice, rng, ...
     """
-    path = Path(path)
-    payload = {
+    return {
         "format": FORMAT_VERSION,
         "model": unwrap_model(model).state_dict(),
         "model_args": model_args(model),
         "mask_values": _plain(mask_values),
         **{key: (_plain(value) if key == "args" else value) for key, value in extra.items()},
     }
+
+
+def write_checkpoint(path: Path | str, payload: dict[str, Any]) -> None:
+    """Write atomically (temporary file, fsync, rename): a crash leaves the old file or the new one."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -104,6 +110,90 @@ def save_checkpoint(path: Path | str, model: nn.Module, mask_values: list[MaskVa
             tmp.unlink(missing_ok=True)
         reason = getattr(error, "strerror", None) or str(error).strip().splitlines()[0][:120]
         raise UserError(f"cannot write checkpoint {path} ({reason}): free disk space or pick "
+                        "another --checkpoint-dir") from None
+
+
+def save_checkpoint(path: Path | str, model: nn.Module, mask_values: list[MaskValue], **extra: Any) -> None:
+    """The one checkpoint writer, synchronous: checkpoint_payload + write_checkpoint."""
+    write_checkpoint(path, checkpoint_payload(model, mask_values, **extra))
+
+
+def _snapshot(value: Any) -> Any:
+    """A CPU copy of every tensor in a nested structure: the live ones change with the next optimizer step."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {key: _snapshot(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_snapshot(item) for item in value)
+    return value
+
+
+class CheckpointWriter:
+    """Saves in a background thread, so that serialising and syncing ~370 MB does not stall a GPU.
+
+    The state is copied when save() is called; one write runs at a time (save() and wait() first finish the
+    previous one and raise its error, if any). Call wait() before the process ends. background=False writes
+    at once: on a CPU the training threads use every core, and a writer thread beside them slowed the next
+    steps by more than the write itself takes (measured on the 2-core machine: ~2.5 s lost against 0.4 s).
+    """
+
+    def __init__(self, background: bool = True) -> None:
+        self.background = background
+        self._thread: threading.Thread | None = None
+        self._error: UserError | None = None
+
+    def save(self, path: Path | str, model: nn.Module, mask_values: list[MaskValue],
+             copies: list[Path] | tuple[Path, ...] = (), **extra: Any) -> None:
+        """Write path, then give each of copies the same content (copy_checkpoint)."""
+        self.wait()
+        if not self.background:
+            self._write(Path(path), checkpoint_payload(model, mask_values, **extra), list(copies))
+            self.wait()
+            return
+        payload = _snapshot(checkpoint_payload(model, mask_values, **extra))
+        self._thread = threading.Thread(target=self._write, args=(Path(path), payload, list(copies)),
+                                        name="checkpoint-writer")
+        self._thread.start()
+
+    def _write(self, path: Path, payload: dict[str, Any], copies: list[Path]) -> None:
+        try:
+            write_checkpoint(path, payload)
+            for target in copies:
+                copy_checkpoint(path, target)
+        except UserError as error:
+            self._error = error
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+
+def copy_checkpoint(source: Path | str, target: Path | str) -> None:
+    """target becomes a copy of the checkpoint just written to source, atomically and without writing it again.
+
+    A hard link where the file system allows it (saving always writes a new file and renames it, so a later
+    save of source leaves target as it was), else a byte copy with fsync.
+    """
+    source, target = Path(source), Path(target)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+            with open(tmp, "rb+") as file:
+                os.fsync(file.fileno())
+        os.replace(tmp, target)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write checkpoint {target} ({error.strerror}): free disk space or pick "
                         "another --checkpoint-dir") from None
 
 

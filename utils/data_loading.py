@@ -1,5 +1,6 @@
 """Image/mask pairs from two folders: list once, pair once, decode, scale, encode masks to class indices."""
 
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -8,7 +9,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
@@ -35,11 +36,15 @@ def _read_array(path: Path) -> np.ndarray:
     return tensor.numpy()
 
 
-def _open(path: Path) -> np.ndarray | Image.Image:
+def _open(path: Path, reduce_to: tuple[int, int] | None = None) -> np.ndarray | Image.Image:
+    """Decode a file; reduce_to=(width, height) lets JPEGs decode at 1/2, 1/4 or 1/8 size, not below it."""
     try:
         if path.suffix.lower() in (".npy", ".pt"):
             return _read_array(path)
         image = Image.open(path)
+        if reduce_to is not None and image.format == "JPEG":
+            # DCT-domain downscaling inside libjpeg: 2-8x less decoding and resizing for a scaled image.
+            image.draft(image.mode, reduce_to)
         image.load()
         return image
     except FileNotFoundError:
@@ -50,9 +55,9 @@ def _open(path: Path) -> np.ndarray | Image.Image:
         raise UserError(f"cannot read {path} ({error}): replace or remove the file") from None
 
 
-def read_image_data(path: Path) -> tuple[np.ndarray, str]:
+def read_image_data(path: Path, reduce_to: tuple[int, int] | None = None) -> tuple[np.ndarray, str]:
     """Decode fully to HxWxC (C = 1, 3 or 4) in the file's own depth, plus the file's mode for reports."""
-    data = _open(path)
+    data = _open(path, reduce_to)
     if isinstance(data, Image.Image):
         mode = data.mode
         if mode not in ("L", "RGB", "I;16", "I;16B", "I", "F"):
@@ -70,9 +75,12 @@ def read_image_data(path: Path) -> tuple[np.ndarray, str]:
     return array, mode
 
 
-def read_image(path: Path, channels: int = 3) -> np.ndarray:
-    """Decode to uint8 HxWxC with the model's channel count (grayscale repeated, RGBA/palette converted)."""
-    array, _ = read_image_data(path)
+def read_image(path: Path, channels: int = 3, reduce_to: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode to uint8 HxWxC with the model's channel count (grayscale repeated, RGBA/palette converted).
+
+    reduce_to: the size the image will be resized to; JPEGs may then decode smaller (never below it).
+    """
+    array, _ = read_image_data(path, reduce_to)
     if array.dtype != np.uint8:
         array = _to_uint8(array)
     array = array[..., :3]
@@ -184,22 +192,43 @@ def scaled_size(width: int, height: int, scale: float, source: Path | str = "ima
     return new_width, new_height
 
 
-def image_to_tensor(image: np.ndarray, scale: float = 1.0, source: Path | str = "image") -> torch.Tensor:
-    """uint8 HxWxC -> uint8 CxH'xW' resized with bicubic (antialiased, like PIL's resize)."""
+def load_scaled_image(path: Path, scale: float, channels: int = 3) -> tuple[torch.Tensor, tuple[int, int]]:
+    """The model's view of an image file: uint8 CxH'xW' at int(scale * side), and the file's own (width, height).
+
+    The one image-reading path of training, validation, evaluation and prediction, so that all see the
+    same pixels. A scaled-down JPEG is decoded at reduced size by libjpeg, then resized the rest of the way.
+    """
+    size = reduce_to = None
+    if scale < 1 and path.suffix.lower() in (".jpg", ".jpeg"):
+        try:
+            with Image.open(path) as header:  # the size, without decoding the pixels
+                size = header.size
+        except (OSError, ValueError):
+            pass  # read_image below names the problem
+        reduce_to = scaled_size(*size, scale, path) if size else None
+    image = read_image(path, channels, reduce_to)
+    size = size or (image.shape[1], image.shape[0])
+    return image_to_tensor(image, scaled_size(*size, scale, path)), size
+
+
+def image_to_tensor(image: np.ndarray, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """uint8 HxWxC -> uint8 CxHxW, resized to size=(width, height) with bicubic (antialiased, like PIL's)."""
     tensor = torch.from_numpy(np.array(image.transpose(2, 0, 1), order="C"))  # a writable copy
-    if scale != 1.0:
-        width, height = scaled_size(image.shape[1], image.shape[0], scale, source)
+    if size is not None and (image.shape[1], image.shape[0]) != tuple(size):
+        width, height = size
         tensor = TF.resize(tensor, [height, width], interpolation=InterpolationMode.BICUBIC, antialias=True)
     return tensor
 
 
-def mask_to_tensor(class_indices: np.ndarray, scale: float = 1.0, source: Path | str = "mask") -> torch.Tensor:
-    """Class indices HxW -> int64 H'xW' resized with nearest neighbour (never invents classes)."""
-    tensor = torch.from_numpy(class_indices)
-    if scale != 1.0:
-        width, height = scaled_size(tensor.shape[1], tensor.shape[0], scale, source)
-        tensor = TF.resize(tensor[None], [height, width], interpolation=InterpolationMode.NEAREST_EXACT)[0]
-    return tensor.long()
+def resize_nearest(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """HxW or HxWxC of any dtype -> size=(width, height), nearest neighbour (pixel centres, as NEAREST_EXACT).
+
+    Applied to raw mask values before they are encoded: the same result as encoding first, on fewer pixels.
+    """
+    width, height = size
+    rows = np.minimum(((np.arange(height) + 0.5) * (array.shape[0] / height)).astype(np.intp), array.shape[0] - 1)
+    cols = np.minimum(((np.arange(width) + 0.5) * (array.shape[1] / width)).astype(np.intp), array.shape[1] - 1)
+    return array[rows[:, None], cols]
 
 
 def normalize_images(images: torch.Tensor) -> torch.Tensor:
@@ -246,20 +275,21 @@ class SegmentationDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         pair = self.pairs[index]
         try:
-            image = read_image(pair.image, self.channels)
+            image_tensor, (width, height) = load_scaled_image(pair.image, self.scale, self.channels)
             mask = read_mask(pair.mask)
         except UserError as error:
             if self.skip_unreadable:
                 return {"skipped": str(error)}
             raise
-        if image.shape[:2] != mask.shape[:2]:
+        if (height, width) != mask.shape[:2]:
             raise UserError(
-                f"{pair.image.name} is {image.shape[1]}x{image.shape[0]} but its mask {pair.mask.name} is "
+                f"{pair.image.name} is {width}x{height} but its mask {pair.mask.name} is "
                 f"{mask.shape[1]}x{mask.shape[0]}: resize the mask to the image"
             )
+        if self.scale_masks and self.scale != 1.0:
+            mask = resize_nearest(mask, (image_tensor.shape[-1], image_tensor.shape[-2]))
         class_indices = encode_mask(mask, self.mask_values, pair.mask, self.binarize, self.ignore_value)
-        image_tensor = image_to_tensor(image, self.scale, pair.image)
-        mask_tensor = mask_to_tensor(class_indices, self.scale if self.scale_masks else 1.0, pair.mask)
+        mask_tensor = torch.from_numpy(class_indices).long()
         if self.transform is not None:
             image_tensor, mask_tensor = self.transform(image_tensor, mask_tensor)
         return {"image": image_tensor, "mask": mask_tensor, "name": pair.name}
@@ -273,6 +303,15 @@ def collate_skipping(items: list[dict]) -> dict:
     return batch
 
 
+def lower_worker_priority(worker_id: int) -> None:
+    """Loader workers yield the cores to the training process (CPU training threads, GPU feeding) when both
+    want them; idle cores still go to the workers."""
+    try:
+        os.nice(10)
+    except OSError:
+        pass  # not permitted here: keep the default priority
+
+
 def make_loader(
     dataset: Dataset,
     batch_size: int,
@@ -280,15 +319,18 @@ def make_loader(
     workers: int,
     shuffle: bool = False,
     generator: torch.Generator | None = None,
+    sampler: Sampler | None = None,
 ) -> DataLoader:
-    """Decoding in worker processes, pinned memory for CUDA; workers stay alive across epochs."""
+    """Decoding in low-priority worker processes, pinned memory for CUDA; workers stay alive across epochs."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle if sampler is None else None,
+        sampler=sampler,
         num_workers=workers,
         pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,
+        worker_init_fn=lower_worker_priority if workers > 0 else None,
         generator=generator,
         drop_last=False,
         collate_fn=collate_skipping,

@@ -15,7 +15,8 @@ from torch import nn
 
 from .plotting import save_training_curves
 
-CSV_FIELDS = ("epoch", "step", "train_loss", "val_dice", "val_iou", "lr", "skipped", "seconds")
+CSV_FIELDS = ("epoch", "step", "train_loss", "val_dice", "val_iou", "lr", "skipped", "seconds", "images_per_second",
+              "data_wait")
 WANDB_MODES = ("online", "offline", "disabled")
 
 

@@ -1,0 +1,150 @@
+"""Training throughput, end to end: JPEG images and GIF masks read from disk, validation and checkpoints included.
+
+    python bench/train_speed.py                                   # our defaults, Carvana size, scale 0.5
+    python bench/train_speed.py --count 24 --scale 0.2 --batch-size 4 --precision fp32
+    python bench/train_speed.py --count 24 --scale 0.2 --batch-size 4 --recipe reference   # the baseline
+    python bench/train_speed.py --model-only --batch-size 16      # the ceiling: random tensors, no data
+
+Writes (or reuses) a synthetic Carvana-format set (1918x1280 JPEG + GIF masks by default), then trains
+--epochs epochs with the real train.main (or the reference recipe of bench/reference_recipe.py). The first
+epoch is warm-up (worker start, cuDNN autotuning, compilation); the figures are the mean of the others:
+training images per second of wall time (an epoch's training and validation and checkpoint saving), the share
+of training time spent waiting for the loader, and the peak memory (CUDA allocator, or the process's peak
+resident memory on a CPU). The last line is a Markdown table row for bench/README.md.
+"""
+
+import argparse
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import train  # noqa: E402
+from bench.reference_recipe import train_reference  # noqa: E402
+from unet import UNet  # noqa: E402
+from utils.device import choose_device, choose_precision, keep_freed_memory_on_cpu, memory_format  # noqa: E402
+from utils.dice_score import segmentation_loss  # noqa: E402
+from utils.synthetic_data import make_synthetic_carvana  # noqa: E402
+
+
+def dataset(args: argparse.Namespace) -> tuple[Path, Path]:
+    folder = args.data or Path("data") / f"bench_carvana_{args.count}_{args.width}x{args.height}"
+    imgs, masks = folder / "imgs", folder / "masks"
+    if not (imgs.is_dir() and len(list(imgs.iterdir())) == args.count):
+        print(f"writing {args.count} synthetic {args.width}x{args.height} pairs to {folder}", flush=True)
+        make_synthetic_carvana(folder, count=args.count, width=args.width, height=args.height)
+    return imgs, masks
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def run_ours(args: argparse.Namespace, imgs: Path, masks: Path, run_dir: Path) -> list[dict]:
+    flags = ["--imgs", str(imgs), "--masks", str(masks), "--scale", str(args.scale), "--epochs", str(args.epochs),
+             "--checkpoint-dir", str(run_dir), "--wandb", "disabled", "--precision", args.precision,
+             "--augment", args.augment, "--compile", args.compile, "--log-every", "50"]
+    for flag, value in (("--batch-size", args.batch_size), ("--workers", args.workers), ("--device", args.device)):
+        if value is not None:
+            flags += [flag, str(value)]
+    flags += ["--amp"] if args.amp else []
+    flags += ["--checkpointing"] if args.checkpointing else []
+    result = train.main(train.get_args_parser().parse_args(flags))
+    return [{"images_per_second": float(row["images_per_second"]), "data_wait": float(row["data_wait"])}
+            for row in result["history"]]
+
+
+def run_reference(args: argparse.Namespace, imgs: Path, masks: Path, run_dir: Path) -> list[dict]:
+    result = train_reference(imgs, masks, epochs=args.epochs, batch_size=args.batch_size or 1, scale=args.scale,
+                             amp=args.amp, device=choose_device(args.device), checkpoint_dir=run_dir,
+                             workers=args.workers)
+    return [{"images_per_second": row["images_per_second"], "data_wait": row["data_wait_s"] / row["seconds"]}
+            for row in result["epochs"]]
+
+
+def run_model_only(args: argparse.Namespace, steps: int = 6) -> list[dict]:
+    """Forward, loss, backward and AdamW step on random tensors already on the device: the compute ceiling."""
+    device = choose_device(args.device)
+    precision = choose_precision(device, args.amp, args.precision)
+    if device.type == "cpu":
+        keep_freed_memory_on_cpu()
+    torch.backends.cudnn.benchmark = True
+    batch = args.batch_size or 4
+    height, width = int(args.height * args.scale), int(args.width * args.scale)
+    model = UNet(3, 2).to(device, memory_format=memory_format(device))
+    model.use_checkpointing(args.checkpointing)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    step_model = torch.compile(model) if train.should_compile(args.compile, device) else model
+    images = torch.rand(batch, 3, height, width, device=device).contiguous(memory_format=memory_format(device))
+    masks = torch.randint(0, 2, (batch, height, width), device=device)
+    rows = []
+    for _ in range(args.epochs):
+        started = time.perf_counter()
+        for _ in range(steps):
+            with precision.autocast():
+                loss = segmentation_loss(step_model(images), masks)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        rows.append({"images_per_second": steps * batch / (time.perf_counter() - started), "data_wait": 0.0})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Training images/s, end to end or model only.")
+    parser.add_argument("--recipe", choices=("ours", "reference"), default="ours",
+                        help="our train.py, or the reference recipe re-created in bench/reference_recipe.py")
+    parser.add_argument("--model-only", action="store_true", help="random tensors on the device, no data")
+    parser.add_argument("--data", type=Path, default=None, help="data folder (default: data/bench_carvana_...)")
+    parser.add_argument("--count", type=int, default=320, help="synthetic image/mask pairs (default: %(default)s)")
+    parser.add_argument("--width", type=int, default=1918, help="image width (default: %(default)s)")
+    parser.add_argument("--height", type=int, default=1280, help="image height (default: %(default)s)")
+    parser.add_argument("--scale", type=float, default=0.5, help="train.py --scale (default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs, the first one warm-up (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the recipe's own")
+    parser.add_argument("--workers", type=int, default=None, help="default: the recipe's own")
+    parser.add_argument("--precision", default="auto", help="train.py --precision (ours; default: %(default)s)")
+    parser.add_argument("--amp", action="store_true", help="train.py --amp, or the reference's --amp")
+    parser.add_argument("--compile", default="auto", help="train.py --compile (default: %(default)s)")
+    parser.add_argument("--augment", default=train.DEFAULT_AUGMENT, help="train.py --augment (default: %(default)s)")
+    parser.add_argument("--checkpointing", action="store_true", help="train.py --checkpointing")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: CUDA if available)")
+    args = parser.parse_args()
+    if args.epochs < 2:
+        parser.error("--epochs must be at least 2: the first epoch is warm-up")
+
+    device = choose_device(args.device)
+    with tempfile.TemporaryDirectory() as run_dir:
+        if args.model_only:
+            rows = run_model_only(args)
+            recipe = "model only"
+        else:
+            imgs, masks = dataset(args)
+            run = run_reference if args.recipe == "reference" else run_ours
+            rows = run(args, imgs, masks, Path(run_dir))
+            recipe = args.recipe
+    timed = rows[1:]
+    images_per_second = sum(row["images_per_second"] for row in timed) / len(timed)
+    data_wait = sum(row["data_wait"] for row in timed) / len(timed)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    precision = "reference" if args.recipe == "reference" and not args.model_only else args.precision
+    flags = "".join(f" --{name}" for name in ("amp", "checkpointing") if getattr(args, name))
+    settings = (f"scale {args.scale}, batch {args.batch_size or 'default'}, precision {precision}{flags}, "
+                f"compile {args.compile}")
+    per_epoch = ", ".join(f"{row['images_per_second']:.3f}" for row in rows)
+    print(f"per epoch: {per_epoch} images/s (first = warm-up)")
+    print(f"| {recipe} | {name} | {settings} | {images_per_second:.3f} | {data_wait:.1%} | "
+          f"{peak_memory_gib(device):.1f} GiB | torch {torch.__version__}, {time.strftime('%Y-%m-%d')} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""Defaults chosen for the machine: precision, batch size, loader workers, compilation."""
+
+import pytest
+import torch
+
+import train
+from utils import device as device_module
+from utils.device import Precision, choose_precision, memory_format
+from utils.distributed import World
+from utils.errors import UserError
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize("native, amp, expected", [
+    (True, False, torch.bfloat16),  # native bf16: the default without asking
+    (False, False, None),  # no native bf16: full precision unless asked
+    (False, True, torch.bfloat16),  # --amp on any CPU: bf16
+    (True, True, torch.bfloat16),
+])
+def test_auto_precision_on_cpu_follows_native_bf16(monkeypatch, native, amp, expected):
+    monkeypatch.setattr(device_module, "has_native_bf16", lambda device: native)
+    assert choose_precision(CPU, amp).dtype == expected
+
+
+def test_fp32_is_forced_even_with_native_bf16(monkeypatch):
+    monkeypatch.setattr(device_module, "has_native_bf16", lambda device: True)
+    assert choose_precision(CPU, amp=True, precision="fp32").dtype is None
+
+
+def test_fp16_on_cpu_is_refused():
+    with pytest.raises(UserError, match="--precision fp16 needs a CUDA GPU"):
+        choose_precision(CPU, precision="fp16")
+
+
+def test_channels_last_on_cpu():
+    assert memory_format(CPU) == torch.channels_last
+
+
+@pytest.mark.parametrize("cores, local_size, expected_cpu, expected_cuda", [
+    (2, 1, 1, 1), (16, 1, 2, 15), (64, 1, 8, 16), (64, 8, 1, 7),
+])
+def test_default_workers_per_device_and_processes(monkeypatch, cores, local_size, expected_cpu, expected_cuda):
+    monkeypatch.setattr(train.os, "cpu_count", lambda: cores)
+    world = World(local_size=local_size, size=local_size)
+    assert train.default_workers(CPU, world) == expected_cpu
+    assert train.default_workers(torch.device("cuda"), world) == expected_cuda
+
+
+def test_default_batch_size_is_4_on_cpu():
+    assert train.default_batch_size(CPU, Precision("cpu", torch.bfloat16), 10**6, checkpointing=False) == 4
+
+
+@pytest.mark.parametrize("free_gib, dtype, checkpointing, expected", [
+    (80, torch.bfloat16, False, 16),  # Carvana at scale 0.5 on an H100: the cap
+    (8, torch.bfloat16, False, 2),  # 4.5 KB x 614k px = 2.6 GiB per image: 70% of 8 GiB holds 2, not 4
+    (8, None, False, 1),
+    (24, torch.bfloat16, False, 4),
+    (24, None, False, 2),
+    (8, torch.bfloat16, True, 8),
+])
+def test_default_batch_size_on_gpu_fits_free_memory(monkeypatch, free_gib, dtype, checkpointing, expected):
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (free_gib * 2**30, 80 * 2**30))
+    pixels = 959 * 640
+    batch = train.default_batch_size(torch.device("cuda"), Precision("cuda", dtype), pixels, checkpointing)
+    assert batch == expected
+    per_pixel = train.BYTES_PER_PIXEL["checkpointed" if checkpointing else "fp32" if dtype is None else "half"]
+    assert batch == 1 or batch * pixels * per_pixel <= 0.7 * free_gib * 2**30
+
+
+@pytest.mark.parametrize("choice, device, expected", [
+    ("auto", "cpu", False), ("auto", "cuda", True), ("on", "cpu", True), ("off", "cuda", False),
+])
+def test_compile_choice(choice, device, expected):
+    assert train.should_compile(choice, torch.device(device)) is expected

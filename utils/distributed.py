@@ -1,0 +1,70 @@
+"""torchrun support: one process per GPU (or per CPU group with gloo), keyed on the variables torchrun sets.
+
+    torchrun --nproc_per_node=4 train.py --amp          # one machine, four GPUs
+    torchrun --nnodes=2 --node_rank=R --master_addr=HOST --nproc_per_node=8 train.py ...
+
+Without torchrun the same code runs as a world of one, so the training loop has a single path.
+"""
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    local_rank: int = 0
+    size: int = 1
+    local_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 alone writes checkpoints and logs, and prints."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+def init_world(device: torch.device) -> World:
+    """Join the process group torchrun prepared (NCCL on GPUs, gloo on CPUs); a world of one otherwise."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return World()
+    world = World(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ["WORLD_SIZE"]),
+                  int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    if world.size == 1:
+        return world
+    if device.type == "cuda":
+        if world.local_rank >= torch.cuda.device_count():
+            raise UserError(f"torchrun started {world.local_size} processes on this node but only "
+                            f"{torch.cuda.device_count()} GPUs are visible: lower --nproc_per_node")
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", device_id=device)
+    elif device.type == "cpu":
+        dist.init_process_group("gloo")
+    else:
+        raise UserError(f"torchrun on {device.type} is not supported: use CUDA GPUs or --device cpu")
+    return world
+
+
+def close_world(world: World) -> None:
+    if world.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(world: World) -> None:
+    if world.distributed:
+        dist.barrier()
+
+
+def all_reduce_sum(tensor: torch.Tensor, world: World) -> torch.Tensor:
+    """Sum over ranks, in place (a copy on the process group's device for gloo/NCCL), returned."""
+    if world.distributed:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
