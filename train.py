@@ -372,10 +372,11 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
 
     # Data: pair and check the files (decoded once, cached; rank 0 first so the others read its cache),
     # settle the classes, split, wrap in loaders that give each process its share.
+    workers = args.workers if args.workers is not None else default_workers(device, world)
     if not world.is_main:
         barrier(world)
     data = check_dataset(args.imgs, args.masks, args.mask_suffix, args.binarize, args.ignore_index,
-                         workers=max(args.workers or default_workers(device, world), 1))
+                         workers=max(workers, 1))
     if world.is_main:
         barrier(world)
     say(data.report())
@@ -400,7 +401,6 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
         width, height = max(data.image_sizes, key=lambda size: size[0] * size[1])
         scaled_width, scaled_height = scaled_size(width, height, args.scale)
         args.batch_size = default_batch_size(device, precision, scaled_width * scaled_height, args.checkpointing)
-    workers = args.workers if args.workers is not None else default_workers(device, world)
     train_pairs, val_pairs = split_pairs(data.pairs, args.validation, args.seed)
     encoding = {"mask_values": mask_values, "scale": args.scale, "channels": args.channels,
                 "binarize": args.binarize, "ignore_value": args.ignore_index}
@@ -414,7 +414,10 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     loader_generator = torch.Generator()  # seeds the workers' augmentation
     train_loader = make_loader(train_set, args.batch_size, device, min(workers, len(train_set)),
                                sampler=train_sampler, generator=loader_generator)
-    val_loader = make_loader(val_set, args.batch_size, device, min(workers, len(val_set))) if val_pairs else None
+    # On a CPU, validation decodes in this process: a worker forked at the end of the first epoch shares the
+    # trainer's gigabytes of heap copy-on-write, and the next epoch paid ~20% for the page copies (measured).
+    val_workers = 0 if device.type == "cpu" else min(workers, len(val_set))
+    val_loader = make_loader(val_set, args.batch_size, device, val_workers) if val_pairs else None
 
     # Model, optimizer, schedule (cosine decay over all steps), gradient scaler for fp16.
     if weights is not None:
@@ -450,6 +453,8 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     if world.distributed:
         training_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if should_compile(args.compile, device):
+        if args.compile == "auto":  # a machine without a working compiler (Triton, a C compiler) trains eagerly
+            torch._dynamo.config.suppress_errors = True
         training_model = torch.compile(training_model)
 
     processes = f" x {world.size} processes" if world.distributed else ""
