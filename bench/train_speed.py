@@ -69,7 +69,7 @@ def run_reference(args: argparse.Namespace, imgs: Path, masks: Path, run_dir: Pa
             for row in result["epochs"]]
 
 
-def run_model_only(args: argparse.Namespace, steps: int = 6) -> list[dict]:
+def run_model_only(args: argparse.Namespace) -> list[dict]:
     """Forward, loss, backward and AdamW step on random tensors already on the device: the compute ceiling."""
     device = choose_device(args.device)
     precision = choose_precision(device, args.amp, args.precision)
@@ -87,7 +87,7 @@ def run_model_only(args: argparse.Namespace, steps: int = 6) -> list[dict]:
     rows = []
     for _ in range(args.epochs):
         started = time.perf_counter()
-        for _ in range(steps):
+        for _ in range(args.steps):
             with precision.autocast():
                 loss = segmentation_loss(step_model(images), masks)
             optimizer.zero_grad(set_to_none=True)
@@ -95,7 +95,7 @@ def run_model_only(args: argparse.Namespace, steps: int = 6) -> list[dict]:
             optimizer.step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        rows.append({"images_per_second": steps * batch / (time.perf_counter() - started), "data_wait": 0.0})
+        rows.append({"images_per_second": args.steps * batch / (time.perf_counter() - started), "data_wait": 0.0})
     return rows
 
 
@@ -104,6 +104,8 @@ def main() -> None:
     parser.add_argument("--recipe", choices=("ours", "reference"), default="ours",
                         help="our train.py, or the reference recipe re-created in bench/reference_recipe.py")
     parser.add_argument("--model-only", action="store_true", help="random tensors on the device, no data")
+    parser.add_argument("--steps", type=int, default=6,
+                        help="--model-only: steps per timed round (default: %(default)s)")
     parser.add_argument("--data", type=Path, default=None, help="data folder (default: data/bench_carvana_...)")
     parser.add_argument("--count", type=int, default=320, help="synthetic image/mask pairs (default: %(default)s)")
     parser.add_argument("--width", type=int, default=1918, help="image width (default: %(default)s)")
