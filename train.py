@@ -237,6 +237,31 @@ def check_writable(folder: Path) -> None:
         raise UserError(f"cannot write to --checkpoint-dir {folder} ({error.strerror}): pick another folder") from None
 
 
+def train_step(
+    model: nn.Module,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    precision: Precision,
+    grad_clip: float,
+    class_weights: torch.Tensor | None = None,
+    loss_weight: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward, loss, backward, clipped (and for fp16 scaled) optimizer step: the loss and the logits, on the
+    device (reading them is left to the caller: a host sync)."""
+    with precision.autocast():
+        logits = model(images)
+    loss = segmentation_loss(logits, masks, class_weights) * loss_weight
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach(), logits.detach()
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: DataLoader,
@@ -287,19 +312,11 @@ def train_one_epoch(
             images = normalize_images(batch["image"].to(device, non_blocking=True))
             images = images.contiguous(memory_format=memory_format(device))
             masks = batch["mask"].to(device, non_blocking=True)
-            with precision.autocast():
-                logits = model(images)
-            loss = segmentation_loss(logits, masks, class_weights) * loss_weight
-
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
+            loss, logits = train_step(model, images, masks, optimizer, scaler, precision, args.grad_clip,
+                                      class_weights, loss_weight)
             scheduler.step()
 
-            loss_sum += loss.detach()
+            loss_sum += loss
             batches += 1
             step += 1
             images_seen += images.shape[0] if loss_weight else 0
@@ -312,7 +329,7 @@ def train_one_epoch(
         raise UserError(f"every training file failed to load this epoch ({skipped} skipped): check the data")
     totals = all_reduce_sum(torch.stack([loss_sum.double(), torch.tensor(float(batches), device=device).double()]),
                             world)
-    sample = {"image": images[0].cpu(), "true": masks[0].cpu(), "pred": logits_to_classes(logits.detach()[:1])[0].cpu()}
+    sample = {"image": images[0].cpu(), "true": masks[0].cpu(), "pred": logits_to_classes(logits[:1])[0].cpu()}
     return {"loss": (totals[0] / totals[1]).item(), "step": step, "sample": sample, "skipped": skipped,
             "images": images_seen, "seconds": time.perf_counter() - started, "data_wait": data_wait}
 

@@ -6,6 +6,7 @@ Skipped without CUDA (CI and the development machine); run by bench/gpu_check.sh
 import pytest
 import torch
 
+from train import train_step
 from unet import UNet
 from utils.device import Precision, choose_precision, memory_format
 from utils.dice_score import segmentation_loss
@@ -24,22 +25,13 @@ def disc_batch(device: torch.device, batch: int = 4, size: int = 96) -> tuple[to
 
 
 def train_steps(model: torch.nn.Module, precision: Precision, steps: int = 25) -> list[float]:
+    """train.py's own step (train_step), repeated on one batch."""
     device = torch.device("cuda")
     images, masks = disc_batch(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
     scaler = torch.amp.GradScaler("cuda", enabled=precision.needs_grad_scaler)
-    losses = []
-    for _ in range(steps):
-        with precision.autocast():
-            loss = segmentation_loss(model(images), masks)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        scaler.step(optimizer)
-        scaler.update()
-        losses.append(loss.item())
-    return losses
+    return [train_step(model, images, masks, optimizer, scaler, precision, grad_clip=1.0)[0].item()
+            for _ in range(steps)]
 
 
 def fresh_model(seed: int = 0) -> UNet:

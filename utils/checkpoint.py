@@ -129,6 +129,12 @@ def _snapshot(value: Any) -> Any:
     return value
 
 
+def _write_with_copies(path: Path, payload: dict[str, Any], copies: list[Path] | tuple[Path, ...]) -> None:
+    write_checkpoint(path, payload)
+    for target in copies:
+        copy_checkpoint(path, target)
+
+
 class CheckpointWriter:
     """Saves in a background thread, so that serialising and syncing ~370 MB does not stall a GPU.
 
@@ -148,20 +154,17 @@ class CheckpointWriter:
         """Write path, then give each of copies the same content (copy_checkpoint)."""
         self.wait()
         if not self.background:
-            self._write(Path(path), checkpoint_payload(model, mask_values, **extra), list(copies))
-            self.wait()
+            _write_with_copies(Path(path), checkpoint_payload(model, mask_values, **extra), copies)
             return
         payload = _snapshot(checkpoint_payload(model, mask_values, **extra))
-        self._thread = threading.Thread(target=self._write, args=(Path(path), payload, list(copies)),
+        self._thread = threading.Thread(target=self._write_in_background, args=(Path(path), payload, list(copies)),
                                         name="checkpoint-writer")
         self._thread.start()
 
-    def _write(self, path: Path, payload: dict[str, Any], copies: list[Path]) -> None:
+    def _write_in_background(self, path: Path, payload: dict[str, Any], copies: list[Path]) -> None:
         try:
-            write_checkpoint(path, payload)
-            for target in copies:
-                copy_checkpoint(path, target)
-        except UserError as error:
+            _write_with_copies(path, payload, copies)
+        except UserError as error:  # raised in the training thread by the next save() or wait()
             self._error = error
 
     def wait(self) -> None:
