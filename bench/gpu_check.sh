@@ -15,7 +15,7 @@ TABLE="$OUT/gpu_table.md"
 row() {  # run a benchmark, keep its last line (a Markdown row) for the table
     local label=$1
     shift
-    echo "== $label: $*" | tee -a "$LOG"
+    echo "== $(date +%T) $label: $*" | tee -a "$LOG"
     local line
     line=$(timeout "${STEP_TIMEOUT:-150}" "$PY" "$@" 2>>"$LOG" | tee -a "$LOG" | tail -n 1)
     echo "| $label ${line:-| failed or timed out (see gpu_check.log) |}" >>"$TABLE"
@@ -24,18 +24,21 @@ row() {  # run a benchmark, keep its last line (a Markdown row) for the table
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$LOG"
 "$PY" -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)" | tee -a "$LOG"
 
-echo "== CUDA tests" | tee -a "$LOG"
+echo "== $(date +%T) CUDA tests" | tee -a "$LOG"
 timeout 150 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tail -n 15 | tee -a "$LOG"
 
-# Carvana size from disk at scale 0.5: our defaults (bf16, compile on CUDA, auto batch), then the reference recipe.
+# Carvana size from disk at scale 0.5: our defaults (bf16, compile on CUDA, auto batch), the same eager, then the
+# reference recipe; the most important rows first, so that a run cut short still answers the main questions.
 row "train.py defaults" bench/train_speed.py --count 320 --scale 0.5 --epochs 3
+# Full resolution at batch 1 with --amp and checkpointing: the 6 GiB target.
+row "full res b1 amp ckpt" bench/train_speed.py --model-only --scale 1 --batch-size 1 --amp --checkpointing --compile off
+row "train.py --compile off" bench/train_speed.py --count 320 --scale 0.5 --epochs 3 --compile off
 row "reference --amp b8" bench/train_speed.py --count 320 --scale 0.5 --epochs 2 --recipe reference --amp --batch-size 8
 # The model alone: the ceiling beside the end-to-end figures.
 row "model bf16 b16 compiled" bench/train_speed.py --model-only --scale 0.5 --batch-size 16 --compile on
-# Full resolution at batch 1 with --amp and checkpointing: the 6 GiB target.
-row "full res b1 amp ckpt" bench/train_speed.py --model-only --scale 1 --batch-size 1 --amp --checkpointing --compile off
 
 echo
 echo "| run | recipe | device | settings | images/s | data wait | peak memory | version, date |"
 echo "|---|---|---|---|---|---|---|---|"
 cat "$TABLE"
+echo "finished $(date +%T)"

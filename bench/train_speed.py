@@ -41,10 +41,12 @@ def dataset(args: argparse.Namespace) -> tuple[Path, Path]:
     return imgs, masks
 
 
-def peak_memory_gib(device: torch.device) -> float:
+def peak_memory(device: torch.device) -> str:
+    """CUDA: the peak of live tensors, and what the caching allocator held (what nvidia-smi shows, less context)."""
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+        return (f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB "
+                f"(reserved {torch.cuda.max_memory_reserved(device) / 2**30:.2f})")
+    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB RSS"  # KiB on Linux
 
 
 def run_ours(args: argparse.Namespace, imgs: Path, masks: Path, run_dir: Path) -> list[dict]:
@@ -145,7 +147,7 @@ def main() -> None:
     per_epoch = ", ".join(f"{row['images_per_second']:.3f}" for row in rows)
     print(f"per epoch: {per_epoch} images/s (first = warm-up)")
     print(f"| {recipe} | {name} | {settings} | {images_per_second:.3f} | {data_wait:.1%} | "
-          f"{peak_memory_gib(device):.1f} GiB | torch {torch.__version__}, {time.strftime('%Y-%m-%d')} |")
+          f"{peak_memory(device)} | torch {torch.__version__}, {time.strftime('%Y-%m-%d')} |")
 
 
 if __name__ == "__main__":
