@@ -18,7 +18,16 @@ from utils.data_loading import SegmentationDataset, list_pairs, make_loader
 from utils.device import Precision, add_device_arguments, choose_device, choose_precision
 from utils.dice_score import per_class_scores
 from utils.errors import UserError, run_cli
-from utils.inference import logits_to_classes, predict_logits
+from utils.inference import (
+    WHOLE_IMAGE,
+    InferenceOptions,
+    add_inference_arguments,
+    fuse_batchnorm,
+    inference_options,
+    logits_to_classes,
+    notify_once,
+    predict_logits,
+)
 
 
 def evaluate(
@@ -28,21 +37,25 @@ def evaluate(
     precision: Precision,
     threshold: float = 0.5,
     progress: bool = True,
+    options: InferenceOptions = WHOLE_IMAGE,
 ) -> dict:
     """Per-image and mean Dice/IoU, comparing at the masks' resolution (logits are resized to it).
 
     "dice" and "iou" are means over images of the mean over foreground classes (class 0 is background),
-    as in the reference; the per-class lists include the background.
+    as in the reference; the per-class lists include the background. options: tiles and test-time
+    augmentation (evaluate.py); validation during training uses the whole-image default.
     """
     was_training = model.training
     model.eval()
     n_classes = max(unwrap_model(model).n_classes, 2)
     rows: list[dict] = []
     dice_sum = torch.zeros(n_classes, dtype=torch.float64)
+    notify = notify_once(tqdm.write)
     iou_sum = torch.zeros(n_classes, dtype=torch.float64)
     for batch in tqdm(loader, desc="evaluation", unit="batch", leave=False, disable=not progress):
         masks = batch["mask"].to(device, non_blocking=True)
-        logits = predict_logits(model, batch["image"], device, precision, output_size=tuple(masks.shape[-2:]))
+        logits = predict_logits(model, batch["image"], device, precision, output_size=tuple(masks.shape[-2:]),
+                                options=options, notify=notify)
         dice, iou = per_class_scores(logits_to_classes(logits, threshold), masks, n_classes)
         dice, iou = dice.double().cpu(), iou.double().cpu()
         dice_sum += dice.sum(0)
@@ -89,6 +102,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", "-b", type=int, default=1,
                         help="images per batch; >1 needs images of one size (default 1)")
     parser.add_argument("--workers", type=int, default=2, help="data loading processes (default 2)")
+    add_inference_arguments(parser)
     add_device_arguments(parser)
     parser.add_argument("--output", "-o", type=Path, default=Path("evaluation.csv"),
                         help="per-image scores, .csv or .json (default evaluation.csv)")
@@ -98,7 +112,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> dict:
     device = choose_device(args.device)
     precision = choose_precision(device, args.amp, args.precision)
+    options = inference_options(args)
     model, checkpoint = load_model(args.model, device)
+    model = fuse_batchnorm(model)  # the unfused original is freed
     scale = inference_scale(checkpoint, args.scale)
     pairs = list_pairs(args.imgs, args.masks, args.mask_suffix)
     trained_with = checkpoint.get("args") or {}  # read the masks the way the model was trained on them
@@ -107,13 +123,15 @@ def main(args: argparse.Namespace) -> dict:
                                   ignore_value=trained_with.get("ignore_index"))
     loader = make_loader(dataset, args.batch_size, device, min(args.workers, len(pairs)))
     try:
-        result = evaluate(model, loader, device, precision, args.mask_threshold)
+        result = evaluate(model, loader, device, precision, args.mask_threshold, options=options)
     except RuntimeError as error:
         if "stack expects each tensor to be equal size" in str(error):
             raise UserError("images differ in size and cannot be batched: use --batch-size 1") from None
         raise
     write_rows(result["rows"], args.output)
-    print(f"{result['images']} images, model {args.model}, scale {scale}, {precision.name} on {device}")
+    extras = "".join(f", {name} {value}" for name, value in (("tiles", options.tile), ("TTA", options.tta))
+                     if value not in ("auto", "none"))
+    print(f"{result['images']} images, model {args.model}, scale {scale}, {precision.name} on {device}{extras}")
     print(f"{'class':>5}  {'mask value':>14}  {'Dice':>7}  {'IoU':>7}")
     for index, (dice, iou) in enumerate(zip(result["dice_per_class"], result["iou_per_class"])):
         value = model.mask_values[index] if index < len(model.mask_values) else "-"

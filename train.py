@@ -36,12 +36,15 @@ from utils.checkpoint import (
 )
 from utils.data_loading import Pair, SegmentationDataset, make_loader, normalize_images, scaled_size
 from utils.device import (
+    COMPILE_CHOICES,
     Precision,
     add_device_arguments,
     choose_device,
     choose_precision,
+    compile_model,
     keep_freed_memory_on_cpu,
     memory_format,
+    should_compile,
 )
 from utils.dice_score import class_weights_from_pixels, segmentation_loss
 from utils.distributed import World, all_reduce_sum, barrier, close_world, init_world
@@ -51,7 +54,6 @@ from utils.mask_encoding import MaskValue, check_classes
 from utils.run_log import WANDB_MODES, RunLog, default_wandb_mode
 
 DEFAULT_AUGMENT = "light"  # chosen by the held-out Dice measured in the README
-COMPILE_CHOICES = ("auto", "on", "off")
 # Training memory per input pixel and image (saved activations + backward transients), measured with
 # saved-tensor hooks on the CPU: 6.5 KB fp32 and 3.4 KB bf16 saved; activation checkpointing keeps ~4%.
 BYTES_PER_PIXEL = {"fp32": 8500, "half": 4500, "checkpointed": 1200}
@@ -82,13 +84,6 @@ def default_batch_size(device: torch.device, precision: Precision, pixels: int, 
     while batch > 1 and batch * pixels * per_pixel > 0.7 * free:
         batch //= 2
     return batch
-
-
-def should_compile(choice: str, device: torch.device) -> bool:
-    """auto: on CUDA, where the fused kernels pay back the compile time; off on CPUs, where they did not."""
-    if choice == "auto":
-        return device.type == "cuda"
-    return choice == "on"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -470,9 +465,7 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     if world.distributed:
         training_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if should_compile(args.compile, device):
-        if args.compile == "auto":  # a machine without a working compiler (Triton, a C compiler) trains eagerly
-            torch._dynamo.config.suppress_errors = True
-        training_model = torch.compile(training_model)
+        training_model = compile_model(training_model, args.compile)
 
     processes = f" x {world.size} processes" if world.distributed else ""
     say(f"{len(train_set)} training and {len(val_pairs)} validation images from {args.imgs}, scale {args.scale}, "

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The GPU checks, in one call of about 5 minutes on a lent H100/H200 (see DEVELOPERS.md, bench/README.md):
-#   CUDA tests (fp16 + scaler, bf16, compile, checkpointing), the training benchmarks, a table at the end.
+# The GPU checks on a lent H100/H200 (see DEVELOPERS.md, bench/README.md), each part about 5 minutes:
+#   CUDA tests (fp16 + scaler, bf16, compile, checkpointing, tiles after out-of-memory, folder prediction),
+#   then the training rows ("train") and/or the prediction rows ("predict"), and a table at the end.
 # Uses the machine's own python3 (PyTorch preinstalled there); wandb is not needed (--wandb disabled).
-#   bash bench/gpu_check.sh            # writes its log and table to $OUT (or /tmp) as well
+#   bash bench/gpu_check.sh [all|train|predict]    # default all; log and table also go to $OUT (or /tmp)
 set -uo pipefail
 cd "$(dirname "$0")/.."
+PART=${1:-all}
 PY=${PY:-python3}
 OUT=${OUT:-/tmp}
 export PYTHONUNBUFFERED=1
@@ -27,6 +29,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 echo "== $(date +%T) CUDA tests" | tee -a "$LOG"
 timeout 150 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tail -n 15 | tee -a "$LOG"
 
+if [[ $PART == all || $PART == train ]]; then
 # Carvana size from disk at scale 0.5: our defaults (bf16, compile on CUDA, auto batch), the same eager, then the
 # reference recipe; the most important rows first, so that a run cut short still answers the main questions.
 row "train.py defaults" bench/train_speed.py --count 320 --scale 0.5 --epochs 3
@@ -36,6 +39,17 @@ row "train.py --compile off" bench/train_speed.py --count 320 --scale 0.5 --epoc
 row "reference --amp b8" bench/train_speed.py --count 320 --scale 0.5 --epochs 2 --recipe reference --amp --batch-size 8
 # The model alone: the ceiling beside the end-to-end figures.
 row "model bf16 b16 compiled" bench/train_speed.py --model-only --scale 0.5 --batch-size 16 --compile on
+fi
+
+if [[ $PART == all || $PART == predict ]]; then
+# Prediction: a folder of Carvana-size JPEGs at scale 0.5 to full-size PNG masks, ours vs the reference's loop.
+row "predict.py compiled" bench/predict_speed.py --count 320 --reference-count 16 -- --compile on
+row "predict.py eager" bench/predict_speed.py --count 320 --reference-count 0 -- --compile off
+# --tile auto on a GPU with 2 GiB: a 1918x1280 image at scale 1 (planned tiles, then the out-of-memory fallback).
+echo "== $(date +%T) tile memory" | tee -a "$LOG"
+timeout 120 "$PY" bench/tile_memory.py --width 1918 --height 1280 --scale 1 --gpu-limit 2 2>>"$LOG" | tee -a "$LOG"
+timeout 60 "$PY" bench/inference_memory.py --device cuda 2>>"$LOG" | tee -a "$LOG"
+fi
 
 echo
 echo "| run | recipe | device | settings | images/s | data wait | peak memory | version, date |"

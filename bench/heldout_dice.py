@@ -28,6 +28,7 @@ from evaluate import evaluate  # noqa: E402
 from utils.checkpoint import load_model  # noqa: E402
 from utils.data_loading import SegmentationDataset, list_pairs, make_loader  # noqa: E402
 from utils.device import choose_precision  # noqa: E402
+from utils.inference import TTA_CHOICES, InferenceOptions  # noqa: E402
 from utils.synthetic_data import make_synthetic_carvana  # noqa: E402
 
 # Per data set: the training flags of the comparison (the same for every preset).
@@ -105,8 +106,9 @@ def otsu_dice(test_dir: Path) -> float:
 
 
 def train_and_score(train_dir: Path, test_dir: Path, flags: list[str], preset: str, run_dir: Path,
-                    seed: int = 0) -> dict:
-    """Train with the real train.main, then score the held-out images at their native resolution."""
+                    seed: int = 0, tta_modes: tuple[str, ...] = ("none",)) -> dict:
+    """Train with the real train.main, then score the held-out images at their native resolution, once per
+    test-time augmentation mode: {"dice": the first mode's, "dice_by_tta": {mode: Dice}, "seconds"}."""
     args = train.get_args_parser().parse_args([
         "--imgs", str(train_dir / "imgs"), "--masks", str(train_dir / "masks"), "--validation", "0",
         "--augment", preset, "--checkpoint-dir", str(run_dir), "--wandb", "disabled", "--seed", str(seed),
@@ -121,8 +123,10 @@ def train_and_score(train_dir: Path, test_dir: Path, flags: list[str], preset: s
     dataset = SegmentationDataset(list_pairs(test_dir / "imgs", test_dir / "masks"), model.mask_values,
                                   checkpoint["scale"], model.n_channels, scale_masks=False,
                                   binarize=trained_with["binarize"], ignore_value=trained_with["ignore_index"])
-    scores = evaluate(model, make_loader(dataset, 1, device, 0), device, choose_precision(device), progress=False)
-    return {"dice": scores["dice"], "seconds": seconds}
+    by_tta = {mode: evaluate(model, make_loader(dataset, 1, device, 0), device, choose_precision(device),
+                             progress=False, options=InferenceOptions(tile="none", tta=mode))["dice"]
+              for mode in tta_modes}
+    return {"dice": by_tta[tta_modes[0]], "dice_by_tta": by_tta, "seconds": seconds}
 
 
 def main() -> None:
@@ -131,6 +135,8 @@ def main() -> None:
     parser.add_argument("--presets", nargs="+", default=["none", "light", "strong"], help="augmentation presets")
     parser.add_argument("--seeds", type=int, default=1, help="training runs per preset (different seeds)")
     parser.add_argument("--epochs", type=int, default=None, help="override the data sets' epoch counts")
+    parser.add_argument("--tta", nargs="+", choices=TTA_CHOICES, default=["none"],
+                        help="score each trained model with these test-time augmentations (default: none)")
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/unet_heldout"), help="scratch folder")
     args = parser.parse_args()
     shutil.rmtree(args.work_dir, ignore_errors=True)
@@ -144,13 +150,14 @@ def main() -> None:
             flags = SETTINGS[name] + (["--epochs", str(args.epochs)] if args.epochs else [])
             for seed in range(args.seeds):
                 result = train_and_score(train_dir, test_dir, flags, preset,
-                                         args.work_dir / name / f"run_{preset}_{seed}", seed)
-                rows.append((name, preset, seed, result["dice"], result["seconds"]))
-                print(f"{name}: --augment {preset} seed {seed}: held-out Dice {result['dice']:.4f} "
-                      f"({result['seconds']:.0f} s training)", flush=True)
-    print("\n| data | --augment | seed | held-out Dice | training s |\n|---|---|---|---|---|")
-    for name, preset, seed, score, seconds in rows:
-        print(f"| {name} | {preset} | {seed} | {score:.4f} | {seconds:.0f} |")
+                                         args.work_dir / name / f"run_{preset}_{seed}", seed, tuple(args.tta))
+                for mode, score in result["dice_by_tta"].items():
+                    rows.append((name, preset, seed, mode, score, result["seconds"]))
+                    print(f"{name}: --augment {preset} seed {seed} --tta {mode}: held-out Dice {score:.4f} "
+                          f"({result['seconds']:.0f} s training)", flush=True)
+    print("\n| data | --augment | seed | --tta | held-out Dice | training s |\n|---|---|---|---|---|---|")
+    for name, preset, seed, mode, score, seconds in rows:
+        print(f"| {name} | {preset} | {seed} | {mode} | {score:.4f} | {seconds:.0f} |")
     epochs = f", --epochs {args.epochs} for all" if args.epochs else ""
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, flags: {SETTINGS}{epochs}")
 

@@ -27,7 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import train  # noqa: E402
 from bench.reference_recipe import train_reference  # noqa: E402
 from unet import UNet  # noqa: E402
-from utils.device import choose_device, choose_precision, keep_freed_memory_on_cpu, memory_format  # noqa: E402
+from utils.device import (  # noqa: E402
+    choose_device,
+    choose_precision,
+    keep_freed_memory_on_cpu,
+    memory_format,
+    should_compile,
+)
 from utils.dice_score import segmentation_loss  # noqa: E402
 from utils.synthetic_data import make_synthetic_carvana  # noqa: E402
 
@@ -83,7 +89,7 @@ def run_model_only(args: argparse.Namespace) -> list[dict]:
     model = UNet(3, 2).to(device, memory_format=memory_format(device))
     model.use_checkpointing(args.checkpointing)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    step_model = torch.compile(model) if train.should_compile(args.compile, device) else model
+    step_model = torch.compile(model) if should_compile(args.compile, device) else model
     images = torch.rand(batch, 3, height, width, device=device).contiguous(memory_format=memory_format(device))
     masks = torch.randint(0, 2, (batch, height, width), device=device)
     rows = []

@@ -96,10 +96,38 @@ def test_predict_several_inputs_viz_without_saving(trained: Path) -> None:
         image.with_name(f"{image.stem}_OUT_viz.png").unlink()
 
 
-def test_predict_folder_input_to_output_folder(trained: Path) -> None:
-    run("predict.py", "-m", "checkpoints/last.pth", "-i", "data/imgs", "-o", "preds/", cwd=trained)
-    written = sorted(p.name for p in (trained / "preds").iterdir())
-    assert written == sorted(f"{p.stem}_OUT.png" for p in (trained / "data" / "imgs").iterdir())
+def test_predict_folder_streams_to_mirrored_names_with_probs_and_csv(trained: Path) -> None:
+    images = sorted((trained / "data" / "imgs").iterdir())
+    run("predict.py", "-m", "checkpoints/last.pth", "-i", "data/imgs", "-o", "preds/", "--batch-size", "3",
+        "--workers", "2", "--writers", "2", "--save-probs", "--csv", cwd=trained)
+    masks = sorted(p.name for p in (trained / "preds").glob("*.png"))
+    assert masks == [f"{p.stem}.png" for p in images]  # one mask per input, named like it
+    with open(trained / "preds" / "predictions.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert [row["image"] for row in rows] == [f"data/imgs/{p.name}" for p in images]  # input order
+    for row in rows:
+        mask = np.asarray(Image.open(trained / row["mask"]))
+        assert mask.shape == (32, 48) and set(np.unique(mask)) <= {0, 255}  # binary masks are written 0/255
+        assert float(row["fraction_1"]) == pytest.approx((mask == 255).mean(), abs=1e-6)
+        assert float(row["fraction_0"]) + float(row["fraction_1"]) == pytest.approx(1)
+        probs = np.load(trained / "preds" / f"{Path(row['mask']).stem}_probs.npy")
+        assert probs.shape == (2, 32, 48) and probs.dtype == np.float16
+        agree = (probs.argmax(0) == (mask == 255)).mean()
+        assert agree > 0.99  # float16 rounding may flip pixels at exactly 0.5
+
+
+def test_predict_folder_reports_unreadable_files_and_predicts_the_rest(trained: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for image in sorted((trained / "data" / "imgs").iterdir())[:3]:
+        shutil.copy(image, folder / image.name)
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    result = run("predict.py", "-m", trained / "checkpoints" / "last.pth", "-i", folder, "-o", tmp_path / "out",
+                 "--workers", "1", cwd=tmp_path, check=False)
+    assert result.returncode == 1
+    assert "broken.jpg" in result.stdout + result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: 1 of 4 images could not be read")
+    assert len(list((tmp_path / "out").glob("*.png"))) == 3
 
 
 def test_evaluate_cli_prints_scores_and_writes_rows(trained: Path) -> None:
@@ -228,8 +256,12 @@ def test_predict_inputs_expand_folders_and_globs_and_outputs_pair_up(tmp_path: P
     assert predict.expand_inputs([str(tmp_path / "*.png")]) == [tmp_path / "b.png"]
     inputs = [tmp_path / "a.jpg", tmp_path / "b.png"]
     assert predict.output_paths(inputs, None) == [tmp_path / "a_OUT.png", tmp_path / "b_OUT.png"]
-    assert predict.output_paths(inputs, [str(tmp_path / "out")]) == [tmp_path / "out" / "a_OUT.png",
-                                                                      tmp_path / "out" / "b_OUT.png"]
+    assert predict.output_paths(inputs, [str(tmp_path / "out")]) == [tmp_path / "out" / "a.png",
+                                                                      tmp_path / "out" / "b.png"]
+    with pytest.raises(UserError, match="would overwrite it"):
+        predict.output_paths(inputs, [str(tmp_path)])  # b.png would be replaced by its own mask
+    with pytest.raises(UserError, match="would both write"):
+        predict.output_paths([tmp_path / "a.jpg", tmp_path / "sub" / "a.jpg"], [str(tmp_path / "out")])
     with pytest.raises(UserError, match="matches no image"):
         predict.expand_inputs([str(tmp_path / "*.tif")])
     with pytest.raises(UserError, match="2 inputs but 3 outputs"):

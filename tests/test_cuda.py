@@ -67,3 +67,42 @@ def test_checkpointing_gives_the_same_gradients_on_cuda() -> None:
         segmentation_loss(model(images), masks).backward()
     for (name, a), (_, b) in zip(plain.named_parameters(), checkpointed.named_parameters()):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-3, atol=1e-4, msg=name)  # cuDNN may sum in any order
+
+
+def test_out_of_memory_on_cuda_falls_back_to_tiles() -> None:
+    """A real CUDA out-of-memory error (allocator capped ~300 MB above the weights) is caught and tiled around."""
+    from utils.inference import InferenceOptions, predict_logits
+
+    device = torch.device("cuda")
+    model = fresh_model().eval()
+    torch.cuda.empty_cache()
+    total = torch.cuda.get_device_properties(device).total_memory
+    cap = torch.cuda.memory_allocated(device) + 300 * 2**20
+    images = torch.randint(0, 256, (1, 3, 1024, 1024), dtype=torch.uint8)  # ~1 GB whole in bf16
+    messages: list[str] = []
+    torch.cuda.set_per_process_memory_fraction(cap / total, device)
+    try:
+        logits = predict_logits(model, images, device, Precision("cuda", torch.bfloat16),
+                                options=InferenceOptions(tile="none"), notify=messages.append)
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, device)
+    assert messages and "out of memory" in messages[0]
+    assert logits.shape == (1, 2, 1024, 1024) and torch.isfinite(logits).all()
+
+
+def test_predict_folder_on_cuda(tmp_path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    import predict
+
+    (tmp_path / "in").mkdir()
+    for index in range(5):
+        Image.fromarray(np.full((96, 128, 3), index * 40, dtype=np.uint8)).save(tmp_path / "in" / f"{index}.jpg")
+    torch.save({**UNet(3, 2).state_dict(), "mask_values": [0, 1]}, tmp_path / "m.pth")
+    code = predict.main(predict.get_args_parser().parse_args(
+        ["-m", str(tmp_path / "m.pth"), "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--scale", "1",
+         "--batch-size", "2", "--workers", "1", "--device", "cuda", "--tta", "flip", "--csv", "--compile", "off"]))
+    assert code == 0
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == [f"{i}.png" for i in range(5)]
+    assert Image.open(tmp_path / "out" / "0.png").size == (128, 96)

@@ -5,7 +5,7 @@ import torch
 
 import train
 from utils import device as device_module
-from utils.device import Precision, choose_precision, memory_format
+from utils.device import Precision, choose_precision, memory_format, should_compile
 from utils.distributed import World
 from utils.errors import UserError
 
@@ -72,4 +72,4 @@ def test_default_batch_size_on_gpu_fits_free_memory(monkeypatch, free_gib, dtype
     ("auto", "cpu", False), ("auto", "cuda", True), ("on", "cpu", True), ("off", "cuda", False),
 ])
 def test_compile_choice(choice, device, expected):
-    assert train.should_compile(choice, torch.device(device)) is expected
+    assert should_compile(choice, torch.device(device)) is expected

@@ -295,6 +295,24 @@ class SegmentationDataset(Dataset):
         return {"image": image_tensor, "mask": mask_tensor, "name": pair.name}
 
 
+class ImageFiles(Dataset):
+    """Images to predict: {"index", "image": uint8 CxH'xW', "size": (height, width) of the file}, or
+    {"index", "error": one line} for a file that cannot be read (reported, the others go on)."""
+
+    def __init__(self, paths: list[Path], scale: float, channels: int = 3):
+        self.paths, self.scale, self.channels = paths, scale, channels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict:
+        try:
+            image, (width, height) = load_scaled_image(self.paths[index], self.scale, self.channels)
+        except UserError as error:
+            return {"index": index, "error": str(error)}
+        return {"index": index, "image": image, "size": (height, width)}
+
+
 def collate_skipping(items: list[dict]) -> dict:
     """default_collate of the readable items; "skipped" lists why the others were left out."""
     readable = [item for item in items if "skipped" not in item]

@@ -12,6 +12,7 @@ import torch
 from .errors import UserError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+COMPILE_CHOICES = ("auto", "on", "off")
 
 
 def choose_device(requested: str | None = None) -> torch.device:
@@ -91,6 +92,20 @@ def choose_precision(device: torch.device, amp: bool = False, precision: str = "
 def memory_format(device: torch.device) -> torch.memory_format:
     """channels_last: tensor cores on CUDA want it, and oneDNN on the CPU is ~15% faster with it (README)."""
     return torch.channels_last if device.type in ("cuda", "cpu") else torch.contiguous_format
+
+
+def should_compile(choice: str, device: torch.device) -> bool:
+    """auto: on CUDA, where the fused kernels pay back the compile time; off on CPUs, where they did not."""
+    if choice == "auto":
+        return device.type == "cuda"
+    return choice == "on"
+
+
+def compile_model(model: torch.nn.Module, choice: str) -> torch.nn.Module:
+    """torch.compile; with --compile auto a machine whose compiler fails (no Triton, no C compiler) runs eagerly."""
+    if choice == "auto":
+        torch._dynamo.config.suppress_errors = True
+    return torch.compile(model)
 
 
 def keep_freed_memory_on_cpu() -> None:

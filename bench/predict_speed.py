@@ -1,0 +1,109 @@
+"""Prediction throughput on a folder, end to end: read JPEGs, predict at --scale, masks at full size, PNGs written.
+
+    python bench/predict_speed.py --count 6 --reference-count 6                  # the 2-core CPU
+    python bench/predict_speed.py --count 320 --reference-count 32 --compile on  # a GPU
+
+Runs predict.py's own main on a synthetic Carvana folder (1918x1280 JPEGs), and beside it the reference's way:
+one file at a time, PIL bicubic resize, fp32, logits upsampled to full size on the CPU, argmax, PNG written
+inline. Weights are random (speed does not depend on them). Prints images/s of both, their ratio, and a
+Markdown row for bench/README.md. Ours is run twice in one process: the first run pays the worker start and
+any compilation, the second shows the steady state.
+"""
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import predict  # noqa: E402
+from unet import UNet  # noqa: E402
+from utils.device import choose_device  # noqa: E402
+from utils.synthetic_data import make_synthetic_carvana  # noqa: E402
+
+
+def images_folder(count: int, width: int, height: int) -> Path:
+    folder = Path("data") / f"bench_carvana_{count}_{width}x{height}"
+    imgs = folder / "imgs"
+    if not (imgs.is_dir() and len(list(imgs.iterdir())) >= count):
+        print(f"writing {count} synthetic {width}x{height} pairs to {folder}", flush=True)
+        make_synthetic_carvana(folder, count=count, width=width, height=height)
+    return imgs
+
+
+@torch.inference_mode()
+def predict_like_reference(model: UNet, files: list[Path], out_dir: Path, scale: float, device: torch.device) -> float:
+    """The reference predict.py's loop, re-created from its behaviour; returns images/s."""
+    model = model.to(device).eval()
+    started = time.perf_counter()
+    for path in files:
+        full = Image.open(path)
+        width, height = int(scale * full.width), int(scale * full.height)
+        array = np.asarray(full.resize((width, height), resample=Image.BICUBIC), dtype=np.float32) / 255
+        image = torch.from_numpy(array.transpose(2, 0, 1))[None].to(device)
+        logits = model(image).cpu()
+        logits = F.interpolate(logits, (full.height, full.width), mode="bilinear")
+        mask = logits.argmax(dim=1)[0].numpy()
+        Image.fromarray((mask * 255).astype(np.uint8)).save(out_dir / f"{path.stem}.png")
+    return len(files) / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Prediction images/s, end to end: ours vs the reference's loop.")
+    parser.add_argument("--count", type=int, default=320, help="images predicted by predict.py (default: %(default)s)")
+    parser.add_argument("--reference-count", type=int, default=32,
+                        help="images predicted the reference's way, 0 to skip (default: %(default)s)")
+    parser.add_argument("--width", type=int, default=1918, help="image width (default: %(default)s)")
+    parser.add_argument("--height", type=int, default=1280, help="image height (default: %(default)s)")
+    parser.add_argument("--scale", type=float, default=0.5, help="predict.py --scale (default: %(default)s)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: CUDA if available)")
+    parser.add_argument("flags", nargs="*", help="more predict.py flags after --, e.g. -- --compile on --amp")
+    args = parser.parse_args()
+
+    device = choose_device(args.device)
+    imgs = images_folder(max(args.count, args.reference_count), args.width, args.height)
+    files = sorted(imgs.iterdir())
+    torch.manual_seed(0)
+    model = UNet(3, 2)
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        checkpoint = scratch / "random.pth"
+        torch.save({**model.state_dict(), "mask_values": [0, 1]}, checkpoint)  # a reference-style file
+        subset = scratch / "in"
+        subset.mkdir()
+        for path in files[:args.count]:
+            (subset / path.name).symlink_to(path.resolve())
+        flags = ["-m", str(checkpoint), "-i", str(subset), "-o", str(scratch / "ours"), "--scale", str(args.scale),
+                 *(["--device", args.device] if args.device else []), *args.flags]
+        ours = []
+        for _ in range(2):
+            shutil.rmtree(scratch / "ours", ignore_errors=True)
+            started = time.perf_counter()
+            predict.main(predict.get_args_parser().parse_args(flags))
+            ours.append(args.count / (time.perf_counter() - started))
+        written = len(list((scratch / "ours").glob("*.png")))
+        assert written == args.count, f"predict.py wrote {written} masks for {args.count} images"
+        reference = 0.0
+        if args.reference_count:
+            (scratch / "reference").mkdir()
+            reference = predict_like_reference(model, files[:args.reference_count], scratch / "reference", args.scale,
+                                               device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    ratio = f"{ours[1] / reference:.2f}x" if reference else "-"
+    print(f"ours: {ours[0]:.3f} images/s first run, {ours[1]:.3f} second; reference loop: {reference:.3f}; "
+          f"ratio (second run) {ratio}")
+    print(f"| {name} | {args.count} images, scale {args.scale} {' '.join(args.flags)} | {ours[0]:.3f} | {ours[1]:.3f} "
+          f"| {reference:.3f} ({args.reference_count} images) | {ratio} | torch {torch.__version__}, "
+          f"{time.strftime('%Y-%m-%d')} |")
+
+
+if __name__ == "__main__":
+    main()

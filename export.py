@@ -1,0 +1,190 @@
+"""Export a trained U-Net to ONNX or TorchScript, to run without this repository.
+
+    python export.py -m checkpoints/best.pth -o unet.onnx          # ONNX, dynamic batch/height/width
+    python export.py -m checkpoints/best.pth -o unet.pt            # TorchScript (traced)
+    python export.py -m MODEL.pth -o unet.onnx --opset 18 --scale 0.5
+
+The file carries what is needed to use its output (classes, mask values, scale, input normalisation,
+activation): ONNX as metadata_props (every value a JSON string), TorchScript as metadata.json in the
+archive's extra files. Input: float32 NCHW, pixels / 255. Output: logits, at the input's size.
+"""
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import os
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import torch
+from torch import nn
+
+from utils.checkpoint import inference_scale, load_model
+from utils.errors import UserError, run_cli
+from utils.mask_encoding import MaskValue
+
+FORMATS = ("onnx", "torchscript")
+FORMAT_OF_SUFFIX = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript"}
+DEFAULT_OPSET = 20  # run by onnxruntime 1.17 and later
+MIN_OPSET = 18  # the torch.export-based exporter's lowest; asked for less, it silently writes 18
+METADATA_FILE = "metadata.json"  # the TorchScript extra file
+# The traced example: batch 2 so that torch.export keeps the batch symbolic (it specialises sizes 0 and 1).
+EXAMPLE_BATCH, EXAMPLE_HEIGHT, EXAMPLE_WIDTH = 2, 64, 96
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Export a checkpoint to ONNX or TorchScript, with its metadata.")
+    parser.add_argument("--model", "-m", default="MODEL.pth", metavar="FILE",
+                        help="checkpoint: ours or a reference state_dict (default MODEL.pth)")
+    parser.add_argument("--output", "-o", required=True, metavar="FILE",
+                        help="file to write: .onnx for ONNX, .pt or .ts for TorchScript")
+    parser.add_argument("--format", "-f", choices=FORMATS, default=None,
+                        help="onnx or torchscript (default: from the --output suffix)")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                        help=f"ONNX operator set, {MIN_OPSET} or newer (default {DEFAULT_OPSET})")
+    parser.add_argument("--scale", "-s", type=float, default=None,
+                        help="scale to record in the metadata (default: the scale the model was trained at, "
+                             "else 0.5)")
+    return parser
+
+
+def choose_format(output: Path, requested: str | None) -> str:
+    """--format, else the one the output suffix names; a suffix naming the other format is a mistake."""
+    implied = FORMAT_OF_SUFFIX.get(output.suffix.lower())
+    if requested is None:
+        if implied is None:
+            raise UserError(f"cannot tell the format of {output}: end it in .onnx, .pt or .ts, or pass --format")
+        return implied
+    if implied is not None and implied != requested:
+        raise UserError(f"--format {requested} but {output} is a {implied} file name: "
+                        f"rename it or use --format {implied}")
+    return requested
+
+
+def require_onnx_exporter(opset: int) -> None:
+    """torch.onnx needs onnx and onnxscript, optional here: check before spending time on the model."""
+    missing = [name for name in ("onnx", "onnxscript") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UserError(f"ONNX export needs {' and '.join(missing)}, not installed here: pip install onnx onnxscript")
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    if not MIN_OPSET <= opset <= newest:
+        raise UserError(f"--opset {opset} is not supported: use {MIN_OPSET} to {newest} (onnx {onnx.__version__})")
+
+
+def plain_mask_values(values: list[MaskValue]) -> list[MaskValue]:
+    return [[int(c) for c in value] if isinstance(value, (list, tuple)) else int(value) for value in values]
+
+
+def export_metadata(model: nn.Module, checkpoint: dict[str, Any], scale: float) -> dict[str, Any]:
+    """What a consumer needs to prepare an image and to turn the logits into a mask like predict.py writes."""
+    one_class = model.n_classes == 1
+    return {
+        "n_channels": model.n_channels,
+        "n_classes": model.n_classes,
+        "mask_values": plain_mask_values(model.mask_values),
+        "mask_palette": checkpoint.get("mask_palette"),
+        "scale": scale,
+        "bilinear": model.bilinear,
+        "input_layout": "NCHW",
+        "input_dtype": "float32",
+        "input_colour": {1: "L", 3: "RGB"}.get(model.n_channels),
+        "input_divisor": 255,
+        "output": "logits",
+        "activation": "sigmoid" if one_class else "softmax",
+        "decision": "sigmoid > 0.5" if one_class else "argmax",
+        "usage": "resize the image to int(scale * side), divide uint8 pixels by input_divisor; resize logits "
+                 "bilinearly to the image size, take the decision; class i is the mask value mask_values[i]",
+        "source": Path(checkpoint["source"]).name,
+    }
+
+
+def onnx_model_bytes(model: nn.Module, example: torch.Tensor, metadata: dict[str, Any], opset: int) -> bytes:
+    """The torch.export-based exporter (the default since torch 2.9): batch, height and width stay symbolic."""
+    from torch.export import Dim
+
+    dynamic = {0: Dim("batch"), 2: Dim("height"), 3: Dim("width")}
+    program = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset, input_names=["image"],
+                                output_names=["logits"], dynamic_shapes=(dynamic,), verbose=False)
+    proto = program.model_proto
+    proto.doc_string = "U-Net segmentation: logits from float32 NCHW images / 255; see metadata_props"
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(value)
+    return proto.SerializeToString()
+
+
+def save_torchscript(model: nn.Module, example: torch.Tensor, metadata: dict[str, Any], file: BinaryIO) -> None:
+    """Traced, not scripted: UNet._run(block, *inputs) does not script (no varargs in TorchScript), and
+    tracing records the padding sizes in Up as shape arithmetic, so other input sizes run correctly."""
+    with warnings.catch_warnings():
+        # torch 2.14 marks TorchScript deprecated; it is still what `torch.jit.load` users need.
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning)
+        traced = torch.jit.trace(model, example)
+        torch.jit.save(traced, file, _extra_files={METADATA_FILE: json.dumps(metadata)})
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path) -> Iterator[BinaryIO]:
+    """A temporary file beside path, renamed over it only when writing succeeded: never a half-written model."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        file = open(tmp, "wb")
+    except (FileExistsError, NotADirectoryError):
+        raise UserError(f"cannot write {path}: part of {path.parent} is a file, not a folder") from None
+    except OSError as error:
+        raise UserError(f"cannot write {path} ({error.strerror}): pick another --output") from None
+    try:
+        with file:
+            yield file
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write {path} ({error.strerror}): free disk space or pick another --output") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def describe(output: Path, export_format: str, opset: int, metadata: dict[str, Any]) -> str:
+    """One line: what was written and how to read its output."""
+    size = f"{output.stat().st_size / 2**20:.1f} MiB"
+    kind = f"ONNX opset {opset}, dynamic batch/height/width" if export_format == "onnx" else "TorchScript, traced"
+    palette = ", palette" if metadata["mask_palette"] else ""
+    classes = "1 class" if metadata["n_classes"] == 1 else f"{metadata['n_classes']} classes"
+    return (f"wrote {output} ({kind}, {size}): {classes} ({metadata['activation']}, "
+            f"{metadata['decision']}), mask values {metadata['mask_values']}{palette}, scale {metadata['scale']}, "
+            f"{metadata['n_channels']}-channel float32 input = uint8 / {metadata['input_divisor']}")
+
+
+def main(args: argparse.Namespace) -> int:
+    output = Path(args.output)
+    export_format = choose_format(output, args.format)
+    if output.resolve() == Path(args.model).resolve():
+        raise UserError(f"--output {output} is the checkpoint itself: pick another file name")
+    if export_format == "onnx":
+        require_onnx_exporter(args.opset)
+    model, checkpoint = load_model(args.model, torch.device("cpu"))
+    # Plain fp32 eval-mode weights: load_model's channels_last is a CPU speed choice, not part of the model.
+    model = model.to(memory_format=torch.contiguous_format).float().eval()
+    metadata = export_metadata(model, checkpoint, inference_scale(checkpoint, args.scale))
+    example = torch.rand(EXAMPLE_BATCH, model.n_channels, EXAMPLE_HEIGHT, EXAMPLE_WIDTH,
+                         generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), atomic_output(output) as file:
+        if export_format == "onnx":
+            file.write(onnx_model_bytes(model, example, metadata, args.opset))
+        else:
+            save_torchscript(model, example, metadata, file)
+    print(describe(output, export_format, args.opset, metadata))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main, get_args_parser())

@@ -1,0 +1,175 @@
+"""Tiled inference, test-time augmentation and the out-of-memory fallback (utils/tiling.py, utils/inference.py).
+
+Tiled vs whole-image masks of a trained model: tests/test_real_nuclei.py (it has the trained model)."""
+
+import pytest
+import torch
+from torch import nn
+
+from utils.device import Precision
+from utils.errors import UserError
+from utils.inference import (
+    INFERENCE_BYTES_PER_PIXEL,
+    InferenceOptions,
+    parse_tile,
+    plan_tiles,
+    predict_logits,
+)
+from utils.tiling import MIN_WEIGHT, blend_weights, sliding_window, tile_starts
+
+CPU = torch.device("cpu")
+FP32 = Precision("cpu", None)
+
+
+@pytest.mark.parametrize(("length", "tile", "overlap", "expected"), [
+    (100, 40, 0.0, [0, 40, 60]),  # the last tile is flush with the edge, not padded past it
+    (100, 40, 0.5, [0, 20, 40, 60]),
+    (120, 40, 0.0, [0, 40, 80]),
+    (30, 40, 0.25, [0]),  # a tile larger than the image shrinks to it
+])
+def test_tiles_cover_the_image_without_leaving_it(length: int, tile: int, overlap: float, expected: list) -> None:
+    starts = tile_starts(length, tile, overlap)
+    assert starts == expected
+    size = min(tile, length)
+    covered = torch.zeros(length, dtype=torch.bool)
+    for start in starts:
+        assert 0 <= start and start + size <= length
+        covered[start:start + size] = True
+    assert covered.all()
+
+
+def test_blend_weights_peak_in_the_centre_and_never_vanish() -> None:
+    weights = blend_weights(64, 48)
+    assert weights.shape == (64, 48)
+    assert weights.min() >= MIN_WEIGHT and weights.max() <= 1
+    assert weights[32, 24] > weights[10, 24] > weights[0, 24]
+    torch.testing.assert_close(weights, weights.flip(0).flip(1))
+
+
+class Constant(nn.Module):
+    """Logits that are the same everywhere: any blend must give them back."""
+
+    def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        values = torch.tensor([0.3, -1.7, 2.9])[None, :, None, None]
+        return values.expand(crops.shape[0], 3, *crops.shape[-2:]).clone()
+
+
+@pytest.mark.parametrize("overlap", [0.0, 0.25, 0.5, 0.9])
+def test_blending_a_constant_gives_the_constant_at_every_pixel(overlap: float) -> None:
+    image = torch.randint(0, 256, (3, 101, 77), dtype=torch.uint8)
+    blended = sliding_window(Constant(), image, tile=32, overlap=overlap, batch_size=3)
+    expected = torch.tensor([0.3, -1.7, 2.9])[:, None, None].expand(3, 101, 77)
+    assert torch.equal(blended, expected)  # exactly: the blend is accumulated in float64
+
+
+def test_overlap_zero_puts_each_tile_s_own_logits_back() -> None:
+    """Without overlap every pixel has exactly one tile: the weights must cancel out, borders included."""
+    image = torch.arange(2 * 64 * 96, dtype=torch.float32).reshape(2, 64, 96)
+    blended = sliding_window(lambda crops: crops * 2, image, tile=32, overlap=0.0, batch_size=4)
+    torch.testing.assert_close(blended, image * 2)
+
+
+def pointwise_model(seed: int = 0) -> nn.Module:
+    """A per-pixel model (1x1 convolutions): equivariant to flips and turns, and indifferent to tiling."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 8, 1), nn.Tanh(), nn.Conv2d(8, 2, 1)).eval()
+
+
+@pytest.mark.parametrize("overlap", [0.0, 0.25, 0.5])
+def test_tiled_equals_whole_for_a_per_pixel_model(overlap: float) -> None:
+    images = torch.randint(0, 256, (2, 3, 90, 130), dtype=torch.uint8)
+    model = pointwise_model()
+    whole = predict_logits(model, images, CPU, FP32)
+    tiled = predict_logits(model, images, CPU, FP32, options=InferenceOptions(tile=64, overlap=overlap))
+    torch.testing.assert_close(tiled, whole, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("tta", ["flip", "d4"])
+def test_tta_of_an_equivariant_model_is_the_model(tta: str) -> None:
+    images = torch.randint(0, 256, (2, 3, 40, 56), dtype=torch.uint8)
+    model = pointwise_model(1)
+    plain = predict_logits(model, images, CPU, FP32)
+    augmented = predict_logits(model, images, CPU, FP32, options=InferenceOptions(tta=tta))
+    torch.testing.assert_close(torch.softmax(augmented, 1), torch.softmax(plain, 1), rtol=1e-5, atol=1e-6)
+
+
+class Ramp(nn.Module):
+    """Foreground logit grows from left to right: not flip-equivariant, so flip TTA must average."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        width = images.shape[-1]
+        ramp = torch.linspace(-3, 3, width).expand(images.shape[0], 1, images.shape[-2], width)
+        return ramp.clone()
+
+
+def test_flip_tta_averages_the_probabilities_of_both_views() -> None:
+    images = torch.zeros(1, 3, 4, 9, dtype=torch.uint8)
+    logits = predict_logits(Ramp(), images, CPU, FP32, options=InferenceOptions(tta="flip"))
+    ramp = torch.linspace(-3, 3, 9)
+    expected = (torch.sigmoid(ramp) + torch.sigmoid(ramp.flip(0))) / 2  # = 0.5 everywhere, by symmetry
+    torch.testing.assert_close(torch.sigmoid(logits[0, 0]), expected.expand(4, 9), rtol=1e-5, atol=1e-6)
+
+
+class OutOfMemoryAbove(nn.Module):
+    """Wraps a model; raises CUDA's out-of-memory error for inputs above a pixel count, as a small GPU would."""
+
+    def __init__(self, model: nn.Module, max_pixels: int):
+        super().__init__()
+        self.model, self.max_pixels, self.largest = model, max_pixels, 0
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        pixels = images.shape[-2] * images.shape[-1]
+        if pixels > self.max_pixels:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        self.largest = max(self.largest, pixels)
+        return self.model(images)
+
+
+def test_out_of_memory_falls_back_to_tiles_with_a_message() -> None:
+    images = torch.randint(0, 256, (1, 3, 200, 300), dtype=torch.uint8)
+    model = pointwise_model(2)
+    limited = OutOfMemoryAbove(model, max_pixels=128 * 128)
+    messages: list[str] = []
+    logits = predict_logits(limited, images, CPU, FP32, options=InferenceOptions(tile="none"),
+                            notify=messages.append)
+    assert messages and "out of memory" in messages[0] and "300x200" in messages[0]
+    assert 0 < limited.largest <= 128 * 128
+    torch.testing.assert_close(logits, predict_logits(model, images, CPU, FP32), rtol=1e-5, atol=1e-5)
+
+
+def test_out_of_memory_even_for_the_smallest_tile_is_one_clear_error() -> None:
+    limited = OutOfMemoryAbove(pointwise_model(), max_pixels=10)
+    with pytest.raises(UserError, match="out of memory even with tiles"):
+        predict_logits(limited, torch.zeros(1, 3, 200, 200, dtype=torch.uint8), CPU, FP32)
+
+
+def test_auto_tiles_only_when_the_whole_image_does_not_fit() -> None:
+    model = pointwise_model(3)
+    images = torch.randint(0, 256, (1, 3, 160, 240), dtype=torch.uint8)
+    per_pixel = INFERENCE_BYTES_PER_PIXEL["fp32"]
+    roomy = InferenceOptions(tile="auto", max_memory=160 * 240 * per_pixel * 1.1 / 2**30)
+    tight = InferenceOptions(tile="auto", max_memory=100 * 100 * per_pixel / 2**30)
+    whole_only = OutOfMemoryAbove(model, max_pixels=160 * 240)
+    predict_logits(whole_only, images, CPU, FP32, options=roomy)
+    assert whole_only.largest == 160 * 240
+    tiles_only = OutOfMemoryAbove(model, max_pixels=100 * 100)
+    messages: list[str] = []
+    predict_logits(tiles_only, images, CPU, FP32, options=tight, notify=messages.append)
+    assert messages == [] and 0 < tiles_only.largest <= 100 * 100  # planned tiles, no out-of-memory detour
+
+
+def test_tile_plans_fit_the_budget() -> None:
+    # --tile auto for a 1918x1280 image at scale 1 on a GPU with 2 GiB free (80% of it), in bf16
+    budget = int(0.8 * 2 * 2**30) // INFERENCE_BYTES_PER_PIXEL["half"]
+    side, batch = plan_tiles(budget, torch.device("cuda"))
+    assert side % 16 == 0 and 512 <= side < 1280 and side * side * batch <= budget
+    # an 8000x6000 image on a CPU with the 2 GiB cap: tiles of about a megapixel, one at a time
+    side, batch = plan_tiles(2 * 2**30 // INFERENCE_BYTES_PER_PIXEL["half"], CPU)
+    assert batch == 1 and side * side * INFERENCE_BYTES_PER_PIXEL["half"] <= 2 * 2**30 and side >= 1024
+
+
+@pytest.mark.parametrize("text", ["100", "32", "big", "-16"])
+def test_bad_tile_sizes_are_refused(text: str) -> None:
+    with pytest.raises(UserError, match="--tile"):
+        parse_tile(text)
+    assert parse_tile("512") == 512 and parse_tile("auto") == "auto" and parse_tile("none") == "none"

@@ -1,0 +1,110 @@
+"""Prediction outputs written in background threads, so that encoding PNGs never holds up the model.
+
+PNG (zlib) encoding and image decoding release the GIL in Pillow, so threads run them in parallel with
+each other and with the model. At most `max_pending` results wait in memory; a write that fails stops the run
+with one line naming the file, and every mask already written stays.
+"""
+
+import csv
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from .data_loading import read_image
+from .errors import UserError
+from .mask_encoding import MaskValue, decode_mask
+from .plotting import class_colours, overlay_mask, side_by_side
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    save_mask: bool = True
+    save_probs: bool = False  # <mask stem>_probs.npy, float16 (classes, height, width)
+    overlay: bool = False  # <mask stem>_overlay.png
+    viz: str | None = None  # "show" or "save" (<mask stem>_viz.png)
+
+
+def class_fractions(class_indices: np.ndarray, n_classes: int) -> list[float]:
+    """Share of the image's pixels given to each class."""
+    counts = np.bincount(class_indices.ravel(), minlength=n_classes)[:n_classes]
+    return (counts / max(class_indices.size, 1)).tolist()
+
+
+class MaskWriter:
+    """Writes each prediction's mask (in the training masks' encoding) and the optional extra outputs."""
+
+    def __init__(self, mask_values: Sequence[MaskValue], palette: Sequence[int] | None, channels: int,
+                 options: OutputOptions, threads: int = 4, max_pending: int = 32):
+        self.mask_values, self.palette, self.channels, self.options = mask_values, palette, channels, options
+        self.n_classes = max(len(mask_values), 2)
+        self.colours = class_colours(self.n_classes, mask_values)
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mask-writer")
+        self.pending: deque[Future] = deque()
+        self.max_pending = max_pending
+        self.rows: dict[int, dict] = {}
+
+    def submit(self, index: int, source: Path, target: Path, class_indices: np.ndarray,
+               probs: np.ndarray | None = None) -> None:
+        """Queue one prediction (class indices at the image's size); blocks while too many are pending."""
+        self.pending.append(self.pool.submit(self._write, index, source, target, class_indices, probs))
+        while len(self.pending) > self.max_pending:
+            self.pending.popleft().result()
+
+    def _write(self, index: int, source: Path, target: Path, class_indices: np.ndarray,
+               probs: np.ndarray | None) -> None:
+        options = self.options
+        height, width = class_indices.shape
+        self.rows[index] = {"image": str(source), "mask": str(target) if options.save_mask else "",
+                            "width": width, "height": height,
+                            **{f"fraction_{c}": f"{f:.6f}" for c, f in
+                               enumerate(class_fractions(class_indices, self.n_classes))}}
+        try:
+            if options.save_mask or options.save_probs or options.overlay or options.viz == "save":
+                target.parent.mkdir(parents=True, exist_ok=True)
+            if options.save_mask:
+                decode_mask(class_indices, self.mask_values, self.palette).save(target)
+            if options.save_probs:
+                np.save(target.with_name(f"{target.stem}_probs.npy"), probs)
+            if options.overlay or options.viz:
+                self._pictures(source, target, class_indices)
+        except OSError as error:
+            raise UserError(f"cannot write the prediction of {source} to {target.parent} ({error.strerror or error}): "
+                            "check that the folder is writable and the disk has space") from None
+
+    def _pictures(self, source: Path, target: Path, class_indices: np.ndarray) -> None:
+        image = read_image(source, self.channels)
+        overlay = overlay_mask(image, class_indices, self.colours)
+        if self.options.overlay:
+            overlay.save(target.with_name(f"{target.stem}_overlay.png"))
+        if self.options.viz:
+            picture = Image.fromarray(np.squeeze(image, -1) if image.shape[-1] == 1 else image)
+            view = side_by_side([picture, Image.fromarray(self.colours[class_indices]), overlay])
+            if self.options.viz == "show":
+                view.show(title=str(source))
+            else:
+                viz_path = target.with_name(f"{target.stem}_viz.png")
+                view.save(viz_path)
+                tqdm.write(f"no display: visualisation of {source} saved to {viz_path}")
+
+    def close(self) -> None:
+        """Wait for every queued write; the first failure is raised."""
+        try:
+            while self.pending:
+                self.pending.popleft().result()
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def write_csv(self, path: Path) -> None:
+        """predictions.csv: per image, its size and the fraction of pixels of each class (in input order)."""
+        fields = ["image", "mask", "width", "height"] + [f"fraction_{c}" for c in range(self.n_classes)]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(self.rows[index] for index in sorted(self.rows))
