@@ -15,6 +15,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -39,6 +40,7 @@ from utils.inference import (
     predict_logits,
     probabilities,
 )
+from utils.mask_encoding import encoding_table
 from utils.mask_writer import MaskWriter, OutputOptions
 
 MASK_FILE_SUFFIXES = (".png", ".gif", ".bmp", ".tif", ".tiff")  # lossless, so class values survive
@@ -168,6 +170,55 @@ def collate_by_size(items: list[dict]) -> dict:
     return {"groups": groups, "errors": [item["error"] for item in items if "error" in item], "count": len(items)}
 
 
+class MaskEncoder:
+    """Logits -> encoded masks, class fractions (and indices, probabilities) on the device, copied to pinned host
+    memory without waiting: the GPU goes on with the next batch while the CPU hands these to the writer."""
+
+    def __init__(self, mask_values: list, n_classes: int, device: torch.device, class_indices: bool,
+                 probs: bool, threshold: float):
+        stored = encoding_table(mask_values)
+        self.stored_dtype = stored.dtype  # uint16 tables go to the device as int32: CUDA indexes no uint16
+        self.table = torch.from_numpy(stored.astype(np.int32) if stored.dtype == np.uint16 else stored).to(device)
+        self.n_classes, self.device = n_classes, device
+        self.class_indices, self.probs, self.threshold = class_indices, probs, threshold
+
+    def _to_host(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.device.type != "cuda":
+            return tensor
+        host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+        return host.copy_(tensor, non_blocking=True)
+
+    def __call__(self, logits: torch.Tensor, indices: list[int]) -> dict:
+        classes = logits_to_classes(logits, self.threshold)
+        flat = classes.flatten(1)
+        counts = torch.zeros(len(classes), self.n_classes, dtype=torch.int64, device=classes.device)
+        counts.scatter_add_(1, flat, torch.ones((), dtype=torch.int64, device=classes.device).expand_as(flat))
+        result = {"indices": indices, "pixels": flat.shape[1], "counts": self._to_host(counts),
+                  "encoded": self._to_host(self.table[classes])}
+        if self.class_indices:
+            result["classes"] = self._to_host(classes.to(torch.uint8 if self.n_classes <= 256 else torch.int32))
+        if self.probs:
+            result["probs"] = self._to_host(probabilities(logits).half())
+        if self.device.type == "cuda":
+            result["done"] = torch.cuda.Event()
+            result["done"].record()
+        result["stored_dtype"] = self.stored_dtype
+        return result
+
+
+def hand_over(ready: dict, writer: MaskWriter, inputs: list[Path], outputs: list[Path]) -> None:
+    """Wait for a batch's copies to land, then queue each image for writing."""
+    if "done" in ready:
+        ready["done"].synchronize()
+    encoded = ready["encoded"].numpy().astype(ready["stored_dtype"], copy=False)
+    fractions = (ready["counts"].double() / ready["pixels"]).tolist()
+    classes = ready["classes"].numpy() if "classes" in ready else None
+    probs = ready["probs"].numpy() if "probs" in ready else None
+    for k, index in enumerate(ready["indices"]):
+        writer.submit(index, inputs[index], outputs[index], encoded[k], fractions[k],
+                      None if classes is None else classes[k], None if probs is None else probs[k])
+
+
 def csv_location(requested: str | None, outputs: list[str] | None, targets: list[Path]) -> Path | None:
     if requested is None:
         return None
@@ -205,8 +256,10 @@ def main(args: argparse.Namespace) -> int:
                         worker_init_fn=lower_worker_priority if workers else None,
                         prefetch_factor=4 if workers else None)
     notify = notify_once(tqdm.write)
-    class_dtype = torch.uint8 if model.n_classes <= 256 else torch.int32
+    encode = MaskEncoder(model.mask_values, max(model.n_classes, 2), device, writer.needs_class_indices,
+                         args.save_probs, args.mask_threshold)
     failed: list[str] = []
+    waiting = None  # the previous batch: its results are copied to the host while the next batch computes
     with tqdm(total=len(inputs), desc="predict", unit="img", disable=len(inputs) < 2) as bar:
         try:
             for batch in loader:
@@ -216,11 +269,13 @@ def main(args: argparse.Namespace) -> int:
                 for group in batch["groups"]:
                     logits = predict_logits(net, group["images"], device, precision, output_size=group["size"],
                                             options=options, notify=notify)
-                    classes = logits_to_classes(logits, args.mask_threshold).to(class_dtype).cpu().numpy()
-                    probs = probabilities(logits).half().cpu().numpy() if args.save_probs else [None] * len(classes)
-                    for index, class_indices, image_probs in zip(group["indices"], classes, probs):
-                        writer.submit(index, inputs[index], outputs[index], class_indices, image_probs)
+                    ready = encode(logits, group["indices"])
+                    if waiting is not None:
+                        hand_over(waiting, writer, inputs, outputs)
+                    waiting = ready
                 bar.update(batch["count"])
+            if waiting is not None:
+                hand_over(waiting, writer, inputs, outputs)
         finally:
             writer.close()
     if csv_path is not None:

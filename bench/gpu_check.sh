@@ -43,8 +43,8 @@ fi
 
 if [[ $PART == all || $PART == predict ]]; then
 # Prediction: a folder of Carvana-size JPEGs at scale 0.5 to full-size PNG masks, ours vs the reference's loop.
-row "predict.py compiled" bench/predict_speed.py --count 320 --reference-count 16 -- --compile on
-row "predict.py eager" bench/predict_speed.py --count 320 --reference-count 0 -- --compile off
+row "predict.py compiled" bench/predict_speed.py --count 960 --files 320 --reference-count 8 -- --compile on
+row "predict.py eager" bench/predict_speed.py --count 960 --files 320 --reference-count 0 -- --compile off
 # --tile auto on a GPU with 2 GiB: a 1918x1280 image at scale 1 (planned tiles, then the out-of-memory fallback).
 echo "== $(date +%T) tile memory" | tee -a "$LOG"
 timeout 120 "$PY" bench/tile_memory.py --width 1918 --height 1280 --scale 1 --gpu-limit 2 2>>"$LOG" | tee -a "$LOG"

@@ -59,6 +59,8 @@ def predict_like_reference(model: UNet, files: list[Path], out_dir: Path, scale:
 def main() -> None:
     parser = argparse.ArgumentParser(description="Prediction images/s, end to end: ours vs the reference's loop.")
     parser.add_argument("--count", type=int, default=320, help="images predicted by predict.py (default: %(default)s)")
+    parser.add_argument("--files", type=int, default=320,
+                        help="distinct files written; --count above it repeats them (default: %(default)s)")
     parser.add_argument("--reference-count", type=int, default=32,
                         help="images predicted the reference's way, 0 to skip (default: %(default)s)")
     parser.add_argument("--width", type=int, default=1918, help="image width (default: %(default)s)")
@@ -69,7 +71,7 @@ def main() -> None:
     args = parser.parse_args()
 
     device = choose_device(args.device)
-    imgs = images_folder(max(args.count, args.reference_count), args.width, args.height)
+    imgs = images_folder(max(min(args.count, args.files), args.reference_count), args.width, args.height)
     files = sorted(imgs.iterdir())
     torch.manual_seed(0)
     model = UNet(3, 2)
@@ -79,8 +81,9 @@ def main() -> None:
         torch.save({**model.state_dict(), "mask_values": [0, 1]}, checkpoint)  # a reference-style file
         subset = scratch / "in"
         subset.mkdir()
-        for path in files[:args.count]:
-            (subset / path.name).symlink_to(path.resolve())
+        for number in range(args.count):  # links named apart, so that a file repeated is predicted again
+            path = files[number % min(args.files, len(files))]
+            (subset / f"{number:05d}_{path.name}").symlink_to(path.resolve())
         flags = ["-m", str(checkpoint), "-i", str(subset), "-o", str(scratch / "ours"), "--scale", str(args.scale),
                  *(["--device", args.device] if args.device else []), *args.flags]
         ours = []

@@ -73,7 +73,7 @@ def test_out_of_memory_on_cuda_falls_back_to_tiles() -> None:
     """A real CUDA out-of-memory error (allocator capped ~300 MB above the weights) is caught and tiled around."""
     from utils.inference import InferenceOptions, predict_logits
 
-    device = torch.device("cuda")
+    device = torch.device("cuda", torch.cuda.current_device())  # the memory cap wants an index
     model = fresh_model().eval()
     torch.cuda.empty_cache()
     total = torch.cuda.get_device_properties(device).total_memory

@@ -132,24 +132,34 @@ def encode_mask(
     return indices
 
 
+def encoding_table(mask_values: Sequence[MaskValue]) -> np.ndarray:
+    """Class index -> the pixel value written for it: table[class_indices] is the mask in the training encoding.
+
+    Colour masks get their colours back ((classes, 3) uint8), label and palette masks their values (uint8, or
+    uint16 above 255); binary 0/1 masks are written 0/255 so that they are visible. A lookup table, so that
+    predict.py can apply it on the GPU and its writer threads only wrap and compress the result.
+    """
+    if is_colour(mask_values):
+        return np.array(mask_values, dtype=np.uint8)
+    values = np.array(mask_values, dtype=np.int64)
+    if set(mask_values) <= {0, 1}:
+        return (values * 255).astype(np.uint8)
+    return values.astype(np.uint8 if values.max(initial=0) <= 255 else np.uint16)
+
+
+def mask_image(
+    encoded: np.ndarray, mask_values: Sequence[MaskValue], palette: Sequence[int] | None = None
+) -> Image.Image:
+    """An encoded mask (encoding_table applied) as an image; palette masks keep their palette."""
+    if palette and encoded.ndim == 2 and encoded.dtype == np.uint8 and not set(mask_values) <= {0, 1}:
+        image = Image.fromarray(encoded, mode="P")
+        image.putpalette(list(palette))
+        return image
+    return Image.fromarray(encoded)
+
+
 def decode_mask(
     class_indices: np.ndarray, mask_values: Sequence[MaskValue], palette: Sequence[int] | None = None
 ) -> Image.Image:
-    """Class indices -> an image in the training masks' encoding.
-
-    Colour masks get their colours back, palette masks their palette (pixel = palette index), label masks
-    their values (16-bit above 255); binary 0/1 masks are written 0/255 so that they are visible.
-    """
-    if is_colour(mask_values):
-        colours = np.array(mask_values, dtype=np.uint8)
-        return Image.fromarray(colours[class_indices])
-    values = np.array(mask_values, dtype=np.int64)
-    if set(mask_values) <= {0, 1}:
-        return Image.fromarray((values[class_indices] * 255).astype(np.uint8))
-    if palette and values.max(initial=0) <= 255:
-        image = Image.fromarray(values[class_indices].astype(np.uint8), mode="P")
-        image.putpalette(list(palette))
-        return image
-    if values.max(initial=0) <= 255:
-        return Image.fromarray(values[class_indices].astype(np.uint8))
-    return Image.fromarray(values[class_indices].astype(np.uint16))
+    """Class indices -> an image in the training masks' encoding (see encoding_table)."""
+    return mask_image(encoding_table(mask_values)[class_indices], mask_values, palette)

@@ -1,8 +1,9 @@
 """Prediction outputs written in background threads, so that encoding PNGs never holds up the model.
 
-PNG (zlib) encoding and image decoding release the GIL in Pillow, so threads run them in parallel with
-each other and with the model. At most `max_pending` results wait in memory; a write that fails stops the run
-with one line naming the file, and every mask already written stays.
+The masks arrive already encoded (utils.mask_encoding.encoding_table, applied on the device) with their class
+fractions counted, so the threads mostly compress: PNG (zlib) encoding releases the GIL in Pillow, and the
+threads run in parallel with each other and with the model. At most `max_pending` results wait in memory; a
+write that fails stops the run with one line naming the file, and every mask already written stays.
 """
 
 import csv
@@ -18,7 +19,7 @@ from tqdm import tqdm
 
 from .data_loading import read_image
 from .errors import UserError
-from .mask_encoding import MaskValue, decode_mask
+from .mask_encoding import MaskValue, mask_image
 from .plotting import class_colours, overlay_mask, side_by_side
 
 
@@ -28,12 +29,6 @@ class OutputOptions:
     save_probs: bool = False  # <mask stem>_probs.npy, float16 (classes, height, width)
     overlay: bool = False  # <mask stem>_overlay.png
     viz: str | None = None  # "show" or "save" (<mask stem>_viz.png)
-
-
-def class_fractions(class_indices: np.ndarray, n_classes: int) -> list[float]:
-    """Share of the image's pixels given to each class."""
-    counts = np.bincount(class_indices.ravel(), minlength=n_classes)[:n_classes]
-    return (counts / max(class_indices.size, 1)).tolist()
 
 
 class MaskWriter:
@@ -49,29 +44,36 @@ class MaskWriter:
         self.max_pending = max_pending
         self.rows: dict[int, dict] = {}
 
-    def submit(self, index: int, source: Path, target: Path, class_indices: np.ndarray,
-               probs: np.ndarray | None = None) -> None:
-        """Queue one prediction (class indices at the image's size); blocks while too many are pending."""
-        self.pending.append(self.pool.submit(self._write, index, source, target, class_indices, probs))
+    @property
+    def needs_class_indices(self) -> bool:
+        """Overlays and side-by-side views colour the class indices, not the encoded mask."""
+        return self.options.overlay or self.options.viz is not None
+
+    def submit(self, index: int, source: Path, target: Path, encoded: np.ndarray, fractions: Sequence[float],
+               class_indices: np.ndarray | None = None, probs: np.ndarray | None = None) -> None:
+        """Queue one prediction: the encoded mask at the image's size and each class's share of its pixels.
+
+        Blocks while too many are pending.
+        """
+        height, width = encoded.shape[:2]
+        self.rows[index] = {"image": str(source), "mask": str(target) if self.options.save_mask else "",
+                            "width": width, "height": height,
+                            **{f"fraction_{c}": f"{f:.6f}" for c, f in enumerate(fractions)}}
+        self.pending.append(self.pool.submit(self._write, source, target, encoded, class_indices, probs))
         while len(self.pending) > self.max_pending:
             self.pending.popleft().result()
 
-    def _write(self, index: int, source: Path, target: Path, class_indices: np.ndarray,
+    def _write(self, source: Path, target: Path, encoded: np.ndarray, class_indices: np.ndarray | None,
                probs: np.ndarray | None) -> None:
         options = self.options
-        height, width = class_indices.shape
-        self.rows[index] = {"image": str(source), "mask": str(target) if options.save_mask else "",
-                            "width": width, "height": height,
-                            **{f"fraction_{c}": f"{f:.6f}" for c, f in
-                               enumerate(class_fractions(class_indices, self.n_classes))}}
         try:
             if options.save_mask or options.save_probs or options.overlay or options.viz == "save":
                 target.parent.mkdir(parents=True, exist_ok=True)
             if options.save_mask:
-                decode_mask(class_indices, self.mask_values, self.palette).save(target)
+                mask_image(encoded, self.mask_values, self.palette).save(target)
             if options.save_probs:
                 np.save(target.with_name(f"{target.stem}_probs.npy"), probs)
-            if options.overlay or options.viz:
+            if class_indices is not None:
                 self._pictures(source, target, class_indices)
         except OSError as error:
             raise UserError(f"cannot write the prediction of {source} to {target.parent} ({error.strerror or error}): "
