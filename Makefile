@@ -36,7 +36,7 @@ demo: install
 	@echo "demo done: see $(DEMO_DIR)/ (training_curves.png, metrics.csv, evaluation.csv, predictions/)"
 
 test: install-test
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadfile
 
 lint: install-test
 	$(VENV)/bin/ruff check .

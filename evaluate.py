@@ -14,7 +14,13 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from utils.checkpoint import inference_scale, load_model, unwrap_model
-from utils.data_loading import SegmentationDataset, list_pairs, make_loader
+from utils.data_loading import (
+    SegmentationDataset,
+    add_image_limit_argument,
+    list_pairs,
+    make_loader,
+    set_image_pixel_limit,
+)
 from utils.device import Precision, add_device_arguments, choose_device, choose_precision
 from utils.dice_score import per_class_scores
 from utils.errors import UserError, run_cli
@@ -102,6 +108,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", "-b", type=int, default=1,
                         help="images per batch; >1 needs images of one size (default 1)")
     parser.add_argument("--workers", type=int, default=2, help="data loading processes (default 2)")
+    add_image_limit_argument(parser)
     add_inference_arguments(parser)
     add_device_arguments(parser)
     parser.add_argument("--output", "-o", type=Path, default=Path("evaluation.csv"),
@@ -113,6 +120,7 @@ def main(args: argparse.Namespace) -> dict:
     device = choose_device(args.device)
     precision = choose_precision(device, args.amp, args.precision)
     options = inference_options(args)
+    set_image_pixel_limit(args.max_image_pixels)
     model, checkpoint = load_model(args.model, device)
     model = fuse_batchnorm(model)  # the unfused original is freed
     scale = inference_scale(checkpoint, args.scale)

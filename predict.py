@@ -21,7 +21,13 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from utils.checkpoint import inference_scale, load_model
-from utils.data_loading import IMAGE_SUFFIXES, ImageFiles, lower_worker_priority
+from utils.data_loading import (
+    IMAGE_SUFFIXES,
+    ImageFiles,
+    add_image_limit_argument,
+    lower_worker_priority,
+    set_image_pixel_limit,
+)
 from utils.device import (
     COMPILE_CHOICES,
     add_device_arguments,
@@ -73,6 +79,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bilinear", action="store_true", default=None,
                         help="bilinear upsampling; read from the checkpoint, only needed to double-check")
     add_inference_arguments(parser)
+    add_image_limit_argument(parser)
     speed = parser.add_argument_group("throughput")
     speed.add_argument("--batch-size", "-b", type=int, default=None,
                        help="images per forward pass (same-size images are batched; default: 16 on a GPU, "
@@ -232,6 +239,7 @@ def main(args: argparse.Namespace) -> int:
     device = choose_device(args.device)
     precision = choose_precision(device, args.amp, args.precision)
     options = inference_options(args)
+    set_image_pixel_limit(args.max_image_pixels)
     for flag, value in (("--batch-size", args.batch_size), ("--writers", args.writers)):
         if value is not None and value < 1:
             raise UserError(f"{flag} must be at least 1, got {value}")

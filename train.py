@@ -13,13 +13,15 @@ import os
 import random
 import sys
 import time
+from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from evaluate import evaluate
@@ -28,13 +30,22 @@ from utils.augmentation import AUGMENT_PRESETS, train_augmentation
 from utils.check_data import check_dataset
 from utils.checkpoint import (
     CheckpointWriter,
+    check_training_state,
     load_checkpoint,
     model_from_checkpoint,
     restore_rng_state,
     rng_state,
     unwrap_model,
 )
-from utils.data_loading import Pair, SegmentationDataset, make_loader, normalize_images, scaled_size
+from utils.data_loading import (
+    Pair,
+    SegmentationDataset,
+    add_image_limit_argument,
+    make_loader,
+    normalize_images,
+    scaled_size,
+    set_image_pixel_limit,
+)
 from utils.device import (
     COMPILE_CHOICES,
     Precision,
@@ -51,7 +62,11 @@ from utils.distributed import World, all_reduce_sum, barrier, close_world, init_
 from utils.errors import UserError, run_cli
 from utils.inference import logits_to_classes
 from utils.mask_encoding import MaskValue, check_classes
+from utils.nan_guard import NonFiniteGuard
+from utils.run_lock import RunLock
 from utils.run_log import WANDB_MODES, RunLog, default_wandb_mode
+from utils.sampling import EpochOrder, SeededItems
+from utils.signals import GracefulStop
 
 DEFAULT_AUGMENT = "light"  # chosen by the held-out Dice measured in the README
 # Training memory per input pixel and image (saved activations + backward transients), measured with
@@ -107,6 +122,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     data.add_argument("--workers", type=int, default=None,
                       help="data loading processes per training process (default: all cores but one, at most "
                            "16, with a GPU; one per 8 cores on a CPU)")
+    add_image_limit_argument(data)
     model = parser.add_argument_group("model")
     model.add_argument("--classes", "-c", type=int, default=None,
                        help="number of classes: 1 = binary with sigmoid/BCE, 2+ = softmax/cross-entropy "
@@ -135,6 +151,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                             "data check, or one weight per class")
     optim.add_argument("--grad-clip", type=float, default=1.0,
                        help="clip the gradient norm to this value (default: %(default)s)")
+    optim.add_argument("--max-bad-steps", type=int, default=20, metavar="K",
+                       help="steps with a non-finite loss or gradient are skipped; stop (saving the last good "
+                            "state) after K in a row (default: %(default)s)")
     optim.add_argument("--seed", type=int, default=0,
                        help="seed for the split, data order and weights (default: %(default)s)")
     run = parser.add_argument_group("run")
@@ -142,6 +161,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                      help="where last.pth, best.pth, metrics.csv and training_curves.png go (default: %(default)s)")
     run.add_argument("--resume", default=None, metavar="FILE|auto",
                      help="continue a run from a checkpoint (auto = CHECKPOINT_DIR/last.pth if present)")
+    run.add_argument("--save-every", default=None, metavar="N|Nm",
+                     help="also refresh last.pth every N steps, or every N minutes with Nm (e.g. 500 or 15m), "
+                          "so that a killed run loses at most that much (default: at the end of each epoch only)")
     run.add_argument("--keep-epochs", action="store_true",
                      help="also keep every epoch's checkpoint as epoch_N.pth (as the reference did)")
     run.add_argument("--wandb", choices=WANDB_MODES, default=None,
@@ -162,9 +184,25 @@ def check_args(args: argparse.Namespace) -> None:
         ("--classes", args.classes, args.classes is None or args.classes >= 1),
         ("--workers", args.workers, args.workers is None or args.workers >= 0),
         ("--log-every", args.log_every, args.log_every >= 1),
+        ("--max-bad-steps", args.max_bad_steps, args.max_bad_steps >= 1),
+        ("--seed", args.seed, args.seed >= 0),
     ):
         if not ok:
             raise UserError(f"{flag} {value} is out of range: see python train.py --help")
+    parse_save_every(args.save_every)
+
+
+def parse_save_every(text: str | None) -> tuple[int | None, float | None]:
+    """--save-every: (steps, None), (None, minutes) or (None, None)."""
+    if text is None:
+        return None, None
+    try:
+        value = float(text[:-1]) if text.endswith("m") else int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise UserError(f"--save-every {text!r}: give a number of steps (500) or of minutes (15m)")
+    return (None, float(value)) if text.endswith("m") else (int(value), None)
 
 
 def split_pairs(pairs: list[Pair], validation_percent: float, seed: int) -> tuple[list[Pair], list[Pair]]:
@@ -242,19 +280,63 @@ def train_step(
     grad_clip: float,
     class_weights: torch.Tensor | None = None,
     loss_weight: float = 1.0,
+    guard: NonFiniteGuard | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward, loss, backward, clipped (and for fp16 scaled) optimizer step: the loss and the logits, on the
-    device (reading them is left to the caller: a host sync)."""
+    device (reading them is left to the caller: a host sync). With a guard, a step whose loss or gradients are
+    not finite changes nothing (utils/nan_guard.py)."""
+    if guard is not None:
+        guard.before_forward()
     with precision.autocast():
         logits = model(images)
     loss = segmentation_loss(logits, masks, class_weights) * loss_weight
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.unscale_(optimizer)
-    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    scaler.step(optimizer)
+    grad_norm = nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    if guard is None or guard.before_step(grad_norm):
+        scaler.step(optimizer)
     scaler.update()
+    if guard is not None:
+        guard.after_step()
     return loss.detach(), logits.detach()
+
+
+class EpochControl:
+    """What the epoch loop needs besides the model: where to start, when to save, whether to stop."""
+
+    def __init__(self, args: argparse.Namespace, world: World, guard: NonFiniteGuard, stop: GracefulStop,
+                 save_progress: Callable[[int, int], None]):
+        self.args, self.world, self.guard, self.stop, self.save_progress = args, world, guard, stop, save_progress
+        self.save_steps, self.save_minutes = parse_save_every(args.save_every)
+        self.last_save = time.monotonic()
+        self.reported_skips = 0
+
+    def save_due(self, step: int) -> bool:
+        if self.save_steps is not None:
+            return step % self.save_steps == 0
+        return self.save_minutes is not None and time.monotonic() - self.last_save >= 60 * self.save_minutes
+
+    def stop_requested(self, step: int, device: torch.device) -> bool:
+        """Every process stops after the same step: under torchrun the flags are summed every --log-every steps."""
+        if not self.world.distributed:
+            return self.stop.requested is not None
+        if step % self.args.log_every:
+            return False
+        flag = torch.tensor(float(self.stop.requested is not None), device=device)
+        return bool(all_reduce_sum(flag, self.world) > 0)
+
+    def check_finite(self, step: int, epoch: int, batches_done: int) -> None:
+        """Read the guard's counts (a host sync, every --log-every steps); too many bad steps in a row stop."""
+        skipped, in_a_row = self.guard.counts()
+        if skipped > self.reported_skips:
+            tqdm.write(f"warning: {skipped} steps skipped so far for a non-finite loss or gradient", file=sys.stderr)
+            self.reported_skips = skipped
+        if in_a_row >= self.args.max_bad_steps:
+            self.save_progress(step, batches_done)  # the skipped steps changed nothing: the last good state
+            raise UserError(f"stopped at epoch {epoch}, step {step}: {in_a_row} steps in a row had a non-finite loss "
+                            f"or gradient; the last good state is in {self.args.checkpoint_dir / 'last.pth'}. "
+                            "Lower --learning-rate, check the data for NaN/Inf, or try --precision fp32")
 
 
 def train_one_epoch(
@@ -270,21 +352,28 @@ def train_one_epoch(
     epoch: int,
     run_log: RunLog | None,
     world: World,
+    control: EpochControl,
+    skip: int = 0,
     class_weights: torch.Tensor | None = None,
 ) -> dict:
-    """One pass over this process's share of the training data.
+    """One pass over this process's share of the training data, from batch `skip` on (a resumed epoch).
 
-    Returns the mean loss over all processes, the global step, a sample for the logs, and counts and timings:
-    images, files skipped, seconds, and seconds spent waiting for the loader (a starved GPU shows here).
+    Returns the mean loss over all processes (None if no batch was left), the global step, a sample for the
+    logs, counts and timings (images, files skipped, seconds, seconds spent waiting for the loader: a starved
+    GPU shows here) and whether a stop signal ended the epoch early (last.pth then holds the position).
     """
     model.train()
     loss_sum = torch.zeros((), device=device)  # summed on the device: no host sync per step
     batches = images_seen = skipped = 0
     data_wait = 0.0
-    last_batch = None
+    last_batch = sample = None
+    stopped = False
     started = time.perf_counter()
-    total = len(loader.sampler) * world.size  # type: ignore[arg-type]
-    with tqdm(total=total, desc=f"epoch {epoch}/{args.epochs}", unit="img", disable=not world.is_main) as progress:
+    order: EpochOrder = loader.sampler  # type: ignore[assignment]
+    total = len(order.order) * world.size
+    done_before = min(skip * args.batch_size, len(order.order)) * world.size
+    with tqdm(total=total, initial=done_before, desc=f"epoch {epoch}/{args.epochs}", unit="img",
+              disable=not world.is_main) as progress:
         batch_iterator = iter(loader)
         while True:
             waited = time.perf_counter()
@@ -308,25 +397,37 @@ def train_one_epoch(
             images = images.contiguous(memory_format=memory_format(device))
             masks = batch["mask"].to(device, non_blocking=True)
             loss, logits = train_step(model, images, masks, optimizer, scaler, precision, args.grad_clip,
-                                      class_weights, loss_weight)
+                                      class_weights, loss_weight, control.guard)
             scheduler.step()
 
             loss_sum += loss
             batches += 1
             step += 1
             images_seen += images.shape[0] if loss_weight else 0
+            sample = (images, masks, logits)
             progress.update((images.shape[0] + len(batch["skipped"])) * world.size)
-            if step % args.log_every == 0 and run_log is not None:
-                mean_loss = (loss_sum / batches).item()  # the one host sync, every --log-every steps
-                progress.set_postfix(loss=f"{mean_loss:.4f}")
-                run_log.log_step(step, epoch, loss.item(), scheduler.get_last_lr()[0])
-    if batches == 0:
+            if step % args.log_every == 0:
+                control.check_finite(step, epoch, skip + batches)
+                if run_log is not None:
+                    mean_loss = (loss_sum / batches).item()  # the one host sync, every --log-every steps
+                    progress.set_postfix(loss=f"{mean_loss:.4f}")
+                    run_log.log_step(step, epoch, loss.item(), scheduler.get_last_lr()[0])
+            stopped = control.stop_requested(step, device)
+            if stopped or control.save_due(step):
+                control.save_progress(step, skip + batches)
+                control.last_save = time.monotonic()
+            if stopped:
+                break
+    if batches == 0 and skip == 0:
         raise UserError(f"every training file failed to load this epoch ({skipped} skipped): check the data")
     totals = all_reduce_sum(torch.stack([loss_sum.double(), torch.tensor(float(batches), device=device).double()]),
                             world)
-    sample = {"image": images[0].cpu(), "true": masks[0].cpu(), "pred": logits_to_classes(logits[:1])[0].cpu()}
-    return {"loss": (totals[0] / totals[1]).item(), "step": step, "sample": sample, "skipped": skipped,
-            "images": images_seen, "seconds": time.perf_counter() - started, "data_wait": data_wait}
+    if sample is not None:
+        images, masks, logits = sample
+        sample = {"image": images[0].cpu(), "true": masks[0].cpu(), "pred": logits_to_classes(logits[:1])[0].cpu()}
+    return {"loss": (totals[0] / totals[1]).item() if totals[1] > 0 else None, "step": step, "sample": sample,
+            "skipped": skipped, "images": images_seen, "seconds": time.perf_counter() - started,
+            "data_wait": data_wait, "stopped": stopped}
 
 
 def reduce_scores(scores: dict, world: World, device: torch.device) -> dict:
@@ -342,13 +443,15 @@ def reduce_scores(scores: dict, world: World, device: torch.device) -> dict:
 
 def main(args: argparse.Namespace) -> dict:
     check_args(args)
+    set_image_pixel_limit(args.max_image_pixels)
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     device = choose_device(args.device)
     world = init_world(device)
     try:
-        return train(args, device, world)
+        with RunLock(args.checkpoint_dir) if world.is_main else nullcontext():  # one run per checkpoint folder
+            return train(args, device, world)
     finally:
         close_world(world)
 
@@ -368,8 +471,7 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     resume_file = resume_path(args.resume, args.checkpoint_dir)
     resumed = load_checkpoint(resume_file) if resume_file else None
     if resumed is not None:
-        if "optimizer" not in resumed:
-            raise UserError(f"{resume_file} holds weights only, no training state: use --load to start from it")
+        check_training_state(resumed, resume_file)
         architecture = resumed["model_args"]  # the run's architecture wins over the flags
         args.classes, args.channels = architecture["n_classes"], architecture["n_channels"]
         args.bilinear = architecture["bilinear"]
@@ -419,13 +521,11 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     train_set = SegmentationDataset(train_pairs, **encoding, transform=train_augmentation(args.augment),
                                     skip_unreadable=True)
     val_set = SegmentationDataset(val_pairs[world.rank::world.size], **encoding)  # each process scores a shard
-    # One global shuffle per epoch, dealt round-robin: the union of the processes' batches is the batch a
-    # single process with world.size times the batch size would take.
-    train_sampler = DistributedSampler(train_set, num_replicas=world.size, rank=world.rank, shuffle=True,
-                                       seed=args.seed)
-    loader_generator = torch.Generator()  # seeds the workers' augmentation
-    train_loader = make_loader(train_set, args.batch_size, device, min(workers, len(train_set)),
-                               sampler=train_sampler, generator=loader_generator)
+    # One global shuffle per epoch, dealt round-robin (the union of the processes' batches is the batch a
+    # single process with world.size times the batch size would take), augmentation seeded per item.
+    order = EpochOrder(len(train_set), args.batch_size, args.seed, world)
+    train_loader = make_loader(SeededItems(train_set), args.batch_size, device, min(workers, len(train_set)),
+                               sampler=order)
     # On a CPU, validation decodes in this process: a worker forked at the end of the first epoch shares the
     # trainer's gigabytes of heap copy-on-write, and the next epoch paid ~20% for the page copies (measured).
     val_workers = 0 if device.type == "cpu" else min(workers, len(val_set))
@@ -443,22 +543,25 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     model.to(device, memory_format=memory_format(device))
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay,
                                   fused=device.type in ("cuda", "cpu"))  # one kernel for all parameters
-    total_steps = args.epochs * len(train_loader)
+    total_steps = args.epochs * order.batches_per_epoch
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps,
                                                            eta_min=args.learning_rate / 100)
     scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_grad_scaler)
 
-    start_epoch, step, best_dice = 1, 0, -1.0
+    start_epoch, step, best_dice, skip_batches = 1, 0, -1.0, 0
     if resumed is not None:
         model.load_state_dict(resumed["model"])
         optimizer.load_state_dict(resumed["optimizer"])
         scheduler.load_state_dict(resumed["scheduler"])
         scheduler.T_max = total_steps  # --epochs may have been raised to train longer
-        scaler.load_state_dict(resumed["scaler"])
+        if resumed["scaler"]:  # empty when the run was saved without fp16 (CPU, bf16)
+            scaler.load_state_dict(resumed["scaler"])
         restore_rng_state(resumed["rng"])
         start_epoch, step, best_dice = resumed["epoch"] + 1, resumed["step"], resumed["best_dice"]
+        skip_batches = resumed.get("epoch_batches", 0)  # saved in the middle of an epoch (--save-every, a signal)
         best = f", best validation Dice {best_dice:.4f}" if best_dice >= 0 else ""
-        say(f"resuming {resume_file}: epoch {start_epoch}, step {step}{best}")
+        within = f" after its first {skip_batches} batches" if skip_batches else ""
+        say(f"resuming {resume_file}: epoch {start_epoch}{within}, step {step}{best}")
         if start_epoch > args.epochs:
             say(f"{resume_file} has already trained {args.epochs} epochs: raise --epochs to train longer")
     training_model: nn.Module = model
@@ -476,50 +579,77 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
         if world.is_main else None
     val_dice = result = None
     checkpoints = CheckpointWriter(background=device.type == "cuda")  # the GPU trains on while a file is written
-    try:
-        for epoch in range(start_epoch, args.epochs + 1):
-            started = time.perf_counter()
-            train_sampler.set_epoch(epoch)  # the order of an epoch survives a resume
-            loader_generator.manual_seed(args.seed * 1000 + epoch + 1_000_003 * world.rank)
-            result = train_one_epoch(training_model, train_loader, optimizer, scheduler, scaler, device, precision,
-                                     args, step, epoch, run_log, world, class_weights)
-            step = result["step"]
-            scores = None
-            if val_loader is not None:  # the plain model: no DDP collectives, shards may differ in size
-                scores = reduce_scores(evaluate(model, val_loader, device, precision, progress=world.is_main),
-                                       world, device)
-            val_dice = scores["dice"] if scores else None
-            is_best = val_dice is not None and val_dice > best_dice
-            best_dice = max(best_dice, val_dice) if val_dice is not None else best_dice
-            seconds = time.perf_counter() - started
-            if world.is_main:
-                state = {
-                    "scale": args.scale, "args": vars(args), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
-                    "step": step, "best_dice": best_dice, "val_dice": val_dice, "rng": rng_state(),
-                    "mask_palette": data.palette,
-                }
+    last_file = args.checkpoint_dir / "last.pth"
+    failed_save: list[UserError] = []
+
+    def save(epochs_done: int, step: int, epoch_batches: int, copies: list[Path]) -> None:
+        """last.pth (and copies) from rank 0; a failed write is reported, training goes on, the old file stays."""
+        if not world.is_main:
+            return
+        state = {
+            "scale": args.scale, "args": vars(args), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epochs_done,
+            "epoch_batches": epoch_batches, "step": step, "best_dice": best_dice, "val_dice": val_dice,
+            "rng": rng_state(), "mask_palette": data.palette,
+        }
+        try:
+            checkpoints.save(last_file, model, mask_values, copies, **state)
+            failed_save.clear()
+        except UserError as error:
+            tqdm.write(f"warning: {error}; training goes on, the previous last.pth is kept", file=sys.stderr)
+            failed_save[:] = [error]
+
+    with GracefulStop() as stop:
+        control = EpochControl(args, world, NonFiniteGuard(model, optimizer, device), stop,
+                               lambda step, batches: save(epoch - 1, step, batches, []))
+        try:
+            for epoch in range(start_epoch, args.epochs + 1):
+                started = time.perf_counter()
+                skip = skip_batches if epoch == start_epoch else 0
+                order.set_epoch(epoch, skip)  # the order of an epoch survives a resume, also mid-epoch
+                result = train_one_epoch(training_model, train_loader, optimizer, scheduler, scaler, device,
+                                         precision, args, step, epoch, run_log, world, control, skip, class_weights)
+                step = result["step"]
+                if result["stopped"]:
+                    checkpoints.wait()
+                    if failed_save:
+                        raise failed_save[0]
+                    say(f"stopped by {stop.requested} at epoch {epoch}, step {step}: {last_file} holds this point; "
+                        "resume with the same command and --resume auto")
+                    raise SystemExit(stop.exit_code)
+                scores = None
+                if val_loader is not None:  # the plain model: no DDP collectives, shards may differ in size
+                    scores = reduce_scores(evaluate(model, val_loader, device, precision, progress=world.is_main),
+                                           world, device)
+                val_dice = scores["dice"] if scores else None
+                is_best = val_dice is not None and val_dice > best_dice
+                best_dice = max(best_dice, val_dice) if val_dice is not None else best_dice
+                seconds = time.perf_counter() - started
                 copies = [args.checkpoint_dir / "best.pth"] if is_best else []
                 if args.keep_epochs:
                     copies.append(args.checkpoint_dir / f"epoch_{epoch}.pth")
-                checkpoints.save(args.checkpoint_dir / "last.pth", model, mask_values, copies, **state)
-                images = result["images"] * world.size  # every process trains the same number of batches
-                row = {"epoch": epoch, "step": step, "train_loss": result["loss"], "lr": scheduler.get_last_lr()[0],
-                       "val_dice": val_dice, "val_iou": scores["iou"] if scores else None,
-                       "skipped": result["skipped"], "seconds": round(seconds, 2),
-                       "images_per_second": round(images / seconds, 3),
-                       "data_wait": round(result["data_wait"] / max(result["seconds"], 1e-9), 3)}
-                run_log.log_epoch(row, unwrap_model(model), result["sample"])
-                summary = (f"epoch {epoch}: train loss {result['loss']:.4f}, {row['images_per_second']:.3g} images/s"
-                           + (f", {result['skipped']} files skipped" if result["skipped"] else ""))
-                if val_dice is not None:
-                    summary += f", validation Dice {val_dice:.4f}" + (" (best)" if is_best else "")
-                print(summary)
-            barrier(world)  # no process runs ahead of rank 0's checkpoint
-    finally:
-        checkpoints.wait()  # also on Ctrl-C or an error: the last save completes
-        if run_log is not None:
-            run_log.close()
+                save(epoch, step, 0, copies)
+                if world.is_main:
+                    images = result["images"] * world.size  # every process trains the same number of batches
+                    row = {"epoch": epoch, "step": step, "train_loss": result["loss"],
+                           "lr": scheduler.get_last_lr()[0], "val_dice": val_dice,
+                           "val_iou": scores["iou"] if scores else None, "skipped": result["skipped"],
+                           "seconds": round(seconds, 2), "images_per_second": round(images / seconds, 3),
+                           "data_wait": round(result["data_wait"] / max(result["seconds"], 1e-9), 3)}
+                    run_log.log_epoch(row, unwrap_model(model), result["sample"])
+                    loss_text = f"{result['loss']:.4f}" if result["loss"] is not None else "-"
+                    summary = (f"epoch {epoch}: train loss {loss_text}, {row['images_per_second']:.3g} images/s"
+                               + (f", {result['skipped']} files skipped" if result["skipped"] else ""))
+                    if val_dice is not None:
+                        summary += f", validation Dice {val_dice:.4f}" + (" (best)" if is_best else "")
+                    print(summary)
+                barrier(world)  # no process runs ahead of rank 0's checkpoint
+        finally:
+            checkpoints.wait()  # also on Ctrl-C or an error: the last save completes
+            if run_log is not None:
+                run_log.close()
+    if failed_save:
+        raise UserError(f"the last checkpoint could not be written: {failed_save[0]}")
     if world.distributed and result is not None:
         print(f"rank {world.rank}/{world.size}: {step} steps, {result['images']} images in the last epoch")
     say(f"checkpoints in {args.checkpoint_dir}: last.pth" + (", best.pth" if best_dice >= 0 else ""))

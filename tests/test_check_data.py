@@ -69,7 +69,7 @@ def test_scan_returns_sorted_union_of_all_masks(mask_folder, monkeypatch):
 def test_scan_writes_cache_beside_the_masks(mask_folder):
     scan_mask_values(mask_paths(mask_folder), workers=1)
     cache = json.loads((mask_folder / CACHE_NAME).read_text())
-    assert cache["version"] == 2
+    assert cache["version"] == 3
     assert {name: entry["record"]["values"] for name, entry in cache["files"].items()} == {
         "mask:a.png": [0, 255], "mask:b.png": [0, 128], "mask:c.png": [0]}
     stat = (mask_folder / "a.png").stat()
@@ -119,7 +119,7 @@ def test_corrupt_cache_is_ignored_and_rewritten(mask_folder, monkeypatch):
     calls = record_scans(monkeypatch)
     assert scan_mask_values(mask_paths(mask_folder), workers=1) == [0, 128, 255]
     assert sorted(calls) == ["a.png", "b.png", "c.png"]
-    assert json.loads((mask_folder / CACHE_NAME).read_text())["version"] == 2
+    assert json.loads((mask_folder / CACHE_NAME).read_text())["version"] == 3
 
 
 def test_scan_of_colour_masks_returns_sorted_colours(tmp_path):

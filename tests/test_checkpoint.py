@@ -3,6 +3,7 @@
 import copy
 import os
 import pathlib
+import pickle
 import random
 import resource
 
@@ -14,6 +15,7 @@ from torch import nn
 from unet import UNet
 from utils.checkpoint import (
     CheckpointWriter,
+    check_training_state,
     copy_checkpoint,
     default_mask_values,
     inference_scale,
@@ -53,6 +55,13 @@ class TouchOnUnpickle:
 
     def __reduce__(self):
         return (pathlib.Path.touch, (self.marker,))
+
+
+class ExecOnUnpickle(TouchOnUnpickle):
+    """Arbitrary code: unpickling it runs exec() on a source string that writes the marker."""
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').close()",))
 
 
 def draw_random_numbers() -> tuple:
@@ -271,17 +280,50 @@ def test_weights_that_do_not_fit_the_layout_raise_user_error():
 # --- refusing bad files -----------------------------------------------------------------------------
 
 
-def test_pickled_code_is_refused_and_never_runs(tmp_path):
+def write_zip_archive(path: pathlib.Path, payload: object) -> None:
+    torch.save({"inc.double_conv.0.weight": torch.zeros(64, 3, 3, 3), "payload": payload}, path)
+
+
+def write_legacy_archive(path: pathlib.Path, payload: object) -> None:
+    torch.save({"inc.double_conv.0.weight": torch.zeros(64, 3, 3, 3), "payload": payload}, path,
+               _use_new_zipfile_serialization=False)
+
+
+def write_raw_pickle(path: pathlib.Path, payload: object) -> None:
+    with open(path, "wb") as file:
+        pickle.dump(payload, file)
+
+
+def unsafe_load(path: pathlib.Path) -> None:
+    """What an unsafe loader would do: torch.load(weights_only=False), or pickle.load for a raw pickle."""
+    try:
+        torch.load(path, weights_only=False)
+    except Exception:  # the legacy reader takes the payload's result for a magic number; it ran before that
+        pass
+
+
+@pytest.mark.parametrize("payload_type", [TouchOnUnpickle, ExecOnUnpickle], ids=["call", "exec"])
+@pytest.mark.parametrize("write", [write_zip_archive, write_legacy_archive, write_raw_pickle],
+                         ids=["torch-zip", "torch-legacy", "raw-pickle"])
+def test_pickled_code_is_refused_and_never_runs(tmp_path, write, payload_type):
     marker = tmp_path / "MARKER"
     path = tmp_path / "evil.pth"
-    payload = {"inc.double_conv.0.weight": torch.zeros(64, 3, 3, 3), "payload": TouchOnUnpickle(marker)}
-    torch.save(payload, path)
-    with pytest.raises(UserError, match="refusing to load"):
+    write(path, payload_type(marker))
+    with pytest.raises(UserError, match="refusing to load .*evil.pth: it holds pickled Python objects"):
         load_checkpoint(path)
     assert not marker.exists()
     # The payload is live: an unsafe load does run it (proof that the refusal above mattered).
-    torch.load(path, weights_only=False)
+    unsafe_load(path)
     assert marker.exists()
+
+
+def test_refusal_names_what_the_payload_needs_and_says_nothing_ran(tmp_path):
+    write_zip_archive(tmp_path / "evil.pth", ExecOnUnpickle(tmp_path / "MARKER"))
+    with pytest.raises(UserError) as error:
+        load_checkpoint(tmp_path / "evil.pth")
+    message = str(error.value)
+    assert "it needs exec" in message and "nothing in it was run" in message
+    assert "\n" not in message and "\x1b" not in message  # one plain line, no torch terminal colours
 
 
 def test_truncated_checkpoint_raises_user_error_naming_it(saved_run, tmp_path):
@@ -308,6 +350,194 @@ def test_files_that_are_not_unet_checkpoints_raise_user_error(tmp_path):
     torch.save({"fc.weight": torch.zeros(2, 2)}, tmp_path / "other.pth")
     with pytest.raises(UserError, match="other.pth is not a U-Net checkpoint"):
         load_checkpoint(tmp_path / "other.pth")
+
+
+# --- checking the weights against the architecture -------------------------------------------------
+
+
+def reference_weights(layout: dict, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A state_dict built from the reference's key/shape list, as a user's file would hold it."""
+    generator = torch.Generator().manual_seed(seed)
+    return {key: torch.randn(shape, generator=generator) if shape else torch.tensor(7)
+            for key, shape in layout["state_dict"].items()}
+
+
+@pytest.mark.parametrize("with_mask_values", [False, True], ids=["plain", "mask_values"])
+@pytest.mark.parametrize("setting", ["c2_tconv", "c1_bilinear", "g1c3_tconv"])
+def test_reference_layout_files_load_and_rebuild(ckpt_dir, reference_layouts, setting, with_mask_values):
+    layout = reference_layouts[setting]
+    weights = reference_weights(layout)
+    path = ckpt_dir / "reference.pth"
+    torch.save({**weights, "mask_values": [0, 255]} if with_mask_values else weights, path)
+    checkpoint = load_checkpoint(path)
+    assert checkpoint["model_args"] == layout["constructor"]
+    model = model_from_checkpoint(checkpoint)
+    assert all(torch.equal(model.state_dict()[key], value) for key, value in weights.items())
+
+
+def write_reference_file(path: pathlib.Path, state_dict: dict) -> pathlib.Path:
+    torch.save({**state_dict, "mask_values": [0, 1]}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def two_class_weights():
+    return UNet(n_channels=3, n_classes=2).state_dict()
+
+
+def test_missing_key_is_refused_naming_it(ckpt_dir, two_class_weights):
+    weights = dict(two_class_weights)
+    del weights["up4.conv.double_conv.4.running_var"], weights["up4.conv.double_conv.4.running_mean"]
+    path = write_reference_file(ckpt_dir / "short.pth", weights)
+    with pytest.raises(UserError) as error:
+        load_checkpoint(path)
+    message = str(error.value)
+    assert str(path) in message and "lacks 'up4.conv.double_conv.4.running_mean' (and 1 more)" in message
+    assert "UNet(n_channels=3, n_classes=2, bilinear=False)" in message
+
+
+def test_wrong_shape_is_refused_naming_the_key_and_both_shapes(ckpt_dir, two_class_weights):
+    weights = dict(two_class_weights)
+    weights["down2.maxpool_conv.1.double_conv.3.weight"] = torch.zeros(256, 256, 5, 5)
+    path = write_reference_file(ckpt_dir / "wide.pth", weights)
+    with pytest.raises(UserError, match=r"'down2.maxpool_conv.1.double_conv.3.weight' has shape \[256, 256, 5, 5\], "
+                                        r"the layout needs \[256, 256, 3, 3\]"):
+        load_checkpoint(path)
+
+
+def test_extra_key_is_refused_naming_it(ckpt_dir, two_class_weights):
+    path = write_reference_file(ckpt_dir / "extra.pth", {**two_class_weights, "head.weight": torch.zeros(2)})
+    with pytest.raises(UserError, match=r"extra.pth does not fit .*'head.weight' is not part of it"):
+        load_checkpoint(path)
+
+
+def test_non_tensor_and_integer_weights_are_refused(ckpt_dir, two_class_weights):
+    path = write_reference_file(ckpt_dir / "list.pth", {**two_class_weights, "outc.conv.bias": [0.0, 0.0]})
+    with pytest.raises(UserError, match="'outc.conv.bias' is a list, not a tensor"):
+        load_checkpoint(path)
+    weights = {**two_class_weights, "inc.double_conv.1.weight": torch.ones(64, dtype=torch.int32)}
+    path = write_reference_file(ckpt_dir / "ints.pth", weights)
+    with pytest.raises(UserError, match="'inc.double_conv.1.weight' holds torch.int32 values where floating-point"):
+        load_checkpoint(path)
+
+
+def test_half_precision_weights_load(ckpt_dir, two_class_weights):
+    weights = {key: value.half() if value.is_floating_point() else value for key, value in two_class_weights.items()}
+    model = model_from_checkpoint(load_checkpoint(write_reference_file(ckpt_dir / "half.pth", weights)))
+    assert model.outc.conv.weight.dtype == torch.float32
+
+
+def test_weights_of_a_ddp_wrapper_are_refused_with_the_fix(ckpt_dir, two_class_weights):
+    path = write_reference_file(ckpt_dir / "ddp.pth", {f"module.{k}": v for k, v in two_class_weights.items()})
+    with pytest.raises(UserError, match=r"wrapped model \('module.inc.double_conv.0.weight'\): save the plain"):
+        load_checkpoint(path)
+
+
+def test_declared_architecture_that_contradicts_the_weights_is_refused(ckpt_dir):
+    path = ckpt_dir / "lying.pth"
+    save_checkpoint(path, UNet(n_channels=1, n_classes=2, bilinear=True), [0, 1])
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["model_args"]["bilinear"] = False
+    torch.save(checkpoint, path)
+    with pytest.raises(UserError, match=r"lying.pth does not fit .*bilinear=False\): it lacks 'up1.up.weight'"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize(("entry", "value", "complaint"), [
+    ("model_args", {"n_channels": 3, "n_classes": "2", "bilinear": False}, "n_classes is '2', not a positive"),
+    ("model_args", [3, 2, False], "model_args is [3, 2, False]"),
+    ("model", [1, 2], "its weights are a list, not a state_dict"),
+    ("mask_values", "0,255", "mask_values is '0,255', not a list"),
+    ("scale", -1.0, "scale is -1.0, not a positive number"),
+    ("format", 99, "format 99; this code reads format 1"),
+])
+def test_malformed_entries_are_one_line_naming_the_entry(ckpt_dir, entry, value, complaint):
+    path = ckpt_dir / "odd.pth"
+    save_checkpoint(path, UNet(n_channels=1, n_classes=2, bilinear=True), [0, 1], scale=0.5)
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint[entry] = value
+    torch.save(checkpoint, path)
+    with pytest.raises(UserError) as error:
+        load_checkpoint(path)
+    assert str(path) in str(error.value) and complaint in str(error.value)
+
+
+def test_nan_weights_load_with_a_warning_naming_the_key(ckpt_dir, two_class_weights, capsys):
+    weights = {**two_class_weights, "up3.conv.double_conv.0.weight": torch.full((128, 256, 3, 3), float("nan"))}
+    load_checkpoint(write_reference_file(ckpt_dir / "diverged.pth", weights))
+    assert "'up3.conv.double_conv.0.weight' holds NaN or infinite values" in capsys.readouterr().err
+
+
+# --- the training state that resuming reads ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def training_state():
+    """What train.py saves: AdamW after one step (so its moments exist), cosine schedule, scaler, RNG."""
+    torch.manual_seed(0)
+    model = UNet(n_channels=1, n_classes=2, bilinear=True)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=10)
+    model(torch.rand(2, 1, 16, 16)).sum().backward()
+    optimizer.step()
+    scheduler.step()
+    return model, {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                   "scaler": torch.amp.GradScaler("cpu", enabled=False).state_dict(), "epoch": 2, "step": 20,
+                   "best_dice": 0.5, "rng": rng_state()}
+
+
+@pytest.fixture(scope="module")
+def resumable_file(tmp_path_factory, training_state):
+    model, state = training_state
+    path = tmp_path_factory.mktemp("resume") / "last.pth"
+    save_checkpoint(path, model, [0, 1], **state)
+    yield path
+    path.unlink(missing_ok=True)
+
+
+def test_training_state_written_by_training_passes(resumable_file):
+    check_training_state(load_checkpoint(resumable_file), resumable_file)
+
+
+def test_weights_only_file_is_refused_for_resume(plain_two_class_file):
+    with pytest.raises(UserError, match="holds weights only, no training state: use --load"):
+        check_training_state(load_checkpoint(plain_two_class_file), plain_two_class_file)
+
+
+@pytest.fixture(scope="module")
+def resumable_state(resumable_file):
+    return load_checkpoint(resumable_file)
+
+
+@pytest.mark.parametrize(("change", "complaint"), [
+    (lambda c: c.pop("scheduler"), "lacks the training state entry 'scheduler'"),
+    (lambda c: c.update(epoch="3"), "training state 'epoch' is '3', not a non-negative int"),
+    (lambda c: c.update(step=-1), "training state 'step' is -1, not a non-negative int"),
+    (lambda c: c.update(best_dice=None), "training state 'best_dice' is None, not a number"),
+    (lambda c: c.update(epoch_batches=2.5), "training state 'epoch_batches' is 2.5, not a non-negative int"),
+    (lambda c: c.update(scaler=[]), "training state 'scaler' is a list, not a dict"),
+    (lambda c: c["rng"].pop("numpy"), "'rng' lacks the python/numpy/torch generator states"),
+    (lambda c: c["optimizer"].pop("param_groups"), "'optimizer' is not an optimizer state_dict"),
+    (lambda c: c["optimizer"]["param_groups"][0]["params"].pop(), "optimizer state covers 55 parameters"),
+    (lambda c: c["optimizer"]["state"][0].update(exp_avg=torch.zeros(3)),
+     "optimizer 'exp_avg' of 'inc.double_conv.0.weight' has shape [3], the parameter [64, 1, 3, 3]"),
+], ids=["missing", "epoch-str", "negative-step", "best-none", "epoch-batches", "scaler-list", "rng", "optimizer-shape",
+        "parameter-count", "moment-shape"])
+def test_malformed_training_state_is_one_line_naming_the_entry(resumable_file, resumable_state, change, complaint):
+    checkpoint = copy.deepcopy(resumable_state)
+    change(checkpoint)
+    with pytest.raises(UserError) as error:
+        check_training_state(checkpoint, resumable_file)
+    assert str(resumable_file) in str(error.value) and complaint in str(error.value)
+    assert f"--load {resumable_file}" in str(error.value)
+
+
+def test_optimizer_state_of_another_architecture_is_refused(resumable_state):
+    other = torch.optim.AdamW(UNet(n_channels=1, n_classes=2, bilinear=False).parameters()).state_dict()
+    checkpoint = {**resumable_state, "optimizer": other}
+    with pytest.raises(UserError, match=r"covers 64 parameters, UNet\(n_channels=1, n_classes=2, bilinear=True\) "
+                                        r"has 56"):
+        check_training_state(checkpoint, "last.pth")
 
 
 # --- unwrap_model -----------------------------------------------------------------------------------

@@ -20,12 +20,21 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .data_loading import Pair, pair_files, read_image_data, read_mask
+from .data_loading import (
+    Pair,
+    PixelLimitError,
+    add_image_limit_argument,
+    open_image,
+    pair_files,
+    read_image_data,
+    read_mask,
+    set_image_pixel_limit,
+)
 from .errors import UserError, run_cli
 from .mask_encoding import MaskValue, is_colour, merge_values, value_counts
 
 CACHE_NAME = ".unet_check_cache.json"
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: misnamed files and files over --max-image-pixels are unreadable
 RARE_CLASS_FRACTION = 0.01
 INSTANCE_LABEL_HINT = 16  # more distinct values than this in label masks usually means one value per object
 
@@ -44,7 +53,7 @@ def inspect_mask(path: Path) -> dict[str, Any]:
                               "values": values, "counts": counts}
     mode, palette = None, None
     if path.suffix.lower() not in (".npy", ".pt"):
-        with Image.open(path) as header:  # header only: the pixels were decoded by read_mask
+        with open_image(path) as header:  # header only: the pixels were decoded by read_mask
             mode = header.mode
             palette = header.getpalette() if mode == "P" else None
     if mode == "P":
@@ -65,7 +74,18 @@ def _inspect_one(kind: str, path: str) -> dict[str, Any]:
         return (inspect_mask if kind == "mask" else inspect_image)(Path(path))
     except UserError as error:
         message = str(error)
-        return {"error": message if Path(path).name in message else f"{path}: {message}"}
+        record = {"error": message if Path(path).name in message else f"{path}: {message}"}
+        if isinstance(error, PixelLimitError):
+            record["pixel_limit"] = Image.MAX_IMAGE_PIXELS  # the verdict changes with --max-image-pixels
+        return record
+
+
+def _verdict_holds(record: dict[str, Any]) -> bool:
+    """A cached record of an unchanged file still applies under the current --max-image-pixels."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if "error" in record:
+        return record.get("pixel_limit", limit) == limit
+    return limit is None or record["width"] * record["height"] <= limit
 
 
 def inspect_files(
@@ -85,8 +105,8 @@ def inspect_files(
     for index, path in enumerate(paths):
         stat = path.stat()
         key = [stat.st_size, stat.st_mtime_ns]
-        entry = cache.get(f"{kind}:{path.name}")
-        if entry is not None and entry.get("key") == key:
+        entry = cache.get(f"{kind}:{path.name}") or {}
+        if entry.get("key") == key and "record" in entry and _verdict_holds(entry["record"]):
             records[index] = entry["record"]
         else:
             stale.append(index)
@@ -95,7 +115,9 @@ def inspect_files(
         workers = workers if workers is not None else min(8, os.cpu_count() or 1)
         kinds, names = [kind] * len(stale), [str(paths[i]) for i in stale]
         if workers > 1 and len(stale) >= 16:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
+            # The limit is handed over, not inherited: under spawn or forkserver a worker imports Pillow afresh.
+            with ProcessPoolExecutor(max_workers=workers, initializer=set_image_pixel_limit,
+                                     initargs=(Image.MAX_IMAGE_PIXELS,)) as pool:
                 scanned = list(pool.map(_inspect_one, kinds, names, chunksize=8))
         else:
             scanned = [_inspect_one(k, n) for k, n in zip(kinds, names)]
@@ -307,11 +329,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ignore-index", type=int, default=None, metavar="VALUE",
                         help="mask value excluded from training and scores (e.g. 255 borders)")
     parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores, max 8)")
+    add_image_limit_argument(parser)
     return parser
 
 
 def main(args: argparse.Namespace) -> int:
     """Prints the report; exit code 1 when files are unreadable or mismatched, else 0."""
+    set_image_pixel_limit(args.max_image_pixels)
     check = check_dataset(args.imgs, args.masks, args.mask_suffix, args.binarize, args.ignore_index, args.workers)
     print(check.report())
     return 1 if check.problems else 0

@@ -1,14 +1,17 @@
 """Image/mask pairs from two folders: list once, pair once, decode, scale, encode masks to class indices."""
 
+import argparse
 import os
+import re
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
@@ -27,32 +30,176 @@ class Pair(NamedTuple):
     mask: Path
 
 
+# Pillow's own default (1 GiB of 4-byte pixels / 3, about 9459 x 9459): files declaring more are refused.
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
+# What a file's suffix promises, by Pillow's detected format (MPO: a camera JPEG carrying extra frames) or, for
+# arrays, by the first bytes.
+FORMATS_BY_SUFFIX = {".jpg": ("JPEG", "MPO"), ".jpeg": ("JPEG", "MPO"), ".png": ("PNG",), ".gif": ("GIF",),
+                     ".tif": ("TIFF",), ".tiff": ("TIFF",), ".bmp": ("BMP", "DIB"), ".webp": ("WEBP",),
+                     ".npy": ("NumPy array",), ".pt": ("torch.save zip",)}
+SUFFIX_BY_FORMAT = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "GIF": ".gif", "TIFF": ".tif", "BMP": ".bmp",
+                    "DIB": ".bmp", "WEBP": ".webp", "NumPy array": ".npy", "torch.save zip": ".pt"}
+# First bytes of the formats a misnamed file most often holds: the hint in its error message.
+MAGIC_NUMBERS = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"), (b"BM", "BMP"),
+                 (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"\x93NUMPY", "NumPy array"),
+                 (b"PK\x03\x04", "torch.save zip"))
+
+
+class PixelLimitError(UserError):
+    """A file declaring more pixels than the limit: the data check re-inspects it when --max-image-pixels changes."""
+
+
+def add_image_limit_argument(parser: argparse.ArgumentParser) -> None:
+    """--max-image-pixels, the same in every script that reads images."""
+    parser.add_argument("--max-image-pixels", type=int, default=None, metavar="N",
+                        help="refuse image and mask files declaring more than N pixels, a guard against "
+                             f"decompression bombs (default: Pillow's {DEFAULT_MAX_IMAGE_PIXELS:,}, about 9459x9459); "
+                             "raise it for trusted large files. It cannot be switched off: 0 or less is refused")
+
+
+def set_image_pixel_limit(value: int | None) -> None:
+    """Set the limit for this process and the loader workers it forks later; None restores Pillow's default.
+
+    Set it before any loader starts: a worker keeps the value it was forked with.
+    """
+    if value is not None and value < 1:
+        raise UserError(f"--max-image-pixels must be a positive number of pixels, got {value}: the limit can be "
+                        "raised for trusted files, not switched off")
+    Image.MAX_IMAGE_PIXELS = DEFAULT_MAX_IMAGE_PIXELS if value is None else value
+
+
+def _reason(error: BaseException) -> str:
+    """The first line of a decoder's message (torch's run to dozens), or its type when it has none."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = lines[0] if lines else type(error).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _content_type(path: Path) -> str | None:
+    """What the file's first bytes say it is ("empty", "text", a format name), None when they say nothing."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(512)
+    except OSError:
+        return None
+    if not head:
+        return "empty"
+    for magic, name in MAGIC_NUMBERS:
+        if head.startswith(magic):
+            return name
+    if head[8:12] == b"WEBP" and head.startswith(b"RIFF"):
+        return "WEBP"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return "text" if all(c.isprintable() or c.isspace() for c in text) else None
+
+
+def _misnamed(path: Path, found: str) -> UserError | None:
+    """The error for a file whose content is another format than its suffix says; None when they agree."""
+    suffix = path.suffix.lower()
+    if found in FORMATS_BY_SUFFIX.get(suffix, (found,)):
+        return None
+    if found == "empty":
+        return UserError(f"cannot read {path}: the file is empty (0 bytes): replace or remove it")
+    if found == "text":
+        return UserError(f"cannot read {path}: it is a text file, not an image: replace or remove it")
+    renamed = SUFFIX_BY_FORMAT.get(found)
+    fix = f"rename it to {path.with_suffix(renamed).name}" if renamed else f"convert it to {suffix[1:].upper()}"
+    return UserError(f"cannot read {path}: it holds {found} data but is named {path.suffix}: {fix}")
+
+
+def _unreadable(path: Path, error: Exception) -> UserError:
+    """A file no decoder took: say what it holds instead when its first bytes tell."""
+    found = _content_type(path)
+    problem = _misnamed(path, found) if found else None
+    return problem or UserError(f"cannot read {path} ({_reason(error)}): replace or remove the file")
+
+
+def _pixel_limit_error(path: Path, error: Exception) -> PixelLimitError:
+    found = re.search(r"\((\d+) pixels\)", str(error))
+    declared = f"{int(found.group(1)):,} pixels" if found else "more pixels"
+    return PixelLimitError(f"{path} declares {declared}, more than the safety limit of {Image.MAX_IMAGE_PIXELS:,}: "
+                           "if the file is trusted, raise it with --max-image-pixels")
+
+
+def open_image(path: Path) -> Image.Image:
+    """Image.open (the header only) for user files: one-line errors naming the file for bombs and misnamed files.
+
+    Between the limit and twice it Pillow only warns; here that is refused too, so --max-image-pixels is the one
+    threshold and nothing that large is ever decoded.
+    """
+    try:
+        # catch_warnings is process-wide, not per thread; the one threaded reader (predict's mask writers, for
+        # --overlay/--viz) re-reads inputs that already passed here, so it never meets the warning.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+    except FileNotFoundError:
+        raise UserError(f"{path} does not exist") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise _pixel_limit_error(path, error) from None
+    except Exception as error:  # noqa: BLE001 - whatever a decoder raises on a bad file, the user gets one line
+        raise _unreadable(path, error) from None
+    problem = _misnamed(path, image.format) if image.format else None
+    if problem is not None:
+        image.close()
+        raise problem
+    return image
+
+
 def _read_array(path: Path) -> np.ndarray:
-    if path.suffix.lower() == ".npy":
-        return np.load(path, allow_pickle=False)
-    tensor = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(tensor, torch.Tensor):
-        raise UserError(f"{path} does not hold a single tensor: save it with torch.save(tensor, path)")
-    return tensor.numpy()
+    try:
+        if path.suffix.lower() == ".npy":
+            return np.load(path, allow_pickle=False)
+        tensor = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(tensor, torch.Tensor):
+            raise UserError(f"{path} does not hold a single tensor: save it with torch.save(tensor, path)")
+        return (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()
+    except UserError:
+        raise
+    except FileNotFoundError:
+        raise UserError(f"{path} does not exist") from None
+    except Exception as error:  # noqa: BLE001 - numpy and torch raise a dozen types on bad files
+        raise _unreadable(path, error) from None
+
+
+def _check_values(path: Path, array: np.ndarray) -> None:
+    """Arrays from .npy/.pt and float TIFFs may hold anything: refuse what would train on garbage silently."""
+    if array.dtype.kind not in "biuf":
+        raise UserError(f"{path} holds {array.dtype} values: save numbers (uint8 images, integer masks)")
+    if array.size == 0:
+        raise UserError(f"{path} holds no pixels (shape {array.shape}): replace or remove the file")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise UserError(f"{path} holds NaN or infinite values: replace them (numpy.nan_to_num) or remove the file")
 
 
 def _open(path: Path, reduce_to: tuple[int, int] | None = None) -> np.ndarray | Image.Image:
     """Decode a file; reduce_to=(width, height) lets JPEGs decode at 1/2, 1/4 or 1/8 size, not below it."""
+    if path.suffix.lower() in (".npy", ".pt"):
+        return _read_array(path)
+    image = open_image(path)
     try:
-        if path.suffix.lower() in (".npy", ".pt"):
-            return _read_array(path)
-        image = Image.open(path)
         if reduce_to is not None and image.format == "JPEG":
             # DCT-domain downscaling inside libjpeg: 2-8x less decoding and resizing for a scaled image.
             image.draft(image.mode, reduce_to)
         image.load()
         return image
-    except FileNotFoundError:
-        raise UserError(f"{path} does not exist") from None
-    except Image.DecompressionBombError:
-        raise UserError(f"{path} declares more pixels than Pillow's safety limit: check the file") from None
-    except (UnidentifiedImageError, OSError, ValueError, RuntimeError) as error:
-        raise UserError(f"cannot read {path} ({error}): replace or remove the file") from None
+    except Image.DecompressionBombError as error:  # a GIF frame may grow the canvas while loading
+        image.close()
+        raise _pixel_limit_error(path, error) from None
+    except Exception as error:  # noqa: BLE001 - a decoder failing on a file is the file's fault: one line naming it
+        image.close()
+        raise UserError(f"cannot read {path} ({_reason(error)}): replace or remove the file") from None
+
+
+def _as_array(path: Path, image: Image.Image, mode: str | None = None) -> np.ndarray:
+    """The pixels as an array, converted to mode first; exotic modes Pillow cannot convert name the file."""
+    try:
+        return np.asarray(image.convert(mode) if mode else image)
+    except Exception as error:  # noqa: BLE001 - see _open
+        raise UserError(f"cannot read {path} ({image.mode} pixels: {_reason(error)}): convert it to PNG") from None
 
 
 def read_image_data(path: Path, reduce_to: tuple[int, int] | None = None) -> tuple[np.ndarray, str]:
@@ -60,14 +207,14 @@ def read_image_data(path: Path, reduce_to: tuple[int, int] | None = None) -> tup
     data = _open(path, reduce_to)
     if isinstance(data, Image.Image):
         mode = data.mode
-        if mode not in ("L", "RGB", "I;16", "I;16B", "I", "F"):
-            data = data.convert("L" if mode in ("1", "LA") else "RGB")  # palette, RGBA, CMYK, ...
-        array = np.asarray(data)
+        keep = mode in ("L", "RGB", "I;16", "I;16B", "I", "F")  # others: palette, RGBA, CMYK, ...
+        array = _as_array(path, data, None if keep else "L" if mode in ("1", "LA") else "RGB")
     else:
         array = np.asarray(data)
         mode = f"{path.suffix.lower()[1:]} {array.dtype}"
         if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
             array = array.transpose(1, 2, 0)  # tensors saved channels-first
+    _check_values(path, array)
     if array.ndim == 2:
         array = array[..., None]
     if array.ndim != 3 or array.shape[-1] not in (1, 3, 4):
@@ -93,7 +240,8 @@ def read_image(path: Path, channels: int = 3, reduce_to: tuple[int, int] | None 
 
 def _to_uint8(array: np.ndarray) -> np.ndarray:
     # 16-bit and float images: stretch each image's own range to 0..255 (floats already in [0, 1] kept).
-    values = array.astype(np.float32)
+    # float64 arithmetic: a float32 range like -3e38..3e38 overflows to inf.
+    values = array.astype(np.float64)
     low, high = float(values.min()), float(values.max())
     if array.dtype.kind == "f" and low >= 0 and high <= 1:
         low, high = 0.0, 1.0
@@ -105,21 +253,21 @@ def read_mask(path: Path) -> np.ndarray:
     """Decode a mask to raw values: HxW (palette index, gray level, label) or HxWx3 colours."""
     data = _open(path)
     if isinstance(data, Image.Image):
-        if data.mode in ("RGBA", "LA", "PA", "CMYK", "YCbCr", "HSV"):
-            data = data.convert("RGB" if data.mode != "LA" else "L")
-        array = np.asarray(data)
+        convert = data.mode in ("RGBA", "LA", "PA", "CMYK", "YCbCr", "HSV")
+        array = _as_array(path, data, ("RGB" if data.mode != "LA" else "L") if convert else None)
     else:
         array = np.asarray(data)
+    _check_values(path, array)
     if array.dtype == np.bool_:
         array = array.astype(np.uint8)
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
-    if array.ndim == 3 and array.shape[-1] >= 3:
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+        raise UserError(f"{path} has shape {array.shape}: a mask must be HxW or HxWx3")
+    if array.ndim == 3:
         # An RGB file stays a colour mask even when its colours happen to be gray (e.g. a background-only
         # frame of a colour-coded set): masks are written back in the encoding they came in.
         array = array[..., :3]
-    if array.ndim not in (2, 3):
-        raise UserError(f"{path} has shape {array.shape}: a mask must be HxW or HxWx3")
     return array
 
 
@@ -201,9 +349,9 @@ def load_scaled_image(path: Path, scale: float, channels: int = 3) -> tuple[torc
     size = reduce_to = None
     if scale < 1 and path.suffix.lower() in (".jpg", ".jpeg"):
         try:
-            with Image.open(path) as header:  # the size, without decoding the pixels
+            with open_image(path) as header:  # the size, without decoding the pixels
                 size = header.size
-        except (OSError, ValueError):
+        except UserError:
             pass  # read_image below names the problem
         reduce_to = scaled_size(*size, scale, path) if size else None
     image = read_image(path, channels, reduce_to)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -97,7 +98,8 @@ def _wandb_record(row: dict, model: nn.Module | None, sample: dict | None) -> di
 
     record = {"validation Dice": row.get("val_dice"), "step": row["step"], "epoch": row["epoch"]}
     if sample is not None:
-        image = (sample["image"].float().clamp(0, 1) * 255).byte().permute(1, 2, 0).squeeze(-1).numpy()
+        pixels = torch.nan_to_num(sample["image"].float(), nan=0.0).clamp(0, 1)  # a NaN cast to uint8 is undefined
+        image = (pixels * 255).byte().permute(1, 2, 0).squeeze(-1).numpy()
         top = max(int(sample["true"].max()), int(sample["pred"].max()), 1)
         visible = {key: (sample[key].float() * (255 / top)).byte().numpy() for key in ("true", "pred")}
         record["images"] = wandb.Image(image)
@@ -108,15 +110,25 @@ def _wandb_record(row: dict, model: nn.Module | None, sample: dict | None) -> di
 
 
 def _histograms(model: nn.Module, wandb: Any) -> dict[str, Any]:
-    """Weight and gradient histograms; non-finite values are dropped (they crash wandb.Histogram)."""
+    """Weight and gradient histograms of the finite values; NaN/Inf (a diverged run) are left out."""
     histograms = {}
     for name, parameter in model.named_parameters():
         tag = name.replace(".", "/")
         for kind, tensor in (("Weights", parameter.detach()), ("Gradients", parameter.grad)):
             if tensor is None:
                 continue
-            values = tensor.float().flatten().cpu()
-            values = values[torch.isfinite(values)]
-            if values.numel():
-                histograms[f"{kind}/{tag}"] = wandb.Histogram(values.numpy())
+            values = tensor.detach().flatten().cpu().double()
+            values = values[torch.isfinite(values)].numpy()
+            if values.size:
+                histograms[f"{kind}/{tag}"] = wandb.Histogram(np_histogram=finite_histogram(values))
     return histograms
+
+
+def finite_histogram(values: np.ndarray, bins: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """np.histogram that never refuses finite values: float64 bin edges (a float32 range like -3e38..3e38 or
+    0..1e-45 has no finite bin width) and a range widened around a constant (numpy's +-0.5 vanishes at 1e17)."""
+    low, high = float(values.min()), float(values.max())
+    if high <= low:
+        pad = max(abs(low) * 1e-3, 0.5)
+        low, high = low - pad, high + pad
+    return np.histogram(values, bins=bins, range=(low, high))

@@ -1,0 +1,176 @@
+"""Nothing lost: a training process killed with SIGKILL mid-epoch and resumed reaches the same weights, bit for bit
+(CPU, fp32); SIGTERM stops cleanly with last.pth saved; non-finite steps are skipped without changing anything."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import disc_mask, random_rgb, write_image
+from torch import nn
+
+from utils.checkpoint import load_checkpoint
+from utils.nan_guard import NonFiniteGuard
+
+REPO = Path(__file__).resolve().parents[1]
+# 8 images in batches of 2: 4 steps an epoch, 2 epochs; augmentation on, a loader worker, last.pth every step.
+FLAGS = ["--epochs", "2", "--batch-size", "2", "--scale", "1", "--validation", "0", "--workers", "1",
+         "--precision", "fp32", "--augment", "light", "--save-every", "1", "--log-every", "1", "--seed", "5",
+         "--wandb", "disabled", "--learning-rate", "1e-3"]
+TOTAL_STEPS = 8
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("data")
+    for i in range(8):
+        write_image(folder / "imgs" / f"car{i}_01.png", random_rgb(i))
+        write_image(folder / "masks" / f"car{i}_01_mask.png", disc_mask(value=1))
+    return folder
+
+
+def command(data: Path, run: Path, *extra: str) -> list[str]:
+    return [sys.executable, str(REPO / "train.py"), "--imgs", str(data / "imgs"), "--masks", str(data / "masks"),
+            "--checkpoint-dir", str(run), *FLAGS, *extra]
+
+
+def environment() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def saves_seen(path: Path, since: int | None) -> int | None:
+    """The inode of last.pth: every save renames a new file into place."""
+    try:
+        return path.stat().st_ino
+    except FileNotFoundError:
+        return since
+
+
+def kill_after_saves(cmd: list[str], last: Path, saves: int) -> None:
+    """Start training, SIGKILL it once `saves` new versions of last.pth have appeared."""
+    process = subprocess.Popen(cmd, env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    inode, seen, deadline = saves_seen(last, None), 0, time.monotonic() + 120
+    try:
+        while seen < saves:
+            assert process.poll() is None, "training ended before it could be killed"
+            assert time.monotonic() < deadline, "training made no progress"
+            current = saves_seen(last, inode)
+            if current != inode:
+                inode, seen = current, seen + 1
+            time.sleep(0.01)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+
+
+def model_and_optimizer(path: Path) -> dict:
+    checkpoint = load_checkpoint(path)
+    return {"model": checkpoint["model"], "optimizer": checkpoint["optimizer"]["state"], "step": checkpoint["step"]}
+
+
+def test_sigkilled_twice_and_resumed_matches_an_uninterrupted_run(data: Path, tmp_path: Path) -> None:
+    subprocess.run(command(data, tmp_path / "straight"), env=environment(), check=True, capture_output=True)
+    expected = model_and_optimizer(tmp_path / "straight" / "last.pth")
+    assert expected["step"] == TOTAL_STEPS
+
+    run, last = tmp_path / "killed", tmp_path / "killed" / "last.pth"
+    chooser = random.Random(20261127)  # "random" steps, the same in every CI run
+    first = chooser.randint(1, 3)  # inside epoch 1
+    kill_after_saves(command(data, run), last, first)
+    kill_after_saves(command(data, run, "--resume", "auto"), last, chooser.randint(first + 1, TOTAL_STEPS - 2))
+    killed_at = load_checkpoint(last)["step"]
+    assert 0 < killed_at < TOTAL_STEPS
+    result = subprocess.run(command(data, run, "--resume", "auto"), env=environment(), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "after its first" in result.stdout or killed_at % 4 == 0  # resumed inside an epoch
+    resumed = model_and_optimizer(last)
+    assert resumed["step"] == TOTAL_STEPS
+    for name, tensor in expected["model"].items():
+        assert torch.equal(tensor, resumed["model"][name]), name
+    for index, state in expected["optimizer"].items():
+        for key, value in state.items():
+            assert torch.equal(value, resumed["optimizer"][index][key]), (index, key)
+
+
+def test_sigterm_stops_after_the_step_saves_and_says_how_to_resume(data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    process = subprocess.Popen(command(data, run, "--save-every", "100"), env=environment(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (run / "metrics.csv").exists() and not (run / "last.pth").exists():
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    # the run folder exists once the run has started: wait for the first training step's progress line
+    time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    if process.returncode == 0:
+        pytest.skip("the run finished before the signal arrived")  # a very fast machine; nothing to check
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    assert "SIGTERM received" in stderr and "--resume auto" in stdout
+    checkpoint = load_checkpoint(run / "last.pth")
+    assert 0 < checkpoint["step"] < TOTAL_STEPS
+    assert checkpoint["epoch"] * 4 + checkpoint["epoch_batches"] == checkpoint["step"]
+
+
+def test_a_non_finite_step_changes_nothing_and_is_counted() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 1, 1))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
+    guard = NonFiniteGuard(model, optimizer, torch.device("cpu"))
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+
+    def step(images: torch.Tensor) -> None:
+        guard.before_forward()
+        loss = model(images).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if guard.before_step(grad_norm):
+            optimizer.step()
+        guard.after_step()
+
+    bad = torch.ones(2, 1, 8, 8)
+    bad[0, 0, 3, 3] = float("nan")
+    step(bad)
+    step(bad)
+    for name, value in model.state_dict().items():  # weights, BatchNorm statistics and its counter
+        assert torch.equal(value, before[name]), name
+    assert all(float(state["step"]) == 0 for state in optimizer.state.values())
+    assert guard.counts() == (2, 2)
+    step(torch.ones(2, 1, 8, 8))
+    assert guard.counts() == (2, 0)
+    assert not torch.equal(model[0].weight, before["0.weight"])  # a good step still trains
+
+
+def test_non_finite_losses_stop_the_run_with_the_last_good_state(data: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """From step 5 on every loss is NaN (as after a divergence): the steps are skipped, three in a row stop the
+    run with one clear line, and last.pth holds exactly the state the last good step left (epoch_2.pth)."""
+    import train
+    from utils.errors import UserError
+
+    calls = []
+
+    def loss_that_breaks(*args, **kwargs):  # noqa: ANN002, ANN003
+        calls.append(1)
+        loss = train_loss(*args, **kwargs)
+        return loss * float("nan") if len(calls) > 4 else loss
+
+    train_loss = train.segmentation_loss
+    monkeypatch.setattr(train, "segmentation_loss", loss_that_breaks)
+    flags = ["--imgs", str(data / "imgs"), "--masks", str(data / "masks"), "--checkpoint-dir", str(tmp_path),
+             "--epochs", "4", "--batch-size", "4", "--scale", "1", "--validation", "0", "--workers", "0",
+             "--precision", "fp32", "--max-bad-steps", "3", "--log-every", "1", "--keep-epochs",
+             "--wandb", "disabled"]
+    with pytest.raises(UserError, match=r"stopped at epoch 4, step 7: 3 steps in a row had a non-finite loss"):
+        train.main(train.get_args_parser().parse_args(flags))
+    good, last = load_checkpoint(tmp_path / "epoch_2.pth"), load_checkpoint(tmp_path / "last.pth")
+    assert good["step"] == 4 and last["step"] == 7
+    for name, value in good["model"].items():  # weights and BatchNorm statistics untouched by the bad steps
+        assert torch.equal(value, last["model"][name]), name

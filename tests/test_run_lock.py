@@ -1,0 +1,105 @@
+"""RunLock: one training run per checkpoint folder; a run that died, even by SIGKILL, does not block the next."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from utils.errors import UserError
+from utils.run_lock import RunLock
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A second process that takes the lock, says so, and holds it until stdin closes or it is killed.
+HOLDER = """
+import sys
+from utils.run_lock import RunLock
+with RunLock(sys.argv[1]):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+@pytest.fixture
+def holder(tmp_path):
+    """Start a process holding tmp_path/run's lock; yields the Popen (ended at teardown if still alive)."""
+    process = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path / "run")], cwd=REPO,
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline() == "held\n"
+    yield process
+    if process.poll() is None:
+        process.stdin.close()
+        process.wait(timeout=10)
+
+
+def test_second_run_on_the_same_folder_is_refused_naming_the_holder(tmp_path, holder):
+    with pytest.raises(UserError) as error, RunLock(tmp_path / "run"):
+        pass
+    message = str(error.value)
+    assert message.startswith(f"{tmp_path / 'run'} is in use by another training run (pid {holder.pid} on host "
+                              f"{socket.gethostname()}, started ")
+    assert message.endswith("use another --checkpoint-dir, or wait for that run to end")
+
+
+def test_lock_of_a_killed_run_is_taken_over_with_a_note(tmp_path, holder, capsys):
+    os.kill(holder.pid, signal.SIGKILL)  # no cleanup runs: the .lock file stays behind
+    holder.wait(timeout=10)
+    assert json.loads((tmp_path / "run" / ".lock").read_text())["pid"] == holder.pid
+    with RunLock(tmp_path / "run"):
+        assert json.loads((tmp_path / "run" / ".lock").read_text())["pid"] == os.getpid()
+    note = capsys.readouterr().err
+    assert "ended without cleaning up" in note and f"pid {holder.pid}" in note
+
+
+def test_lock_is_released_after_the_block_also_on_an_error(tmp_path):
+    folder = tmp_path / "new" / "run"
+    with pytest.raises(RuntimeError, match="training failed"), RunLock(folder):
+        assert (folder / ".lock").is_file()  # the folder is created
+        raise RuntimeError("training failed")
+    assert not (folder / ".lock").exists()
+    result = subprocess.run([sys.executable, "-c", HOLDER, str(folder)], cwd=REPO, input="", capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout == "held\n"
+
+
+def test_lock_file_names_the_run(tmp_path):
+    with RunLock(tmp_path):
+        info = json.loads((tmp_path / ".lock").read_text())
+    assert info["pid"] == os.getpid() and info["host"] == socket.gethostname()
+    assert info["started"][:2] == "20"
+
+
+# A run whose forked child (like a DataLoader worker) outlives it for a while.
+FORKING_HOLDER = """
+import os, sys, time
+from utils.run_lock import RunLock
+with RunLock(sys.argv[1]):
+    if os.fork() == 0:
+        time.sleep(10)  # the worker lingers after its parent is killed
+        os._exit(0)
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_a_killed_run_s_lingering_forked_worker_does_not_hold_the_lock(tmp_path):
+    process = subprocess.Popen([sys.executable, "-c", FORKING_HOLDER, str(tmp_path / "run")], cwd=REPO,
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline() == "held\n"
+    with pytest.raises(UserError, match="in use by another training run"), RunLock(tmp_path / "run"):
+        pass
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=10)
+    with RunLock(tmp_path / "run"):  # at once, while the child still sleeps
+        assert json.loads((tmp_path / "run" / ".lock").read_text())["pid"] == os.getpid()
+
+
+def test_folder_that_cannot_be_created_is_a_user_error(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(UserError, match="cannot lock --checkpoint-dir .*file/run"):
+        RunLock(tmp_path / "file" / "run").acquire()

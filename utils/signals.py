@@ -1,0 +1,42 @@
+"""Ctrl-C and a scheduler's SIGTERM stop training cleanly: the current step ends, last.pth is saved, the run
+says how to resume. A second signal stops at once (as Ctrl-C always did)."""
+
+import signal
+import sys
+import threading
+from types import FrameType, TracebackType
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class GracefulStop:
+    """While active, the first SIGINT/SIGTERM only sets `requested` (the signal's name); the loop checks it."""
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self.signal_number = 0
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, number: int, frame: FrameType | None) -> None:
+        if self.requested is not None:  # the second one: stop now
+            raise KeyboardInterrupt
+        self.requested, self.signal_number = signal.Signals(number).name, number
+        print(f"\n{self.requested} received: stopping after this step and saving last.pth "
+              "(send it again to stop at once)", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> "GracefulStop":
+        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+            for number in SIGNALS:
+                self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)  # type: ignore[arg-type]
+        self._previous.clear()
+
+    @property
+    def exit_code(self) -> int:
+        """What a shell reports for a process ended by that signal: 130 for SIGINT, 143 for SIGTERM."""
+        return 128 + self.signal_number
