@@ -174,3 +174,45 @@ def test_non_finite_losses_stop_the_run_with_the_last_good_state(data: Path, tmp
     assert good["step"] == 4 and last["step"] == 7
     for name, value in good["model"].items():  # weights and BatchNorm statistics untouched by the bad steps
         assert torch.equal(value, last["model"][name]), name
+
+
+def test_a_second_signal_stops_at_once() -> None:
+    from utils.signals import GracefulStop
+
+    with GracefulStop() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.01)  # let the handler run
+        assert stop.requested == "SIGTERM" and stop.exit_code == 143
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+
+
+def test_a_failed_save_warns_keeps_training_and_the_previous_file(data: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  capfd: pytest.CaptureFixture) -> None:
+    """The disk is full for the second save only: a warning, training goes on, the next save succeeds."""
+    import train
+    from utils import checkpoint as checkpoint_module
+    from utils.errors import UserError
+
+    real_write, writes = checkpoint_module.write_checkpoint, []
+
+    def disk_full_once(path, payload):  # noqa: ANN001
+        writes.append(path)
+        if len(writes) == 2:
+            raise UserError(f"cannot write checkpoint {path} (No space left on device): free disk space or pick "
+                            "another --checkpoint-dir")
+        real_write(path, payload)
+
+    monkeypatch.setattr(checkpoint_module, "write_checkpoint", disk_full_once)
+    flags = ["--imgs", str(data / "imgs"), "--masks", str(data / "masks"), "--checkpoint-dir", str(tmp_path),
+             "--epochs", "3", "--batch-size", "4", "--scale", "1", "--validation", "0", "--workers", "0",
+             "--wandb", "disabled"]
+    result = train.main(train.get_args_parser().parse_args(flags))
+    assert result["step"] == 6 and len(writes) == 3
+    warning = "No space left on device): free disk space or pick another --checkpoint-dir; training goes on, " \
+              "the previous last.pth is kept"
+    assert warning in capfd.readouterr().err
+    assert load_checkpoint(tmp_path / "last.pth")["epoch"] == 3
