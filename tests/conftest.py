@@ -48,6 +48,21 @@ def random_rgb(seed: int, height: int = HEIGHT, width: int = WIDTH) -> np.ndarra
     return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
 
 
+# Even sides, for the data check and hostile-input tests.
+CHECK_HEIGHT, CHECK_WIDTH = 32, 48
+
+
+def noisy_rgb(seed: int, height: int = CHECK_HEIGHT, width: int = CHECK_WIDTH) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def box_mask(height: int = CHECK_HEIGHT, width: int = CHECK_WIDTH) -> np.ndarray:
+    """uint8 HxW: 1 in a box in the upper-left quarter, 0 elsewhere."""
+    mask = np.zeros((height, width), np.uint8)
+    mask[height // 4:height // 2, width // 4:width // 2] = 1
+    return mask
+
+
 @pytest.fixture
 def carvana_folder(tmp_path: Path) -> Path:
     """imgs/car<i>_01.png (RGB) with masks/car<i>_01_mask.gif (palette 0/1), two pairs of 53x37."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_image
+from conftest import box_mask, noisy_rgb, write_image
 
 import utils.check_data as check_data
 from utils.check_data import CACHE_NAME, check_dataset, inspect_image, scan_mask_values
@@ -146,16 +146,6 @@ def test_mixing_scalar_and_colour_masks_raises_user_error_naming_files(tmp_path)
 
 REPO = Path(__file__).resolve().parents[1]
 H, W = 32, 48
-
-
-def noisy_rgb(seed: int, height: int = H, width: int = W) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-
-
-def box_mask(height: int = H, width: int = W) -> np.ndarray:
-    mask = np.zeros((height, width), np.uint8)
-    mask[height // 4:height // 2, width // 4:width // 2] = 1
-    return mask
 
 
 def write_good_pairs(root: Path, count: int = 3) -> None:

@@ -23,7 +23,7 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 import torch
-from conftest import write_image
+from conftest import box_mask, noisy_rgb, write_image
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -56,16 +56,6 @@ def default_pixel_limit() -> Iterator[None]:
 
 
 # --- files, valid and crafted ---------------------------------------------------------------------------------------
-
-
-def noisy_rgb(seed: int, height: int = H, width: int = W) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-
-
-def box_mask(height: int = H, width: int = W) -> np.ndarray:
-    mask = np.zeros((height, width), np.uint8)
-    mask[height // 4:height // 2, width // 4:width // 2] = 1
-    return mask
 
 
 PIL_FORMATS = {"jpg": "JPEG", "png": "PNG", "gif": "GIF", "bmp": "BMP", "tif": "TIFF"}

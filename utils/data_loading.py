@@ -483,21 +483,19 @@ def make_loader(
     batch_size: int,
     device: torch.device,
     workers: int,
-    shuffle: bool = False,
-    generator: torch.Generator | None = None,
     sampler: Sampler | None = None,
 ) -> DataLoader:
-    """Decoding in low-priority worker processes, pinned memory for CUDA; workers stay alive across epochs."""
+    """Decoding in low-priority worker processes, pinned memory for CUDA; workers stay alive across epochs.
+
+    In order unless a sampler is given (training's is utils.sampling.EpochOrder)."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle if sampler is None else None,
         sampler=sampler,
         num_workers=workers,
         pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,
         worker_init_fn=lower_worker_priority if workers > 0 else None,
-        generator=generator,
         drop_last=False,
         collate_fn=collate_skipping,
     )
