@@ -216,3 +216,39 @@ def test_a_failed_save_warns_keeps_training_and_the_previous_file(data: Path, tm
               "the previous last.pth is kept"
     assert warning in capfd.readouterr().err
     assert load_checkpoint(tmp_path / "last.pth")["epoch"] == 3
+
+
+@pytest.mark.parametrize(("text", "expected"), [("500", (500, None)), ("15m", (None, 15.0)), ("0.5m", (None, 0.5)),
+                                                (None, (None, None))])
+def test_save_every_takes_steps_or_minutes(text: str | None, expected: tuple) -> None:
+    import train
+
+    assert train.parse_save_every(text) == expected
+
+
+@pytest.mark.parametrize("text", ["0", "-3", "m", "10s", "ten"])
+def test_save_every_refuses_anything_else(text: str) -> None:
+    import train
+    from utils.errors import UserError
+
+    with pytest.raises(UserError, match="--save-every"):
+        train.parse_save_every(text)
+
+
+def test_a_resumed_epoch_sees_the_same_items_and_seeds_as_the_rest_of_the_uninterrupted_one() -> None:
+    from utils.distributed import World
+    from utils.sampling import EpochOrder
+
+    full, resumed = EpochOrder(10, 3, seed=7, world=World()), EpochOrder(10, 3, seed=7, world=World())
+    full.set_epoch(2)
+    resumed.set_epoch(2, skip_batches=2)
+    items = list(full)
+    assert sorted(index for index, _ in items) == list(range(10))
+    assert list(resumed) == items[6:] and len(resumed) == 4 and full.batches_per_epoch == 4
+    full.set_epoch(3)
+    assert list(full) != items  # a new shuffle and new seeds each epoch
+    ranks = [EpochOrder(10, 3, seed=7, world=World(rank=r, size=2)) for r in range(2)]
+    for order in ranks:
+        order.set_epoch(2)
+    dealt = [list(order) for order in ranks]
+    assert sorted(i for part in dealt for i, _ in part) == list(range(10))  # each image once (no padding: 10 = 2x5)
