@@ -191,7 +191,7 @@ class MaskEncoder:
 
     def _to_host(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.device.type != "cuda":
-            return tensor
+            return tensor.cpu()  # a no-op on the CPU; MPS copies synchronously
         host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
         return host.copy_(tensor, non_blocking=True)
 
