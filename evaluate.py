@@ -21,7 +21,13 @@ from utils.data_loading import (
     make_loader,
     set_image_pixel_limit,
 )
-from utils.device import Precision, add_device_arguments, choose_device, choose_precision
+from utils.device import (
+    Precision,
+    add_device_arguments,
+    choose_device,
+    choose_precision,
+    keep_freed_memory_on_cpu,
+)
 from utils.dice_score import per_class_scores
 from utils.errors import UserError, run_cli
 from utils.inference import (
@@ -119,6 +125,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> dict:
     device = choose_device(args.device)
     precision = choose_precision(device, args.amp, args.precision)
+    keep_freed_memory_on_cpu(device)
     options = inference_options(args)
     set_image_pixel_limit(args.max_image_pixels)
     model, checkpoint = load_model(args.model, device)

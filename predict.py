@@ -34,6 +34,7 @@ from utils.device import (
     choose_device,
     choose_precision,
     compile_model,
+    keep_freed_memory_on_cpu,
     should_compile,
 )
 from utils.errors import UserError, run_cli
@@ -238,6 +239,7 @@ def csv_location(requested: str | None, outputs: list[str] | None, targets: list
 def main(args: argparse.Namespace) -> int:
     device = choose_device(args.device)
     precision = choose_precision(device, args.amp, args.precision)
+    keep_freed_memory_on_cpu(device)
     options = inference_options(args)
     set_image_pixel_limit(args.max_image_pixels)
     for flag, value in (("--batch-size", args.batch_size), ("--writers", args.writers)):

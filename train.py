@@ -460,8 +460,7 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     precision = choose_precision(device, args.amp, args.precision)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    if device.type == "cpu":
-        keep_freed_memory_on_cpu()
+    keep_freed_memory_on_cpu(device)
     if args.sync_batchnorm and device.type != "cuda":
         raise UserError("--sync-batchnorm needs CUDA GPUs (PyTorch syncs BatchNorm on GPUs only): leave it out on CPUs")
     if world.is_main:

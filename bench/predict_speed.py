@@ -1,17 +1,19 @@
 """Prediction throughput on a folder, end to end: read JPEGs, predict at --scale, masks at full size, PNGs written.
 
     python bench/predict_speed.py --count 6 --reference-count 6                  # the 2-core CPU
-    python bench/predict_speed.py --count 320 --reference-count 32 --compile on  # a GPU
+    python bench/predict_speed.py --count 320 --reference-count 32 -- --compile on  # a GPU
 
 Runs predict.py's own main on a synthetic Carvana folder (1918x1280 JPEGs), and beside it the reference's way:
 one file at a time, PIL bicubic resize, fp32, logits upsampled to full size on the CPU, argmax, PNG written
 inline. Weights are random (speed does not depend on them). Prints images/s of both, their ratio, and a
-Markdown row for bench/README.md. Ours is run twice in one process: the first run pays the worker start and
-any compilation, the second shows the steady state.
+Markdown row for bench/README.md. Ours runs twice, each time in a fresh process as a user's run would be,
+timed from the call of predict.main (model loading, worker start and compilation included): the second run
+finds the files in the OS cache and the compiler's on-disk cache warm.
 """
 
 import argparse
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -22,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-import predict  # noqa: E402
 from unet import UNet  # noqa: E402
 from utils.device import choose_device  # noqa: E402
 from utils.synthetic_data import make_synthetic_carvana  # noqa: E402
@@ -43,6 +45,7 @@ def images_folder(count: int, width: int, height: int) -> Path:
 def predict_like_reference(model: UNet, files: list[Path], out_dir: Path, scale: float, device: torch.device) -> float:
     """The reference predict.py's loop, re-created from its behaviour; returns images/s."""
     model = model.to(device).eval()
+    model(torch.zeros(1, 3, 64, 64, device=device))  # device start-up is not part of the loop
     started = time.perf_counter()
     for path in files:
         full = Image.open(path)
@@ -54,6 +57,18 @@ def predict_like_reference(model: UNet, files: list[Path], out_dir: Path, scale:
         mask = logits.argmax(dim=1)[0].numpy()
         Image.fromarray((mask * 255).astype(np.uint8)).save(out_dir / f"{path.stem}.png")
     return len(files) / (time.perf_counter() - started)
+
+
+def seconds_of_predict(flags: list[str]) -> float:
+    """Wall time of predict.main in a fresh process, as a user's run is: imports left out, model loading,
+    worker start and compilation in. (A second call in one process ran ~5% slower on the CPU: the loader
+    worker forked from the first call's large heap makes every page the model writes copy-on-write.)"""
+    code = ("import sys, time; sys.path.insert(0, sys.argv[1]); import predict; started = time.perf_counter(); "
+            "predict.main(predict.get_args_parser().parse_args(sys.argv[2:])); "
+            "print('seconds', time.perf_counter() - started)")
+    result = subprocess.run([sys.executable, "-c", code, str(ROOT), *flags], check=True, stdout=subprocess.PIPE,
+                            text=True)
+    return float(result.stdout.split()[-1])
 
 
 def main() -> None:
@@ -86,19 +101,17 @@ def main() -> None:
             (subset / f"{number:05d}_{path.name}").symlink_to(path.resolve())
         flags = ["-m", str(checkpoint), "-i", str(subset), "-o", str(scratch / "ours"), "--scale", str(args.scale),
                  *(["--device", args.device] if args.device else []), *args.flags]
-        ours = []
-        for _ in range(2):
-            shutil.rmtree(scratch / "ours", ignore_errors=True)
-            started = time.perf_counter()
-            predict.main(predict.get_args_parser().parse_args(flags))
-            ours.append(args.count / (time.perf_counter() - started))
-        written = len(list((scratch / "ours").glob("*.png")))
-        assert written == args.count, f"predict.py wrote {written} masks for {args.count} images"
         reference = 0.0
-        if args.reference_count:
+        if args.reference_count:  # in this process, which predict.main's settings (glibc's malloc) never touch
             (scratch / "reference").mkdir()
             reference = predict_like_reference(model, files[:args.reference_count], scratch / "reference", args.scale,
                                                device)
+        ours = []
+        for _ in range(2):
+            shutil.rmtree(scratch / "ours", ignore_errors=True)
+            ours.append(args.count / seconds_of_predict(flags))
+        written = len(list((scratch / "ours").glob("*.png")))
+        assert written == args.count, f"predict.py wrote {written} masks for {args.count} images"
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     ratio = f"{ours[1] / reference:.2f}x" if reference else "-"
     print(f"ours: {ours[0]:.3f} images/s first run, {ours[1]:.3f} second; reference loop: {reference:.3f}; "

@@ -81,8 +81,7 @@ def run_model_only(args: argparse.Namespace) -> list[dict]:
     """Forward, loss, backward and AdamW step on random tensors already on the device: the compute ceiling."""
     device = choose_device(args.device)
     precision = choose_precision(device, args.amp, args.precision)
-    if device.type == "cpu":
-        keep_freed_memory_on_cpu()
+    keep_freed_memory_on_cpu(device)
     torch.backends.cudnn.benchmark = True
     batch = args.batch_size or 4
     height, width = int(args.height * args.scale), int(args.width * args.scale)

@@ -11,6 +11,7 @@ from utils.errors import UserError
 from utils.inference import (
     INFERENCE_BYTES_PER_PIXEL,
     InferenceOptions,
+    logits_to_classes,
     parse_tile,
     plan_tiles,
     predict_logits,
@@ -173,3 +174,18 @@ def test_bad_tile_sizes_are_refused(text: str) -> None:
     with pytest.raises(UserError, match="--tile"):
         parse_tile(text)
     assert parse_tile("512") == 512 and parse_tile("auto") == "auto" and parse_tile("none") == "none"
+
+
+@pytest.mark.parametrize("classes", [2, 3, 7])
+def test_cpu_class_decision_is_argmax_with_its_ties_and_nan(classes: int) -> None:
+    # logits_to_classes takes one pass per class on a CPU instead of argmax: it must give argmax's answer
+    torch.manual_seed(classes)
+    logits = torch.randint(-3, 4, (2, classes, 17, 23)).float()  # small integers: many ties
+    logits[0, 1, 0, :4] = float("nan")
+    logits[0, classes - 1, 0, 2:6] = float("nan")  # two NaNs at one pixel: the first wins, as in argmax
+    logits[1, :, 3, 3] = float("nan")
+    logits[1, 0, 4, 4] = float("nan")
+    expected = logits.argmax(dim=1)
+    found = logits_to_classes(logits)
+    assert found.dtype == expected.dtype and torch.equal(found, expected)
+    assert torch.equal(logits_to_classes(logits.contiguous(memory_format=torch.channels_last)), expected)

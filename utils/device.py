@@ -108,13 +108,14 @@ def compile_model(model: torch.nn.Module, choice: str) -> torch.nn.Module:
     return torch.compile(model)
 
 
-def keep_freed_memory_on_cpu() -> None:
+def keep_freed_memory_on_cpu(device: torch.device) -> None:
     """Stop glibc from returning every freed activation to the OS and faulting it back in at the next step.
 
     Large blocks are otherwise mmap-ed and unmapped per allocation: on the 2-core machine that cost 10-15% of a
-    CPU training step (README). The process keeps its peak memory instead. A no-op off glibc.
+    CPU training step and ~10% of a prediction (bench/README.md). The process keeps its peak memory instead.
+    A no-op off the CPU and off glibc.
     """
-    if not sys.platform.startswith("linux"):
+    if device.type != "cpu" or not sys.platform.startswith("linux"):
         return
     try:
         libc = ctypes.CDLL("libc.so.6")

