@@ -6,11 +6,11 @@
 import argparse
 import csv
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from utils.checkpoint import inference_scale, load_model, unwrap_model
@@ -44,7 +44,7 @@ from utils.inference import (
 
 def evaluate(
     model: nn.Module,
-    loader: DataLoader,
+    loader: Iterable[dict],
     device: torch.device,
     precision: Precision,
     threshold: float = 0.5,
@@ -65,7 +65,7 @@ def evaluate(
     notify = notify_once(tqdm.write)
     iou_sum = torch.zeros(n_classes, dtype=torch.float64)
     for batch in tqdm(loader, desc="evaluation", unit="batch", leave=False, disable=not progress):
-        masks = batch["mask"].to(device, non_blocking=True)
+        masks = batch["mask"].to(device, non_blocking=True).long()  # cached validation masks are compact
         logits = predict_logits(model, batch["image"], device, precision, output_size=tuple(masks.shape[-2:]),
                                 options=options, notify=notify)
         dice, iou = per_class_scores(logits_to_classes(logits, threshold), masks, n_classes)

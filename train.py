@@ -13,7 +13,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -21,7 +21,6 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from evaluate import evaluate
@@ -65,8 +64,9 @@ from utils.mask_encoding import MaskValue, check_classes
 from utils.nan_guard import NonFiniteGuard
 from utils.run_lock import RunLock
 from utils.run_log import WANDB_MODES, RunLog, default_wandb_mode
-from utils.sampling import EpochOrder, SeededItems
+from utils.sampling import EpochBatches, EpochOrder, SeededItems
 from utils.signals import GracefulStop
+from utils.validation_cache import ValidationCache
 
 DEFAULT_AUGMENT = "light"  # chosen by the held-out Dice measured in the README
 # Training memory per input pixel and image (saved activations + backward transients), measured with
@@ -341,7 +341,8 @@ class EpochControl:
 
 def train_one_epoch(
     model: nn.Module,
-    loader: DataLoader,
+    stream: Iterator[dict],
+    plan: EpochBatches,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     scaler: torch.amp.GradScaler,
@@ -356,7 +357,8 @@ def train_one_epoch(
     skip: int = 0,
     class_weights: torch.Tensor | None = None,
 ) -> dict:
-    """One pass over this process's share of the training data, from batch `skip` on (a resumed epoch).
+    """One pass over this process's share of the training data, from batch `skip` on (a resumed epoch): the
+    epoch's batches (plan.batches_in(epoch)) taken from the loader's stream of all epochs.
 
     Returns the mean loss over all processes (None if no batch was left), the global step, a sample for the
     logs, counts and timings (images, files skipped, seconds, seconds spent waiting for the loader: a starved
@@ -369,18 +371,15 @@ def train_one_epoch(
     last_batch = sample = None
     stopped = False
     started = time.perf_counter()
-    order: EpochOrder = loader.sampler  # type: ignore[assignment]
-    total = len(order.order) * world.size
-    done_before = min(skip * args.batch_size, len(order.order)) * world.size
+    share = len(plan.order.order)  # this process's items per epoch
+    total = share * world.size
+    done_before = min(skip * args.batch_size, share) * world.size
     with tqdm(total=total, initial=done_before, desc=f"epoch {epoch}/{args.epochs}", unit="img",
               disable=not world.is_main) as progress:
-        batch_iterator = iter(loader)
-        while True:
+        for _ in range(plan.batches_in(epoch)):
             waited = time.perf_counter()
-            batch = next(batch_iterator, None)
+            batch = next(stream)
             data_wait += time.perf_counter() - waited
-            if batch is None:
-                break
             for reason in batch["skipped"]:  # a file that broke after the data check: report, don't crash
                 tqdm.write(f"warning: skipped {reason}", file=sys.stderr)
             skipped += len(batch["skipped"])
@@ -523,12 +522,11 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     # One global shuffle per epoch, dealt round-robin (the union of the processes' batches is the batch a
     # single process with world.size times the batch size would take), augmentation seeded per item.
     order = EpochOrder(len(train_set), args.batch_size, args.seed, world)
-    train_loader = make_loader(SeededItems(train_set), args.batch_size, device, min(workers, len(train_set)),
-                               sampler=order)
     # On a CPU, validation decodes in this process: a worker forked at the end of the first epoch shares the
     # trainer's gigabytes of heap copy-on-write, and the next epoch paid ~20% for the page copies (measured).
     val_workers = 0 if device.type == "cpu" else min(workers, len(val_set))
-    val_loader = make_loader(val_set, args.batch_size, device, val_workers) if val_pairs else None
+    val_loader = ValidationCache(make_loader(val_set, args.batch_size, device, val_workers),
+                                 pin=device.type == "cuda") if val_pairs else None  # decoded once if it fits
 
     # Model, optimizer, schedule (cosine decay over all steps), gradient scaler for fp16.
     if weights is not None:
@@ -563,6 +561,10 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
         say(f"resuming {resume_file}: epoch {start_epoch}{within}, step {step}{best}")
         if start_epoch > args.epochs:
             say(f"{resume_file} has already trained {args.epochs} epochs: raise --epochs to train longer")
+    # One loader iterator for all the epochs left: its workers decode the next epoch during validation.
+    plan = EpochBatches(order, start_epoch, args.epochs, skip_batches)
+    train_loader = make_loader(SeededItems(train_set), args.batch_size, device, min(workers, len(train_set)),
+                               batches=plan)
     training_model: nn.Module = model
     if world.distributed:
         training_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -602,11 +604,11 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
         control = EpochControl(args, world, NonFiniteGuard(model, optimizer, device), stop,
                                lambda step, batches: save(epoch - 1, step, batches, []))
         try:
+            stream = iter(train_loader)
             for epoch in range(start_epoch, args.epochs + 1):
                 started = time.perf_counter()
-                skip = skip_batches if epoch == start_epoch else 0
-                order.set_epoch(epoch, skip)  # the order of an epoch survives a resume, also mid-epoch
-                result = train_one_epoch(training_model, train_loader, optimizer, scheduler, scaler, device,
+                skip = skip_batches if epoch == start_epoch else 0  # the epoch's order survives a resume
+                result = train_one_epoch(training_model, stream, plan, optimizer, scheduler, scaler, device,
                                          precision, args, step, epoch, run_log, world, control, skip, class_weights)
                 step = result["step"]
                 if result["stopped"]:

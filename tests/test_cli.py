@@ -230,7 +230,7 @@ def test_wandb_offline_run_is_written_locally(tmp_path: Path) -> None:
     write_carvana_like(tmp_path / "data", 3)
     flags = [flag if flag != "disabled" else "offline" for flag in TRAIN_FLAGS]
     result = run("train.py", "--epochs", "1", "--validation", "34", *flags, cwd=tmp_path)
-    assert "warning: wandb" not in result.stderr  # started, logged images and histograms, finished
+    assert "warning: wandb" not in result.stderr, result.stderr  # started, logged images and histograms, finished
     runs = list((tmp_path / "checkpoints" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
 

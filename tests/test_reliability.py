@@ -252,3 +252,22 @@ def test_a_resumed_epoch_sees_the_same_items_and_seeds_as_the_rest_of_the_uninte
         order.set_epoch(2)
     dealt = [list(order) for order in ranks]
     assert sorted(i for part in dealt for i, _ in part) == list(range(10))  # each image once (no padding: 10 = 2x5)
+
+
+def test_the_stream_of_all_epochs_is_each_epoch_s_batches_in_turn() -> None:
+    from utils.distributed import World
+    from utils.sampling import EpochBatches, EpochOrder
+
+    def epoch_batches(epoch: int, skip: int = 0) -> list[list]:
+        order = EpochOrder(10, 3, seed=7, world=World())
+        order.set_epoch(epoch, skip)
+        items = list(order)
+        return [items[start:start + 3] for start in range(0, len(items), 3)]
+
+    # resumed in epoch 2 after 2 batches, training to epoch 4: 2 + 4 + 4 batches, the short last ones kept
+    plan = EpochBatches(EpochOrder(10, 3, seed=7, world=World()), first_epoch=2, last_epoch=4, skip_batches=2)
+    expected = epoch_batches(2, skip=2) + epoch_batches(3) + epoch_batches(4)
+    assert list(plan) == expected and len(plan) == len(expected) == 10
+    assert [plan.batches_in(epoch) for epoch in range(1, 6)] == [0, 2, 4, 4, 0]
+    assert [len(batch) for batch in expected] == [3, 1, 3, 3, 3, 1, 3, 3, 3, 1]  # no batch spans two epochs
+    assert list(EpochBatches(EpochOrder(10, 3, seed=7, world=World()), 5, 4)) == []  # nothing left to train

@@ -483,15 +483,16 @@ def make_loader(
     batch_size: int,
     device: torch.device,
     workers: int,
-    sampler: Sampler | None = None,
+    batches: Sampler[list] | None = None,
 ) -> DataLoader:
     """Decoding in low-priority worker processes, pinned memory for CUDA; workers stay alive across epochs.
 
-    In order unless a sampler is given (training's is utils.sampling.EpochOrder)."""
+    In order, batch_size at a time, unless batches (lists of keys) are given: training's are
+    utils.sampling.EpochBatches."""
     return DataLoader(
         dataset,
-        batch_size=batch_size,
-        sampler=sampler,
+        batch_size=batch_size if batches is None else 1,
+        batch_sampler=batches,
         num_workers=workers,
         pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,

@@ -115,15 +115,32 @@ def keep_freed_memory_on_cpu(device: torch.device) -> None:
     CPU training step and ~10% of a prediction (bench/README.md). The process keeps its peak memory instead.
     A no-op off the CPU and off glibc.
     """
-    if device.type != "cpu" or not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
+    libc = _glibc(device)
+    if libc is None:
         return
     m_trim_threshold, m_mmap_max = -1, -4
     libc.mallopt(m_mmap_max, 0)  # large blocks from the heap, reused
     libc.mallopt(m_trim_threshold, 2**31 - 1)  # the largest value mallopt takes: keep the freed top of the heap
+
+
+def return_freed_memory(device: torch.device) -> None:
+    """Give the heap's free pages back to the OS now (after keep_freed_memory_on_cpu kept them).
+
+    Tiled prediction of a huge image calls it between tiles: kept, the holes between its long-lived buffers
+    raised the peak of an 8000x6000 image from 3.8 to 5.0 GiB. A no-op off the CPU and off glibc.
+    """
+    libc = _glibc(device)
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+def _glibc(device: torch.device) -> ctypes.CDLL | None:
+    if device.type != "cpu" or not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
 
 
 def add_device_arguments(parser: argparse.ArgumentParser) -> None:

@@ -51,6 +51,36 @@ class EpochOrder(Sampler[tuple[int, int]]):
         return max(0, len(self.order) - self.skip)
 
 
+class EpochBatches(Sampler[list[tuple[int, int]]]):
+    """The batches of every epoch from first_epoch (its first skip_batches left out) to last_epoch, in one stream.
+
+    Training reads all epochs through one loader iterator, so the workers decode the next epoch's first
+    batches while validation and the checkpoint run, instead of starting cold after them. An epoch's batches
+    never mix with the next's: its last batch may be short, as with one loader pass per epoch.
+    """
+
+    def __init__(self, order: EpochOrder, first_epoch: int, last_epoch: int, skip_batches: int = 0):
+        self.order, self.first_epoch, self.last_epoch, self.skip = order, first_epoch, last_epoch, skip_batches
+
+    def batches_in(self, epoch: int) -> int:
+        """How many batches the stream holds for this epoch."""
+        if not self.first_epoch <= epoch <= self.last_epoch:
+            return 0
+        skip = self.skip if epoch == self.first_epoch else 0
+        return max(0, self.order.batches_per_epoch - skip)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        size = self.order.batch_size
+        for epoch in range(self.first_epoch, self.last_epoch + 1):
+            self.order.set_epoch(epoch, self.skip if epoch == self.first_epoch else 0)
+            items = list(self.order)
+            for start in range(0, len(items), size):
+                yield items[start:start + size]
+
+    def __len__(self) -> int:
+        return sum(self.batches_in(epoch) for epoch in range(self.first_epoch, self.last_epoch + 1))
+
+
 class SeededItems(Dataset):
     """dataset[index] drawn with torch's random generator seeded for the item (the key is (index, seed)).
 

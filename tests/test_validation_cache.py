@@ -1,0 +1,63 @@
+"""utils/validation_cache.py: validation batches decoded once when they fit, read again when they don't."""
+
+import torch
+
+from utils.validation_cache import ValidationCache, compact_mask
+
+
+class CountingLoader:
+    """A loader stand-in that counts its passes."""
+
+    def __init__(self, batches: list[dict]):
+        self.batches, self.passes = batches, 0
+
+    def __iter__(self):
+        self.passes += 1
+        yield from self.batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def batches(classes: int = 3) -> list[dict]:
+    torch.manual_seed(0)
+    return [{"image": torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8),
+             "mask": torch.randint(-1, classes, (2, 8, 8)), "name": [f"{k}a", f"{k}b"], "skipped": []}
+            for k in range(3)]
+
+
+def test_a_pass_that_fits_is_kept_and_replayed_without_the_loader() -> None:
+    loader = CountingLoader(batches())
+    cache = ValidationCache(loader, budget=2**20)
+    first = list(cache)
+    assert loader.passes == 1 and cache.cached and len(cache) == 3
+    again = list(cache)
+    assert loader.passes == 1  # the second epoch never touched the loader
+    for read, kept in zip(first, again):
+        assert torch.equal(read["image"], kept["image"]) and read["name"] == kept["name"]
+        assert kept["mask"].dtype == torch.int8 and torch.equal(kept["mask"].long(), read["mask"])
+
+
+def test_a_pass_too_large_for_the_budget_is_read_every_time() -> None:
+    loader = CountingLoader(batches())
+    one_batch = 2 * 3 * 8 * 8 + 2 * 8 * 8  # uint8 images + int8 masks
+    cache = ValidationCache(loader, budget=2 * one_batch)
+    assert [b["name"] for b in cache] == [b["name"] for b in batches()]
+    assert not cache.cached
+    list(cache)
+    assert loader.passes == 2
+
+
+def test_an_interrupted_pass_is_not_kept() -> None:
+    loader = CountingLoader(batches())
+    cache = ValidationCache(loader, budget=2**20)
+    next(iter(cache))
+    assert not cache.cached
+    assert len(list(cache)) == 3 and cache.cached
+
+
+def test_masks_shrink_to_the_smallest_type_that_holds_them() -> None:
+    assert compact_mask(torch.tensor([[-1, 0, 127]])).dtype == torch.int8
+    assert compact_mask(torch.tensor([[-1, 0, 128]])).dtype == torch.int16
+    wide = torch.tensor([[-1, 40000]])
+    assert compact_mask(wide).dtype == torch.int32 and torch.equal(compact_mask(wide).long(), wide)
