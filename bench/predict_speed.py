@@ -68,7 +68,7 @@ def seconds_of_predict(flags: list[str]) -> float:
             "print('seconds', time.perf_counter() - started)")
     result = subprocess.run([sys.executable, "-c", code, str(ROOT), *flags], check=True, stdout=subprocess.PIPE,
                             text=True)
-    return float(result.stdout.split()[-1])
+    return float([line for line in result.stdout.splitlines() if line.startswith("seconds ")][-1].split()[1])
 
 
 def main() -> None:
