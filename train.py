@@ -607,7 +607,7 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
             stream = iter(train_loader)
             for epoch in range(start_epoch, args.epochs + 1):
                 started = time.perf_counter()
-                skip = skip_batches if epoch == start_epoch else 0  # the epoch's order survives a resume
+                skip = plan.skipped_in(epoch)  # the epoch's order survives a resume
                 result = train_one_epoch(training_model, stream, plan, optimizer, scheduler, scaler, device,
                                          precision, args, step, epoch, run_log, world, control, skip, class_weights)
                 step = result["step"]

@@ -269,5 +269,6 @@ def test_the_stream_of_all_epochs_is_each_epoch_s_batches_in_turn() -> None:
     expected = epoch_batches(2, skip=2) + epoch_batches(3) + epoch_batches(4)
     assert list(plan) == expected and len(plan) == len(expected) == 10
     assert [plan.batches_in(epoch) for epoch in range(1, 6)] == [0, 2, 4, 4, 0]
+    assert [plan.skipped_in(epoch) for epoch in range(2, 5)] == [2, 0, 0]
     assert [len(batch) for batch in expected] == [3, 1, 3, 3, 3, 1, 3, 3, 3, 1]  # no batch spans two epochs
     assert list(EpochBatches(EpochOrder(10, 3, seed=7, world=World()), 5, 4)) == []  # nothing left to train

@@ -62,17 +62,20 @@ class EpochBatches(Sampler[list[tuple[int, int]]]):
     def __init__(self, order: EpochOrder, first_epoch: int, last_epoch: int, skip_batches: int = 0):
         self.order, self.first_epoch, self.last_epoch, self.skip = order, first_epoch, last_epoch, skip_batches
 
+    def skipped_in(self, epoch: int) -> int:
+        """Batches of this epoch left out: those the resumed run had already trained."""
+        return self.skip if epoch == self.first_epoch else 0
+
     def batches_in(self, epoch: int) -> int:
         """How many batches the stream holds for this epoch."""
         if not self.first_epoch <= epoch <= self.last_epoch:
             return 0
-        skip = self.skip if epoch == self.first_epoch else 0
-        return max(0, self.order.batches_per_epoch - skip)
+        return max(0, self.order.batches_per_epoch - self.skipped_in(epoch))
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         size = self.order.batch_size
         for epoch in range(self.first_epoch, self.last_epoch + 1):
-            self.order.set_epoch(epoch, self.skip if epoch == self.first_epoch else 0)
+            self.order.set_epoch(epoch, self.skipped_in(epoch))
             items = list(self.order)
             for start in range(0, len(items), size):
                 yield items[start:start + size]
