@@ -13,6 +13,8 @@ import argparse
 import glob
 import os
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -214,17 +216,46 @@ class MaskEncoder:
         return result
 
 
-def hand_over(ready: dict, writer: MaskWriter, inputs: list[Path], outputs: list[Path]) -> None:
+@dataclass
+class LoopWaits:
+    """Seconds the prediction loop spent waiting, by cause: tells whether more --workers or --writers would help."""
+
+    decoding: float = 0.0
+    device: float = 0.0
+    writing: float = 0.0
+
+
+def speed_summary(count: int, seconds: float, waits: LoopWaits, on_gpu: bool, workers: int, writers: int,
+                  cores: int) -> str:
+    """One line for the end of a folder run; names the flag to raise when decoding or writing holds the loop."""
+    seconds = max(seconds, 1e-9)
+    shares = [f"{waits.decoding / seconds:.0%} for decoding (--workers {workers})"]
+    if on_gpu:
+        shares.append(f"{waits.device / seconds:.0%} for the GPU")
+    shares.append(f"{waits.writing / seconds:.0%} for writing (--writers {writers})")
+    line = f"predicted {count} images in {seconds:.1f} s ({count / seconds:.2f} images/s); waited " + ", ".join(shares)
+    if waits.decoding / seconds >= 0.25 and workers < cores - 1:
+        line += f": decoding holds the loop back, try --workers {min(cores - 1, max(1, 2 * workers))}"
+    elif waits.writing / seconds >= 0.25:
+        line += f": writing holds the loop back, try --writers {2 * writers}"
+    return line
+
+
+def hand_over(ready: dict, writer: MaskWriter, inputs: list[Path], outputs: list[Path], waits: LoopWaits) -> None:
     """Wait for a batch's copies to land, then queue each image for writing."""
+    started = time.perf_counter()
     if "done" in ready:
         ready["done"].synchronize()
+    waits.device += time.perf_counter() - started
     encoded = ready["encoded"].numpy().astype(ready["stored_dtype"], copy=False)
     fractions = (ready["counts"].double() / ready["pixels"]).tolist()
     classes = ready["classes"].numpy() if "classes" in ready else None
     probs = ready["probs"].numpy() if "probs" in ready else None
+    started = time.perf_counter()
     for k, index in enumerate(ready["indices"]):
         writer.submit(index, inputs[index], outputs[index], encoded[k], fractions[k],
                       None if classes is None else classes[k], None if probs is None else probs[k])
+    waits.writing += time.perf_counter() - started  # submit blocks while too many masks wait for the writers
 
 
 def csv_location(requested: str | None, outputs: list[str] | None, targets: list[Path]) -> Path | None:
@@ -256,9 +287,9 @@ def main(args: argparse.Namespace) -> int:
     on_gpu = device.type == "cuda"
     workers = args.workers if args.workers is not None else default_workers(device, len(inputs))
     viz = ("show" if has_display() else "save") if args.viz else None
+    writers = args.writers or (8 if on_gpu else 1)
     writer = MaskWriter(model.mask_values, checkpoint.get("mask_palette"), model.n_channels,
-                        OutputOptions(not args.no_save, args.save_probs, args.overlay, viz),
-                        threads=args.writers or (8 if on_gpu else 1))
+                        OutputOptions(not args.no_save, args.save_probs, args.overlay, viz), threads=writers)
     net = compile_model(model, args.compile) if should_compile(args.compile, device) else model
     batch_size = args.batch_size or (16 if on_gpu else 1)
     loader = DataLoader(ImageFiles(inputs, scale, model.n_channels), batch_size=batch_size, num_workers=workers,
@@ -269,10 +300,18 @@ def main(args: argparse.Namespace) -> int:
     encode = MaskEncoder(model.mask_values, max(model.n_classes, 2), device, writer.needs_class_indices,
                          args.save_probs, args.mask_threshold)
     failed: list[str] = []
+    waits = LoopWaits()
     waiting = None  # the previous batch: its results are copied to the host while the next batch computes
+    started = time.perf_counter()
     with tqdm(total=len(inputs), desc="predict", unit="img", disable=len(inputs) < 2) as bar:
         try:
-            for batch in loader:
+            batches = iter(loader)
+            while True:
+                asked = time.perf_counter()
+                batch = next(batches, None)
+                waits.decoding += time.perf_counter() - asked
+                if batch is None:
+                    break
                 for error in batch["errors"]:
                     bar.write(f"skipped: {error}")
                 failed += batch["errors"]
@@ -281,13 +320,18 @@ def main(args: argparse.Namespace) -> int:
                                             options=options, notify=notify)
                     ready = encode(logits, group["indices"])
                     if waiting is not None:
-                        hand_over(waiting, writer, inputs, outputs)
+                        hand_over(waiting, writer, inputs, outputs, waits)
                     waiting = ready
                 bar.update(batch["count"])
             if waiting is not None:
-                hand_over(waiting, writer, inputs, outputs)
+                hand_over(waiting, writer, inputs, outputs, waits)
         finally:
+            closing = time.perf_counter()
             writer.close()
+            waits.writing += time.perf_counter() - closing
+    if len(inputs) > 1:
+        print(speed_summary(len(inputs) - len(failed), time.perf_counter() - started, waits, on_gpu, workers, writers,
+                            os.cpu_count() or 1))
     if csv_path is not None:
         writer.write_csv(csv_path)
         print(f"per-image class fractions written to {csv_path}")

@@ -59,16 +59,19 @@ def predict_like_reference(model: UNet, files: list[Path], out_dir: Path, scale:
     return len(files) / (time.perf_counter() - started)
 
 
-def seconds_of_predict(flags: list[str]) -> float:
-    """Wall time of predict.main in a fresh process, as a user's run is: imports left out, model loading,
-    worker start and compilation in. (A second call in one process ran ~5% slower on the CPU: the loader
-    worker forked from the first call's large heap makes every page the model writes copy-on-write.)"""
+def seconds_of_predict(flags: list[str]) -> tuple[float, str]:
+    """Wall time of predict.main in a fresh process, as a user's run is (imports left out, model loading,
+    worker start and compilation in), and predict.py's own summary line: what its loop waited for. (A second
+    call in one process ran ~5% slower on the CPU: the loader worker forked from the first call's large heap
+    makes every page the model writes copy-on-write.)"""
     code = ("import sys, time; sys.path.insert(0, sys.argv[1]); import predict; started = time.perf_counter(); "
             "predict.main(predict.get_args_parser().parse_args(sys.argv[2:])); "
             "print('seconds', time.perf_counter() - started)")
     result = subprocess.run([sys.executable, "-c", code, str(ROOT), *flags], check=True, stdout=subprocess.PIPE,
                             text=True)
-    return float([line for line in result.stdout.splitlines() if line.startswith("seconds ")][-1].split()[1])
+    lines = result.stdout.splitlines()
+    summary = [line for line in lines if line.startswith("predicted ")]
+    return float([line for line in lines if line.startswith("seconds ")][-1].split()[1]), (summary or ["-"])[-1]
 
 
 def main() -> None:
@@ -107,9 +110,11 @@ def main() -> None:
             reference = predict_like_reference(model, files[:args.reference_count], scratch / "reference", args.scale,
                                                device)
         ours = []
-        for _ in range(2):
+        for run in range(2):
             shutil.rmtree(scratch / "ours", ignore_errors=True)
-            ours.append(args.count / seconds_of_predict(flags))
+            seconds, summary = seconds_of_predict(flags)
+            ours.append(args.count / seconds)
+            print(f"ours, run {run + 1}: {summary}", flush=True)
         written = len(list((scratch / "ours").glob("*.png")))
         assert written == args.count, f"predict.py wrote {written} masks for {args.count} images"
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"

@@ -88,13 +88,16 @@ def run_model_only(args: argparse.Namespace) -> list[dict]:
     model = UNet(3, 2).to(device, memory_format=memory_format(device))
     model.use_checkpointing(args.checkpointing)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    step_model = torch.compile(model) if should_compile(args.compile, device) else model
+    compiled = should_compile(args.compile, device)
+    step_model = torch.compile(model, mode=args.compile_mode) if compiled else model
     images = torch.rand(batch, 3, height, width, device=device).contiguous(memory_format=memory_format(device))
     masks = torch.randint(0, 2, (batch, height, width), device=device)
     rows = []
     for _ in range(args.epochs):
         started = time.perf_counter()
         for _ in range(args.steps):
+            if compiled:
+                torch.compiler.cudagraph_mark_step_begin()  # reduce-overhead: a new step may reuse graph outputs
             with precision.autocast():
                 loss = segmentation_loss(step_model(images), masks)
             optimizer.zero_grad(set_to_none=True)
@@ -124,12 +127,17 @@ def main() -> None:
     parser.add_argument("--precision", default="auto", help="train.py --precision (ours; default: %(default)s)")
     parser.add_argument("--amp", action="store_true", help="train.py --amp, or the reference's --amp")
     parser.add_argument("--compile", default="auto", help="train.py --compile (default: %(default)s)")
+    parser.add_argument("--compile-mode", default=None,
+                        help="--model-only: torch.compile's mode, e.g. max-autotune-no-cudagraphs or reduce-overhead "
+                             "(default: torch's own), to see whether train.py should offer one")
     parser.add_argument("--augment", default=train.DEFAULT_AUGMENT, help="train.py --augment (default: %(default)s)")
     parser.add_argument("--checkpointing", action="store_true", help="train.py --checkpointing")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: CUDA if available)")
     args = parser.parse_args()
     if args.epochs < 2:
         parser.error("--epochs must be at least 2: the first epoch is warm-up")
+    if args.compile_mode and not args.model_only:
+        parser.error("--compile-mode is for --model-only runs: train.py compiles with torch's default mode")
 
     device = choose_device(args.device)
     with tempfile.TemporaryDirectory() as run_dir:
@@ -147,8 +155,10 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     precision = "reference" if args.recipe == "reference" and not args.model_only else args.precision
     flags = "".join(f" --{name}" for name in ("amp", "checkpointing") if getattr(args, name))
-    settings = (f"scale {args.scale}, batch {args.batch_size or 'default'}, precision {precision}{flags}, "
-                f"compile {args.compile}")
+    mode = f" ({args.compile_mode})" if args.compile_mode else ""
+    size = f"{int(args.width * args.scale)}x{int(args.height * args.scale)}"
+    settings = (f"{size} (scale {args.scale}), batch {args.batch_size or 'default'}, precision {precision}{flags}, "
+                f"compile {args.compile}{mode}")
     per_epoch = ", ".join(f"{row['images_per_second']:.3f}" for row in rows)
     print(f"per epoch: {per_epoch} images/s (first = warm-up)")
     print(f"| {recipe} | {name} | {settings} | {images_per_second:.3f} | {data_wait:.1%} | "

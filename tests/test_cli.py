@@ -98,8 +98,11 @@ def test_predict_several_inputs_viz_without_saving(trained: Path) -> None:
 
 def test_predict_folder_streams_to_mirrored_names_with_probs_and_csv(trained: Path) -> None:
     images = sorted((trained / "data" / "imgs").iterdir())
-    run("predict.py", "-m", "checkpoints/last.pth", "-i", "data/imgs", "-o", "preds/", "--batch-size", "3",
-        "--workers", "2", "--writers", "2", "--save-probs", "--csv", cwd=trained)
+    result = run("predict.py", "-m", "checkpoints/last.pth", "-i", "data/imgs", "-o", "preds/", "--batch-size", "3",
+                 "--workers", "2", "--writers", "2", "--save-probs", "--csv", cwd=trained)
+    summary = [line for line in result.stdout.splitlines() if line.startswith("predicted ")]
+    assert len(summary) == 1 and f"predicted {len(images)} images in " in summary[0]
+    assert "for decoding (--workers 2)" in summary[0] and "for writing (--writers 2)" in summary[0]
     masks = sorted(p.name for p in (trained / "preds").glob("*.png"))
     assert masks == [f"{p.stem}.png" for p in images]  # one mask per input, named like it
     with open(trained / "preds" / "predictions.csv", newline="") as file:

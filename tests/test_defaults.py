@@ -73,3 +73,27 @@ def test_default_batch_size_on_gpu_fits_free_memory(monkeypatch, free_gib, dtype
 ])
 def test_compile_choice(choice, device, expected):
     assert should_compile(choice, torch.device(device)) is expected
+
+
+@pytest.mark.parametrize("waits, workers, writers, cores, hint", [
+    ((4.0, 1.0, 0.5), 2, 8, 16, "try --workers 4"),  # decoding 40%: more workers, cores to spare
+    ((4.0, 1.0, 0.5), 15, 8, 16, None),  # decoding 40% but every core already decodes: no advice
+    ((0.5, 1.0, 3.0), 8, 8, 16, "try --writers 16"),  # writing 30%
+    ((0.5, 6.0, 0.5), 8, 8, 16, None),  # the GPU is the limit: nothing to raise
+    ((3.0, 0.0, 0.0), 0, 1, 4, "try --workers 1"),
+])
+def test_prediction_summary_names_the_flag_that_would_help(waits, workers, writers, cores, hint):
+    from predict import LoopWaits, speed_summary
+
+    line = speed_summary(100, 10.0, LoopWaits(*waits), True, workers, writers, cores)
+    assert line.startswith("predicted 100 images in 10.0 s (10.00 images/s); waited ")
+    assert f"{waits[0] / 10:.0%} for decoding (--workers {workers})" in line
+    assert f"{waits[1] / 10:.0%} for the GPU" in line
+    assert ("try --" in line) == (hint is not None) and (hint is None or line.endswith(hint))
+
+
+def test_prediction_summary_on_a_cpu_leaves_the_gpu_out():
+    from predict import LoopWaits, speed_summary
+
+    line = speed_summary(3, 2.0, LoopWaits(0.1, 0.0, 0.2), False, 1, 1, 2)
+    assert "GPU" not in line and "5% for decoding (--workers 1), 10% for writing (--writers 1)" in line

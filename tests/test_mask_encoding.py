@@ -157,3 +157,26 @@ def test_enough_classes_are_accepted():
     check_classes([0, 10, 20], 3)
     check_classes([0, 10, 20], 5)
     check_classes([BLACK, RED], 2)
+
+
+@pytest.mark.parametrize("mask_values, palette", [
+    ([0, 1], None), ([0, 255], None), ([0, 3, 7, 200], None), ([0, 1000, 40000], None),
+    ([BLACK, RED, GREEN], None), ([0, 1, 2], [0, 0, 0, 128, 0, 0, 0, 128, 0]),
+])
+def test_mask_writer_files_hold_exactly_the_encoded_masks(tmp_path, mask_values, palette):
+    """The writer's PNG settings (run-length zlib) change the file, never a pixel."""
+    from PIL import Image
+
+    from utils.mask_encoding import encoding_table
+    from utils.mask_writer import MaskWriter, OutputOptions
+
+    rng = np.random.default_rng(0)
+    classes = np.repeat(rng.integers(0, len(mask_values), (40, 1)), 57, axis=1)  # runs, as in real masks
+    classes[::7, ::5] = rng.integers(0, len(mask_values), classes[::7, ::5].shape)
+    encoded = encoding_table(mask_values)[classes]
+    writer = MaskWriter(mask_values, palette, 3, OutputOptions(), threads=2)
+    writer.submit(0, tmp_path / "in.jpg", tmp_path / "out.png", encoded, [0.5, 0.5])
+    writer.close()
+    with Image.open(tmp_path / "out.png") as written:
+        assert np.array_equal(np.asarray(written), encoded)
+        assert (written.mode == "P") == (palette is not None)

@@ -7,6 +7,7 @@ write that fails stops the run with one line naming the file, and every mask alr
 """
 
 import csv
+import zlib
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -29,6 +30,12 @@ class OutputOptions:
     save_probs: bool = False  # <mask stem>_probs.npy, float16 (classes, height, width)
     overlay: bool = False  # <mask stem>_overlay.png
     viz: str | None = None  # "show" or "save" (<mask stem>_viz.png)
+
+
+def mask_save_options(target: Path) -> dict:
+    """PNG masks are runs of a few values: zlib's run-length strategy writes them ~1.5x faster than the default
+    and ~8% smaller (bench/README.md), the pixels unchanged."""
+    return {"compress_type": zlib.Z_RLE} if target.suffix.lower() == ".png" else {}
 
 
 class MaskWriter:
@@ -70,7 +77,7 @@ class MaskWriter:
             if options.save_mask or options.save_probs or options.overlay or options.viz == "save":
                 target.parent.mkdir(parents=True, exist_ok=True)
             if options.save_mask:
-                mask_image(encoded, self.mask_values, self.palette).save(target)
+                mask_image(encoded, self.mask_values, self.palette).save(target, **mask_save_options(target))
             if options.save_probs:
                 np.save(target.with_name(f"{target.stem}_probs.npy"), probs)
             if class_indices is not None:
