@@ -180,6 +180,26 @@ def collate_by_size(items: list[dict]) -> dict:
     return {"groups": groups, "errors": [item["error"] for item in items if "error" in item], "count": len(items)}
 
 
+def class_counts(classes: torch.Tensor, n_classes: int, method: str | None = None) -> torch.Tensor:
+    """(B, H, W) class indices -> (B, n_classes) pixel counts (int64).
+
+    method (default: by device): "sums", one comparison and sum per class, on GPUs for up to 32 classes, where
+    a scatter of millions of ones into a few counters makes every atomic add wait for the others (2 counters
+    per image for Carvana); "bincount", one histogram per image, on GPUs beyond 32 classes; "scatter" on CPUs,
+    the fastest of the three there (3.7 ms per 1918x1280 mask, against 7.0 for bincount and 11 for the sums).
+    """
+    flat = classes.flatten(1)
+    if method is None:
+        method = "scatter" if flat.device.type == "cpu" else "sums" if n_classes <= 32 else "bincount"
+    if method == "sums":
+        return torch.stack([(flat == c).sum(1) for c in range(n_classes)], 1)
+    if method == "bincount":
+        offsets = torch.arange(len(flat), device=flat.device)[:, None] * n_classes
+        return torch.bincount((flat + offsets).flatten(), minlength=len(flat) * n_classes).view(-1, n_classes)
+    counts = torch.zeros(len(flat), n_classes, dtype=torch.int64, device=flat.device)
+    return counts.scatter_add_(1, flat, torch.ones((), dtype=torch.int64, device=flat.device).expand_as(flat))
+
+
 class MaskEncoder:
     """Logits -> encoded masks, class fractions (and indices, probabilities) on the device, copied to pinned host
     memory without waiting: the GPU goes on with the next batch while the CPU hands these to the writer."""
@@ -200,10 +220,8 @@ class MaskEncoder:
 
     def __call__(self, logits: torch.Tensor, indices: list[int]) -> dict:
         classes = logits_to_classes(logits, self.threshold)
-        flat = classes.flatten(1)
-        counts = torch.zeros(len(classes), self.n_classes, dtype=torch.int64, device=classes.device)
-        counts.scatter_add_(1, flat, torch.ones((), dtype=torch.int64, device=classes.device).expand_as(flat))
-        result = {"indices": indices, "pixels": flat.shape[1], "counts": self._to_host(counts),
+        result = {"indices": indices, "pixels": classes[0].numel(),
+                  "counts": self._to_host(class_counts(classes, self.n_classes)),
                   "encoded": self._to_host(self.table[classes])}
         if self.class_indices:
             result["classes"] = self._to_host(classes.to(torch.uint8 if self.n_classes <= 256 else torch.int32))

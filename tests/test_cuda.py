@@ -106,3 +106,12 @@ def test_predict_folder_on_cuda(tmp_path) -> None:
     assert code == 0
     assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == [f"{i}.png" for i in range(5)]
     assert Image.open(tmp_path / "out" / "0.png").size == (128, 96)
+
+
+def test_class_counts_on_cuda_match_the_cpu() -> None:
+    from predict import class_counts
+
+    for n_classes in (2, 40):  # per-class sums, then bincount
+        classes = torch.randint(0, n_classes, (4, 96, 128), generator=torch.Generator().manual_seed(n_classes))
+        expected = class_counts(classes, n_classes)
+        assert torch.equal(class_counts(classes.cuda(), n_classes).cpu(), expected)

@@ -1,5 +1,6 @@
 """Defaults chosen for the machine: precision, batch size, loader workers, compilation."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -97,3 +98,15 @@ def test_prediction_summary_on_a_cpu_leaves_the_gpu_out():
 
     line = speed_summary(3, 2.0, LoopWaits(0.1, 0.0, 0.2), False, 1, 1, 2)
     assert "GPU" not in line and "5% for decoding (--workers 1), 10% for writing (--writers 1)" in line
+
+
+@pytest.mark.parametrize("method", [None, "sums", "bincount", "scatter"])
+@pytest.mark.parametrize("n_classes", [2, 5])
+def test_class_counts_agree_with_numpy_whatever_the_method(method, n_classes):
+    from predict import class_counts
+
+    classes = torch.randint(0, n_classes, (3, 17, 23), generator=torch.Generator().manual_seed(n_classes))
+    classes[1] = 0  # an image with one class only: the other counts are zero, not missing
+    counts = class_counts(classes, n_classes, method)
+    expected = [np.bincount(image.ravel(), minlength=n_classes) for image in classes.numpy()]
+    assert counts.dtype == torch.int64 and counts.tolist() == [list(row) for row in expected]
