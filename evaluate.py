@@ -65,7 +65,7 @@ def evaluate(
     notify = notify_once(tqdm.write)
     iou_sum = torch.zeros(n_classes, dtype=torch.float64)
     for batch in tqdm(loader, desc="evaluation", unit="batch", leave=False, disable=not progress):
-        masks = batch["mask"].to(device, non_blocking=True).long()  # cached validation masks are compact
+        masks = batch["mask"].to(device, non_blocking=True).long()  # int8 from the loader
         logits = predict_logits(model, batch["image"], device, precision, output_size=tuple(masks.shape[-2:]),
                                 options=options, notify=notify)
         dice, iou = per_class_scores(logits_to_classes(logits, threshold), masks, n_classes)

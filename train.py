@@ -394,7 +394,7 @@ def train_one_epoch(
             last_batch = batch
             images = normalize_images(batch["image"].to(device, non_blocking=True))
             images = images.contiguous(memory_format=memory_format(device))
-            masks = batch["mask"].to(device, non_blocking=True)
+            masks = batch["mask"].to(device, non_blocking=True).long()  # int8 from the loader: 1/8 of the bytes
             loss, logits = train_step(model, images, masks, optimizer, scaler, precision, args.grad_clip,
                                       class_weights, loss_weight, control.guard)
             scheduler.step()

@@ -115,3 +115,21 @@ def test_class_counts_on_cuda_match_the_cpu() -> None:
         classes = torch.randint(0, n_classes, (4, 96, 128), generator=torch.Generator().manual_seed(n_classes))
         expected = class_counts(classes, n_classes)
         assert torch.equal(class_counts(classes.cuda(), n_classes).cpu(), expected)
+
+
+@pytest.mark.parametrize("n_classes", [1, 3])
+def test_training_loss_needs_no_host_sync(n_classes) -> None:
+    """The issue's "no host syncs per step": the loss and its backward run without waiting for the GPU."""
+    from utils.mask_encoding import IGNORE_CLASS
+
+    logits = torch.randn(2, n_classes, 32, 32, device="cuda", requires_grad=True)
+    masks = torch.randint(0, max(n_classes, 2), (2, 32, 32), device="cuda")
+    masks[0, :4] = IGNORE_CLASS
+    weights = torch.ones(max(n_classes, 2), device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        segmentation_loss(logits, masks, weights).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(logits.grad).all()

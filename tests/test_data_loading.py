@@ -10,6 +10,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from utils.data_loading import (
     SegmentationDataset,
+    class_index_dtype,
     image_to_tensor,
     list_pairs,
     load_scaled_image,
@@ -259,14 +260,22 @@ def test_two_files_with_the_same_stem_raise_user_error(tmp_path):
 # --- SegmentationDataset ----------------------------------------------------------------------------
 
 
-def test_item_is_uint8_image_and_int64_mask_scaled_by_int_rule(carvana_folder):
+def test_item_is_uint8_image_and_int8_mask_scaled_by_int_rule(carvana_folder):
     pairs = list_pairs(carvana_folder / "imgs", carvana_folder / "masks")
     item = SegmentationDataset(pairs, [0, 1], scale=0.5)[1]
     width, height = int(0.5 * WIDTH), int(0.5 * HEIGHT)  # 26, 18
     assert item["name"] == "car1_01"
     assert item["image"].dtype == torch.uint8 and item["image"].shape == (3, height, width)
-    assert item["mask"].dtype == torch.int64 and item["mask"].shape == (height, width)
+    assert item["mask"].dtype == torch.int8 and item["mask"].shape == (height, width)  # .long() on the device
     assert set(item["mask"].unique().tolist()) == {0, 1}
+
+
+@pytest.mark.parametrize("classes, dtype", [
+    (2, torch.int8), (128, torch.int8), (129, torch.int16), (2**15, torch.int16), (2**15 + 1, torch.int32)])
+def test_class_indices_travel_in_the_smallest_type_that_holds_them_and_the_ignore_value(classes, dtype):
+    assert class_index_dtype(classes) == dtype
+    top = torch.tensor([classes - 1, -1])
+    assert torch.equal(top.to(dtype).long(), top)
 
 
 def test_item_at_full_scale_is_the_encoded_mask(carvana_folder):

@@ -149,3 +149,31 @@ def test_loss_is_computed_in_float32_for_half_precision_logits():
     loss = segmentation_loss(logits.to(torch.bfloat16), masks)
     assert loss.dtype == torch.float32
     assert loss.item() == pytest.approx(segmentation_loss(logits.to(torch.bfloat16).float(), masks).item())
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_cross_entropy_term_is_the_weighted_mean_over_pixels_not_ignored(weighted):
+    from utils.mask_encoding import IGNORE_CLASS
+
+    torch.manual_seed(1)
+    logits = torch.randn(2, 3, 6, 5, requires_grad=True)
+    masks = torch.randint(0, 3, (2, 6, 5))
+    masks[0, :2] = IGNORE_CLASS
+    weights = torch.tensor([0.2, 1.0, 4.0]) if weighted else None
+    valid = masks != IGNORE_CLASS
+    probs = F.softmax(logits, dim=1) * valid[:, None]
+    target = F.one_hot(masks.clamp(min=0), 3).permute(0, 3, 1, 2).float() * valid[:, None]
+    ce = F.cross_entropy(logits, masks, weight=weights, ignore_index=IGNORE_CLASS)
+    expected = ce + 1 - _manual_dice(probs, target)
+    assert segmentation_loss(logits, masks, weights).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("n_classes", [1, 3])
+def test_a_batch_with_every_pixel_ignored_gives_a_finite_loss_and_zero_gradients(n_classes):
+    from utils.mask_encoding import IGNORE_CLASS
+
+    logits = torch.randn(2, n_classes, 4, 4, requires_grad=True)
+    masks = torch.full((2, 4, 4), IGNORE_CLASS)
+    loss = segmentation_loss(logits, masks, torch.ones(max(n_classes, 2)))
+    loss.backward()
+    assert torch.isfinite(loss) and torch.equal(logits.grad, torch.zeros_like(logits))

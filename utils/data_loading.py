@@ -384,8 +384,15 @@ def normalize_images(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(255)
 
 
+def class_index_dtype(n_classes: int) -> torch.dtype:
+    """The smallest signed type for class indices and the ignore value -1: int8 below 128 classes, an eighth of
+    int64 on the way from the loader workers to the device (where the loss takes .long())."""
+    return torch.int8 if n_classes <= 2**7 else torch.int16 if n_classes <= 2**15 else torch.int32
+
+
 class SegmentationDataset(Dataset):
-    """Items are {"image": uint8 CxHxW, "mask": int64 HxW class indices, "name": str}.
+    """Items are {"image": uint8 CxHxW, "mask": HxW class indices (class_index_dtype: int8 for up to 128 classes;
+    IGNORE_CLASS for ignored pixels), "name": str}.
 
     scale_masks=False keeps masks at native resolution (for evaluation against the original masks).
     transform(image, mask) -> (image, mask) is the augmentation, applied after scaling.
@@ -416,6 +423,7 @@ class SegmentationDataset(Dataset):
         self.ignore_value = ignore_value
         self.transform = transform
         self.skip_unreadable = skip_unreadable
+        self.mask_dtype = class_index_dtype(max(len(mask_values), 2))
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -440,7 +448,7 @@ class SegmentationDataset(Dataset):
         mask_tensor = torch.from_numpy(class_indices).long()
         if self.transform is not None:
             image_tensor, mask_tensor = self.transform(image_tensor, mask_tensor)
-        return {"image": image_tensor, "mask": mask_tensor, "name": pair.name}
+        return {"image": image_tensor, "mask": mask_tensor.to(self.mask_dtype), "name": pair.name}
 
 
 class ImageFiles(Dataset):

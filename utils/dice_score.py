@@ -44,9 +44,11 @@ def segmentation_loss(logits: Tensor, masks: Tensor, class_weights: Tensor | Non
         bce = F.binary_cross_entropy_with_logits(logits, target, weight=pixel_weight, reduction="sum")
         bce = bce / valid.sum().clamp(min=1)
         return bce + dice_loss(torch.sigmoid(logits) * valid, target * valid)
-    ce = F.cross_entropy(logits, masks, weight=class_weights, ignore_index=IGNORE_CLASS)
-    if not valid.any():
-        ce = logits.sum() * 0  # every pixel ignored: cross_entropy would be NaN
+    # cross_entropy's weighted mean, written out so that a batch whose pixels are all ignored gives 0, not NaN,
+    # without asking the device first (a host sync every step).
+    ce = F.cross_entropy(logits, masks, weight=class_weights, ignore_index=IGNORE_CLASS, reduction="sum")
+    counted = (valid.float() if class_weights is None else class_weights[target] * valid).sum()
+    ce = ce / torch.where(counted > 0, counted, torch.ones_like(counted))
     one_hot = F.one_hot(target, logits.size(1)).permute(0, 3, 1, 2).float() * valid[:, None]
     return ce + dice_loss(F.softmax(logits, dim=1) * valid[:, None], one_hot, multiclass=True)
 

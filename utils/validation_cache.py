@@ -9,20 +9,14 @@ from .inference import available_ram
 MAX_CACHE_BYTES = 2 * 2**30  # and at most an eighth of the RAM available when the cache fills
 
 
-def compact_mask(mask: torch.Tensor) -> torch.Tensor:
-    """Class indices (and the ignore value -1) in the smallest signed type that holds them: int8 below 128
-    classes, an eighth of the int64 the loader gives."""
-    if mask.numel() == 0:
-        return mask.to(torch.int8)
-    top = int(mask.max())
-    dtype = torch.int8 if top < 2**7 else torch.int16 if top < 2**15 else torch.int32
-    return mask.to(dtype)
+def pinned(value: object) -> object:
+    return value.pin_memory() if isinstance(value, torch.Tensor) and not value.is_pinned() else value
 
 
 class ValidationCache:
     """Iterates like the validation loader; the first full pass is kept when it fits a memory budget.
 
-    Masks are kept compact (compact_mask) and come back in that type: consumers call .long() on the device.
+    The batches are kept as the loader gives them (uint8 images, int8 masks: utils.data_loading.class_index_dtype).
     When the pass outgrows the budget the copies are dropped and every epoch reads the loader again, as
     without the cache. pin: keep the copies in page-locked memory, for fast non-blocking copies to a GPU.
     """
@@ -48,12 +42,11 @@ class ValidationCache:
         size = 0
         for batch in self.loader:
             if kept is not None:
-                copy = {**batch, "mask": compact_mask(batch["mask"])}
-                if self.pin:
-                    copy["mask"] = copy["mask"].pin_memory()
-                size += copy["image"].nbytes + copy["mask"].nbytes
+                if self.pin:  # a loader with pin_memory has done it already
+                    batch = {key: pinned(value) for key, value in batch.items()}
+                size += batch["image"].nbytes + batch["mask"].nbytes
                 if size <= self.budget:
-                    kept.append(copy)
+                    kept.append(batch)
                 else:
                     kept = None  # too large to keep: read from the loader every epoch
             yield batch
