@@ -181,21 +181,18 @@ def collate_by_size(items: list[dict]) -> dict:
 
 
 def class_counts(classes: torch.Tensor, n_classes: int, method: str | None = None) -> torch.Tensor:
-    """(B, H, W) class indices -> (B, n_classes) pixel counts (int64).
+    """(B, H, W) class indices -> (B, n_classes) pixel counts (int64), without a host sync.
 
     method (default: by device): "sums", one comparison and sum per class, on GPUs for up to 32 classes, where
-    a scatter of millions of ones into a few counters makes every atomic add wait for the others (2 counters
-    per image for Carvana); "bincount", one histogram per image, on GPUs beyond 32 classes; "scatter" on CPUs,
-    the fastest of the three there (3.7 ms per 1918x1280 mask, against 7.0 for bincount and 11 for the sums).
+    a scatter of millions of ones into a few counters makes the atomic adds wait for each other (2 counters per
+    image for Carvana); "scatter" on CPUs (3.5 ms per 1918x1280 mask; the sums take 3.0 for 2 classes but 11.5
+    for 5: bench/mask_output_cost.py) and on GPUs beyond 32 classes. (torch.bincount would sync on a GPU.)
     """
     flat = classes.flatten(1)
     if method is None:
-        method = "scatter" if flat.device.type == "cpu" else "sums" if n_classes <= 32 else "bincount"
+        method = "sums" if flat.device.type != "cpu" and n_classes <= 32 else "scatter"
     if method == "sums":
         return torch.stack([(flat == c).sum(1) for c in range(n_classes)], 1)
-    if method == "bincount":
-        offsets = torch.arange(len(flat), device=flat.device)[:, None] * n_classes
-        return torch.bincount((flat + offsets).flatten(), minlength=len(flat) * n_classes).view(-1, n_classes)
     counts = torch.zeros(len(flat), n_classes, dtype=torch.int64, device=flat.device)
     return counts.scatter_add_(1, flat, torch.ones((), dtype=torch.int64, device=flat.device).expand_as(flat))
 

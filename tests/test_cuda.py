@@ -111,10 +111,17 @@ def test_predict_folder_on_cuda(tmp_path) -> None:
 def test_class_counts_on_cuda_match_the_cpu() -> None:
     from predict import class_counts
 
-    for n_classes in (2, 40):  # per-class sums, then bincount
+    for n_classes in (2, 40):  # per-class sums, then the scatter
         classes = torch.randint(0, n_classes, (4, 96, 128), generator=torch.Generator().manual_seed(n_classes))
         expected = class_counts(classes, n_classes)
-        assert torch.equal(class_counts(classes.cuda(), n_classes).cpu(), expected)
+        on_gpu = classes.cuda()
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")  # the batch's results are copied back while the next one computes
+        try:
+            counts = class_counts(on_gpu, n_classes)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert torch.equal(counts.cpu(), expected)
 
 
 @pytest.mark.parametrize("n_classes", [1, 3])

@@ -54,3 +54,14 @@ def test_an_interrupted_pass_is_not_kept() -> None:
     next(iter(cache))
     assert not cache.cached
     assert len(list(cache)) == 3 and cache.cached
+
+
+def test_a_kept_pass_lets_the_loader_and_its_workers_go() -> None:
+    import weakref
+
+    loader = CountingLoader(batches())
+    alive = weakref.ref(loader)
+    cache = ValidationCache(loader, budget=2**20)
+    del loader
+    list(cache)
+    assert alive() is None and len(cache) == 3 and len(list(cache)) == 3

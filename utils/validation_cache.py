@@ -22,7 +22,8 @@ class ValidationCache:
     """
 
     def __init__(self, loader: Iterable[dict], pin: bool = False, budget: int | None = None):
-        self.loader, self.pin = loader, pin
+        self.loader: Iterable[dict] | None = loader
+        self.pin = pin
         self.budget = budget if budget is not None else min(MAX_CACHE_BYTES, available_ram() // 8)
         self.kept: list[dict] | None = None
 
@@ -51,3 +52,5 @@ class ValidationCache:
                     kept = None  # too large to keep: read from the loader every epoch
             yield batch
         self.kept = kept
+        if kept is not None:
+            self.loader = None  # not read again: a DataLoader's persistent workers shut down with it
