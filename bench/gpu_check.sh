@@ -51,6 +51,8 @@ row "predict.py eager" bench/predict_speed.py --count 960 --files 320 --referenc
 echo "== $(date +%T) tile memory" | tee -a "$LOG"
 timeout 120 "$PY" bench/tile_memory.py --width 1918 --height 1280 --scale 1 --gpu-limit 2 2>>"$LOG" | tee -a "$LOG"
 timeout 60 "$PY" bench/inference_memory.py --device cuda 2>>"$LOG" | tee -a "$LOG"
+# Per-mask costs around the model: PNG writing (CPU) and class counting on the GPU, per method.
+timeout 60 "$PY" bench/mask_output_cost.py --device cuda --repeat 5 2>>"$LOG" | tee -a "$LOG"
 fi
 
 if [[ $PART == explore ]]; then

@@ -140,3 +140,24 @@ def test_training_loss_needs_no_host_sync(n_classes) -> None:
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(logits.grad).all()
+
+
+def test_a_prediction_batch_is_queued_without_a_host_sync() -> None:
+    """predict.py copies a batch's masks back while the next batch computes: queuing one must not wait."""
+    from predict import MaskEncoder
+    from utils.inference import InferenceOptions, fuse_batchnorm, predict_logits
+
+    device = torch.device("cuda")
+    model = fuse_batchnorm(UNet(3, 2)).to(device, memory_format=memory_format(device))
+    images = torch.randint(0, 256, (2, 3, 64, 96), dtype=torch.uint8).pin_memory()
+    precision, options = Precision("cuda", torch.bfloat16), InferenceOptions(tile="auto")
+    encode = MaskEncoder([0, 1], 2, device, class_indices=False, probs=False, threshold=0.5)
+    encode(predict_logits(model, images, device, precision, (128, 192), options), [0, 1])  # cuDNN tuning syncs
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        ready = encode(predict_logits(model, images, device, precision, (128, 192), options), [0, 1])
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    ready["done"].synchronize()
+    assert ready["counts"].sum(1).tolist() == [128 * 192] * 2 and ready["encoded"].shape == (2, 128, 192)
