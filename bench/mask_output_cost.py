@@ -16,6 +16,7 @@ import sys
 import time
 import zlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from predict import class_counts  # noqa: E402
 from utils.synthetic_data import _render  # noqa: E402
 
 PNG_SETTINGS = {"Pillow default (level 6)": {}, "zlib Z_RLE (ours)": {"compress_type": zlib.Z_RLE},
-                "level 1": {"compress_level": 1}}
+                "level 1": {"compress_level": 1}, "level 0 (filters only)": {"compress_level": 0}}
 
 
 def median_ms(work: Callable[[], object], repeat: int, sync: Callable[[], None] = lambda: None) -> float:
@@ -78,6 +79,17 @@ def png_rows(masks: dict[str, np.ndarray], repeat: int) -> None:
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 
+def thread_rows(mask: np.ndarray, count: int) -> None:
+    """Masks/s written by 1 and 2 threads: PNG compression releases the GIL, so writer threads add up."""
+    image = Image.fromarray(mask)
+    for threads in (1, 2):
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(lambda _: write_png(image, io.BytesIO(), PNG_SETTINGS["zlib Z_RLE (ours)"]), range(4)))
+            started = time.perf_counter()
+            list(pool.map(lambda _: write_png(image, io.BytesIO(), PNG_SETTINGS["zlib Z_RLE (ours)"]), range(count)))
+            print(f"| {threads} | {count / (time.perf_counter() - started):.0f} masks/s |")
+
+
 def counting_rows(mask: np.ndarray, batch: int, device: torch.device, repeat: int) -> None:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for n_classes in (2, 5, 40):
@@ -103,6 +115,8 @@ def main() -> None:
     masks = carvana_masks(args.width, args.height)
     print(f"PNG writing, one thread, {args.width}x{args.height} (median of {args.repeat}):")
     png_rows(masks, args.repeat)
+    print("\n| writer threads (Z_RLE, binary mask) | speed |\n|---|---|")
+    thread_rows(masks["binary 0/255, car 0"], 40)
     print(f"\nclass counts (median of {args.repeat}), torch {torch.__version__}, {time.strftime('%Y-%m-%d')}:")
     print("| device | classes | masks per call | sums | scatter | predict.py uses |")
     print("|---|---|---|---|---|---|")
