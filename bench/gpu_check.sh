@@ -3,9 +3,12 @@
 #   CUDA tests (fp16 + scaler, bf16, compile, checkpointing, tiles after out-of-memory, folder prediction),
 #   then the training rows ("train") and/or the prediction rows ("predict"), and a table at the end.
 # Uses the machine's own python3 (PyTorch preinstalled there); wandb is not needed (--wandb disabled).
-#   bash bench/gpu_check.sh [all|train|predict|explore]    # default all; log and table also go to $OUT (or /tmp)
+#   bash bench/gpu_check.sh [all|train|predict|explore|next]    # default all; log and table also go to $OUT
 # "explore" (not in "all", ~5 min): model-only training variants that train.py does not use yet, to see whether
 # one would lift the model's own ceiling (127.6 images/s on an H100, below the 150 target).
+# "next" (~8 min, for one call of a 15-minute lease): what the latest code has not been measured with yet, most
+# important first, so that a run cut short still answers the main questions: the CUDA tests, train.py and
+# predict.py end to end, the per-mask costs on the GPU, then the model-only variants of "explore".
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PART=${1:-all}
@@ -55,7 +58,13 @@ timeout 60 "$PY" bench/inference_memory.py --device cuda 2>>"$LOG" | tee -a "$LO
 timeout 60 "$PY" bench/mask_output_cost.py --device cuda --repeat 5 2>>"$LOG" | tee -a "$LOG"
 fi
 
-if [[ $PART == explore ]]; then
+if [[ $PART == next ]]; then
+row "train.py defaults" bench/train_speed.py --count 320 --scale 0.5 --epochs 3
+row "predict.py compiled" bench/predict_speed.py --count 1920 --files 320 --reference-count 8 -- --compile on
+timeout 60 "$PY" bench/mask_output_cost.py --device cuda --repeat 5 2>>"$LOG" | tee -a "$LOG"
+fi
+
+if [[ $PART == explore || $PART == next ]]; then
 row "model bf16 b16 compiled" bench/train_speed.py --model-only --scale 0.5 --batch-size 16 --compile on
 # 960x640: every level halves evenly, so no up-step pads (959 is odd)
 row "model 960x640 b16" bench/train_speed.py --model-only --scale 0.5 --width 1920 --batch-size 16 --compile on
