@@ -185,8 +185,9 @@ def class_counts(classes: torch.Tensor, n_classes: int, method: str | None = Non
 
     method (default: by device): "sums", one comparison and sum per class, on GPUs for up to 32 classes, where
     a scatter of millions of ones into a few counters makes the atomic adds wait for each other (2 counters per
-    image for Carvana); "scatter" on CPUs (3.5 ms per 1918x1280 mask; the sums take 3.0 for 2 classes but 11.5
-    for 5: bench/mask_output_cost.py) and on GPUs beyond 32 classes. (torch.bincount would sync on a GPU.)
+    image for Carvana); "scatter" on CPUs (3.3-3.5 ms per 1918x1280 mask for any number of classes; the sums
+    take 2.7 ms for 2 classes, 8-10 for 5, ~60 for 40: bench/mask_output_cost.py) and on GPUs beyond 32 classes.
+    (torch.bincount would sync on a GPU: its output's length depends on the data.)
     """
     flat = classes.flatten(1)
     if method is None:

@@ -385,8 +385,8 @@ def normalize_images(images: torch.Tensor) -> torch.Tensor:
 
 
 def class_index_dtype(n_classes: int) -> torch.dtype:
-    """The smallest signed type for class indices and the ignore value -1: int8 below 128 classes, an eighth of
-    int64 on the way from the loader workers to the device (where the loss takes .long())."""
+    """The smallest signed type for class indices and the ignore value -1: int8 for up to 128 classes, an eighth
+    of int64 on the way from the loader workers to the device (where the loss takes .long())."""
     return torch.int8 if n_classes <= 2**7 else torch.int16 if n_classes <= 2**15 else torch.int32
 
 

@@ -17,8 +17,8 @@ class ValidationCache:
     """Iterates like the validation loader; the first full pass is kept when it fits a memory budget.
 
     The batches are kept as the loader gives them (uint8 images, int8 masks: utils.data_loading.class_index_dtype).
-    When the pass outgrows the budget the copies are dropped and every epoch reads the loader again, as
-    without the cache. pin: keep the copies in page-locked memory, for fast non-blocking copies to a GPU.
+    When the pass outgrows the budget the batches are dropped and every epoch reads the loader again, as
+    without the cache. pin: keep the batches in page-locked memory, for fast non-blocking copies to a GPU.
     """
 
     def __init__(self, loader: Iterable[dict], pin: bool = False, budget: int | None = None):
