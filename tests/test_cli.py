@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -229,7 +230,18 @@ class Payload:
         return (Path.touch, (self.marker,))
 
 
-def test_wandb_offline_run_is_written_locally(tmp_path: Path) -> None:
+def test_wandb_offline_run_is_written_locally(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Also when train.py is started by a process that runs wandb itself (a notebook; here this test): the child
+    inherits WANDB_SERVICE and logs through the parent's service, which must still write into the child's run."""
+    from utils.run_log import RunLog
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_SERVICE", os.environ.get("WANDB_SERVICE", ""))  # put back as it was afterwards
+    (tmp_path / "parent").mkdir()
+    monkeypatch.chdir(tmp_path / "parent")  # the service's own directory, not the one train.py runs in
+    RunLog(Path("."), {}, "offline").close()  # this process now runs a wandb service
+    assert os.environ["WANDB_SERVICE"]
     write_carvana_like(tmp_path / "data", 3)
     flags = [flag if flag != "disabled" else "offline" for flag in TRAIN_FLAGS]
     result = run("train.py", "--epochs", "1", "--validation", "34", *flags, cwd=tmp_path)

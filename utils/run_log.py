@@ -49,7 +49,9 @@ class RunLog:
             import wandb
 
             return wandb.init(
-                project="U-Net", config=config, mode=mode, dir=str(self.run_dir), resume="allow",
+                # Absolute: a process started from one already running wandb (a notebook, a test) inherits its
+                # WANDB_SERVICE, and that service would resolve a relative folder against its own directory.
+                project="U-Net", config=config, mode=mode, dir=str(self.run_dir.resolve()), resume="allow",
                 settings=wandb.Settings(init_timeout=60, silent=True),
             )
         except Exception as error:  # noqa: BLE001 - logging must never stop training
