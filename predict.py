@@ -275,12 +275,12 @@ def hand_over(ready: dict, writer: MaskWriter, inputs: list[Path], outputs: list
 
 
 def csv_location(requested: str | None, outputs: list[str] | None, targets: list[Path]) -> Path | None:
+    """--csv FILE as given; bare --csv: predictions.csv beside the (first) mask when -o is given, else here."""
     if requested is None:
         return None
     if requested:
         return Path(requested)
-    folder = Path(outputs[0]) if outputs and len(targets) > 1 else (targets[0].parent if outputs else Path("."))
-    return folder / "predictions.csv"
+    return (targets[0].parent if outputs else Path(".")) / "predictions.csv"
 
 
 def main(args: argparse.Namespace) -> int:

@@ -270,6 +270,27 @@ def check_writable(folder: Path) -> None:
         raise UserError(f"cannot write to --checkpoint-dir {folder} ({error.strerror}): pick another folder") from None
 
 
+def keep_run_settings(args: argparse.Namespace, resumed: dict, resume_file: Path) -> list[str]:
+    """A resumed run keeps its architecture and reads its data as it did (the saved position in the epoch depends
+    on the batch size); a flag given otherwise is overridden, and each such flag gets a line saying so."""
+    architecture = resumed["model_args"]
+    saved_args = resumed.get("args", {})
+    kept = {"classes": architecture["n_classes"], "channels": architecture["n_channels"],
+            "bilinear": architecture["bilinear"], "scale": resumed.get("scale", args.scale),
+            **{name: saved_args.get(name, getattr(args, name))
+               for name in ("binarize", "ignore_index", "class_weights", "batch_size")}}
+    parser = get_args_parser()
+    lines = []
+    for name, value in kept.items():
+        given = getattr(args, name)
+        if given != value and given != parser.get_default(name):
+            flag = "--" + name.replace("_", "-")
+            lines.append(f"note: {resume_file} continues with {flag} {value}; {flag} {given} is ignored "
+                         "(start a new run to change it)")
+        setattr(args, name, value)
+    return lines
+
+
 def train_step(
     model: nn.Module,
     images: torch.Tensor,
@@ -470,12 +491,8 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     resumed = load_checkpoint(resume_file) if resume_file else None
     if resumed is not None:
         check_training_state(resumed, resume_file)
-        architecture = resumed["model_args"]  # the run's architecture wins over the flags
-        args.classes, args.channels = architecture["n_classes"], architecture["n_channels"]
-        args.bilinear = architecture["bilinear"]
-        for name in ("binarize", "ignore_index", "class_weights", "batch_size"):  # the data is read as it was
-            setattr(args, name, resumed.get("args", {}).get(name, getattr(args, name)))
-        args.scale = resumed.get("scale", args.scale)
+        for line in keep_run_settings(args, resumed, resume_file):
+            say(line, file=sys.stderr)
 
     weights = load_checkpoint(args.load) if args.load else None
     if weights is not None:  # start from these weights: their architecture decides how images are read

@@ -652,3 +652,15 @@ def test_inference_scale_prefers_flag_then_checkpoint_then_half():
     assert inference_scale({"scale": 0.25}, 1.0) == 1.0
     assert inference_scale({"scale": 0.25}, None) == 0.25
     assert inference_scale({}, None) == 0.5
+
+
+def test_resume_keeps_the_runs_settings_and_names_each_flag_it_overrides(tmp_path: pathlib.Path) -> None:
+    import train
+
+    resumed = {"model_args": {"n_classes": 3, "n_channels": 3, "bilinear": False}, "scale": 0.25,
+               "args": {"batch_size": 4, "binarize": False, "ignore_index": None, "class_weights": None}}
+    args = train.get_args_parser().parse_args(["--batch-size", "8", "--scale", "0.25", "--classes", "3"])
+    lines = train.keep_run_settings(args, resumed, tmp_path / "last.pth")
+    assert args.batch_size == 4 and args.scale == 0.25 and args.classes == 3
+    assert lines == [f"note: {tmp_path / 'last.pth'} continues with --batch-size 4; --batch-size 8 is ignored "
+                     "(start a new run to change it)"]  # flags left at their defaults, or equal, pass silently

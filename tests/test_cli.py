@@ -302,3 +302,18 @@ def test_load_takes_the_architecture_from_the_weights_file(tmp_path: Path) -> No
         train.main(train.get_args_parser().parse_args(
             [*base, "--load", str(tmp_path / "first" / "last.pth"), "--classes", "2",
              "--checkpoint-dir", str(tmp_path / "third")]))
+
+
+def test_bare_csv_flag_puts_predictions_csv_beside_the_masks(tmp_path: Path) -> None:
+    import predict
+
+    inputs = [tmp_path / "a.jpg", tmp_path / "b.png"]
+    folder = [str(tmp_path / "out")]
+    expected = tmp_path / "out" / "predictions.csv"
+    assert predict.csv_location("", folder, predict.output_paths(inputs, folder)) == expected
+    files = [str(tmp_path / "masks" / "a.png"), str(tmp_path / "masks" / "b.png")]  # one file per input
+    expected = tmp_path / "masks" / "predictions.csv"  # not a.png/predictions.csv
+    assert predict.csv_location("", files, predict.output_paths(inputs, files)) == expected
+    assert predict.csv_location("", None, predict.output_paths(inputs, None)) == Path("predictions.csv")
+    assert predict.csv_location("rows.csv", files, inputs) == Path("rows.csv")
+    assert predict.csv_location(None, files, inputs) is None
