@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks on a lent H100/H200 (see DEVELOPERS.md, bench/README.md), each part about 5 minutes:
+# The GPU checks on a lent H100/H200 (the team's developers' guide, bench/README.md), each part about 5 minutes:
 #   CUDA tests (fp16 + scaler, bf16, compile, checkpointing, tiles after out-of-memory, folder prediction),
 #   then the training rows ("train") and/or the prediction rows ("predict"), and a table at the end.
 # Uses the machine's own python3 (PyTorch preinstalled there); wandb is not needed (--wandb disabled).

@@ -145,7 +145,7 @@ def _glibc(device: torch.device) -> ctypes.CDLL | None:
 
 def add_device_arguments(parser: argparse.ArgumentParser) -> None:
     """--device, --amp and --precision, the same in every script."""
-    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA if available)")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA, else MPS, else CPU)")
     parser.add_argument("--amp", action="store_true",
                         help="mixed precision even without native bf16: bf16 on CPUs, fp16 (+ scaler) on older GPUs")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
