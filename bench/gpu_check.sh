@@ -62,6 +62,8 @@ if [[ $PART == next ]]; then
 row "train.py defaults" bench/train_speed.py --count 320 --scale 0.5 --epochs 3
 row "predict.py compiled" bench/predict_speed.py --count 1920 --files 320 --reference-count 8 -- --compile on
 timeout 60 "$PY" bench/mask_output_cost.py --device cuda --repeat 5 2>>"$LOG" | tee -a "$LOG"
+row "predict.py cudnn.benchmark" bench/predict_speed.py --count 1920 --files 320 --reference-count 0 \
+    --cudnn-benchmark -- --compile on
 fi
 
 if [[ $PART == explore || $PART == next ]]; then

@@ -59,12 +59,13 @@ def predict_like_reference(model: UNet, files: list[Path], out_dir: Path, scale:
     return len(files) / (time.perf_counter() - started)
 
 
-def seconds_of_predict(flags: list[str]) -> tuple[float, str]:
+def seconds_of_predict(flags: list[str], cudnn_benchmark: bool = False) -> tuple[float, str]:
     """Wall time of predict.main in a fresh process, as a user's run is (imports left out, model loading,
     worker start and compilation in), and predict.py's own summary line: what its loop waited for. (A second
     call in one process ran ~5% slower on the CPU: the loader worker forked from the first call's large heap
     makes every page the model writes copy-on-write.)"""
-    code = ("import sys, time; sys.path.insert(0, sys.argv[1]); import predict; started = time.perf_counter(); "
+    code = ("import sys, time; sys.path.insert(0, sys.argv[1]); import predict; "
+            f"predict.torch.backends.cudnn.benchmark = {cudnn_benchmark}; started = time.perf_counter(); "
             "predict.main(predict.get_args_parser().parse_args(sys.argv[2:])); "
             "print('seconds', time.perf_counter() - started)")
     result = subprocess.run([sys.executable, "-c", code, str(ROOT), *flags], check=True, stdout=subprocess.PIPE,
@@ -85,6 +86,9 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=1280, help="image height (default: %(default)s)")
     parser.add_argument("--scale", type=float, default=0.5, help="predict.py --scale (default: %(default)s)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: CUDA if available)")
+    parser.add_argument("--cudnn-benchmark", action="store_true",
+                        help="turn on cuDNN's algorithm search in predict.py's process (off there by default), "
+                             "to see whether predict.py should")
     parser.add_argument("flags", nargs="*", help="more predict.py flags after --, e.g. -- --compile on --amp")
     args = parser.parse_args()
 
@@ -112,7 +116,7 @@ def main() -> None:
         ours = []
         for run in range(2):
             shutil.rmtree(scratch / "ours", ignore_errors=True)
-            seconds, summary = seconds_of_predict(flags)
+            seconds, summary = seconds_of_predict(flags, args.cudnn_benchmark)
             ours.append(args.count / seconds)
             print(f"ours, run {run + 1}: {summary}", flush=True)
         written = len(list((scratch / "ours").glob("*.png")))
@@ -121,7 +125,9 @@ def main() -> None:
     ratio = f"{ours[1] / reference:.2f}x" if reference else "-"
     print(f"ours: {ours[0]:.3f} images/s first run, {ours[1]:.3f} second; reference loop: {reference:.3f}; "
           f"ratio (second run) {ratio}")
-    print(f"| {name} | {args.count} images, scale {args.scale} {' '.join(args.flags)} | {ours[0]:.3f} | {ours[1]:.3f} "
+    settings = f"{args.count} images, scale {args.scale} {' '.join(args.flags)}"
+    settings += " cudnn.benchmark" if args.cudnn_benchmark else ""
+    print(f"| {name} | {settings} | {ours[0]:.3f} | {ours[1]:.3f} "
           f"| {reference:.3f} ({args.reference_count} images) | {ratio} | torch {torch.__version__}, "
           f"{time.strftime('%Y-%m-%d')} |")
 
