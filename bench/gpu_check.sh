@@ -61,8 +61,8 @@ fi
 
 if [[ $PART == next ]]; then
 row "train.py defaults" bench/train_speed.py --count 320 --scale 0.5 --epochs 3
-# 3200 images: a warm compiled start still costs ~2 s (Dynamo tracing, 1.9 s on the 2-core CPU), ~1/3 of a
-# 1920-image run at 300 images/s; a real folder (Carvana's test set: 100,064 images) amortises it.
+# 3200 images: even with the compiler's cache warm, a compiled start traces the model again (seconds), which a
+# real folder (Carvana's test set: 100,064 images) amortises.
 row "predict.py compiled" bench/predict_speed.py --count 3200 --files 320 --reference-count 8 -- --compile on
 timeout 60 "$PY" bench/mask_output_cost.py --device cuda --repeat 5 2>>"$LOG" | tee -a "$LOG"
 row "predict.py cudnn.benchmark" bench/predict_speed.py --count 3200 --files 320 --reference-count 0 \
