@@ -93,8 +93,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     speed.add_argument("--writers", type=int, default=None,
                        help="threads encoding and writing masks (default: 8 on a GPU, 1 on a CPU)")
     speed.add_argument("--compile", choices=COMPILE_CHOICES, default="auto",
-                       help="torch.compile the model; auto = on with CUDA (~30 s of compiling, then faster "
-                            "batches), off on CPUs, where it was slower (default: %(default)s)")
+                       help="torch.compile the model; auto = on with CUDA for 1000 images or more (compiling "
+                            "takes ~20 s the first time, seconds later), off on CPUs, where it was slower (default: "
+                            "%(default)s)")
     add_device_arguments(parser)
     return parser
 
@@ -306,7 +307,7 @@ def main(args: argparse.Namespace) -> int:
     writers = args.writers or (8 if on_gpu else 1)
     writer = MaskWriter(model.mask_values, checkpoint.get("mask_palette"), model.n_channels,
                         OutputOptions(not args.no_save, args.save_probs, args.overlay, viz), threads=writers)
-    net = compile_model(model, args.compile) if should_compile(args.compile, device) else model
+    net = compile_model(model, args.compile) if should_compile(args.compile, device, len(inputs)) else model
     batch_size = args.batch_size or (16 if on_gpu else 1)
     loader = DataLoader(ImageFiles(inputs, scale, model.n_channels), batch_size=batch_size, num_workers=workers,
                         collate_fn=collate_by_size, pin_memory=on_gpu,

@@ -76,6 +76,14 @@ def test_compile_choice(choice, device, expected):
     assert should_compile(choice, torch.device(device)) is expected
 
 
+@pytest.mark.parametrize("choice, images, expected", [
+    ("auto", 1, False), ("auto", 999, False), ("auto", 1000, True), ("on", 1, True), ("off", 5000, False),
+])
+def test_prediction_compiles_by_default_only_when_the_images_pay_it_back(choice, images, expected):
+    assert should_compile(choice, torch.device("cuda"), images) is expected
+    assert not should_compile("auto", torch.device("cpu"), images)
+
+
 @pytest.mark.parametrize("waits, workers, writers, cores, hint", [
     ((4.0, 1.0, 0.5), 2, 8, 16, "try --workers 4"),  # decoding 40%: more workers, cores to spare
     ((4.0, 1.0, 0.5), 15, 8, 16, None),  # decoding 40% but every core already decodes: no advice
