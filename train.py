@@ -47,6 +47,7 @@ from utils.data_loading import (
 )
 from utils.device import (
     COMPILE_CHOICES,
+    COMPILE_MIN_TRAINING_IMAGES,
     Precision,
     add_device_arguments,
     choose_device,
@@ -135,7 +136,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     model.add_argument("--checkpointing", action="store_true",
                        help="activation checkpointing: less memory, about 30%% more compute")
     model.add_argument("--compile", choices=COMPILE_CHOICES, default="auto",
-                       help="torch.compile the model; auto = on with CUDA, off on CPUs (default: %(default)s)")
+                       help="torch.compile the model; auto = on with CUDA for runs of 15000 training images or "
+                            "more (epochs x images), off on CPUs (default: %(default)s)")
     model.add_argument("--sync-batchnorm", action="store_true",
                        help="under torchrun, BatchNorm statistics over the global batch (CUDA only)")
     optim = parser.add_argument_group("optimisation")
@@ -585,14 +587,16 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     training_model: nn.Module = model
     if world.distributed:
         training_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if should_compile(args.compile, device):
+    compiled = should_compile(args.compile, device, len(plan) * args.batch_size * world.size,
+                              COMPILE_MIN_TRAINING_IMAGES)
+    if compiled:
         training_model = compile_model(training_model, args.compile)
 
     processes = f" x {world.size} processes" if world.distributed else ""
     say(f"{len(train_set)} training and {len(val_pairs)} validation images from {args.imgs}, scale {args.scale}, "
         f"mask values {mask_values}, {args.classes} classes, {precision.name} on {device}{processes}, "
         f"batch {args.batch_size}, {workers} loader workers"
-        + (", compiled" if should_compile(args.compile, device) else ""))
+        + (", compiled" if compiled else ""))
     run_log = RunLog(args.checkpoint_dir, vars(args), args.wandb or default_wandb_mode(), start_epoch) \
         if world.is_main else None
     val_dice = result = None

@@ -84,6 +84,16 @@ def test_prediction_compiles_by_default_only_when_the_images_pay_it_back(choice,
     assert not should_compile("auto", torch.device("cpu"), images)
 
 
+def test_training_compiles_by_default_only_for_runs_long_enough_to_pay_it_back():
+    from utils.device import COMPILE_MIN_TRAINING_IMAGES
+
+    cuda = torch.device("cuda")
+    assert COMPILE_MIN_TRAINING_IMAGES == 15000
+    assert not should_compile("auto", cuda, 32 * 6, COMPILE_MIN_TRAINING_IMAGES)  # make demo
+    assert should_compile("auto", cuda, 4579 * 5, COMPILE_MIN_TRAINING_IMAGES)  # Carvana, 5 epochs
+    assert should_compile("on", cuda, 8, COMPILE_MIN_TRAINING_IMAGES)
+
+
 @pytest.mark.parametrize("waits, workers, writers, cores, hint", [
     ((4.0, 1.0, 0.5), 2, 8, 16, "try --workers 4"),  # decoding 40%: more workers, cores to spare
     ((4.0, 1.0, 0.5), 15, 8, 16, None),  # decoding 40% but every core already decodes: no advice
