@@ -544,8 +544,8 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     # On a CPU, validation decodes in this process: a worker forked at the end of the first epoch shares the
     # trainer's gigabytes of heap copy-on-write, and the next epoch paid ~20% for the page copies (measured).
     val_workers = 0 if device.type == "cpu" else min(workers, len(val_set))
-    val_loader = ValidationCache(make_loader(val_set, args.batch_size, device, val_workers),
-                                 pin=device.type == "cuda") if val_pairs else None  # decoded once if it fits
+    val_loader = ValidationCache(make_loader(val_set, args.batch_size, device, val_workers)) \
+        if val_pairs else None  # decoded once if it fits
 
     # Model, optimizer, schedule (cosine decay over all steps), gradient scaler for fp16.
     if weights is not None:

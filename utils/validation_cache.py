@@ -2,28 +2,21 @@
 
 from collections.abc import Iterable, Iterator
 
-import torch
-
 from .inference import available_ram
 
 MAX_CACHE_BYTES = 2 * 2**30  # and at most an eighth of the RAM available when the cache fills
 
 
-def pinned(value: object) -> object:
-    return value.pin_memory() if isinstance(value, torch.Tensor) and not value.is_pinned() else value
-
-
 class ValidationCache:
     """Iterates like the validation loader; the first full pass is kept when it fits a memory budget.
 
-    The batches are kept as the loader gives them (uint8 images, int8 masks: utils.data_loading.class_index_dtype).
-    When the pass outgrows the budget the batches are dropped and every epoch reads the loader again, as
-    without the cache. pin: keep the batches in page-locked memory, for fast non-blocking copies to a GPU.
+    The batches are kept as the loader gives them (uint8 images, int8 masks: utils.data_loading.class_index_dtype;
+    in page-locked memory where the loader pins them, as make_loader does for CUDA). When the pass outgrows the
+    budget the batches are dropped and every epoch reads the loader again, as without the cache.
     """
 
-    def __init__(self, loader: Iterable[dict], pin: bool = False, budget: int | None = None):
+    def __init__(self, loader: Iterable[dict], budget: int | None = None):
         self.loader: Iterable[dict] | None = loader
-        self.pin = pin
         self.budget = budget if budget is not None else min(MAX_CACHE_BYTES, available_ram() // 8)
         self.kept: list[dict] | None = None
 
@@ -43,8 +36,6 @@ class ValidationCache:
         size = 0
         for batch in self.loader:
             if kept is not None:
-                if self.pin:  # a loader with pin_memory has done it already
-                    batch = {key: pinned(value) for key, value in batch.items()}
                 size += batch["image"].nbytes + batch["mask"].nbytes
                 if size <= self.budget:
                     kept.append(batch)
