@@ -59,6 +59,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_both_ranks_train_their_half_of_every_batch(runs: Path) -> None:
     log = runs.joinpath("ddp.log").read_text()
     assert "rank 0/2: 4 steps, 4 images in the last epoch" in log

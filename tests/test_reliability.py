@@ -73,6 +73,7 @@ def model_and_optimizer(path: Path) -> dict:
     return {"model": checkpoint["model"], "optimizer": checkpoint["optimizer"]["state"], "step": checkpoint["step"]}
 
 
+@pytest.mark.slow
 def test_sigkilled_twice_and_resumed_matches_an_uninterrupted_run(data: Path, tmp_path: Path) -> None:
     subprocess.run(command(data, tmp_path / "straight"), env=environment(), check=True, capture_output=True)
     expected = model_and_optimizer(tmp_path / "straight" / "last.pth")
