@@ -21,11 +21,13 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Subset
 from tqdm import tqdm
 
 from evaluate import evaluate
 from unet import UNet
 from utils.augmentation import AUGMENT_PRESETS, train_augmentation
+from utils.batchnorm import calibration_keys, recalibrate_batchnorm
 from utils.check_data import check_dataset
 from utils.checkpoint import (
     CheckpointWriter,
@@ -138,6 +140,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     model.add_argument("--compile", choices=COMPILE_CHOICES, default="auto",
                        help="torch.compile the model; auto = on with CUDA for runs of 15000 training images or "
                             "more (epochs x images), off on CPUs (default: %(default)s)")
+    model.add_argument("--batchnorm-images", type=int, default=0, metavar="N",
+                       help="at the end of each epoch, before validation and saving, recompute BatchNorm's "
+                            "statistics for the current weights on N training images (whole batches; 32 is a good "
+                            "start): for short runs, whose running averages trail the weights; see README "
+                            "(default: %(default)s, the running averages)")
     model.add_argument("--sync-batchnorm", action="store_true",
                        help="under torchrun, BatchNorm statistics over the global batch (CUDA only)")
     optim = parser.add_argument_group("optimisation")
@@ -188,6 +195,7 @@ def check_args(args: argparse.Namespace) -> None:
         ("--log-every", args.log_every, args.log_every >= 1),
         ("--max-bad-steps", args.max_bad_steps, args.max_bad_steps >= 1),
         ("--seed", args.seed, args.seed >= 0),
+        ("--batchnorm-images", args.batchnorm_images, args.batchnorm_images >= 0),
     ):
         if not ok:
             raise UserError(f"{flag} {value} is out of range: see python train.py --help")
@@ -541,11 +549,18 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     # One global shuffle per epoch, dealt round-robin (the union of the processes' batches is the batch a
     # single process with world.size times the batch size would take), augmentation seeded per item.
     order = EpochOrder(len(train_set), args.batch_size, args.seed, world)
-    # On a CPU, validation decodes in this process: a worker forked at the end of the first epoch shares the
-    # trainer's gigabytes of heap copy-on-write, and the next epoch paid ~20% for the page copies (measured).
-    val_workers = 0 if device.type == "cpu" else min(workers, len(val_set))
-    val_loader = ValidationCache(make_loader(val_set, args.batch_size, device, val_workers)) \
+    # On a CPU, validation and the BatchNorm calibration decode in this process: a worker forked at the end of the
+    # first epoch shares the trainer's gigabytes of heap copy-on-write, and the next epoch paid ~20% for the page
+    # copies (measured).
+    side_workers = 0 if device.type == "cpu" else workers
+    val_loader = ValidationCache(make_loader(val_set, args.batch_size, device, min(side_workers, len(val_set)))) \
         if val_pairs else None  # decoded once if it fits
+    # The same few training images, augmented the same way, for each epoch's BatchNorm statistics.
+    calibration_set = Subset(SeededItems(train_set),
+                             calibration_keys(len(train_set), args.batchnorm_images, args.batch_size, args.seed))
+    calibration = ValidationCache(make_loader(calibration_set, args.batch_size, device,
+                                              min(side_workers, len(calibration_set)))) \
+        if len(calibration_set) else None
 
     # Model, optimizer, schedule (cosine decay over all steps), gradient scaler for fp16.
     if weights is not None:
@@ -639,6 +654,8 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
                     say(f"stopped by {stop.requested} at epoch {epoch}, step {step}: {last_file} holds this point; "
                         "resume with the same command and --resume auto")
                     raise SystemExit(stop.exit_code)
+                if calibration is not None:  # the plain model: each process reads the same images
+                    recalibrate_batchnorm(model, calibration, device, precision)
                 scores = None
                 if val_loader is not None:  # the plain model: no DDP collectives, shards may differ in size
                     scores = reduce_scores(evaluate(model, val_loader, device, precision, progress=world.is_main),
