@@ -555,7 +555,8 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     side_workers = 0 if device.type == "cpu" else workers
     val_loader = ValidationCache(make_loader(val_set, args.batch_size, device, min(side_workers, len(val_set)))) \
         if val_pairs else None  # decoded once if it fits
-    # The same few training images, augmented the same way, for each epoch's BatchNorm statistics.
+    # The same few training images, augmented the same way, for each epoch's BatchNorm statistics (kept in memory
+    # after the first pass, as the validation batches are).
     calibration_set = Subset(SeededItems(train_set),
                              calibration_keys(len(train_set), args.batchnorm_images, args.batch_size, args.seed))
     calibration = ValidationCache(make_loader(calibration_set, args.batch_size, device,
