@@ -142,8 +142,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                             "more (epochs x images), off on CPUs (default: %(default)s)")
     model.add_argument("--batchnorm-images", type=int, default=0, metavar="N",
                        help="at the end of each epoch, before validation and saving, recompute BatchNorm's "
-                            "statistics for the current weights on N training images (whole batches; 32 is a good "
-                            "start): for short runs, whose running averages trail the weights; see README "
+                            "statistics for the current weights on N training images (whole batches; e.g. 16-32): "
+                            "for short runs, whose running averages trail the weights; see README "
                             "(default: %(default)s, the running averages)")
     model.add_argument("--sync-batchnorm", action="store_true",
                        help="under torchrun, BatchNorm statistics over the global batch (CUDA only)")
