@@ -22,26 +22,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import train  # noqa: E402
-from bench.heldout_dice import make_carvana_split, make_nuclei_split  # noqa: E402
-from evaluate import evaluate  # noqa: E402
-from utils.checkpoint import load_model  # noqa: E402
-from utils.data_loading import SegmentationDataset, list_pairs, make_loader  # noqa: E402
-from utils.device import choose_precision  # noqa: E402
+from bench.heldout_dice import heldout_scores, make_carvana_split, make_nuclei_split  # noqa: E402
 
 FLAGS = {
     "nuclei": ["--binarize", "--scale", "1", "--epochs", "10", "--batch-size", "8", "--learning-rate", "1e-3"],
     "carvana": ["--scale", "0.5", "--epochs", "5", "--mask-suffix", "_mask"],
 }
-
-
-def heldout_dice(checkpoint: Path, test_dir: Path) -> float:
-    device = torch.device("cpu")
-    model, saved = load_model(checkpoint, device)
-    dataset = SegmentationDataset(list_pairs(test_dir / "imgs", test_dir / "masks"), model.mask_values,
-                                  saved["scale"], model.n_channels, scale_masks=False,
-                                  binarize=saved["args"]["binarize"])
-    return evaluate(model, make_loader(dataset, 1, device, 0), device, choose_precision(device, precision="fp32"),
-                    progress=False)["dice"]
 
 
 def main() -> None:
@@ -63,7 +49,7 @@ def main() -> None:
                     *FLAGS[args.data], "--imgs", str(train_dir / "imgs"), "--masks", str(train_dir / "masks"),
                     "--validation", "0", "--workers", "0", "--amp", "--keep-epochs", "--wandb", "disabled",
                     "--checkpoint-dir", str(run), "--seed", seed, "--batchnorm-images", images]))
-                scores = [heldout_dice(path, test_dir)
+                scores = [heldout_scores(path, test_dir, precision="fp32")["none"]
                           for path in sorted(run.glob("epoch_*.pth"), key=lambda p: int(p.stem.split("_")[1]))]
                 with open(run / "metrics.csv") as file:
                     seconds = [float(row["seconds"]) for row in csv.DictReader(file)]

@@ -105,6 +105,22 @@ def otsu_dice(test_dir: Path) -> float:
     return dice(np.concatenate(predictions), np.concatenate(truths))
 
 
+def heldout_scores(checkpoint_file: Path, test_dir: Path, tta_modes: tuple[str, ...] = ("none",),
+                   precision: str = "auto") -> dict[str, float]:
+    """Mean Dice of a checkpoint on the held-out images at their native resolution, read as it was trained
+    to read them, on the CPU: {test-time augmentation mode: Dice}."""
+    device = torch.device("cpu")
+    model, checkpoint = load_model(checkpoint_file, device)
+    trained_with = checkpoint["args"]
+    dataset = SegmentationDataset(list_pairs(test_dir / "imgs", test_dir / "masks"), model.mask_values,
+                                  checkpoint["scale"], model.n_channels, scale_masks=False,
+                                  binarize=trained_with["binarize"], ignore_value=trained_with["ignore_index"])
+    return {mode: evaluate(model, make_loader(dataset, 1, device, 0), device,
+                           choose_precision(device, precision=precision), progress=False,
+                           options=InferenceOptions(tile="none", tta=mode))["dice"]
+            for mode in tta_modes}
+
+
 def train_and_score(train_dir: Path, test_dir: Path, flags: list[str], preset: str, run_dir: Path,
                     seed: int = 0, tta_modes: tuple[str, ...] = ("none",)) -> dict:
     """Train with the real train.main, then score the held-out images at their native resolution, once per
@@ -117,15 +133,7 @@ def train_and_score(train_dir: Path, test_dir: Path, flags: list[str], preset: s
     started = time.perf_counter()
     train.main(args)
     seconds = time.perf_counter() - started
-    device = torch.device("cpu")
-    model, checkpoint = load_model(run_dir / "last.pth", device)
-    trained_with = checkpoint["args"]
-    dataset = SegmentationDataset(list_pairs(test_dir / "imgs", test_dir / "masks"), model.mask_values,
-                                  checkpoint["scale"], model.n_channels, scale_masks=False,
-                                  binarize=trained_with["binarize"], ignore_value=trained_with["ignore_index"])
-    by_tta = {mode: evaluate(model, make_loader(dataset, 1, device, 0), device, choose_precision(device),
-                             progress=False, options=InferenceOptions(tile="none", tta=mode))["dice"]
-              for mode in tta_modes}
+    by_tta = heldout_scores(run_dir / "last.pth", test_dir, tta_modes)
     return {"dice": by_tta[tta_modes[0]], "dice_by_tta": by_tta, "seconds": seconds}
 
 

@@ -35,19 +35,20 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[dict], device: tor
     (every file failed to load) the previous statistics are kept."""
     layers = [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
     previous = [{name: buffer.clone() for name, buffer in layer.named_buffers()} for layer in layers]
-    seen = [0]
+    seen = 0
 
     def inputs() -> Iterator[torch.Tensor]:
+        nonlocal seen
         for batch in batches:
             if "image" in batch:  # a batch whose files all failed has none
-                seen[0] += batch["image"].shape[0]
+                seen += batch["image"].shape[0]
                 images = normalize_images(batch["image"].to(device, non_blocking=True))
                 yield images.contiguous(memory_format=memory_format(device))
 
     with precision.autocast():  # the precision the statistics are used in
         update_bn(inputs(), model)
-    if seen[0] == 0:
+    if seen == 0:
         for layer, buffers in zip(layers, previous):
             for name, buffer in layer.named_buffers():
                 buffer.copy_(buffers[name])
-    return seen[0]
+    return seen
