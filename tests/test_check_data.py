@@ -3,14 +3,13 @@
 import json
 import os
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import box_mask, noisy_rgb, write_image
+from conftest import box_mask, noisy_rgb, run_script, write_image
 
 import utils.check_data as check_data
 from utils.check_data import CACHE_NAME, check_dataset, inspect_image, scan_mask_values
@@ -212,34 +211,32 @@ def test_broken_folder_check_finds_every_problem_and_keeps_the_usable_pairs(tmp_
     assert sum(line.startswith("  unreadable: ") for line in lines) == 3
 
 
-def run_module(*args: str | Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=300)
-
-
 def test_check_data_cli_exit_codes_report_problems_clean_data_and_user_errors(tmp_path: Path) -> None:
     build_broken_folder(tmp_path / "broken")
-    broken = run_module("-m", "utils.check_data", "--imgs", tmp_path / "broken" / "imgs",
-                        "--masks", tmp_path / "broken" / "masks", "--workers", "1")
+    broken = run_script("-m utils.check_data", "--imgs", tmp_path / "broken" / "imgs",
+                        "--masks", tmp_path / "broken" / "masks", "--workers", "1", cwd=REPO)
     assert broken.returncode == 1, broken.stderr
     expected = check_dataset(tmp_path / "broken" / "imgs", tmp_path / "broken" / "masks", workers=1).report()
     assert broken.stdout.strip() == expected
     assert "unreadable: cannot read" in broken.stdout and "size mismatch: bigmask.png" in broken.stdout
 
     write_good_pairs(tmp_path / "clean")
-    clean = run_module("-m", "utils.check_data", "--imgs", tmp_path / "clean" / "imgs",
-                       "--masks", tmp_path / "clean" / "masks")
+    clean = run_script("-m utils.check_data", "--imgs", tmp_path / "clean" / "imgs",
+                       "--masks", tmp_path / "clean" / "masks", cwd=REPO)
     assert clean.returncode == 0, clean.stderr
     assert clean.stdout.startswith("data check: 3 usable pairs")
     assert "unreadable" not in clean.stdout and "size mismatch" not in clean.stdout
 
     missing = tmp_path / "nowhere"
-    absent = run_module("-m", "utils.check_data", "--imgs", missing, "--masks", tmp_path / "clean" / "masks")
+    absent = run_script("-m utils.check_data", "--imgs", missing, "--masks", tmp_path / "clean" / "masks", cwd=REPO,
+                        real_process=True)
     assert absent.returncode == 2
     error_lines = [line for line in absent.stderr.splitlines() if line.strip()]
     assert len(error_lines) == 1 and error_lines[0].startswith("error: ") and str(missing) in error_lines[0]
     assert "Traceback" not in absent.stderr and absent.stdout == ""
 
-    debug = run_module("-m", "utils.check_data", "--imgs", missing, "--masks", tmp_path / "clean" / "masks", "--debug")
+    debug = run_script("-m utils.check_data", "--imgs", missing, "--masks", tmp_path / "clean" / "masks", "--debug",
+                       cwd=REPO)
     assert debug.returncode != 0
     assert "Traceback" in debug.stderr and "UserError" in debug.stderr and str(missing) in debug.stderr
 
@@ -386,11 +383,9 @@ def test_second_check_decodes_nothing_and_the_cache_lives_in_the_masks_folder_on
 
 
 def run_train(root: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(REPO / "train.py"), "--imgs", "imgs", "--masks", "masks", "--checkpoint-dir", "ck",
-         "--epochs", "1", "--validation", "0", "--scale", "1", "--batch-size", "4", "--wandb", "disabled",
-         "--workers", "0", *args],
-        cwd=root, capture_output=True, text=True, timeout=600)
+    return run_script("train.py", "--imgs", "imgs", "--masks", "masks", "--checkpoint-dir", "ck", "--epochs", "1",
+                      "--validation", "0", "--scale", "1", "--batch-size", "4", "--wandb", "disabled",
+                      "--workers", "0", *args, cwd=root)
 
 
 def test_train_proceeds_on_the_usable_pairs_despite_unreadable_unpaired_and_empty_files(tmp_path: Path) -> None:

@@ -1,16 +1,17 @@
-"""train -> checkpoint -> predict -> evaluate through the real command lines, on tiny generated data."""
+"""train -> checkpoint -> predict -> evaluate through the real command lines (their `__main__` blocks, see
+conftest.run_script), on tiny generated data."""
 
 import csv
 import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import run_script
 from PIL import Image
 
 from unet import UNet
@@ -41,9 +42,9 @@ def write_carvana_like(folder: Path, count: int, size: tuple[int, int] = (48, 32
     return folder
 
 
-def run(script: str, *args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=cwd,
-                            capture_output=True, text=True, timeout=600)
+def run(script: str, *args: str, cwd: Path, check: bool = True, real_process: bool = False
+        ) -> subprocess.CompletedProcess:
+    result = run_script(script, *args, cwd=cwd, real_process=real_process)
     if check and result.returncode != 0:
         pytest.fail(f"{script} failed ({result.returncode}):\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
     return result
@@ -135,7 +136,8 @@ def test_predict_folder_reports_unreadable_files_and_predicts_the_rest(trained: 
 
 
 def test_evaluate_cli_prints_scores_and_writes_rows(trained: Path) -> None:
-    result = run("evaluate.py", "-m", "checkpoints/best.pth", "-o", "scores.json", "--workers", "0", cwd=trained)
+    result = run("evaluate.py", "-m", "checkpoints/best.pth", "-o", "scores.json", "--workers", "0", cwd=trained,
+                 real_process=True)
     assert "mean foreground Dice" in result.stdout
     rows = json.loads((trained / "scores.json").read_text())
     assert len(rows) == 10
@@ -217,7 +219,7 @@ def test_predict_refuses_checkpoint_with_code_payload(tmp_path: Path) -> None:
     marker = tmp_path / "payload_ran"
     torch.save({"model": Payload(marker)}, tmp_path / "evil.pth")
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "img.png")
-    result = run("predict.py", "-m", "evil.pth", "-i", "img.png", cwd=tmp_path, check=False)
+    result = run("predict.py", "-m", "evil.pth", "-i", "img.png", cwd=tmp_path, check=False, real_process=True)
     assert result.returncode == 2 and "refusing to load" in result.stderr
     assert not marker.exists()
 
@@ -244,7 +246,7 @@ def test_wandb_offline_run_is_written_locally(tmp_path: Path, monkeypatch: pytes
     assert os.environ["WANDB_SERVICE"]
     write_carvana_like(tmp_path / "data", 3)
     flags = [flag if flag != "disabled" else "offline" for flag in TRAIN_FLAGS]
-    result = run("train.py", "--epochs", "1", "--validation", "34", *flags, cwd=tmp_path)
+    result = run("train.py", "--epochs", "1", "--validation", "34", *flags, cwd=tmp_path, real_process=True)
     assert "warning: wandb" not in result.stderr, result.stderr  # started, logged images and histograms, finished
     runs = list((tmp_path / "checkpoints" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_script
 from PIL import Image
 
 from utils.checkpoint import load_checkpoint
@@ -89,8 +90,7 @@ def test_two_processes_match_one_process_on_the_same_global_batch(runs: Path) ->
 
 def test_sync_batchnorm_on_cpu_is_refused_with_a_clear_error(tmp_path: Path) -> None:
     write_discs(tmp_path / "data", 4)
-    result = subprocess.run([sys.executable, str(REPO / "train.py"), "--imgs", "data/imgs", "--masks", "data/masks",
-                             "--device", "cpu", "--sync-batchnorm", "--wandb", "disabled"], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=300)
+    result = run_script("train.py", "--imgs", "data/imgs", "--masks", "data/masks", "--device", "cpu",
+                        "--sync-batchnorm", "--wandb", "disabled", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: --sync-batchnorm needs CUDA")
