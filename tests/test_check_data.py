@@ -234,6 +234,8 @@ def test_check_data_cli_exit_codes_report_problems_clean_data_and_user_errors(tm
     error_lines = [line for line in absent.stderr.splitlines() if line.strip()]
     assert len(error_lines) == 1 and error_lines[0].startswith("error: ") and str(missing) in error_lines[0]
     assert "Traceback" not in absent.stderr and absent.stdout == ""
+    in_process = run_script("-m utils.check_data", "--imgs", missing, "--masks", tmp_path / "clean" / "masks", cwd=REPO)
+    assert (in_process.returncode, in_process.stdout, in_process.stderr) == (2, "", absent.stderr)  # as a real one
 
     debug = run_script("-m utils.check_data", "--imgs", missing, "--masks", tmp_path / "clean" / "masks", "--debug",
                        cwd=REPO)
