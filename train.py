@@ -27,6 +27,7 @@ from tqdm import tqdm
 from evaluate import evaluate
 from unet import UNet
 from utils.augmentation import AUGMENT_PRESETS, train_augmentation
+from utils.batch_cache import BatchCache
 from utils.batchnorm import calibration_keys, recalibrate_batchnorm
 from utils.check_data import check_dataset
 from utils.checkpoint import (
@@ -69,7 +70,6 @@ from utils.run_lock import RunLock
 from utils.run_log import WANDB_MODES, RunLog, default_wandb_mode
 from utils.sampling import EpochBatches, EpochOrder, SeededItems
 from utils.signals import GracefulStop
-from utils.validation_cache import ValidationCache
 
 DEFAULT_AUGMENT = "light"  # chosen by the held-out Dice measured in the README
 # Training memory per input pixel and image (saved activations + backward transients), measured with
@@ -553,13 +553,13 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     # first epoch shares the trainer's gigabytes of heap copy-on-write, and the next epoch paid ~20% for the page
     # copies (measured).
     side_workers = 0 if device.type == "cpu" else workers
-    val_loader = ValidationCache(make_loader(val_set, args.batch_size, device, min(side_workers, len(val_set)))) \
+    val_loader = BatchCache(make_loader(val_set, args.batch_size, device, min(side_workers, len(val_set)))) \
         if val_pairs else None  # decoded once if it fits
     # The same few training images, augmented the same way, for each epoch's BatchNorm statistics (kept in memory
     # after the first pass, as the validation batches are).
     calibration_set = Subset(SeededItems(train_set),
                              calibration_keys(len(train_set), args.batchnorm_images, args.batch_size, args.seed))
-    calibration = ValidationCache(make_loader(calibration_set, args.batch_size, device,
+    calibration = BatchCache(make_loader(calibration_set, args.batch_size, device,
                                               min(side_workers, len(calibration_set)))) \
         if len(calibration_set) else None
 

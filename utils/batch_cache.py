@@ -1,4 +1,5 @@
-"""Validation batches decoded once and kept in memory, so later epochs validate without touching the disk."""
+"""Batches read again every epoch (validation, BatchNorm calibration) decoded once and kept in memory, so later
+epochs do not touch the disk for them."""
 
 from collections.abc import Iterable, Iterator
 
@@ -7,8 +8,8 @@ from .inference import available_ram
 MAX_CACHE_BYTES = 2 * 2**30  # and at most an eighth of the RAM available when the cache fills
 
 
-class ValidationCache:
-    """Iterates like the validation loader; the first full pass is kept when it fits a memory budget.
+class BatchCache:
+    """Iterates like its loader; the first full pass is kept when it fits a memory budget (each cache its own).
 
     The batches are kept as the loader gives them (uint8 images, int8 masks: utils.data_loading.class_index_dtype;
     in page-locked memory where the loader pins them, as make_loader does for CUDA). When the pass outgrows the

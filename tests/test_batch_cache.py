@@ -1,8 +1,8 @@
-"""utils/validation_cache.py: validation batches decoded once when they fit, read again when they don't."""
+"""utils/batch_cache.py: batches decoded once when they fit, read again when they don't."""
 
 import torch
 
-from utils.validation_cache import ValidationCache
+from utils.batch_cache import BatchCache
 
 
 class CountingLoader:
@@ -28,7 +28,7 @@ def batches(classes: int = 3) -> list[dict]:
 
 def test_a_pass_that_fits_is_kept_and_replayed_without_the_loader() -> None:
     loader = CountingLoader(batches())
-    cache = ValidationCache(loader, budget=2**20)
+    cache = BatchCache(loader, budget=2**20)
     first = list(cache)
     assert loader.passes == 1 and cache.cached and len(cache) == 3
     again = list(cache)
@@ -41,7 +41,7 @@ def test_a_pass_that_fits_is_kept_and_replayed_without_the_loader() -> None:
 def test_a_pass_too_large_for_the_budget_is_read_every_time() -> None:
     loader = CountingLoader(batches())
     one_batch = 2 * 3 * 8 * 8 + 2 * 8 * 8  # uint8 images + int8 masks
-    cache = ValidationCache(loader, budget=2 * one_batch)
+    cache = BatchCache(loader, budget=2 * one_batch)
     assert [b["name"] for b in cache] == [b["name"] for b in batches()]
     assert not cache.cached
     list(cache)
@@ -50,7 +50,7 @@ def test_a_pass_too_large_for_the_budget_is_read_every_time() -> None:
 
 def test_an_interrupted_pass_is_not_kept() -> None:
     loader = CountingLoader(batches())
-    cache = ValidationCache(loader, budget=2**20)
+    cache = BatchCache(loader, budget=2**20)
     next(iter(cache))
     assert not cache.cached
     assert len(list(cache)) == 3 and cache.cached
@@ -61,7 +61,7 @@ def test_a_kept_pass_lets_the_loader_and_its_workers_go() -> None:
 
     loader = CountingLoader(batches())
     alive = weakref.ref(loader)
-    cache = ValidationCache(loader, budget=2**20)
+    cache = BatchCache(loader, budget=2**20)
     del loader
     list(cache)
     assert alive() is None and len(cache) == 3 and len(list(cache)) == 3
