@@ -109,12 +109,20 @@ def heldout_scores(checkpoint_file: Path, test_dir: Path, tta_modes: tuple[str, 
                    precision: str = "auto") -> dict[str, float]:
     """Mean Dice of a checkpoint on the held-out images at their native resolution, read as it was trained
     to read them, on the CPU: {test-time augmentation mode: Dice}."""
-    device = torch.device("cpu")
-    model, checkpoint = load_model(checkpoint_file, device)
+    model, checkpoint = load_model(checkpoint_file, torch.device("cpu"))
     trained_with = checkpoint["args"]
-    dataset = SegmentationDataset(list_pairs(test_dir / "imgs", test_dir / "masks"), model.mask_values,
-                                  checkpoint["scale"], model.n_channels, scale_masks=False,
-                                  binarize=trained_with["binarize"], ignore_value=trained_with["ignore_index"])
+    return model_scores(model, test_dir, checkpoint["scale"], model.mask_values, tta_modes, precision,
+                        binarize=trained_with["binarize"], ignore_value=trained_with["ignore_index"])
+
+
+def model_scores(model: torch.nn.Module, test_dir: Path, scale: float, mask_values: list,
+                 tta_modes: tuple[str, ...] = ("none",), precision: str = "auto", binarize: bool = False,
+                 ignore_value: int | None = None) -> dict[str, float]:
+    """heldout_scores for a model object (also the reference recipe's, which has no checkpoint of ours)."""
+    device = torch.device("cpu")
+    model = model.to(device)
+    dataset = SegmentationDataset(list_pairs(test_dir / "imgs", test_dir / "masks"), mask_values, scale,
+                                  model.n_channels, scale_masks=False, binarize=binarize, ignore_value=ignore_value)
     return {mode: evaluate(model, make_loader(dataset, 1, device, 0), device,
                            choose_precision(device, precision=precision), progress=False,
                            options=InferenceOptions(tile="none", tta=mode))["dice"]

@@ -25,12 +25,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import train  # noqa: E402
-from bench.heldout_dice import make_carvana_split, make_nuclei_split  # noqa: E402
+from bench.heldout_dice import make_carvana_split, make_nuclei_split, model_scores  # noqa: E402
 from bench.reference_recipe import train_reference  # noqa: E402
-from evaluate import evaluate  # noqa: E402
 from utils.checkpoint import load_model  # noqa: E402
-from utils.data_loading import SegmentationDataset, list_pairs, make_loader  # noqa: E402
-from utils.device import choose_precision  # noqa: E402
 
 # The data flags, the same for both recipes: Carvana names its masks <id>_mask.gif, the nuclei tiles share names.
 DATA = {"carvana": {"scale": 0.5, "mask_suffix": "_mask"}, "nuclei": {"scale": 1.0, "mask_suffix": ""}}
@@ -51,15 +48,6 @@ def to_rgb8(folder: Path) -> None:
         Image.fromarray(stretched.round().astype(np.uint8)).convert("RGB").save(path)
 
 
-def heldout_dice(model: torch.nn.Module, test_dir: Path, scale: float) -> float:
-    device = torch.device("cpu")
-    model = model.to(device)
-    dataset = SegmentationDataset(list_pairs(test_dir / "imgs", test_dir / "masks"), [0, 1], scale,
-                                  model.n_channels, scale_masks=False)
-    precision = choose_precision(device, precision="fp32")
-    return evaluate(model, make_loader(dataset, 1, device, 0), device, precision, progress=False)["dice"]
-
-
 def compare(name: str, root: Path, epochs: int | None) -> dict:
     train_dir, test_dir = (make_nuclei_split if name == "nuclei" else make_carvana_split)(root)
     if name == "nuclei":
@@ -74,14 +62,14 @@ def compare(name: str, root: Path, epochs: int | None) -> dict:
     train.main(train.get_args_parser().parse_args(flags))
     budget = time.perf_counter() - started
     ours, _ = load_model(root / "ours" / "last.pth", torch.device("cpu"))
-    ours_dice = heldout_dice(ours, test_dir, scale)
+    ours_dice = model_scores(ours, test_dir, scale, [0, 1], precision="fp32")["none"]
     print(f"{name}: train.py defaults: held-out Dice {ours_dice:.4f} in {budget:.0f} s", flush=True)
 
     started = time.perf_counter()
     reference = train_reference(train_dir / "imgs", train_dir / "masks", epochs=10_000, batch_size=1, scale=scale,
                                 mask_suffix=DATA[name]["mask_suffix"], time_budget_s=budget)
     reference_seconds = time.perf_counter() - started
-    reference_dice = heldout_dice(reference["model"], test_dir, scale)
+    reference_dice = model_scores(reference["model"], test_dir, scale, [0, 1], precision="fp32")["none"]
     images = sum(row["images"] for row in reference["epochs"])
     print(f"{name}: reference recipe: held-out Dice {reference_dice:.4f} in {reference_seconds:.0f} s "
           f"({images} training images seen)", flush=True)
