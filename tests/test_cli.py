@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -319,3 +320,30 @@ def test_bare_csv_flag_puts_predictions_csv_beside_the_masks(tmp_path: Path) -> 
     assert predict.csv_location("", None, predict.output_paths(inputs, None)) == Path("predictions.csv")
     assert predict.csv_location("rows.csv", files, inputs) == Path("rows.csv")
     assert predict.csv_location(None, files, inputs) is None
+
+
+START_METHOD_RUN = """
+import multiprocessing, runpy, sys
+multiprocessing.set_start_method("forkserver")  # Python 3.14's default on Linux; macOS uses spawn (also pickles)
+for argv in ({train!r}, {predict!r}):
+    sys.argv, sys.path[0] = argv, {repo!r}  # as `python SCRIPT` sets them
+    try:
+        runpy.run_path(argv[0], run_name="__main__")
+    except SystemExit as stop:
+        if stop.code:
+            raise
+"""
+
+
+def test_loader_workers_run_under_forkserver(tmp_path: Path) -> None:
+    """Workers that are not forked get the datasets, augmentation and collation pickled: all must travel."""
+    write_carvana_like(tmp_path / "data", 6)
+    workers = [flag if flag != "0" else "1" for flag in TRAIN_FLAGS]  # --workers 1
+    train = [str(REPO / "train.py"), "--epochs", "1", "--validation", "34", "--augment", "light", *workers]
+    predict = [str(REPO / "predict.py"), "-m", "checkpoints/last.pth", "-i", "data/imgs", "-o", "preds/",
+               "--workers", "1"]
+    program = START_METHOD_RUN.format(train=train, predict=predict, repo=str(REPO))
+    result = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "epoch 1: train loss" in result.stdout and "predicted 6 images" in result.stdout
+    assert len(list((tmp_path / "preds").glob("*.png"))) == 6
