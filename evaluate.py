@@ -19,6 +19,7 @@ from utils.data_loading import (
     add_image_limit_argument,
     list_pairs,
     make_loader,
+    same_size_parts,
     set_image_pixel_limit,
 )
 from utils.device import (
@@ -29,7 +30,7 @@ from utils.device import (
     keep_freed_memory_on_cpu,
 )
 from utils.dice_score import per_class_scores
-from utils.errors import UserError, run_cli
+from utils.errors import run_cli
 from utils.inference import (
     WHOLE_IMAGE,
     InferenceOptions,
@@ -64,15 +65,16 @@ def evaluate(
     dice_sum = torch.zeros(n_classes, dtype=torch.float64)
     notify = notify_once(tqdm.write)
     iou_sum = torch.zeros(n_classes, dtype=torch.float64)
-    for batch in tqdm(loader, desc="evaluation", unit="batch", leave=False, disable=not progress):
-        masks = batch["mask"].to(device, non_blocking=True).long()  # int8 from the loader
-        logits = predict_logits(model, batch["image"], device, precision, output_size=tuple(masks.shape[-2:]),
+    batches = tqdm(loader, desc="evaluation", unit="batch", leave=False, disable=not progress)
+    for part in (part for batch in batches for part in same_size_parts(batch)):
+        masks = part["mask"].to(device, non_blocking=True).long()  # int8 from the loader
+        logits = predict_logits(model, part["image"], device, precision, output_size=tuple(masks.shape[-2:]),
                                 options=options, notify=notify)
         dice, iou = per_class_scores(logits_to_classes(logits, threshold), masks, n_classes)
         dice, iou = dice.double().cpu(), iou.double().cpu()
         dice_sum += dice.sum(0)
         iou_sum += iou.sum(0)
-        for name, image_dice, image_iou in zip(batch["name"], dice, iou):
+        for name, image_dice, image_iou in zip(part["name"], dice, iou):
             rows.append({"name": name, "dice": image_dice[1:].mean().item(), "iou": image_iou[1:].mean().item(),
                          **{f"dice_{c}": image_dice[c].item() for c in range(n_classes)},
                          **{f"iou_{c}": image_iou[c].item() for c in range(n_classes)}})
@@ -137,12 +139,7 @@ def main(args: argparse.Namespace) -> dict:
                                   binarize=bool(trained_with.get("binarize")),
                                   ignore_value=trained_with.get("ignore_index"))
     loader = make_loader(dataset, args.batch_size, device, min(args.workers, len(pairs)))
-    try:
-        result = evaluate(model, loader, device, precision, args.mask_threshold, options=options)
-    except RuntimeError as error:
-        if "stack expects each tensor to be equal size" in str(error):
-            raise UserError("images differ in size and cannot be batched: use --batch-size 1") from None
-        raise
+    result = evaluate(model, loader, device, precision, args.mask_threshold, options=options)
     write_rows(result["rows"], args.output)
     extras = "".join(f", {name} {value}" for name, value in (("tiles", options.tile), ("TTA", options.tta))
                      if value not in ("auto", "none"))

@@ -347,3 +347,46 @@ def test_loader_workers_run_under_forkserver(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert "epoch 1: train loss" in result.stdout and "predicted 6 images" in result.stdout
     assert len(list((tmp_path / "preds").glob("*.png"))) == 6
+
+
+def write_cells(folder: Path, count: int) -> None:
+    """cell<i>.png grayscale images with 0/255 disc masks, 48x32 and 36x40 mixed."""
+    rng = np.random.default_rng(0)
+    (folder / "imgs").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    for index in range(count):
+        height, width = (32, 48) if index % 3 else (40, 36)
+        yy, xx = np.mgrid[:height, :width]
+        mask = ((yy - height // 2) ** 2 + (xx - width // 2) ** 2 < 100).astype(np.uint8)
+        image = (rng.normal(80, 10, (height, width)) + 100 * mask).clip(0, 255).astype(np.uint8)
+        Image.fromarray(image).save(folder / "imgs" / f"cell{index}.png")
+        Image.fromarray(mask * 255).save(folder / "masks" / f"cell{index}.png")
+
+
+def test_images_of_different_sizes_train_in_padded_batches(tmp_path: Path) -> None:
+    write_cells(tmp_path / "data", 8)
+    result = run("train.py", "--epochs", "1", "--validation", "50", *TRAIN_FLAGS, cwd=tmp_path)
+    assert "images of 2 sizes: each batch is padded to its largest image" in result.stdout
+    assert "validation Dice" in result.stdout and (tmp_path / "checkpoints" / "last.pth").is_file()
+
+
+def test_images_of_different_sizes_score_in_batches_as_one_at_a_time(tmp_path: Path) -> None:
+    """Each image is scored as it is predicted, alone: no other image's padding around it."""
+    from evaluate import evaluate
+    from utils.data_loading import SegmentationDataset, list_pairs, make_loader
+    from utils.device import choose_precision
+
+    write_cells(tmp_path, 8)
+    torch.manual_seed(0)
+    model = UNet(3, 2).eval()  # random weights: every pixel's prediction depends on its surroundings
+    dataset = SegmentationDataset(list_pairs(tmp_path / "imgs", tmp_path / "masks"), [0, 255], scale_masks=False)
+    with torch.no_grad():  # centre the logit difference so that pixels fall on both sides of the decision
+        logits = model(dataset[0]["image"][None].float() / 255)
+        model.outc.conv.bias[1] -= (logits[:, 1] - logits[:, 0]).median()
+    device = torch.device("cpu")
+    precision = choose_precision(device, precision="fp32")
+    one_at_a_time, batched = (evaluate(model, make_loader(dataset, size, device, 0), device, precision,
+                                       progress=False)["rows"] for size in (1, 4))
+    assert [row["name"] for row in batched] == [f"cell{index}" for index in range(8)]
+    assert batched == one_at_a_time
+    assert len({row["dice"] for row in batched}) > 2  # not a model that predicts the same for every image

@@ -386,3 +386,38 @@ def test_resize_nearest_keeps_colour_triples_together():
     resized = resize_nearest(colours, (20, 15))
     assert resized.shape == (15, 20, 3)
     assert (resized == resized[..., :1]).all()  # every pixel is still one of the grey triples
+
+
+# --- batches of images of different sizes ---------------------------------------------------------------------------
+
+
+def mixed_size_folder(root, sizes=((37, 53), (48, 30), (48, 30), (37, 53))):
+    """image{i}.png RGB and masks/image{i}.png 0/1 discs, of the given (height, width) sizes in this order."""
+    for index, (height, width) in enumerate(sizes):
+        write_image(root / "imgs" / f"image{index}.png", random_rgb(index, height, width))
+        write_image(root / "masks" / f"image{index}.png", disc_mask(height, width))
+    return list_pairs(root / "imgs", root / "masks")
+
+
+def test_mixed_sizes_are_padded_with_ignored_pixels_and_given_back_unpadded(tmp_path):
+    from utils.data_loading import collate_skipping, same_size_parts
+    from utils.mask_encoding import IGNORE_CLASS
+
+    dataset = SegmentationDataset(mixed_size_folder(tmp_path), [0, 1], scale=0.5, scale_masks=False)
+    items = [dataset[index] for index in range(4)]
+    batch = collate_skipping(items)
+    assert batch["image"].shape == (4, 3, 24, 26) and batch["mask"].shape == (4, 48, 53)  # the largest of each
+    assert batch["sizes"] == [((18, 26), (37, 53)), ((24, 15), (48, 30)), ((24, 15), (48, 30)), ((18, 26), (37, 53))]
+    assert (batch["image"][0, :, 18:] == 0).all() and (batch["image"][1, :, :, 15:] == 0).all()
+    assert (batch["mask"][0, 37:] == IGNORE_CLASS).all() and (batch["mask"][1, :, 30:] == IGNORE_CLASS).all()
+    assert (batch["mask"][0, :37, :53] != IGNORE_CLASS).all()
+
+    parts = list(same_size_parts(batch))  # consecutive runs, in order
+    assert [part["name"] for part in parts] == [["image0"], ["image1", "image2"], ["image3"]]
+    unpadded = [(image, mask) for part in parts for image, mask in zip(part["image"], part["mask"])]
+    for item, (image, mask) in zip(items, unpadded):
+        assert torch.equal(image, item["image"]) and torch.equal(mask, item["mask"])
+
+    same = collate_skipping(items[1:3])  # one size: a plain batch, nothing padded
+    assert "sizes" not in same and same["image"].shape == (2, 3, 24, 15)
+    assert list(same_size_parts(same)) == [same]

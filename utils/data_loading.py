@@ -5,7 +5,7 @@ import os
 import re
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -17,7 +17,7 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from .errors import UserError
-from .mask_encoding import MaskValue, encode_mask
+from .mask_encoding import IGNORE_CLASS, MaskValue, encode_mask
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".npy", ".pt")
 # Tried in this order when --mask-suffix is not given; the one pairing the most images wins.
@@ -470,11 +470,47 @@ class ImageFiles(Dataset):
 
 
 def collate_skipping(items: list[dict]) -> dict:
-    """default_collate of the readable items; "skipped" lists why the others were left out."""
+    """Batch of the readable items (pad_to_largest); "skipped" lists why the others were left out."""
     readable = [item for item in items if "skipped" not in item]
-    batch = default_collate(readable) if readable else {}
+    batch = pad_to_largest(readable) if readable else {}
     batch["skipped"] = [item["skipped"] for item in items if "skipped" in item]
     return batch
+
+
+def pad_to_largest(items: list[dict]) -> dict:
+    """default_collate; items of different sizes (cells, tiles, photos) are first padded at the bottom and right
+    to the largest height and width among them, images with 0 and masks with IGNORE_CLASS, so that the padding
+    counts in no loss or score. Such a batch also carries "sizes": per item, the (height, width) of its image and
+    of its mask before padding (same_size_parts gives the items back unpadded)."""
+    sizes = [(tuple(item["image"].shape[-2:]), tuple(item["mask"].shape[-2:])) for item in items]
+    if len(set(sizes)) == 1:
+        return default_collate(items)
+    image_height, image_width = (max(size[0][axis] for size in sizes) for axis in (0, 1))
+    mask_height, mask_width = (max(size[1][axis] for size in sizes) for axis in (0, 1))
+    padded = [{**item,
+               "image": pad_bottom_right(item["image"], image_height, image_width, 0),
+               "mask": pad_bottom_right(item["mask"], mask_height, mask_width, IGNORE_CLASS)} for item in items]
+    return {**default_collate(padded), "sizes": sizes}
+
+
+def pad_bottom_right(tensor: torch.Tensor, height: int, width: int, value: int) -> torch.Tensor:
+    return torch.nn.functional.pad(tensor, (0, width - tensor.shape[-1], 0, height - tensor.shape[-2]), value=value)
+
+
+def same_size_parts(batch: dict) -> Iterator[dict]:
+    """The batch itself, or for a padded one (pad_to_largest) its runs of consecutive same-size items, unpadded:
+    scores must see each image as it is predicted alone, without another image's padding around it."""
+    if "sizes" not in batch:
+        yield batch
+        return
+    sizes = batch["sizes"]
+    start = 0
+    for end in range(1, len(sizes) + 1):
+        if end == len(sizes) or sizes[end] != sizes[start]:
+            (image_height, image_width), (mask_height, mask_width) = sizes[start]
+            yield {"image": batch["image"][start:end, :, :image_height, :image_width],
+                   "mask": batch["mask"][start:end, :mask_height, :mask_width], "name": batch["name"][start:end]}
+            start = end
 
 
 def lower_worker_priority(worker_id: int) -> None:
