@@ -41,6 +41,7 @@ from utils.inference import (
     notify_once,
     predict_logits,
 )
+from utils.mask_encoding import binarize_threshold
 
 
 def evaluate(
@@ -136,7 +137,7 @@ def main(args: argparse.Namespace) -> dict:
     pairs = list_pairs(args.imgs, args.masks, args.mask_suffix)
     trained_with = checkpoint.get("args") or {}  # read the masks the way the model was trained on them
     dataset = SegmentationDataset(pairs, model.mask_values, scale, model.n_channels, scale_masks=False,
-                                  binarize=bool(trained_with.get("binarize")),
+                                  binarize=binarize_threshold(trained_with.get("binarize")),
                                   ignore_value=trained_with.get("ignore_index"))
     loader = make_loader(dataset, args.batch_size, device, min(args.workers, len(pairs)))
     result = evaluate(model, loader, device, precision, args.mask_threshold, options=options)

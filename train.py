@@ -64,7 +64,7 @@ from utils.dice_score import class_weights_from_pixels, segmentation_loss
 from utils.distributed import World, all_reduce_sum, barrier, close_world, init_world
 from utils.errors import UserError, run_cli
 from utils.inference import logits_to_classes
-from utils.mask_encoding import MaskValue, check_classes
+from utils.mask_encoding import MaskValue, add_binarize_argument, binarize_threshold, check_classes
 from utils.nan_guard import NonFiniteGuard
 from utils.run_lock import RunLock
 from utils.run_log import WANDB_MODES, RunLog, default_wandb_mode
@@ -116,8 +116,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                       help="downscaling factor of the images (default: %(default)s)")
     data.add_argument("--validation", "-v", type=float, default=10.0,
                       help="percent of the data (0-100) held out for validation (default: %(default)s)")
-    data.add_argument("--binarize", action="store_true",
-                      help="any nonzero mask value is foreground (instance labels, 0/255 masks with noise)")
+    add_binarize_argument(data)
     data.add_argument("--ignore-index", type=int, default=None, metavar="VALUE",
                       help="mask value left out of the loss and the scores (e.g. 255 borders in VOC-style masks)")
     data.add_argument("--augment", choices=AUGMENT_PRESETS, default=DEFAULT_AUGMENT,
@@ -196,6 +195,7 @@ def check_args(args: argparse.Namespace) -> None:
         ("--max-bad-steps", args.max_bad_steps, args.max_bad_steps >= 1),
         ("--seed", args.seed, args.seed >= 0),
         ("--batchnorm-images", args.batchnorm_images, args.batchnorm_images >= 0),
+        ("--binarize", args.binarize, args.binarize is None or args.binarize >= 0),
     ):
         if not ok:
             raise UserError(f"{flag} {value} is out of range: see python train.py --help")
@@ -289,6 +289,7 @@ def keep_run_settings(args: argparse.Namespace, resumed: dict, resume_file: Path
             "bilinear": architecture["bilinear"], "scale": resumed.get("scale", args.scale),
             **{name: saved_args.get(name, getattr(args, name))
                for name in ("binarize", "ignore_index", "class_weights", "batch_size")}}
+    kept["binarize"] = binarize_threshold(kept["binarize"])  # older checkpoints stored True/False
     parser = get_args_parser()
     lines = []
     for name, value in kept.items():
@@ -519,6 +520,8 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     if world.is_main:
         barrier(world)
     say(data.report())
+    if data.unresolved_jpeg_masks:
+        raise UserError(data.jpeg_mask_error())
     if data.size_mismatches:
         raise UserError(f"{len(data.size_mismatches)} image/mask pairs differ in size, e.g. "
                         f"{data.size_mismatches[0]}: resize the masks to their images")

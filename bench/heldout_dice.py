@@ -116,7 +116,7 @@ def heldout_scores(checkpoint_file: Path, test_dir: Path, tta_modes: tuple[str, 
 
 
 def model_scores(model: torch.nn.Module, test_dir: Path, scale: float, mask_values: list,
-                 tta_modes: tuple[str, ...] = ("none",), precision: str = "auto", binarize: bool = False,
+                 tta_modes: tuple[str, ...] = ("none",), precision: str = "auto", binarize: int | None = None,
                  ignore_value: int | None = None) -> dict[str, float]:
     """heldout_scores for a model object (also the reference recipe's, which has no checkpoint of ours)."""
     device = torch.device("cpu")

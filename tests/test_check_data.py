@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 import torch
 from conftest import box_mask, noisy_rgb, run_script, write_image
+from PIL import Image
 
 import utils.check_data as check_data
-from utils.check_data import CACHE_NAME, check_dataset, inspect_image, scan_mask_values
+from utils.check_data import CACHE_NAME, CACHE_VERSION, check_dataset, inspect_image, scan_mask_values
+from utils.checkpoint import load_checkpoint
 from utils.data_loading import SegmentationDataset, collate_skipping, make_loader
 from utils.errors import UserError
 
@@ -68,7 +70,7 @@ def test_scan_returns_sorted_union_of_all_masks(mask_folder, monkeypatch):
 def test_scan_writes_cache_beside_the_masks(mask_folder):
     scan_mask_values(mask_paths(mask_folder), workers=1)
     cache = json.loads((mask_folder / CACHE_NAME).read_text())
-    assert cache["version"] == 3
+    assert cache["version"] == CACHE_VERSION
     assert {name: entry["record"]["values"] for name, entry in cache["files"].items()} == {
         "mask:a.png": [0, 255], "mask:b.png": [0, 128], "mask:c.png": [0]}
     stat = (mask_folder / "a.png").stat()
@@ -118,7 +120,7 @@ def test_corrupt_cache_is_ignored_and_rewritten(mask_folder, monkeypatch):
     calls = record_scans(monkeypatch)
     assert scan_mask_values(mask_paths(mask_folder), workers=1) == [0, 128, 255]
     assert sorted(calls) == ["a.png", "b.png", "c.png"]
-    assert json.loads((mask_folder / CACHE_NAME).read_text())["version"] == 3
+    assert json.loads((mask_folder / CACHE_NAME).read_text())["version"] == CACHE_VERSION
 
 
 def test_scan_of_colour_masks_returns_sorted_colours(tmp_path):
@@ -274,6 +276,56 @@ def test_instance_labels_suggest_binarize_unless_binarize_is_on(tmp_path: Path) 
     assert binarized.mask_values == [0, 1]
     assert not any("--binarize" in hint for hint in binarized.suggestions())
     assert "binarized" in binarized.report()
+
+
+def write_jpeg_masks(root: Path, count: int = 3) -> float:
+    """RGB images with 0/255 disc masks saved as JPEG (lossy, as users sometimes do); the discs' true share."""
+    yy, xx = np.mgrid[:H, :W]
+    disc = ((yy - H // 2) ** 2 + (xx - W // 2) ** 2 < 100).astype(np.uint8) * 255
+    for i in range(count):
+        write_image(root / "imgs" / f"s{i}.png", noisy_rgb(i))
+        (root / "masks").mkdir(exist_ok=True)
+        Image.fromarray(disc).save(root / "masks" / f"s{i}.jpg", quality=90)
+    return float((disc > 0).mean())
+
+
+def test_jpeg_masks_with_made_up_values_are_a_problem_until_binarized_above_a_threshold(tmp_path: Path) -> None:
+    share = write_jpeg_masks(tmp_path)
+    check = check_dataset(tmp_path / "imgs", tmp_path / "masks", workers=1)
+    assert len(check.mask_values) > 2 and check.blurred_masks == ["s0.jpg", "s1.jpg", "s2.jpg"]
+    assert check.problems and check.unresolved_jpeg_masks
+    report = check.report()
+    assert "JPEG masks with in-between values (lossy compression blurs edges): 3 (s0.jpg, s1.jpg, s2.jpg)" in report
+    assert "suggestion: save the masks as PNG (lossless), or pass --binarize 127" in report
+    assert "instance labels" not in report  # the made-up values are not objects
+    assert "s0.jpg" in check.jpeg_mask_error() and "--binarize 127" in check.jpeg_mask_error()
+
+    assert check_dataset(tmp_path / "imgs", tmp_path / "masks", binarize=0, workers=1).unresolved_jpeg_masks
+    sorted_out = check_dataset(tmp_path / "imgs", tmp_path / "masks", binarize=127, workers=1)
+    assert sorted_out.mask_values == [0, 1] and not sorted_out.problems
+    assert sorted_out.class_fractions[1] == pytest.approx(share, abs=0.01)
+    assert "binarized (above 127 = foreground)" in sorted_out.report()
+
+
+def test_lossless_masks_are_not_blurred_and_a_flat_jpeg_mask_is_fine(tmp_path: Path) -> None:
+    write_image(tmp_path / "imgs" / "a.png", noisy_rgb(0))
+    write_image(tmp_path / "masks" / "a.png", box_mask() * 255)
+    write_image(tmp_path / "imgs" / "b.png", noisy_rgb(1))
+    Image.fromarray(np.zeros((H, W), np.uint8)).save(tmp_path / "masks" / "b.jpg")  # nothing to blur
+    check = check_dataset(tmp_path / "imgs", tmp_path / "masks", workers=1)
+    assert check.blurred_masks == [] and not check.problems and check.mask_values == [0, 255]
+
+
+def test_train_stops_on_blurred_jpeg_masks_and_trains_with_a_threshold(tmp_path: Path) -> None:
+    write_jpeg_masks(tmp_path)
+    result = run_train(tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: 3 masks are JPEG files") and "s0.jpg" in last and "--binarize 127" in last
+    assert not (tmp_path / "ck").exists() or not list((tmp_path / "ck").glob("*.pth"))
+    result = run_train(tmp_path, "--binarize", "127")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert load_checkpoint(tmp_path / "ck" / "last.pth")["args"]["binarize"] == 127
 
 
 def test_a_class_under_one_percent_of_the_pixels_suggests_class_weights(tmp_path: Path) -> None:

@@ -664,3 +664,16 @@ def test_resume_keeps_the_runs_settings_and_names_each_flag_it_overrides(tmp_pat
     assert args.batch_size == 4 and args.scale == 0.25 and args.classes == 3
     assert lines == [f"note: {tmp_path / 'last.pth'} continues with --batch-size 4; --batch-size 8 is ignored "
                      "(start a new run to change it)"]  # flags left at their defaults, or equal, pass silently
+
+
+@pytest.mark.parametrize(("stored", "given", "kept"), [(True, [], 0), (True, ["--binarize"], 0), (False, [], None),
+                                                       (127, ["--binarize", "127"], 127)])
+def test_resume_reads_binarize_as_stored_also_the_true_false_of_older_checkpoints(
+        tmp_path: pathlib.Path, stored: bool | int, given: list[str], kept: int | None) -> None:
+    import train
+
+    resumed = {"model_args": {"n_classes": 2, "n_channels": 3, "bilinear": False}, "scale": 0.5,
+               "args": {"batch_size": 1, "binarize": stored, "ignore_index": None, "class_weights": None}}
+    args = train.get_args_parser().parse_args(["--batch-size", "1", *given])
+    assert train.keep_run_settings(args, resumed, tmp_path / "last.pth") == []  # the same setting: no note
+    assert args.binarize == kept

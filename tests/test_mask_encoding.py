@@ -7,6 +7,7 @@ import pytest
 from utils.data_loading import read_mask
 from utils.errors import UserError
 from utils.mask_encoding import (
+    binarize_threshold,
     check_classes,
     decode_mask,
     distinct_values,
@@ -51,6 +52,19 @@ def test_distinct_values_refuses_fractional_labels():
 
 
 # --- encode_mask ------------------------------------------------------------------------------------
+
+
+def test_binarize_takes_values_above_the_threshold_as_foreground():
+    blurred = np.array([[0, 3, 126, 127, 128, 250, 255]], dtype=np.uint8)  # a JPEG mask's edge
+    assert encode_mask(blurred, [0, 1], "m.jpg", binarize_above=127).tolist() == [[0, 0, 0, 0, 1, 1, 1]]
+    assert encode_mask(blurred, [0, 1], "m.jpg", binarize_above=0).tolist() == [[0, 1, 1, 1, 1, 1, 1]]
+    colours = colour_mask([[BLACK, [0, 0, 200], [100, 90, 120]]])
+    assert encode_mask(colours, [0, 1], "m.png", binarize_above=127).tolist() == [[0, 1, 0]]  # any channel
+
+
+@pytest.mark.parametrize(("stored", "threshold"), [(None, None), (False, None), (True, 0), (0, 0), (127, 127)])
+def test_binarize_threshold_reads_older_checkpoints_true_false(stored, threshold):
+    assert binarize_threshold(stored) == threshold
 
 
 def test_binary_0_255_mask_encodes_to_0_1():

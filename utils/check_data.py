@@ -31,10 +31,18 @@ from .data_loading import (
     set_image_pixel_limit,
 )
 from .errors import UserError, run_cli
-from .mask_encoding import MaskValue, is_colour, merge_values, value_counts
+from .mask_encoding import (
+    MaskValue,
+    add_binarize_argument,
+    binarize,
+    binarize_threshold,
+    is_colour,
+    merge_values,
+    value_counts,
+)
 
 CACHE_NAME = ".unet_check_cache.json"
-CACHE_VERSION = 3  # 3: misnamed files and files over --max-image-pixels are unreadable
+CACHE_VERSION = 4  # 3: misnamed files and files over --max-image-pixels are unreadable; 4: JPEG masks noted
 RARE_CLASS_FRACTION = 0.01
 INSTANCE_LABEL_HINT = 16  # more distinct values than this in label masks usually means one value per object
 
@@ -56,6 +64,7 @@ def inspect_mask(path: Path) -> dict[str, Any]:
         with open_image(path) as header:  # header only: the pixels were decoded by read_mask
             mode = header.mode
             palette = header.getpalette() if mode == "P" else None
+            record["jpeg"] = header.format in ("JPEG", "MPO")  # lossy: edges blur into in-between values
     if mode == "P":
         record["encoding"] = "palette"
         record["palette"] = list(palette or [])[: 3 * 256]
@@ -168,13 +177,14 @@ class DataCheck:
     pairs: list[Pair]
     mask_values: list[MaskValue]
     class_pixels: list[int]
-    binarize: bool = False
+    binarize: int | None = None  # values above it are foreground
     ignore_value: int | None = None
     lonely_images: list[str] = field(default_factory=list)
     lonely_masks: list[str] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)  # one message per file, naming it
     size_mismatches: list[str] = field(default_factory=list)
     empty_masks: list[str] = field(default_factory=list)
+    blurred_masks: list[str] = field(default_factory=list)  # JPEG masks with more than two values
     image_sizes: Counter = field(default_factory=Counter)
     image_channels: Counter = field(default_factory=Counter)
     encodings: Counter = field(default_factory=Counter)
@@ -182,7 +192,18 @@ class DataCheck:
 
     @property
     def problems(self) -> bool:
-        return bool(self.unreadable or self.size_mismatches)
+        return bool(self.unreadable or self.size_mismatches or self.unresolved_jpeg_masks)
+
+    @property
+    def unresolved_jpeg_masks(self) -> bool:
+        """JPEG masks whose compression made up values, and no --binarize T (T > 0) to sort them into two."""
+        return bool(self.blurred_masks) and not (self.binarize or 0) > 0
+
+    def jpeg_mask_error(self) -> str:
+        """The one line train.py stops with while unresolved_jpeg_masks."""
+        return (f"{len(self.blurred_masks)} masks are JPEG files whose lossy compression blurred the edges into "
+                f"in-between values, e.g. {self.blurred_masks[0]}: save the masks as PNG, or pass --binarize 127 "
+                "(values above 127 are foreground) if they are dark background and bright foreground")
 
     @property
     def inferred_classes(self) -> int:
@@ -200,7 +221,11 @@ class DataCheck:
             hints.append("replace or remove the unreadable files (training skips them)")
         if self.size_mismatches:
             hints.append("resize each mask to its image with nearest-neighbour interpolation, or remove the pair")
-        if not self.binarize and len(self.mask_values) > INSTANCE_LABEL_HINT and not is_colour(self.mask_values):
+        if self.unresolved_jpeg_masks:
+            hints.append("save the masks as PNG (lossless), or pass --binarize 127 to take values above 127 as "
+                         "foreground")
+        elif (self.binarize is None and len(self.mask_values) > INSTANCE_LABEL_HINT
+              and not is_colour(self.mask_values)):
             hints.append(f"{len(self.mask_values)} distinct mask values look like instance labels (one value per "
                          "object): pass --binarize to train foreground vs background")
         rare = [i for i, f in enumerate(self.class_fractions) if 0 < f < RARE_CLASS_FRACTION]
@@ -222,13 +247,17 @@ class DataCheck:
         channels = ", ".join(f"{_channel_name(c)} ({n})" for c, n in sorted(self.image_channels.items()))
         lines.append(f"  images: {sizes}{more}; {channels}")
         encodings = ", ".join(f"{name} ({n})" for name, n in self.encodings.most_common())
-        extra = " binarized (any nonzero = foreground)" if self.binarize else ""
+        extra = "" if self.binarize is None else \
+            " binarized (" + ("any nonzero" if self.binarize == 0 else f"above {self.binarize}") + " = foreground)"
         extra += f", value {self.ignore_value} ignored" if self.ignore_value is not None else ""
         lines.append(f"  masks: {encodings}{extra}; {len(self.mask_values)} classes")
         shown = [f"{_short_value(v)}: {f:.1%}" for v, f in zip(self.mask_values, self.class_fractions)][:12]
         lines.append(f"  class pixels: {', '.join(shown)}{', ...' if len(self.mask_values) > 12 else ''}")
         if self.empty_masks:
             lines.append(f"  empty masks (background only): {len(self.empty_masks)} {_names(self.empty_masks)}")
+        if self.blurred_masks:
+            lines.append(f"  JPEG masks with in-between values (lossy compression blurs edges): "
+                         f"{len(self.blurred_masks)} {_names(self.blurred_masks)}")
         lonely = ((self.lonely_images, "images without a mask"), (self.lonely_masks, "masks without an image"))
         for names, kind in lonely:
             if names:
@@ -260,12 +289,13 @@ def check_dataset(
     imgs: Path,
     masks: Path,
     mask_suffix: str | None = None,
-    binarize: bool = False,
+    binarize: int | None = None,
     ignore_value: int | None = None,
     workers: int | None = None,
 ) -> DataCheck:
     """Pair, decode (cached) and summarise a data set; raises UserError only when nothing usable is left."""
     pairing = pair_files(Path(imgs), Path(masks), mask_suffix)
+    binarize = binarize_threshold(binarize)
     image_records = inspect_files([p.image for p in pairing.pairs], "image", workers, cache_dir=Path(masks))
     mask_records = inspect_files([p.mask for p in pairing.pairs], "mask", workers, cache_dir=Path(masks))
     check = DataCheck(Path(imgs), Path(masks), pairing.mask_suffix, [], [], [], binarize, ignore_value,
@@ -283,6 +313,8 @@ def check_dataset(
         check.image_sizes[(image["width"], image["height"])] += 1
         check.image_channels[image["channels"]] += 1
         check.encodings[mask["encoding"]] += 1
+        if mask.get("jpeg") and len(mask["values"]) > 2:
+            check.blurred_masks.append(pair.mask.name)
         if mask.get("palette") and check.palette is None:
             check.palette = mask["palette"]
     check.pairs = [pair for pair, _ in usable]
@@ -307,15 +339,15 @@ def _hashable(value: MaskValue) -> int | tuple[int, ...]:
     return tuple(value) if isinstance(value, list) else value
 
 
-def _effective_counts(mask: dict, binarize: bool, ignore_value: int | None) -> Counter:
+def _effective_counts(mask: dict, binarize_above: int | None, ignore_value: int | None) -> Counter:
     """Pixel count per value of one mask after --binarize and --ignore-index (colours as tuples)."""
     counts: Counter = Counter()
     for value, count in zip(mask["values"], mask["counts"]):
         key = _hashable(value)
         if ignore_value is not None and key == ignore_value:
             continue
-        if binarize:
-            key = int(any(value) if isinstance(value, list) else value != 0)
+        if binarize_above is not None:
+            key = int(binarize(np.array(value), binarize_above, isinstance(value, list)))
         counts[key] += count
     return counts
 
@@ -325,7 +357,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--imgs", type=Path, default=Path("data/imgs"), help="image folder (default: %(default)s)")
     parser.add_argument("--masks", type=Path, default=Path("data/masks"), help="mask folder (default: %(default)s)")
     parser.add_argument("--mask-suffix", default=None, help="mask name = image name + suffix; detected when omitted")
-    parser.add_argument("--binarize", action="store_true", help="any nonzero mask value is foreground")
+    add_binarize_argument(parser)
     parser.add_argument("--ignore-index", type=int, default=None, metavar="VALUE",
                         help="mask value excluded from training and scores (e.g. 255 borders)")
     parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores, max 8)")
@@ -334,7 +366,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Prints the report; exit code 1 when files are unreadable or mismatched, else 0."""
+    """Prints the report; exit code 1 when files are unreadable or mismatched or masks are blurred JPEGs, else 0."""
     set_image_pixel_limit(args.max_image_pixels)
     check = check_dataset(args.imgs, args.masks, args.mask_suffix, args.binarize, args.ignore_index, args.workers)
     print(check.report())

@@ -17,7 +17,7 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from .errors import UserError
-from .mask_encoding import IGNORE_CLASS, MaskValue, encode_mask
+from .mask_encoding import IGNORE_CLASS, MaskValue, binarize_threshold, encode_mask
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".npy", ".pt")
 # Tried in this order when --mask-suffix is not given; the one pairing the most images wins.
@@ -407,7 +407,7 @@ class SegmentationDataset(Dataset):
         scale: float = 1.0,
         channels: int = 3,
         scale_masks: bool = True,
-        binarize: bool = False,
+        binarize: int | None = None,
         ignore_value: int | None = None,
         transform: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
         skip_unreadable: bool = False,
@@ -419,7 +419,7 @@ class SegmentationDataset(Dataset):
         self.scale = scale
         self.channels = channels
         self.scale_masks = scale_masks
-        self.binarize = binarize
+        self.binarize = binarize_threshold(binarize)  # values above it are foreground; None: kept
         self.ignore_value = ignore_value
         self.transform = transform
         self.skip_unreadable = skip_unreadable

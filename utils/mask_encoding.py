@@ -5,6 +5,7 @@
 Class i is the pixel value mask_values[i]; IGNORE_CLASS marks pixels left out of loss and scores.
 """
 
+import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -92,23 +93,45 @@ def _short(values: Sequence[MaskValue]) -> str:
     return f"[{shown}{', ...' if len(values) > 8 else ''}]"
 
 
+def add_binarize_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """--binarize [T], the same in every script that reads masks for training."""
+    parser.add_argument("--binarize", nargs="?", type=int, const=0, default=None, metavar="T",
+                        help="mask values above T are foreground (1), the others background (0): instance labels, "
+                             "0/255 masks; T is 0 (any nonzero value) when omitted. JPEG masks need a T between "
+                             "their two values, e.g. 127, since compression blurs their edges")
+
+
+def binarize_threshold(setting: bool | int | None) -> int | None:
+    """The --binarize threshold from a setting as stored in a checkpoint's args: None (or False) for no
+    binarization; True, from checkpoints written before --binarize took a value, meant any nonzero value (0)."""
+    if setting is None or setting is False:
+        return None
+    return 0 if setting is True else int(setting)
+
+
+def binarize(values: np.ndarray, threshold: int, colour: bool) -> np.ndarray:
+    """Foreground (1) where a value (any channel of a colour) is above threshold, else background (0)."""
+    above = values > threshold
+    return (above.any(axis=-1) if colour else above).astype(np.int64)
+
+
 def encode_mask(
     mask: np.ndarray,
     mask_values: Sequence[MaskValue],
     source: Path | str,
-    binarize: bool = False,
+    binarize_above: int | None = None,
     ignore_value: int | None = None,
 ) -> np.ndarray:
     """Pixel values -> class indices (int64), IGNORE_CLASS where the value is ignore_value.
 
-    binarize: any nonzero value (instance labels, 0/255, colours) is foreground (class value 1).
-    A value outside mask_values is an error naming the file.
+    binarize_above: values above it (instance labels, 0/255, colours) are foreground (class value 1); None keeps
+    the values. A value outside mask_values is an error naming the file.
     """
     if len(mask_values) == 0:
         raise UserError(f"no mask values known to encode {source}")
     ignored = (mask == ignore_value) if ignore_value is not None and mask.ndim == 2 else None
-    if binarize:
-        mask = (mask.any(axis=-1) if mask.ndim == 3 else mask != 0).astype(np.int64)
+    if binarize_above is not None:
+        mask = binarize(mask, binarize_above, mask.ndim == 3)
     colour = is_colour(mask_values)
     if colour != (mask.ndim == 3):
         kind = "RGB colour" if mask.ndim == 3 else "single-channel"
