@@ -355,7 +355,7 @@ def main(args: argparse.Namespace) -> int:
     if len(inputs) == 1 and not failed and not args.no_save:
         print(f"mask of {inputs[0]} saved to {outputs[0]}")
     if failed:
-        print(f"error: {len(failed)} of {len(inputs)} images could not be read (listed above as skipped); "
+        print(f"error: {len(failed)} of {len(inputs)} images could not be predicted (listed above as skipped); "
               "the others were predicted", file=sys.stderr)
         return 1
     return 0

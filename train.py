@@ -43,6 +43,7 @@ from utils.data_loading import (
     Pair,
     SegmentationDataset,
     add_image_limit_argument,
+    check_model_input_size,
     make_loader,
     normalize_images,
     scaled_size,
@@ -228,15 +229,10 @@ def split_pairs(pairs: list[Pair], validation_percent: float, seed: int) -> tupl
     return train, val
 
 
-MIN_SIDE = 16  # four 2x2 poolings: below this the deepest feature map vanishes
-
-
 def check_scaled_sizes(image_sizes: dict[tuple[int, int], int], scale: float) -> None:
     """Refuse a --scale that leaves an image too small for the U-Net, before any worker trips on it."""
     width, height = min(image_sizes, key=lambda size: min(size))
-    if min(int(scale * width), int(scale * height)) < MIN_SIDE:
-        raise UserError(f"--scale {scale} shrinks {width}x{height} images to {int(scale * width)}x"
-                        f"{int(scale * height)}, below the U-Net's minimum of {MIN_SIDE} px a side: use a larger scale")
+    check_model_input_size(width, height, scale, f"the smallest of the {sum(image_sizes.values())} images")
 
 
 def parse_class_weights(text: str | None, n_classes: int, class_pixels: list[int]) -> torch.Tensor | None:

@@ -122,17 +122,20 @@ def test_predict_folder_streams_to_mirrored_names_with_probs_and_csv(trained: Pa
         assert agree > 0.99  # float16 rounding may flip pixels at exactly 0.5
 
 
-def test_predict_folder_reports_unreadable_files_and_predicts_the_rest(trained: Path, tmp_path: Path) -> None:
+def test_predict_folder_reports_unreadable_and_too_small_files_and_predicts_the_rest(trained: Path,
+                                                                                     tmp_path: Path) -> None:
     folder = tmp_path / "in"
     folder.mkdir()
     for image in sorted((trained / "data" / "imgs").iterdir())[:3]:
         shutil.copy(image, folder / image.name)
     (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    Image.fromarray(np.zeros((12, 40, 3), np.uint8)).save(folder / "thin.png")  # fewer rows than four halvings need
     result = run("predict.py", "-m", trained / "checkpoints" / "last.pth", "-i", folder, "-o", tmp_path / "out",
                  "--workers", "1", cwd=tmp_path, check=False)
-    assert result.returncode == 1
+    assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "broken.jpg" in result.stdout + result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("error: 1 of 4 images could not be read")
+    assert "thin.png is 40x12: the U-Net needs at least 16 px a side" in result.stdout + result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: 2 of 5 images could not be predicted")
     assert len(list((tmp_path / "out").glob("*.png"))) == 3
 
 
@@ -390,3 +393,14 @@ def test_images_of_different_sizes_score_in_batches_as_one_at_a_time(tmp_path: P
     assert [row["name"] for row in batched] == [f"cell{index}" for index in range(8)]
     assert batched == one_at_a_time
     assert len({row["dice"] for row in batched}) > 2  # not a model that predicts the same for every image
+
+
+def test_evaluate_names_an_image_too_small_for_the_unet(tmp_path: Path) -> None:
+    write_cells(tmp_path, 2)
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(tmp_path / "imgs" / "speck.png")
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(tmp_path / "masks" / "speck.png")
+    torch.save({**UNet(3, 2).state_dict(), "mask_values": [0, 255]}, tmp_path / "model.pth")
+    result = run("evaluate.py", "-m", "model.pth", "--imgs", "imgs", "--masks", "masks", "--scale", "1",
+                 "--workers", "0", cwd=tmp_path, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: speck is 10x10 pixels as the model sees it")

@@ -331,6 +331,20 @@ def test_scale_that_shrinks_to_nothing_raises_user_error(carvana_folder):
         SegmentationDataset(pairs, [0, 1], scale=0.01)[0]
 
 
+@pytest.mark.parametrize(("size", "scale", "message"), [
+    ((53, 37), 0.3, r"a\.png is 53x37, only 15x11 at --scale 0\.3: the U-Net needs at least 16 px a side "
+                    r"\(four halvings\): use --scale 0\.44 or more"),
+    ((40, 12), 1.0, r"a\.png is 40x12: the U-Net needs .* leave it out or enlarge it"),
+])
+def test_images_smaller_than_the_unet_takes_are_refused_with_the_scale_that_fits(size, scale, message):
+    from utils.data_loading import check_model_input_size
+
+    with pytest.raises(UserError, match=message):
+        check_model_input_size(*size, scale, "a.png")
+    check_model_input_size(53, 37, 0.44, "a.png")  # 23x16: fits
+    check_model_input_size(16, 16, 1.0, "a.png")
+
+
 @pytest.mark.parametrize("scale", [0.0, -0.5, 1.5])
 def test_scale_outside_zero_one_is_refused(carvana_folder, scale):
     pairs = list_pairs(carvana_folder / "imgs", carvana_folder / "masks")

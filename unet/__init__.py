@@ -1,3 +1,3 @@
-from .unet_model import UNet
+from .unet_model import MIN_SIDE, UNet
 
-__all__ = ["UNet"]
+__all__ = ["MIN_SIDE", "UNet"]

@@ -9,6 +9,8 @@ from torch.utils.checkpoint import checkpoint
 
 from .unet_parts import DoubleConv, Down, OutConv, Up
 
+MIN_SIDE = 16  # pixels a side the input needs: four 2x2 poolings, below this the deepest feature map vanishes
+
 
 @contextmanager
 def _batchnorm_stats_frozen(block: nn.Module) -> Iterator[None]:

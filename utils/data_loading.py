@@ -1,6 +1,7 @@
 """Image/mask pairs from two folders: list once, pair once, decode, scale, encode masks to class indices."""
 
 import argparse
+import math
 import os
 import re
 import sys
@@ -15,6 +16,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
+
+from unet import MIN_SIDE
 
 from .errors import UserError
 from .mask_encoding import IGNORE_CLASS, MaskValue, binarize_threshold, encode_mask
@@ -340,6 +343,18 @@ def scaled_size(width: int, height: int, scale: float, source: Path | str = "ima
     return new_width, new_height
 
 
+def check_model_input_size(width: int, height: int, scale: float, source: Path | str) -> None:
+    """Refuse an image that int(scale * side) leaves smaller than the U-Net takes (a max-pool error otherwise)."""
+    new_width, new_height = int(scale * width), int(scale * height)
+    if min(new_width, new_height) < MIN_SIDE:
+        smallest = min(width, height)
+        fix = (f"use --scale {math.ceil(100 * MIN_SIDE / smallest) / 100:g} or more" if smallest >= MIN_SIDE
+               else "leave it out or enlarge it")
+        scaled = f", only {new_width}x{new_height} at --scale {scale:g}" if scale != 1 else ""
+        raise UserError(f"{source} is {width}x{height}{scaled}: the U-Net needs at least {MIN_SIDE} px a side (four "
+                        f"halvings): {fix}")
+
+
 def load_scaled_image(path: Path, scale: float, channels: int = 3) -> tuple[torch.Tensor, tuple[int, int]]:
     """The model's view of an image file: uint8 CxH'xW' at int(scale * side), and the file's own (width, height).
 
@@ -464,6 +479,7 @@ class ImageFiles(Dataset):
     def __getitem__(self, index: int) -> dict:
         try:
             image, (width, height) = load_scaled_image(self.paths[index], self.scale, self.channels)
+            check_model_input_size(width, height, self.scale, self.paths[index])
         except UserError as error:
             return {"index": index, "error": str(error)}
         return {"index": index, "image": image, "size": (height, width)}
