@@ -320,6 +320,12 @@ def _check_metadata(checkpoint: dict[str, Any], source: Path | str) -> None:
 
 def _read(path: Path, map_location: str | torch.device) -> Any:
     """torch.load with weights_only=True: tensors and plain data only; a pickled code payload is never run."""
+    with open(path, "rb") as file:
+        head = file.read(8)
+    fix = "pass the .pth file train.py wrote, or a state_dict saved with torch.save"
+    if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save writes a zip archive; older torch, a pickle
+        what = "it is an ONNX model, as export.py writes" if path.suffix == ".onnx" else _what_it_is(head)
+        raise UserError(f"{path} is not a PyTorch checkpoint ({what}): {fix}")
     try:
         with warnings.catch_warnings():  # a raw pickle draws a protocol warning before our refusal
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
@@ -331,8 +337,21 @@ def _read(path: Path, map_location: str | torch.device) -> Any:
                         "nothing in it was run. If you trust its source, re-save only the weights with "
                         "torch.save(model.state_dict(), ...)") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
+        if "TorchScript" in str(error):
+            raise UserError(f"{path} is a TorchScript model, as export.py writes, not a checkpoint: {fix}") from None
         reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
         raise UserError(f"{path} is not a readable checkpoint ({reason}): it may be truncated") from None
+
+
+def _what_it_is(head: bytes) -> str:
+    """A few words on a file that is not a checkpoint, from its first bytes."""
+    if not head:
+        return "the file is empty"
+    known = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image",
+             b"II*\x00": "a TIFF image", b"MM\x00*": "a TIFF image", b"BM": "a BMP image",
+             b"\x93NUMPY": "a NumPy array"}
+    found = next((kind for magic, kind in known.items() if head.startswith(magic)), None)
+    return f"it is {found}" if found else "neither a zip archive nor a pickle"
 
 
 def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
