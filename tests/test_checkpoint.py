@@ -351,7 +351,7 @@ def test_a_file_that_is_no_checkpoint_is_named_for_what_it_is(tmp_path, name, co
     assert f"{tmp_path / name} {said}" in str(error.value)
 
 
-@pytest.mark.filterwarnings("ignore:`torch.jit.trace:FutureWarning")  # deprecated, still what export.py writes
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")  # deprecated, still what export.py writes
 def test_a_torchscript_file_is_named_as_one(tmp_path):
     torch.jit.save(torch.jit.trace(nn.Conv2d(3, 2, 1), torch.zeros(1, 3, 4, 4)), tmp_path / "unet.ts")
     with pytest.raises(UserError, match=r"unet\.ts is a TorchScript model, as export\.py writes, not a checkpoint"):
