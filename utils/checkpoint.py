@@ -329,6 +329,7 @@ def _read(path: Path, map_location: str | torch.device) -> Any:
     try:
         with warnings.catch_warnings():  # a raw pickle draws a protocol warning before our refusal
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            warnings.filterwarnings("ignore", message=".*looks like a TorchScript archive", category=UserWarning)
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
