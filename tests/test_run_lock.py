@@ -103,3 +103,9 @@ def test_folder_that_cannot_be_created_is_a_user_error(tmp_path):
     (tmp_path / "file").write_text("not a folder")
     with pytest.raises(UserError, match="cannot lock --checkpoint-dir .*file/run"):
         RunLock(tmp_path / "file" / "run").acquire()
+
+
+def test_a_file_given_as_the_folder_is_named_as_one(tmp_path):
+    (tmp_path / "run").write_text("not a folder")
+    with pytest.raises(UserError, match=r"--checkpoint-dir .*run is a file, not a folder"):
+        RunLock(tmp_path / "run").acquire()

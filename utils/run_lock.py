@@ -49,6 +49,8 @@ class RunLock:
             print(f"warning: no file locks on this system: nothing stops a second run in {self.folder}",
                   file=sys.stderr)
             return
+        if self.folder.exists() and not self.folder.is_dir():
+            raise UserError(f"--checkpoint-dir {self.folder} is a file, not a folder: pick a folder")
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             fd = self._lock()
