@@ -229,6 +229,25 @@ def split_pairs(pairs: list[Pair], validation_percent: float, seed: int) -> tupl
     return train, val
 
 
+def resumed_split(pairs: list[Pair], resumed: dict, resume_file: Path, validation_percent: float, seed: int
+                  ) -> tuple[list[Pair], list[Pair], list[str]]:
+    """A resumed run validates on the images it validated on: images added since it started go to training,
+    so no image it trained on is scored as held out. Returns train, val and notes on what changed."""
+    train, val = split_pairs(pairs, validation_percent, seed)
+    kept_names, trained = resumed.get("validation_images"), resumed.get("training_images")
+    if kept_names is None:  # saved before checkpoints kept the split: the seeded split of the same files
+        return train, val, []
+    kept = set(kept_names)
+    kept_val = [pair for pair in val + train if pair.name in kept]  # in the seeded order: unchanged data, same lists
+    kept_train = [pair for pair in train + val if pair.name not in kept]
+    if len(kept_train) == trained and [pair.name for pair in kept_val] == kept_names:
+        return kept_train, kept_val, []
+    notes = [f"note: the data changed since {resume_file}: {len(kept_train)} training images (were {trained}); "
+             f"validation stays on the run's own images ({len(kept_val)} of {len(kept)} still there), so images "
+             "added since train and none it trained on is scored as held out"]
+    return kept_train, kept_val, notes
+
+
 def check_scaled_sizes(image_sizes: dict[tuple[int, int], int], scale: float) -> None:
     """Refuse a --scale that leaves an image too small for the U-Net, before any worker trips on it."""
     width, height = min(image_sizes, key=lambda size: min(size))
@@ -284,7 +303,7 @@ def keep_run_settings(args: argparse.Namespace, resumed: dict, resume_file: Path
     kept = {"classes": architecture["n_classes"], "channels": architecture["n_channels"],
             "bilinear": architecture["bilinear"], "scale": resumed.get("scale", args.scale),
             **{name: saved_args.get(name, getattr(args, name))
-               for name in ("binarize", "ignore_index", "class_weights", "batch_size")}}
+               for name in ("binarize", "ignore_index", "class_weights", "batch_size", "validation")}}
     kept["binarize"] = binarize_threshold(kept["binarize"])  # older checkpoints stored True/False
     parser = get_args_parser()
     lines = []
@@ -539,7 +558,12 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
         width, height = max(data.image_sizes, key=lambda size: size[0] * size[1])
         scaled_width, scaled_height = scaled_size(width, height, args.scale)
         args.batch_size = default_batch_size(device, precision, scaled_width * scaled_height, args.checkpointing)
-    train_pairs, val_pairs = split_pairs(data.pairs, args.validation, args.seed)
+    if resumed is not None:
+        train_pairs, val_pairs, notes = resumed_split(data.pairs, resumed, resume_file, args.validation, args.seed)
+        for line in notes:
+            say(line, file=sys.stderr)
+    else:
+        train_pairs, val_pairs = split_pairs(data.pairs, args.validation, args.seed)
     encoding = {"mask_values": mask_values, "scale": args.scale, "channels": args.channels,
                 "binarize": args.binarize, "ignore_value": args.ignore_index}
     train_set = SegmentationDataset(train_pairs, **encoding, transform=train_augmentation(args.augment),
@@ -590,6 +614,10 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
         restore_rng_state(resumed["rng"])
         start_epoch, step, best_dice = resumed["epoch"] + 1, resumed["step"], resumed["best_dice"]
         skip_batches = resumed.get("epoch_batches", 0)  # saved in the middle of an epoch (--save-every, a signal)
+        if skip_batches and resumed.get("training_images", len(train_set)) != len(train_set):
+            say(f"note: the training set changed size, so epoch {start_epoch} starts over instead of going on "
+                f"after batch {skip_batches}", file=sys.stderr)
+            skip_batches = 0  # the epoch's order is a shuffle of the old set: its first batches are not these
         best = f", best validation Dice {best_dice:.4f}" if best_dice >= 0 else ""
         within = f" after its first {skip_batches} batches" if skip_batches else ""
         say(f"resuming {resume_file}: epoch {start_epoch}{within}, step {step}{best}")
@@ -631,6 +659,7 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epochs_done,
             "epoch_batches": epoch_batches, "step": step, "best_dice": best_dice, "val_dice": val_dice,
             "rng": rng_state(), "mask_palette": data.palette,
+            "training_images": len(train_pairs), "validation_images": [pair.name for pair in val_pairs],
         }
         try:
             checkpoints.save(last_file, model, mask_values, copies, **state)

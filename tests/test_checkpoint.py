@@ -536,13 +536,15 @@ def resumable_state(resumable_file):
     (lambda c: c.update(best_dice=None), "training state 'best_dice' is None, not a number"),
     (lambda c: c.update(epoch_batches=2.5), "training state 'epoch_batches' is 2.5, not a non-negative int"),
     (lambda c: c.update(scaler=[]), "training state 'scaler' is a list, not a dict"),
+    (lambda c: c.update(validation_images="a.png"), "'validation_images' is 'a.png', not a list of names"),
+    (lambda c: c.update(training_images=-2), "training state 'training_images' is -2, not a non-negative int"),
     (lambda c: c["rng"].pop("numpy"), "'rng' lacks the python/numpy/torch generator states"),
     (lambda c: c["optimizer"].pop("param_groups"), "'optimizer' is not an optimizer state_dict"),
     (lambda c: c["optimizer"]["param_groups"][0]["params"].pop(), "optimizer state covers 55 parameters"),
     (lambda c: c["optimizer"]["state"][0].update(exp_avg=torch.zeros(3)),
      "optimizer 'exp_avg' of 'inc.double_conv.0.weight' has shape [3], the parameter [64, 1, 3, 3]"),
-], ids=["missing", "epoch-str", "negative-step", "best-none", "epoch-batches", "scaler-list", "rng", "optimizer-shape",
-        "parameter-count", "moment-shape"])
+], ids=["missing", "epoch-str", "negative-step", "best-none", "epoch-batches", "scaler-list", "validation-names",
+        "training-count", "rng", "optimizer-shape", "parameter-count", "moment-shape"])
 def test_malformed_training_state_is_one_line_naming_the_entry(resumable_file, resumable_state, change, complaint):
     checkpoint = copy.deepcopy(resumable_state)
     change(checkpoint)

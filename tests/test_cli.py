@@ -404,3 +404,38 @@ def test_evaluate_names_an_image_too_small_for_the_unet(tmp_path: Path) -> None:
                  "--workers", "0", cwd=tmp_path, check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: speck is 10x10 pixels as the model sees it")
+
+
+def test_resume_after_images_were_added_keeps_its_validation_images(tmp_path: Path) -> None:
+    write_carvana_like(tmp_path / "data", 6)
+    flags = ["--validation", "34", *TRAIN_FLAGS]
+    run("train.py", "--epochs", "1", *flags, cwd=tmp_path)
+    first = load_checkpoint(tmp_path / "checkpoints" / "last.pth")
+    assert first["training_images"] == 4 and len(first["validation_images"]) == 2
+
+    write_carvana_like(tmp_path / "more", 3, seed=1)  # new files, new names
+    for kind in ("imgs", "masks"):
+        for path in (tmp_path / "more" / kind).iterdir():
+            shutil.copy(path, tmp_path / "data" / kind / f"new_{path.name}")
+    saved = torch.load(tmp_path / "checkpoints" / "last.pth", weights_only=True)
+    torch.save({**saved, "epoch_batches": 1}, tmp_path / "checkpoints" / "last.pth")  # as if stopped in epoch 2
+    # a percentage that would hold out other images now is ignored with a note, as other data settings are
+    result = run("train.py", "--epochs", "2", "--resume", "auto", *flags, "--validation", "50", cwd=tmp_path)
+    assert "note: the data changed since checkpoints/last.pth: 7 training images (were 4)" in result.stderr
+    assert "epoch 2 starts over instead of going on after batch 1" in result.stderr
+    assert "continues with --validation 34" in result.stderr
+    resumed = load_checkpoint(tmp_path / "checkpoints" / "last.pth")
+    assert resumed["validation_images"] == first["validation_images"] and resumed["training_images"] == 7
+    assert "7 training and 2 validation images" in result.stdout
+
+
+def test_resume_of_a_checkpoint_without_the_split_draws_the_seeded_split(tmp_path: Path) -> None:
+    import train
+    from utils.data_loading import list_pairs
+
+    write_carvana_like(tmp_path, 6)
+    pairs = list_pairs(tmp_path / "imgs", tmp_path / "masks")
+    expected = train.split_pairs(pairs, 34, 0)
+    assert train.resumed_split(pairs, {}, tmp_path / "old.pth", 34, 0) == (*expected, [])
+    same = {"validation_images": [pair.name for pair in expected[1]], "training_images": len(expected[0])}
+    assert train.resumed_split(pairs, same, tmp_path / "old.pth", 34, 0) == (*expected, [])  # nothing changed

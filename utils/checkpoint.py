@@ -410,6 +410,11 @@ def check_training_state(checkpoint: dict[str, Any], path: Path | str) -> None:
     batches = checkpoint.get("epoch_batches", 0)  # optional: saved in the middle of an epoch
     if type(batches) is not int or batches < 0:
         raise UserError(f"{path}: training state 'epoch_batches' is {_short(batches)}, not a non-negative int: {fix}")
+    names, count = checkpoint.get("validation_images", []), checkpoint.get("training_images", 0)  # optional
+    if not (isinstance(names, list) and all(isinstance(name, str) for name in names)):
+        raise UserError(f"{path}: training state 'validation_images' is {_short(names)}, not a list of names: {fix}")
+    if type(count) is not int or count < 0:
+        raise UserError(f"{path}: training state 'training_images' is {_short(count)}, not a non-negative int: {fix}")
     rng = checkpoint["rng"]
     numpy_state = rng.get("numpy", {}).get("state") if isinstance(rng.get("numpy"), dict) else None
     if not (isinstance(rng.get("python"), (list, tuple)) and isinstance(rng.get("torch"), torch.Tensor)
