@@ -300,7 +300,8 @@ def test_jpeg_masks_with_made_up_values_are_a_problem_until_binarized_above_a_th
     assert "instance labels" not in report  # the made-up values are not objects
     assert "s0.jpg" in check.jpeg_mask_error() and "--binarize 127" in check.jpeg_mask_error()
 
-    assert check_dataset(tmp_path / "imgs", tmp_path / "masks", binarize=0, workers=1).unresolved_jpeg_masks
+    nonzero = check_dataset(tmp_path / "imgs", tmp_path / "masks", binarize=0, workers=1)
+    assert nonzero.unresolved_jpeg_masks and "--binarize 127" in nonzero.jpeg_mask_error()  # ringing is nonzero
     sorted_out = check_dataset(tmp_path / "imgs", tmp_path / "masks", binarize=127, workers=1)
     assert sorted_out.mask_values == [0, 1] and not sorted_out.problems
     assert sorted_out.class_fractions[1] == pytest.approx(share, abs=0.01)
@@ -499,3 +500,15 @@ def test_a_batch_of_only_unreadable_files_collates_to_reasons_alone(tmp_path: Pa
     (tmp_path / "imgs" / "good0.png").write_bytes(b"")
     batch = collate_skipping([SegmentationDataset(check.pairs, check.mask_values, skip_unreadable=True)[0]])
     assert set(batch) == {"skipped"} and len(batch["skipped"]) == 1 and "good0.png" in batch["skipped"][0]
+
+
+def test_faint_jpeg_masks_are_only_told_to_be_saved_as_png(tmp_path: Path) -> None:
+    """0/1 masks saved as JPEG: the ringing is as bright as the objects, no threshold separates them."""
+    from utils.check_data import DataCheck
+
+    faint = DataCheck(tmp_path, tmp_path, "", [], [0, 1, 2, 3], [1, 1, 1, 1], blurred_masks=["s0.jpg"], blurred_top=3)
+    assert faint.jpeg_mask_error().endswith("e.g. s0.jpg: save the masks as PNG (lossless)")
+    bright = DataCheck(tmp_path, tmp_path, "", [], [0, 1], [1, 1], binarize=0, blurred_masks=["s0.jpg"],
+                       blurred_top=200)
+    assert bright.jpeg_mask_error().endswith("or pass --binarize 100 (values above 100 are foreground) if they "
+                                             "show foreground on a dark background")

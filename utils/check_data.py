@@ -185,6 +185,7 @@ class DataCheck:
     size_mismatches: list[str] = field(default_factory=list)
     empty_masks: list[str] = field(default_factory=list)
     blurred_masks: list[str] = field(default_factory=list)  # JPEG masks with more than two values
+    blurred_top: int = 0  # the largest value (or colour channel) in them, before --binarize
     image_sizes: Counter = field(default_factory=Counter)
     image_channels: Counter = field(default_factory=Counter)
     encodings: Counter = field(default_factory=Counter)
@@ -199,11 +200,19 @@ class DataCheck:
         """JPEG masks whose compression made up values, and no --binarize T (T > 0) to sort them into two."""
         return bool(self.blurred_masks) and not (self.binarize or 0) > 0
 
+    def jpeg_mask_fix(self) -> str:
+        """Save as PNG, or a threshold halfway up the values found (0/255 masks: 127); none for masks too faint
+        (0/1 saved as JPEG) to tell the ringing from the objects."""
+        top = self.blurred_top
+        if top < 16:
+            return "save the masks as PNG (lossless)"
+        return (f"save the masks as PNG (lossless), or pass --binarize {top // 2} (values above {top // 2} are "
+                "foreground) if they show foreground on a dark background")
+
     def jpeg_mask_error(self) -> str:
         """The one line train.py stops with while unresolved_jpeg_masks."""
         return (f"{len(self.blurred_masks)} masks are JPEG files whose lossy compression blurred the edges into "
-                f"in-between values, e.g. {self.blurred_masks[0]}: save the masks as PNG, or pass --binarize 127 "
-                "(values above 127 are foreground) if they are dark background and bright foreground")
+                f"in-between values, e.g. {self.blurred_masks[0]}: {self.jpeg_mask_fix()}")
 
     @property
     def inferred_classes(self) -> int:
@@ -222,8 +231,7 @@ class DataCheck:
         if self.size_mismatches:
             hints.append("resize each mask to its image with nearest-neighbour interpolation, or remove the pair")
         if self.unresolved_jpeg_masks:
-            hints.append("save the masks as PNG (lossless), or pass --binarize 127 to take values above 127 as "
-                         "foreground")
+            hints.append(self.jpeg_mask_fix())
         elif (self.binarize is None and len(self.mask_values) > INSTANCE_LABEL_HINT
               and not is_colour(self.mask_values)):
             hints.append(f"{len(self.mask_values)} distinct mask values look like instance labels (one value per "
@@ -315,6 +323,7 @@ def check_dataset(
         check.encodings[mask["encoding"]] += 1
         if mask.get("jpeg") and len(mask["values"]) > 2:
             check.blurred_masks.append(pair.mask.name)
+            check.blurred_top = max(check.blurred_top, int(np.max(mask["values"])))
         if mask.get("palette") and check.palette is None:
             check.palette = mask["palette"]
     check.pairs = [pair for pair, _ in usable]
