@@ -583,7 +583,7 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     calibration_set = Subset(SeededItems(train_set),
                              calibration_keys(len(train_set), args.batchnorm_images, args.batch_size, args.seed))
     calibration = BatchCache(make_loader(calibration_set, args.batch_size, device,
-                                              min(side_workers, len(calibration_set)))) \
+                                         min(side_workers, len(calibration_set)))) \
         if len(calibration_set) else None
 
     # Model, optimizer, schedule (cosine decay over all steps), gradient scaler for fp16.
