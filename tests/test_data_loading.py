@@ -192,6 +192,15 @@ def test_same_stem_pairs_are_detected(tmp_path):
     assert [(p.image.name, p.mask.name) for p in pairs] == [("a.jpg", "a.png"), ("b.jpg", "b.png")]
 
 
+def test_images_and_masks_in_one_folder_pair_by_suffix_not_with_themselves(tmp_path, capsys):
+    _touch_images(tmp_path, ["a.jpg", "a_mask.png", "b.jpg", "b_mask.png"])
+    pairs = list_pairs(tmp_path, tmp_path)
+    assert [(p.image.name, p.mask.name) for p in pairs] == [("a.jpg", "a_mask.png"), ("b.jpg", "b_mask.png")]
+    assert "skipping" not in capsys.readouterr().err  # the masks are not unpaired images
+    with pytest.raises(UserError, match="masks need a name suffix .*--mask-suffix"):
+        list_pairs(tmp_path, tmp_path, mask_suffix="")
+
+
 def test_explicit_mask_suffix_overrides_detection(tmp_path):
     _touch_images(tmp_path / "imgs", ["a.png", "b.png"])
     _touch_images(tmp_path / "masks", ["a_mask.png", "b_mask.png", "a_seg.png", "b_seg.png"])

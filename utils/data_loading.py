@@ -289,9 +289,10 @@ def _files_by_stem(folder: Path, role: str) -> dict[str, Path]:
     return files
 
 
-def detect_mask_suffix(image_stems: list[str], mask_stems: set[str]) -> str:
+def detect_mask_suffix(image_stems: list[str], mask_stems: set[str],
+                       candidates: tuple[str, ...] = MASK_SUFFIX_CANDIDATES) -> str:
     """The suffix (e.g. Carvana's "_mask") that pairs the most images with masks."""
-    return max(MASK_SUFFIX_CANDIDATES, key=lambda s: sum(f"{stem}{s}" in mask_stems for stem in image_stems))
+    return max(candidates, key=lambda s: sum(f"{stem}{s}" in mask_stems for stem in image_stems))
 
 
 class Pairing(NamedTuple):
@@ -305,8 +306,14 @@ def pair_files(images_dir: Path, masks_dir: Path, mask_suffix: str | None = None
     """Pair every image with its mask, listing each folder once; the unpaired files are returned by name."""
     images = _files_by_stem(Path(images_dir), "imgs")
     masks = _files_by_stem(Path(masks_dir), "masks")
+    # One folder for both (x.jpg beside x_mask.png): without a suffix every file would be its own mask.
+    one_folder = Path(images_dir).resolve() == Path(masks_dir).resolve()
+    if one_folder and mask_suffix == "":
+        raise UserError(f"images and masks are both in {images_dir}, so masks need a name suffix (x.jpg, x_mask.png): "
+                        "pass it with --mask-suffix, or move the masks to a folder of their own")
     if mask_suffix is None:
-        mask_suffix = detect_mask_suffix(list(images), set(masks))
+        candidates = tuple(s for s in MASK_SUFFIX_CANDIDATES if s) if one_folder else MASK_SUFFIX_CANDIDATES
+        mask_suffix = detect_mask_suffix(list(images), set(masks), candidates)
     pairs = [Pair(stem, image, masks[stem + mask_suffix])
              for stem, image in images.items() if stem + mask_suffix in masks]
     if not pairs:
