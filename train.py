@@ -64,7 +64,7 @@ from utils.device import (
 from utils.dice_score import class_weights_from_pixels, segmentation_loss
 from utils.distributed import World, all_reduce_sum, barrier, close_world, init_world
 from utils.errors import UserError, run_cli
-from utils.inference import logits_to_classes
+from utils.inference import is_out_of_memory, logits_to_classes
 from utils.mask_encoding import MaskValue, add_binarize_argument, binarize_threshold, check_classes
 from utils.nan_guard import NonFiniteGuard
 from utils.run_lock import RunLock
@@ -252,6 +252,17 @@ def check_scaled_sizes(image_sizes: dict[tuple[int, int], int], scale: float) ->
     """Refuse a --scale that leaves an image too small for the U-Net, before any worker trips on it."""
     width, height = min(image_sizes, key=lambda size: min(size))
     check_model_input_size(width, height, scale, f"the smallest of the {sum(image_sizes.values())} images")
+
+
+def out_of_memory_advice(args: argparse.Namespace, device: torch.device, precision: Precision,
+                         saved: str | None) -> str:
+    """The one line for a training step that did not fit: what to change, and what was kept (saved: where)."""
+    fixes = ["a smaller --batch-size", "--checkpointing" if not args.checkpointing else None,
+             "--amp" if precision.name == "fp32" else None, "a smaller --scale"]
+    kept = (f"{saved} is kept (another batch size needs a new run: --resume keeps the run's)" if saved
+            else "nothing had been saved yet")
+    return (f"out of memory on {device} training batches of {args.batch_size} at --scale {args.scale:g} "
+            f"({precision.name}): try {', '.join(fix for fix in fixes if fix)}; {kept}")
 
 
 def parse_class_weights(text: str | None, n_classes: int, class_pixels: list[int]) -> torch.Tensor | None:
@@ -649,6 +660,7 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     checkpoints = CheckpointWriter(background=device.type == "cuda")  # the GPU trains on while a file is written
     last_file = args.checkpoint_dir / "last.pth"
     failed_save: list[UserError] = []
+    saved_steps: list[int] = []  # the step of each save this run made
 
     def save(epochs_done: int, step: int, epoch_batches: int, copies: list[Path]) -> None:
         """last.pth (and copies) from rank 0; a failed write is reported, training goes on, the old file stays."""
@@ -664,6 +676,7 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
         try:
             checkpoints.save(last_file, model, mask_values, copies, **state)
             failed_save.clear()
+            saved_steps.append(step)
         except UserError as error:
             tqdm.write(f"warning: {error}; training goes on, the previous last.pth is kept", file=sys.stderr)
             failed_save[:] = [error]
@@ -715,6 +728,12 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
                         summary += f", validation Dice {val_dice:.4f}" + (" (best)" if is_best else "")
                     print(summary)
                 barrier(world)  # no process runs ahead of rank 0's checkpoint
+        except RuntimeError as error:  # torch.OutOfMemoryError is one
+            if not is_out_of_memory(error):
+                raise
+            checkpoints.wait()
+            saved = f"{last_file} (saved at step {saved_steps[-1]})" if saved_steps else resume_file
+            raise UserError(out_of_memory_advice(args, device, precision, saved and str(saved))) from None
         finally:
             checkpoints.wait()  # also on Ctrl-C or an error: the last save completes
             if run_log is not None:

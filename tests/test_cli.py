@@ -439,3 +439,30 @@ def test_resume_of_a_checkpoint_without_the_split_draws_the_seeded_split(tmp_pat
     assert train.resumed_split(pairs, {}, tmp_path / "old.pth", 34, 0) == (*expected, [])
     same = {"validation_images": [pair.name for pair in expected[1]], "training_images": len(expected[0])}
     assert train.resumed_split(pairs, same, tmp_path / "old.pth", 34, 0) == (*expected, [])  # nothing changed
+
+
+def test_out_of_memory_in_training_is_one_line_with_what_to_change_and_what_was_kept(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import train
+
+    write_carvana_like(tmp_path, 6)
+    real_step, calls = train.train_step, []
+
+    def step_that_runs_out(*args, **kwargs):  # the fourth step does not fit (epoch 2: 4 images, batches of 2)
+        calls.append(1)
+        if len(calls) == 4:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train, "train_step", step_that_runs_out)
+    args = train.get_args_parser().parse_args([
+        "--imgs", str(tmp_path / "imgs"), "--masks", str(tmp_path / "masks"), "--epochs", "2", "--validation", "34",
+        "--checkpoint-dir", str(tmp_path / "run"), *TRAIN_FLAGS, "--batch-size", "2", "--precision", "fp32"])
+    with pytest.raises(UserError) as error:
+        train.main(args)
+    message = str(error.value)
+    assert message.startswith("out of memory on cpu training batches of 2 at --scale 1 (fp32): try a smaller "
+                              "--batch-size, --checkpointing, --amp, a smaller --scale;")
+    assert message.endswith(f"{tmp_path / 'run' / 'last.pth'} (saved at step 2) is kept (another batch size needs "
+                            "a new run: --resume keeps the run's)")
+    assert load_checkpoint(tmp_path / "run" / "last.pth")["epoch"] == 1  # the work before it is on disk
