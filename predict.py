@@ -25,6 +25,7 @@ from tqdm import tqdm
 from utils.checkpoint import inference_scale, load_model
 from utils.data_loading import (
     IMAGE_SUFFIXES,
+    UPRIGHT_FIX,
     ImageFiles,
     add_image_limit_argument,
     lower_worker_priority,
@@ -178,7 +179,8 @@ def collate_by_size(items: list[dict]) -> dict:
             groups.append({"indices": [item["index"]], "images": [item["image"]], "size": item["size"]})
     for group in groups:
         group["images"] = torch.stack(group["images"])
-    return {"groups": groups, "errors": [item["error"] for item in items if "error" in item], "count": len(items)}
+    return {"groups": groups, "errors": [item["error"] for item in items if "error" in item], "count": len(items),
+            "turned": [item["index"] for item in items if item.get("orientation", 1) != 1]}
 
 
 def class_counts(classes: torch.Tensor, n_classes: int, method: str | None = None) -> torch.Tensor:
@@ -317,6 +319,7 @@ def main(args: argparse.Namespace) -> int:
     encode = MaskEncoder(model.mask_values, max(model.n_classes, 2), device, writer.needs_class_indices,
                          args.save_probs, args.mask_threshold)
     failed: list[str] = []
+    turned: list[int] = []  # inputs with an EXIF orientation: viewers show them turned, the masks are not
     waits = LoopWaits()
     waiting = None  # the previous batch: its results are copied to the host while the next batch computes
     started = time.perf_counter()
@@ -332,6 +335,7 @@ def main(args: argparse.Namespace) -> int:
                 for error in batch["errors"]:
                     bar.write(f"skipped: {error}")
                 failed += batch["errors"]
+                turned += batch["turned"]
                 for group in batch["groups"]:
                     logits = predict_logits(net, group["images"], device, precision, output_size=group["size"],
                                             options=options, notify=notify)
@@ -352,6 +356,12 @@ def main(args: argparse.Namespace) -> int:
     if csv_path is not None:
         writer.write_csv(csv_path)
         print(f"per-image class fractions written to {csv_path}")
+    if turned:
+        names = ", ".join(inputs[index].name for index in turned[:3]) + (", ..." if len(turned) > 3 else "")
+        carry = "images carry" if len(turned) > 1 else "image carries"
+        print(f"note: {len(turned)} {carry} an EXIF orientation ({names}): viewers show them turned or "
+              f"mirrored, while their masks match the pixels as stored; for masks of the upright view, {UPRIGHT_FIX}",
+              file=sys.stderr)
     if len(inputs) == 1 and not failed and not args.no_save:
         print(f"mask of {inputs[0]} saved to {outputs[0]}")
     if failed:

@@ -550,7 +550,7 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
         raise UserError(data.jpeg_mask_error())
     if data.size_mismatches:
         raise UserError(f"{len(data.size_mismatches)} image/mask pairs differ in size, e.g. "
-                        f"{data.size_mismatches[0]}: resize the masks to their images")
+                        f"{data.size_mismatches[0]}: {data.size_mismatch_fix()}")
     check_scaled_sizes(data.image_sizes, args.scale)
     mask_values: list[MaskValue] = data.mask_values
     if resumed is not None and resumed.get("mask_values") is not None:

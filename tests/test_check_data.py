@@ -407,10 +407,12 @@ def test_inspection_counts_sizes_channels_and_encodings_and_records_16_bit_mode(
     assert check.encodings == Counter({"8-bit labels": 2, "palette": 1, "16-bit labels": 1})
     assert check.palette[:6] == [0, 0, 0, 255, 255, 255]
     assert check.mask_values == [0, 1]
-    assert inspect_image(imgs / "s3.png") == {"width": 40, "height": 30, "channels": 1, "mode": "I;16"}
+    assert inspect_image(imgs / "s3.png") == {"width": 40, "height": 30, "channels": 1, "mode": "I;16",
+                                                "orientation": 1}
     cache = json.loads((masks / CACHE_NAME).read_text())["files"]
     assert cache["image:s3.png"]["record"]["mode"] == "I;16"
-    assert cache["image:s0.png"]["record"] == {"width": 48, "height": 32, "channels": 3, "mode": "RGB"}
+    assert cache["image:s0.png"]["record"] == {"width": 48, "height": 32, "channels": 3, "mode": "RGB",
+                                               "orientation": 1}
     assert "48x32 (2), 40x30 (2); grayscale (2), RGB (2)" in check.report()
 
 
@@ -512,3 +514,40 @@ def test_faint_jpeg_masks_are_only_told_to_be_saved_as_png(tmp_path: Path) -> No
                        blurred_top=200)
     assert bright.jpeg_mask_error().endswith("or pass --binarize 100 (values above 100 are foreground) if they "
                                              "show foreground on a dark background")
+
+
+def write_exif_pairs(root: Path) -> None:
+    """Phone-style JPEGs stored 48x32 with EXIF orientation 6 (viewers turn it 90 degrees), 3 (180) and none; masks
+    drawn on the upright view, so the first one's is 32x48."""
+    for index, orientation in enumerate((6, 3, 1)):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        (root / "imgs").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(noisy_rgb(index)).save(root / "imgs" / f"p{index}.jpg", exif=exif)
+        write_image(root / "masks" / f"p{index}.png", box_mask().T if orientation == 6 else box_mask())
+
+
+def test_exif_turned_images_are_reported_and_a_mask_of_the_upright_view_is_named_as_one(tmp_path: Path) -> None:
+    write_exif_pairs(tmp_path)
+    check = check_dataset(tmp_path / "imgs", tmp_path / "masks", workers=1)
+    report = check.report()
+    assert ("EXIF orientation: 2 images are stored turned or mirrored and shown upright by viewers (p0.jpg, p1.jpg); "
+            "they are read as stored") in report
+    assert check.size_mismatches == ["p0.jpg is 48x32 but p0.png is 32x48, the image as its EXIF orientation (6) "
+                                     "turns it for viewers"]
+    assert check.size_mismatch_fix() == ("the masks were drawn on the images as viewers show them: save the images "
+                                         "upright first, e.g. with PIL.ImageOps.exif_transpose")
+    result = run_train(tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].endswith("turns it for viewers: the masks were drawn on the images "
+                                                           "as viewers show them: save the images upright first, e.g. "
+                                                           "with PIL.ImageOps.exif_transpose")
+
+
+def test_a_turned_image_whose_mask_fits_the_stored_pixels_gets_a_hint_only(tmp_path: Path) -> None:
+    write_exif_pairs(tmp_path)
+    (tmp_path / "imgs" / "p0.jpg").unlink()
+    (tmp_path / "masks" / "p0.png").unlink()
+    check = check_dataset(tmp_path / "imgs", tmp_path / "masks", workers=1)
+    assert not check.problems and check.exif_turned == ["p1.jpg"]
+    assert "suggestion: if the masks were drawn on the images as viewers show them (turned by EXIF)" in check.report()

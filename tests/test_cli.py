@@ -466,3 +466,15 @@ def test_out_of_memory_in_training_is_one_line_with_what_to_change_and_what_was_
     assert message.endswith(f"{tmp_path / 'run' / 'last.pth'} (saved at step 2) is kept (another batch size needs "
                             "a new run: --resume keeps the run's)")
     assert load_checkpoint(tmp_path / "run" / "last.pth")["epoch"] == 1  # the work before it is on disk
+
+
+def test_predict_notes_inputs_that_viewers_show_turned(trained: Path, tmp_path: Path) -> None:
+    image = Image.open(sorted((trained / "data" / "imgs").iterdir())[0])
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    image.save(tmp_path / "phone.jpg", exif=exif)
+    image.save(tmp_path / "plain.jpg")
+    result = run("predict.py", "-m", trained / "checkpoints" / "last.pth", "-i", tmp_path / "phone.jpg",
+                 tmp_path / "plain.jpg", "-o", tmp_path / "out", "--workers", "0", cwd=tmp_path)
+    assert "note: 1 image carries an EXIF orientation (phone.jpg): viewers show them turned" in result.stderr
+    assert np.asarray(Image.open(tmp_path / "out" / "phone.png")).shape == (32, 48)  # the stored pixels' size

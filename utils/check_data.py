@@ -21,9 +21,11 @@ import numpy as np
 from PIL import Image
 
 from .data_loading import (
+    UPRIGHT_FIX,
     Pair,
     PixelLimitError,
     add_image_limit_argument,
+    exif_orientation,
     open_image,
     pair_files,
     read_image_data,
@@ -42,7 +44,8 @@ from .mask_encoding import (
 )
 
 CACHE_NAME = ".unet_check_cache.json"
-CACHE_VERSION = 4  # 3: misnamed files and files over --max-image-pixels are unreadable; 4: JPEG masks noted
+CACHE_VERSION = 5  # 3: misnamed files and files over --max-image-pixels are unreadable; 4: JPEG masks noted;
+# 5: EXIF orientation of images noted
 RARE_CLASS_FRACTION = 0.01
 INSTANCE_LABEL_HINT = 16  # more distinct values than this in label masks usually means one value per object
 
@@ -50,8 +53,12 @@ INSTANCE_LABEL_HINT = 16  # more distinct values than this in label masks usuall
 def inspect_image(path: Path) -> dict[str, Any]:
     """Decode the whole file (a truncated JPEG fails only when decoded) and note its size and channels."""
     array, mode = read_image_data(path)
-    return {"width": int(array.shape[1]), "height": int(array.shape[0]),
-            "channels": int(array.shape[2]) if array.ndim == 3 else 1, "mode": mode}
+    record = {"width": int(array.shape[1]), "height": int(array.shape[0]),
+              "channels": int(array.shape[2]) if array.ndim == 3 else 1, "mode": mode, "orientation": 1}
+    if path.suffix.lower() not in (".npy", ".pt"):
+        with open_image(path) as header:
+            record["orientation"] = exif_orientation(header)
+    return record
 
 
 def inspect_mask(path: Path) -> dict[str, Any]:
@@ -183,6 +190,8 @@ class DataCheck:
     lonely_masks: list[str] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)  # one message per file, naming it
     size_mismatches: list[str] = field(default_factory=list)
+    turned_mismatches: int = 0  # of which: the mask fits the image as its EXIF orientation shows it
+    exif_turned: list[str] = field(default_factory=list)  # images with an EXIF orientation other than upright
     empty_masks: list[str] = field(default_factory=list)
     blurred_masks: list[str] = field(default_factory=list)  # JPEG masks with more than two values
     blurred_top: int = 0  # the largest value (or colour channel) in them, before --binarize
@@ -199,6 +208,11 @@ class DataCheck:
     def unresolved_jpeg_masks(self) -> bool:
         """JPEG masks whose compression made up values, and no --binarize T (T > 0) to sort them into two."""
         return bool(self.blurred_masks) and not (self.binarize or 0) > 0
+
+    def size_mismatch_fix(self) -> str:
+        if self.turned_mismatches == len(self.size_mismatches):
+            return f"the masks were drawn on the images as viewers show them: {UPRIGHT_FIX}"
+        return "resize each mask to its image with nearest-neighbour interpolation, or remove the pair"
 
     def jpeg_mask_fix(self) -> str:
         """Save as PNG, or a threshold halfway up the values found (0/255 masks: 127); none for masks too faint
@@ -229,7 +243,10 @@ class DataCheck:
         if self.unreadable:
             hints.append("replace or remove the unreadable files (training skips them)")
         if self.size_mismatches:
-            hints.append("resize each mask to its image with nearest-neighbour interpolation, or remove the pair")
+            hints.append(self.size_mismatch_fix())
+        elif self.exif_turned:
+            hints.append("if the masks were drawn on the images as viewers show them (turned by EXIF), "
+                         f"{UPRIGHT_FIX}")
         if self.unresolved_jpeg_masks:
             hints.append(self.jpeg_mask_fix())
         elif (self.binarize is None and len(self.mask_values) > INSTANCE_LABEL_HINT
@@ -263,6 +280,9 @@ class DataCheck:
         lines.append(f"  class pixels: {', '.join(shown)}{', ...' if len(self.mask_values) > 12 else ''}")
         if self.empty_masks:
             lines.append(f"  empty masks (background only): {len(self.empty_masks)} {_names(self.empty_masks)}")
+        if self.exif_turned:
+            lines.append(f"  EXIF orientation: {len(self.exif_turned)} images are stored turned or mirrored and "
+                         f"shown upright by viewers {_names(self.exif_turned)}; they are read as stored")
         if self.blurred_masks:
             lines.append(f"  JPEG masks with in-between values (lossy compression blurs edges): "
                          f"{len(self.blurred_masks)} {_names(self.blurred_masks)}")
@@ -313,9 +333,16 @@ def check_dataset(
         if "error" in image or "error" in mask:
             check.unreadable += [record["error"] for record in (image, mask) if "error" in record]
             continue
+        orientation = image.get("orientation", 1)
+        if orientation != 1:
+            check.exif_turned.append(pair.image.name)
         if (image["width"], image["height"]) != (mask["width"], mask["height"]):
-            check.size_mismatches.append(f"{pair.image.name} is {image['width']}x{image['height']} but "
-                                         f"{pair.mask.name} is {mask['width']}x{mask['height']}")
+            message = (f"{pair.image.name} is {image['width']}x{image['height']} but {pair.mask.name} is "
+                       f"{mask['width']}x{mask['height']}")
+            if orientation >= 5 and (image["height"], image["width"]) == (mask["width"], mask["height"]):
+                check.turned_mismatches += 1  # tags 5-8 turn by 90 degrees: the mask matches the upright view
+                message += f", the image as its EXIF orientation ({orientation}) turns it for viewers"
+            check.size_mismatches.append(message)
             continue
         usable.append((pair, mask))
         check.image_sizes[(image["width"], image["height"])] += 1

@@ -205,6 +205,19 @@ def _as_array(path: Path, image: Image.Image, mode: str | None = None) -> np.nda
         raise UserError(f"cannot read {path} ({image.mode} pixels: {_reason(error)}): convert it to PNG") from None
 
 
+EXIF_ORIENTATION = 0x0112  # 1: stored upright; 2-8: viewers turn or mirror the stored pixels to show the image
+UPRIGHT_FIX = "save the images upright first, e.g. with PIL.ImageOps.exif_transpose"
+
+
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation tag (1 when absent or unreadable). Images are read as stored, not turned by it."""
+    try:
+        value = int(image.getexif().get(EXIF_ORIENTATION, 1))
+    except Exception:  # noqa: BLE001 - a broken EXIF block is no reason to refuse the pixels
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
 def read_image_data(path: Path, reduce_to: tuple[int, int] | None = None) -> tuple[np.ndarray, str]:
     """Decode fully to HxWxC (C = 1, 3 or 4) in the file's own depth, plus the file's mode for reports."""
     data = _open(path, reduce_to)
@@ -474,8 +487,8 @@ class SegmentationDataset(Dataset):
 
 
 class ImageFiles(Dataset):
-    """Images to predict: {"index", "image": uint8 CxH'xW', "size": (height, width) of the file}, or
-    {"index", "error": one line} for a file that cannot be read (reported, the others go on)."""
+    """Images to predict: {"index", "image": uint8 CxH'xW', "size": (height, width) of the file, "orientation": its
+    EXIF tag}, or {"index", "error": one line} for a file that cannot be read (reported, the others go on)."""
 
     def __init__(self, paths: list[Path], scale: float, channels: int = 3):
         self.paths, self.scale, self.channels = paths, scale, channels
@@ -484,12 +497,17 @@ class ImageFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> dict:
+        path = self.paths[index]
         try:
-            image, (width, height) = load_scaled_image(self.paths[index], self.scale, self.channels)
-            check_model_input_size(width, height, self.scale, self.paths[index])
+            image, (width, height) = load_scaled_image(path, self.scale, self.channels)
+            check_model_input_size(width, height, self.scale, path)
+            orientation = 1
+            if path.suffix.lower() not in (".npy", ".pt"):
+                with open_image(path) as header:  # the header again: the tag, not the pixels
+                    orientation = exif_orientation(header)
         except UserError as error:
             return {"index": index, "error": str(error)}
-        return {"index": index, "image": image, "size": (height, width)}
+        return {"index": index, "image": image, "size": (height, width), "orientation": orientation}
 
 
 def collate_skipping(items: list[dict]) -> dict:
