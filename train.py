@@ -651,9 +651,10 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
         f"mask values {mask_values}, {args.classes} classes, {precision.name} on {device}{processes}, "
         f"batch {args.batch_size}, {workers} loader workers"
         + (", compiled" if compiled else ""))
-    if len(data.image_sizes) > 1 and args.batch_size > 1:
-        say(f"images of {len(data.image_sizes)} sizes: each batch is padded to its largest image, the padding left "
-            "out of the loss and the scores (--batch-size 1 trains without padding)")
+    sizes = {scaled_size(width, height, args.scale) for width, height in data.image_sizes}  # as the model sees them
+    if len(sizes) > 1 and args.batch_size > 1:
+        say(f"images of {len(sizes)} sizes: each batch is padded to its largest image, the padding left out of the "
+            "loss and the scores (--batch-size 1 trains without padding)")
     run_log = RunLog(args.checkpoint_dir, vars(args), args.wandb or default_wandb_mode(), start_epoch) \
         if world.is_main else None
     val_dice = result = None
