@@ -212,7 +212,9 @@ UPRIGHT_FIX = "save the images upright first, e.g. with PIL.ImageOps.exif_transp
 def exif_orientation(image: Image.Image) -> int:
     """The EXIF orientation tag (1 when absent or unreadable). Images are read as stored, not turned by it."""
     try:
-        value = int(image.getexif().get(EXIF_ORIENTATION, 1))
+        with warnings.catch_warnings():  # Pillow warns about broken tags; the pixels were judged elsewhere
+            warnings.simplefilter("ignore")
+            value = int(image.getexif().get(EXIF_ORIENTATION, 1))
     except Exception:  # noqa: BLE001 - a broken EXIF block is no reason to refuse the pixels
         return 1
     return value if 1 <= value <= 8 else 1
