@@ -40,7 +40,8 @@ def run_script(script: str, *args: object, cwd: Path, real_process: bool = False
 
     In this process by default: the script's own `__main__` block runs with its argv, working folder, output
     streams and exit code, without the ~4 s a new process spends importing torch (about a minute of the suite).
-    The process-wide state a script may change is put back afterwards. `real_process=True` starts a real one:
+    The process-wide state a script may change is put back afterwards, except glibc's malloc settings
+    (utils.device.keep_freed_memory_on_cpu: freed memory stays in the process). `real_process=True` starts a real one:
     each CLI has at least one test that does, so the command line itself stays tested.
     """
     argv = [*script.split(), *map(str, args)]
