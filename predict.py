@@ -167,20 +167,21 @@ def default_workers(device: torch.device, count: int) -> int:
 
 
 def collate_by_size(items: list[dict]) -> dict:
-    """In the worker: stack consecutive images of one size into a batch; unreadable files ride along."""
-    groups: list[dict] = []
+    """In the worker: stack the images of one size into a batch, wherever they stand among the --batch-size files
+    (a folder of mixed sizes in any order still fills its batches; each image keeps its index, so outputs and
+    predictions.csv are unaffected); unreadable files ride along."""
+    groups: dict[tuple, dict] = {}
     for item in items:
         if "error" in item:
             continue
-        if groups and groups[-1]["size"] == item["size"] and groups[-1]["images"][-1].shape == item["image"].shape:
-            groups[-1]["indices"].append(item["index"])
-            groups[-1]["images"].append(item["image"])
-        else:
-            groups.append({"indices": [item["index"]], "images": [item["image"]], "size": item["size"]})
-    for group in groups:
+        group = groups.setdefault((item["size"], tuple(item["image"].shape)),
+                                  {"indices": [], "images": [], "size": item["size"]})
+        group["indices"].append(item["index"])
+        group["images"].append(item["image"])
+    for group in groups.values():
         group["images"] = torch.stack(group["images"])
-    return {"groups": groups, "errors": [item["error"] for item in items if "error" in item], "count": len(items),
-            "turned": [item["index"] for item in items if item.get("orientation", 1) != 1]}
+    return {"groups": list(groups.values()), "errors": [item["error"] for item in items if "error" in item],
+            "count": len(items), "turned": [item["index"] for item in items if item.get("orientation", 1) != 1]}
 
 
 def class_counts(classes: torch.Tensor, n_classes: int, method: str | None = None) -> torch.Tensor:

@@ -478,3 +478,16 @@ def test_predict_notes_inputs_that_viewers_show_turned(trained: Path, tmp_path: 
                  tmp_path / "plain.jpg", "-o", tmp_path / "out", "--workers", "0", cwd=tmp_path)
     assert "note: 1 image carries an EXIF orientation (phone.jpg): viewers show them turned" in result.stderr
     assert np.asarray(Image.open(tmp_path / "out" / "phone.png")).shape == (32, 48)  # the stored pixels' size
+
+
+def test_predict_batches_same_size_images_wherever_they_stand() -> None:
+    import predict
+
+    def item(index: int, height: int) -> dict:
+        return {"index": index, "image": torch.full((3, height, 8), index, dtype=torch.uint8), "size": (height * 2, 16)}
+
+    batch = predict.collate_by_size([item(0, 4), item(1, 6), item(2, 4), {"index": 3, "error": "broken"}, item(4, 6)])
+    assert [group["indices"] for group in batch["groups"]] == [[0, 2], [1, 4]]
+    assert [group["images"][:, 0, 0, 0].tolist() for group in batch["groups"]] == [[0, 2], [1, 4]]
+    assert [group["size"] for group in batch["groups"]] == [(8, 16), (12, 16)]
+    assert batch["errors"] == ["broken"] and batch["count"] == 5
