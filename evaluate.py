@@ -13,11 +13,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from unet import MIN_SIDE
 from utils.checkpoint import inference_scale, load_model, unwrap_model
 from utils.data_loading import (
     SegmentationDataset,
     add_image_limit_argument,
+    check_model_input_size,
     list_pairs,
     make_loader,
     same_size_parts,
@@ -31,7 +31,7 @@ from utils.device import (
     keep_freed_memory_on_cpu,
 )
 from utils.dice_score import per_class_scores
-from utils.errors import UserError, run_cli
+from utils.errors import run_cli
 from utils.inference import (
     WHOLE_IMAGE,
     InferenceOptions,
@@ -69,10 +69,8 @@ def evaluate(
     iou_sum = torch.zeros(n_classes, dtype=torch.float64)
     batches = tqdm(loader, desc="evaluation", unit="batch", leave=False, disable=not progress)
     for part in (part for batch in batches for part in same_size_parts(batch)):
-        if min(part["image"].shape[-2:]) < MIN_SIDE:
-            height, width = part["image"].shape[-2:]
-            raise UserError(f"{part['name'][0]} is {width}x{height} pixels as the model sees it (after --scale), "
-                            f"below the U-Net's {MIN_SIDE} px a side: use a larger --scale, or leave it out")
+        height, width = part["image"].shape[-2:]
+        check_model_input_size(width, height, 1.0, f"{part['name'][0]}, as the model sees it after --scale,")
         masks = part["mask"].to(device, non_blocking=True).long()  # int8 from the loader
         logits = predict_logits(model, part["image"], device, precision, output_size=tuple(masks.shape[-2:]),
                                 options=options, notify=notify)

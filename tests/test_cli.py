@@ -403,7 +403,9 @@ def test_evaluate_names_an_image_too_small_for_the_unet(tmp_path: Path) -> None:
     result = run("evaluate.py", "-m", "model.pth", "--imgs", "imgs", "--masks", "masks", "--scale", "1",
                  "--workers", "0", cwd=tmp_path, check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("error: speck is 10x10 pixels as the model sees it")
+    assert result.stderr.strip().splitlines()[-1] == ("error: speck, as the model sees it after --scale, is 10x10: the "
+                                                      "U-Net needs at least 16 px a side (four halvings): leave it "
+                                                      "out or enlarge it")
 
 
 def test_resume_after_images_were_added_keeps_its_validation_images(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from .data_loading import (
     Pair,
     PixelLimitError,
     add_image_limit_argument,
-    exif_orientation,
+    file_orientation,
     open_image,
     pair_files,
     read_image_data,
@@ -54,10 +54,8 @@ def inspect_image(path: Path) -> dict[str, Any]:
     """Decode the whole file (a truncated JPEG fails only when decoded) and note its size and channels."""
     array, mode = read_image_data(path)
     record = {"width": int(array.shape[1]), "height": int(array.shape[0]),
-              "channels": int(array.shape[2]) if array.ndim == 3 else 1, "mode": mode, "orientation": 1}
-    if path.suffix.lower() not in (".npy", ".pt"):
-        with open_image(path) as header:
-            record["orientation"] = exif_orientation(header)
+              "channels": int(array.shape[2]) if array.ndim == 3 else 1, "mode": mode,
+              "orientation": file_orientation(path)}
     return record
 
 

@@ -213,11 +213,21 @@ def exif_orientation(image: Image.Image) -> int:
     """The EXIF orientation tag (1 when absent or unreadable). Images are read as stored, not turned by it."""
     try:
         with warnings.catch_warnings():  # Pillow warns about broken tags; the pixels were judged elsewhere
-            warnings.simplefilter("ignore")
+            warnings.simplefilter("ignore", UserWarning)
             value = int(image.getexif().get(EXIF_ORIENTATION, 1))
     except Exception:  # noqa: BLE001 - a broken EXIF block is no reason to refuse the pixels
         return 1
     return value if 1 <= value <= 8 else 1
+
+
+def file_orientation(path: Path) -> int:
+    """exif_orientation of an image file, from its header alone (1 for arrays, which have no EXIF)."""
+    if path.suffix.lower() in (".npy", ".pt"):
+        return 1
+    with warnings.catch_warnings():  # a TIFF's broken tags draw warnings when its header is parsed
+        warnings.simplefilter("ignore", UserWarning)
+        with open_image(path) as header:
+            return exif_orientation(header)
 
 
 def read_image_data(path: Path, reduce_to: tuple[int, int] | None = None) -> tuple[np.ndarray, str]:
@@ -503,10 +513,7 @@ class ImageFiles(Dataset):
         try:
             image, (width, height) = load_scaled_image(path, self.scale, self.channels)
             check_model_input_size(width, height, self.scale, path)
-            orientation = 1
-            if path.suffix.lower() not in (".npy", ".pt"):
-                with open_image(path) as header:  # the header again: the tag, not the pixels
-                    orientation = exif_orientation(header)
+            orientation = file_orientation(path)  # the header again: the tag, not the pixels
         except UserError as error:
             return {"index": index, "error": str(error)}
         return {"index": index, "image": image, "size": (height, width), "orientation": orientation}
