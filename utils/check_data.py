@@ -53,10 +53,9 @@ INSTANCE_LABEL_HINT = 16  # more distinct values than this in label masks usuall
 def inspect_image(path: Path) -> dict[str, Any]:
     """Decode the whole file (a truncated JPEG fails only when decoded) and note its size and channels."""
     array, mode = read_image_data(path)
-    record = {"width": int(array.shape[1]), "height": int(array.shape[0]),
-              "channels": int(array.shape[2]) if array.ndim == 3 else 1, "mode": mode,
-              "orientation": file_orientation(path)}
-    return record
+    return {"width": int(array.shape[1]), "height": int(array.shape[0]),
+            "channels": int(array.shape[2]) if array.ndim == 3 else 1, "mode": mode,
+            "orientation": file_orientation(path)}
 
 
 def inspect_mask(path: Path) -> dict[str, Any]:
