@@ -40,16 +40,17 @@ def run_script(script: str, *args: object, cwd: Path, real_process: bool = False
 
     In this process by default: the script's own `__main__` block runs with its argv, working folder, output
     streams and exit code, without the ~4 s a new process spends importing torch (about a minute of the suite).
-    The process-wide state a script may change is put back afterwards, except glibc's malloc settings
-    (utils.device.keep_freed_memory_on_cpu: freed memory stays in the process). `real_process=True` starts a real one:
-    each CLI has at least one test that does, so the command line itself stays tested.
+    The process-wide state a script may change (warning filters included) is put back afterwards, except glibc's
+    malloc settings (utils.device.keep_freed_memory_on_cpu: freed memory stays in the process).
+    `real_process=True` starts a real one: each CLI has at least one test that does, so the command line itself
+    stays tested.
     """
     argv = [*script.split(), *map(str, args)]
     if real_process:
         target = argv if argv[0] == "-m" else [str(REPO / argv[0]), *argv[1:]]
         return subprocess.run([sys.executable, *target], cwd=cwd, capture_output=True, text=True, timeout=600)
     stdout, stderr = io.StringIO(), io.StringIO()
-    saved_argv, saved_cwd, saved_environ = sys.argv, os.getcwd(), dict(os.environ)
+    saved_argv, saved_cwd, saved_environ, saved_filters = sys.argv, os.getcwd(), dict(os.environ), warnings.filters[:]
     saved_threads, saved_rng = torch.get_num_threads(), torch.random.get_rng_state()
     saved_handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
     code = 0
@@ -76,6 +77,7 @@ def run_script(script: str, *args: object, cwd: Path, real_process: bool = False
                 code = 1
     finally:
         sys.argv = saved_argv
+        warnings.filters[:] = saved_filters
         os.chdir(saved_cwd)
         os.environ.clear()
         os.environ.update(saved_environ)

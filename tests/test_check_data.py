@@ -551,3 +551,25 @@ def test_a_turned_image_whose_mask_fits_the_stored_pixels_gets_a_hint_only(tmp_p
     check = check_dataset(tmp_path / "imgs", tmp_path / "masks", workers=1)
     assert not check.problems and check.exif_turned == ["p1.jpg"]
     assert "suggestion: if the masks were drawn on the images as viewers show them (turned by EXIF)" in check.report()
+
+
+def test_the_cli_reports_a_damaged_file_in_its_own_words_without_pillows_warnings(tmp_path: Path) -> None:
+    import io
+    import warnings
+
+    write_good_pairs(tmp_path)
+    tiff = io.BytesIO()
+    Image.fromarray(noisy_rgb(9)).save(tiff, format="TIFF", compression="raw")
+    (tmp_path / "imgs" / "damaged.tif").write_bytes(tiff.getvalue()[:20])  # cut inside its first tag
+    write_image(tmp_path / "masks" / "damaged_mask.png", box_mask())
+    with warnings.catch_warnings(record=True) as direct:
+        warnings.simplefilter("always")
+        check_dataset(tmp_path / "imgs", tmp_path / "masks", workers=1)
+    assert any(warning.category is UserWarning and "PIL" in warning.filename for warning in direct)  # it does warn
+    (tmp_path / "masks" / CACHE_NAME).unlink()
+    with warnings.catch_warnings(record=True) as through_the_cli:
+        warnings.simplefilter("always")
+        result = run_script("-m utils.check_data", "--imgs", tmp_path / "imgs", "--masks", tmp_path / "masks",
+                            "--workers", "1", cwd=REPO)
+    assert result.returncode == 1 and "unreadable: " in result.stdout and "damaged.tif" in result.stdout
+    assert not [warning for warning in through_the_cli if "PIL" in warning.filename]

@@ -2,6 +2,7 @@
 
 import argparse
 import sys
+import warnings
 from collections.abc import Callable
 
 
@@ -13,6 +14,8 @@ def run_cli(main: Callable[[argparse.Namespace], object], parser: argparse.Argum
     """Parse the arguments and run main(args); a UserError (also one from a DataLoader worker) is one line."""
     parser.add_argument("--debug", action="store_true", help="show the full Python traceback of errors")
     args = parser.parse_args()
+    if not args.debug:  # Pillow's own notes on a damaged file ("Truncated File Read", ...): the CLIs report it
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL(\.|$)")
     try:
         code = main(args)
     except UserError as error:
