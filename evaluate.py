@@ -31,7 +31,7 @@ from utils.device import (
     keep_freed_memory_on_cpu,
 )
 from utils.dice_score import per_class_scores
-from utils.errors import run_cli
+from utils.errors import check_output_file, run_cli
 from utils.inference import (
     WHOLE_IMAGE,
     InferenceOptions,
@@ -143,6 +143,7 @@ def main(args: argparse.Namespace) -> dict:
                                   binarize=binarize_threshold(trained_with.get("binarize")),
                                   ignore_value=trained_with.get("ignore_index"))
     loader = make_loader(dataset, args.batch_size, device, min(args.workers, len(pairs)))
+    check_output_file(args.output, "--output")  # before the evaluation, not after it
     result = evaluate(model, loader, device, precision, args.mask_threshold, options=options)
     write_rows(result["rows"], args.output)
     extras = "".join(f", {name} {value}" for name, value in (("tiles", options.tile), ("TTA", options.tta))

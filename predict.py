@@ -40,7 +40,7 @@ from utils.device import (
     keep_freed_memory_on_cpu,
     should_compile,
 )
-from utils.errors import UserError, run_cli
+from utils.errors import UserError, check_output_file, make_folder, run_cli
 from utils.inference import (
     add_inference_arguments,
     fuse_batchnorm,
@@ -128,7 +128,7 @@ def output_paths(inputs: list[Path], outputs: list[str] | None) -> list[Path]:
         folder = Path(outputs[0])
         if folder.suffix.lower() in IMAGE_SUFFIXES:
             raise UserError(f"{len(inputs)} inputs but one output file {folder}: give a folder or one file each")
-        folder.mkdir(parents=True, exist_ok=True)
+        make_folder(folder, "--output")
         targets = [folder / f"{path.stem}.png" for path in inputs]
         check_distinct(inputs, targets)
         return targets
@@ -304,6 +304,8 @@ def main(args: argparse.Namespace) -> int:
     inputs = expand_inputs(args.input)
     outputs = output_paths(inputs, args.output)
     csv_path = csv_location(args.csv, args.output, outputs)
+    if csv_path is not None:
+        check_output_file(csv_path, "--csv")
     on_gpu = device.type == "cuda"
     workers = args.workers if args.workers is not None else default_workers(device, len(inputs))
     viz = ("show" if has_display() else "save") if args.viz else None

@@ -285,6 +285,9 @@ def test_predict_inputs_expand_folders_and_globs_and_outputs_pair_up(tmp_path: P
         predict.output_paths([tmp_path / "a.jpg", tmp_path / "sub" / "a.jpg"], [str(tmp_path / "out")])
     with pytest.raises(UserError, match="matches no image"):
         predict.expand_inputs([str(tmp_path / "*.tif")])
+    (tmp_path / "taken").write_text("a file, not a folder")
+    with pytest.raises(UserError, match=r"cannot make the folder .*taken for --output \(File exists\): pick another"):
+        predict.output_paths(inputs, [str(tmp_path / "taken") + "/"])
     with pytest.raises(UserError, match="2 inputs but 3 outputs"):
         predict.output_paths(inputs, ["x.png", "y.png", "z.png"])
     with pytest.raises(UserError, match=r"end it in \.png"):
@@ -493,3 +496,21 @@ def test_predict_batches_same_size_images_wherever_they_stand() -> None:
     assert [group["images"][:, 0, 0, 0].tolist() for group in batch["groups"]] == [[0, 2], [1, 4]]
     assert [group["size"] for group in batch["groups"]] == [(8, 16), (12, 16)]
     assert batch["errors"] == ["broken"] and batch["count"] == 5
+
+
+def test_output_paths_that_cannot_be_written_fail_before_the_work(trained: Path, tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("a file, not a folder")
+    evaluation = run("evaluate.py", "-m", trained / "checkpoints" / "last.pth", "--imgs", trained / "data" / "imgs",
+                     "--masks", trained / "data" / "masks", "-o", tmp_path / "taken" / "scores.csv", "--workers", "0",
+                     cwd=tmp_path, check=False)
+    assert evaluation.returncode == 2 and "Traceback" not in evaluation.stderr
+    assert evaluation.stderr.strip().splitlines()[-1].startswith("error: cannot make the folder ")
+    assert "mean foreground Dice" not in evaluation.stdout  # refused before evaluating, not after
+    image = sorted((trained / "data" / "imgs").iterdir())[0]
+    prediction = run("predict.py", "-m", trained / "checkpoints" / "last.pth", "-i", image, "-o", tmp_path / "m.png",
+                     "--csv", tmp_path / "taken" / "rows.csv", cwd=tmp_path, check=False)
+    assert prediction.returncode == 2 and "for --csv (" in prediction.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "m.png").exists()
+    folder = run("evaluate.py", "-m", trained / "checkpoints" / "last.pth", "--imgs", trained / "data" / "imgs",
+                 "--masks", trained / "data" / "masks", "-o", tmp_path, cwd=tmp_path, check=False)
+    assert folder.returncode == 2 and folder.stderr.strip().splitlines()[-1].endswith("is a folder: give a file name")

@@ -4,6 +4,7 @@ import argparse
 import sys
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 
 class UserError(Exception):
@@ -30,3 +31,18 @@ def run_cli(main: Callable[[argparse.Namespace], object], parser: argparse.Argum
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def make_folder(folder: Path, flag: str) -> None:
+    """Create an output folder before the work that fills it, so a bad path fails first, in one line."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a file of that name on the way, no permission, a read-only disk
+        raise UserError(f"cannot make the folder {folder} for {flag} ({error.strerror}): pick another path") from None
+
+
+def check_output_file(path: Path, flag: str) -> None:
+    """An output file's folder exists (made now) and the name is not a folder: checked before the work."""
+    make_folder(path.parent, flag)
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a folder: give a file name")
