@@ -514,3 +514,11 @@ def test_output_paths_that_cannot_be_written_fail_before_the_work(trained: Path,
     folder = run("evaluate.py", "-m", trained / "checkpoints" / "last.pth", "--imgs", trained / "data" / "imgs",
                  "--masks", trained / "data" / "masks", "-o", tmp_path, cwd=tmp_path, check=False)
     assert folder.returncode == 2 and folder.stderr.strip().splitlines()[-1].endswith("is a folder: give a file name")
+
+
+@pytest.mark.parametrize("script", ["predict.py", "evaluate.py"])
+def test_a_flag_refused_while_parsing_is_one_line(script: str, tmp_path: Path) -> None:
+    inputs = ["-i", "img.png"] if script == "predict.py" else []
+    result = run(script, *inputs, "--tile", "0", cwd=tmp_path, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == ["error: --tile 0: use a multiple of 16 of at least 64 (e.g. 512)"]

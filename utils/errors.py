@@ -14,13 +14,13 @@ class UserError(Exception):
 def run_cli(main: Callable[[argparse.Namespace], object], parser: argparse.ArgumentParser) -> None:
     """Parse the arguments and run main(args); a UserError (also one from a DataLoader worker) is one line."""
     parser.add_argument("--debug", action="store_true", help="show the full Python traceback of errors")
-    args = parser.parse_args()
-    if not args.debug:  # Pillow's own notes on a damaged file ("Truncated File Read", ...): the CLIs report it
+    debug = "--debug" in sys.argv[1:]  # known before parsing: a flag's own check (--tile 0) may fail in it
+    if not debug:  # Pillow's own notes on a damaged file ("Truncated File Read", ...): the CLIs report it
         warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL(\.|$)")
     try:
-        code = main(args)
+        code = main(parser.parse_args())
     except UserError as error:
-        if args.debug:
+        if debug:
             raise
         # DataLoader workers re-raise with the worker's traceback folded into the message: keep the last line.
         message = str(error).strip().splitlines()[-1]
