@@ -209,25 +209,19 @@ EXIF_ORIENTATION = 0x0112  # 1: stored upright; 2-8: viewers turn or mirror the 
 UPRIGHT_FIX = "save the images upright first, e.g. with PIL.ImageOps.exif_transpose"
 
 
-def exif_orientation(image: Image.Image) -> int:
-    """The EXIF orientation tag (1 when absent or unreadable). Images are read as stored, not turned by it."""
-    try:
-        with warnings.catch_warnings():  # Pillow warns about broken tags; the pixels were judged elsewhere
-            warnings.simplefilter("ignore", UserWarning)
-            value = int(image.getexif().get(EXIF_ORIENTATION, 1))
-    except Exception:  # noqa: BLE001 - a broken EXIF block is no reason to refuse the pixels
-        return 1
-    return value if 1 <= value <= 8 else 1
-
-
 def file_orientation(path: Path) -> int:
-    """exif_orientation of an image file, from its header alone (1 for arrays, which have no EXIF)."""
+    """The EXIF orientation tag of an image file, from its header alone: 1 when absent or unreadable, and for
+    arrays, which have no EXIF. Images are read as stored, not turned by it."""
     if path.suffix.lower() in (".npy", ".pt"):
         return 1
-    with warnings.catch_warnings():  # a TIFF's broken tags draw warnings when its header is parsed
+    with warnings.catch_warnings():  # Pillow warns about broken tags; the pixels were judged elsewhere
         warnings.simplefilter("ignore", UserWarning)
         with open_image(path) as header:
-            return exif_orientation(header)
+            try:
+                value = int(header.getexif().get(EXIF_ORIENTATION, 1))
+            except Exception:  # noqa: BLE001 - a broken EXIF block is no reason to refuse the pixels
+                return 1
+    return value if 1 <= value <= 8 else 1
 
 
 def read_image_data(path: Path, reduce_to: tuple[int, int] | None = None) -> tuple[np.ndarray, str]:
