@@ -118,7 +118,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mask-threshold", "-t", type=float, default=0.5,
                         help="probability threshold for one-class (sigmoid) models (default 0.5)")
     parser.add_argument("--batch-size", "-b", type=int, default=1,
-                        help="images per batch; >1 needs images of one size (default 1)")
+                        help="images per batch; a batch of mixed sizes is split by size (default 1)")
     parser.add_argument("--workers", type=int, default=2, help="data loading processes (default 2)")
     add_image_limit_argument(parser)
     add_inference_arguments(parser)

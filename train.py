@@ -69,7 +69,7 @@ from utils.mask_encoding import MaskValue, add_binarize_argument, binarize_thres
 from utils.nan_guard import NonFiniteGuard
 from utils.run_lock import RunLock
 from utils.run_log import WANDB_MODES, RunLog, default_wandb_mode
-from utils.sampling import EpochBatches, EpochOrder, SeededItems
+from utils.sampling import EpochBatches, EpochOrder, SeededItems, same_size_batches
 from utils.signals import GracefulStop
 
 DEFAULT_AUGMENT = "light"  # chosen by the held-out Dice measured in the README
@@ -429,9 +429,8 @@ def train_one_epoch(
     last_batch = sample = None
     stopped = False
     started = time.perf_counter()
-    share = len(plan.order.order)  # this process's items per epoch
-    total = share * world.size
-    done_before = min(skip * args.batch_size, share) * world.size
+    total = plan.order.items_per_epoch * world.size
+    done_before = plan.items_skipped_in(epoch) * world.size
     with tqdm(total=total, initial=done_before, desc=f"epoch {epoch}/{args.epochs}", unit="img",
               disable=not world.is_main) as progress:
         for _ in range(plan.batches_in(epoch)):
@@ -581,20 +580,29 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
                                     skip_unreadable=True)
     val_set = SegmentationDataset(val_pairs[world.rank::world.size], **encoding)  # each process scores a shard
     # One global shuffle per epoch, dealt round-robin (the union of the processes' batches is the batch a
-    # single process with world.size times the batch size would take), augmentation seeded per item.
-    order = EpochOrder(len(train_set), args.batch_size, args.seed, world)
+    # single process with world.size times the batch size would take), augmentation seeded per item; batches
+    # of one image size each where the sizes allow (utils/sampling.py).
+    def sizes_of(pairs: list[Pair]) -> list[tuple[int, int]]:
+        return [scaled_size(*data.sizes[pair.name], args.scale) for pair in pairs]  # as the model sees them
+
+    train_sizes = sizes_of(train_pairs)
+    order = EpochOrder(len(train_set), args.batch_size, args.seed, world, sizes=train_sizes)
     # On a CPU, validation and the BatchNorm calibration decode in this process: a worker forked at the end of the
     # first epoch shares the trainer's gigabytes of heap copy-on-write, and the next epoch paid ~20% for the page
     # copies (measured).
     side_workers = 0 if device.type == "cpu" else workers
-    val_loader = BatchCache(make_loader(val_set, args.batch_size, device, min(side_workers, len(val_set)))) \
-        if val_pairs else None  # decoded once if it fits
+    val_batches = same_size_batches(range(len(val_set)), sizes_of(val_pairs[world.rank::world.size]),
+                                    args.batch_size)
+    val_loader = BatchCache(make_loader(val_set, args.batch_size, device, min(side_workers, len(val_set)),
+                                        batches=val_batches)) if val_pairs else None  # decoded once if it fits
     # The same few training images, augmented the same way, for each epoch's BatchNorm statistics (kept in memory
     # after the first pass, as the validation batches are).
-    calibration_set = Subset(SeededItems(train_set),
-                             calibration_keys(len(train_set), args.batchnorm_images, args.batch_size, args.seed))
+    calibration_items = calibration_keys(len(train_set), args.batchnorm_images, args.batch_size, args.seed)
+    calibration_set = Subset(SeededItems(train_set), calibration_items)
+    calibration_batches = same_size_batches(range(len(calibration_items)),
+                                            [train_sizes[index] for index, _ in calibration_items], args.batch_size)
     calibration = BatchCache(make_loader(calibration_set, args.batch_size, device,
-                                         min(side_workers, len(calibration_set)))) \
+                                         min(side_workers, len(calibration_set)), batches=calibration_batches)) \
         if len(calibration_set) else None
 
     # Model, optimizer, schedule (cosine decay over all steps), gradient scaler for fp16.
@@ -629,6 +637,10 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
             say(f"note: the training set changed size, so epoch {start_epoch} starts over instead of going on "
                 f"after batch {skip_batches}", file=sys.stderr)
             skip_batches = 0  # the epoch's order is a shuffle of the old set: its first batches are not these
+        elif skip_batches and order.sizes is not None and not resumed.get("batched_by_size"):
+            say(f"note: {resume_file} was saved before batches were formed by image size, so epoch {start_epoch} "
+                f"starts over instead of going on after batch {skip_batches}", file=sys.stderr)
+            skip_batches = 0
         best = f", best validation Dice {best_dice:.4f}" if best_dice >= 0 else ""
         within = f" after its first {skip_batches} batches" if skip_batches else ""
         say(f"resuming {resume_file}: epoch {start_epoch}{within}, step {step}{best}")
@@ -651,10 +663,11 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
         f"mask values {mask_values}, {args.classes} classes, {precision.name} on {device}{processes}, "
         f"batch {args.batch_size}, {workers} loader workers"
         + (", compiled" if compiled else ""))
-    sizes = {scaled_size(width, height, args.scale) for width, height in data.image_sizes}  # as the model sees them
-    if len(sizes) > 1 and args.batch_size > 1:
-        say(f"images of {len(sizes)} sizes: each batch is padded to its largest image, the padding left out of the "
-            "loss and the scores (--batch-size 1 trains without padding)")
+    if order.sizes is not None and args.batch_size > 1:
+        shared = (f"; up to {order.shared_batches} of the {order.batches_per_epoch} per epoch take the images left "
+                  "over and may mix sizes: those are padded to their largest image, the padding left out of the loss "
+                  "and the scores" if order.shared_batches else "")
+        say(f"training images of {len(set(order.sizes))} sizes: batched by size{shared}")
     run_log = RunLog(args.checkpoint_dir, vars(args), args.wandb or default_wandb_mode(), start_epoch) \
         if world.is_main else None
     val_dice = result = None
@@ -673,6 +686,7 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
             "epoch_batches": epoch_batches, "step": step, "best_dice": best_dice, "val_dice": val_dice,
             "rng": rng_state(), "mask_palette": data.palette,
             "training_images": len(train_pairs), "validation_images": [pair.name for pair in val_pairs],
+            "batched_by_size": True,  # the epoch order of utils/sampling.py; older runs mixed sizes
         }
         try:
             checkpoints.save(last_file, model, mask_values, copies, **state)

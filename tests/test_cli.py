@@ -369,11 +369,31 @@ def write_cells(folder: Path, count: int) -> None:
         Image.fromarray(mask * 255).save(folder / "masks" / f"cell{index}.png")
 
 
-def test_images_of_different_sizes_train_in_padded_batches(tmp_path: Path) -> None:
+def test_images_of_different_sizes_train_in_batches(tmp_path: Path) -> None:
     write_cells(tmp_path / "data", 8)
     result = run("train.py", "--epochs", "1", "--validation", "50", *TRAIN_FLAGS, cwd=tmp_path)
-    assert "images of 2 sizes: each batch is padded to its largest image" in result.stdout
+    assert "training images of 2 sizes: batched by size" in result.stdout
     assert "validation Dice" in result.stdout and (tmp_path / "checkpoints" / "last.pth").is_file()
+
+
+def test_images_of_different_sizes_train_in_batches_of_one_size_without_padding(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import train
+    from utils.mask_encoding import IGNORE_CLASS
+
+    write_cells(tmp_path, 12)  # 4 of 36x40 and 8 of 48x32: whole batches of 4 of each size
+    real_step, batches = train.train_step, []
+
+    def recording_step(model, images, masks, *args, **kwargs):
+        batches.append((tuple(images.shape), bool((masks == IGNORE_CLASS).any())))  # padding is ignored pixels
+        return real_step(model, images, masks, *args, **kwargs)
+
+    monkeypatch.setattr(train, "train_step", recording_step)
+    train.main(train.get_args_parser().parse_args([
+        "--imgs", str(tmp_path / "imgs"), "--masks", str(tmp_path / "masks"), "--epochs", "2", "--validation", "0",
+        "--checkpoint-dir", str(tmp_path / "run"), *TRAIN_FLAGS, "--channels", "1"]))
+    assert len(batches) == 6 and not any(padded for _, padded in batches)
+    assert sorted(shape for shape, _ in batches) == [(4, 1, 32, 48)] * 4 + [(4, 1, 40, 36)] * 2
 
 
 def test_images_of_different_sizes_score_in_batches_as_one_at_a_time(tmp_path: Path) -> None:
@@ -522,3 +542,22 @@ def test_a_flag_refused_while_parsing_is_one_line(script: str, tmp_path: Path) -
     result = run(script, *inputs, "--tile", "0", cwd=tmp_path, check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == ["error: --tile 0: use a multiple of 16 of at least 64 (e.g. 512)"]
+
+
+def test_resume_in_an_epoch_of_mixed_sizes_saved_before_batching_by_size_starts_the_epoch_over(
+        tmp_path: Path) -> None:
+    write_cells(tmp_path / "data", 8)
+    flags = ["--validation", "0", *TRAIN_FLAGS, "--batch-size", "2"]
+    run("train.py", "--epochs", "1", *flags, cwd=tmp_path)
+    saved = torch.load(tmp_path / "checkpoints" / "last.pth", weights_only=True)
+    assert saved["batched_by_size"] is True
+    torch.save({**saved, "epoch_batches": 1}, tmp_path / "checkpoints" / "now.pth")  # as if stopped in epoch 2
+    older = {key: value for key, value in saved.items() if key != "batched_by_size"}
+    torch.save({**older, "epoch_batches": 1}, tmp_path / "checkpoints" / "older.pth")
+    result = run("train.py", "--epochs", "2", "--resume", "checkpoints/now.pth", *flags, cwd=tmp_path)
+    assert "resuming checkpoints/now.pth: epoch 2 after its first 1 batches" in result.stdout
+    assert "starts over" not in result.stderr
+    result = run("train.py", "--epochs", "2", "--resume", "checkpoints/older.pth", *flags, cwd=tmp_path)
+    assert ("note: checkpoints/older.pth was saved before batches were formed by image size, so epoch 2 starts "
+            "over instead of going on after batch 1") in result.stderr
+    assert "resuming checkpoints/older.pth: epoch 2, step 4" in result.stdout

@@ -193,6 +193,7 @@ class DataCheck:
     blurred_masks: list[str] = field(default_factory=list)  # JPEG masks with more than two values
     blurred_top: int = 0  # the largest value (or colour channel) in them, before --binarize
     image_sizes: Counter = field(default_factory=Counter)
+    sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # per usable pair's name: (width, height)
     image_channels: Counter = field(default_factory=Counter)
     encodings: Counter = field(default_factory=Counter)
     palette: list[int] | None = None
@@ -343,6 +344,7 @@ def check_dataset(
             continue
         usable.append((pair, mask))
         check.image_sizes[(image["width"], image["height"])] += 1
+        check.sizes[pair.name] = (image["width"], image["height"])
         check.image_channels[image["channels"]] += 1
         check.encodings[mask["encoding"]] += 1
         if mask.get("jpeg") and len(mask["values"]) > 2:

@@ -3,16 +3,24 @@
 Augmentation draws its randomness from a seed tied to the item's place in the epoch, not from whichever
 loader worker happens to read it. So a run stopped after k batches and resumed (the first k batches skipped)
 sees exactly the images, crops and flips the uninterrupted run saw, whatever the number of workers.
+
+Images of several sizes are batched by size. A batch of mixed sizes is padded to its largest image, which costs
+compute (a 256x256 image padded to 1024x1024 is 16 times the work) and puts the padding's zeros into the
+BatchNorm statistics; so only the images of sizes too rare to fill a batch share padded batches.
 """
 
 import math
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Hashable, Iterator, Sequence
+from typing import TypeVar
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, DistributedSampler, Sampler
+from torch.utils.data import Dataset, Sampler
 
 from .distributed import World
+
+T = TypeVar("T")
 
 
 def item_seed(seed: int, epoch: int, rank: int, position: int) -> int:
@@ -21,34 +29,91 @@ def item_seed(seed: int, epoch: int, rank: int, position: int) -> int:
     return int(np.random.SeedSequence(words).generate_state(2, dtype=np.uint32).view(np.uint64)[0] >> 1)
 
 
-class EpochOrder(Sampler[tuple[int, int]]):
-    """(index, augmentation seed) pairs of one process's share of an epoch, from skip_batches on.
+def batches_by_size(items: Sequence[T], sizes: Sequence[Hashable], batch_size: int) -> tuple[list[list[T]], list[T]]:
+    """The full batches of one size each (in the order of their first item, each keeping the items' order) and
+    the items left over, in their order: the last len % batch_size of each size."""
+    by_size: dict[Hashable, list[int]] = {}
+    for position, size in enumerate(sizes):
+        by_size.setdefault(size, []).append(position)
+    full: list[list[int]] = []
+    leftover: list[int] = []
+    for positions in by_size.values():
+        cut = len(positions) - len(positions) % batch_size
+        full += [positions[start:start + batch_size] for start in range(0, cut, batch_size)]
+        leftover += positions[cut:]
+    full.sort(key=lambda batch: batch[0])
+    return [[items[p] for p in batch] for batch in full], [items[p] for p in sorted(leftover)]
 
-    The shuffle is DistributedSampler's (seeded by seed and epoch, dealt round-robin to the processes), so the
-    processes' batches together are the batch a single process with world.size times the batch size takes.
+
+def same_size_batches(items: Sequence[T], sizes: Sequence[Hashable], batch_size: int) -> list[list[T]]:
+    """Batches of one size each where the sizes allow, in order, then the leftovers batch_size at a time: for
+    passes whose order does not matter (validation, BatchNorm calibration)."""
+    full, leftover = batches_by_size(items, sizes, batch_size)
+    return full + [leftover[start:start + batch_size] for start in range(0, len(leftover), batch_size)]
+
+
+class EpochOrder:
+    """This process's batches of an epoch: lists of (index, augmentation seed).
+
+    The shuffle is DistributedSampler's (a permutation seeded by seed + epoch, padded to a multiple of the
+    processes with its first items) cut into global batches of batch_size x processes, each dealt round-robin,
+    so the processes' batches together are the batch a single process with world.size times the batch size
+    takes. With one image size (or `sizes` not given) this is exactly DistributedSampler's order. With several,
+    each global batch holds one size (those left over share the last ones, padded) and the global batches are
+    shuffled.
     """
 
-    def __init__(self, size: int, batch_size: int, seed: int, world: World):
-        self.order = DistributedSampler(range(size), num_replicas=world.size, rank=world.rank, shuffle=True,
-                                        seed=seed)
-        self.batch_size, self.seed, self.rank = batch_size, seed, world.rank
-        self.epoch = self.skip = 0
+    def __init__(self, size: int, batch_size: int, seed: int, world: World,
+                 sizes: Sequence[Hashable] | None = None):
+        self.size, self.batch_size, self.seed, self.world = size, batch_size, seed, world
+        self.sizes = list(sizes) if sizes is not None and len(set(sizes)) > 1 else None
 
-    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
-        self.epoch, self.skip = epoch, skip_batches * self.batch_size
-        self.order.set_epoch(epoch)
+    @property
+    def items_per_epoch(self) -> int:
+        """This process's items per epoch (the same in every process: the padding evens them out)."""
+        return math.ceil(self.size / self.world.size)
 
     @property
     def batches_per_epoch(self) -> int:
-        return math.ceil(len(self.order) / self.batch_size)
+        return self.one_size_batches + self.shared_batches
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        for position, index in enumerate(self.order):
-            if position >= self.skip:
-                yield index, item_seed(self.seed, self.epoch, self.rank, position)
+    @property
+    def one_size_batches(self) -> int:
+        """Global batches per epoch that hold one size (all of them with one size)."""
+        width = self.batch_size * self.world.size
+        return sum(n // width for n in self._counts()) if self.sizes is not None else math.ceil(self.size / width)
 
-    def __len__(self) -> int:
-        return max(0, len(self.order) - self.skip)
+    @property
+    def shared_batches(self) -> int:
+        """Global batches per epoch holding the images left over from the one-size batches: these may mix sizes."""
+        width = self.batch_size * self.world.size
+        return math.ceil(sum(n % width for n in self._counts()) / width) if self.sizes is not None else 0
+
+    def _counts(self) -> list[int]:
+        return list(Counter(self.sizes).values()) if self.sizes is not None else [self.size]
+
+    def global_batches(self, epoch: int) -> list[list[int]]:
+        """The epoch's global batches of indices, each a multiple of world.size long."""
+        if self.size == 0:
+            return []
+        generator = torch.Generator().manual_seed(self.seed + epoch)
+        shuffle = torch.randperm(self.size, generator=generator).tolist()
+        width, processes = self.batch_size * self.world.size, self.world.size
+        sizes = [self.sizes[index] for index in shuffle] if self.sizes is not None else [0] * self.size
+        full, leftover = batches_by_size(shuffle, sizes, width)
+        batches = full + [leftover[start:start + width] for start in range(0, len(leftover), width)]
+        padding = -len(batches[-1]) % processes  # only the last can be short of a multiple
+        batches[-1] += (shuffle * math.ceil(padding / self.size))[:padding]
+        if self.sizes is not None:  # else all the global batches of one size would come in turn
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+        return batches
+
+    def batches(self, epoch: int) -> list[list[tuple[int, int]]]:
+        """This process's share of each global batch, with each item's augmentation seed."""
+        rank, processes = self.world.rank, self.world.size
+        shares = [batch[rank::processes] for batch in self.global_batches(epoch)]
+        seeds = iter(range(self.items_per_epoch))
+        return [[(index, item_seed(self.seed, epoch, rank, next(seeds))) for index in share] for share in shares]
 
 
 class EpochBatches(Sampler[list[tuple[int, int]]]):
@@ -66,6 +131,11 @@ class EpochBatches(Sampler[list[tuple[int, int]]]):
         """Batches of this epoch left out: those the resumed run had already trained."""
         return self.skip if epoch == self.first_epoch else 0
 
+    def items_skipped_in(self, epoch: int) -> int:
+        """This process's items in the batches left out."""
+        skip = self.skipped_in(epoch)
+        return sum(len(batch) for batch in self.order.batches(epoch)[:skip]) if skip else 0
+
     def batches_in(self, epoch: int) -> int:
         """How many batches the stream holds for this epoch."""
         if not self.first_epoch <= epoch <= self.last_epoch:
@@ -73,12 +143,8 @@ class EpochBatches(Sampler[list[tuple[int, int]]]):
         return max(0, self.order.batches_per_epoch - self.skipped_in(epoch))
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        size = self.order.batch_size
         for epoch in range(self.first_epoch, self.last_epoch + 1):
-            self.order.set_epoch(epoch, self.skipped_in(epoch))
-            items = list(self.order)
-            for start in range(0, len(items), size):
-                yield items[start:start + size]
+            yield from self.order.batches(epoch)[self.skipped_in(epoch):]
 
     def __len__(self) -> int:
         return sum(self.batches_in(epoch) for epoch in range(self.first_epoch, self.last_epoch + 1))
