@@ -156,7 +156,8 @@ def main() -> None:
     precision = "reference" if args.recipe == "reference" and not args.model_only else args.precision
     flags = "".join(f" --{name}" for name in ("amp", "checkpointing") if getattr(args, name))
     mode = f" ({args.compile_mode})" if args.compile_mode else ""
-    size = f"{int(args.width * args.scale)}x{int(args.height * args.scale)}"
+    size = f"{int(args.width * args.scale)}x{int(args.height * args.scale)}" if args.data is None or args.model_only \
+        else f"{args.data}"  # its own sizes
     settings = (f"{size} (scale {args.scale}), batch {args.batch_size or 'default'}, precision {precision}{flags}, "
                 f"compile {args.compile}{mode}")
     per_epoch = ", ".join(f"{row['images_per_second']:.3f}" for row in rows)
