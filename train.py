@@ -63,7 +63,7 @@ from utils.device import (
 )
 from utils.dice_score import class_weights_from_pixels, segmentation_loss
 from utils.distributed import World, all_reduce_sum, barrier, close_world, init_world
-from utils.errors import UserError, run_cli
+from utils.errors import UserError, make_folder, run_cli
 from utils.inference import is_out_of_memory, logits_to_classes
 from utils.mask_encoding import MaskValue, add_binarize_argument, binarize_threshold, check_classes
 from utils.nan_guard import NonFiniteGuard
@@ -297,8 +297,8 @@ def resume_path(resume: str | None, checkpoint_dir: Path) -> Path | None:
 
 def check_writable(folder: Path) -> None:
     """Fail now, not after an epoch, when checkpoints cannot be written."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder, "--checkpoint-dir")
+    try:  # a folder may exist and still refuse files (permissions, a read-only or full disk)
         probe = folder / f".write_test.{os.getpid()}"
         probe.write_bytes(b"0" * 4096)
         probe.unlink()

@@ -109,3 +109,13 @@ def test_a_file_given_as_the_folder_is_named_as_one(tmp_path):
     (tmp_path / "run").write_text("not a folder")
     with pytest.raises(UserError, match=r"--checkpoint-dir .*run is a file, not a folder"):
         RunLock(tmp_path / "run").acquire()
+
+
+def test_train_checks_the_checkpoint_folder_before_the_data(tmp_path):
+    import train
+
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(UserError, match=r"cannot make the folder .*file/run for --checkpoint-dir \(Not a directory\)"):
+        train.check_writable(tmp_path / "file" / "run")
+    train.check_writable(tmp_path / "new" / "run")
+    assert (tmp_path / "new" / "run").is_dir() and not list((tmp_path / "new" / "run").iterdir())  # probe removed
