@@ -664,9 +664,9 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
         f"batch {args.batch_size}, {workers} loader workers"
         + (", compiled" if compiled else ""))
     if order.sizes is not None and args.batch_size > 1:
-        shared = (f"; up to {order.shared_batches} of the {order.batches_per_epoch} per epoch take the images left "
-                  "over and may mix sizes: those are padded to their largest image, the padding left out of the loss "
-                  "and the scores" if order.shared_batches else "")
+        shared = (f" (up to {order.shared_batches} of the {order.batches_per_epoch} batches per epoch hold the images "
+                  "left over, padded to the largest; the padding counts in no loss or score)"
+                  if order.shared_batches else "")
         say(f"training images of {len(set(order.sizes))} sizes: batched by size{shared}")
     run_log = RunLog(args.checkpoint_dir, vars(args), args.wandb or default_wandb_mode(), start_epoch) \
         if world.is_main else None
