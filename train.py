@@ -9,6 +9,7 @@ Read top to bottom: arguments, device, precision and processes, data, model and 
 """
 
 import argparse
+import hashlib
 import os
 import random
 import sys
@@ -62,7 +63,15 @@ from utils.device import (
     should_compile,
 )
 from utils.dice_score import class_weights_from_pixels, segmentation_loss
-from utils.distributed import World, all_reduce_sum, barrier, close_world, init_world
+from utils.distributed import (
+    World,
+    all_reduce_sum,
+    barrier,
+    check_same_everywhere,
+    close_world,
+    init_world,
+    smallest_everywhere,
+)
 from utils.errors import UserError, make_folder, run_cli
 from utils.inference import is_out_of_memory, logits_to_classes
 from utils.mask_encoding import MaskValue, add_binarize_argument, binarize_threshold, check_classes
@@ -529,6 +538,12 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
         check_training_state(resumed, resume_file)
         for line in keep_run_settings(args, resumed, resume_file):
             say(line, file=sys.stderr)
+    resume_point = (str(resume_file), resumed["epoch"], resumed["step"], resumed.get("epoch_batches", 0)) \
+        if resumed is not None else None
+    check_same_everywhere(world, resume_point,
+                          f"resumes {resume_file} at epoch {resumed['epoch']}, step {resumed['step']}"
+                          if resumed is not None else "finds no checkpoint to resume",
+                          "every node needs the same --checkpoint-dir: put it on a file system they all share")
 
     weights = load_checkpoint(args.load) if args.load else None
     if weights is not None:  # start from these weights: their architecture decides how images are read
@@ -567,13 +582,19 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     if args.batch_size is None:
         width, height = max(data.image_sizes, key=lambda size: size[0] * size[1])
         scaled_width, scaled_height = scaled_size(width, height, args.scale)
-        args.batch_size = default_batch_size(device, precision, scaled_width * scaled_height, args.checkpointing)
+        args.batch_size = smallest_everywhere(  # GPUs with different free memory still step the same batches
+            default_batch_size(device, precision, scaled_width * scaled_height, args.checkpointing), world, device)
     if resumed is not None:
         train_pairs, val_pairs, notes = resumed_split(data.pairs, resumed, resume_file, args.validation, args.seed)
         for line in notes:
             say(line, file=sys.stderr)
     else:
         train_pairs, val_pairs = split_pairs(data.pairs, args.validation, args.seed)
+    names = hashlib.sha256("\n".join(pair.name for pair in train_pairs + val_pairs).encode()).hexdigest()[:12]
+    check_same_everywhere(world, (names, len(train_pairs), mask_values),
+                          f"sees {len(train_pairs)} training and {len(val_pairs)} validation images (names digest "
+                          f"{names}), mask values {mask_values}",
+                          f"every node needs the same files in {args.imgs} and {args.masks}")
     encoding = {"mask_values": mask_values, "scale": args.scale, "channels": args.channels,
                 "binarize": args.binarize, "ignore_value": args.ignore_index}
     train_set = SegmentationDataset(train_pairs, **encoding, transform=train_augmentation(args.augment),

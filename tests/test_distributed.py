@@ -94,3 +94,39 @@ def test_sync_batchnorm_on_cpu_is_refused_with_a_clear_error(tmp_path: Path) -> 
                         "--sync-batchnorm", "--wandb", "disabled", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: --sync-batchnorm needs CUDA")
+
+
+AGREEMENT = """
+import socket, sys
+import torch
+sys.path.insert(0, {repo!r})
+from utils.distributed import check_same_everywhere, close_world, init_world, smallest_everywhere
+from utils.errors import UserError
+
+world = init_world(torch.device("cpu"))
+print(f"rank {{world.rank}}: batch {{smallest_everywhere(16 // (1 + world.rank), world, torch.device('cpu'))}}")
+check_same_everywhere(world, "same", "sees the same", "-")  # agreeing processes go on
+try:
+    check_same_everywhere(world, world.rank, f"sees {{world.rank + 5}} images", "give every node the same files")
+except UserError as error:
+    print(f"rank {{world.rank}}: {{error}}")
+close_world(world)
+"""
+
+
+def test_processes_that_see_different_things_all_stop_with_one_line_instead_of_hanging(tmp_path: Path) -> None:
+    """A node-local --checkpoint-dir or data folder: each process names what it and rank 0 see. The GPU batch size,
+    chosen from each GPU's free memory, is the smallest of the processes'."""
+    import socket
+
+    script = tmp_path / "agree.py"
+    script.write_text(AGREEMENT.format(repo=str(REPO)))
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             str(script)], cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    host = socket.gethostname()
+    for rank in (0, 1):
+        assert f"rank {rank}: batch 8" in result.stdout
+        assert (f"rank {rank}: the processes disagree: rank 0 (on {host}) sees 5 images but rank 1 (on {host}) "
+                "sees 6 images: give every node the same files") in result.stdout

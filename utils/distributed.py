@@ -7,6 +7,7 @@ Without torchrun the same code runs as a world of one, so the training loop has 
 """
 
 import os
+import socket
 from dataclasses import dataclass
 
 import torch
@@ -68,3 +69,29 @@ def all_reduce_sum(tensor: torch.Tensor, world: World) -> torch.Tensor:
     if world.distributed:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def smallest_everywhere(value: int, world: World, device: torch.device) -> int:
+    """The smallest of the processes' values: a setting each derives from its own machine (the batch size that
+    fits a GPU's free memory) that all must share."""
+    if not world.distributed:
+        return value
+    tensor = torch.tensor([value], device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+    return int(tensor.item())
+
+
+def check_same_everywhere(world: World, key: object, seen: str, fix: str) -> None:
+    """Stop every process with one line when they see different things (a node-local --checkpoint-dir or data
+    folder): they would otherwise train different numbers of batches and wait on each other forever, or
+    silently disagree. seen describes the process's view ("resumes checkpoints/last.pth (epoch 3)"); key is
+    what must be equal."""
+    if not world.distributed:
+        return
+    views: list = [None] * world.size
+    dist.all_gather_object(views, (key, seen, socket.gethostname()))
+    first_key, first_seen, first_host = views[0]
+    for rank, (other_key, other_seen, host) in enumerate(views):
+        if other_key != first_key:
+            raise UserError(f"the processes disagree: rank 0 (on {first_host}) {first_seen} but rank {rank} "
+                            f"(on {host}) {other_seen}: {fix}")
