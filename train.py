@@ -47,6 +47,7 @@ from utils.data_loading import (
     check_model_input_size,
     make_loader,
     normalize_images,
+    parse_crop,
     scaled_size,
     set_image_pixel_limit,
 )
@@ -73,7 +74,7 @@ from utils.distributed import (
     smallest_everywhere,
 )
 from utils.errors import UserError, make_folder, run_cli
-from utils.inference import is_out_of_memory, logits_to_classes
+from utils.inference import WHOLE_IMAGE, InferenceOptions, is_out_of_memory, logits_to_classes
 from utils.mask_encoding import MaskValue, add_binarize_argument, binarize_threshold, check_classes
 from utils.nan_guard import NonFiniteGuard
 from utils.run_lock import RunLock
@@ -131,6 +132,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                       help="mask value left out of the loss and the scores (e.g. 255 borders in VOC-style masks)")
     data.add_argument("--augment", choices=AUGMENT_PRESETS, default=DEFAULT_AUGMENT,
                       help="augmentation of the training images (default: %(default)s; see README)")
+    data.add_argument("--crop", type=parse_crop, default=None, metavar="N|WxH",
+                      help="train on one random N x N (or W x H) window of each image per epoch, cut after --scale: "
+                           "full resolution at the memory of the window (images smaller than it are padded, the "
+                           "padding left out of the loss). Validation scores whole images, in tiles where they do "
+                           "not fit in memory (default: whole images)")
     data.add_argument("--workers", type=int, default=None,
                       help="data loading processes per training process (default: all cores but one, at most "
                            "16, with a GPU; one per 8 cores on a CPU)")
@@ -267,7 +273,8 @@ def out_of_memory_advice(args: argparse.Namespace, device: torch.device, precisi
                          saved: str | None) -> str:
     """The one line for a training step that did not fit: what to change, and what was kept (saved: where)."""
     fixes = ["a smaller --batch-size", "--checkpointing" if not args.checkpointing else None,
-             "--amp" if precision.name == "fp32" else None, "a smaller --scale"]
+             "--amp" if precision.name == "fp32" else None,
+             "a smaller --crop" if args.crop else "--crop 512 (windows at full resolution)", "a smaller --scale"]
     kept = (f"{saved} is kept (another batch size needs a new run: --resume keeps the run's)" if saved
             else "nothing had been saved yet")
     return (f"out of memory on {device} training batches of {args.batch_size} at --scale {args.scale:g} "
@@ -323,18 +330,24 @@ def keep_run_settings(args: argparse.Namespace, resumed: dict, resume_file: Path
     kept = {"classes": architecture["n_classes"], "channels": architecture["n_channels"],
             "bilinear": architecture["bilinear"], "scale": resumed.get("scale", args.scale),
             **{name: saved_args.get(name, getattr(args, name))
-               for name in ("binarize", "ignore_index", "class_weights", "batch_size", "validation")}}
+               for name in ("binarize", "ignore_index", "class_weights", "batch_size", "validation", "crop")}}
     kept["binarize"] = binarize_threshold(kept["binarize"])  # older checkpoints stored True/False
+    kept["crop"] = tuple(kept["crop"]) if kept["crop"] is not None else None
     parser = get_args_parser()
     lines = []
     for name, value in kept.items():
         given = getattr(args, name)
         if given != value and given != parser.get_default(name):
             flag = "--" + name.replace("_", "-")
-            lines.append(f"note: {resume_file} continues with {flag} {value}; {flag} {given} is ignored "
-                         "(start a new run to change it)")
+            lines.append(f"note: {resume_file} continues with {flag} {shown(value)}; {flag} {shown(given)} is "
+                         "ignored (start a new run to change it)")
         setattr(args, name, value)
     return lines
+
+
+def shown(value: object) -> str:
+    """A setting as it is typed: --crop (512, 384) as 512x384."""
+    return "x".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
 def train_step(
@@ -581,7 +594,7 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
         class_weights = class_weights.to(device)
     if args.batch_size is None:
         width, height = max(data.image_sizes, key=lambda size: size[0] * size[1])
-        scaled_width, scaled_height = scaled_size(width, height, args.scale)
+        scaled_width, scaled_height = args.crop or scaled_size(width, height, args.scale)
         args.batch_size = smallest_everywhere(  # GPUs with different free memory still step the same batches
             default_batch_size(device, precision, scaled_width * scaled_height, args.checkpointing), world, device)
     if resumed is not None:
@@ -598,7 +611,7 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     encoding = {"mask_values": mask_values, "scale": args.scale, "channels": args.channels,
                 "binarize": args.binarize, "ignore_value": args.ignore_index}
     train_set = SegmentationDataset(train_pairs, **encoding, transform=train_augmentation(args.augment),
-                                    skip_unreadable=True)
+                                    skip_unreadable=True, crop=args.crop)
     val_set = SegmentationDataset(val_pairs[world.rank::world.size], **encoding)  # each process scores a shard
     # One global shuffle per epoch, dealt round-robin (the union of the processes' batches is the batch a
     # single process with world.size times the batch size would take), augmentation seeded per item; batches
@@ -606,14 +619,19 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     def sizes_of(pairs: list[Pair]) -> list[tuple[int, int]]:
         return [scaled_size(*data.sizes[pair.name], args.scale) for pair in pairs]  # as the model sees them
 
-    train_sizes = sizes_of(train_pairs)
+    train_sizes = [args.crop] * len(train_pairs) if args.crop else sizes_of(train_pairs)  # as the items come out
     order = EpochOrder(len(train_set), args.batch_size, args.seed, world, sizes=train_sizes)
     # On a CPU, validation and the BatchNorm calibration decode in this process: a worker forked at the end of the
     # first epoch shares the trainer's gigabytes of heap copy-on-write, and the next epoch paid ~20% for the page
     # copies (measured).
     side_workers = 0 if device.type == "cpu" else workers
-    val_batches = same_size_batches(range(len(val_set)), sizes_of(val_pairs[world.rank::world.size]),
-                                    args.batch_size)
+    # Whole images: with --crop, as many per batch as hold the pixels of a training batch, each scored whole where
+    # it fits in memory and in tiles where not (predict.py's default).
+    val_sizes = sizes_of(val_pairs[world.rank::world.size])
+    val_batch_size = args.batch_size if not args.crop else max(1, min(
+        args.batch_size, args.batch_size * args.crop[0] * args.crop[1] // max(w * h for w, h in sizes_of(data.pairs))))
+    val_options = InferenceOptions(tile="auto") if args.crop else WHOLE_IMAGE
+    val_batches = same_size_batches(range(len(val_set)), val_sizes, val_batch_size)
     val_loader = BatchCache(make_loader(val_set, args.batch_size, device, min(side_workers, len(val_set)),
                                         batches=val_batches)) if val_pairs else None  # decoded once if it fits
     # The same few training images, augmented the same way, for each epoch's BatchNorm statistics (kept in memory
@@ -682,8 +700,8 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     processes = f" x {world.size} processes" if world.distributed else ""
     say(f"{len(train_set)} training and {len(val_pairs)} validation images from {args.imgs}, scale {args.scale}, "
         f"mask values {mask_values}, {args.classes} classes, {precision.name} on {device}{processes}, "
-        f"batch {args.batch_size}, {workers} loader workers"
-        + (", compiled" if compiled else ""))
+        f"batch {args.batch_size}" + (f" of {shown(args.crop)} crops" if args.crop else "")
+        + f", {workers} loader workers" + (", compiled" if compiled else ""))
     if order.sizes is not None and args.batch_size > 1:
         shared = (f" (up to {order.shared_batches} of the {order.batches_per_epoch} batches per epoch hold the images "
                   "left over, padded to the largest; the padding counts in no loss or score)"
@@ -739,8 +757,8 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
                     recalibrate_batchnorm(model, calibration, device, precision)
                 scores = None
                 if val_loader is not None:  # the plain model: no DDP collectives, shards may differ in size
-                    scores = reduce_scores(evaluate(model, val_loader, device, precision, progress=world.is_main),
-                                           world, device)
+                    scores = reduce_scores(evaluate(model, val_loader, device, precision, progress=world.is_main,
+                                                    options=val_options), world, device)
                 val_dice = scores["dice"] if scores else None
                 is_best = val_dice is not None and val_dice > best_dice
                 best_dice = max(best_dice, val_dice) if val_dice is not None else best_dice

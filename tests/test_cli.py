@@ -487,7 +487,8 @@ def test_out_of_memory_in_training_is_one_line_with_what_to_change_and_what_was_
         train.main(args)
     message = str(error.value)
     assert message.startswith("out of memory on cpu training batches of 2 at --scale 1 (fp32): try a smaller "
-                              "--batch-size, --checkpointing, --amp, a smaller --scale;")
+                              "--batch-size, --checkpointing, --amp, --crop 512 (windows at full resolution), a "
+                              "smaller --scale;")
     assert message.endswith(f"{tmp_path / 'run' / 'last.pth'} (saved at step 2) is kept (another batch size needs "
                             "a new run: --resume keeps the run's)")
     assert load_checkpoint(tmp_path / "run" / "last.pth")["epoch"] == 1  # the work before it is on disk
@@ -561,3 +562,33 @@ def test_resume_in_an_epoch_of_mixed_sizes_saved_before_batching_by_size_starts_
     assert ("note: checkpoints/older.pth was saved before batches were formed by image size, so epoch 2 starts "
             "over instead of going on after batch 1") in result.stderr
     assert "resuming checkpoints/older.pth: epoch 2, step 4" in result.stdout
+
+
+def test_crop_trains_on_windows_of_one_size_validates_whole_images_and_is_kept_on_resume(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    import train
+
+    write_carvana_like(tmp_path, 6)  # 96x64 images
+    write_cells(tmp_path / "cells", 2)  # and two smaller ones, 48x32 and 36x40, padded to the window
+    for path in (tmp_path / "cells" / "imgs").iterdir():
+        Image.open(path).convert("RGB").save(tmp_path / "imgs" / path.name)
+        Image.open(tmp_path / "cells" / "masks" / path.name).point(lambda v: v // 255).save(
+            tmp_path / "masks" / f"{path.stem}_mask.png")
+    real_step, shapes = train.train_step, []
+
+    def recording_step(model, images, masks, *args, **kwargs):
+        shapes.append(tuple(images.shape[-2:]))
+        return real_step(model, images, masks, *args, **kwargs)
+
+    monkeypatch.setattr(train, "train_step", recording_step)
+    flags = ["--imgs", str(tmp_path / "imgs"), "--masks", str(tmp_path / "masks"), "--validation", "25",
+             "--checkpoint-dir", str(tmp_path / "run"), *TRAIN_FLAGS, "--batch-size", "2"]
+    result = train.main(train.get_args_parser().parse_args([*flags, "--epochs", "1", "--crop", "64x48"]))
+    output = capsys.readouterr()
+    assert "batch 2 of 64x48 crops" in output.out and "sizes: batched by size" not in output.out
+    assert shapes == [(48, 64)] * 3 and result["history"][-1]["val_dice"] is not None  # 6 training images
+
+    result = train.main(train.get_args_parser().parse_args([*flags, "--epochs", "2", "--resume", "auto",
+                                                            "--crop", "128"]))
+    assert "continues with --crop 64x48; --crop 128x128 is ignored" in capsys.readouterr().err
+    assert shapes == [(48, 64)] * 6 and load_checkpoint(tmp_path / "run" / "last.pth")["args"]["crop"] == [64, 48]

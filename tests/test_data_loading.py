@@ -444,3 +444,56 @@ def test_mixed_sizes_are_padded_with_ignored_pixels_and_given_back_unpadded(tmp_
     same = collate_skipping(items[1:3])  # one size: a plain batch, nothing padded
     assert "sizes" not in same and same["image"].shape == (2, 3, 24, 15)
     assert list(same_size_parts(same)) == [same]
+
+
+# --- training crops (--crop) ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "size"), [("512", (512, 512)), ("640x384", (640, 384)), ("64X128", (64, 128))])
+def test_crop_sizes_are_read_as_typed(text, size):
+    from utils.data_loading import parse_crop
+
+    assert parse_crop(text) == size
+
+
+@pytest.mark.parametrize("text", ["0", "100", "16", "40", "512x", "x512", "ax512", "512x512x3", "-512"])
+def test_crop_sizes_the_unet_cannot_halve_four_times_are_refused(text):
+    from utils.data_loading import parse_crop
+
+    with pytest.raises(UserError, match=r"--crop .*multiples of 16 of at least 32"):
+        parse_crop(text)
+
+
+def test_crops_cut_the_same_window_of_image_and_mask_at_random_and_pad_small_images(tmp_path):
+    from utils.mask_encoding import IGNORE_CLASS
+    from utils.sampling import SeededItems
+
+    height, width = 80, 112
+    rows, cols = np.mgrid[:height, :width]
+    image = np.stack([rows, cols, np.zeros_like(rows)], axis=-1).astype(np.uint8)  # each pixel names its place
+    write_image(tmp_path / "imgs" / "big.png", image)
+    write_image(tmp_path / "masks" / "big.png", ((rows + cols) % 2).astype(np.uint8))  # a checkerboard
+    write_image(tmp_path / "imgs" / "small.png", random_rgb(1, 40, 50))
+    write_image(tmp_path / "masks" / "small.png", disc_mask(40, 50))
+    pairs = list_pairs(tmp_path / "imgs", tmp_path / "masks")
+    dataset = SeededItems(SegmentationDataset(pairs, [0, 1], crop=(64, 48)))
+    corners = set()
+    for seed in range(12):
+        item = dataset[(0, seed)]
+        assert item["image"].shape == (3, 48, 64) and item["mask"].shape == (48, 64)
+        top, left = int(item["image"][0, 0, 0]), int(item["image"][1, 0, 0])
+        assert 0 <= top <= height - 48 and 0 <= left <= width - 64
+        assert torch.equal(item["image"][0].long(), torch.arange(top, top + 48)[:, None].expand(48, 64))
+        assert torch.equal(item["image"][1].long(), torch.arange(left, left + 64)[None].expand(48, 64))
+        expected = (torch.arange(top, top + 48)[:, None] + torch.arange(left, left + 64)[None]) % 2
+        assert torch.equal(item["mask"].long(), expected)  # the mask's window is the image's
+        assert torch.equal(dataset[(0, seed)]["image"], item["image"])  # the seed decides the window
+        corners.add((top, left))
+    assert len(corners) > 6  # windows all over the image
+
+    small = dataset[(1, 0)]  # 50x40, smaller than the 64x48 window: all of it, padded at the bottom and right
+    assert small["image"].shape == (3, 48, 64)
+    whole = SegmentationDataset(pairs, [0, 1])[1]
+    assert torch.equal(small["image"][:, :40, :50], whole["image"]) and (small["image"][:, 40:] == 0).all()
+    assert torch.equal(small["mask"][:40, :50], whole["mask"])
+    assert (small["mask"][40:] == IGNORE_CLASS).all() and (small["mask"][:, 50:] == IGNORE_CLASS).all()

@@ -369,6 +369,28 @@ def scaled_size(width: int, height: int, scale: float, source: Path | str = "ima
     return new_width, new_height
 
 
+def parse_crop(text: str) -> tuple[int, int]:
+    """--crop: N (a square) or WxH, each side a multiple of 16 (the U-Net halves it four times), at least 32."""
+    try:
+        sides = [int(side) for side in text.lower().split("x")]
+    except ValueError:
+        sides = []
+    if len(sides) == 1:
+        sides *= 2
+    if len(sides) != 2 or any(side < 32 or side % 16 for side in sides):
+        raise UserError(f"--crop {text}: give N or WxH in pixels, multiples of 16 of at least 32 (e.g. 512 or 640x384)")
+    return sides[0], sides[1]
+
+
+def crop_window(height: int, width: int, size: tuple[int, int]) -> tuple[slice, slice]:
+    """Rows and columns of a (width, height) = size window at a uniformly random place in a height x width image
+    (all of a side shorter than the window), from torch's generator: seeded per item in training."""
+    crop_width, crop_height = size
+    top = int(torch.randint(max(height - crop_height, 0) + 1, ()))
+    left = int(torch.randint(max(width - crop_width, 0) + 1, ()))
+    return slice(top, top + crop_height), slice(left, left + crop_width)
+
+
 def check_model_input_size(width: int, height: int, scale: float, source: Path | str) -> None:
     """Refuse an image that int(scale * side) leaves smaller than the U-Net takes (a max-pool error otherwise)."""
     new_width, new_height = int(scale * width), int(scale * height)
@@ -436,7 +458,9 @@ class SegmentationDataset(Dataset):
     IGNORE_CLASS for ignored pixels), "name": str}.
 
     scale_masks=False keeps masks at native resolution (for evaluation against the original masks).
-    transform(image, mask) -> (image, mask) is the augmentation, applied after scaling.
+    crop=(width, height): a random window of that size of each scaled item (crop_window), for training; an
+    item smaller than it is padded at the bottom and right, the mask with IGNORE_CLASS (no loss there).
+    transform(image, mask) -> (image, mask) is the augmentation, applied after scaling and cropping.
     skip_unreadable: a file that fails to decode mid-epoch yields {"skipped": reason} instead of stopping
     the run (collate_skipping drops it from the batch and reports it).
     """
@@ -452,7 +476,10 @@ class SegmentationDataset(Dataset):
         ignore_value: int | None = None,
         transform: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
         skip_unreadable: bool = False,
+        crop: tuple[int, int] | None = None,
     ):
+        if crop is not None and not scale_masks:
+            raise ValueError("crop needs scale_masks: the window is cut from the image and its mask at one size")
         if not 0 < scale <= 1:
             raise UserError(f"--scale must be in (0, 1], got {scale}")
         self.pairs = pairs
@@ -464,6 +491,7 @@ class SegmentationDataset(Dataset):
         self.ignore_value = ignore_value
         self.transform = transform
         self.skip_unreadable = skip_unreadable
+        self.crop = crop
         self.mask_dtype = class_index_dtype(max(len(mask_values), 2))
 
     def __len__(self) -> int:
@@ -485,8 +513,15 @@ class SegmentationDataset(Dataset):
             )
         if self.scale_masks and self.scale != 1.0:
             mask = resize_nearest(mask, (image_tensor.shape[-1], image_tensor.shape[-2]))
+        if self.crop is not None:  # before encoding: only the window's pixels are looked up
+            rows, cols = crop_window(height=image_tensor.shape[-2], width=image_tensor.shape[-1], size=self.crop)
+            image_tensor, mask = image_tensor[:, rows, cols].clone(), np.ascontiguousarray(mask[rows, cols])
         class_indices = encode_mask(mask, self.mask_values, pair.mask, self.binarize, self.ignore_value)
         mask_tensor = torch.from_numpy(class_indices).long()
+        if self.crop is not None:
+            crop_width, crop_height = self.crop
+            image_tensor = pad_bottom_right(image_tensor, crop_height, crop_width, 0)
+            mask_tensor = pad_bottom_right(mask_tensor, crop_height, crop_width, IGNORE_CLASS)
         if self.transform is not None:
             image_tensor, mask_tensor = self.transform(image_tensor, mask_tensor)
         return {"image": image_tensor, "mask": mask_tensor.to(self.mask_dtype), "name": pair.name}
