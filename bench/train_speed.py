@@ -64,6 +64,7 @@ def run_ours(args: argparse.Namespace, imgs: Path, masks: Path, run_dir: Path) -
             flags += [flag, str(value)]
     flags += ["--amp"] if args.amp else []
     flags += ["--checkpointing"] if args.checkpointing else []
+    flags += ["--crop", args.crop] if args.crop else []
     result = train.main(train.get_args_parser().parse_args(flags))
     return [{"images_per_second": float(row["images_per_second"]), "data_wait": float(row["data_wait"])}
             for row in result["history"]]
@@ -132,6 +133,7 @@ def main() -> None:
                              "(default: torch's own), to see whether train.py should offer one")
     parser.add_argument("--augment", default=train.DEFAULT_AUGMENT, help="train.py --augment (default: %(default)s)")
     parser.add_argument("--checkpointing", action="store_true", help="train.py --checkpointing")
+    parser.add_argument("--crop", default=None, help="train.py --crop (ours)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: CUDA if available)")
     args = parser.parse_args()
     if args.epochs < 2:
@@ -155,6 +157,7 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     precision = "reference" if args.recipe == "reference" and not args.model_only else args.precision
     flags = "".join(f" --{name}" for name in ("amp", "checkpointing") if getattr(args, name))
+    flags += f" --crop {args.crop}" if args.crop else ""
     mode = f" ({args.compile_mode})" if args.compile_mode else ""
     size = f"{int(args.width * args.scale)}x{int(args.height * args.scale)}" if args.data is None or args.model_only \
         else f"{args.data}"  # its own sizes
