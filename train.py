@@ -702,6 +702,12 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
         f"mask values {mask_values}, {args.classes} classes, {precision.name} on {device}{processes}, "
         f"batch {args.batch_size}" + (f" of {shown(args.crop)} crops" if args.crop else "")
         + f", {workers} loader workers" + (", compiled" if compiled else ""))
+    if args.crop:
+        smaller = sum(width < args.crop[0] or height < args.crop[1] for width, height in sizes_of(train_pairs))
+        if smaller:
+            say(f"note: {smaller} of the {len(train_pairs)} training images are smaller than --crop "
+                f"{shown(args.crop)} after --scale on at least one side: their windows are padded (ignored "
+                "pixels, computed all the same)", file=sys.stderr)
     if order.sizes is not None and args.batch_size > 1:
         shared = (f" (up to {order.shared_batches} of the {order.batches_per_epoch} batches per epoch hold the images "
                   "left over, padded to the largest; the padding counts in no loss or score)"

@@ -568,7 +568,7 @@ def test_crop_trains_on_windows_of_one_size_validates_whole_images_and_is_kept_o
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     import train
 
-    write_carvana_like(tmp_path, 6)  # 96x64 images
+    write_carvana_like(tmp_path, 6, size=(96, 64))
     write_cells(tmp_path / "cells", 2)  # and two smaller ones, 48x32 and 36x40, padded to the window
     for path in (tmp_path / "cells" / "imgs").iterdir():
         Image.open(path).convert("RGB").save(tmp_path / "imgs" / path.name)
@@ -586,6 +586,10 @@ def test_crop_trains_on_windows_of_one_size_validates_whole_images_and_is_kept_o
     result = train.main(train.get_args_parser().parse_args([*flags, "--epochs", "1", "--crop", "64x48"]))
     output = capsys.readouterr()
     assert "batch 2 of 64x48 crops" in output.out and "sizes: batched by size" not in output.out
+    held_out = load_checkpoint(tmp_path / "run" / "last.pth")["validation_images"]
+    small = sum(name not in held_out for name in ("cell0", "cell1"))
+    assert (f"note: {small} of the 6 training images are smaller than --crop 64x48 after --scale on at least one "
+            "side" in output.err) == (small > 0)
     assert shapes == [(48, 64)] * 3 and result["history"][-1]["val_dice"] is not None  # 6 training images
 
     result = train.main(train.get_args_parser().parse_args([*flags, "--epochs", "2", "--resume", "auto",
