@@ -345,6 +345,14 @@ def keep_run_settings(args: argparse.Namespace, resumed: dict, resume_file: Path
     return lines
 
 
+def validation_batch_size(batch_size: int, crop: tuple[int, int] | None, largest_pixels: int) -> int:
+    """The training batch size; with --crop, as many whole images as hold the pixels of a batch of windows (at
+    least one), so that the validation batches fit in the memory the training batches do."""
+    if crop is None:
+        return batch_size
+    return max(1, min(batch_size, batch_size * crop[0] * crop[1] // largest_pixels))
+
+
 def shown(value: object) -> str:
     """A setting as it is typed: --crop (512, 384) as 512x384."""
     return "x".join(map(str, value)) if isinstance(value, tuple) else str(value)
@@ -613,25 +621,24 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     train_set = SegmentationDataset(train_pairs, **encoding, transform=train_augmentation(args.augment),
                                     skip_unreadable=True, crop=args.crop)
     val_set = SegmentationDataset(val_pairs[world.rank::world.size], **encoding)  # each process scores a shard
-    # One global shuffle per epoch, dealt round-robin (the union of the processes' batches is the batch a
-    # single process with world.size times the batch size would take), augmentation seeded per item; batches
-    # of one image size each where the sizes allow (utils/sampling.py).
+
     def sizes_of(pairs: list[Pair]) -> list[tuple[int, int]]:
         return [scaled_size(*data.sizes[pair.name], args.scale) for pair in pairs]  # as the model sees them
 
     train_sizes = [args.crop] * len(train_pairs) if args.crop else sizes_of(train_pairs)  # as the items come out
+    # One global shuffle per epoch, dealt round-robin (the union of the processes' batches is the batch a
+    # single process with world.size times the batch size would take), augmentation seeded per item; batches
+    # of one image size each where the sizes allow (utils/sampling.py).
     order = EpochOrder(len(train_set), args.batch_size, args.seed, world, sizes=train_sizes)
     # On a CPU, validation and the BatchNorm calibration decode in this process: a worker forked at the end of the
     # first epoch shares the trainer's gigabytes of heap copy-on-write, and the next epoch paid ~20% for the page
     # copies (measured).
     side_workers = 0 if device.type == "cpu" else workers
-    # Whole images: with --crop, as many per batch as hold the pixels of a training batch, each scored whole where
-    # it fits in memory and in tiles where not (predict.py's default).
-    val_sizes = sizes_of(val_pairs[world.rank::world.size])
-    val_batch_size = args.batch_size if not args.crop else max(1, min(
-        args.batch_size, args.batch_size * args.crop[0] * args.crop[1] // max(w * h for w, h in sizes_of(data.pairs))))
+    # With --crop, validation images are larger than the training windows: scored whole where they fit in memory
+    # and in tiles where not (predict.py's default).
     val_options = InferenceOptions(tile="auto") if args.crop else WHOLE_IMAGE
-    val_batches = same_size_batches(range(len(val_set)), val_sizes, val_batch_size)
+    val_batch_size = validation_batch_size(args.batch_size, args.crop, max(w * h for w, h in sizes_of(data.pairs)))
+    val_batches = same_size_batches(range(len(val_set)), sizes_of(val_pairs[world.rank::world.size]), val_batch_size)
     val_loader = BatchCache(make_loader(val_set, args.batch_size, device, min(side_workers, len(val_set)),
                                         batches=val_batches)) if val_pairs else None  # decoded once if it fits
     # The same few training images, augmented the same way, for each epoch's BatchNorm statistics (kept in memory

@@ -128,3 +128,13 @@ def test_class_counts_agree_with_numpy_whatever_the_method(method, n_classes):
     counts = class_counts(classes, n_classes, method)
     expected = [np.bincount(image.ravel(), minlength=n_classes) for image in classes.numpy()]
     assert counts.dtype == torch.int64 and counts.tolist() == [list(row) for row in expected]
+
+
+@pytest.mark.parametrize(("batch", "crop", "largest", "expected"), [
+    (4, None, 1918 * 1280, 4),  # whole images train and validate in the same batches
+    (16, (512, 512), 1024 * 1024, 4),  # a quarter of each image per window: 4 whole images hold the same pixels
+    (8, (512, 512), 1918 * 1280, 1),  # fewer pixels than one image: one at a time
+    (4, (512, 512), 256 * 256, 4),  # images smaller than the window: never more than the training batch
+])
+def test_validation_batches_with_crops_hold_the_pixels_of_a_training_batch(batch, crop, largest, expected) -> None:
+    assert train.validation_batch_size(batch, crop, largest) == expected
