@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import Subset
+from torch.utils.data import Dataset, Subset
 from tqdm import tqdm
 
 from evaluate import evaluate
@@ -79,7 +79,7 @@ from utils.mask_encoding import MaskValue, add_binarize_argument, binarize_thres
 from utils.nan_guard import NonFiniteGuard
 from utils.run_lock import RunLock
 from utils.run_log import WANDB_MODES, RunLog, default_wandb_mode
-from utils.sampling import EpochBatches, EpochOrder, SeededItems, same_size_batches
+from utils.sampling import EpochBatches, EpochOrder, RepeatedItems, SeededItems, same_size_batches
 from utils.signals import GracefulStop
 
 DEFAULT_AUGMENT = "light"  # chosen by the held-out Dice measured in the README
@@ -137,6 +137,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                            "full resolution at the memory of the window (images smaller than it are padded, the "
                            "padding left out of the loss). Validation scores whole images, in tiles where they do "
                            "not fit in memory (default: whole images)")
+    data.add_argument("--crops-per-image", type=int, default=1, metavar="K",
+                      help="with --crop, K windows of each image per epoch, for data sets of a few large images "
+                           "(each window decodes its image again; default: %(default)s)")
     data.add_argument("--workers", type=int, default=None,
                       help="data loading processes per training process (default: all cores but one, at most "
                            "16, with a GPU; one per 8 cores on a CPU)")
@@ -212,10 +215,14 @@ def check_args(args: argparse.Namespace) -> None:
         ("--seed", args.seed, args.seed >= 0),
         ("--batchnorm-images", args.batchnorm_images, args.batchnorm_images >= 0),
         ("--binarize", args.binarize, args.binarize is None or args.binarize >= 0),
+        ("--crops-per-image", args.crops_per_image, args.crops_per_image >= 1),
     ):
         if not ok:
             raise UserError(f"{flag} {value} is out of range: see python train.py --help")
     parse_save_every(args.save_every)
+    if args.crops_per_image > 1 and args.crop is None:
+        raise UserError(f"--crops-per-image {args.crops_per_image} needs --crop (e.g. --crop 512): without it every "
+                        "pass over an image sees all of it")
 
 
 def parse_save_every(text: str | None) -> tuple[int | None, float | None]:
@@ -330,7 +337,8 @@ def keep_run_settings(args: argparse.Namespace, resumed: dict, resume_file: Path
     kept = {"classes": architecture["n_classes"], "channels": architecture["n_channels"],
             "bilinear": architecture["bilinear"], "scale": resumed.get("scale", args.scale),
             **{name: saved_args.get(name, getattr(args, name))
-               for name in ("binarize", "ignore_index", "class_weights", "batch_size", "validation", "crop")}}
+               for name in ("binarize", "ignore_index", "class_weights", "batch_size", "validation", "crop",
+                            "crops_per_image")}}
     kept["binarize"] = binarize_threshold(kept["binarize"])  # older checkpoints stored True/False
     kept["crop"] = tuple(kept["crop"]) if kept["crop"] is not None else None
     parser = get_args_parser()
@@ -618,14 +626,16 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
                           f"every node needs the same files in {args.imgs} and {args.masks}")
     encoding = {"mask_values": mask_values, "scale": args.scale, "channels": args.channels,
                 "binarize": args.binarize, "ignore_value": args.ignore_index}
-    train_set = SegmentationDataset(train_pairs, **encoding, transform=train_augmentation(args.augment),
-                                    skip_unreadable=True, crop=args.crop)
+    train_set: Dataset = SegmentationDataset(train_pairs, **encoding, transform=train_augmentation(args.augment),
+                                             skip_unreadable=True, crop=args.crop)
+    if args.crops_per_image > 1:
+        train_set = RepeatedItems(train_set, args.crops_per_image)
     val_set = SegmentationDataset(val_pairs[world.rank::world.size], **encoding)  # each process scores a shard
 
     def sizes_of(pairs: list[Pair]) -> list[tuple[int, int]]:
         return [scaled_size(*data.sizes[pair.name], args.scale) for pair in pairs]  # as the model sees them
 
-    train_sizes = [args.crop] * len(train_pairs) if args.crop else sizes_of(train_pairs)  # as the items come out
+    train_sizes = [args.crop] * len(train_set) if args.crop else sizes_of(train_pairs)  # as the items come out
     # One global shuffle per epoch, dealt round-robin (the union of the processes' batches is the batch a
     # single process with world.size times the batch size would take), augmentation seeded per item; batches
     # of one image size each where the sizes allow (utils/sampling.py).
@@ -679,7 +689,7 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
         restore_rng_state(resumed["rng"])
         start_epoch, step, best_dice = resumed["epoch"] + 1, resumed["step"], resumed["best_dice"]
         skip_batches = resumed.get("epoch_batches", 0)  # saved in the middle of an epoch (--save-every, a signal)
-        if skip_batches and resumed.get("training_images", len(train_set)) != len(train_set):
+        if skip_batches and resumed.get("training_images", len(train_pairs)) != len(train_pairs):
             say(f"note: the training set changed size, so epoch {start_epoch} starts over instead of going on "
                 f"after batch {skip_batches}", file=sys.stderr)
             skip_batches = 0  # the epoch's order is a shuffle of the old set: its first batches are not these
@@ -705,9 +715,10 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
         training_model = compile_model(training_model, args.compile)
 
     processes = f" x {world.size} processes" if world.distributed else ""
-    say(f"{len(train_set)} training and {len(val_pairs)} validation images from {args.imgs}, scale {args.scale}, "
+    say(f"{len(train_pairs)} training and {len(val_pairs)} validation images from {args.imgs}, scale {args.scale}, "
         f"mask values {mask_values}, {args.classes} classes, {precision.name} on {device}{processes}, "
         f"batch {args.batch_size}" + (f" of {shown(args.crop)} crops" if args.crop else "")
+        + (f" ({args.crops_per_image} per image and epoch)" if args.crops_per_image > 1 else "")
         + f", {workers} loader workers" + (", compiled" if compiled else ""))
     if args.crop:
         smaller = sum(width < args.crop[0] or height < args.crop[1] for width, height in sizes_of(train_pairs))

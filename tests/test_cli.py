@@ -596,3 +596,26 @@ def test_crop_trains_on_windows_of_one_size_validates_whole_images_and_is_kept_o
                                                             "--crop", "128"]))
     assert "continues with --crop 64x48; --crop 128x128 is ignored" in capsys.readouterr().err
     assert shapes == [(48, 64)] * 6 and load_checkpoint(tmp_path / "run" / "last.pth")["args"]["crop"] == [64, 48]
+
+
+def test_crops_per_image_cuts_that_many_windows_of_each_image_per_epoch(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import train
+
+    write_carvana_like(tmp_path, 4, size=(96, 64))
+    real_step, windows = train.train_step, []
+
+    def recording_step(model, images, masks, *args, **kwargs):
+        windows.extend(image.clone() for image in images)
+        return real_step(model, images, masks, *args, **kwargs)
+
+    monkeypatch.setattr(train, "train_step", recording_step)
+    flags = ["--imgs", str(tmp_path / "imgs"), "--masks", str(tmp_path / "masks"), "--validation", "0",
+             "--checkpoint-dir", str(tmp_path / "run"), *TRAIN_FLAGS, "--batch-size", "2", "--epochs", "1",
+             "--crop", "32", "--augment", "none"]
+    result = train.main(train.get_args_parser().parse_args([*flags, "--crops-per-image", "3"]))
+    assert result["step"] == 6 and len(windows) == 12  # 4 images x 3 windows, batches of 2
+    assert len({window.numpy().tobytes() for window in windows}) == 12  # each a different window
+
+    with pytest.raises(UserError, match="--crops-per-image 3 needs --crop"):
+        train.main(train.get_args_parser().parse_args([*flags[:-4], "--crops-per-image", "3"]))

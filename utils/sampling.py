@@ -150,6 +150,20 @@ class EpochBatches(Sampler[list[tuple[int, int]]]):
         return sum(self.batches_in(epoch) for epoch in range(self.first_epoch, self.last_epoch + 1))
 
 
+class RepeatedItems(Dataset):
+    """Every item `times` times over: item i is dataset[i % len(dataset)], so one epoch's shuffle takes each image
+    `times` times, each with its own augmentation seed (train.py --crops-per-image: that many windows)."""
+
+    def __init__(self, dataset: Dataset, times: int):
+        self.dataset, self.times = dataset, times
+
+    def __len__(self) -> int:
+        return len(self.dataset) * self.times  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> dict:
+        return self.dataset[index % len(self.dataset)]  # type: ignore[arg-type]
+
+
 class SeededItems(Dataset):
     """dataset[index] drawn with torch's random generator seeded for the item (the key is (index, seed)).
 
