@@ -83,6 +83,9 @@ from utils.sampling import EpochBatches, EpochOrder, RepeatedItems, SeededItems,
 from utils.signals import GracefulStop
 
 DEFAULT_AUGMENT = "light"  # chosen by the held-out Dice measured in the README
+# Share of --crop windows centred on an object: nnU-Net's 1/3; measured here (README): +0.034 held-out Dice on
+# small objects, no change on large ones.
+DEFAULT_CROP_FOREGROUND = 0.33
 # Training memory per input pixel and image (saved activations + backward transients), measured with
 # saved-tensor hooks on the CPU: 6.5 KB fp32 and 3.4 KB bf16 saved; activation checkpointing keeps ~4%.
 BYTES_PER_PIXEL = {"fp32": 8500, "half": 4500, "checkpointed": 1200}
@@ -137,6 +140,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                            "full resolution at the memory of the window (images smaller than it are padded, the "
                            "padding left out of the loss). Validation scores whole images, in tiles where they do "
                            "not fit in memory (default: whole images)")
+    data.add_argument("--crop-foreground", type=float, default=DEFAULT_CROP_FOREGROUND, metavar="P",
+                      help="with --crop, the share of windows centred on a pixel of an object (a random class other "
+                           "than the background, then a random pixel of it) instead of anywhere, so that small or "
+                           "rare objects are seen (default: %(default)s; see README)")
     data.add_argument("--crops-per-image", type=int, default=1, metavar="K",
                       help="with --crop, K windows of each image per epoch, for data sets of a few large images "
                            "(each window decodes its image again; default: %(default)s)")
@@ -216,13 +223,15 @@ def check_args(args: argparse.Namespace) -> None:
         ("--batchnorm-images", args.batchnorm_images, args.batchnorm_images >= 0),
         ("--binarize", args.binarize, args.binarize is None or args.binarize >= 0),
         ("--crops-per-image", args.crops_per_image, args.crops_per_image >= 1),
+        ("--crop-foreground", args.crop_foreground, 0 <= args.crop_foreground <= 1),
     ):
         if not ok:
             raise UserError(f"{flag} {value} is out of range: see python train.py --help")
     parse_save_every(args.save_every)
-    if args.crops_per_image > 1 and args.crop is None:
-        raise UserError(f"--crops-per-image {args.crops_per_image} needs --crop (e.g. --crop 512): without it every "
-                        "pass over an image sees all of it")
+    for flag, value, default in (("--crops-per-image", args.crops_per_image, 1),
+                                 ("--crop-foreground", args.crop_foreground, DEFAULT_CROP_FOREGROUND)):
+        if value != default and args.crop is None:
+            raise UserError(f"{flag} {value} needs --crop (e.g. --crop 512): without it every image is seen whole")
 
 
 def parse_save_every(text: str | None) -> tuple[int | None, float | None]:
@@ -627,7 +636,8 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     encoding = {"mask_values": mask_values, "scale": args.scale, "channels": args.channels,
                 "binarize": args.binarize, "ignore_value": args.ignore_index}
     train_set: Dataset = SegmentationDataset(train_pairs, **encoding, transform=train_augmentation(args.augment),
-                                             skip_unreadable=True, crop=args.crop)
+                                             skip_unreadable=True, crop=args.crop,
+                                             crop_foreground=args.crop_foreground)
     if args.crops_per_image > 1:
         train_set = RepeatedItems(train_set, args.crops_per_image)
     val_set = SegmentationDataset(val_pairs[world.rank::world.size], **encoding)  # each process scores a shard

@@ -612,10 +612,12 @@ def test_crops_per_image_cuts_that_many_windows_of_each_image_per_epoch(
     monkeypatch.setattr(train, "train_step", recording_step)
     flags = ["--imgs", str(tmp_path / "imgs"), "--masks", str(tmp_path / "masks"), "--validation", "0",
              "--checkpoint-dir", str(tmp_path / "run"), *TRAIN_FLAGS, "--batch-size", "2", "--epochs", "1",
-             "--crop", "32", "--augment", "none"]
-    result = train.main(train.get_args_parser().parse_args([*flags, "--crops-per-image", "3"]))
+             "--augment", "none"]
+    crop = ["--crop", "32", "--crop-foreground", "0"]  # windows anywhere: no two alike
+    result = train.main(train.get_args_parser().parse_args([*flags, *crop, "--crops-per-image", "3"]))
     assert result["step"] == 6 and len(windows) == 12  # 4 images x 3 windows, batches of 2
     assert len({window.numpy().tobytes() for window in windows}) == 12  # each a different window
 
-    with pytest.raises(UserError, match="--crops-per-image 3 needs --crop"):
-        train.main(train.get_args_parser().parse_args([*flags[:-4], "--crops-per-image", "3"]))
+    for flag, value in (("--crops-per-image", "3"), ("--crop-foreground", "0.5")):
+        with pytest.raises(UserError, match=f"{flag} {value} needs --crop"):
+            train.main(train.get_args_parser().parse_args([*flags, flag, value]))

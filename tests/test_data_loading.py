@@ -497,3 +497,46 @@ def test_crops_cut_the_same_window_of_image_and_mask_at_random_and_pad_small_ima
     assert torch.equal(small["image"][:, :40, :50], whole["image"]) and (small["image"][:, 40:] == 0).all()
     assert torch.equal(small["mask"][:40, :50], whole["mask"])
     assert (small["mask"][40:] == IGNORE_CLASS).all() and (small["mask"][:, 50:] == IGNORE_CLASS).all()
+
+
+def test_a_foreground_pixel_is_one_of_a_random_class_present_and_none_without_objects():
+    from utils.data_loading import foreground_pixel
+    from utils.mask_encoding import IGNORE_CLASS
+
+    classes = np.zeros((20, 30), np.int8)
+    classes[2:18, 2:28] = 1  # a large object of class 1
+    classes[5, 7] = 2  # and one pixel of class 2
+    classes[0, :] = IGNORE_CLASS
+    picks = []
+    for seed in range(40):
+        torch.manual_seed(seed)
+        picks.append(foreground_pixel(classes))
+    assert all(classes[row, col] in (1, 2) for row, col in picks)
+    assert 10 < picks.count((5, 7)) < 30  # a class first: the lone pixel is found about half the time
+    assert foreground_pixel(np.where(classes > 0, 0, classes)) is None  # background and ignored pixels only
+
+
+@pytest.mark.parametrize(("centre", "expected"), [
+    ((40, 50), (slice(16, 64), slice(18, 82))),  # centred
+    ((2, 3), (slice(0, 48), slice(0, 64))),  # moved inside at the top left
+    ((79, 111), (slice(32, 80), slice(48, 112))),  # and at the bottom right
+])
+def test_a_window_around_a_pixel_is_centred_on_it_but_stays_inside_the_image(centre, expected):
+    from utils.data_loading import crop_window
+
+    assert crop_window(80, 112, (64, 48), centre) == expected
+    assert crop_window(30, 40, (64, 48), centre) == (slice(0, 48), slice(0, 64))  # smaller image: all of it
+
+
+def test_windows_around_objects_hold_foreground(tmp_path):
+    from utils.sampling import SeededItems
+
+    mask = np.zeros((128, 160), np.uint8)
+    mask[100:104, 140:144] = 1  # one small object in a corner
+    write_image(tmp_path / "imgs" / "a.png", random_rgb(0, 128, 160))
+    write_image(tmp_path / "masks" / "a.png", mask)
+    pairs = list_pairs(tmp_path / "imgs", tmp_path / "masks")
+    anywhere, around = (SeededItems(SegmentationDataset(pairs, [0, 1], crop=(32, 32), crop_foreground=share))
+                        for share in (0.0, 1.0))
+    assert all((around[(0, seed)]["mask"] == 1).sum() == 16 for seed in range(10))  # the whole object, every time
+    assert sum(bool((anywhere[(0, seed)]["mask"] == 1).any()) for seed in range(10)) < 5

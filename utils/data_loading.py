@@ -382,13 +382,33 @@ def parse_crop(text: str) -> tuple[int, int]:
     return sides[0], sides[1]
 
 
-def crop_window(height: int, width: int, size: tuple[int, int]) -> tuple[slice, slice]:
-    """Rows and columns of a (width, height) = size window at a uniformly random place in a height x width image
-    (all of a side shorter than the window), from torch's generator: seeded per item in training."""
+def crop_window(height: int, width: int, size: tuple[int, int],
+                centre: tuple[int, int] | None = None) -> tuple[slice, slice]:
+    """Rows and columns of a (width, height) = size window in a height x width image (all of a side shorter than
+    the window): around centre = (row, column), moved inside the image, or at a uniformly random place, from
+    torch's generator (seeded per item in training)."""
     crop_width, crop_height = size
-    top = int(torch.randint(max(height - crop_height, 0) + 1, ()))
-    left = int(torch.randint(max(width - crop_width, 0) + 1, ()))
+    if centre is None:
+        top = int(torch.randint(max(height - crop_height, 0) + 1, ()))
+        left = int(torch.randint(max(width - crop_width, 0) + 1, ()))
+    else:
+        top = min(max(centre[0] - crop_height // 2, 0), max(height - crop_height, 0))
+        left = min(max(centre[1] - crop_width // 2, 0), max(width - crop_width, 0))
     return slice(top, top + crop_height), slice(left, left + crop_width)
+
+
+def foreground_pixel(class_indices: np.ndarray) -> tuple[int, int] | None:
+    """(row, column) of a random pixel of a random class other than the background (0) present in the mask, from
+    torch's generator; None when there is none. A class first, so that small objects are found as often as large
+    ones of another class."""
+    counts = np.bincount(class_indices.ravel().astype(np.int64) - IGNORE_CLASS)  # IGNORE_CLASS (-1) -> 0
+    present = [index + IGNORE_CLASS for index, count in enumerate(counts) if count and index + IGNORE_CLASS > 0]
+    if not present:
+        return None
+    chosen = present[int(torch.randint(len(present), ()))]
+    rows, cols = np.nonzero(class_indices == chosen)
+    pick = int(torch.randint(len(rows), ()))
+    return int(rows[pick]), int(cols[pick])
 
 
 def check_model_input_size(width: int, height: int, scale: float, source: Path | str) -> None:
@@ -459,7 +479,8 @@ class SegmentationDataset(Dataset):
 
     scale_masks=False keeps masks at native resolution (for evaluation against the original masks).
     crop=(width, height): a random window of that size of each scaled item (crop_window), for training; an
-    item smaller than it is padded at the bottom and right, the mask with IGNORE_CLASS (no loss there).
+    item smaller than it is padded at the bottom and right, the mask with IGNORE_CLASS (no loss there). With
+    probability crop_foreground the window is centred on a pixel of an object (foreground_pixel) instead.
     transform(image, mask) -> (image, mask) is the augmentation, applied after scaling and cropping.
     skip_unreadable: a file that fails to decode mid-epoch yields {"skipped": reason} instead of stopping
     the run (collate_skipping drops it from the batch and reports it).
@@ -477,6 +498,7 @@ class SegmentationDataset(Dataset):
         transform: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
         skip_unreadable: bool = False,
         crop: tuple[int, int] | None = None,
+        crop_foreground: float = 0.0,
     ):
         if crop is not None and not scale_masks:
             raise ValueError("crop needs scale_masks: the window is cut from the image and its mask at one size")
@@ -491,7 +513,7 @@ class SegmentationDataset(Dataset):
         self.ignore_value = ignore_value
         self.transform = transform
         self.skip_unreadable = skip_unreadable
-        self.crop = crop
+        self.crop, self.crop_foreground = crop, crop_foreground
         self.mask_dtype = class_index_dtype(max(len(mask_values), 2))
 
     def __len__(self) -> int:
@@ -513,10 +535,10 @@ class SegmentationDataset(Dataset):
             )
         if self.scale_masks and self.scale != 1.0:
             mask = resize_nearest(mask, (image_tensor.shape[-1], image_tensor.shape[-2]))
-        if self.crop is not None:  # before encoding: only the window's pixels are looked up
-            rows, cols = crop_window(height=image_tensor.shape[-2], width=image_tensor.shape[-1], size=self.crop)
-            image_tensor, mask = image_tensor[:, rows, cols].clone(), np.ascontiguousarray(mask[rows, cols])
-        class_indices = encode_mask(mask, self.mask_values, pair.mask, self.binarize, self.ignore_value)
+        if self.crop is not None:
+            image_tensor, class_indices = self._cut_window(image_tensor, mask, pair)
+        else:
+            class_indices = self._encode(mask, pair)
         mask_tensor = torch.from_numpy(class_indices).long()
         if self.crop is not None:
             crop_width, crop_height = self.crop
@@ -525,6 +547,21 @@ class SegmentationDataset(Dataset):
         if self.transform is not None:
             image_tensor, mask_tensor = self.transform(image_tensor, mask_tensor)
         return {"image": image_tensor, "mask": mask_tensor.to(self.mask_dtype), "name": pair.name}
+
+
+    def _encode(self, mask: np.ndarray, pair: Pair) -> np.ndarray:
+        return encode_mask(mask, self.mask_values, pair.mask, self.binarize, self.ignore_value)
+
+    def _cut_window(self, image: torch.Tensor, mask: np.ndarray, pair: Pair) -> tuple[torch.Tensor, np.ndarray]:
+        """The crop window of the image and its class indices. Anywhere: only the window's mask pixels are
+        encoded. Around an object (probability crop_foreground): the whole mask is encoded to find one."""
+        height, width = image.shape[-2:]
+        if self.crop_foreground > 0 and float(torch.rand(())) < self.crop_foreground:
+            classes = self._encode(mask, pair)
+            rows, cols = crop_window(height, width, self.crop, foreground_pixel(classes))
+            return image[:, rows, cols].clone(), np.ascontiguousarray(classes[rows, cols])
+        rows, cols = crop_window(height, width, self.crop)
+        return image[:, rows, cols].clone(), self._encode(np.ascontiguousarray(mask[rows, cols]), pair)
 
 
 class ImageFiles(Dataset):
