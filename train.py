@@ -732,6 +732,9 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
         + f", {workers} loader workers" + (", compiled" if compiled else ""))
     if args.crop:
         smaller = sum(width < args.crop[0] or height < args.crop[1] for width, height in sizes_of(train_pairs))
+        if args.batchnorm_images:
+            say("note: --batchnorm-images recomputes BatchNorm's statistics on --crop windows, which scored far "
+                "below the running averages on whole held-out images (README, crops around objects)", file=sys.stderr)
         if smaller:
             say(f"note: {smaller} of the {len(train_pairs)} training images are smaller than --crop "
                 f"{shown(args.crop)} after --scale on at least one side: their windows are padded (ignored "

@@ -599,7 +599,7 @@ def test_crop_trains_on_windows_of_one_size_validates_whole_images_and_is_kept_o
 
 
 def test_crops_per_image_cuts_that_many_windows_of_each_image_per_epoch(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     import train
 
     write_carvana_like(tmp_path, 4, size=(96, 64))
@@ -616,8 +616,12 @@ def test_crops_per_image_cuts_that_many_windows_of_each_image_per_epoch(
     crop = ["--crop", "32", "--crop-foreground", "0"]  # windows anywhere: no two alike
     result = train.main(train.get_args_parser().parse_args([*flags, *crop, "--crops-per-image", "3"]))
     assert result["step"] == 6 and len(windows) == 12  # 4 images x 3 windows, batches of 2
+    assert "--batchnorm-images" not in capsys.readouterr().err
     assert len({window.numpy().tobytes() for window in windows}) == 12  # each a different window
 
+    train.main(train.get_args_parser().parse_args([*flags, *crop, "--batchnorm-images", "2",
+                                                   "--checkpoint-dir", str(tmp_path / "calibrated")]))
+    assert "note: --batchnorm-images recomputes BatchNorm's statistics on --crop windows" in capsys.readouterr().err
     for flag, value in (("--crops-per-image", "3"), ("--crop-foreground", "0.5")):
         with pytest.raises(UserError, match=f"{flag} {value} needs --crop"):
             train.main(train.get_args_parser().parse_args([*flags, flag, value]))
