@@ -617,9 +617,9 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     class_weights = parse_class_weights(args.class_weights, args.classes, data.class_pixels)
     if class_weights is not None:
         class_weights = class_weights.to(device)
+    largest = scaled_size(*max(data.image_sizes, key=lambda size: size[0] * size[1]), args.scale)
     if args.batch_size is None:
-        width, height = max(data.image_sizes, key=lambda size: size[0] * size[1])
-        scaled_width, scaled_height = args.crop or scaled_size(width, height, args.scale)
+        scaled_width, scaled_height = args.crop or largest
         args.batch_size = smallest_everywhere(  # GPUs with different free memory still step the same batches
             default_batch_size(device, precision, scaled_width * scaled_height, args.checkpointing), world, device)
     if resumed is not None:
@@ -657,7 +657,7 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     # With --crop, validation images are larger than the training windows: scored whole where they fit in memory
     # and in tiles where not (predict.py's default).
     val_options = InferenceOptions(tile="auto") if args.crop else WHOLE_IMAGE
-    val_batch_size = validation_batch_size(args.batch_size, args.crop, max(w * h for w, h in sizes_of(data.pairs)))
+    val_batch_size = validation_batch_size(args.batch_size, args.crop, largest[0] * largest[1])
     val_batches = same_size_batches(range(len(val_set)), sizes_of(val_pairs[world.rank::world.size]), val_batch_size)
     val_loader = BatchCache(make_loader(val_set, args.batch_size, device, min(side_workers, len(val_set)),
                                         batches=val_batches)) if val_pairs else None  # decoded once if it fits
