@@ -548,7 +548,6 @@ class SegmentationDataset(Dataset):
             image_tensor, mask_tensor = self.transform(image_tensor, mask_tensor)
         return {"image": image_tensor, "mask": mask_tensor.to(self.mask_dtype), "name": pair.name}
 
-
     def _encode(self, mask: np.ndarray, pair: Pair) -> np.ndarray:
         return encode_mask(mask, self.mask_values, pair.mask, self.binarize, self.ignore_value)
 
