@@ -59,8 +59,8 @@ class EpochOrder:
     processes with its first items) cut into global batches of batch_size x processes, each dealt round-robin,
     so the processes' batches together are the batch a single process with world.size times the batch size
     takes. With one image size (or `sizes` not given) this is exactly DistributedSampler's order. With several,
-    each global batch holds one size (those left over share the last ones, padded) and the global batches are
-    shuffled.
+    each global batch holds one size, but for those of the images left over (batches_by_size), and the global
+    batches are shuffled.
     """
 
     def __init__(self, size: int, batch_size: int, seed: int, world: World,
