@@ -46,6 +46,8 @@ row "train.py --compile off" bench/train_speed.py --count 320 --scale 0.5 --epoc
 row "reference --amp b8" bench/train_speed.py --count 320 --scale 0.5 --epochs 2 --recipe reference --amp --batch-size 8
 # The model alone: the ceiling beside the end-to-end figures.
 row "model bf16 b16 compiled" bench/train_speed.py --model-only --scale 0.5 --batch-size 16 --compile on
+# Full resolution in 512x512 windows (--crop): images/s and memory of a run that does not downscale.
+row "train.py --crop 512 scale 1" bench/train_speed.py --count 320 --scale 1 --crop 512 --epochs 2 --compile off
 fi
 
 if [[ $PART == all || $PART == predict ]]; then
