@@ -192,11 +192,15 @@ class DataCheck:
     empty_masks: list[str] = field(default_factory=list)
     blurred_masks: list[str] = field(default_factory=list)  # JPEG masks with more than two values
     blurred_top: int = 0  # the largest value (or colour channel) in them, before --binarize
-    image_sizes: Counter = field(default_factory=Counter)
     sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # per usable pair's name: (width, height)
     image_channels: Counter = field(default_factory=Counter)
     encodings: Counter = field(default_factory=Counter)
     palette: list[int] | None = None
+
+    @property
+    def image_sizes(self) -> Counter:
+        """(width, height) -> number of usable images of that size."""
+        return Counter(self.sizes.values())
 
     @property
     def problems(self) -> bool:
@@ -265,8 +269,9 @@ class DataCheck:
     def report(self) -> str:
         lines = [f"data check: {len(self.pairs)} usable pairs in {self.imgs} + {self.masks} "
                  f"(mask suffix {self.mask_suffix!r})"]
-        sizes = ", ".join(f"{w}x{h} ({n})" for (w, h), n in self.image_sizes.most_common(3))
-        more = f" and {len(self.image_sizes) - 3} more sizes" if len(self.image_sizes) > 3 else ""
+        image_sizes = self.image_sizes
+        sizes = ", ".join(f"{w}x{h} ({n})" for (w, h), n in image_sizes.most_common(3))
+        more = f" and {len(image_sizes) - 3} more sizes" if len(image_sizes) > 3 else ""
         channels = ", ".join(f"{_channel_name(c)} ({n})" for c, n in sorted(self.image_channels.items()))
         lines.append(f"  images: {sizes}{more}; {channels}")
         encodings = ", ".join(f"{name} ({n})" for name, n in self.encodings.most_common())
@@ -343,7 +348,6 @@ def check_dataset(
             check.size_mismatches.append(message)
             continue
         usable.append((pair, mask))
-        check.image_sizes[(image["width"], image["height"])] += 1
         check.sizes[pair.name] = (image["width"], image["height"])
         check.image_channels[image["channels"]] += 1
         check.encodings[mask["encoding"]] += 1
