@@ -8,8 +8,9 @@
 # one would lift the model's own ceiling (127.6 images/s on an H100, below the 150 target).
 # "next" (~9-10 min, for one call of a 15-minute lease, timeout_s 600): what the latest code has not been measured
 # with yet, most important first, so that a run cut short still answers the main questions: the CUDA tests,
-# train.py and predict.py end to end, the per-mask costs on the GPU, then the model-only variants of "explore"
-# (batch 32 and CUDA graphs left out: a step of ~125 ms hides launch overheads). The table is also in $OUT/gpu_table.md, row by row, should the call be cut.
+# train.py end to end, the model's step profiled by kind of kernel (bench/step_profile.py), predict.py end to end,
+# the per-mask costs on the GPU, then the model-only variants of "explore" (batch 32 and CUDA graphs left out: a
+# step of ~125 ms hides launch overheads). The table is also in $OUT/gpu_table.md, row by row, should the call be cut.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PART=${1:-all}
@@ -65,6 +66,10 @@ fi
 if [[ $PART == next ]]; then
 # --compile on: 864 training images are fewer than auto compiles for (15,000); the warm-up epoch is left out
 row "train.py defaults, compiled" bench/train_speed.py --count 320 --scale 0.5 --epochs 3 --compile on
+# The model's step (the "model bf16 b16 compiled" row's images/s) and where its kernels' time goes: can anything
+# but faster convolutions reach 150 images/s? The Chrome trace comes back in $OUT.
+row "step profile bf16 b16 compiled" bench/step_profile.py --scale 0.5 --batch-size 16 --compile on --steps 6 \
+    --trace "$OUT/step_trace.json"
 # 3200 images: even with the compiler's cache warm, a compiled start traces the model again (seconds), which a
 # real folder (Carvana's test set: 100,064 images) amortises.
 row "predict.py compiled" bench/predict_speed.py --count 3200 --files 320 --reference-count 8 -- --compile on
@@ -74,7 +79,8 @@ row "predict.py cudnn.benchmark" bench/predict_speed.py --count 3200 --files 320
 fi
 
 if [[ $PART == explore || $PART == next ]]; then
-row "model bf16 b16 compiled" bench/train_speed.py --model-only --scale 0.5 --batch-size 16 --compile on
+[[ $PART == explore ]] && row "model bf16 b16 compiled" bench/train_speed.py --model-only --scale 0.5 \
+    --batch-size 16 --compile on
 # 960x640: every level halves evenly, so no up-step pads (959 is odd)
 row "model 960x640 b16" bench/train_speed.py --model-only --scale 0.5 --width 1920 --batch-size 16 --compile on
 [[ $PART == explore ]] && row "model b32" bench/train_speed.py --model-only --scale 0.5 --batch-size 32 --compile on

@@ -18,6 +18,7 @@ import resource
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -78,8 +79,11 @@ def run_reference(args: argparse.Namespace, imgs: Path, masks: Path, run_dir: Pa
             for row in result["epochs"]]
 
 
-def run_model_only(args: argparse.Namespace) -> list[dict]:
-    """Forward, loss, backward and AdamW step on random tensors already on the device: the compute ceiling."""
+def model_only_step(args: argparse.Namespace) -> tuple[Callable[[], None], torch.device, int]:
+    """Forward, loss, backward and AdamW step on random tensors already on the device: the compute ceiling.
+
+    Returns the step, its device and its batch size; bench/step_profile.py profiles the same step.
+    """
     device = choose_device(args.device)
     precision = choose_precision(device, args.amp, args.precision)
     keep_freed_memory_on_cpu(device)
@@ -93,21 +97,46 @@ def run_model_only(args: argparse.Namespace) -> list[dict]:
     step_model = torch.compile(model, mode=args.compile_mode) if compiled else model
     images = torch.rand(batch, 3, height, width, device=device).contiguous(memory_format=memory_format(device))
     masks = torch.randint(0, 2, (batch, height, width), device=device)
+
+    def step() -> None:
+        if compiled:
+            torch.compiler.cudagraph_mark_step_begin()  # reduce-overhead: a new step may reuse graph outputs
+        with precision.autocast():
+            loss = segmentation_loss(step_model(images), masks)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step, device, batch
+
+
+def run_model_only(args: argparse.Namespace) -> list[dict]:
+    step, device, batch = model_only_step(args)
     rows = []
     for _ in range(args.epochs):
         started = time.perf_counter()
         for _ in range(args.steps):
-            if compiled:
-                torch.compiler.cudagraph_mark_step_begin()  # reduce-overhead: a new step may reuse graph outputs
-            with precision.autocast():
-                loss = segmentation_loss(step_model(images), masks)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         rows.append({"images_per_second": args.steps * batch / (time.perf_counter() - started), "data_wait": 0.0})
     return rows
+
+
+def add_step_arguments(parser: argparse.ArgumentParser) -> None:
+    """The input size, batch, precision and compilation of a step: here and in bench/step_profile.py."""
+    parser.add_argument("--width", type=int, default=1918, help="image width (default: %(default)s)")
+    parser.add_argument("--height", type=int, default=1280, help="image height (default: %(default)s)")
+    parser.add_argument("--scale", type=float, default=0.5, help="train.py --scale (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the recipe's own")
+    parser.add_argument("--precision", default="auto", help="train.py --precision (ours; default: %(default)s)")
+    parser.add_argument("--amp", action="store_true", help="train.py --amp, or the reference's --amp")
+    parser.add_argument("--compile", default="auto", help="train.py --compile (default: %(default)s)")
+    parser.add_argument("--compile-mode", default=None,
+                        help="--model-only: torch.compile's mode, e.g. max-autotune-no-cudagraphs or reduce-overhead "
+                             "(default: torch's own), to see whether train.py should offer one")
+    parser.add_argument("--checkpointing", action="store_true", help="train.py --checkpointing")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: CUDA if available)")
 
 
 def main() -> None:
@@ -119,22 +148,11 @@ def main() -> None:
                         help="--model-only: steps per timed round (default: %(default)s)")
     parser.add_argument("--data", type=Path, default=None, help="data folder (default: data/bench_carvana_...)")
     parser.add_argument("--count", type=int, default=320, help="synthetic image/mask pairs (default: %(default)s)")
-    parser.add_argument("--width", type=int, default=1918, help="image width (default: %(default)s)")
-    parser.add_argument("--height", type=int, default=1280, help="image height (default: %(default)s)")
-    parser.add_argument("--scale", type=float, default=0.5, help="train.py --scale (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=2, help="epochs, the first one warm-up (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=None, help="default: the recipe's own")
     parser.add_argument("--workers", type=int, default=None, help="default: the recipe's own")
-    parser.add_argument("--precision", default="auto", help="train.py --precision (ours; default: %(default)s)")
-    parser.add_argument("--amp", action="store_true", help="train.py --amp, or the reference's --amp")
-    parser.add_argument("--compile", default="auto", help="train.py --compile (default: %(default)s)")
-    parser.add_argument("--compile-mode", default=None,
-                        help="--model-only: torch.compile's mode, e.g. max-autotune-no-cudagraphs or reduce-overhead "
-                             "(default: torch's own), to see whether train.py should offer one")
     parser.add_argument("--augment", default=train.DEFAULT_AUGMENT, help="train.py --augment (default: %(default)s)")
-    parser.add_argument("--checkpointing", action="store_true", help="train.py --checkpointing")
     parser.add_argument("--crop", default=None, help="train.py --crop (ours)")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: CUDA if available)")
+    add_step_arguments(parser)
     args = parser.parse_args()
     if args.epochs < 2:
         parser.error("--epochs must be at least 2: the first epoch is warm-up")

@@ -1,0 +1,156 @@
+"""Where a training step's time goes: the model-only step of bench/train_speed.py, profiled kernel by kernel.
+
+    python bench/step_profile.py --scale 0.5 --batch-size 16 --compile on     # on a GPU: what gpu_check.sh runs
+    python bench/step_profile.py --scale 0.2 --batch-size 4 --device cpu      # on a CPU: aten operators instead
+
+The question it answers (issue 4): can the model's own step reach 150 images/s at 640x959 on an H100, or do its
+convolution kernels alone take longer than that allows? It times the step without the profiler, then records a
+few steps with torch.profiler and sums the time of every GPU kernel (on a CPU: every aten operator's own time)
+by kind: convolutions (cuDNN, CUTLASS, Triton templates), BatchNorm, kernels fused by torch.compile, layout
+conversions, the optimizer, copies, other. The convolutions' FLOPs come from torch.utils.flop_counter on a meta
+copy of the step, so their achieved TFLOP/s and the images/s the step would reach if nothing but the
+convolutions ran are printed too. The last line is a Markdown table row for bench/README.md.
+"""
+
+import argparse
+import re
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.train_speed import add_step_arguments, model_only_step, peak_memory  # noqa: E402
+from unet import UNet  # noqa: E402
+from utils.dice_score import segmentation_loss  # noqa: E402
+
+CONVOLUTIONS = "convolutions"
+# First match wins: a Triton kernel named after a fused BatchNorm is the compiler's, a cuDNN BatchNorm kernel is
+# not a convolution although cuDNN runs both.
+KERNEL_KINDS: tuple[tuple[str, str], ...] = (
+    (CONVOLUTIONS, r"triton_tem"),  # convolution/matmul templates (max-autotune)
+    ("fused by torch.compile (Triton)", r"triton"),
+    ("layout conversions", r"nchwtonhwc|nhwctonchw"),
+    ("optimizer", r"adam|multi_tensor"),
+    ("BatchNorm", r"batch_?norm|bn_(fw|bw)"),
+    (CONVOLUTIONS, r"xmma|gemm|implicit_convolve|cutlass|wgrad|dgrad|fprop|conv|splitk|winograd|cudnn_generated"),
+    ("copies and fills", r"memcpy|memset|copy|\bcat\b|catarray|fill|pad|clone|zero_"),
+)
+OTHER = "other elementwise and reductions"
+
+
+def kernel_kind(name: str) -> str:
+    """The kind of a GPU kernel or CPU operator, by its name."""
+    lowered = name.lower()
+    for kind, pattern in KERNEL_KINDS:
+        if re.search(pattern, lowered):
+            return kind
+    return OTHER
+
+
+def time_by_kind(timings: Iterable[tuple[str, float]]) -> dict[str, float]:
+    """Sum (name, microseconds) pairs by kind."""
+    totals: dict[str, float] = defaultdict(float)
+    for name, microseconds in timings:
+        totals[kernel_kind(name)] += microseconds
+    return dict(totals)
+
+
+def recorded_timings(prof: profile, device: torch.device) -> list[tuple[str, float]]:
+    """GPU kernels' times on CUDA; on a CPU, each operator's own time (its children's excluded)."""
+    if device.type == "cuda":
+        return [(event.name, event.time_range.elapsed_us()) for event in prof.events()
+                if event.device_type == DeviceType.CUDA]
+    return [(event.name, event.self_cpu_time_total) for event in prof.events() if event.device_type == DeviceType.CPU]
+
+
+def convolution_flops_per_image(args: argparse.Namespace) -> float:
+    """FLOPs of one image's forward and backward pass (convolutions: all the model's matrix work), counted on meta
+    tensors: shapes only, no memory and no compute."""
+    height, width = int(args.height * args.scale), int(args.width * args.scale)
+    model = UNet(3, 2).to("meta")
+    images = torch.empty(1, 3, height, width, device="meta")
+    masks = torch.zeros(1, height, width, dtype=torch.long, device="meta")
+    with FlopCounterMode(display=False) as counter:
+        segmentation_loss(model(images), masks).backward()
+    return float(counter.get_total_flops())
+
+
+def seconds_per_step(step: Callable[[], None], device: torch.device, steps: int) -> float:
+    def synchronize() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    synchronize()
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    synchronize()
+    return (time.perf_counter() - started) / steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Time of the model-only training step by kind of kernel.")
+    parser.add_argument("--warmup", type=int, default=3,
+                        help="untimed steps first (compilation, cuDNN's algorithm search; default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=5, help="steps timed without the profiler (default: %(default)s)")
+    parser.add_argument("--profiled-steps", type=int, default=2, help="steps recorded (default: %(default)s)")
+    parser.add_argument("--top", type=int, default=12, help="longest kernels listed by name (default: %(default)s)")
+    parser.add_argument("--trace", type=Path, default=None, help="also write a Chrome trace of the profiled steps")
+    add_step_arguments(parser)
+    args = parser.parse_args()
+
+    step, device, batch = model_only_step(args)
+    for _ in range(args.warmup):
+        step()
+    step_seconds = seconds_per_step(step, device, args.steps)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        profiled_seconds = seconds_per_step(step, device, args.profiled_steps)
+    if args.trace:
+        prof.export_chrome_trace(str(args.trace))
+
+    timings = recorded_timings(prof, device)
+    by_kind = time_by_kind(timings)
+    recorded_ms = sum(by_kind.values()) / 1000 / args.profiled_steps
+    flops = convolution_flops_per_image(args) * batch
+    conv_seconds = by_kind.get(CONVOLUTIONS, 0.0) / 1e6 / args.profiled_steps
+    unit = "kernel" if device.type == "cuda" else "operator"  # on a CPU, each operator's own time
+
+    per_name: dict[str, float] = defaultdict(float)
+    for name, microseconds in timings:
+        per_name[name] += microseconds
+    print(f"longest {args.top} of {len(per_name)} {unit} names, ms per step:")
+    for name, microseconds in sorted(per_name.items(), key=lambda item: -item[1])[: args.top]:
+        print(f"  {microseconds / 1000 / args.profiled_steps:9.2f}  {kernel_kind(name)[:12]:12}  {name[:110]}")
+    print(f"\n| {unit} kind | ms per step | share |")
+    print("|---|---|---|")
+    for kind, microseconds in sorted(by_kind.items(), key=lambda item: -item[1]):
+        ms = microseconds / 1000 / args.profiled_steps
+        print(f"| {kind} | {ms:.2f} | {ms / recorded_ms:.1%} |")
+    print(f"\nstep: {step_seconds * 1000:.1f} ms for {batch} images = {batch / step_seconds:.1f} images/s "
+          f"(profiled: {profiled_seconds * 1000:.1f} ms, {unit} time recorded: {recorded_ms:.1f} ms)")
+    print(f"FLOPs (convolutions, forward + backward): {flops / batch / 1e12:.3f} TFLOP per image")
+    profiled = "model only, profiled"
+    if conv_seconds > 0:
+        conv_only = (f"convolutions {conv_seconds * 1000:.1f} ms per step = {batch / conv_seconds:.1f} images/s "
+                     f"at {flops / conv_seconds / 1e12:.1f} TFLOP/s, {conv_seconds * 1000 / recorded_ms:.0%} "
+                     f"of {unit} time")
+        print(f"{conv_only}: the step's images/s if nothing but the convolutions took time")
+        profiled += f": {conv_only}"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    mode = f" ({args.compile_mode})" if args.compile_mode else ""
+    settings = (f"{int(args.width * args.scale)}x{int(args.height * args.scale)}, batch {batch}, precision "
+                f"{args.precision}{' --amp' if args.amp else ''}, compile {args.compile}{mode}")
+    print(f"| {profiled} | {name} | {settings} | {batch / step_seconds:.1f} | - | {peak_memory(device)} | "
+          f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')} |")
+
+if __name__ == "__main__":
+    main()
