@@ -6,11 +6,12 @@
 #   bash bench/gpu_check.sh [all|train|predict|explore|next]    # default all; log and table also go to $OUT
 # "explore" (not in "all", ~5 min): model-only training variants that train.py does not use yet, to see whether
 # one would lift the model's own ceiling (127.6 images/s on an H100, below the 150 target).
-# "next" (~9-10 min, for one call of a 15-minute lease, timeout_s 600): what the latest code has not been measured
+# "next" (~10 min, for one call of a 15-minute lease, timeout_s 600): what the latest code has not been measured
 # with yet, most important first, so that a run cut short still answers the main questions: the CUDA tests,
 # train.py end to end, the model's step profiled by kind of kernel (bench/step_profile.py), predict.py end to end,
-# the per-mask costs on the GPU, then the model-only variants of "explore" (batch 32 and CUDA graphs left out: a
-# step of ~125 ms hides launch overheads). The table is also in $OUT/gpu_table.md, row by row, should the call be cut.
+# the per-mask costs on the GPU, train.py at full resolution (the 6 GiB target), then the model-only variants of
+# "explore" (batch 32 and CUDA graphs left out: a step of ~125 ms hides launch overheads; max-autotune last, cut
+# at 150 s). The table is also in $OUT/gpu_table.md, row by row, should the call be cut.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PART=${1:-all}
@@ -43,6 +44,8 @@ if [[ $PART == all || $PART == train ]]; then
 row "train.py defaults, compiled" bench/train_speed.py --count 320 --scale 0.5 --epochs 3 --compile on
 # Full resolution at batch 1 with --amp and checkpointing: the 6 GiB target.
 row "full res b1 amp ckpt" bench/train_speed.py --model-only --scale 1 --batch-size 1 --amp --checkpointing --compile off
+row "train.py full res b1 amp ckpt" bench/train_speed.py --count 40 --scale 1 --batch-size 1 --amp --checkpointing \
+    --epochs 2 --compile off
 row "train.py --compile off" bench/train_speed.py --count 320 --scale 0.5 --epochs 3 --compile off
 row "reference --amp b8" bench/train_speed.py --count 320 --scale 0.5 --epochs 2 --recipe reference --amp --batch-size 8
 # The model alone: the ceiling beside the end-to-end figures.
@@ -76,6 +79,9 @@ row "predict.py compiled" bench/predict_speed.py --count 3200 --files 320 --refe
 timeout 60 "$PY" bench/mask_output_cost.py --device cuda --repeat 5 2>>"$LOG" | tee -a "$LOG"
 row "predict.py cudnn.benchmark" bench/predict_speed.py --count 3200 --files 320 --reference-count 0 \
     --cudnn-benchmark -- --compile on
+# The 6 GiB target with train.py itself (data, validation at full size, checkpoints), not the model alone.
+row "train.py full res b1 amp ckpt" bench/train_speed.py --count 40 --scale 1 --batch-size 1 --amp --checkpointing \
+    --epochs 2 --compile off
 fi
 
 if [[ $PART == explore || $PART == next ]]; then
