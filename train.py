@@ -36,6 +36,7 @@ from utils.checkpoint import (
     check_training_state,
     load_checkpoint,
     model_from_checkpoint,
+    remove_unfinished_saves,
     restore_rng_state,
     rng_state,
     unwrap_model,
@@ -566,9 +567,12 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     keep_freed_memory_on_cpu(device)
     if args.sync_batchnorm and device.type != "cuda":
         raise UserError("--sync-batchnorm needs CUDA GPUs (PyTorch syncs BatchNorm on GPUs only): leave it out on CPUs")
+    say = print if world.is_main else (lambda *_, **__: None)
     if world.is_main:
         check_writable(args.checkpoint_dir)
-    say = print if world.is_main else (lambda *_, **__: None)
+        for name, size in remove_unfinished_saves(args.checkpoint_dir):
+            say(f"removed {args.checkpoint_dir / name} ({size / 2**20:.0f} MiB): the unfinished save of a run killed "
+                "while writing it; the checkpoints themselves are intact", file=sys.stderr)
 
     resume_file = resume_path(args.resume, args.checkpoint_dir)
     resumed = load_checkpoint(resume_file) if resume_file else None

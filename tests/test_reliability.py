@@ -6,7 +6,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -43,29 +42,59 @@ def environment() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def saves_seen(path: Path, since: int | None) -> int | None:
-    """The inode of last.pth: every save renames a new file into place."""
-    try:
-        return path.stat().st_ino
-    except FileNotFoundError:
-        return since
+# train.py's command line in a real process that signals itself at a chosen point, so that where it dies is
+# decided by the test, not by timing: argv is WHEN N, then train.py's flags.
+#   mid-save N      SIGKILL with half of the checkpoint of step N written (its temporary file, before the rename)
+#   after-save N    SIGKILL as soon as the checkpoint of step N is in place
+#   sigterm-step N  SIGTERM to itself once the run's N-th training step has run, as `kill` or a scheduler sends it
+SIGNALLING_TRAIN = """
+import io, os, signal, sys
+import torch
+import train
+from utils import checkpoint
+from utils.errors import run_cli
+
+when, number = sys.argv[1], int(sys.argv[2])
+sys.argv = ["train.py", *sys.argv[3:]]
+
+if when == "mid-save":
+    real_save = torch.save
+    def save(payload, file, *args, **kwargs):
+        if payload.get("step") == number:
+            buffer = io.BytesIO()
+            real_save(payload, buffer)
+            file.write(buffer.getvalue()[: buffer.tell() // 2])
+            file.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        real_save(payload, file, *args, **kwargs)
+    checkpoint.torch.save = save
+elif when == "after-save":
+    real_write = checkpoint.write_checkpoint
+    def write(path, payload):
+        real_write(path, payload)
+        if payload.get("step") == number:
+            os.kill(os.getpid(), signal.SIGKILL)
+    checkpoint.write_checkpoint = write
+else:
+    real_step, steps = train.train_step, []
+    def train_step(*args, **kwargs):
+        result = real_step(*args, **kwargs)
+        steps.append(1)
+        if len(steps) == number:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return result
+    train.train_step = train_step
+run_cli(train.main, train.get_args_parser())
+"""
 
 
-def kill_after_saves(cmd: list[str], last: Path, saves: int) -> None:
-    """Start training, SIGKILL it once `saves` new versions of last.pth have appeared."""
-    process = subprocess.Popen(cmd, env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    inode, seen, deadline = saves_seen(last, None), 0, time.monotonic() + 120
-    try:
-        while seen < saves:
-            assert process.poll() is None, "training ended before it could be killed"
-            assert time.monotonic() < deadline, "training made no progress"
-            current = saves_seen(last, inode)
-            if current != inode:
-                inode, seen = current, seen + 1
-            time.sleep(0.01)
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
+def killed_run(when: str, number: int, data: Path, run: Path, *extra: str) -> subprocess.CompletedProcess:
+    command_line = [sys.executable, "-c", SIGNALLING_TRAIN, when, str(number), *command(data, run, *extra)[2:]]
+    return subprocess.run(command_line, cwd=REPO, env=environment(), capture_output=True, text=True, timeout=300)
+
+
+def unfinished_saves(run: Path) -> list[str]:
+    return sorted(path.name for path in run.glob(".*.tmp"))
 
 
 def model_and_optimizer(path: Path) -> dict:
@@ -75,20 +104,31 @@ def model_and_optimizer(path: Path) -> dict:
 
 @pytest.mark.slow
 def test_sigkilled_twice_and_resumed_matches_an_uninterrupted_run(data: Path, tmp_path: Path) -> None:
+    """Killed once while writing a checkpoint and once between steps, at seeded points of the 8 steps (last.pth
+    is written after every step), and resumed each time: the final weights and AdamW state are those of a run that
+    was never interrupted, bit for bit."""
     subprocess.run(command(data, tmp_path / "straight"), env=environment(), check=True, capture_output=True)
     expected = model_and_optimizer(tmp_path / "straight" / "last.pth")
     assert expected["step"] == TOTAL_STEPS
 
     run, last = tmp_path / "killed", tmp_path / "killed" / "last.pth"
-    chooser = random.Random(20261127)  # "random" steps, the same in every CI run
-    first = chooser.randint(1, 3)  # inside epoch 1
-    kill_after_saves(command(data, run), last, first)
-    kill_after_saves(command(data, run, "--resume", "auto"), last, chooser.randint(first + 1, TOTAL_STEPS - 2))
-    killed_at = load_checkpoint(last)["step"]
-    assert 0 < killed_at < TOTAL_STEPS
+    chooser = random.Random(20261127)  # "random" points, the same in every CI run
+    first = chooser.randint(2, 4)  # inside epoch 1
+    result = killed_run("mid-save", first, data, run)
+    assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
+    assert load_checkpoint(last)["step"] == first - 1  # the save in progress never replaced the one before
+    assert len(unfinished_saves(run)) == 1
+
+    second = chooser.randint(first + 1, TOTAL_STEPS - 2)
+    result = killed_run("after-save", second, data, run, "--resume", "auto")
+    assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
+    assert "unfinished save of a run killed while writing it" in result.stderr
+    assert unfinished_saves(run) == []
+    assert load_checkpoint(last)["step"] == second
+
     result = subprocess.run(command(data, run, "--resume", "auto"), env=environment(), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "after its first" in result.stdout or killed_at % 4 == 0  # resumed inside an epoch
+    assert "after its first" in result.stdout or second % 4 == 0  # resumed inside an epoch
     resumed = model_and_optimizer(last)
     assert resumed["step"] == TOTAL_STEPS
     for name, tensor in expected["model"].items():
@@ -100,23 +140,25 @@ def test_sigkilled_twice_and_resumed_matches_an_uninterrupted_run(data: Path, tm
 
 def test_sigterm_stops_after_the_step_saves_and_says_how_to_resume(data: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    process = subprocess.Popen(command(data, run, "--save-every", "100"), env=environment(),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not (run / "metrics.csv").exists() and not (run / "last.pth").exists():
-        assert process.poll() is None and time.monotonic() < deadline
-        time.sleep(0.01)
-    # the run folder exists once the run has started: wait for the first training step's progress line
-    time.sleep(0.5)
-    process.send_signal(signal.SIGTERM)
-    stdout, stderr = process.communicate(timeout=120)
-    if process.returncode == 0:
-        pytest.skip("the run finished before the signal arrived")  # a very fast machine; nothing to check
-    assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
-    assert "SIGTERM received" in stderr and "--resume auto" in stdout
+    result = killed_run("sigterm-step", 3, data, run, "--save-every", "100")
+    assert result.returncode == 128 + signal.SIGTERM, result.stderr[-2000:]
+    assert "SIGTERM received" in result.stderr and "--resume auto" in result.stdout
     checkpoint = load_checkpoint(run / "last.pth")
-    assert 0 < checkpoint["step"] < TOTAL_STEPS
+    assert checkpoint["step"] == 3  # the step under way was finished and saved; no later one ran
     assert checkpoint["epoch"] * 4 + checkpoint["epoch_batches"] == checkpoint["step"]
+
+
+def test_only_unfinished_checkpoint_saves_are_removed(tmp_path: Path) -> None:
+    from utils.checkpoint import remove_unfinished_saves
+
+    kept = ["last.pth", "best.pth", ".lock", "metrics.csv", ".notes.tmp", ".last.pth.tmp", "last.pth.12.tmp"]
+    for name in kept:
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / ".last.pth.4242.tmp").write_bytes(b"half a checkpoint")
+    (tmp_path / ".epoch_3.pth.7.tmp").write_bytes(b"")
+    assert sorted(remove_unfinished_saves(tmp_path)) == [(".epoch_3.pth.7.tmp", 0), (".last.pth.4242.tmp", 17)]
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(kept)
+    assert remove_unfinished_saves(tmp_path / "not yet made") == []
 
 
 def test_a_non_finite_step_changes_nothing_and_is_counted() -> None:
@@ -181,12 +223,10 @@ def test_a_second_signal_stops_at_once() -> None:
     from utils.signals import GracefulStop
 
     with GracefulStop() as stop:
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(0.01)  # let the handler run
+        os.kill(os.getpid(), signal.SIGTERM)  # a signal to its own process: the handler has run when kill returns
         assert stop.requested == "SIGTERM" and stop.exit_code == 143
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.01)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
 
 

@@ -74,15 +74,16 @@ def test_lock_file_names_the_run(tmp_path):
     assert info["started"][:2] == "20"
 
 
-# A run whose forked child (like a DataLoader worker) outlives it for a while.
+# A run whose forked child (like a DataLoader worker) outlives it: the child runs until the test closes stdin.
 FORKING_HOLDER = """
-import os, sys, time
+import os, sys
 from utils.run_lock import RunLock
 with RunLock(sys.argv[1]):
-    if os.fork() == 0:
-        time.sleep(10)  # the worker lingers after its parent is killed
+    child = os.fork()
+    if child == 0:
+        sys.stdin.read()  # the worker lingers after its parent is killed
         os._exit(0)
-    print("held", flush=True)
+    print("held", child, flush=True)
     sys.stdin.read()
 """
 
@@ -90,13 +91,18 @@ with RunLock(sys.argv[1]):
 def test_a_killed_run_s_lingering_forked_worker_does_not_hold_the_lock(tmp_path):
     process = subprocess.Popen([sys.executable, "-c", FORKING_HOLDER, str(tmp_path / "run")], cwd=REPO,
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert process.stdout.readline() == "held\n"
-    with pytest.raises(UserError, match="in use by another training run"), RunLock(tmp_path / "run"):
-        pass
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait(timeout=10)
-    with RunLock(tmp_path / "run"):  # at once, while the child still sleeps
-        assert json.loads((tmp_path / "run" / ".lock").read_text())["pid"] == os.getpid()
+    word, child = process.stdout.readline().split()
+    assert word == "held"
+    try:
+        with pytest.raises(UserError, match="in use by another training run"), RunLock(tmp_path / "run"):
+            pass
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+        os.kill(int(child), 0)  # the worker is still running (this raises if it is not)
+        with RunLock(tmp_path / "run"):
+            assert json.loads((tmp_path / "run" / ".lock").read_text())["pid"] == os.getpid()
+    finally:
+        process.stdin.close()  # the worker reads end of file and exits
 
 
 def test_folder_that_cannot_be_created_is_a_user_error(tmp_path):

@@ -100,10 +100,33 @@ def checkpoint_payload(model: nn.Module, mask_values: list[MaskValue], **extra: 
     }
 
 
+UNFINISHED_SAVE = re.compile(r"^\..+\.pth\.\d+\.tmp$")  # what _temporary_path names, for .pth files
+
+
+def _temporary_path(path: Path) -> Path:
+    """Where a checkpoint is written before it is renamed into place: hidden, beside it, one per process."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def remove_unfinished_saves(folder: Path | str) -> list[tuple[str, int]]:
+    """Delete the temporary files of saves that a killed run left unfinished (each up to a checkpoint's size);
+    the checkpoints themselves were never touched by them. Call it holding the folder's RunLock, so that no
+    other run's save is in progress. Returns each removed file's name and size."""
+    removed = []
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(folder):
+            if UNFINISHED_SAVE.match(entry.name) and entry.is_file(follow_symlinks=False):
+                size = entry.stat().st_size
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed.append((entry.name, size))
+    return removed
+
+
 def write_checkpoint(path: Path | str, payload: dict[str, Any]) -> None:
     """Write atomically (temporary file, fsync, rename): a crash leaves the old file or the new one."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = _temporary_path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as file:
@@ -189,7 +212,7 @@ def copy_checkpoint(source: Path | str, target: Path | str) -> None:
     save of source leaves target as it was), else a byte copy with fsync.
     """
     source, target = Path(source), Path(target)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp = _temporary_path(target)
     try:
         tmp.unlink(missing_ok=True)
         try:
