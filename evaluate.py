@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from utils.atomic_files import atomic_path
 from utils.checkpoint import inference_scale, load_model, unwrap_model
 from utils.data_loading import (
     SegmentationDataset,
@@ -97,13 +98,13 @@ def evaluate(
 def write_rows(rows: list[dict], path: Path) -> None:
     """Per-image scores as CSV, or JSON when the file name ends in .json."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() == ".json":
-        path.write_text(json.dumps(rows, indent=1))
-        return
-    with open(path, "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=list(rows[0]) if rows else ["name", "dice", "iou"])
-        writer.writeheader()
-        writer.writerows(rows)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as file:
+        if path.suffix.lower() == ".json":
+            file.write(json.dumps(rows, indent=1))
+        else:
+            writer = csv.DictWriter(file, fieldnames=list(rows[0]) if rows else ["name", "dice", "iou"])
+            writer.writeheader()
+            writer.writerows(rows)
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -22,6 +22,7 @@ from typing import Any, BinaryIO
 import torch
 from torch import nn
 
+from utils.atomic_files import atomic_path
 from utils.checkpoint import inference_scale, load_model
 from utils.errors import UserError, run_cli
 from utils.mask_encoding import MaskValue
@@ -131,26 +132,19 @@ def save_torchscript(model: nn.Module, example: torch.Tensor, metadata: dict[str
 @contextlib.contextmanager
 def atomic_output(path: Path) -> Iterator[BinaryIO]:
     """A temporary file beside path, renamed over it only when writing succeeded: never a half-written model."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        file = open(tmp, "wb")
     except (FileExistsError, NotADirectoryError):
         raise UserError(f"cannot write {path}: part of {path.parent} is a file, not a folder") from None
     except OSError as error:
         raise UserError(f"cannot write {path} ({error.strerror}): pick another --output") from None
     try:
-        with file:
+        with atomic_path(path) as tmp, open(tmp, "wb") as file:
             yield file
             file.flush()
             os.fsync(file.fileno())
-        os.replace(tmp, path)
     except OSError as error:
-        tmp.unlink(missing_ok=True)
         raise UserError(f"cannot write {path} ({error.strerror}): free disk space or pick another --output") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def describe(output: Path, export_format: str, opset: int, metadata: dict[str, Any]) -> str:

@@ -151,7 +151,8 @@ def test_sigterm_stops_after_the_step_saves_and_says_how_to_resume(data: Path, t
 def test_only_unfinished_checkpoint_saves_are_removed(tmp_path: Path) -> None:
     from utils.checkpoint import remove_unfinished_saves
 
-    kept = ["last.pth", "best.pth", ".lock", "metrics.csv", ".notes.tmp", ".last.pth.tmp", "last.pth.12.tmp"]
+    kept = ["last.pth", "best.pth", ".lock", "metrics.csv", ".notes.tmp", ".notes.txt.99.tmp", ".last.pth.tmp",
+            "last.pth.12.tmp"]
     for name in kept:
         (tmp_path / name).write_bytes(b"x")
     (tmp_path / ".last.pth.4242.tmp").write_bytes(b"half a checkpoint")

@@ -27,6 +27,7 @@ from torch import nn
 
 from unet import UNet
 
+from .atomic_files import TEMPORARY_NAME, atomic_path
 from .errors import UserError
 from .mask_encoding import MaskValue
 
@@ -100,22 +101,15 @@ def checkpoint_payload(model: nn.Module, mask_values: list[MaskValue], **extra: 
     }
 
 
-UNFINISHED_SAVE = re.compile(r"^\..+\.pth\.\d+\.tmp$")  # what _temporary_path names, for .pth files
-
-
-def _temporary_path(path: Path) -> Path:
-    """Where a checkpoint is written before it is renamed into place: hidden, beside it, one per process."""
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
 def remove_unfinished_saves(folder: Path | str) -> list[tuple[str, int]]:
-    """Delete the temporary files of saves that a killed run left unfinished (each up to a checkpoint's size);
-    the checkpoints themselves were never touched by them. Call it holding the folder's RunLock, so that no
+    """Delete the temporary files of checkpoint saves that a killed run left unfinished (each up to a checkpoint's
+    size); the checkpoints themselves were never touched by them. Call it holding the folder's RunLock, so that no
     other run's save is in progress. Returns each removed file's name and size."""
     removed = []
     with contextlib.suppress(FileNotFoundError):
         for entry in os.scandir(folder):
-            if UNFINISHED_SAVE.match(entry.name) and entry.is_file(follow_symlinks=False):
+            unfinished = TEMPORARY_NAME.match(entry.name)
+            if unfinished and unfinished["target"].endswith(".pth") and entry.is_file(follow_symlinks=False):
                 size = entry.stat().st_size
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.path)
@@ -126,17 +120,13 @@ def remove_unfinished_saves(folder: Path | str) -> list[tuple[str, int]]:
 def write_checkpoint(path: Path | str, payload: dict[str, Any]) -> None:
     """Write atomically (temporary file, fsync, rename): a crash leaves the old file or the new one."""
     path = Path(path)
-    tmp = _temporary_path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as file:
+        with atomic_path(path) as tmp, open(tmp, "wb") as file:
             torch.save(payload, file)
             file.flush()
             os.fsync(file.fileno())
-        os.replace(tmp, path)
     except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
         reason = getattr(error, "strerror", None) or str(error).strip().splitlines()[0][:120]
         raise UserError(f"cannot write checkpoint {path} ({reason}): free disk space or pick "
                         "another --checkpoint-dir") from None
@@ -212,19 +202,16 @@ def copy_checkpoint(source: Path | str, target: Path | str) -> None:
     save of source leaves target as it was), else a byte copy with fsync.
     """
     source, target = Path(source), Path(target)
-    tmp = _temporary_path(target)
     try:
-        tmp.unlink(missing_ok=True)
-        try:
-            os.link(source, tmp)
-        except OSError:
-            shutil.copyfile(source, tmp)
-            with open(tmp, "rb+") as file:
-                os.fsync(file.fileno())
-        os.replace(tmp, target)
-    except OSError as error:
-        with contextlib.suppress(OSError):
+        with atomic_path(target) as tmp:
             tmp.unlink(missing_ok=True)
+            try:
+                os.link(source, tmp)
+            except OSError:
+                shutil.copyfile(source, tmp)
+                with open(tmp, "rb+") as file:
+                    os.fsync(file.fileno())
+    except OSError as error:
         raise UserError(f"cannot write checkpoint {target} ({error.strerror}): free disk space or pick "
                         "another --checkpoint-dir") from None
 

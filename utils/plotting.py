@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .atomic_files import atomic_path
 from .mask_encoding import MaskValue
 
 # Distinct, colour-blind-friendly colours for classes 1.. (class 0 is background and left uncoloured).
@@ -85,6 +86,5 @@ def save_training_curves(rows: Sequence[dict], path: Path | str) -> None:
         values = [None if row.get(key) in (None, "") else float(row[key]) for row in rows]
         box = (4, i * panel_height + 4, width - 5, (i + 1) * panel_height - 5)
         _draw_series(draw, box, title, epochs, values, colour)
-    tmp = Path(path).with_suffix(".tmp.png")
-    image.save(tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")

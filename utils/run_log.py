@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .atomic_files import atomic_path
 from .plotting import save_training_curves
 
 CSV_FIELDS = ("epoch", "step", "train_loss", "val_dice", "val_iou", "lr", "skipped", "seconds", "images_per_second",
@@ -79,12 +80,10 @@ class RunLog:
         self._wandb_log(lambda: _wandb_record(row, model, sample))
 
     def _write_csv(self) -> None:
-        tmp = self.csv_path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as file:
+        with atomic_path(self.csv_path) as tmp, open(tmp, "w", newline="") as file:
             writer = csv.DictWriter(file, fieldnames=CSV_FIELDS)
             writer.writeheader()
             writer.writerows(self.rows)
-        tmp.replace(self.csv_path)
 
     def close(self) -> None:
         if self.wandb_run is not None:

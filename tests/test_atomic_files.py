@@ -1,0 +1,59 @@
+"""Outputs are written whole or not at all: an error mid-write keeps the old file and leaves no partial one."""
+
+import errno
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from utils.atomic_files import TEMPORARY_NAME, atomic_path, temporary_path
+from utils.errors import UserError
+
+
+def test_complete_write_replaces_the_file_and_leaves_nothing_else(tmp_path: Path) -> None:
+    target = tmp_path / "scores.csv"
+    target.write_text("old")
+    with atomic_path(target) as tmp:
+        assert tmp.parent == tmp_path and TEMPORARY_NAME.match(tmp.name)["target"] == "scores.csv"
+        tmp.write_text("new")
+        assert target.read_text() == "old"  # readers see the old file until the rename
+    assert target.read_text() == "new"
+    assert [path.name for path in tmp_path.iterdir()] == ["scores.csv"]
+
+
+@pytest.mark.parametrize("error", [OSError(errno.ENOSPC, "No space left on device"), KeyboardInterrupt()])
+def test_failed_write_keeps_the_old_file_and_removes_the_partial_one(tmp_path: Path, error: BaseException) -> None:
+    target = tmp_path / "mask.png"
+    target.write_bytes(b"old mask")
+    with pytest.raises(type(error)), atomic_path(target) as tmp:
+        tmp.write_bytes(b"half a")
+        raise error
+    assert target.read_bytes() == b"old mask"
+    assert [path.name for path in tmp_path.iterdir()] == ["mask.png"]
+
+
+def test_temporary_names_are_hidden_beside_the_target_and_recognised() -> None:
+    tmp = temporary_path(Path("run/last.pth"))
+    assert tmp.parent == Path("run") and tmp.name.startswith(".last.pth.") and tmp.suffix == ".tmp"
+    assert TEMPORARY_NAME.match(tmp.name)["target"] == "last.pth"
+
+
+def test_a_mask_that_fails_halfway_leaves_the_previous_mask_and_no_partial_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The disk fills while a mask is written: one line naming the input, and the folder holds only whole files."""
+    from utils import mask_writer
+    from utils.mask_writer import MaskWriter, OutputOptions
+
+    class FullDisk:
+        def save(self, path, **options) -> None:  # noqa: ANN001, ANN003
+            Path(path).write_bytes(b"\x89PNG half")
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    (tmp_path / "out.png").write_bytes(b"yesterday's mask")
+    monkeypatch.setattr(mask_writer, "mask_image", lambda *args: FullDisk())
+    writer = MaskWriter([0, 255], None, 3, OutputOptions(), threads=1)
+    writer.submit(0, tmp_path / "in.jpg", tmp_path / "out.png", np.zeros((4, 4), np.uint8), [1.0, 0.0])
+    with pytest.raises(UserError, match=r"cannot write the prediction of .*in\.jpg .*No space left on device"):
+        writer.close()
+    assert (tmp_path / "out.png").read_bytes() == b"yesterday's mask"
+    assert [path.name for path in tmp_path.iterdir()] == ["out.png"]
