@@ -8,6 +8,7 @@ check, and every training start after it, decodes no file. train.py runs the sam
 """
 
 import argparse
+import contextlib
 import json
 import os
 from collections import Counter
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from .atomic_files import atomic_path
 from .data_loading import (
     UPRIGHT_FIX,
     Pair,
@@ -153,12 +155,8 @@ def _read_cache(cache_file: Path) -> dict:
 
 def _write_cache(cache_file: Path, files: dict) -> None:
     # A read-only data folder is fine: the check is simply redone next time.
-    tmp = cache_file.with_name(f"{CACHE_NAME}.{os.getpid()}.tmp")
-    try:
+    with contextlib.suppress(OSError), atomic_path(cache_file) as tmp:
         tmp.write_text(json.dumps({"version": CACHE_VERSION, "files": files}))
-        os.replace(tmp, cache_file)
-    except OSError:
-        tmp.unlink(missing_ok=True)
 
 
 def scan_mask_values(mask_paths: Sequence[Path], workers: int | None = None) -> list[MaskValue]:
