@@ -36,12 +36,13 @@ CONVOLUTIONS = "convolutions"
 # not a convolution although cuDNN runs both.
 KERNEL_KINDS: tuple[tuple[str, str], ...] = (
     (CONVOLUTIONS, r"triton_tem"),  # convolution/matmul templates (max-autotune)
-    ("fused by torch.compile (Triton)", r"triton"),
+    # Triton kernels on GPUs; on CPUs, the compiled graph's own time (its C++ kernels; its name holds a hash)
+    ("fused by torch.compile", r"triton|compiledfxgraph|cpp_fused"),
     ("layout conversions", r"nchwtonhwc|nhwctonchw"),
     ("optimizer", r"adam|multi_tensor"),
     ("BatchNorm", r"batch_?norm|bn_(fw|bw)"),
     (CONVOLUTIONS, r"xmma|gemm|implicit_convolve|cutlass|wgrad|dgrad|fprop|conv|splitk|winograd|cudnn_generated"),
-    ("copies and fills", r"memcpy|memset|copy|\bcat\b|catarray|fill|pad|clone|zero_"),
+    ("copies and fills", r"memcpy|memset|copy|\bcat\b|catarray|fill|_pad|\bpad|clone|zero_"),
 )
 OTHER = "other elementwise and reductions"
 
