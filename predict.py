@@ -74,6 +74,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--csv", nargs="?", const="", default=None, metavar="FILE",
                         help="write each image's size and fraction of pixels per class to FILE (default: "
                              "predictions.csv in the output folder, or here)")
+    parser.add_argument("--skip-existing", action="store_true",
+                        help="leave out inputs whose outputs (mask, and --save-probs/--overlay files) exist, e.g. to "
+                             "finish a run that was stopped; with --csv their rows are counted from the masks")
     parser.add_argument("--mask-threshold", "-t", type=float, default=0.5,
                         help="probability threshold for one-class (sigmoid) models (default 0.5)")
     parser.add_argument("--scale", "-s", type=float, default=None,
@@ -278,6 +281,17 @@ def hand_over(ready: dict, writer: MaskWriter, inputs: list[Path], outputs: list
     waits.writing += time.perf_counter() - started  # submit blocks while too many masks wait for the writers
 
 
+def already_predicted(inputs: list[Path], outputs: list[Path], writer: MaskWriter, with_csv: bool) -> list[int]:
+    """--skip-existing: the inputs whose output files all exist. Outputs are only ever renamed into place whole
+    (utils/atomic_files.py), so an existing file is a finished one. For predictions.csv each such mask is read
+    back and counted; one that cannot be read as this model's mask is predicted again."""
+    done = [index for index, target in enumerate(outputs) if all(path.exists() for path in writer.output_files(target))]
+    if with_csv:
+        readable = writer.pool.map(lambda index: writer.record_existing(index, inputs[index], outputs[index]), done)
+        done = [index for index, ok in zip(done, readable) if ok]
+    return done
+
+
 def csv_location(requested: str | None, outputs: list[str] | None, targets: list[Path]) -> Path | None:
     """--csv FILE as given; bare --csv: predictions.csv beside the (first) mask when -o is given, else here."""
     if requested is None:
@@ -306,15 +320,23 @@ def main(args: argparse.Namespace) -> int:
     csv_path = csv_location(args.csv, args.output, outputs)
     if csv_path is not None:
         check_output_file(csv_path, "--csv")
+    if args.skip_existing and args.no_save:
+        raise UserError("--skip-existing leaves out the inputs whose masks exist: it needs the masks written, "
+                        "leave out --no-save")
     on_gpu = device.type == "cuda"
-    workers = args.workers if args.workers is not None else default_workers(device, len(inputs))
     viz = ("show" if has_display() else "save") if args.viz else None
     writers = args.writers or (8 if on_gpu else 1)
     writer = MaskWriter(model.mask_values, checkpoint.get("mask_palette"), model.n_channels,
                         OutputOptions(not args.no_save, args.save_probs, args.overlay, viz), threads=writers)
-    net = compile_model(model, args.compile) if should_compile(args.compile, device, len(inputs)) else model
+    done = already_predicted(inputs, outputs, writer, csv_path is not None) if args.skip_existing else []
+    todo = sorted(set(range(len(inputs))) - set(done))
+    if args.skip_existing:
+        print(f"--skip-existing: {len(done)} of {len(inputs)} images already have their outputs; "
+              f"{len(todo)} to predict")
+    workers = args.workers if args.workers is not None else default_workers(device, len(todo))
+    net = compile_model(model, args.compile) if should_compile(args.compile, device, len(todo)) else model
     batch_size = args.batch_size or (16 if on_gpu else 1)
-    loader = DataLoader(ImageFiles(inputs, scale, model.n_channels), batch_size=batch_size, num_workers=workers,
+    loader = DataLoader(ImageFiles(inputs, scale, model.n_channels, todo), batch_size=batch_size, num_workers=workers,
                         collate_fn=collate_by_size, pin_memory=on_gpu,
                         worker_init_fn=lower_worker_priority if workers else None,
                         prefetch_factor=4 if workers else None)
@@ -326,7 +348,7 @@ def main(args: argparse.Namespace) -> int:
     waits = LoopWaits()
     waiting = None  # the previous batch: its results are copied to the host while the next batch computes
     started = time.perf_counter()
-    with tqdm(total=len(inputs), desc="predict", unit="img", disable=len(inputs) < 2) as bar:
+    with tqdm(total=len(todo), desc="predict", unit="img", disable=len(todo) < 2) as bar:
         try:
             batches = iter(loader)
             while True:
@@ -353,8 +375,8 @@ def main(args: argparse.Namespace) -> int:
             closing = time.perf_counter()
             writer.close()
             waits.writing += time.perf_counter() - closing
-    if len(inputs) > 1:
-        print(speed_summary(len(inputs) - len(failed), time.perf_counter() - started, waits, on_gpu, workers, writers,
+    if len(todo) > 1:
+        print(speed_summary(len(todo) - len(failed), time.perf_counter() - started, waits, on_gpu, workers, writers,
                             os.cpu_count() or 1))
     if csv_path is not None:
         writer.write_csv(csv_path)
@@ -365,10 +387,10 @@ def main(args: argparse.Namespace) -> int:
         print(f"note: {len(turned)} {carry} an EXIF orientation ({names}): viewers show them turned or "
               f"mirrored, while their masks match the pixels as stored; for masks of the upright view, {UPRIGHT_FIX}",
               file=sys.stderr)
-    if len(inputs) == 1 and not failed and not args.no_save:
+    if len(inputs) == 1 and todo and not failed and not args.no_save:
         print(f"mask of {inputs[0]} saved to {outputs[0]}")
     if failed:
-        print(f"error: {len(failed)} of {len(inputs)} images could not be predicted (listed above as skipped); "
+        print(f"error: {len(failed)} of {len(todo)} images could not be predicted (listed above as skipped); "
               "the others were predicted", file=sys.stderr)
         return 1
     return 0

@@ -122,6 +122,39 @@ def test_predict_folder_streams_to_mirrored_names_with_probs_and_csv(trained: Pa
         assert agree > 0.99  # float16 rounding may flip pixels at exactly 0.5
 
 
+def test_skip_existing_finishes_a_stopped_folder_run_with_the_same_masks_and_csv(trained: Path) -> None:
+    """A run stopped after some masks: --skip-existing predicts the rest, leaves the finished masks alone, predicts
+    a mask again that is not one (as a file from elsewhere), and counts predictions.csv's rows from the files."""
+    def outputs() -> tuple[dict[str, bytes], list[dict]]:  # masks and overlays, and the CSV's rows
+        masks = {path.name: path.read_bytes() for path in (trained / "full").glob("*.png")}
+        with open(trained / "full" / "predictions.csv", newline="") as file:
+            return masks, list(csv.DictReader(file))
+
+    flags = ["-m", "checkpoints/last.pth", "-i", "data/imgs", "-o", "full/", "--csv", "--overlay"]
+    run("predict.py", *flags, cwd=trained)
+    expected_masks, expected_rows = outputs()
+    assert any(float(row["fraction_1"]) > 0.01 for row in expected_rows)  # real foreground to count
+    names = sorted(name for name in expected_masks if not name.endswith("_overlay.png"))
+    (trained / "full" / names[0]).unlink()  # never written
+    (trained / "full" / f"{Path(names[1]).stem}_overlay.png").unlink()  # its overlay missing
+    (trained / "full" / names[2]).write_bytes(b"not a mask")  # unreadable: predicted again
+    (trained / "full" / "predictions.csv").unlink()
+    kept = {name: (trained / "full" / name).stat().st_mtime_ns for name in names[3:]}
+    result = run("predict.py", *flags, "--skip-existing", cwd=trained)
+    assert f"--skip-existing: {len(names) - 3} of {len(names)} images already have their outputs; 3 to predict" \
+        in result.stdout
+    assert outputs() == (expected_masks, expected_rows)
+    assert {name: (trained / "full" / name).stat().st_mtime_ns for name in names[3:]} == kept  # not rewritten
+
+
+def test_skip_existing_needs_the_masks_saved(trained: Path) -> None:
+    result = run("predict.py", "-m", "checkpoints/last.pth", "-i", "data/imgs", "--no-save", "--skip-existing",
+                 cwd=trained, check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("error: --skip-existing leaves out the inputs whose masks exist: it needs the "
+                                     "masks written, leave out --no-save")
+
+
 def test_predict_folder_reports_unreadable_and_too_small_files_and_predicts_the_rest(trained: Path,
                                                                                      tmp_path: Path) -> None:
     folder = tmp_path / "in"

@@ -565,15 +565,20 @@ class SegmentationDataset(Dataset):
 
 class ImageFiles(Dataset):
     """Images to predict: {"index", "image": uint8 CxH'xW', "size": (height, width) of the file, "orientation": its
-    EXIF tag}, or {"index", "error": one line} for a file that cannot be read (reported, the others go on)."""
+    EXIF tag}, or {"index", "error": one line} for a file that cannot be read (reported, the others go on).
 
-    def __init__(self, paths: list[Path], scale: float, channels: int = 3):
+    indices: the positions in paths to read (default: all); "index" is always the position in paths.
+    """
+
+    def __init__(self, paths: list[Path], scale: float, channels: int = 3, indices: list[int] | None = None):
         self.paths, self.scale, self.channels = paths, scale, channels
+        self.indices = list(range(len(paths))) if indices is None else indices
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.indices)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, position: int) -> dict:
+        index = self.indices[position]
         path = self.paths[index]
         try:
             image, (width, height) = load_scaled_image(path, self.scale, self.channels)

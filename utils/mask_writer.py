@@ -19,9 +19,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from .atomic_files import atomic_path
-from .data_loading import read_image
+from .data_loading import read_image, read_mask
 from .errors import UserError
-from .mask_encoding import MaskValue, mask_image
+from .mask_encoding import MaskValue, encode_mask, encoding_table, mask_image
 from .plotting import class_colours, overlay_mask, side_by_side
 
 
@@ -42,6 +42,18 @@ def mask_save_options(target: Path) -> dict:
     if suffix == ".png":
         options["compress_type"] = zlib.Z_RLE
     return options
+
+
+def probs_path(target: Path) -> Path:
+    return target.with_name(f"{target.stem}_probs.npy")
+
+
+def overlay_path(target: Path) -> Path:
+    return target.with_name(f"{target.stem}_overlay.png")
+
+
+def viz_path(target: Path) -> Path:
+    return target.with_name(f"{target.stem}_viz.png")
 
 
 class MaskWriter:
@@ -69,12 +81,32 @@ class MaskWriter:
         Blocks while too many are pending.
         """
         height, width = encoded.shape[:2]
-        self.rows[index] = {"image": str(source), "mask": str(target) if self.options.save_mask else "",
-                            "width": width, "height": height,
-                            **{f"fraction_{c}": f"{f:.6f}" for c, f in enumerate(fractions)}}
+        self.rows[index] = self._row(source, target, width, height, fractions)
         self.pending.append(self.pool.submit(self._write, source, target, encoded, class_indices, probs))
         while len(self.pending) > self.max_pending:
             self.pending.popleft().result()
+
+    def _row(self, source: Path, target: Path, width: int, height: int, fractions: Sequence[float]) -> dict:
+        return {"image": str(source), "mask": str(target) if self.options.save_mask else "", "width": width,
+                "height": height, **{f"fraction_{c}": f"{f:.6f}" for c, f in enumerate(fractions)}}
+
+    def output_files(self, target: Path) -> list[Path]:
+        """The files written for the mask target: the mask and the extra outputs asked for."""
+        files = [target] if self.options.save_mask else []
+        files += [probs_path(target)] if self.options.save_probs else []
+        files += [overlay_path(target)] if self.options.overlay else []
+        return files + ([viz_path(target)] if self.options.viz == "save" else [])
+
+    def record_existing(self, index: int, source: Path, target: Path) -> bool:
+        """predictions.csv's row for a mask an earlier run wrote (predict.py --skip-existing), counted from the file;
+        False when it cannot be read as a mask of this model (predict.py then predicts it again)."""
+        try:
+            classes = encode_mask(read_mask(target), encoding_table(self.mask_values).tolist(), target)
+        except UserError:
+            return False
+        fractions = np.bincount(classes.ravel(), minlength=self.n_classes) / classes.size
+        self.rows[index] = self._row(source, target, classes.shape[1], classes.shape[0], fractions.tolist())
+        return True
 
     def _write(self, source: Path, target: Path, encoded: np.ndarray, class_indices: np.ndarray | None,
                probs: np.ndarray | None) -> None:
@@ -86,7 +118,7 @@ class MaskWriter:
                 with atomic_path(target) as tmp:
                     mask_image(encoded, self.mask_values, self.palette).save(tmp, **mask_save_options(target))
             if options.save_probs:
-                with atomic_path(target.with_name(f"{target.stem}_probs.npy")) as tmp, open(tmp, "wb") as file:
+                with atomic_path(probs_path(target)) as tmp, open(tmp, "wb") as file:
                     np.save(file, probs)
             if class_indices is not None:
                 self._pictures(source, target, class_indices)
@@ -98,7 +130,7 @@ class MaskWriter:
         image = read_image(source, self.channels)
         overlay = overlay_mask(image, class_indices, self.colours)
         if self.options.overlay:
-            with atomic_path(target.with_name(f"{target.stem}_overlay.png")) as tmp:
+            with atomic_path(overlay_path(target)) as tmp:
                 overlay.save(tmp, format="PNG")
         if self.options.viz:
             picture = Image.fromarray(np.squeeze(image, -1) if image.shape[-1] == 1 else image)
@@ -106,10 +138,9 @@ class MaskWriter:
             if self.options.viz == "show":
                 view.show(title=str(source))
             else:
-                viz_path = target.with_name(f"{target.stem}_viz.png")
-                with atomic_path(viz_path) as tmp:
+                with atomic_path(viz_path(target)) as tmp:
                     view.save(tmp, format="PNG")
-                tqdm.write(f"no display: visualisation of {source} saved to {viz_path}")
+                tqdm.write(f"no display: visualisation of {source} saved to {viz_path(target)}")
 
     def close(self) -> None:
         """Wait for every queued write; the first failure is raised."""
