@@ -17,7 +17,7 @@ import re
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -27,7 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.train_speed import add_step_arguments, model_only_step, peak_memory  # noqa: E402
+from bench.train_speed import add_step_arguments, model_only_step, peak_memory, seconds_per_step  # noqa: E402
 from unet import UNet  # noqa: E402
 from utils.dice_score import segmentation_loss  # noqa: E402
 
@@ -82,19 +82,6 @@ def convolution_flops_per_image(args: argparse.Namespace) -> float:
     with FlopCounterMode(display=False) as counter:
         segmentation_loss(model(images), masks).backward()
     return float(counter.get_total_flops())
-
-
-def seconds_per_step(step: Callable[[], None], device: torch.device, steps: int) -> float:
-    def synchronize() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    synchronize()
-    started = time.perf_counter()
-    for _ in range(steps):
-        step()
-    synchronize()
-    return (time.perf_counter() - started) / steps
 
 
 def main() -> None:
