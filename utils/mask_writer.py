@@ -63,6 +63,7 @@ class MaskWriter:
                  options: OutputOptions, threads: int = 4, max_pending: int = 32):
         self.mask_values, self.palette, self.channels, self.options = mask_values, palette, channels, options
         self.n_classes = max(len(mask_values), 2)
+        self.written_values = encoding_table(mask_values).tolist()  # what the masks hold, per class
         self.colours = class_colours(self.n_classes, mask_values)
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mask-writer")
         self.pending: deque[Future] = deque()
@@ -101,7 +102,7 @@ class MaskWriter:
         """predictions.csv's row for a mask an earlier run wrote (predict.py --skip-existing), counted from the file;
         False when it cannot be read as a mask of this model (predict.py then predicts it again)."""
         try:
-            classes = encode_mask(read_mask(target), encoding_table(self.mask_values).tolist(), target)
+            classes = encode_mask(read_mask(target), self.written_values, target)
         except UserError:
             return False
         fractions = np.bincount(classes.ravel(), minlength=self.n_classes) / classes.size
