@@ -146,6 +146,14 @@ def add_step_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: CUDA if available)")
 
 
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """What argparse cannot check alone (tests/test_gpu_check.py runs it on gpu_check.sh's commands)."""
+    if args.epochs < 2:
+        parser.error("--epochs must be at least 2: the first epoch is warm-up")
+    if args.compile_mode and not args.model_only:
+        parser.error("--compile-mode is for --model-only runs: train.py compiles with torch's default mode")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Training images/s, end to end or model only.")
     parser.add_argument("--recipe", choices=("ours", "reference"), default="ours",
@@ -161,10 +169,7 @@ def main() -> None:
     parser.add_argument("--crop", default=None, help="train.py --crop (ours)")
     add_step_arguments(parser)
     args = parser.parse_args()
-    if args.epochs < 2:
-        parser.error("--epochs must be at least 2: the first epoch is warm-up")
-    if args.compile_mode and not args.model_only:
-        parser.error("--compile-mode is for --model-only runs: train.py compiles with torch's default mode")
+    check_args(parser, args)
 
     device = choose_device(args.device)
     with tempfile.TemporaryDirectory() as run_dir:

@@ -1,0 +1,85 @@
+"""bench/gpu_check.sh runs where no test runs first: on a GPU machine lent by chance, with 15 minutes for all of
+it. A renamed or mistyped flag there costs a row of figures that may not be measurable again for sessions, so
+every Python command the script runs is checked here: its script imports, and its arguments parse with that
+script's own parser (the flags predict_speed.py passes on, with predict.py's)."""
+
+import argparse
+import re
+import runpy
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import predict
+from bench import train_speed
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "bench" / "gpu_check.sh"
+
+
+class Parsed(Exception):
+    """Raised in place of the script's work, once its arguments have parsed."""
+
+    def __init__(self, namespace: argparse.Namespace):
+        self.namespace = namespace
+
+
+def gpu_check_commands() -> list[list[str]]:
+    """Each Python command in gpu_check.sh as an argv: a script path under bench/ or tests/, then its arguments."""
+    text = SCRIPT.read_text().replace("\\\n", " ")
+    commands = []
+    for line in text.splitlines():
+        line = line.split("#", 1)[0] if line.lstrip().startswith("#") else line
+        match = re.search(r"((?:bench|tests)/\S+\.py)(.*)", line)
+        if not match:
+            continue
+        arguments = re.split(r"\s(?:\d?>>?|\|)", match.group(2))[0]  # up to a redirection or pipe
+        commands.append([match.group(1), *shlex.split(arguments.replace("$OUT", "/tmp/out"))])
+    return commands
+
+
+COMMANDS = gpu_check_commands()
+BENCHMARKS = list(dict.fromkeys(tuple(argv) for argv in COMMANDS if argv[0].startswith("bench/")))
+
+
+def parsed_arguments(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> argparse.Namespace:
+    """The namespace the script's own parser makes of argv, without running the script's work."""
+    real_parse_args = argparse.ArgumentParser.parse_args
+
+    def parse_args(self, args=None, namespace=None):  # noqa: ANN001, ANN202
+        raise Parsed(real_parse_args(self, args, namespace))
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_args)
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(Parsed) as parsed:
+        runpy.run_path(str(REPO / argv[0]), run_name="__main__")
+    return parsed.value.namespace
+
+
+def test_the_script_is_valid_bash_and_its_commands_were_found() -> None:
+    subprocess.run(["bash", "-n", str(SCRIPT)], check=True)
+    scripts = {argv[0] for argv in COMMANDS}
+    assert {"tests/test_cuda.py", "bench/train_speed.py", "bench/step_profile.py", "bench/predict_speed.py",
+            "bench/tile_memory.py", "bench/mask_output_cost.py"} <= scripts
+    assert len(COMMANDS) >= 20
+
+
+@pytest.mark.parametrize("argv", BENCHMARKS, ids=" ".join)
+def test_each_benchmark_command_parses(argv: tuple[str, ...], monkeypatch: pytest.MonkeyPatch) -> None:
+    namespace = parsed_arguments(list(argv), monkeypatch)
+    monkeypatch.undo()
+    if argv[0] == "bench/train_speed.py":
+        train_speed.check_args(argparse.ArgumentParser(), namespace)
+    if argv[0] == "bench/predict_speed.py":  # the flags after -- go to predict.py
+        predict.get_args_parser().parse_args(["-m", "model.pth", "-i", "in", *namespace.flags])
+
+
+def test_a_mistyped_flag_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(SystemExit):
+        parsed_arguments(["bench/train_speed.py", "--count", "320", "--compile-mdoe", "max-autotune"], monkeypatch)
+    namespace = parsed_arguments(["bench/train_speed.py", "--count", "320", "--epochs", "1"], monkeypatch)
+    with pytest.raises(SystemExit):
+        train_speed.check_args(argparse.ArgumentParser(), namespace)
