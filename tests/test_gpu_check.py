@@ -32,9 +32,8 @@ def gpu_check_commands() -> list[list[str]]:
     text = SCRIPT.read_text().replace("\\\n", " ")
     commands = []
     for line in text.splitlines():
-        line = line.split("#", 1)[0] if line.lstrip().startswith("#") else line
         match = re.search(r"((?:bench|tests)/\S+\.py)(.*)", line)
-        if not match:
+        if not match or line.lstrip().startswith("#"):
             continue
         arguments = re.split(r"\s(?:\d?>>?|\|)", match.group(2))[0]  # up to a redirection or pipe
         commands.append([match.group(1), *shlex.split(arguments.replace("$OUT", "/tmp/out"))])
