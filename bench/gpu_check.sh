@@ -9,7 +9,7 @@
 # "next" (~10 min, for one call of a 15-minute lease, timeout_s 600): what the latest code has not been measured
 # with yet, most important first, so that a run cut short still answers the main questions: the CUDA tests,
 # train.py end to end, the model's step profiled by kind of kernel (bench/step_profile.py), predict.py end to end,
-# the per-mask costs on the GPU, train.py at full resolution (the 6 GiB target), then the model-only variants of
+# predict.py with a blur in place of the U-Net (its ceiling around the model), the per-mask costs on the GPU, train.py at full resolution (the 6 GiB target), then the model-only variants of
 # "explore" (batch 32 and CUDA graphs left out: a step of ~125 ms hides launch overheads; max-autotune last, cut
 # at 150 s). The table is also in $OUT/gpu_table.md, row by row, should the call be cut.
 set -uo pipefail
@@ -76,6 +76,10 @@ row "step profile bf16 b16 compiled" bench/step_profile.py --scale 0.5 --batch-s
 # 3200 images: even with the compiler's cache warm, a compiled start traces the model again (seconds), which a
 # real folder (Carvana's test set: 100,064 images) amortises.
 row "predict.py compiled" bench/predict_speed.py --count 3200 --files 320 --reference-count 8 -- --compile on
+# The same folder with a blur in place of the U-Net: predict.py's ceiling around the model (decoding, transfers,
+# upsampling, encoding, PNG writing). Far above 300 images/s: the model is what is left to speed up; near 200: not.
+row "predict.py without the U-Net" bench/predict_speed.py --count 3200 --files 320 --reference-count 0 \
+    --without-unet -- --compile off
 timeout 60 "$PY" bench/mask_output_cost.py --device cuda --repeat 5 2>>"$LOG" | tee -a "$LOG"
 row "predict.py cudnn.benchmark" bench/predict_speed.py --count 3200 --files 320 --reference-count 0 \
     --cudnn-benchmark -- --compile on

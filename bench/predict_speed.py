@@ -8,7 +8,9 @@ one file at a time, PIL bicubic resize, fp32, logits upsampled to full size on t
 inline. Weights are random (speed does not depend on them). Prints images/s of both, their ratio, and a
 Markdown row for bench/README.md. Ours runs twice, each time in a fresh process as a user's run would be,
 timed from the call of predict.main (model loading, worker start and compilation included): the second run
-finds the files in the OS cache and the compiler's on-disk cache warm.
+finds the files in the OS cache and the compiler's on-disk cache warm. With --without-unet the U-Net is replaced
+by a blur of the image (no convolutions): what is left is predict.py's cost around the model, the ceiling that
+decoding, transfers, upsampling, encoding and PNG writing allow.
 """
 
 import argparse
@@ -23,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -59,13 +62,30 @@ def predict_like_reference(model: UNet, files: list[Path], out_dir: Path, scale:
     return len(files) / (time.perf_counter() - started)
 
 
-def seconds_of_predict(flags: list[str], cudnn_benchmark: bool = False) -> tuple[float, str]:
+class BlurInsteadOfUNet(nn.Module):
+    """Two smooth logit maps of the image's brightness, at its size: masks of blobs (PNGs of realistic cost) at
+    next to no compute. Carries the attributes predict.py reads from the U-Net."""
+
+    def __init__(self, unet: UNet):
+        super().__init__()
+        self.mask_values, self.n_classes, self.n_channels = unet.mask_values, unet.n_classes, unet.n_channels
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        smooth = F.avg_pool2d(images.mean(1, keepdim=True), 9, stride=1, padding=4)
+        return torch.cat([-smooth, smooth], 1)
+
+
+def seconds_of_predict(flags: list[str], cudnn_benchmark: bool = False, without_unet: bool = False
+                       ) -> tuple[float, str]:
     """Wall time of predict.main in a fresh process, as a user's run is (imports left out, model loading,
     worker start and compilation in), and predict.py's own summary line: what its loop waited for. (A second
     call in one process ran ~5% slower on the CPU: the loader worker forked from the first call's large heap
     makes every page the model writes copy-on-write.)"""
     code = ("import sys, time; sys.path.insert(0, sys.argv[1]); import predict; "
-            f"predict.torch.backends.cudnn.benchmark = {cudnn_benchmark}; started = time.perf_counter(); "
+            f"predict.torch.backends.cudnn.benchmark = {cudnn_benchmark}; "
+            + ("from bench.predict_speed import BlurInsteadOfUNet; predict.fuse_batchnorm = BlurInsteadOfUNet; "
+               if without_unet else "") +
+            "started = time.perf_counter(); "
             "predict.main(predict.get_args_parser().parse_args(sys.argv[2:])); "
             "print('seconds', time.perf_counter() - started)")
     result = subprocess.run([sys.executable, "-c", code, str(ROOT), *flags], check=True, stdout=subprocess.PIPE,
@@ -89,6 +109,9 @@ def main() -> None:
     parser.add_argument("--cudnn-benchmark", action="store_true",
                         help="turn on cuDNN's algorithm search in predict.py's process (off there by default), "
                              "to see whether predict.py should")
+    parser.add_argument("--without-unet", action="store_true",
+                        help="predict.py with a blur in place of the U-Net: its cost around the model (the reference "
+                             "loop keeps the U-Net; use --reference-count 0)")
     parser.add_argument("flags", nargs="*", help="more predict.py flags after --, e.g. -- --compile on --amp")
     args = parser.parse_args()
 
@@ -116,7 +139,7 @@ def main() -> None:
         ours = []
         for run in range(2):
             shutil.rmtree(scratch / "ours", ignore_errors=True)
-            seconds, summary = seconds_of_predict(flags, args.cudnn_benchmark)
+            seconds, summary = seconds_of_predict(flags, args.cudnn_benchmark, args.without_unet)
             ours.append(args.count / seconds)
             print(f"ours, run {run + 1}: {summary}", flush=True)
         written = len(list((scratch / "ours").glob("*.png")))
@@ -127,6 +150,7 @@ def main() -> None:
           f"ratio (second run) {ratio}")
     settings = f"{args.count} images, scale {args.scale} {' '.join(args.flags)}"
     settings += " cudnn.benchmark" if args.cudnn_benchmark else ""
+    settings += " without the U-Net (a blur)" if args.without_unet else ""
     print(f"| {name} | {settings} | {ours[0]:.3f} | {ours[1]:.3f} "
           f"| {reference:.3f} ({args.reference_count} images) | {ratio} | torch {torch.__version__}, "
           f"{time.strftime('%Y-%m-%d')} |")
