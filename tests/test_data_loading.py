@@ -1,5 +1,7 @@
 """Decoding images and masks of every supported format, pairing folders, and dataset items."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -14,6 +16,7 @@ from utils.data_loading import (
     image_to_tensor,
     list_pairs,
     load_scaled_image,
+    lower_worker_priority,
     normalize_images,
     read_image,
     read_mask,
@@ -540,3 +543,12 @@ def test_windows_around_objects_hold_foreground(tmp_path):
                         for share in (0.0, 1.0))
     assert all((around[(0, seed)]["mask"] == 1).sum() == 16 for seed in range(10))  # the whole object, every time
     assert sum(bool((anywhere[(0, seed)]["mask"] == 1).any()) for seed in range(10)) < 5
+
+
+def test_worker_priority_is_lowered_where_the_system_has_nice(monkeypatch):
+    increments = []
+    monkeypatch.setattr(os, "nice", increments.append, raising=False)
+    lower_worker_priority(0)
+    assert increments == [10]
+    monkeypatch.delattr(os, "nice")  # Windows has no os.nice: the worker starts at the default priority
+    lower_worker_priority(0)

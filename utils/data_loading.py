@@ -636,6 +636,8 @@ def same_size_parts(batch: dict) -> Iterator[dict]:
 def lower_worker_priority(worker_id: int) -> None:
     """Loader workers yield the cores to the training process (CPU training threads, GPU feeding) when both
     want them; idle cores still go to the workers."""
+    if not hasattr(os, "nice"):  # Windows
+        return
     try:
         os.nice(10)
     except OSError:
