@@ -4,14 +4,14 @@
 #   then the training rows ("train") and/or the prediction rows ("predict"), and a table at the end.
 # Uses the machine's own python3 (PyTorch preinstalled there); wandb is not needed (--wandb disabled).
 #   bash bench/gpu_check.sh [all|train|predict|explore|next]    # default all; log and table also go to $OUT
-# "explore" (not in "all", ~5 min): model-only training variants that train.py does not use yet, to see whether
-# one would lift the model's own ceiling (127.6 images/s on an H100, below the 150 target).
-# "next" (~10 min, for one call of a 15-minute lease, timeout_s 600): what the latest code has not been measured
-# with yet, most important first, so that a run cut short still answers the main questions: the CUDA tests,
-# train.py end to end, the model's step profiled by kind of kernel (bench/step_profile.py), predict.py end to end,
-# predict.py with a blur in place of the U-Net (its ceiling around the model), the per-mask costs on the GPU, train.py at full resolution (the 6 GiB target), then the model-only variants of
-# "explore" (batch 32 and CUDA graphs left out: a step of ~125 ms hides launch overheads; max-autotune last, cut
-# at 150 s). The table is also in $OUT/gpu_table.md, row by row, should the call be cut.
+# "next" (~6 min, timeout_s 420: a 15-minute lease then still has room for one rerun): what the latest code has
+# not been measured with, most important first, so that a run cut short still answers the main questions: the
+# CUDA tests, train.py end to end, the model's step profiled by kind of kernel (bench/step_profile.py),
+# predict.py end to end, predict.py with a blur in place of the U-Net (its ceiling around the model), train.py at
+# full resolution (the 6 GiB target). The table is also in $OUT/gpu_table.md, row by row, should the call be cut.
+# "explore" (~7 min, not in "all"): what could lift the ceilings further: the per-mask costs on the GPU,
+# predict.py with cuDNN's algorithm search, model-only training variants train.py does not use yet (960x640
+# inputs, batch 32, CUDA graphs, max-autotune last, cut at 150 s).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PART=${1:-all}
@@ -80,25 +80,24 @@ row "predict.py compiled" bench/predict_speed.py --count 3200 --files 320 --refe
 # upsampling, encoding, PNG writing). Far above 300 images/s: the model is what is left to speed up; near 200: not.
 row "predict.py without the U-Net" bench/predict_speed.py --count 3200 --files 320 --reference-count 0 \
     --without-unet -- --compile off
-timeout 60 "$PY" bench/mask_output_cost.py --device cuda --repeat 5 2>>"$LOG" | tee -a "$LOG"
-row "predict.py cudnn.benchmark" bench/predict_speed.py --count 3200 --files 320 --reference-count 0 \
-    --cudnn-benchmark -- --compile on
 # The 6 GiB target with train.py itself (data, validation at full size, checkpoints), not the model alone.
 row "train.py full res b1 amp ckpt" bench/train_speed.py --count 40 --scale 1 --batch-size 1 --amp --checkpointing \
     --epochs 2 --compile off
 fi
 
-if [[ $PART == explore || $PART == next ]]; then
-[[ $PART == explore ]] && row "model bf16 b16 compiled" bench/train_speed.py --model-only --scale 0.5 \
-    --batch-size 16 --compile on
+if [[ $PART == explore ]]; then
+timeout 60 "$PY" bench/mask_output_cost.py --device cuda --repeat 5 2>>"$LOG" | tee -a "$LOG"
+row "predict.py cudnn.benchmark" bench/predict_speed.py --count 3200 --files 320 --reference-count 0 \
+    --cudnn-benchmark -- --compile on
+row "model bf16 b16 compiled" bench/train_speed.py --model-only --scale 0.5 --batch-size 16 --compile on
 # 960x640: every level halves evenly, so no up-step pads (959 is odd)
 row "model 960x640 b16" bench/train_speed.py --model-only --scale 0.5 --width 1920 --batch-size 16 --compile on
-[[ $PART == explore ]] && row "model b32" bench/train_speed.py --model-only --scale 0.5 --batch-size 32 --compile on
-[[ $PART == explore ]] && row "model CUDA graphs" bench/train_speed.py --model-only --scale 0.5 --batch-size 16 \
-    --compile on --compile-mode reduce-overhead
-# Last: its compilation tries many kernels per convolution (cut at 150 s in "next", which must fit one call).
-STEP_TIMEOUT=$([[ $PART == next ]] && echo 150 || echo 240) row "model max-autotune" bench/train_speed.py \
-    --model-only --scale 0.5 --batch-size 16 --compile on --compile-mode max-autotune-no-cudagraphs
+row "model b32" bench/train_speed.py --model-only --scale 0.5 --batch-size 32 --compile on
+row "model CUDA graphs" bench/train_speed.py --model-only --scale 0.5 --batch-size 16 --compile on \
+    --compile-mode reduce-overhead
+# Last: its compilation tries many kernels per convolution.
+STEP_TIMEOUT=150 row "model max-autotune" bench/train_speed.py --model-only --scale 0.5 --batch-size 16 --compile on \
+    --compile-mode max-autotune-no-cudagraphs
 fi
 
 echo
