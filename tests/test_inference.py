@@ -2,6 +2,9 @@
 
 Tiled vs whole-image masks of a trained model: tests/test_real_nuclei.py (it has the trained model)."""
 
+import builtins
+import os
+
 import pytest
 import torch
 from torch import nn
@@ -10,7 +13,9 @@ from utils.device import Precision
 from utils.errors import UserError
 from utils.inference import (
     INFERENCE_BYTES_PER_PIXEL,
+    UNKNOWN_RAM,
     InferenceOptions,
+    available_ram,
     logits_to_classes,
     parse_tile,
     plan_tiles,
@@ -189,3 +194,19 @@ def test_cpu_class_decision_is_argmax_with_its_ties_and_nan(classes: int) -> Non
     found = logits_to_classes(logits)
     assert found.dtype == expected.dtype and torch.equal(found, expected)
     assert torch.equal(logits_to_classes(logits.contiguous(memory_format=torch.channels_last)), expected)
+
+
+def test_available_ram_without_proc_meminfo_or_sysconf_is_a_modest_guess(monkeypatch):
+    assert 0 < available_ram() < 2**50
+    real_open = builtins.open
+
+    def no_proc(path, *args, **kwargs):  # macOS and Windows have no /proc
+        if str(path).startswith("/proc"):
+            raise FileNotFoundError(path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", no_proc)
+    physical = available_ram()  # macOS: the physical memory
+    assert physical == os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    monkeypatch.delattr(os, "sysconf")  # Windows
+    assert available_ram() == UNKNOWN_RAM

@@ -26,6 +26,7 @@ TTA_CHOICES = ("none", "flip", "d4")
 # Peak live tensors of one eval-mode forward pass per input pixel, measured on the CPU with
 # bench/inference_memory.py: 1904 B in fp32, 952 B under bf16 autocast; the margin covers cuDNN workspaces.
 INFERENCE_BYTES_PER_PIXEL = {"fp32": 2500, "half": 1300}
+UNKNOWN_RAM = 4 * 2**30  # where the system does not say: a small laptop's, so that memory budgets stay modest
 CPU_MEMORY_CAP = 2 * 2**30  # --tile auto on a CPU: a few GiB for the whole process, even for huge images
 MAX_TILE_BATCH = 16
 MIN_TILE = 64
@@ -99,7 +100,7 @@ def bytes_per_pixel(precision: Precision) -> int:
 
 
 def available_ram() -> int:
-    """MemAvailable from /proc/meminfo (Linux), else the physical memory."""
+    """MemAvailable from /proc/meminfo (Linux), else the physical memory (macOS), else UNKNOWN_RAM (Windows)."""
     try:
         with open("/proc/meminfo") as file:
             for line in file:
@@ -107,7 +108,10 @@ def available_ram() -> int:
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no os.sysconf on Windows
+        return UNKNOWN_RAM
 
 
 def memory_budget(device: torch.device, max_memory: float | None = None) -> int:
