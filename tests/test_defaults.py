@@ -34,6 +34,15 @@ def test_fp16_on_cpu_is_refused():
         choose_precision(CPU, precision="fp16")
 
 
+def test_apple_mps_runs_in_full_precision_and_says_so_when_asked_for_less():
+    mps = torch.device("mps")  # only its type is read: no Apple GPU needed
+    assert choose_precision(mps).dtype is None
+    assert choose_precision(mps, amp=True) == Precision("mps", None)  # not a CPU autocast that would do nothing
+    for asked in ("bf16", "fp16"):
+        with pytest.raises(UserError, match=f"--precision {asked} is not supported on Apple MPS"):
+            choose_precision(mps, precision=asked)
+
+
 def test_channels_last_on_cpu():
     assert memory_format(CPU) == torch.channels_last
 

@@ -77,7 +77,12 @@ def choose_precision(device: torch.device, amp: bool = False, precision: str = "
     """
     if precision not in PRECISIONS:
         raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    device_type = "cpu" if device.type == "mps" else device.type  # autocast on MPS is not reliable yet
+    device_type = device.type
+    if device_type == "mps":  # autocast on MPS is not reliable yet: full precision, and no flag pretends otherwise
+        if precision in ("bf16", "fp16"):
+            raise UserError(f"--precision {precision} is not supported on Apple MPS: leave it out (fp32 there) or "
+                            "use --device cpu")
+        return Precision(device_type, None)
     if precision == "auto":
         if has_native_bf16(device):
             return Precision(device_type, torch.bfloat16)
@@ -157,7 +162,8 @@ def add_device_arguments(parser: argparse.ArgumentParser) -> None:
     """--device, --amp and --precision, the same in every script."""
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA, else MPS, else CPU)")
     parser.add_argument("--amp", action="store_true",
-                        help="mixed precision even without native bf16: bf16 on CPUs, fp16 (+ scaler) on older GPUs")
+                        help="mixed precision even without native bf16: bf16 on CPUs, fp16 (+ scaler) on older GPUs; "
+                             "Apple MPS stays fp32")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="auto = bf16 where the hardware has it natively, else fp32 (or what --amp picks); "
                              "fp32 forces full precision (default: %(default)s)")
