@@ -185,7 +185,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                        help="weight the cross-entropy per class: auto = median-frequency balancing from the "
                             "data check, or one weight per class")
     optim.add_argument("--grad-clip", type=float, default=1.0,
-                       help="clip the gradient norm to this value (default: %(default)s)")
+                       help="clip the gradient norm to this value; 0 = no clipping (default: %(default)s)")
     optim.add_argument("--max-bad-steps", type=int, default=20, metavar="K",
                        help="steps with a non-finite loss or gradient are skipped; stop (saving the last good "
                             "state) after K in a row (default: %(default)s)")
@@ -210,24 +210,26 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    for flag, value, ok in (
-        ("--epochs", args.epochs, args.epochs >= 1),
-        ("--batch-size", args.batch_size, args.batch_size is None or args.batch_size >= 1),
-        ("--learning-rate", args.learning_rate, args.learning_rate > 0),
-        ("--scale", args.scale, 0 < args.scale <= 1),
-        ("--validation", args.validation, 0 <= args.validation < 100),
-        ("--classes", args.classes, args.classes is None or args.classes >= 1),
-        ("--workers", args.workers, args.workers is None or args.workers >= 0),
-        ("--log-every", args.log_every, args.log_every >= 1),
-        ("--max-bad-steps", args.max_bad_steps, args.max_bad_steps >= 1),
-        ("--seed", args.seed, args.seed >= 0),
-        ("--batchnorm-images", args.batchnorm_images, args.batchnorm_images >= 0),
-        ("--binarize", args.binarize, args.binarize is None or args.binarize >= 0),
-        ("--crops-per-image", args.crops_per_image, args.crops_per_image >= 1),
-        ("--crop-foreground", args.crop_foreground, 0 <= args.crop_foreground <= 1),
+    at_least_1 = "a whole number of at least 1"
+    for flag, value, ok, rule in (
+        ("--epochs", args.epochs, args.epochs >= 1, at_least_1),
+        ("--batch-size", args.batch_size, args.batch_size is None or args.batch_size >= 1, at_least_1),
+        ("--learning-rate", args.learning_rate, args.learning_rate > 0, "above 0, e.g. 1e-4"),
+        ("--scale", args.scale, 0 < args.scale <= 1, "above 0 and at most 1"),
+        ("--validation", args.validation, 0 <= args.validation < 100, "a percent from 0 to below 100"),
+        ("--classes", args.classes, args.classes is None or args.classes >= 1, at_least_1),
+        ("--workers", args.workers, args.workers is None or args.workers >= 0, "0 (none) or more"),
+        ("--log-every", args.log_every, args.log_every >= 1, at_least_1),
+        ("--max-bad-steps", args.max_bad_steps, args.max_bad_steps >= 1, at_least_1),
+        ("--seed", args.seed, args.seed >= 0, "0 or more"),
+        ("--batchnorm-images", args.batchnorm_images, args.batchnorm_images >= 0, "0 (off) or more"),
+        ("--binarize", args.binarize, args.binarize is None or args.binarize >= 0, "0 or more"),
+        ("--crops-per-image", args.crops_per_image, args.crops_per_image >= 1, at_least_1),
+        ("--crop-foreground", args.crop_foreground, 0 <= args.crop_foreground <= 1, "a share from 0 to 1"),
+        ("--grad-clip", args.grad_clip, args.grad_clip >= 0, "0 (no clipping) or more"),
     ):
         if not ok:
-            raise UserError(f"{flag} {value} is out of range: see python train.py --help")
+            raise UserError(f"{flag} {value} is out of range: it must be {rule}")
     parse_save_every(args.save_every)
     for flag, value, default in (("--crops-per-image", args.crops_per_image, 1),
                                  ("--crop-foreground", args.crop_foreground, DEFAULT_CROP_FOREGROUND)):
@@ -399,7 +401,10 @@ def train_step(
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.unscale_(optimizer)
-    grad_norm = nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    if grad_clip > 0:
+        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    else:  # no clipping (0 would scale every gradient to zero); the norm still tells the guard a step is finite
+        grad_norm = nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
     if guard is None or guard.before_step(grad_norm):
         scaler.step(optimizer)
     scaler.update()

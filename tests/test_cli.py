@@ -658,3 +658,36 @@ def test_crops_per_image_cuts_that_many_windows_of_each_image_per_epoch(
     for flag, value in (("--crops-per-image", "3"), ("--crop-foreground", "0.5")):
         with pytest.raises(UserError, match=f"{flag} {value} needs --crop"):
             train.main(train.get_args_parser().parse_args([*flags, flag, value]))
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--batch-size", "0"], "--batch-size 0 is out of range: it must be a whole number of at least 1"),
+    (["--scale", "1.5"], "--scale 1.5 is out of range: it must be above 0 and at most 1"),
+    (["--grad-clip", "-1"], "--grad-clip -1.0 is out of range: it must be 0 (no clipping) or more"),
+])
+def test_out_of_range_flags_say_what_is_allowed(flags: list[str], message: str) -> None:
+    import train
+
+    with pytest.raises(UserError) as error:
+        train.check_args(train.get_args_parser().parse_args(flags))
+    assert str(error.value) == message
+
+
+def test_grad_clip_0_means_no_clipping_not_zero_gradients() -> None:
+    import train
+    from utils.device import choose_precision
+
+    def weights_after_a_step(grad_clip: float) -> torch.Tensor:
+        torch.manual_seed(0)
+        model = torch.nn.Conv2d(3, 2, 3, padding=1)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+        images, masks = torch.randn(2, 3, 8, 8), torch.randint(0, 2, (2, 8, 8))
+        train.train_step(model, images, masks, optimizer, torch.amp.GradScaler("cpu", enabled=False),
+                         choose_precision(torch.device("cpu"), precision="fp32"), grad_clip)
+        return model.weight.detach().clone()
+
+    torch.manual_seed(0)
+    initial = torch.nn.Conv2d(3, 2, 3, padding=1).weight.detach()
+    unclipped = weights_after_a_step(0.0)
+    assert torch.equal(unclipped, weights_after_a_step(1e12))  # a limit never reached
+    assert not torch.allclose(unclipped, initial * (1 - 0.1 * 0.01), atol=1e-3)  # more than weight decay moved them
