@@ -12,6 +12,7 @@ and the masks are encoded and written by background threads.
 import argparse
 import glob
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -54,6 +55,10 @@ from utils.mask_encoding import encoding_table
 from utils.mask_writer import MaskWriter, OutputOptions
 
 MASK_FILE_SUFFIXES = (".png", ".gif", ".bmp", ".tif", ".tiff")  # lossless, so class values survive
+DEFAULT_OUTPUT_TAG = "_OUT"  # without --output, the mask of x.jpg is x_OUT.png beside it
+# What such a run writes beside its inputs (the mask, its overlay, viz and probabilities): a later run on the same
+# folder must not take them for images to predict.
+OWN_OUTPUT_STEM = re.compile(re.escape(DEFAULT_OUTPUT_TAG) + r"(_overlay|_viz|_probs)?$")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -104,29 +109,37 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Files as given; folders and glob patterns expanded to the image files they hold, sorted."""
+def expand_inputs(inputs: list[str]) -> tuple[list[Path], int]:
+    """Files as given; folders and glob patterns expanded to the image files they hold, sorted, leaving out the
+    files an earlier run without --output wrote there (x_OUT.png, ...). Returns the paths and how many were left
+    out that way."""
     paths: list[Path] = []
+    left_out = 0
     for item in inputs:
         path = Path(item)
         if path.is_dir():
             found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         elif path.exists():
-            found = [path]
+            paths.append(path)  # named explicitly: predicted whatever its name
+            continue
         else:
             found = sorted(Path(p) for p in glob.glob(item) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
             if not found:
                 raise UserError(f"input {item} does not exist and matches no image file")
-        if not found and path.is_dir():
-            raise UserError(f"input folder {item} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
-        paths.extend(found)
-    return paths
+        kept = [p for p in found if not OWN_OUTPUT_STEM.search(p.stem)]
+        left_out += len(found) - len(kept)
+        if not kept:
+            outputs = f" other than the {len(found)} outputs of an earlier run (*{DEFAULT_OUTPUT_TAG}.png)" if found \
+                else f" ({', '.join(IMAGE_SUFFIXES)})"
+            raise UserError(f"input {'folder ' if path.is_dir() else ''}{item} holds no image files{outputs}")
+        paths.extend(kept)
+    return paths, left_out
 
 
 def output_paths(inputs: list[Path], outputs: list[str] | None) -> list[Path]:
     """One output per input: explicit files, a folder mirroring the input names (.png), or beside each input."""
     if not outputs:
-        return [path.with_name(f"{path.stem}_OUT.png") for path in inputs]
+        return [path.with_name(f"{path.stem}{DEFAULT_OUTPUT_TAG}.png") for path in inputs]
     if len(outputs) == 1 and (Path(outputs[0]).is_dir() or outputs[0].endswith(("/", os.sep)) or len(inputs) > 1):
         folder = Path(outputs[0])
         if folder.suffix.lower() in IMAGE_SUFFIXES:
@@ -310,12 +323,20 @@ def main(args: argparse.Namespace) -> int:
     for flag, value in (("--batch-size", args.batch_size), ("--writers", args.writers)):
         if value is not None and value < 1:
             raise UserError(f"{flag} must be at least 1, got {value}")
+    if args.scale is not None and args.scale <= 0:
+        raise UserError(f"--scale must be above 0 (the model's input is the image times it), got {args.scale}")
+    if not 0 < args.mask_threshold < 1:
+        raise UserError(f"--mask-threshold is a probability: it must be between 0 and 1, got {args.mask_threshold}")
     if args.workers is not None and args.workers < 0:
         raise UserError(f"--workers must be 0 or more, got {args.workers}")
     model, checkpoint = load_model(args.model, device, n_classes=args.classes, bilinear=args.bilinear)
     model = fuse_batchnorm(model)  # the unfused original is freed
     scale = inference_scale(checkpoint, args.scale)
-    inputs = expand_inputs(args.input)
+    inputs, left_out = expand_inputs(args.input)
+    if left_out:
+        print(f"note: left out {left_out} files named like the outputs of a run without --output "
+              f"(<name>{DEFAULT_OUTPUT_TAG}.png and its _overlay/_viz/_probs files); name such a file explicitly "
+              "to predict it")
     outputs = output_paths(inputs, args.output)
     csv_path = csv_location(args.csv, args.output, outputs)
     if csv_path is not None:

@@ -306,8 +306,16 @@ def test_predict_inputs_expand_folders_and_globs_and_outputs_pair_up(tmp_path: P
 
     for name in ("b.png", "a.jpg", "notes.txt"):
         (tmp_path / name).write_bytes(b"")
-    assert predict.expand_inputs([str(tmp_path)]) == [tmp_path / "a.jpg", tmp_path / "b.png"]
-    assert predict.expand_inputs([str(tmp_path / "*.png")]) == [tmp_path / "b.png"]
+    assert predict.expand_inputs([str(tmp_path)]) == ([tmp_path / "a.jpg", tmp_path / "b.png"], 0)
+    assert predict.expand_inputs([str(tmp_path / "*.png")]) == ([tmp_path / "b.png"], 0)
+    # the outputs of an earlier run without --output are not inputs, unless named explicitly
+    for name in ("a_OUT.png", "a_OUT_overlay.png", "b_OUT_viz.png", "b_OUT_probs.npy", "c_OUTLINE.png"):
+        (tmp_path / name).write_bytes(b"")
+    assert predict.expand_inputs([str(tmp_path)]) == ([tmp_path / "a.jpg", tmp_path / "b.png",
+                                                       tmp_path / "c_OUTLINE.png"], 4)
+    assert predict.expand_inputs([str(tmp_path / "a_OUT.png")]) == ([tmp_path / "a_OUT.png"], 0)
+    with pytest.raises(UserError, match=r"holds no image files other than the 2 outputs of an earlier run"):
+        predict.expand_inputs([str(tmp_path / "b_*")])
     inputs = [tmp_path / "a.jpg", tmp_path / "b.png"]
     assert predict.output_paths(inputs, None) == [tmp_path / "a_OUT.png", tmp_path / "b_OUT.png"]
     assert predict.output_paths(inputs, [str(tmp_path / "out")]) == [tmp_path / "out" / "a.png",
@@ -691,3 +699,14 @@ def test_grad_clip_0_means_no_clipping_not_zero_gradients() -> None:
     unclipped = weights_after_a_step(0.0)
     assert torch.equal(unclipped, weights_after_a_step(1e12))  # a limit never reached
     assert not torch.allclose(unclipped, initial * (1 - 0.1 * 0.01), atol=1e-3)  # more than weight decay moved them
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--scale", "0"], "--scale must be above 0"),
+    (["--mask-threshold", "2"], "--mask-threshold is a probability: it must be between 0 and 1, got 2.0"),
+])
+def test_predict_flags_out_of_range_stop_before_any_work(flags: list[str], message: str) -> None:
+    import predict
+
+    with pytest.raises(UserError, match=message):  # before the (missing) model is even opened
+        predict.main(predict.get_args_parser().parse_args(["-m", "missing.pth", "-i", "missing.jpg", *flags]))
