@@ -41,7 +41,7 @@ from utils.device import (
     keep_freed_memory_on_cpu,
     should_compile,
 )
-from utils.errors import UserError, check_output_file, make_folder, run_cli
+from utils.errors import UserError, check_flag, check_output_file, make_folder, run_cli
 from utils.inference import (
     add_inference_arguments,
     fuse_batchnorm,
@@ -321,14 +321,10 @@ def main(args: argparse.Namespace) -> int:
     options = inference_options(args)
     set_image_pixel_limit(args.max_image_pixels)
     for flag, value in (("--batch-size", args.batch_size), ("--writers", args.writers)):
-        if value is not None and value < 1:
-            raise UserError(f"{flag} must be at least 1, got {value}")
-    if args.scale is not None and args.scale <= 0:
-        raise UserError(f"--scale must be above 0 (the model's input is the image times it), got {args.scale}")
-    if not 0 < args.mask_threshold < 1:
-        raise UserError(f"--mask-threshold is a probability: it must be between 0 and 1, got {args.mask_threshold}")
-    if args.workers is not None and args.workers < 0:
-        raise UserError(f"--workers must be 0 or more, got {args.workers}")
+        check_flag(flag, value, value is None or value >= 1, "a whole number of at least 1")
+    check_flag("--workers", args.workers, args.workers is None or args.workers >= 0, "0 (none) or more")
+    check_flag("--scale", args.scale, args.scale is None or args.scale > 0, "above 0 (the image's size times it)")
+    check_flag("--mask-threshold", args.mask_threshold, 0 < args.mask_threshold < 1, "a probability between 0 and 1")
     model, checkpoint = load_model(args.model, device, n_classes=args.classes, bilinear=args.bilinear)
     model = fuse_batchnorm(model)  # the unfused original is freed
     scale = inference_scale(checkpoint, args.scale)

@@ -74,7 +74,7 @@ from utils.distributed import (
     init_world,
     smallest_everywhere,
 )
-from utils.errors import UserError, make_folder, run_cli
+from utils.errors import UserError, check_flag, make_folder, run_cli
 from utils.inference import WHOLE_IMAGE, InferenceOptions, is_out_of_memory, logits_to_classes
 from utils.mask_encoding import MaskValue, add_binarize_argument, binarize_threshold, check_classes
 from utils.nan_guard import NonFiniteGuard
@@ -228,8 +228,7 @@ def check_args(args: argparse.Namespace) -> None:
         ("--crop-foreground", args.crop_foreground, 0 <= args.crop_foreground <= 1, "a share from 0 to 1"),
         ("--grad-clip", args.grad_clip, args.grad_clip >= 0, "0 (no clipping) or more"),
     ):
-        if not ok:
-            raise UserError(f"{flag} {value} is out of range: it must be {rule}")
+        check_flag(flag, value, ok, rule)
     parse_save_every(args.save_every)
     for flag, value, default in (("--crops-per-image", args.crops_per_image, 1),
                                  ("--crop-foreground", args.crop_foreground, DEFAULT_CROP_FOREGROUND)):

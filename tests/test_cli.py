@@ -669,9 +669,9 @@ def test_crops_per_image_cuts_that_many_windows_of_each_image_per_epoch(
 
 
 @pytest.mark.parametrize(("flags", "message"), [
-    (["--batch-size", "0"], "--batch-size 0 is out of range: it must be a whole number of at least 1"),
-    (["--scale", "1.5"], "--scale 1.5 is out of range: it must be above 0 and at most 1"),
-    (["--grad-clip", "-1"], "--grad-clip -1.0 is out of range: it must be 0 (no clipping) or more"),
+    (["--batch-size", "0"], "--batch-size must be a whole number of at least 1, got 0"),
+    (["--scale", "1.5"], "--scale must be above 0 and at most 1, got 1.5"),
+    (["--grad-clip", "-1"], "--grad-clip must be 0 (no clipping) or more, got -1.0"),
 ])
 def test_out_of_range_flags_say_what_is_allowed(flags: list[str], message: str) -> None:
     import train
@@ -703,10 +703,16 @@ def test_grad_clip_0_means_no_clipping_not_zero_gradients() -> None:
 
 @pytest.mark.parametrize(("flags", "message"), [
     (["--scale", "0"], "--scale must be above 0"),
-    (["--mask-threshold", "2"], "--mask-threshold is a probability: it must be between 0 and 1, got 2.0"),
+    (["--mask-threshold", "2"], "--mask-threshold must be a probability between 0 and 1, got 2.0"),
 ])
-def test_predict_flags_out_of_range_stop_before_any_work(flags: list[str], message: str) -> None:
+def test_predict_and_evaluate_flags_out_of_range_stop_before_any_work(flags: list[str], message: str) -> None:
+    import evaluate
     import predict
 
     with pytest.raises(UserError, match=message):  # before the (missing) model is even opened
         predict.main(predict.get_args_parser().parse_args(["-m", "missing.pth", "-i", "missing.jpg", *flags]))
+    if flags[0] != "--scale":  # evaluate scores at the training scale's range, (0, 1]
+        with pytest.raises(UserError, match=message):
+            evaluate.main(evaluate.get_args_parser().parse_args(["-m", "missing.pth", *flags]))
+    with pytest.raises(UserError, match="--batch-size must be a whole number of at least 1, got 0"):
+        evaluate.main(evaluate.get_args_parser().parse_args(["-m", "missing.pth", "--batch-size", "0"]))

@@ -11,6 +11,12 @@ class UserError(Exception):
     """Something the user can fix (a bad file, a wrong flag); the CLIs print it and exit with code 2."""
 
 
+def check_flag(flag: str, value: object, ok: bool, rule: str) -> None:
+    """One wording for every flag out of its range in every script: what it must be, and what was given."""
+    if not ok:
+        raise UserError(f"{flag} must be {rule}, got {value}")
+
+
 def run_cli(main: Callable[[argparse.Namespace], object], parser: argparse.ArgumentParser) -> None:
     """Parse the arguments and run main(args); a UserError (also one from a DataLoader worker) is one line."""
     parser.add_argument("--debug", action="store_true", help="show the full Python traceback of errors")

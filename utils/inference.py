@@ -19,7 +19,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .data_loading import normalize_images
 from .device import Precision, memory_format, return_freed_memory
-from .errors import UserError
+from .errors import UserError, check_flag
 from .tiling import sliding_window
 
 TTA_CHOICES = ("none", "flip", "d4")
@@ -85,14 +85,13 @@ def inference_options(args: argparse.Namespace) -> InferenceOptions:
 
 
 def check_options(options: InferenceOptions) -> None:
-    if not 0 <= options.overlap < 1:
-        raise UserError(f"--overlap must be at least 0 and below 1 (a fraction of the tile), got {options.overlap}")
-    if options.tta not in TTA_CHOICES:
-        raise UserError(f"--tta must be one of {', '.join(TTA_CHOICES)}, got {options.tta!r}")
-    if options.tile_batch is not None and options.tile_batch < 1:
-        raise UserError(f"--tile-batch must be at least 1, got {options.tile_batch}")
-    if options.max_memory is not None and options.max_memory <= 0:
-        raise UserError(f"--max-memory must be a positive number of GiB, got {options.max_memory}")
+    check_flag("--overlap", options.overlap, 0 <= options.overlap < 1,
+               "at least 0 and below 1 (a fraction of the tile)")
+    check_flag("--tta", repr(options.tta), options.tta in TTA_CHOICES, f"one of {', '.join(TTA_CHOICES)}")
+    check_flag("--tile-batch", options.tile_batch, options.tile_batch is None or options.tile_batch >= 1,
+               "a whole number of at least 1")
+    check_flag("--max-memory", options.max_memory, options.max_memory is None or options.max_memory > 0,
+               "a positive number of GiB")
 
 
 def bytes_per_pixel(precision: Precision) -> int:
