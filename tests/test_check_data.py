@@ -573,3 +573,9 @@ def test_the_cli_reports_a_damaged_file_in_its_own_words_without_pillows_warning
                             "--workers", "1", cwd=REPO)
     assert result.returncode == 1 and "unreadable: " in result.stdout and "damaged.tif" in result.stdout
     assert not [warning for warning in through_the_cli if "PIL" in warning.filename]
+
+
+def test_negative_workers_are_a_one_line_error_before_any_file_is_read(tmp_path) -> None:
+    args = check_data.get_args_parser().parse_args(["--imgs", str(tmp_path / "absent"), "--workers", "-2"])
+    with pytest.raises(UserError, match="--workers must be 0 or more, got -2"):  # not "folder does not exist"
+        check_data.main(args)

@@ -34,7 +34,7 @@ from .data_loading import (
     read_mask,
     set_image_pixel_limit,
 )
-from .errors import UserError, run_cli
+from .errors import UserError, check_flag, run_cli
 from .mask_encoding import (
     MaskValue,
     add_binarize_argument,
@@ -397,7 +397,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_binarize_argument(parser)
     parser.add_argument("--ignore-index", type=int, default=None, metavar="VALUE",
                         help="mask value excluded from training and scores (e.g. 255 borders)")
-    parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores, max 8)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="decoding processes; 0 or 1 decode in this process (default: all cores, max 8)")
     add_image_limit_argument(parser)
     return parser
 
@@ -405,6 +406,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     """Prints the report; exit code 1 when files are unreadable or mismatched or masks are blurred JPEGs, else 0."""
     set_image_pixel_limit(args.max_image_pixels)
+    check_flag("--workers", args.workers, args.workers is None or args.workers >= 0, "0 or more")
     check = check_dataset(args.imgs, args.masks, args.mask_suffix, args.binarize, args.ignore_index, args.workers)
     print(check.report())
     return 1 if check.problems else 0
