@@ -34,17 +34,20 @@ def _weights_file(weights: str | Path, progress: bool) -> Path:
     return _local_copy(text, progress) if text.startswith(("http://", "https://")) else Path(text)
 
 
-def unet(n_channels: int = 3, n_classes: int = 2, bilinear: bool = False, weights: str | Path | None = None,
-         progress: bool = True) -> UNet:
-    """A U-Net, untrained or with weights from a checkpoint path or URL (ours or a reference state_dict).
+def unet(n_channels: int | None = None, n_classes: int | None = None, bilinear: bool | None = None,
+         weights: str | Path | None = None, progress: bool = True) -> UNet:
+    """A U-Net, untrained (3 channels, 2 classes, transposed-conv upsampling unless told otherwise) or with
+    weights from a checkpoint path or URL (ours or a reference state_dict).
 
-    With weights, the architecture comes from the file; the arguments must agree with it.
+    With weights, the architecture comes from the file: the arguments may be left out, and must agree with it
+    when given.
     """
     if weights is None:
-        return UNet(n_channels, n_classes, bilinear)
+        return UNet(3 if n_channels is None else n_channels, 2 if n_classes is None else n_classes, bool(bilinear))
     checkpoint = load_checkpoint(_weights_file(weights, progress))
-    if checkpoint["model_args"]["n_channels"] != n_channels:
-        raise ValueError(f"{weights} expects {checkpoint['model_args']['n_channels']} input channels, not {n_channels}")
+    stored_channels = checkpoint["model_args"]["n_channels"]
+    if n_channels is not None and stored_channels != n_channels:
+        raise ValueError(f"{weights} expects {stored_channels} input channels, not {n_channels}")
     return model_from_checkpoint(checkpoint, n_classes=n_classes, bilinear=bilinear)
 
 

@@ -29,6 +29,15 @@ def test_unet_entry_point_loads_our_checkpoint(tmp_path: Path) -> None:
     assert model.mask_values == [0, 10, 20]
 
 
+def test_unet_entry_point_takes_the_architecture_from_the_weights_when_not_told(tmp_path: Path) -> None:
+    save_checkpoint(tmp_path / "gray.pth", UNet(1, 4, bilinear=True), [0, 1, 2, 3])
+    model = hubconf.unet(weights=tmp_path / "gray.pth")
+    assert (model.n_channels, model.n_classes, model.bilinear) == (1, 4, True)
+    assert (hubconf.unet().n_channels, hubconf.unet().n_classes, hubconf.unet().bilinear) == (3, 2, False)
+    with pytest.raises(ValueError, match="expects 1 input channels, not 3"):
+        hubconf.unet(n_channels=3, weights=tmp_path / "gray.pth")
+
+
 def test_unet_entry_point_rejects_contradicting_arguments(tmp_path: Path) -> None:
     torch.save(UNet(3, 2).state_dict(), tmp_path / "plain.pth")
     with pytest.raises(Exception, match="--classes is 5 but .* has 2 classes"):
