@@ -8,7 +8,7 @@
 # not been measured with, most important first, so that a run cut short still answers the main questions: the
 # CUDA tests, train.py end to end, the model's step profiled by kind of kernel (bench/step_profile.py),
 # predict.py end to end, predict.py with a blur in place of the U-Net (its ceiling around the model), train.py at
-# full resolution (the 6 GiB target). The table is also in $OUT/gpu_table.md, row by row, should the call be cut.
+# full resolution (the 6 GiB target). The tables are also in $OUT/gpu_table*.md, row by row, should the call be cut.
 # "explore" (~7 min, not in "all"): what could lift the ceilings further: the per-mask costs on the GPU,
 # predict.py with cuDNN's algorithm search, model-only training variants train.py does not use yet (960x640
 # inputs, batch 32, CUDA graphs, max-autotune last, cut at 150 s).
@@ -19,16 +19,19 @@ PY=${PY:-python3}
 OUT=${OUT:-/tmp}
 export PYTHONUNBUFFERED=1
 LOG="$OUT/gpu_check.log"
-TABLE="$OUT/gpu_table.md"
+TABLE="$OUT/gpu_table.md"  # training rows (train_speed.py, step_profile.py)
+PREDICT_TABLE="$OUT/gpu_table_predict.md"  # prediction rows (predict_speed.py): other columns
 : >"$TABLE"
+: >"$PREDICT_TABLE"
 
-row() {  # run a benchmark, keep its last line (a Markdown row) for the table
+row() {  # run a benchmark, keep its last line (a Markdown row) for its table
     local label=$1
     shift
     echo "== $(date +%T) $label: $*" | tee -a "$LOG"
-    local line
+    local line table=$TABLE
+    [[ $1 == bench/predict_speed.py ]] && table=$PREDICT_TABLE
     line=$(timeout "${STEP_TIMEOUT:-150}" "$PY" "$@" 2>>"$LOG" | tee -a "$LOG" | tail -n 1)
-    echo "| $label ${line:-| failed or timed out (see gpu_check.log) |}" >>"$TABLE"
+    echo "| $label ${line:-| failed or timed out (see gpu_check.log) |}" >>"$table"
 }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$LOG"
@@ -101,7 +104,15 @@ STEP_TIMEOUT=150 row "model max-autotune" bench/train_speed.py --model-only --sc
 fi
 
 echo
-echo "| run | recipe | device | settings | images/s | data wait | peak memory | version, date |"
-echo "|---|---|---|---|---|---|---|---|"
-cat "$TABLE"
+if [[ -s $TABLE ]]; then
+    echo "| run | recipe | device | settings | images/s | data wait | peak memory | version, date |"
+    echo "|---|---|---|---|---|---|---|---|"
+    cat "$TABLE"
+fi
+if [[ -s $PREDICT_TABLE ]]; then
+    echo
+    echo "| run | device | settings | ours, 1st run | ours, 2nd run | reference loop | ratio | version, date |"
+    echo "|---|---|---|---|---|---|---|---|"
+    cat "$PREDICT_TABLE"
+fi
 echo "finished $(date +%T)"

@@ -4,6 +4,7 @@ every Python command the script runs is checked here: its script imports, and it
 script's own parser (the flags predict_speed.py passes on, with predict.py's)."""
 
 import argparse
+import os
 import re
 import runpy
 import shlex
@@ -82,3 +83,21 @@ def test_a_mistyped_flag_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     namespace = parsed_arguments(["bench/train_speed.py", "--count", "320", "--epochs", "1"], monkeypatch)
     with pytest.raises(SystemExit):
         train_speed.check_args(argparse.ArgumentParser(), namespace)
+
+
+@pytest.mark.parametrize("part", ["next", "explore", "all"])
+def test_each_part_runs_through_and_tables_its_rows(part: str, tmp_path: Path) -> None:
+    """The shell around the benchmarks (parts, tables, the log), with a stand-in for python that prints a row."""
+    stand_in = tmp_path / "python"
+    stand_in.write_text('#!/bin/sh\necho "| measured | $1 |"\n')
+    stand_in.chmod(0o755)
+    result = subprocess.run(["bash", str(SCRIPT), part], env={**os.environ, "OUT": str(tmp_path), "PY": str(stand_in)},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    training = (tmp_path / "gpu_table.md").read_text().splitlines()
+    prediction = (tmp_path / "gpu_table_predict.md").read_text().splitlines()
+    assert training and prediction
+    assert all(line.endswith("| measured | bench/train_speed.py |") or "bench/step_profile.py" in line
+               for line in training)
+    assert all(line.endswith("| measured | bench/predict_speed.py |") for line in prediction)
+    assert result.stdout.count("| run |") == 2 and "finished" in result.stdout
