@@ -202,7 +202,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     run.add_argument("--keep-epochs", action="store_true",
                      help="also keep every epoch's checkpoint as epoch_N.pth (as the reference did)")
     run.add_argument("--wandb", choices=WANDB_MODES, default=None,
-                     help="wandb mode (default: online if WANDB_API_KEY is set, else offline)")
+                     help="wandb mode (default: $WANDB_MODE if set, else online if you have a wandb key (WANDB_API_KEY "
+                          "or wandb login), else offline: never a login prompt)")
     run.add_argument("--log-every", type=int, default=10,
                      help="steps between loss readouts, each a host sync (default: %(default)s)")
     add_device_arguments(parser.add_argument_group("device and precision"))

@@ -289,6 +289,31 @@ def test_wandb_offline_run_is_written_locally(tmp_path: Path, monkeypatch: pytes
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
 
 
+def test_wandb_default_mode_follows_wandb_mode_then_a_key_else_offline(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from utils.run_log import default_wandb_mode
+
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "absent"))
+    assert default_wandb_mode() == "offline"  # no key anywhere: never a login prompt
+    monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
+    assert default_wandb_mode() == "online"
+    monkeypatch.setenv("WANDB_MODE", "disabled")  # the user's own setting wins
+    assert default_wandb_mode() == "disabled"
+    monkeypatch.setenv("WANDB_MODE", "dryrun")
+    assert default_wandb_mode() == "offline"
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.delenv("WANDB_API_KEY")
+    netrc = tmp_path / "netrc"  # what `wandb login` writes
+    netrc.write_text("machine api.wandb.ai\n  login user\n  password " + "0" * 40 + "\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    assert default_wandb_mode() == "online"
+    monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.invalid")  # a server of its own: no key for it
+    assert default_wandb_mode() == "offline"
+
+
 def test_size_mismatch_found_in_a_worker_process_is_one_line(tmp_path: Path) -> None:
     write_carvana_like(tmp_path / "data", 3)
     mask = sorted((tmp_path / "data" / "masks").iterdir())[1]

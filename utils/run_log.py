@@ -4,11 +4,13 @@ wandb is optional: any failure to start it is reported in one line and the run g
 """
 
 import csv
+import netrc
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
@@ -23,8 +25,22 @@ WANDB_MODES = ("online", "offline", "disabled")
 
 
 def default_wandb_mode() -> str:
-    """Online only when the user has a key; otherwise runs are written locally and synced by hand later."""
-    return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+    """WANDB_MODE when the user set it (wandb's own variable, e.g. disabled); else online when the user has a key
+    (WANDB_API_KEY, or the ~/.netrc entry `wandb login` writes); else offline: the run is written locally, to be
+    synced by hand later. Never a login prompt."""
+    mode = os.environ.get("WANDB_MODE", "").strip().lower()
+    mode = {"dryrun": "offline", "run": "online"}.get(mode, mode)  # wandb's older names
+    if mode in WANDB_MODES:
+        return mode
+    return "online" if os.environ.get("WANDB_API_KEY") or _logged_in_with_netrc() else "offline"
+
+
+def _logged_in_with_netrc() -> bool:
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return bool(host and netrc.netrc(os.environ.get("NETRC")).authenticators(host))
+    except (OSError, netrc.NetrcParseError):  # no ~/.netrc (the usual case), or one that cannot be read
+        return False
 
 
 class RunLog:
