@@ -44,7 +44,7 @@ def unet(n_channels: int | None = None, n_classes: int | None = None, bilinear: 
     """
     if weights is None:
         return UNet(3 if n_channels is None else n_channels, 2 if n_classes is None else n_classes, bool(bilinear))
-    checkpoint = load_checkpoint(_weights_file(weights, progress))
+    checkpoint = load_checkpoint(_weights_file(weights, progress), flag="weights=")
     stored_channels = checkpoint["model_args"]["n_channels"]
     if n_channels is not None and stored_channels != n_channels:
         raise ValueError(f"{weights} expects {stored_channels} input channels, not {n_channels}")

@@ -580,7 +580,7 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
                 "while writing it; the checkpoints themselves are intact", file=sys.stderr)
 
     resume_file = resume_path(args.resume, args.checkpoint_dir)
-    resumed = load_checkpoint(resume_file) if resume_file else None
+    resumed = load_checkpoint(resume_file, flag="--resume") if resume_file else None
     if resumed is not None:
         check_training_state(resumed, resume_file)
         for line in keep_run_settings(args, resumed, resume_file):
@@ -592,7 +592,7 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
                           if resumed is not None else "finds no checkpoint to resume",
                           "every node needs the same --checkpoint-dir: put it on a file system they all share")
 
-    weights = load_checkpoint(args.load) if args.load else None
+    weights = load_checkpoint(args.load, flag="--load") if args.load else None
     if weights is not None:  # start from these weights: their architecture decides how images are read
         args.channels = weights["model_args"]["n_channels"]
         args.classes = args.classes or weights["model_args"]["n_classes"]
@@ -719,8 +719,11 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
         best = f", best validation Dice {best_dice:.4f}" if best_dice >= 0 else ""
         within = f" after its first {skip_batches} batches" if skip_batches else ""
         say(f"resuming {resume_file}: epoch {start_epoch}{within}, step {step}{best}")
-        if start_epoch > args.epochs:
-            say(f"{resume_file} has already trained {args.epochs} epochs: raise --epochs to train longer")
+        if start_epoch > args.epochs:  # nothing to train: no loader, no logs, no checkpoint written again
+            done = start_epoch - 1
+            say(f"{resume_file} has already trained {done} epoch{'s' if done != 1 else ''} of --epochs "
+                f"{args.epochs}: nothing left to do; raise --epochs (e.g. --epochs {done + 5}) to train longer")
+            return {"step": step, "best_dice": best_dice, "val_dice": None, "history": []}
     # One loader iterator for all the epochs left: its workers decode the next epoch during validation.
     plan = EpochBatches(order, start_epoch, args.epochs, skip_batches)
     train_loader = make_loader(SeededItems(train_set), args.batch_size, device, min(workers, len(train_set)),

@@ -207,6 +207,13 @@ def test_resume_continues_step_count_and_matches_uninterrupted_run(tmp_path: Pat
     for key, value in straight["model"].items():
         torch.testing.assert_close(resumed["model"][key], value, rtol=0, atol=0, msg=key)
 
+    # resumed once more with nothing left to train: said so, and nothing written again
+    files = {name: (tmp_path / "split" / name).read_bytes() for name in ("last.pth", "metrics.csv")}
+    result = run("train.py", "--checkpoint-dir", "split", "--resume", "auto", *flags, cwd=tmp_path)
+    assert "has already trained 2 epochs of --epochs 2: nothing left to do" in result.stdout
+    assert "checkpoints in" not in result.stdout
+    assert files == {name: (tmp_path / "split" / name).read_bytes() for name in files}
+
 
 def test_tiny_datasets_do_not_crash(tmp_path: Path) -> None:
     write_carvana_like(tmp_path / "data", 2)
@@ -235,6 +242,8 @@ def test_reference_state_dict_with_mask_values_loads_in_predict(tmp_path: Path) 
         (["--imgs", "nowhere"], "nowhere"),
         (["--classes", "2", "--masks", "data/masks3"], "--classes 3"),
         (["--scale", "0"], "--scale"),
+        (["--resume", "nothere.pth"], "checkpoint nothere.pth does not exist: give --resume the path of one"),
+        (["--load", "nothere.pth"], "give --load the path of one"),
     ],
 )
 def test_user_errors_are_one_line_with_exit_code_2(tmp_path: Path, args: list[str], needle: str) -> None:

@@ -146,7 +146,8 @@ def test_missing_checkpoint_is_one_line_and_exit_code_2(tmp_path: Path) -> None:
                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
-        "error: checkpoint missing.pth does not exist: train one with train.py or pass --model PATH"]
+        "error: checkpoint missing.pth does not exist: give --model the path of one (train.py writes "
+        "checkpoints/last.pth and best.pth)"]
     assert list(tmp_path.iterdir()) == []
 
 

@@ -365,16 +365,18 @@ def _what_it_is(head: bytes) -> str:
     return f"it is {found}" if found else "neither a zip archive nor a pickle"
 
 
-def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu", flag: str = "--model"
+                    ) -> dict[str, Any]:
     """The one reader: every checkpoint, ours or a plain reference state_dict, comes back checked, in one shape.
 
     Returns model (state_dict), model_args, mask_values (None when the file has none), source, and the rest of
     our format's entries. The weights are checked against the declared (ours) or inferred (plain) architecture;
-    resume also calls check_training_state.
+    resume also calls check_training_state. flag: how the user named the file, for the message when it is missing.
     """
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist: train one with train.py or pass --model PATH")
+        raise UserError(f"checkpoint {path} does not exist: give {flag} the path of one (train.py writes "
+                        "checkpoints/last.pth and best.pth)")
     data = _read(path, map_location)
     if not isinstance(data, dict):
         raise UserError(f"{path} is not a U-Net checkpoint (it holds a {type(data).__name__})")
