@@ -156,8 +156,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     model.add_argument("--classes", "-c", type=int, default=None,
                        help="number of classes: 1 = binary with sigmoid/BCE, 2+ = softmax/cross-entropy "
                             "(default: one per mask value found, at least 2)")
-    model.add_argument("--channels", type=int, default=3, choices=(1, 3),
-                       help="image channels the model reads (default: %(default)s)")
+    model.add_argument("--channels", type=int, default=None, choices=(1, 3),
+                       help="image channels the model reads (default: 3, or those of the --load weights)")
     model.add_argument("--bilinear", action="store_true", help="bilinear upsampling instead of transposed conv")
     model.add_argument("--load", "-f", default=None, metavar="FILE",
                        help="start from the weights of this checkpoint (ours or a reference .pth)")
@@ -594,8 +594,13 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
 
     weights = load_checkpoint(args.load, flag="--load") if args.load else None
     if weights is not None:  # start from these weights: their architecture decides how images are read
-        args.channels = weights["model_args"]["n_channels"]
+        stored = weights["model_args"]["n_channels"]
+        if args.channels not in (None, stored):
+            raise UserError(f"--channels is {args.channels} but {args.load} holds a model of {stored}-channel "
+                            f"images: leave out --channels, or start without --load")
+        args.channels = stored
         args.classes = args.classes or weights["model_args"]["n_classes"]
+    args.channels = args.channels or 3
 
     # Data: pair and check the files (decoded once, cached; rank 0 first so the others read its cache),
     # settle the classes, split, wrap in loaders that give each process its share.

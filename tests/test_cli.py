@@ -386,6 +386,10 @@ def test_load_takes_the_architecture_from_the_weights_file(tmp_path: Path) -> No
         train.main(train.get_args_parser().parse_args(
             [*base, "--load", str(tmp_path / "first" / "last.pth"), "--classes", "2",
              "--checkpoint-dir", str(tmp_path / "third")]))
+    with pytest.raises(UserError, match="--channels is 3 but .*last.pth holds a model of 1-channel images"):
+        train.main(train.get_args_parser().parse_args(
+            [*base, "--load", str(tmp_path / "first" / "last.pth"), "--channels", "3",
+             "--checkpoint-dir", str(tmp_path / "third")]))
 
 
 def test_bare_csv_flag_puts_predictions_csv_beside_the_masks(tmp_path: Path) -> None:
