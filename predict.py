@@ -66,7 +66,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", "-m", default="MODEL.pth", metavar="FILE",
                         help="checkpoint: ours or a reference state_dict (default MODEL.pth)")
     parser.add_argument("--input", "-i", metavar="INPUT", nargs="+", required=True,
-                        help="image files, folders or glob patterns")
+                        help="image files, folders or glob patterns (quoted; DIR/**/*.png searches subfolders too)")
     parser.add_argument("--output", "-o", metavar="OUTPUT", nargs="+",
                         help="one file per input, or one folder: masks named like the inputs, as .png "
                              "(default: <name>_OUT.png beside each input)")
@@ -123,14 +123,15 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], int]:
             paths.append(path)  # named explicitly: predicted whatever its name
             continue
         else:
-            found = sorted(Path(p) for p in glob.glob(item) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(Path(p) for p in glob.glob(item, recursive=True)  # DIR/**/*.jpg: subfolders too
+                           if Path(p).suffix.lower() in IMAGE_SUFFIXES and Path(p).is_file())
             if not found:
                 raise UserError(f"input {item} does not exist and matches no image file")
         kept = [p for p in found if not OWN_OUTPUT_STEM.search(p.stem)]
         left_out += len(found) - len(kept)
         if not kept:
             outputs = f" other than the {len(found)} outputs of an earlier run (*{DEFAULT_OUTPUT_TAG}.png)" if found \
-                else f" ({', '.join(IMAGE_SUFFIXES)})"
+                else f" ({', '.join(IMAGE_SUFFIXES)}; subfolders are not searched: use '{path / '**' / '*'}')"
             raise UserError(f"input {'folder ' if path.is_dir() else ''}{item} holds no image files{outputs}")
         paths.extend(kept)
     return paths, left_out

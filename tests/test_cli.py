@@ -350,6 +350,11 @@ def test_predict_inputs_expand_folders_and_globs_and_outputs_pair_up(tmp_path: P
     assert predict.expand_inputs([str(tmp_path / "a_OUT.png")]) == ([tmp_path / "a_OUT.png"], 0)
     with pytest.raises(UserError, match=r"holds no image files other than the 2 outputs of an earlier run"):
         predict.expand_inputs([str(tmp_path / "b_*")])
+    (tmp_path / "deep" / "er").mkdir(parents=True)
+    (tmp_path / "deep" / "er" / "d.jpg").write_bytes(b"")
+    with pytest.raises(UserError, match=r"input folder .*deep holds no image files .*subfolders are not searched"):
+        predict.expand_inputs([str(tmp_path / "deep")])
+    assert predict.expand_inputs([str(tmp_path / "deep" / "**" / "*.jpg")]) == ([tmp_path / "deep" / "er" / "d.jpg"], 0)
     inputs = [tmp_path / "a.jpg", tmp_path / "b.png"]
     assert predict.output_paths(inputs, None) == [tmp_path / "a_OUT.png", tmp_path / "b_OUT.png"]
     assert predict.output_paths(inputs, [str(tmp_path / "out")]) == [tmp_path / "out" / "a.png",
