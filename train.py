@@ -10,6 +10,7 @@ Read top to bottom: arguments, device, precision and processes, data, model and 
 
 import argparse
 import hashlib
+import math
 import os
 import random
 import sys
@@ -313,8 +314,9 @@ def parse_class_weights(text: str | None, n_classes: int, class_pixels: list[int
             weights = [float(w) for w in text.split(",")]
         except ValueError:
             raise UserError(f"--class-weights {text!r} is not 'auto' or numbers like 1,5") from None
-        if len(weights) != n_weights or min(weights) < 0:
-            raise UserError(f"--class-weights needs {n_weights} non-negative numbers, one per class, got {text!r}")
+        if len(weights) != n_weights or not all(math.isfinite(w) and w >= 0 for w in weights) or not any(weights):
+            raise UserError(f"--class-weights needs {n_weights} non-negative numbers, one per class, at least one "
+                            f"above 0, got {text!r}")
     return torch.tensor(weights, dtype=torch.float32)
 
 
@@ -618,6 +620,12 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
         raise UserError(f"{len(data.size_mismatches)} image/mask pairs differ in size, e.g. "
                         f"{data.size_mismatches[0]}: {data.size_mismatch_fix()}")
     check_scaled_sizes(data.image_sizes, args.scale)
+    if len(data.mask_values) == 1:  # all background (or all one label): the loss teaches one answer everywhere
+        flags = [(flag, value) for flag, value in (("--binarize", binarize_threshold(args.binarize)),
+                                                   ("--ignore-index", args.ignore_index)) if value is not None]
+        given = " with " + " and ".join(f"{flag} {shown(value)}" for flag, value in flags) if flags else ""
+        raise UserError(f"every mask in {args.masks} holds the one value {shown(data.mask_values[0])}{given}: there "
+                        "is nothing to tell apart; check the mask folder" + "".join(f", {flag}" for flag, _ in flags))
     mask_values: list[MaskValue] = data.mask_values
     if resumed is not None and resumed.get("mask_values") is not None:
         known = resumed["mask_values"]

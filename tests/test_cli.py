@@ -243,6 +243,10 @@ def test_reference_state_dict_with_mask_values_loads_in_predict(tmp_path: Path) 
         (["--classes", "2", "--masks", "data/masks3"], "--classes 3"),
         (["--scale", "0"], "--scale"),
         (["--resume", "nothere.pth"], "checkpoint nothere.pth does not exist: give --resume the path of one"),
+        (["--binarize", "300"], "every mask in data/masks holds the one value 0 with --binarize 300: there is nothing "
+                                "to tell apart; check the mask folder, --binarize"),
+        (["--class-weights", "0,0"], "at least one above 0, got '0,0'"),
+        (["--class-weights", "nan,1"], "at least one above 0, got 'nan,1'"),
         (["--load", "nothere.pth"], "give --load the path of one"),
     ],
 )
