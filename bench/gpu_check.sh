@@ -75,7 +75,7 @@ row "train.py defaults, compiled" bench/train_speed.py --count 320 --scale 0.5 -
 # The model's step (the "model bf16 b16 compiled" row's images/s) and where its kernels' time goes: can anything
 # but faster convolutions reach 150 images/s? The Chrome trace comes back in $OUT.
 row "step profile bf16 b16 compiled" bench/step_profile.py --scale 0.5 --batch-size 16 --compile on --steps 6 \
-    --trace "$OUT/step_trace.json"
+    --trace "$OUT/step_trace.json.gz"
 # 3200 images: even with the compiler's cache warm, a compiled start traces the model again (seconds), which a
 # real folder (Carvana's test set: 100,064 images) amortises.
 row "predict.py compiled" bench/predict_speed.py --count 3200 --files 320 --reference-count 8 -- --compile on

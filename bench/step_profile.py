@@ -13,7 +13,9 @@ convolutions ran are printed too. The last line is a Markdown table row for benc
 """
 
 import argparse
+import gzip
 import re
+import shutil
 import sys
 import time
 from collections import defaultdict
@@ -84,6 +86,19 @@ def convolution_flops_per_image(args: argparse.Namespace) -> float:
     return float(counter.get_total_flops())
 
 
+def write_trace(prof: profile, path: Path) -> None:
+    """The Chrome trace (chrome://tracing, ui.perfetto.dev), gzip-compressed when the name ends in .gz: a
+    compiled GPU step's trace can be tens of MB of JSON, more than a lent GPU machine sends back."""
+    if path.suffix != ".gz":
+        prof.export_chrome_trace(str(path))
+        return
+    plain = path.with_suffix("")
+    prof.export_chrome_trace(str(plain))
+    with open(plain, "rb") as source, gzip.open(path, "wb") as target:
+        shutil.copyfileobj(source, target)
+    plain.unlink()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Time of the model-only training step by kind of kernel.")
     parser.add_argument("--warmup", type=int, default=3,
@@ -91,7 +106,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="steps timed without the profiler (default: %(default)s)")
     parser.add_argument("--profiled-steps", type=int, default=2, help="steps recorded (default: %(default)s)")
     parser.add_argument("--top", type=int, default=12, help="longest kernels listed by name (default: %(default)s)")
-    parser.add_argument("--trace", type=Path, default=None, help="also write a Chrome trace of the profiled steps")
+    parser.add_argument("--trace", type=Path, default=None, metavar="FILE",
+                        help="also write a Chrome trace of the profiled steps (gzip-compressed if FILE ends in .gz)")
     add_step_arguments(parser)
     args = parser.parse_args()
 
@@ -103,7 +119,7 @@ def main() -> None:
     with profile(activities=activities) as prof:
         profiled_seconds = seconds_per_step(step, device, args.profiled_steps)
     if args.trace:
-        prof.export_chrome_trace(str(args.trace))
+        write_trace(prof, args.trace)
 
     timings = recorded_timings(prof, device)
     by_kind = time_by_kind(timings)
