@@ -1,5 +1,6 @@
 """The README documents every command-line flag and the two Quickstart commands."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -29,3 +30,26 @@ def test_quickstart_is_make_demo_then_make_test() -> None:
     quickstart = README.split("## Quickstart", 1)[1].split("\n## ", 1)[0]
     commands = [line.split("#")[0].strip() for line in quickstart.splitlines() if line.startswith("make ")]
     assert commands == ["make demo", "make test"]
+
+
+def test_the_readme_flag_lists_carry_each_flag_s_current_help() -> None:
+    """The `-h` blocks in the README are pasted output: a help text changed since (or a flag's default) shows here.
+    Whitespace is compared loosely, so the terminal width and Python's wrapping do not matter."""
+    import export
+    from utils import check_data
+
+    def loosely(text: str) -> str:  # argparse wraps lines at spaces and after hyphens
+        return re.sub(r"-\s+", "-", " ".join(text.split()))
+
+    readme = loosely(README)
+    stale = []
+    for script in (train, predict, evaluate, export, check_data):
+        parser = script.get_args_parser()
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            if action.help and action.help != "==SUPPRESS==":
+                text = loosely(formatter._expand_help(action))
+                if text not in readme:
+                    stale.append(f"{script.__name__} {'/'.join(action.option_strings) or action.dest}: {text[:60]}")
+    assert not stale, "README.md -h blocks are out of date (refresh them with COLUMNS=120 python X -h):\n" + \
+        "\n".join(stale)
