@@ -263,14 +263,22 @@ class LoopWaits:
 
 
 def speed_summary(count: int, seconds: float, waits: LoopWaits, on_gpu: bool, workers: int, writers: int,
-                  cores: int) -> str:
-    """One line for the end of a folder run; names the flag to raise when decoding or writing holds the loop."""
+                  cores: int, first_batch: tuple[float, int] | None = None) -> str:
+    """One line for the end of a folder run; names the flag to raise when decoding or writing holds the loop.
+
+    first_batch: (seconds until the first batch was under way, its images). The start (workers' first
+    decoding, compilation) is then told apart from the steady rate that a longer folder would approach.
+    """
     seconds = max(seconds, 1e-9)
     shares = [f"{waits.decoding / seconds:.0%} for decoding (--workers {workers})"]
     if on_gpu:
         shares.append(f"{waits.device / seconds:.0%} for the GPU")
     shares.append(f"{waits.writing / seconds:.0%} for writing (--writers {writers})")
-    line = f"predicted {count} images in {seconds:.1f} s ({count / seconds:.2f} images/s); waited " + ", ".join(shares)
+    rate = f"{count / seconds:.2f} images/s"
+    if first_batch is not None and count >= 2 * first_batch[1] and seconds > first_batch[0]:
+        started, first_count = first_batch
+        rate += f"; {(count - first_count) / (seconds - started):.2f} after the first batch, at {started:.1f} s"
+    line = f"predicted {count} images in {seconds:.1f} s ({rate}); waited " + ", ".join(shares)
     if waits.decoding / seconds >= 0.25 and workers < cores - 1:
         line += f": decoding holds the loop back, try --workers {min(cores - 1, max(1, 2 * workers))}"
     elif waits.writing / seconds >= 0.25:
@@ -365,6 +373,7 @@ def main(args: argparse.Namespace) -> int:
     turned: list[int] = []  # inputs with an EXIF orientation: viewers show them turned, the masks are not
     waits = LoopWaits()
     waiting = None  # the previous batch: its results are copied to the host while the next batch computes
+    first_batch = None  # (seconds, images) when the first batch was under way
     started = time.perf_counter()
     with tqdm(total=len(todo), desc="predict", unit="img", disable=len(todo) < 2) as bar:
         try:
@@ -387,6 +396,7 @@ def main(args: argparse.Namespace) -> int:
                         hand_over(waiting, writer, inputs, outputs, waits)
                     waiting = ready
                 bar.update(batch["count"])
+                first_batch = first_batch or (time.perf_counter() - started, batch["count"] - len(batch["errors"]))
             if waiting is not None:
                 hand_over(waiting, writer, inputs, outputs, waits)
         finally:
@@ -395,7 +405,7 @@ def main(args: argparse.Namespace) -> int:
             waits.writing += time.perf_counter() - closing
     if len(todo) > 1:
         print(speed_summary(len(todo) - len(failed), time.perf_counter() - started, waits, on_gpu, workers, writers,
-                            os.cpu_count() or 1))
+                            os.cpu_count() or 1, first_batch))
     if csv_path is not None:
         writer.write_csv(csv_path)
         print(f"per-image class fractions written to {csv_path}")

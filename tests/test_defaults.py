@@ -120,6 +120,14 @@ def test_prediction_summary_names_the_flag_that_would_help(waits, workers, write
     assert ("try --" in line) == (hint is not None) and (hint is None or line.endswith(hint))
 
 
+def test_prediction_summary_tells_the_start_from_the_steady_rate():
+    from predict import LoopWaits, speed_summary
+
+    line = speed_summary(160, 10.0, LoopWaits(), True, 8, 8, 16, first_batch=(4.0, 16))  # compiled: a slow start
+    assert line.startswith("predicted 160 images in 10.0 s (16.00 images/s; 24.00 after the first batch, at 4.0 s); ")
+    assert "after the first batch" not in speed_summary(20, 2.0, LoopWaits(), True, 8, 8, 16, first_batch=(1.0, 16))
+
+
 def test_prediction_summary_on_a_cpu_leaves_the_gpu_out():
     from predict import LoopWaits, speed_summary
 
