@@ -115,7 +115,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mask-suffix", default=None,
                         help="mask name = image name + suffix (e.g. _mask); detected when omitted")
     parser.add_argument("--scale", "-s", type=float, default=None,
-                        help="image downscaling before the model (default: the scale the model was trained at)")
+                        help="image scaling before the model, as predict.py's (default: the scale the model was "
+                             "trained at)")
     parser.add_argument("--mask-threshold", "-t", type=float, default=0.5,
                         help="probability threshold for one-class (sigmoid) models (default 0.5)")
     parser.add_argument("--batch-size", "-b", type=int, default=1,
@@ -138,6 +139,7 @@ def main(args: argparse.Namespace) -> dict:
     check_flag("--batch-size", args.batch_size, args.batch_size >= 1, "a whole number of at least 1")
     check_flag("--workers", args.workers, args.workers >= 0, "0 (none) or more")
     check_flag("--mask-threshold", args.mask_threshold, 0 < args.mask_threshold < 1, "a probability between 0 and 1")
+    check_flag("--scale", args.scale, args.scale is None or args.scale > 0, "above 0 (the image's size times it)")
     model, checkpoint = load_model(args.model, device)
     model = fuse_batchnorm(model)  # the unfused original is freed
     scale = inference_scale(checkpoint, args.scale)

@@ -758,8 +758,7 @@ def test_predict_and_evaluate_flags_out_of_range_stop_before_any_work(flags: lis
 
     with pytest.raises(UserError, match=message):  # before the (missing) model is even opened
         predict.main(predict.get_args_parser().parse_args(["-m", "missing.pth", "-i", "missing.jpg", *flags]))
-    if flags[0] != "--scale":  # evaluate scores at the training scale's range, (0, 1]
-        with pytest.raises(UserError, match=message):
-            evaluate.main(evaluate.get_args_parser().parse_args(["-m", "missing.pth", *flags]))
+    with pytest.raises(UserError, match=message):
+        evaluate.main(evaluate.get_args_parser().parse_args(["-m", "missing.pth", *flags]))
     with pytest.raises(UserError, match="--batch-size must be a whole number of at least 1, got 0"):
         evaluate.main(evaluate.get_args_parser().parse_args(["-m", "missing.pth", "--batch-size", "0"]))

@@ -314,6 +314,11 @@ def test_scale_masks_false_keeps_native_mask_size(carvana_folder):
     assert item["image"].shape == (3, int(0.5 * HEIGHT), int(0.5 * WIDTH))
     assert item["mask"].shape == (HEIGHT, WIDTH)
     assert torch.equal(item["mask"], torch.from_numpy(disc_mask()).long())
+    # scored as predicted: evaluate.py may upscale the image, as predict.py may; the mask stays as it is
+    item = SegmentationDataset(pairs, [0, 1], scale=1.5, scale_masks=False)[0]
+    assert item["image"].shape == (3, int(1.5 * HEIGHT), int(1.5 * WIDTH)) and item["mask"].shape == (HEIGHT, WIDTH)
+    with pytest.raises(UserError, match="--scale must be above 0, got 0"):
+        SegmentationDataset(pairs, [0, 1], scale=0, scale_masks=False)
 
 
 def test_one_channel_dataset_gives_one_channel_images(carvana_folder):

@@ -502,8 +502,9 @@ class SegmentationDataset(Dataset):
     ):
         if crop is not None and not scale_masks:
             raise ValueError("crop needs scale_masks: the window is cut from the image and its mask at one size")
-        if not 0 < scale <= 1:
-            raise UserError(f"--scale must be in (0, 1], got {scale}")
+        if not 0 < scale <= (1 if scale_masks else math.inf):  # scored as predicted: predict.py may upscale too
+            raise UserError(f"--scale must be in (0, 1], got {scale}" if scale_masks else
+                            f"--scale must be above 0, got {scale}")
         self.pairs = pairs
         self.mask_values = mask_values
         self.scale = scale
