@@ -24,7 +24,7 @@ from torch import nn
 
 from utils.atomic_files import atomic_path
 from utils.checkpoint import inference_scale, load_model
-from utils.errors import UserError, run_cli
+from utils.errors import UserError, check_output_file, run_cli
 from utils.mask_encoding import MaskValue
 
 FORMATS = ("onnx", "torchscript")
@@ -131,13 +131,8 @@ def save_torchscript(model: nn.Module, example: torch.Tensor, metadata: dict[str
 
 @contextlib.contextmanager
 def atomic_output(path: Path) -> Iterator[BinaryIO]:
-    """A temporary file beside path, renamed over it only when writing succeeded: never a half-written model."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise UserError(f"cannot write {path}: part of {path.parent} is a file, not a folder") from None
-    except OSError as error:
-        raise UserError(f"cannot write {path} ({error.strerror}): pick another --output") from None
+    """A temporary file beside path (its folder made by check_output_file), renamed over it only when writing
+    succeeded: never a half-written model."""
     try:
         with atomic_path(path) as tmp, open(tmp, "wb") as file:
             yield file
@@ -163,6 +158,7 @@ def main(args: argparse.Namespace) -> int:
     export_format = choose_format(output, args.format)
     if output.resolve() == Path(args.model).resolve():
         raise UserError(f"--output {output} is the checkpoint itself: pick another file name")
+    check_output_file(output, "--output")  # before the export's seconds of work
     if export_format == "onnx":
         require_onnx_exporter(args.opset)
     model, checkpoint = load_model(args.model, torch.device("cpu"))
