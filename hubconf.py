@@ -45,10 +45,12 @@ def unet(n_channels: int | None = None, n_classes: int | None = None, bilinear: 
     if weights is None:
         return UNet(3 if n_channels is None else n_channels, 2 if n_classes is None else n_classes, bool(bilinear))
     checkpoint = load_checkpoint(_weights_file(weights, progress), flag="weights=")
-    stored_channels = checkpoint["model_args"]["n_channels"]
-    if n_channels is not None and stored_channels != n_channels:
-        raise ValueError(f"{weights} expects {stored_channels} input channels, not {n_channels}")
-    return model_from_checkpoint(checkpoint, n_classes=n_classes, bilinear=bilinear)
+    stored = checkpoint["model_args"]
+    for name, given in (("n_channels", n_channels), ("n_classes", n_classes), ("bilinear", bilinear)):
+        if given is not None and given != stored[name]:
+            raise ValueError(f"{weights} holds a U-Net with {name}={stored[name]!r}, not {given!r}: leave {name} "
+                             "out (the file decides)")
+    return model_from_checkpoint(checkpoint)
 
 
 def unet_carvana(pretrained: bool = False, scale: float = 0.5, progress: bool = True) -> UNet:
