@@ -32,11 +32,12 @@ from utils.device import (
     keep_freed_memory_on_cpu,
 )
 from utils.dice_score import per_class_scores
-from utils.errors import check_flag, check_output_file, run_cli
+from utils.errors import check_output_file, run_cli
 from utils.inference import (
     WHOLE_IMAGE,
     InferenceOptions,
     add_inference_arguments,
+    check_prediction_flags,
     fuse_batchnorm,
     inference_options,
     logits_to_classes,
@@ -136,10 +137,7 @@ def main(args: argparse.Namespace) -> dict:
     keep_freed_memory_on_cpu(device)
     options = inference_options(args)
     set_image_pixel_limit(args.max_image_pixels)
-    check_flag("--batch-size", args.batch_size, args.batch_size >= 1, "a whole number of at least 1")
-    check_flag("--workers", args.workers, args.workers >= 0, "0 (none) or more")
-    check_flag("--mask-threshold", args.mask_threshold, 0 < args.mask_threshold < 1, "a probability between 0 and 1")
-    check_flag("--scale", args.scale, args.scale is None or args.scale > 0, "above 0 (the image's size times it)")
+    check_prediction_flags(args)
     model, checkpoint = load_model(args.model, device)
     model = fuse_batchnorm(model)  # the unfused original is freed
     scale = inference_scale(checkpoint, args.scale)

@@ -44,6 +44,7 @@ from utils.device import (
 from utils.errors import UserError, check_flag, check_output_file, make_folder, run_cli
 from utils.inference import (
     add_inference_arguments,
+    check_prediction_flags,
     fuse_batchnorm,
     inference_options,
     logits_to_classes,
@@ -329,11 +330,8 @@ def main(args: argparse.Namespace) -> int:
     keep_freed_memory_on_cpu(device)
     options = inference_options(args)
     set_image_pixel_limit(args.max_image_pixels)
-    for flag, value in (("--batch-size", args.batch_size), ("--writers", args.writers)):
-        check_flag(flag, value, value is None or value >= 1, "a whole number of at least 1")
-    check_flag("--workers", args.workers, args.workers is None or args.workers >= 0, "0 (none) or more")
-    check_flag("--scale", args.scale, args.scale is None or args.scale > 0, "above 0 (the image's size times it)")
-    check_flag("--mask-threshold", args.mask_threshold, 0 < args.mask_threshold < 1, "a probability between 0 and 1")
+    check_prediction_flags(args)
+    check_flag("--writers", args.writers, args.writers is None or args.writers >= 1, "a whole number of at least 1")
     model, checkpoint = load_model(args.model, device, n_classes=args.classes, bilinear=args.bilinear)
     model = fuse_batchnorm(model)  # the unfused original is freed
     scale = inference_scale(checkpoint, args.scale)

@@ -78,6 +78,15 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
                              "all 8 flips and quarter turns (d4); costs 2x or 8x the time (default: %(default)s)")
 
 
+def check_prediction_flags(args: argparse.Namespace) -> None:
+    """--batch-size, --workers, --scale and --mask-threshold: defined by predict.py and evaluate.py alike."""
+    check_flag("--batch-size", args.batch_size, args.batch_size is None or args.batch_size >= 1,
+               "a whole number of at least 1")
+    check_flag("--workers", args.workers, args.workers is None or args.workers >= 0, "0 (none) or more")
+    check_flag("--scale", args.scale, args.scale is None or args.scale > 0, "above 0 (the image's size times it)")
+    check_flag("--mask-threshold", args.mask_threshold, 0 < args.mask_threshold < 1, "a probability between 0 and 1")
+
+
 def inference_options(args: argparse.Namespace) -> InferenceOptions:
     options = InferenceOptions(args.tile, args.overlap, args.tta, args.tile_batch, args.max_memory)
     check_options(options)
