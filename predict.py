@@ -53,13 +53,13 @@ from utils.inference import (
     probabilities,
 )
 from utils.mask_encoding import encoding_table
-from utils.mask_writer import MaskWriter, OutputOptions
+from utils.mask_writer import EXTRA_OUTPUT_TAGS, MaskWriter, OutputOptions
 
 MASK_FILE_SUFFIXES = (".png", ".gif", ".bmp", ".tif", ".tiff")  # lossless, so class values survive
 DEFAULT_OUTPUT_TAG = "_OUT"  # without --output, the mask of x.jpg is x_OUT.png beside it
 # What such a run writes beside its inputs (the mask, its overlay, viz and probabilities): a later run on the same
 # folder must not take them for images to predict.
-OWN_OUTPUT_STEM = re.compile(re.escape(DEFAULT_OUTPUT_TAG) + r"(_overlay|_viz|_probs)?$")
+OWN_OUTPUT_STEM = re.compile(re.escape(DEFAULT_OUTPUT_TAG) + f"({'|'.join(map(re.escape, EXTRA_OUTPUT_TAGS))})?$")
 
 
 def get_args_parser() -> argparse.ArgumentParser:

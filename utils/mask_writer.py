@@ -44,16 +44,21 @@ def mask_save_options(target: Path) -> dict:
     return options
 
 
+# The extra outputs are named after the mask: <mask stem><tag><suffix>.
+PROBS_TAG, OVERLAY_TAG, VIZ_TAG = "_probs", "_overlay", "_viz"
+EXTRA_OUTPUT_TAGS = (PROBS_TAG, OVERLAY_TAG, VIZ_TAG)
+
+
 def probs_path(target: Path) -> Path:
-    return target.with_name(f"{target.stem}_probs.npy")
+    return target.with_name(f"{target.stem}{PROBS_TAG}.npy")
 
 
 def overlay_path(target: Path) -> Path:
-    return target.with_name(f"{target.stem}_overlay.png")
+    return target.with_name(f"{target.stem}{OVERLAY_TAG}.png")
 
 
 def viz_path(target: Path) -> Path:
-    return target.with_name(f"{target.stem}_viz.png")
+    return target.with_name(f"{target.stem}{VIZ_TAG}.png")
 
 
 class MaskWriter:
