@@ -29,7 +29,7 @@ install-test: $(VENV)/.test-installed
 demo: install
 	@if [ -z "$$(ls -A data/imgs 2>/dev/null)" ]; then \
 		$(PY) -m utils.synthetic_data --out data --count $(DEMO_IMAGES) --width 480 --height 320; fi
-	$(PY) train.py --epochs $(DEMO_EPOCHS) --batch-size 2 --scale 0.25 --learning-rate 5e-4 --amp \
+	$(PY) train.py --epochs $(DEMO_EPOCHS) --batch-size 2 --scale 0.25 --learning-rate 5e-4 --amp --overwrite \
 		--validation 20 --checkpoint-dir $(DEMO_DIR) --wandb offline
 	$(PY) evaluate.py -m $(DEMO_DIR)/best.pth --output $(DEMO_DIR)/evaluation.csv
 	$(PY) predict.py -m $(DEMO_DIR)/best.pth -i "$$(ls data/imgs/* | head -n 1)" -o $(DEMO_DIR)/predictions/ --overlay

@@ -6,7 +6,8 @@
 import argparse
 import csv
 import json
-from collections.abc import Iterable
+import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -70,7 +71,8 @@ def evaluate(
     notify = notify_once(tqdm.write)
     iou_sum = torch.zeros(n_classes, dtype=torch.float64)
     batches = tqdm(loader, desc="evaluation", unit="batch", leave=False, disable=not progress)
-    for part in (part for batch in batches for part in same_size_parts(batch)):
+    skipped: list[str] = []
+    for part in (part for batch in batches for part in readable_parts(batch, skipped)):
         height, width = part["image"].shape[-2:]
         check_model_input_size(width, height, 1.0, f"{part['name'][0]}, as the model sees it after --scale,")
         masks = part["mask"].to(device, non_blocking=True).long()  # int8 from the loader
@@ -93,7 +95,18 @@ def evaluate(
         "iou_per_class": (iou_sum / count).tolist(),
         "images": len(rows),
         "rows": rows,
+        "skipped": skipped,
     }
+
+
+def readable_parts(batch: dict, skipped: list[str]) -> Iterator[dict]:
+    """same_size_parts of the images that loaded; why the others did not (a file that broke after the data check,
+    in a dataset made with skip_unreadable) is reported and added to skipped."""
+    for reason in batch.get("skipped", []):
+        tqdm.write(f"warning: not scored: {reason}", file=sys.stderr)
+    skipped += batch.get("skipped", [])
+    if "image" in batch:
+        yield from same_size_parts(batch)
 
 
 def write_rows(rows: list[dict], path: Path) -> None:

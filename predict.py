@@ -29,7 +29,7 @@ from utils.data_loading import (
     UPRIGHT_FIX,
     ImageFiles,
     add_image_limit_argument,
-    lower_worker_priority,
+    init_loader_worker,
     set_image_pixel_limit,
 )
 from utils.device import (
@@ -362,7 +362,7 @@ def main(args: argparse.Namespace) -> int:
     batch_size = args.batch_size or (16 if on_gpu else 1)
     loader = DataLoader(ImageFiles(inputs, scale, model.n_channels, todo), batch_size=batch_size, num_workers=workers,
                         collate_fn=collate_by_size, pin_memory=on_gpu,
-                        worker_init_fn=lower_worker_priority if workers else None,
+                        worker_init_fn=init_loader_worker if workers else None,
                         prefetch_factor=4 if workers else None)
     notify = notify_once(tqdm.write)
     encode = MaskEncoder(model.mask_values, max(model.n_classes, 2), device, writer.needs_class_indices,

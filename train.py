@@ -197,6 +197,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                      help="where last.pth, best.pth, metrics.csv and training_curves.png go (default: %(default)s)")
     run.add_argument("--resume", default=None, metavar="FILE|auto",
                      help="continue a run from a checkpoint (auto = CHECKPOINT_DIR/last.pth if present)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="start a new run even where --checkpoint-dir holds the checkpoints of another, replacing "
+                          "its last.pth, best.pth and metrics.csv (default: refuse, so that a forgotten --resume "
+                          "loses nothing)")
     run.add_argument("--save-every", default=None, metavar="N|Nm",
                      help="also refresh last.pth every N steps, or every N minutes with Nm (e.g. 500 or 15m), "
                           "so that a killed run loses at most that much (default: at the end of each epoch only)")
@@ -216,7 +220,8 @@ def check_args(args: argparse.Namespace) -> None:
     for flag, value, ok, rule in (
         ("--epochs", args.epochs, args.epochs >= 1, at_least_1),
         ("--batch-size", args.batch_size, args.batch_size is None or args.batch_size >= 1, at_least_1),
-        ("--learning-rate", args.learning_rate, args.learning_rate > 0, "above 0, e.g. 1e-4"),
+        ("--learning-rate", args.learning_rate, 0 < args.learning_rate < math.inf, "above 0, e.g. 1e-4"),
+        ("--weight-decay", args.weight_decay, 0 <= args.weight_decay < math.inf, "0 (none) or more, e.g. 1e-4"),
         ("--scale", args.scale, 0 < args.scale <= 1, "above 0 and at most 1"),
         ("--validation", args.validation, 0 <= args.validation < 100, "a percent from 0 to below 100"),
         ("--classes", args.classes, args.classes is None or args.classes >= 1, at_least_1),
@@ -320,16 +325,32 @@ def parse_class_weights(text: str | None, n_classes: int, class_pixels: list[int
     return torch.tensor(weights, dtype=torch.float32)
 
 
+def pixels_per_class(mask_values: list[MaskValue], found: list[MaskValue], pixels: list[int]) -> list[int]:
+    """The data check's pixel counts (per value found) in the order of the run's classes, which a resumed or loaded
+    run may number otherwise (0 for a class the masks no longer hold)."""
+    return [next((count for value, count in zip(found, pixels) if value == known), 0) for known in mask_values]
+
+
 def resume_path(resume: str | None, checkpoint_dir: Path) -> Path | None:
     if resume is None:
         return None
     if resume == "auto":
         path = checkpoint_dir / "last.pth"
-        if not path.exists():
-            print(f"no {path} yet: starting a new run")
-            return None
-        return path
+        return path if path.exists() else None
     return Path(resume)
+
+
+def check_no_earlier_run(folder: Path) -> None:
+    """A new run writes last.pth, best.pth and metrics.csv from its first epoch on: where another run's checkpoints
+    are, refuse unless --overwrite says to replace them."""
+    found = [name for name in ("last.pth", "best.pth") if (folder / name).is_file()]
+    found += sorted((path.name for path in folder.glob("epoch_*.pth")), key=lambda name: (len(name), name))
+    if not found:
+        return
+    shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
+    resume = "--resume auto" if "last.pth" in found else f"--resume {folder / found[0]}"
+    raise UserError(f"--checkpoint-dir {folder} already holds a run ({shown}): continue it with {resume}, give the "
+                    "new run another --checkpoint-dir, or pass --overwrite to replace it")
 
 
 def check_writable(folder: Path) -> None:
@@ -344,15 +365,16 @@ def check_writable(folder: Path) -> None:
 
 
 def keep_run_settings(args: argparse.Namespace, resumed: dict, resume_file: Path) -> list[str]:
-    """A resumed run keeps its architecture and reads its data as it did (the saved position in the epoch depends
-    on the batch size); a flag given otherwise is overridden, and each such flag gets a line saying so."""
+    """A resumed run keeps its architecture, reads its data as it did (the saved position in the epoch depends
+    on the batch size) and goes on with its optimizer's settings (they are in its saved state); a flag given
+    otherwise is overridden, and each such flag gets a line saying so."""
     architecture = resumed["model_args"]
     saved_args = resumed.get("args", {})
     kept = {"classes": architecture["n_classes"], "channels": architecture["n_channels"],
             "bilinear": architecture["bilinear"], "scale": resumed.get("scale", args.scale),
             **{name: saved_args.get(name, getattr(args, name))
                for name in ("binarize", "ignore_index", "class_weights", "batch_size", "validation", "crop",
-                            "crops_per_image")}}
+                            "crops_per_image", "learning_rate", "weight_decay")}}
     kept["binarize"] = binarize_threshold(kept["binarize"])  # older checkpoints stored True/False
     kept["crop"] = tuple(kept["crop"]) if kept["crop"] is not None else None
     parser = get_args_parser()
@@ -367,6 +389,21 @@ def keep_run_settings(args: argparse.Namespace, resumed: dict, resume_file: Path
     return lines
 
 
+def loaded_mask_values(found: list[MaskValue], trained: list[MaskValue], load: str,
+                       say: Callable[..., None]) -> list[MaskValue]:
+    """The class list for fine-tuning --load weights: theirs where the masks hold only values they were trained on,
+    so that each class keeps its meaning (0/2 masks stay classes 0 and 2 of a 0/1/2 model, not 0 and 1); else the
+    masks' own, a new task, said in a note."""
+    if all(value in trained for value in found):
+        if found != trained:
+            say(f"note: the masks hold values {found} of the {trained} {load} was trained on: each keeps its class",
+                file=sys.stderr)
+        return trained
+    say(f"note: {load} was trained on mask values {trained}, these masks hold {found}: its classes now stand for "
+        "these values, in this order", file=sys.stderr)
+    return found
+
+
 def validation_batch_size(batch_size: int, crop: tuple[int, int] | None, largest_pixels: int) -> int:
     """The training batch size; with --crop, as many whole images as hold the pixels of a batch of windows (at
     least one), so that the validation batches fit in the memory the training batches do."""
@@ -378,6 +415,19 @@ def validation_batch_size(batch_size: int, crop: tuple[int, int] | None, largest
 def shown(value: object) -> str:
     """A setting as it is typed: --crop (512, 384) as 512x384."""
     return "x".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def stretch_schedule(scheduler: torch.optim.lr_scheduler.CosineAnnealingLR, total_steps: int) -> None:
+    """End the cosine at total_steps from here on. CosineAnnealingLR derives each rate from the one before, so
+    changing T_max alone would go on from the old curve's rate (at the floor, for a finished run): the current
+    rate is set to the new curve's first."""
+    scheduler.T_max = total_steps
+    progress = min(scheduler.last_epoch, total_steps) / total_steps
+    rates = [scheduler.eta_min + (base - scheduler.eta_min) * (1 + math.cos(math.pi * progress)) / 2
+             for base in scheduler.base_lrs]
+    for group, rate in zip(scheduler.optimizer.param_groups, rates):
+        group["lr"] = rate
+    scheduler._last_lr = rates  # what get_last_lr() reports until the next step
 
 
 def train_step(
@@ -582,11 +632,19 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
                 "while writing it; the checkpoints themselves are intact", file=sys.stderr)
 
     resume_file = resume_path(args.resume, args.checkpoint_dir)
+    if resume_file is None:
+        if not args.overwrite:
+            check_no_earlier_run(args.checkpoint_dir)
+        if args.resume == "auto":
+            say(f"no {args.checkpoint_dir / 'last.pth'} yet: starting a new run")
     resumed = load_checkpoint(resume_file, flag="--resume") if resume_file else None
     if resumed is not None:
         check_training_state(resumed, resume_file)
         for line in keep_run_settings(args, resumed, resume_file):
             say(line, file=sys.stderr)
+        if args.load:
+            say(f"note: {resume_file} continues with its own weights; --load {args.load} is ignored",
+                file=sys.stderr)
     resume_point = (str(resume_file), resumed["epoch"], resumed["step"], resumed.get("epoch_batches", 0)) \
         if resumed is not None else None
     check_same_everywhere(world, resume_point,
@@ -594,7 +652,8 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
                           if resumed is not None else "finds no checkpoint to resume",
                           "every node needs the same --checkpoint-dir: put it on a file system they all share")
 
-    weights = load_checkpoint(args.load, flag="--load") if args.load else None
+    classes_given = args.classes is not None
+    weights = load_checkpoint(args.load, flag="--load") if args.load and resumed is None else None
     if weights is not None:  # start from these weights: their architecture decides how images are read
         stored = weights["model_args"]["n_channels"]
         if args.channels not in (None, stored):
@@ -619,6 +678,10 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     if data.size_mismatches:
         raise UserError(f"{len(data.size_mismatches)} image/mask pairs differ in size, e.g. "
                         f"{data.size_mismatches[0]}: {data.size_mismatch_fix()}")
+    if data.palette_conflicts:
+        raise UserError(data.palette_conflict_error())
+    if data.mixed_binary[0] and not classes_given:  # --classes 3 says that 1 and 255 are two classes
+        raise UserError(data.mixed_binary_error() + ", or --classes 3 if 1 and 255 are two classes")
     check_scaled_sizes(data.image_sizes, args.scale)
     if len(data.mask_values) == 1:  # all background (or all one label): the loss teaches one answer everywhere
         flags = [(flag, value) for flag, value in (("--binarize", binarize_threshold(args.binarize)),
@@ -633,10 +696,14 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
             raise UserError(f"the masks now hold values {mask_values} but {resume_file} was trained on {known}: "
                             "resume with the same data or start a new run")
         mask_values = known
+    elif (weights is not None and weights.get("mask_values") is not None
+          and args.classes == weights["model_args"]["n_classes"]):  # the same output layer, not a new one
+        mask_values = loaded_mask_values(mask_values, weights["mask_values"], args.load, say)
     if args.classes is None:
         args.classes = max(len(mask_values), 2)
     check_classes(mask_values, args.classes)
-    class_weights = parse_class_weights(args.class_weights, args.classes, data.class_pixels)
+    class_weights = parse_class_weights(args.class_weights, args.classes,
+                                        pixels_per_class(mask_values, data.mask_values, data.class_pixels))
     if class_weights is not None:
         class_weights = class_weights.to(device)
     largest = scaled_size(*max(data.image_sizes, key=lambda size: size[0] * size[1]), args.scale)
@@ -662,7 +729,8 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
                                              crop_foreground=args.crop_foreground)
     if args.crops_per_image > 1:
         train_set = RepeatedItems(train_set, args.crops_per_image)
-    val_set = SegmentationDataset(val_pairs[world.rank::world.size], **encoding)  # each process scores a shard
+    # Each process scores a shard; a file that breaks after the data check is left out with a warning.
+    val_set = SegmentationDataset(val_pairs[world.rank::world.size], **encoding, skip_unreadable=True)
 
     def sizes_of(pairs: list[Pair]) -> list[tuple[int, int]]:
         return [scaled_size(*data.sizes[pair.name], args.scale) for pair in pairs]  # as the model sees them
@@ -715,13 +783,19 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
         model.load_state_dict(resumed["model"])
         optimizer.load_state_dict(resumed["optimizer"])
         scheduler.load_state_dict(resumed["scheduler"])
-        scheduler.T_max = total_steps  # --epochs may have been raised to train longer
+        stretch_schedule(scheduler, total_steps)  # --epochs may have been raised to train longer
         if resumed["scaler"]:  # empty when the run was saved without fp16 (CPU, bf16)
             scaler.load_state_dict(resumed["scaler"])
         restore_rng_state(resumed["rng"])
         start_epoch, step, best_dice = resumed["epoch"] + 1, resumed["step"], resumed["best_dice"]
         skip_batches = resumed.get("epoch_batches", 0)  # saved in the middle of an epoch (--save-every, a signal)
-        if skip_batches and resumed.get("training_images", len(train_pairs)) != len(train_pairs):
+        processes = resumed.get("processes", 1)
+        if skip_batches and processes != world.size:
+            say(f"note: {resume_file} was saved by {processes} process{'es' if processes != 1 else ''}, so epoch "
+                f"{start_epoch} starts over instead of going on after batch {skip_batches} (each process's share "
+                "of the epoch depends on their number)", file=sys.stderr)
+            skip_batches = 0
+        elif skip_batches and resumed.get("training_images", len(train_pairs)) != len(train_pairs):
             say(f"note: the training set changed size, so epoch {start_epoch} starts over instead of going on "
                 f"after batch {skip_batches}", file=sys.stderr)
             skip_batches = 0  # the epoch's order is a shuffle of the old set: its first batches are not these
@@ -730,7 +804,8 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
                 f"starts over instead of going on after batch {skip_batches}", file=sys.stderr)
             skip_batches = 0
         best = f", best validation Dice {best_dice:.4f}" if best_dice >= 0 else ""
-        within = f" after its first {skip_batches} batches" if skip_batches else ""
+        within = (" at its validation (its training was done)" if skip_batches == order.batches_per_epoch
+                  else f" after its first {skip_batches} batches" if skip_batches else "")
         say(f"resuming {resume_file}: epoch {start_epoch}{within}, step {step}{best}")
         if start_epoch > args.epochs:  # nothing to train: no loader, no logs, no checkpoint written again
             done = start_epoch - 1
@@ -788,6 +863,7 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
             "rng": rng_state(), "mask_palette": data.palette,
             "training_images": len(train_pairs), "validation_images": [pair.name for pair in val_pairs],
             "batched_by_size": True,  # the epoch order of utils/sampling.py; older runs mixed sizes
+            "processes": world.size,  # a position within an epoch holds for this many processes only
         }
         try:
             checkpoints.save(last_file, model, mask_values, copies, **state)
@@ -815,13 +891,17 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
                     say(f"stopped by {stop.requested} at epoch {epoch}, step {step}: {last_file} holds this point; "
                         "resume with the same command and --resume auto")
                     raise SystemExit(stop.exit_code)
-                if calibration is not None:  # the plain model: each process reads the same images
-                    recalibrate_batchnorm(model, calibration, device, precision)
-                scores = None
-                if val_loader is not None:  # the plain model: no DDP collectives, shards may differ in size
-                    scores = reduce_scores(evaluate(model, val_loader, device, precision, progress=world.is_main,
-                                                    options=val_options), world, device)
-                val_dice = scores["dice"] if scores else None
+                try:
+                    if calibration is not None:  # the plain model: each process reads the same images
+                        recalibrate_batchnorm(model, calibration, device, precision)
+                    scores = None
+                    if val_loader is not None:  # the plain model: no DDP collectives, shards may differ in size
+                        scores = reduce_scores(evaluate(model, val_loader, device, precision, progress=world.is_main,
+                                                        options=val_options), world, device)
+                except BaseException:  # out of memory, a failing disk, a second Ctrl-C: keep the epoch's training
+                    save(epoch - 1, step, plan.order.batches_per_epoch, [])  # a resume validates it again
+                    raise
+                val_dice = scores["dice"] if scores and scores["images"] else None
                 is_best = val_dice is not None and val_dice > best_dice
                 best_dice = max(best_dice, val_dice) if val_dice is not None else best_dice
                 seconds = time.perf_counter() - started

@@ -136,7 +136,7 @@ def train_and_score(train_dir: Path, test_dir: Path, flags: list[str], preset: s
     args = train.get_args_parser().parse_args([
         "--imgs", str(train_dir / "imgs"), "--masks", str(train_dir / "masks"), "--validation", "0",
         "--augment", preset, "--checkpoint-dir", str(run_dir), "--wandb", "disabled", "--seed", str(seed),
-        "--amp", *flags,
+        "--amp", "--overwrite", *flags,  # a scratch folder: a rerun of the benchmark replaces its runs
     ])
     started = time.perf_counter()
     train.main(args)

@@ -579,3 +579,63 @@ def test_negative_workers_are_a_one_line_error_before_any_file_is_read(tmp_path)
     args = check_data.get_args_parser().parse_args(["--imgs", str(tmp_path / "absent"), "--workers", "-2"])
     with pytest.raises(UserError, match="--workers must be 0 or more, got -2"):  # not "folder does not exist"
         check_data.main(args)
+
+
+# --- mask sets that would train wrong classes without a word (found by a review, 2026-11-27) ------------------
+
+
+def test_palette_masks_that_number_their_colours_differently_are_refused(tmp_path: Path) -> None:
+    """Pillow gives each GIF a palette of its own: index 1 is red in one file and the background in the next."""
+    mask = box_mask()
+    write_image(tmp_path / "imgs" / "p0.png", noisy_rgb(0))
+    write_image(tmp_path / "masks" / "p0.gif", mask, mode="P", palette=[*BLACK, *RED])
+    write_image(tmp_path / "imgs" / "p1.png", noisy_rgb(1))
+    write_image(tmp_path / "masks" / "p1.gif", 1 - mask, mode="P", palette=[*RED, *BLACK])  # the same picture
+    check = check_dataset(tmp_path / "imgs", tmp_path / "masks", workers=1)
+    assert check.palette_conflicts == ["p1.gif shows index 0 as (255, 0, 0), p0.gif as (0, 0, 0)",
+                                       "p1.gif shows index 1 as (0, 0, 0), p0.gif as (255, 0, 0)"]
+    assert check.problems and "palette conflict: p1.gif shows index 0" in check.report()
+    assert check.palette_conflict_error().startswith("palette masks number their colours differently: p1.gif")
+    # one shared palette: no conflict, whichever of its colours each file uses (PNG: Pillow's GIF writer would
+    # renumber the palette to the colours used)
+    for index, values in enumerate((mask, mask * 2)):
+        (tmp_path / "masks" / f"p{index}.gif").unlink()
+        write_image(tmp_path / "masks" / f"p{index}.png", values, mode="P", palette=[*BLACK, *RED, *GREEN])
+    fine = check_dataset(tmp_path / "imgs", tmp_path / "masks", workers=1)
+    assert fine.palette_conflicts == [] and fine.mask_values == [0, 1, 2]
+
+
+def test_binary_masks_saved_as_0_1_and_as_0_255_are_not_taken_for_three_classes(tmp_path: Path) -> None:
+    for index in range(4):
+        write_image(tmp_path / "imgs" / f"m{index}.png", noisy_rgb(index))
+        write_image(tmp_path / "masks" / f"m{index}.png", box_mask() * (1 if index < 2 else 255))
+    check = check_dataset(tmp_path / "imgs", tmp_path / "masks", workers=1)
+    assert check.mixed_binary == (["m0.png", "m1.png"], ["m2.png", "m3.png"]) and check.problems
+    assert check.mixed_binary_error().startswith("the masks mix two binary encodings, 2 with values 0/1 (e.g. "
+                                                 "m0.png) and 2 with 0/255 (e.g. m2.png)")
+    assert "suggestion: pass --binarize 0" in check.report()
+    fixed = check_dataset(tmp_path / "imgs", tmp_path / "masks", binarize=0, workers=1)
+    assert fixed.mixed_binary == ([], []) and fixed.mask_values == [0, 1]
+    # one file holding 1 and 255 together: three labels indeed (e.g. 255 borders), not a mix of encodings
+    both = box_mask()
+    both[0, 0] = 255
+    write_image(tmp_path / "masks" / "m0.png", both)
+    assert check_dataset(tmp_path / "imgs", tmp_path / "masks", workers=1).mixed_binary == ([], [])
+
+
+def test_ignore_index_on_colour_masks_is_refused(tmp_path: Path) -> None:
+    write_image(tmp_path / "imgs" / "c.png", noisy_rgb(0))
+    write_image(tmp_path / "masks" / "c.png", colour_mask([[RED] * 48] * 32))
+    with pytest.raises(UserError, match=r"--ignore-index 255 names a label value, but .*c.png is an RGB colour "
+                                        "mask, whose classes are colours: leave --ignore-index out"):
+        check_dataset(tmp_path / "imgs", tmp_path / "masks", ignore_value=255, workers=1)
+
+
+def test_a_size_mismatch_of_two_files_of_one_name_says_which_folder_holds_which(tmp_path: Path) -> None:
+    write_image(tmp_path / "imgs" / "m3.png", noisy_rgb(0, 32, 48))
+    write_image(tmp_path / "masks" / "m3.png", box_mask(16, 24))
+    write_image(tmp_path / "imgs" / "ok.png", noisy_rgb(1, 32, 48))
+    write_image(tmp_path / "masks" / "ok.png", box_mask(32, 48))
+    check = check_dataset(tmp_path / "imgs", tmp_path / "masks", workers=1)
+    assert check.size_mismatches == [f"{tmp_path / 'imgs' / 'm3.png'} is 48x32 but {tmp_path / 'masks' / 'm3.png'} "
+                                     "is 24x16"]

@@ -543,8 +543,10 @@ def resumable_state(resumable_file):
     (lambda c: c["optimizer"]["param_groups"][0]["params"].pop(), "optimizer state covers 55 parameters"),
     (lambda c: c["optimizer"]["state"][0].update(exp_avg=torch.zeros(3)),
      "optimizer 'exp_avg' of 'inc.double_conv.0.weight' has shape [3], the parameter [64, 1, 3, 3]"),
+    (lambda c: c["optimizer"]["state"][0].update(exp_avg_sq=torch.full((64, 1, 3, 3), float("nan"))),
+     "optimizer 'exp_avg_sq' of 'inc.double_conv.0.weight' holds NaN or infinite values"),
 ], ids=["missing", "epoch-str", "negative-step", "best-none", "epoch-batches", "scaler-list", "validation-names",
-        "training-count", "rng", "optimizer-shape", "parameter-count", "moment-shape"])
+        "training-count", "rng", "optimizer-shape", "parameter-count", "moment-shape", "moment-nan"])
 def test_malformed_training_state_is_one_line_naming_the_entry(resumable_file, resumable_state, change, complaint):
     checkpoint = copy.deepcopy(resumable_state)
     change(checkpoint)
@@ -552,6 +554,15 @@ def test_malformed_training_state_is_one_line_naming_the_entry(resumable_file, r
         check_training_state(checkpoint, resumable_file)
     assert str(resumable_file) in str(error.value) and complaint in str(error.value)
     assert f"--load {resumable_file}" in str(error.value)
+
+
+def test_non_finite_weights_are_refused_for_resume(resumable_state):
+    """Resuming them would only spread NaN and save it over last.pth (predict.py and --load only warn)."""
+    checkpoint = copy.deepcopy(resumable_state)
+    checkpoint["model"]["outc.conv.bias"][0] = float("inf")
+    with pytest.raises(UserError, match="last.pth: weight 'outc.conv.bias' holds NaN or infinite values, so training "
+                                        "cannot go on from it: resume from best.pth or an epoch_N.pth"):
+        check_training_state(checkpoint, "last.pth")
 
 
 def test_optimizer_state_of_another_architecture_is_refused(resumable_state):

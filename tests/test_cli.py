@@ -248,6 +248,9 @@ def test_reference_state_dict_with_mask_values_loads_in_predict(tmp_path: Path) 
         (["--class-weights", "0,0"], "at least one above 0, got '0,0'"),
         (["--class-weights", "nan,1"], "at least one above 0, got 'nan,1'"),
         (["--load", "nothere.pth"], "give --load the path of one"),
+        (["--weight-decay", "-1"], "--weight-decay must be 0 (none) or more, e.g. 1e-4, got -1"),
+        (["--weight-decay", "nan"], "--weight-decay must be 0 (none) or more"),
+        (["--learning-rate", "inf"], "--learning-rate must be above 0, e.g. 1e-4, got inf"),
     ],
 )
 def test_user_errors_are_one_line_with_exit_code_2(tmp_path: Path, args: list[str], needle: str) -> None:
@@ -762,3 +765,106 @@ def test_predict_and_evaluate_flags_out_of_range_stop_before_any_work(flags: lis
         evaluate.main(evaluate.get_args_parser().parse_args(["-m", "missing.pth", *flags]))
     with pytest.raises(UserError, match="--batch-size must be a whole number of at least 1, got 0"):
         evaluate.main(evaluate.get_args_parser().parse_args(["-m", "missing.pth", "--batch-size", "0"]))
+
+
+def test_a_resumed_run_keeps_its_optimizer_settings_and_says_which_flags_it_ignores(tmp_path: Path) -> None:
+    """--learning-rate and --weight-decay on a resume were silently ignored (the optimizer state holds the run's),
+    and the checkpoint then recorded the ignored values; --load beside --resume was ignored without a word."""
+    write_carvana_like(tmp_path / "data", 6)
+    flags = ["--validation", "0", *TRAIN_FLAGS]
+    run("train.py", "--epochs", "1", *flags, cwd=tmp_path)
+    result = run("train.py", "--epochs", "2", "--resume", "auto", *flags, "--learning-rate", "0.01",
+                 "--weight-decay", "0.5", "--load", "checkpoints/last.pth", cwd=tmp_path)
+    assert "--learning-rate 0.003; --learning-rate 0.01 is ignored" in result.stderr
+    assert "--weight-decay 0.0001; --weight-decay 0.5 is ignored" in result.stderr
+    assert "continues with its own weights; --load checkpoints/last.pth is ignored" in result.stderr
+    saved = load_checkpoint(tmp_path / "checkpoints" / "last.pth")
+    assert saved["args"]["learning_rate"] == 3e-3 and saved["args"]["weight_decay"] == 1e-4
+    assert saved["optimizer"]["param_groups"][0]["weight_decay"] == 1e-4
+
+
+def test_raising_epochs_on_resume_stretches_the_cosine_to_the_new_end() -> None:
+    """CosineAnnealingLR derives each rate from the one before: with T_max changed alone, a finished run went on at
+    the floor (1e-6) instead of the stretched curve's rate."""
+    import math
+
+    import train
+
+    def cosine(step: int, total: int) -> float:
+        return 1e-3 + (0.1 - 1e-3) * (1 + math.cos(math.pi * step / total)) / 2
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=20, eta_min=1e-3)
+    for _ in range(20):  # a finished run of 20 steps: at the floor
+        optimizer.step()
+        scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)
+    train.stretch_schedule(scheduler, 30)
+    assert scheduler.get_last_lr()[0] == pytest.approx(cosine(20, 30))
+    for step in range(21, 31):
+        optimizer.step()
+        scheduler.step()
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(cosine(step, 30)), step
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)  # ends at the floor again, at the new end
+
+
+def test_a_resume_by_another_number_of_processes_starts_its_epoch_over(tmp_path: Path) -> None:
+    """Each process's share of an epoch depends on their number: a position saved by 2 processes meant nothing to 1,
+    which skipped the rest of the epoch."""
+    write_carvana_like(tmp_path / "data", 6)
+    flags = ["--validation", "0", *TRAIN_FLAGS, "--batch-size", "2"]
+    run("train.py", "--epochs", "1", *flags, cwd=tmp_path)
+    saved = load_checkpoint(tmp_path / "checkpoints" / "last.pth")
+    assert saved["processes"] == 1
+    saved.update(epoch=0, epoch_batches=1, step=1, processes=2)  # as if saved in epoch 1 by two processes
+    torch.save(saved, tmp_path / "two.pth")
+    result = run("train.py", "--epochs", "1", *flags, "--resume", "two.pth", "--checkpoint-dir", "again", cwd=tmp_path)
+    assert "was saved by 2 processes, so epoch 1 starts over instead of going on after batch 1" in result.stderr
+    assert load_checkpoint(tmp_path / "again" / "last.pth")["step"] == 1 + 3  # the whole epoch: 3 batches of 2
+
+
+def test_fine_tuning_loaded_weights_keeps_the_meaning_of_their_classes(tmp_path: Path) -> None:
+    """A 0/1/2 model fine-tuned on masks holding 0 and 2 only: value 2 stays class 2 (it became class 1)."""
+    write_carvana_like(tmp_path / "data", 6)
+    for mask in (tmp_path / "data" / "masks").iterdir():  # 0 background, 1 and 2 in halves of the disc
+        values = np.asarray(Image.open(mask)).copy()
+        values[:, 24:] *= 2
+        mask.unlink()
+        Image.fromarray(values).save(mask.with_suffix(".png"))
+    flags = ["--epochs", "1", "--validation", "0", *TRAIN_FLAGS]
+    run("train.py", *flags, "--checkpoint-dir", "three", cwd=tmp_path)
+    assert load_checkpoint(tmp_path / "three" / "last.pth")["mask_values"] == [0, 1, 2]
+    shutil.copytree(tmp_path / "data", tmp_path / "only2")
+    for mask in (tmp_path / "only2" / "masks").glob("*.png"):
+        values = np.asarray(Image.open(mask))
+        Image.fromarray(np.where(values == 1, 0, values).astype(np.uint8)).save(mask)
+    result = run("train.py", *flags, "--imgs", "only2/imgs", "--masks", "only2/masks", "--load", "three/last.pth",
+                 "--checkpoint-dir", "tuned", cwd=tmp_path)
+    assert "the masks hold values [0, 2] of the [0, 1, 2] three/last.pth was trained on: each keeps its class" \
+        in result.stderr
+    assert "mask values [0, 1, 2], 3 classes" in result.stdout
+    tuned = load_checkpoint(tmp_path / "tuned" / "last.pth")
+    assert tuned["mask_values"] == [0, 1, 2] and tuned["model_args"]["n_classes"] == 3
+
+
+def test_binary_masks_in_two_encodings_are_refused_unless_classes_say_otherwise(tmp_path: Path) -> None:
+    write_carvana_like(tmp_path / "data", 6)
+    for index, mask in enumerate(sorted((tmp_path / "data" / "masks").iterdir())):
+        values = np.asarray(Image.open(mask)) * (255 if index % 2 else 1)
+        mask.unlink()
+        Image.fromarray(values.astype(np.uint8)).save(mask.with_suffix(".png"))
+    flags = ["--epochs", "1", "--validation", "0", *TRAIN_FLAGS]
+    result = run("train.py", *flags, cwd=tmp_path, check=False)
+    assert result.returncode == 2 and "the masks mix two binary encodings, 3 with values 0/1" in result.stderr
+    assert "pass --binarize 0 (any nonzero value is the object), or --classes 3 if" in result.stderr
+    result = run("train.py", *flags, "--binarize", "0", cwd=tmp_path)
+    assert "mask values [0, 1], 2 classes" in result.stdout
+
+
+def test_class_pixel_counts_follow_the_runs_numbering_of_the_classes() -> None:
+    """--class-weights auto of a resumed or loaded run whose classes are 0/1/2 on masks holding 0 and 2: the pixels
+    of value 2 belong to class 2 (they were counted for class 1)."""
+    import train
+
+    assert train.pixels_per_class([0, 1, 2], [0, 2], [900, 100]) == [900, 0, 100]
+    assert train.pixels_per_class([[0, 0, 0], [255, 0, 0]], [[255, 0, 0]], [7]) == [0, 7]

@@ -14,9 +14,9 @@ from utils.data_loading import (
     SegmentationDataset,
     class_index_dtype,
     image_to_tensor,
+    init_loader_worker,
     list_pairs,
     load_scaled_image,
-    lower_worker_priority,
     normalize_images,
     read_image,
     read_mask,
@@ -207,10 +207,24 @@ def test_images_and_masks_in_one_folder_pair_by_suffix_not_with_themselves(tmp_p
 def test_explicit_mask_suffix_overrides_detection(tmp_path):
     _touch_images(tmp_path / "imgs", ["a.png", "b.png"])
     _touch_images(tmp_path / "masks", ["a_mask.png", "b_mask.png", "a_seg.png", "b_seg.png"])
-    detected = list_pairs(tmp_path / "imgs", tmp_path / "masks")
-    assert [p.mask.name for p in detected] == ["a_mask.png", "b_mask.png"]
+    with pytest.raises(UserError, match="pair with the images in two ways, 2 each: e.g. image 'a' has both 'a_mask' "
+                                        "and 'a_seg': pass --mask-suffix '_mask' or --mask-suffix '_seg'"):
+        list_pairs(tmp_path / "imgs", tmp_path / "masks")  # two suffixes pair every image: not a guess
     explicit = list_pairs(tmp_path / "imgs", tmp_path / "masks", mask_suffix="_seg")
     assert [p.mask.name for p in explicit] == ["a_seg.png", "b_seg.png"]
+    _touch_images(tmp_path / "masks", ["c_mask.png"])
+    _touch_images(tmp_path / "imgs", ["c.png"])
+    detected = list_pairs(tmp_path / "imgs", tmp_path / "masks")  # one suffix pairs more images: that one
+    assert [p.mask.name for p in detected] == ["a_mask.png", "b_mask.png", "c_mask.png"]
+
+
+def test_a_copy_of_the_images_beside_the_masks_is_not_taken_for_them(tmp_path):
+    """Found by a review: masks/ held x_mask.gif and a PNG copy of each photo x.png; the empty suffix won the tie
+    and the photos were trained as 4280 colour classes."""
+    _touch_images(tmp_path / "imgs", ["x.jpg", "y.jpg"])
+    _touch_images(tmp_path / "masks", ["x.png", "y.png", "x_mask.gif", "y_mask.gif"])
+    with pytest.raises(UserError, match="image 'x' has both 'x' and 'x_mask'"):
+        list_pairs(tmp_path / "imgs", tmp_path / "masks")
 
 
 def test_unpaired_files_are_skipped_with_a_warning_naming_them(tmp_path, capsys):
@@ -551,9 +565,12 @@ def test_windows_around_objects_hold_foreground(tmp_path):
 
 
 def test_worker_priority_is_lowered_where_the_system_has_nice(monkeypatch):
+    import utils.data_loading
+
     increments = []
+    monkeypatch.setattr(utils.data_loading, "leave_first_signal_to_main", lambda: None)  # this process's handlers
     monkeypatch.setattr(os, "nice", increments.append, raising=False)
-    lower_worker_priority(0)
+    init_loader_worker(0)
     assert increments == [10]
     monkeypatch.delattr(os, "nice")  # Windows has no os.nice: the worker starts at the default priority
-    lower_worker_priority(0)
+    init_loader_worker(0)

@@ -40,3 +40,27 @@ def test_training_curves_png_handles_missing_and_nan_values(tmp_path: Path) -> N
     assert image.shape == (600, 640, 3)
     loss_red = (image[:200, :, 0] > 150) & (image[:200, :, 1] < 80)
     assert loss_red.sum() > 50  # the loss line is drawn in its panel
+
+
+def test_a_full_disk_while_logging_an_epoch_warns_and_training_goes_on(tmp_path: Path, monkeypatch, capsys) -> None:
+    """metrics.csv and the curve PNG are logs: a write that fails (found by a review: ENOSPC on the PNG was a
+    traceback after the checkpoint's own warning) is one warning line, and the next epoch writes them whole."""
+    import errno
+    import os
+
+    import utils.run_log as run_log
+
+    log = run_log.RunLog(tmp_path, {}, "disabled")
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(run_log, "save_training_curves", no_space)
+        patch.setattr(run_log, "atomic_path", no_space)
+        log.log_epoch({"epoch": 1, "step": 4, "train_loss": 0.5})
+    err = capsys.readouterr().err
+    assert f"warning: could not write {tmp_path / 'metrics.csv'} (No space left on device); training goes on" in err
+    assert f"could not write {tmp_path / 'training_curves.png'} (No space left on device)" in err
+    log.log_epoch({"epoch": 2, "step": 8, "train_loss": 0.4})  # space again: both epochs are written
+    assert (tmp_path / "metrics.csv").read_text().count("\n") == 3 and (tmp_path / "training_curves.png").is_file()

@@ -3,6 +3,7 @@
 
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -47,8 +48,10 @@ def environment() -> dict:
 #   mid-save N      SIGKILL with half of the checkpoint of step N written (its temporary file, before the rename)
 #   after-save N    SIGKILL as soon as the checkpoint of step N is in place
 #   sigterm-step N  SIGTERM to itself once the run's N-th training step has run, as `kill` or a scheduler sends it
+#   group:SIGNAL:METHOD N  SIGNAL to its whole process group once step N has run (loader workers started by METHOD
+#                   included), as Ctrl-C (SIGINT) or a batch scheduler's scancel (SIGTERM) does
 SIGNALLING_TRAIN = """
-import io, os, signal, sys
+import io, multiprocessing, os, signal, sys
 import torch
 import train
 from utils import checkpoint
@@ -56,6 +59,8 @@ from utils.errors import run_cli
 
 when, number = sys.argv[1], int(sys.argv[2])
 sys.argv = ["train.py", *sys.argv[3:]]
+if when.startswith("group:"):
+    multiprocessing.set_start_method(when.split(":")[2])
 
 if when == "mid-save":
     real_save = torch.save
@@ -81,7 +86,10 @@ else:
         result = real_step(*args, **kwargs)
         steps.append(1)
         if len(steps) == number:
-            os.kill(os.getpid(), signal.SIGTERM)
+            if when.startswith("group:"):
+                os.killpg(0, getattr(signal, when.split(":")[1]))
+            else:
+                os.kill(os.getpid(), signal.SIGTERM)
         return result
     train.train_step = train_step
 run_cli(train.main, train.get_args_parser())
@@ -90,7 +98,8 @@ run_cli(train.main, train.get_args_parser())
 
 def killed_run(when: str, number: int, data: Path, run: Path, *extra: str) -> subprocess.CompletedProcess:
     command_line = [sys.executable, "-c", SIGNALLING_TRAIN, when, str(number), *command(data, run, *extra)[2:]]
-    return subprocess.run(command_line, cwd=REPO, env=environment(), capture_output=True, text=True, timeout=300)
+    return subprocess.run(command_line, cwd=REPO, env=environment(), capture_output=True, text=True, timeout=300,
+                          start_new_session=True)  # a process group of its own, which group: may signal
 
 
 def unfinished_saves(run: Path) -> list[str]:
@@ -146,6 +155,20 @@ def test_sigterm_stops_after_the_step_saves_and_says_how_to_resume(data: Path, t
     checkpoint = load_checkpoint(run / "last.pth")
     assert checkpoint["step"] == 3  # the step under way was finished and saved; no later one ran
     assert checkpoint["epoch"] * 4 + checkpoint["epoch_batches"] == checkpoint["step"]
+
+
+@pytest.mark.parametrize(("name", "start_method"), [("SIGINT", "fork"), ("SIGINT", "forkserver"),
+                                                     ("SIGTERM", "forkserver")])
+def test_a_signal_to_the_process_group_stops_cleanly_with_its_loader_worker(data: Path, tmp_path: Path, name: str,
+                                                                             start_method: str) -> None:
+    """The loader worker gets the signal too (Ctrl-C reaches the whole foreground group): it leaves it to the main
+    process, which says so once and saves; before, a forked worker printed the main process's message again."""
+    run = tmp_path / "run"
+    result = killed_run(f"group:{name}:{start_method}", 3, data, run, "--save-every", "100")
+    assert result.returncode == 128 + getattr(signal, name), result.stderr[-2000:]
+    assert result.stderr.count(f"{name} received") == 1, result.stderr[-2000:]
+    assert "--resume auto" in result.stdout
+    assert load_checkpoint(run / "last.pth")["step"] == 3
 
 
 def test_only_unfinished_checkpoint_saves_are_removed(tmp_path: Path) -> None:
@@ -275,3 +298,83 @@ def test_save_every_refuses_anything_else(text: str) -> None:
 
     with pytest.raises(UserError, match="--save-every"):
         train.parse_save_every(text)
+
+
+def in_process_flags(data: Path, run: Path, *extra: str) -> list[str]:
+    return ["--imgs", str(data / "imgs"), "--masks", str(data / "masks"), "--checkpoint-dir", str(run),
+            "--batch-size", "2", "--scale", "1", "--workers", "0", "--wandb", "disabled", "--precision", "fp32",
+            "--seed", "5", *extra]
+
+
+def test_a_new_run_does_not_replace_an_earlier_run_unless_told_to(data: Path, tmp_path: Path) -> None:
+    """A forgotten --resume used to empty metrics.csv at once and replace last.pth and best.pth."""
+    import train
+    from utils.errors import UserError
+
+    run = tmp_path / "run"
+    flags = in_process_flags(data, run, "--epochs", "1", "--validation", "25")
+    train.main(train.get_args_parser().parse_args(flags))
+    before = {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()}
+    with pytest.raises(UserError, match=r"--checkpoint-dir .*run already holds a run \(last.pth, best.pth\): continue "
+                                        "it with --resume auto, give the new run another --checkpoint-dir, or pass "
+                                        "--overwrite to replace it"):
+        train.main(train.get_args_parser().parse_args(flags))
+    (run / "last.pth").unlink()  # best.pth alone: --resume auto finds nothing to resume, and must not replace it
+    before.pop("last.pth")
+    with pytest.raises(UserError, match=r"continue it with --resume .*run/best.pth"):
+        train.main(train.get_args_parser().parse_args([*flags, "--resume", "auto"]))
+    assert before == {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()}
+    result = train.main(train.get_args_parser().parse_args([*flags, "--overwrite"]))
+    assert result["step"] == 3 and load_checkpoint(run / "last.pth")["epoch"] == 1
+
+
+def test_a_validation_file_broken_during_the_run_is_left_out_of_the_scores(data: Path, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch,
+                                                                          capfd: pytest.CaptureFixture) -> None:
+    """Training skips a file that breaks after the data check; validation stopped the run there, losing the epoch."""
+    import train
+
+    real_check = train.check_dataset
+
+    def check_then_break_a_validation_mask(*args, **kwargs):  # noqa: ANN002, ANN003
+        found = real_check(*args, **kwargs)
+        _, validation = train.split_pairs(found.pairs, 25, 5)
+        validation[0].mask.write_bytes(b"not a PNG any more")
+        return found
+
+    shutil.copytree(data, tmp_path / "data")
+    monkeypatch.setattr(train, "check_dataset", check_then_break_a_validation_mask)
+    result = train.main(train.get_args_parser().parse_args(
+        in_process_flags(tmp_path / "data", tmp_path / "run", "--epochs", "1", "--validation", "25")))
+    assert "warning: not scored: cannot read" in capfd.readouterr().err
+    assert result["val_dice"] is not None  # the other validation image
+    assert load_checkpoint(tmp_path / "run" / "last.pth")["epoch"] == 1
+
+
+def test_a_validation_that_fails_keeps_the_epochs_training_and_a_resume_validates_it(
+        data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import train
+
+    flags = ["--epochs", "2", "--validation", "25", "--augment", "light"]
+    train.main(train.get_args_parser().parse_args(in_process_flags(data, tmp_path / "straight", *flags)))
+    real_evaluate, calls = train.evaluate, []
+
+    def fails_in_epoch_2(*args, **kwargs):  # noqa: ANN002, ANN003
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("out of disk, or of memory, while validating")
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train, "evaluate", fails_in_epoch_2)
+    run = tmp_path / "failed"
+    with pytest.raises(RuntimeError, match="while validating"):
+        train.main(train.get_args_parser().parse_args(in_process_flags(data, run, *flags)))
+    kept = load_checkpoint(run / "last.pth")
+    assert (kept["epoch"], kept["epoch_batches"], kept["step"]) == (1, 3, 6)  # epoch 2's three steps are kept
+    monkeypatch.setattr(train, "evaluate", real_evaluate)
+    result = train.main(train.get_args_parser().parse_args(in_process_flags(data, run, *flags, "--resume", "auto")))
+    straight = load_checkpoint(tmp_path / "straight" / "last.pth")
+    resumed = load_checkpoint(run / "last.pth")
+    assert result["step"] == straight["step"] == 6 and resumed["val_dice"] == pytest.approx(straight["val_dice"])
+    for name, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][name]), name

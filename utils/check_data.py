@@ -194,6 +194,8 @@ class DataCheck:
     image_channels: Counter = field(default_factory=Counter)
     encodings: Counter = field(default_factory=Counter)
     palette: list[int] | None = None
+    palette_conflicts: list[str] = field(default_factory=list)  # an index shown as another colour than elsewhere
+    mixed_binary: tuple[list[str], list[str]] = ([], [])  # masks holding 0/1 and masks holding 0/255
 
     @property
     def image_sizes(self) -> Counter:
@@ -202,7 +204,18 @@ class DataCheck:
 
     @property
     def problems(self) -> bool:
-        return bool(self.unreadable or self.size_mismatches or self.unresolved_jpeg_masks)
+        return bool(self.unreadable or self.size_mismatches or self.unresolved_jpeg_masks or self.palette_conflicts
+                    or self.mixed_binary[0])
+
+    def palette_conflict_error(self) -> str:
+        return (f"palette masks number their colours differently: {self.palette_conflicts[0]}, so one index would "
+                "be two classes; save the masks with one shared palette, or as RGB PNGs (each colour a class)")
+
+    def mixed_binary_error(self) -> str:
+        ones, full = self.mixed_binary
+        return (f"the masks mix two binary encodings, {len(ones)} with values 0/1 (e.g. {ones[0]}) and {len(full)} "
+                f"with 0/255 (e.g. {full[0]}), so the objects would be two classes: pass --binarize 0 (any nonzero "
+                "value is the object)")
 
     @property
     def unresolved_jpeg_masks(self) -> bool:
@@ -247,6 +260,10 @@ class DataCheck:
         elif self.exif_turned:
             hints.append("if the masks were drawn on the images as viewers show them (turned by EXIF), "
                          f"{UPRIGHT_FIX}")
+        if self.palette_conflicts:
+            hints.append("save the palette masks with one shared palette, or as RGB PNGs")
+        if self.mixed_binary[0]:
+            hints.append("pass --binarize 0: 0/1 and 0/255 masks then both read as background/object")
         if self.unresolved_jpeg_masks:
             hints.append(self.jpeg_mask_fix())
         elif (self.binarize is None and len(self.mask_values) > INSTANCE_LABEL_HINT
@@ -294,6 +311,12 @@ class DataCheck:
         lines += [f"  unreadable: {reason}" for reason in self.unreadable[:5]]
         if len(self.unreadable) > 5:
             lines.append(f"  unreadable: {len(self.unreadable) - 5} more files")
+        for message in self.palette_conflicts[:5]:
+            lines.append(f"  palette conflict: {message}")
+        if self.mixed_binary[0]:
+            ones, full = self.mixed_binary
+            lines.append(f"  mixed binary encodings: {len(ones)} masks hold 0/1 {_names(ones)}, {len(full)} hold "
+                         f"0/255 {_names(full)}")
         for message in self.size_mismatches[:5]:
             lines.append(f"  size mismatch: {message}")
         if len(self.size_mismatches) > 5:
@@ -338,7 +361,8 @@ def check_dataset(
         if orientation != 1:
             check.exif_turned.append(pair.image.name)
         if (image["width"], image["height"]) != (mask["width"], mask["height"]):
-            message = (f"{pair.image.name} is {image['width']}x{image['height']} but {pair.mask.name} is "
+            names = (pair.image.name, pair.mask.name) if pair.image.name != pair.mask.name else (pair.image, pair.mask)
+            message = (f"{names[0]} is {image['width']}x{image['height']} but {names[1]} is "
                        f"{mask['width']}x{mask['height']}")
             if orientation >= 5 and (image["height"], image["width"]) == (mask["width"], mask["height"]):
                 check.turned_mismatches += 1  # tags 5-8 turn by 90 degrees: the mask matches the upright view
@@ -358,6 +382,13 @@ def check_dataset(
     if not usable:
         first = (check.unreadable + check.size_mismatches)[0]
         raise UserError(f"no usable image/mask pair in {imgs} + {masks}: {first}")
+    colour_mask = next((pair.mask for pair, mask in usable if mask["encoding"] == "colour"), None)
+    if ignore_value is not None and colour_mask is not None:
+        raise UserError(f"--ignore-index {ignore_value} names a label value, but {colour_mask} is an RGB colour "
+                        "mask, whose classes are colours: leave --ignore-index out")
+    check.palette_conflicts = _palette_conflicts([(pair.mask.name, mask) for pair, mask in usable])
+    if binarize is None and ignore_value not in (1, 255):
+        check.mixed_binary = _mixed_binary([(pair.mask.name, mask) for pair, mask in usable])
     per_file = {pair.mask.name: _effective_counts(mask, binarize, ignore_value) for pair, mask in usable}
     check.mask_values = merge_values(
         {name: [list(v) if isinstance(v, tuple) else v for v in counts] for name, counts in per_file.items()},
@@ -370,6 +401,38 @@ def check_dataset(
         if set(counts) <= {_hashable(check.mask_values[0])}:
             check.empty_masks.append(name)
     return check
+
+
+def _palette_conflicts(masks: list[tuple[str, dict]]) -> list[str]:
+    """Palette masks are read as their indices: an index shown as one colour in one file and another colour in
+    another (Pillow numbers a GIF's palette per file) would make two classes one."""
+    first_seen: dict[int, tuple[tuple[int, ...], str]] = {}
+    conflicts = []
+    for name, mask in masks:
+        palette = mask.get("palette") or []
+        for index in mask["values"] if mask["encoding"] == "palette" else []:
+            colour = tuple(palette[3 * index: 3 * index + 3])
+            if len(colour) < 3:
+                continue  # an index beyond the palette: shown black, nothing to compare
+            seen = first_seen.setdefault(index, (colour, name))
+            if seen[0] != colour:
+                conflicts.append(f"{name} shows index {index} as {colour}, {seen[1]} as {seen[0]}")
+    return conflicts
+
+
+def _mixed_binary(masks: list[tuple[str, dict]]) -> tuple[list[str], list[str]]:
+    """Masks of 0/1 beside masks of 0/255 and none holding both: one object class saved two ways, not two
+    classes. Returns (0/1 files, 0/255 files), both empty when that is not the case."""
+    ones, full = [], []
+    for name, mask in masks:
+        values = set(mask["values"]) if mask["encoding"] != "colour" else {None}
+        if not values <= {0, 1, 255} or {1, 255} <= values:
+            return [], []
+        if 1 in values:
+            ones.append(name)
+        elif 255 in values:
+            full.append(name)
+    return (ones, full) if ones and full else ([], [])
 
 
 def _hashable(value: MaskValue) -> int | tuple[int, ...]:

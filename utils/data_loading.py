@@ -21,6 +21,7 @@ from unet import MIN_SIDE
 
 from .errors import UserError
 from .mask_encoding import IGNORE_CLASS, MaskValue, binarize_threshold, encode_mask
+from .signals import leave_first_signal_to_main
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".npy", ".pt")
 # Tried in this order when --mask-suffix is not given; the one pairing the most images wins.
@@ -309,9 +310,19 @@ def _files_by_stem(folder: Path, role: str) -> dict[str, Path]:
 
 
 def detect_mask_suffix(image_stems: list[str], mask_stems: set[str],
-                       candidates: tuple[str, ...] = MASK_SUFFIX_CANDIDATES) -> str:
-    """The suffix (e.g. Carvana's "_mask") that pairs the most images with masks."""
-    return max(candidates, key=lambda s: sum(f"{stem}{s}" in mask_stems for stem in image_stems))
+                       candidates: tuple[str, ...] = MASK_SUFFIX_CANDIDATES, masks_dir: Path | str = "masks") -> str:
+    """The suffix (e.g. Carvana's "_mask") that pairs the most images with masks. Two that pair as many are
+    refused: which files are the masks would be a guess (x.png beside x_mask.gif: a copy of the image, or the mask?)."""
+    counts = {suffix: sum(f"{stem}{suffix}" in mask_stems for stem in image_stems) for suffix in candidates}
+    best = max(counts.values())
+    tied = [suffix for suffix, count in counts.items() if count == best]
+    if best and len(tied) > 1:
+        first, second = tied[:2]
+        stem = next(stem for stem in image_stems if {stem + first, stem + second} <= mask_stems)
+        raise UserError(f"the files in {masks_dir} pair with the images in two ways, {best} each: e.g. image "
+                        f"'{stem}' has both '{stem + first}' and '{stem + second}': pass --mask-suffix "
+                        f"'{first}' or --mask-suffix '{second}' to say which are the masks")
+    return tied[0]
 
 
 class Pairing(NamedTuple):
@@ -332,7 +343,7 @@ def pair_files(images_dir: Path, masks_dir: Path, mask_suffix: str | None = None
                         "pass it with --mask-suffix, or move the masks to a folder of their own")
     if mask_suffix is None:
         candidates = tuple(s for s in MASK_SUFFIX_CANDIDATES if s) if one_folder else MASK_SUFFIX_CANDIDATES
-        mask_suffix = detect_mask_suffix(list(images), set(masks), candidates)
+        mask_suffix = detect_mask_suffix(list(images), set(masks), candidates, masks_dir)
     pairs = [Pair(stem, image, masks[stem + mask_suffix])
              for stem, image in images.items() if stem + mask_suffix in masks]
     if not pairs:
@@ -634,9 +645,10 @@ def same_size_parts(batch: dict) -> Iterator[dict]:
             start = end
 
 
-def lower_worker_priority(worker_id: int) -> None:
-    """Loader workers yield the cores to the training process (CPU training threads, GPU feeding) when both
-    want them; idle cores still go to the workers."""
+def init_loader_worker(worker_id: int) -> None:
+    """Loader workers yield the cores to the training process (CPU training threads, GPU feeding) when both want
+    them (idle cores still go to the workers), and leave a Ctrl-C or SIGTERM to it."""
+    leave_first_signal_to_main()
     if not hasattr(os, "nice"):  # Windows
         return
     try:
@@ -663,7 +675,7 @@ def make_loader(
         num_workers=workers,
         pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,
-        worker_init_fn=lower_worker_priority if workers > 0 else None,
+        worker_init_fn=init_loader_worker if workers > 0 else None,
         drop_last=False,
         collate_fn=collate_skipping,
     )

@@ -92,14 +92,21 @@ class RunLog:
         """One row per epoch in metrics.csv and the curve PNG; wandb also gets images and histograms."""
         self.rows.append({key: row.get(key, "") for key in CSV_FIELDS})
         self._write_csv()
-        save_training_curves(self.rows, self.curve_path)
+        try:
+            save_training_curves(self.rows, self.curve_path)
+        except OSError as error:
+            _warn_unwritten(self.curve_path, error)
         self._wandb_log(lambda: _wandb_record(row, model, sample))
 
     def _write_csv(self) -> None:
-        with atomic_path(self.csv_path) as tmp, open(tmp, "w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=CSV_FIELDS)
-            writer.writeheader()
-            writer.writerows(self.rows)
+        """The whole file each time (atomically): a write that failed (a full disk) is made good by the next."""
+        try:
+            with atomic_path(self.csv_path) as tmp, open(tmp, "w", newline="") as file:
+                writer = csv.DictWriter(file, fieldnames=CSV_FIELDS)
+                writer.writeheader()
+                writer.writerows(self.rows)
+        except OSError as error:
+            _warn_unwritten(self.csv_path, error)
 
     def close(self) -> None:
         if self.wandb_run is not None:
@@ -107,6 +114,11 @@ class RunLog:
                 self.wandb_run.finish()
             except Exception as error:  # noqa: BLE001 - a failed upload must not fail a finished run
                 print(f"warning: wandb did not finish cleanly ({error})", file=sys.stderr)
+
+
+def _warn_unwritten(path: Path, error: OSError) -> None:
+    """A log file that cannot be written (a full disk) must not stop training: the checkpoints say the same."""
+    print(f"warning: could not write {path} ({error.strerror or error}); training goes on", file=sys.stderr)
 
 
 def _wandb_record(row: dict, model: nn.Module | None, sample: dict | None) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """Ctrl-C and a scheduler's SIGTERM stop training cleanly: the current step ends, last.pth is saved, the run
-says how to resume. A second signal stops at once (as Ctrl-C always did)."""
+says how to resume. A second signal stops at once (as Ctrl-C always did). Loader workers leave the first
+signal to the main process (leave_first_signal_to_main)."""
 
 import signal
 import sys
@@ -40,3 +41,19 @@ class GracefulStop:
     def exit_code(self) -> int:
         """What a shell reports for a process ended by that signal: 130 for SIGINT, 143 for SIGTERM."""
         return 128 + self.signal_number
+
+
+def leave_first_signal_to_main() -> None:
+    """In a loader worker: a Ctrl-C or a scheduler's SIGTERM reaches every process of the group, and the main process
+    stops after its step and saves. A forked worker would otherwise print GracefulStop's message again, and one
+    started by spawn or forkserver would die of it, failing the main process's next batch. A second signal ends
+    the worker (PyTorch's worker loop takes KeyboardInterrupt as the end)."""
+    received: list[int] = []
+
+    def handle(number: int, frame: FrameType | None) -> None:
+        if received:
+            raise KeyboardInterrupt
+        received.append(number)
+
+    for number in SIGNALS:
+        signal.signal(number, handle)
