@@ -33,7 +33,7 @@ from utils.device import (
     keep_freed_memory_on_cpu,
 )
 from utils.dice_score import per_class_scores
-from utils.errors import check_output_file, run_cli
+from utils.errors import UserError, check_output_file, run_cli
 from utils.inference import (
     WHOLE_IMAGE,
     InferenceOptions,
@@ -111,14 +111,17 @@ def readable_parts(batch: dict, skipped: list[str]) -> Iterator[dict]:
 
 def write_rows(rows: list[dict], path: Path) -> None:
     """Per-image scores as CSV, or JSON when the file name ends in .json."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as file:
-        if path.suffix.lower() == ".json":
-            file.write(json.dumps(rows, indent=1))
-        else:
-            writer = csv.DictWriter(file, fieldnames=list(rows[0]) if rows else ["name", "dice", "iou"])
-            writer.writeheader()
-            writer.writerows(rows)
+    try:
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as file:
+            if path.suffix.lower() == ".json":
+                file.write(json.dumps(rows, indent=1))
+            else:
+                writer = csv.DictWriter(file, fieldnames=list(rows[0]) if rows else ["name", "dice", "iou"])
+                writer.writeheader()
+                writer.writerows(rows)
+    except OSError as error:  # the folder was tried before the evaluation; a disk can fill up since
+        raise UserError(f"cannot write --output {path} ({error.strerror or error}): free disk space or pick "
+                        "another --output (the scores are printed above)") from None
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -160,9 +163,8 @@ def main(args: argparse.Namespace) -> dict:
                                   binarize=binarize_threshold(trained_with.get("binarize")),
                                   ignore_value=trained_with.get("ignore_index"))
     loader = make_loader(dataset, args.batch_size, device, min(args.workers, len(pairs)))
-    check_output_file(args.output, "--output")  # before the evaluation, not after it
+    check_output_file(args.output, "--output", (".csv", ".json"))  # before the evaluation, not after it
     result = evaluate(model, loader, device, precision, args.mask_threshold, options=options)
-    write_rows(result["rows"], args.output)
     extras = "".join(f", {name} {value}" for name, value in (("tiles", options.tile), ("TTA", options.tta))
                      if value not in ("auto", "none"))
     print(f"{result['images']} images, model {args.model}, scale {scale}, {precision.name} on {device}{extras}")
@@ -171,6 +173,7 @@ def main(args: argparse.Namespace) -> dict:
         value = model.mask_values[index] if index < len(model.mask_values) else "-"
         print(f"{index:>5}  {str(value):>14}  {dice:7.4f}  {iou:7.4f}")
     print(f"mean foreground Dice {result['dice']:.4f}  IoU {result['iou']:.4f}")
+    write_rows(result["rows"], args.output)
     print(f"per-image scores written to {args.output}")
     return result
 

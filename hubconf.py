@@ -4,12 +4,15 @@
     torch.hub.load("path/to/this/repo", "unet", source="local", n_classes=3, weights="run/best.pth")
 """
 
+import hashlib
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 
 from unet import UNet
 from utils.checkpoint import load_checkpoint, model_from_checkpoint
+from utils.errors import UserError
 
 dependencies = ["torch", "torchvision", "numpy", "PIL"]
 
@@ -21,11 +24,22 @@ CARVANA_WEIGHTS = {
 
 
 def _local_copy(url: str, progress: bool = True) -> Path:
-    """Download once into torch.hub's cache (TORCH_HOME), then reuse the file."""
-    target = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+    """Download once into torch.hub's cache (TORCH_HOME), then reuse the file. The published Carvana weights keep
+    their plain name there (the file torch.hub's own loader and the reference's hubconf cache); any other URL gets
+    a folder of its own, so that two URLs ending in the same name (run1/best.pth, run2/best.pth) are two files."""
+    name = urlparse(url).path.rsplit("/", 1)[-1]
+    if not name:
+        raise UserError(f"weights={url!r} names no file: give the URL of a checkpoint (.../best.pth)")
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    if url not in CARVANA_WEIGHTS.values():
+        folder /= hashlib.sha256(url.encode()).hexdigest()[:12]
+    target = folder / name
     if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        torch.hub.download_url_to_file(url, str(target), progress=progress)
+        folder.mkdir(parents=True, exist_ok=True)
+        try:  # written to a temporary file and renamed when complete: a failed download leaves nothing
+            torch.hub.download_url_to_file(url, str(target), progress=progress)
+        except (OSError, ValueError) as error:  # urllib's HTTPError and URLError are OSErrors
+            raise UserError(f"cannot download weights={url} ({error}): check the address and the network") from None
     return target
 
 
@@ -42,6 +56,11 @@ def unet(n_channels: int | None = None, n_classes: int | None = None, bilinear: 
     With weights, the architecture comes from the file: the arguments may be left out, and must agree with it
     when given.
     """
+    for name, value in (("n_channels", n_channels), ("n_classes", n_classes)):
+        if value is not None and (type(value) is not int or value < 1):
+            raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
+    if bilinear is not None and not isinstance(bilinear, bool):
+        raise ValueError(f"bilinear must be True or False, got {bilinear!r}")
     if weights is None:
         return UNet(3 if n_channels is None else n_channels, 2 if n_classes is None else n_classes, bool(bilinear))
     checkpoint = load_checkpoint(_weights_file(weights, progress), flag="weights=")

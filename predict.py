@@ -135,13 +135,20 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], int]:
                 else f" ({', '.join(IMAGE_SUFFIXES)}; subfolders are not searched: use '{path / '**' / '*'}')"
             raise UserError(f"input {'folder ' if path.is_dir() else ''}{item} holds no image files{outputs}")
         paths.extend(kept)
-    return paths, left_out
+    unique, seen = [], set()
+    for path in paths:  # a file named twice (a.png and '*.png') is predicted once
+        if path.resolve() not in seen:
+            seen.add(path.resolve())
+            unique.append(path)
+    return unique, left_out
 
 
 def output_paths(inputs: list[Path], outputs: list[str] | None) -> list[Path]:
     """One output per input: explicit files, a folder mirroring the input names (.png), or beside each input."""
     if not outputs:
-        return [path.with_name(f"{path.stem}{DEFAULT_OUTPUT_TAG}.png") for path in inputs]
+        targets = [path.with_name(f"{path.stem}{DEFAULT_OUTPUT_TAG}.png") for path in inputs]
+        check_distinct(inputs, targets)
+        return targets
     if len(outputs) == 1 and (Path(outputs[0]).is_dir() or outputs[0].endswith(("/", os.sep)) or len(inputs) > 1):
         folder = Path(outputs[0])
         if folder.suffix.lower() in IMAGE_SUFFIXES:
@@ -161,14 +168,17 @@ def output_paths(inputs: list[Path], outputs: list[str] | None) -> list[Path]:
 
 
 def check_distinct(inputs: list[Path], targets: list[Path]) -> None:
-    """No mask may overwrite an input image or another mask."""
+    """No mask may overwrite an input image (its own, or one not read yet) or another mask."""
+    sources = {source.resolve(): source for source in inputs}
     seen: dict[Path, Path] = {}
     for source, target in zip(inputs, targets):
-        if target.resolve() == source.resolve():
-            raise UserError(f"the mask of {source} would overwrite it: choose another --output folder")
+        if target.resolve() in sources:
+            whose = "it" if sources[target.resolve()] == source else f"the input {sources[target.resolve()]}"
+            raise UserError(f"the mask of {source} would overwrite {whose}: choose another --output")
         if target.resolve() in seen:
-            raise UserError(f"{seen[target.resolve()]} and {source} would both write {target}: "
-                            "predict them into different folders")
+            fix = ("give them different names, or predict them into different folders" if seen[target.resolve()].stem
+                   == source.stem else "predict them into different folders")
+            raise UserError(f"{seen[target.resolve()]} and {source} would both write {target}: {fix}")
         seen[target.resolve()] = source
 
 
@@ -343,7 +353,7 @@ def main(args: argparse.Namespace) -> int:
     outputs = output_paths(inputs, args.output)
     csv_path = csv_location(args.csv, args.output, outputs)
     if csv_path is not None:
-        check_output_file(csv_path, "--csv")
+        check_output_file(csv_path, "--csv", (".csv",))
     if args.skip_existing and args.no_save:
         raise UserError("--skip-existing leaves out the inputs whose masks exist: it needs the masks written, "
                         "leave out --no-save")
@@ -352,6 +362,8 @@ def main(args: argparse.Namespace) -> int:
     writers = args.writers or (8 if on_gpu else 1)
     writer = MaskWriter(model.mask_values, checkpoint.get("mask_palette"), model.n_channels,
                         OutputOptions(not args.no_save, args.save_probs, args.overlay, viz), threads=writers)
+    for target in {target.suffix.lower(): target for target in outputs}.values():  # one of each format
+        writer.check_format(target)
     done = already_predicted(inputs, outputs, writer, csv_path is not None) if args.skip_existing else []
     todo = sorted(set(range(len(inputs))) - set(done))
     if args.skip_existing:

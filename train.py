@@ -75,7 +75,7 @@ from utils.distributed import (
     init_world,
     smallest_everywhere,
 )
-from utils.errors import UserError, check_flag, make_folder, run_cli
+from utils.errors import UserError, check_flag, check_writable_folder, run_cli
 from utils.inference import WHOLE_IMAGE, InferenceOptions, is_out_of_memory, logits_to_classes
 from utils.mask_encoding import MaskValue, add_binarize_argument, binarize_threshold, check_classes
 from utils.nan_guard import NonFiniteGuard
@@ -353,17 +353,6 @@ def check_no_earlier_run(folder: Path) -> None:
                     "new run another --checkpoint-dir, or pass --overwrite to replace it")
 
 
-def check_writable(folder: Path) -> None:
-    """Fail now, not after an epoch, when checkpoints cannot be written."""
-    make_folder(folder, "--checkpoint-dir")
-    try:  # a folder may exist and still refuse files (permissions, a read-only or full disk)
-        probe = folder / f".write_test.{os.getpid()}"
-        probe.write_bytes(b"0" * 4096)
-        probe.unlink()
-    except OSError as error:
-        raise UserError(f"cannot write to --checkpoint-dir {folder} ({error.strerror}): pick another folder") from None
-
-
 def keep_run_settings(args: argparse.Namespace, resumed: dict, resume_file: Path) -> list[str]:
     """A resumed run keeps its architecture, reads its data as it did (the saved position in the epoch depends
     on the batch size) and goes on with its optimizer's settings (they are in its saved state); a flag given
@@ -626,7 +615,7 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
         raise UserError("--sync-batchnorm needs CUDA GPUs (PyTorch syncs BatchNorm on GPUs only): leave it out on CPUs")
     say = print if world.is_main else (lambda *_, **__: None)
     if world.is_main:
-        check_writable(args.checkpoint_dir)
+        check_writable_folder(args.checkpoint_dir, "--checkpoint-dir")  # fail now, not after an epoch
         for name, size in remove_unfinished_saves(args.checkpoint_dir):
             say(f"removed {args.checkpoint_dir / name} ({size / 2**20:.0f} MiB): the unfinished save of a run killed "
                 "while writing it; the checkpoints themselves are intact", file=sys.stderr)

@@ -381,6 +381,23 @@ def test_predict_inputs_expand_folders_and_globs_and_outputs_pair_up(tmp_path: P
         predict.output_paths(inputs[:1], ["mask"])
 
 
+def test_predict_outputs_never_replace_an_input_or_each_other(tmp_path: Path) -> None:
+    """Found by a review: a.png and a.jpg of one folder both wrote a_OUT.png (one mask lost without a word), and a
+    listed output could overwrite another input before it was read (d's mask predicted from a's mask)."""
+    import predict
+
+    for name in ("a.png", "a.jpg", "b.png", "d.png"):
+        (tmp_path / name).write_bytes(b"")
+    with pytest.raises(UserError, match=r"a.jpg and .*a.png would both write .*a_OUT.png: give them different names"):
+        predict.output_paths(predict.expand_inputs([str(tmp_path)])[0], None)
+    inputs = [tmp_path / "b.png", tmp_path / "d.png"]
+    with pytest.raises(UserError, match=r"the mask of .*b.png would overwrite the input .*d.png: choose another"):
+        predict.output_paths(inputs, [str(tmp_path / "d.png"), str(tmp_path / "x.png")])
+    # a file named twice (itself and by a pattern) is predicted once
+    assert predict.expand_inputs([str(tmp_path / "b.png"), str(tmp_path / "*.png")])[0] == [
+        tmp_path / "b.png", tmp_path / "a.png", tmp_path / "d.png"]
+
+
 def test_load_takes_the_architecture_from_the_weights_file(tmp_path: Path) -> None:
     import train
 
@@ -753,6 +770,8 @@ def test_grad_clip_0_means_no_clipping_not_zero_gradients() -> None:
 
 @pytest.mark.parametrize(("flags", "message"), [
     (["--scale", "0"], "--scale must be above 0"),
+    (["--scale", "inf"], "--scale must be above 0 .*, got inf"),
+    (["--max-memory", "inf"], "--max-memory must be a positive number of GiB, got inf"),
     (["--mask-threshold", "2"], "--mask-threshold must be a probability between 0 and 1, got 2.0"),
 ])
 def test_predict_and_evaluate_flags_out_of_range_stop_before_any_work(flags: list[str], message: str) -> None:
@@ -868,3 +887,30 @@ def test_class_pixel_counts_follow_the_runs_numbering_of_the_classes() -> None:
 
     assert train.pixels_per_class([0, 1, 2], [0, 2], [900, 100]) == [900, 0, 100]
     assert train.pixels_per_class([[0, 0, 0], [255, 0, 0]], [[255, 0, 0]], [7]) == [0, 7]
+
+
+def test_score_and_count_files_must_be_named_as_such(trained: Path) -> None:
+    """Found by a review: --csv model.pth or evaluate.py -o mask.gif replaced a checkpoint or a ground-truth mask."""
+    import evaluate
+    import predict
+
+    model = trained / "checkpoints" / "best.pth"
+    before = model.read_bytes()
+    image = sorted((trained / "data" / "imgs").iterdir())[0]
+    for target in (model, image):
+        with pytest.raises(UserError, match=r"--csv .* give a file name ending in .csv"):
+            predict.main(predict.get_args_parser().parse_args(["-m", str(model), "-i", str(image), "--no-save",
+                                                               "--csv", str(target)]))
+    with pytest.raises(UserError, match=r"--output .*best.pth: give a file name ending in .csv or .json"):
+        evaluate.main(evaluate.get_args_parser().parse_args([
+            "-m", str(model), "--imgs", str(trained / "data" / "imgs"), "--masks", str(trained / "data" / "masks"),
+            "-o", str(model), "--workers", "0"]))
+    assert model.read_bytes() == before
+
+
+@pytest.mark.parametrize("device", ["mps", "meta", "cuda:7"])
+def test_a_device_this_machine_lacks_is_one_line(device: str) -> None:
+    from utils.device import choose_device
+
+    with pytest.raises(UserError, match=rf"--device {device}"):
+        choose_device(device)

@@ -155,6 +155,8 @@ def test_missing_checkpoint_is_one_line_and_exit_code_2(tmp_path: Path) -> None:
     (["-o", "unet.bin"], r"cannot tell the format of unet\.bin: end it in \.onnx, \.pt or \.ts"),
     (["-o", "unet.pt", "--format", "onnx"], r"unet\.pt is a torchscript file name"),
     (["-o", "unet.onnx", "--opset", "17"], r"--opset 17 is not supported: use 18 to"),
+    (["-o", "unet.pt", "--scale", "-1"], r"--scale must be above 0 \(the image's size times it\), got -1"),
+    (["-o", "unet.pt", "--scale", "nan"], r"--scale must be above 0 .*, got nan"),
 ])
 def test_flag_mistakes_are_user_errors(argv: list[str], message: str, colour_checkpoint: Path) -> None:
     with pytest.raises(UserError, match=message):

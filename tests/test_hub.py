@@ -85,4 +85,56 @@ def test_weights_url_is_downloaded_once_into_hub_cache(tmp_path: Path, monkeypat
         model = hubconf.unet(bilinear=True, weights=url, progress=False)
         assert model.bilinear and model.mask_values == [0, 1]
     assert downloads == [url]
-    assert (tmp_path / "hub" / "checkpoints" / "my_unet.pth").exists()
+    assert len(list((tmp_path / "hub" / "checkpoints").glob("*/my_unet.pth"))) == 1
+
+
+def test_two_weights_urls_ending_in_one_file_name_are_two_files(tmp_path: Path, monkeypatch) -> None:
+    """Found by a review: run1/best.pth (2 classes) was cached as best.pth, and run2/best.pth (3 classes) then
+    returned it."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def fake_download(url: str, dst: str, progress: bool = True) -> None:
+        torch.save(UNet(3, 2 if "run1" in url else 3, bilinear=False).state_dict(), dst)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
+    first = hubconf.unet(weights="https://example.invalid/run1/best.pth", progress=False)
+    second = hubconf.unet(weights="https://example.invalid/run2/best.pth", progress=False)
+    assert (first.n_classes, second.n_classes) == (2, 3)
+
+
+def test_weights_urls_that_fail_are_one_line_naming_the_url(tmp_path: Path, monkeypatch) -> None:
+    import urllib.error
+
+    from utils.errors import UserError
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def not_found(url: str, dst: str, progress: bool = True) -> None:
+        raise urllib.error.HTTPError(url, 404, "Not Found", None, None)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", not_found)
+    with pytest.raises(UserError, match=r"cannot download weights=https://example.invalid/gone.pth \(HTTP Error 404: "
+                                        r"Not Found\): check the address and the network"):
+        hubconf.unet(weights="https://example.invalid/gone.pth")
+    with pytest.raises(UserError, match=r"weights='https://example.invalid/runs/' names no file"):
+        hubconf.unet(weights="https://example.invalid/runs/")
+    assert not list((tmp_path / "hub").rglob("*.pth"))  # nothing half-written left in the cache
+
+
+@pytest.mark.parametrize(("kwargs", "complaint"), [
+    ({"n_classes": 0}, "n_classes must be a whole number of at least 1, got 0"),
+    ({"n_classes": "3"}, "n_classes must be a whole number of at least 1, got '3'"),
+    ({"n_channels": -1}, "n_channels must be a whole number of at least 1, got -1"),
+    ({"bilinear": "no"}, "bilinear must be True or False, got 'no'"),
+])
+def test_arguments_of_an_untrained_unet_are_checked(kwargs: dict, complaint: str) -> None:
+    with pytest.raises(ValueError, match=complaint):
+        hubconf.unet(**kwargs)
+
+
+def test_a_checkpoint_folder_given_as_weights_is_named_as_a_folder(tmp_path: Path) -> None:
+    from utils.errors import UserError
+
+    torch.save(UNet(3, 2, bilinear=False).state_dict(), tmp_path / "best.pth")
+    with pytest.raises(UserError, match=r"weights= .* is a folder: give a checkpoint file in it \(best.pth\)"):
+        hubconf.unet(weights=tmp_path)

@@ -318,3 +318,39 @@ def test_classes_1_on_0_255_masks_trains_one_channel_and_predicts_0_255(tmp_path
     assert checkpoint["mask_values"] == [0, 255]
     assert checkpoint["model_args"]["n_classes"] == 1
     assert output.mode == "L" and values_of(output) <= {0, 255}
+
+
+def test_gif_outputs_keep_the_class_values(tmp_path: Path) -> None:
+    """Pillow's GIF writer renumbered the palette to the colours used: a palette mask of value 2 came back as 0,
+    and an all-object 0/255 mask as 0s, which --skip-existing then counted as background."""
+    from utils.data_loading import read_mask
+    from utils.mask_encoding import encoding_table
+    from utils.mask_writer import MaskWriter, OutputOptions
+
+    cases = [([0, 1, 2], [0, 0, 0, 255, 0, 0, 0, 255, 0], np.full((8, 8), 2, np.int64)),
+             ([0, 1], None, np.ones((8, 8), np.int64))]
+    for mask_values, palette, classes in cases:
+        writer = MaskWriter(mask_values, palette, 3, OutputOptions(), threads=1)
+        target = tmp_path / f"{len(mask_values)}.gif"
+        writer.check_format(target)
+        encoded = encoding_table(mask_values)[classes]
+        writer.submit(0, tmp_path / "x.jpg", target, encoded, [0.0, 1.0])
+        writer.close()
+        assert np.array_equal(read_mask(target), encoded), mask_values
+        assert writer.record_existing(1, tmp_path / "x.jpg", target)
+        assert float(writer.rows[1][f"fraction_{len(mask_values) - 1}"]) == 1.0
+
+
+def test_16_bit_label_outputs_are_refused_in_8_bit_formats_before_predicting(tmp_path: Path) -> None:
+    from utils.errors import UserError
+    from utils.mask_writer import MaskWriter, OutputOptions
+
+    writer = MaskWriter([0, 300, 1000], None, 3, OutputOptions(), threads=1)
+    writer.check_format(tmp_path / "x.png")
+    writer.check_format(tmp_path / "x.tif")
+    for suffix in (".bmp", ".gif"):
+        with pytest.raises(UserError, match=rf"the masks hold label values up to 1000, which \{suffix} files cannot "
+                                            r"store \(8 bits\): name the outputs .png or .tif"):
+            writer.check_format(tmp_path / f"x{suffix}")
+    writer.close()
+    MaskWriter([0, 300], None, 3, OutputOptions(save_mask=False), threads=1).check_format(tmp_path / "x.bmp")

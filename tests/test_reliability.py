@@ -157,8 +157,7 @@ def test_sigterm_stops_after_the_step_saves_and_says_how_to_resume(data: Path, t
     assert checkpoint["epoch"] * 4 + checkpoint["epoch_batches"] == checkpoint["step"]
 
 
-@pytest.mark.parametrize(("name", "start_method"), [("SIGINT", "fork"), ("SIGINT", "forkserver"),
-                                                     ("SIGTERM", "forkserver")])
+@pytest.mark.parametrize(("name", "start_method"), [("SIGINT", "fork"), ("SIGTERM", "forkserver")])
 def test_a_signal_to_the_process_group_stops_cleanly_with_its_loader_worker(data: Path, tmp_path: Path, name: str,
                                                                              start_method: str) -> None:
     """The loader worker gets the signal too (Ctrl-C reaches the whole foreground group): it leaves it to the main

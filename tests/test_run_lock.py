@@ -117,11 +117,21 @@ def test_a_file_given_as_the_folder_is_named_as_one(tmp_path):
         RunLock(tmp_path / "run").acquire()
 
 
-def test_train_checks_the_checkpoint_folder_before_the_data(tmp_path):
-    import train
+def test_the_checkpoint_folder_is_made_and_tried_with_a_write_before_the_data(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from utils.errors import check_writable_folder
 
     (tmp_path / "file").write_text("not a folder")
     with pytest.raises(UserError, match=r"cannot make the folder .*file/run for --checkpoint-dir \(Not a directory\)"):
-        train.check_writable(tmp_path / "file" / "run")
-    train.check_writable(tmp_path / "new" / "run")
+        check_writable_folder(tmp_path / "file" / "run", "--checkpoint-dir")
+    check_writable_folder(tmp_path / "new" / "run", "--checkpoint-dir")
     assert (tmp_path / "new" / "run").is_dir() and not list((tmp_path / "new" / "run").iterdir())  # probe removed
+
+    def read_only(self, data):  # noqa: ANN001 - a folder that exists but refuses files (root ignores chmod)
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(Path, "write_bytes", read_only)
+    with pytest.raises(UserError, match=r"cannot write to the folder .*new/run of --checkpoint-dir \(Read-only file "
+                                        r"system\): pick another folder, or free disk space"):
+        check_writable_folder(tmp_path / "new" / "run", "--checkpoint-dir")

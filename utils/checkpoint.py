@@ -9,6 +9,7 @@ the file, the first offending entry and the fix (check_training_state does the s
 
 import contextlib
 import functools
+import math
 import os
 import pickle
 import random
@@ -28,7 +29,7 @@ from torch import nn
 from unet import UNet
 
 from .atomic_files import TEMPORARY_NAME, atomic_path
-from .errors import UserError
+from .errors import UserError, check_flag
 from .mask_encoding import MaskValue
 
 FORMAT_VERSION = 1
@@ -383,6 +384,10 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu", 
     resume also calls check_training_state. flag: how the user named the file, for the message when it is missing.
     """
     path = Path(path)
+    if path.is_dir():
+        inside = ", ".join(sorted(child.name for child in path.glob("*.pth"))[:3])
+        raise UserError(f"{flag} {path} is a folder: give a checkpoint file in it"
+                        + (f" ({inside})" if inside else " (train.py writes last.pth and best.pth)"))
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist: give {flag} the path of one (train.py writes "
                         "checkpoints/last.pth and best.pth)")
@@ -519,8 +524,14 @@ def load_model(
     return model, checkpoint
 
 
+def check_scale_flag(scale: float | None) -> None:
+    """predict.py, evaluate.py and export.py's --scale (None: the checkpoint's)."""
+    check_flag("--scale", scale, scale is None or 0 < scale < math.inf, "above 0 (the image's size times it)")
+
+
 def inference_scale(checkpoint: dict[str, Any], requested: float | None) -> float:
-    """--scale if given, else the scale the model was trained at, else the reference default 0.5."""
+    """--scale if given (checked), else the scale the model was trained at, else the reference default 0.5."""
     if requested is not None:
+        check_scale_flag(requested)
         return requested
     return float(checkpoint.get("scale") or 0.5)

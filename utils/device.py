@@ -26,8 +26,18 @@ def choose_device(requested: str | None = None) -> torch.device:
             device = torch.device(requested)
         except RuntimeError:
             raise UserError(f"--device {requested!r} is not a device: use cpu, cuda or cuda:N") from None
+        if device.type not in ("cpu", "cuda", "mps"):
+            raise UserError(f"--device {requested} is not supported here: use cpu, cuda or cuda:N (mps on Apple "
+                            "silicon)")
         if device.type == "cuda" and not torch.cuda.is_available():
             raise UserError(f"--device {requested} asked for CUDA, but no CUDA GPU is visible: use --device cpu")
+        if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"--device {requested}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                            f"numbered from 0: use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+        mps = getattr(torch.backends, "mps", None)
+        if device.type == "mps" and not (mps is not None and mps.is_available()):
+            raise UserError(f"--device {requested} asked for Apple's MPS, which this machine does not have: use "
+                            "--device cpu")
         if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
             device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))  # torchrun: one GPU per process
         return device

@@ -1,6 +1,7 @@
 """User-facing errors: one line naming the file or flag and the fix, never a traceback (unless --debug)."""
 
 import argparse
+import os
 import sys
 import warnings
 from collections.abc import Callable
@@ -47,8 +48,26 @@ def make_folder(folder: Path, flag: str) -> None:
         raise UserError(f"cannot make the folder {folder} for {flag} ({error.strerror}): pick another path") from None
 
 
-def check_output_file(path: Path, flag: str) -> None:
-    """An output file's folder exists (made now) and the name is not a folder: checked before the work."""
-    make_folder(path.parent, flag)
+def check_writable_folder(folder: Path, flag: str) -> None:
+    """Make the folder and write a small file in it: a folder may exist and still refuse files (permissions, a
+    read-only or full disk), and that should stop the run before its work, not after."""
+    make_folder(folder, flag)
+    probe = folder / f".write_test.{os.getpid()}"
+    try:
+        probe.write_bytes(b"0" * 4096)
+        probe.unlink()
+    except OSError as error:
+        probe.unlink(missing_ok=True)
+        raise UserError(f"cannot write to the folder {folder} of {flag} ({error.strerror or error}): pick another "
+                        "folder, or free disk space") from None
+
+
+def check_output_file(path: Path, flag: str, suffixes: tuple[str, ...] = ()) -> None:
+    """An output file's folder is writable (made now), the name is not a folder and, where suffixes are given,
+    ends in one of them (so that a slip like --csv model.pth cannot overwrite a checkpoint or an image): checked
+    before the work."""
     if path.is_dir():
         raise UserError(f"{flag} {path} is a folder: give a file name")
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise UserError(f"{flag} {path}: give a file name ending in {' or '.join(suffixes)}")
+    check_writable_folder(path.parent, flag)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from .checkpoint import check_scale_flag
 from .data_loading import normalize_images
 from .device import Precision, memory_format, return_freed_memory
 from .errors import UserError, check_flag
@@ -83,7 +84,7 @@ def check_prediction_flags(args: argparse.Namespace) -> None:
     check_flag("--batch-size", args.batch_size, args.batch_size is None or args.batch_size >= 1,
                "a whole number of at least 1")
     check_flag("--workers", args.workers, args.workers is None or args.workers >= 0, "0 (none) or more")
-    check_flag("--scale", args.scale, args.scale is None or args.scale > 0, "above 0 (the image's size times it)")
+    check_scale_flag(args.scale)
     check_flag("--mask-threshold", args.mask_threshold, 0 < args.mask_threshold < 1, "a probability between 0 and 1")
 
 
@@ -99,7 +100,7 @@ def check_options(options: InferenceOptions) -> None:
     check_flag("--tta", repr(options.tta), options.tta in TTA_CHOICES, f"one of {', '.join(TTA_CHOICES)}")
     check_flag("--tile-batch", options.tile_batch, options.tile_batch is None or options.tile_batch >= 1,
                "a whole number of at least 1")
-    check_flag("--max-memory", options.max_memory, options.max_memory is None or options.max_memory > 0,
+    check_flag("--max-memory", options.max_memory, options.max_memory is None or 0 < options.max_memory < math.inf,
                "a positive number of GiB")
 
 

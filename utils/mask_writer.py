@@ -36,12 +36,18 @@ class OutputOptions:
 def mask_save_options(target: Path) -> dict:
     """The format named by the target's extension (the file is written under a temporary name first), and for
     PNG, zlib's run-length strategy: masks are runs of a few values, written ~1.5x faster than with the default
-    and ~8% smaller (bench/README.md), the pixels unchanged."""
+    and ~8% smaller (bench/README.md), the pixels unchanged. GIFs keep their palette as it is: Pillow's default
+    renumbers it to the colours used, so that index 2 of a mask became 0 and an all-object 0/255 mask became 0s."""
     suffix = target.suffix.lower()
     options = {"format": Image.registered_extensions()[suffix]}  # predict.py allows only MASK_FILE_SUFFIXES
     if suffix == ".png":
         options["compress_type"] = zlib.Z_RLE
+    elif suffix == ".gif":
+        options["optimize"] = False
     return options
+
+
+EIGHT_BIT_FORMATS = (".bmp", ".gif")
 
 
 # The extra outputs are named after the mask: <mask stem><tag><suffix>.
@@ -95,6 +101,13 @@ class MaskWriter:
     def _row(self, source: Path, target: Path, width: int, height: int, fractions: Sequence[float]) -> dict:
         return {"image": str(source), "mask": str(target) if self.options.save_mask else "", "width": width,
                 "height": height, **{f"fraction_{c}": f"{f:.6f}" for c, f in enumerate(fractions)}}
+
+    def check_format(self, target: Path) -> None:
+        """Refuse, before any prediction, a mask file format that cannot hold the mask values (16-bit labels)."""
+        top = int(np.max(self.written_values))
+        if self.options.save_mask and target.suffix.lower() in EIGHT_BIT_FORMATS and top > 255:
+            raise UserError(f"output {target}: the masks hold label values up to {top}, which {target.suffix} files "
+                            "cannot store (8 bits): name the outputs .png or .tif")
 
     def output_files(self, target: Path) -> list[Path]:
         """The files written for the mask target: the mask and the extra outputs asked for."""
@@ -159,8 +172,11 @@ class MaskWriter:
     def write_csv(self, path: Path) -> None:
         """predictions.csv: per image, its size and the fraction of pixels of each class (in input order)."""
         fields = ["image", "mask", "width", "height"] + [f"fraction_{c}" for c in range(self.n_classes)]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp, open(tmp, "w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(self.rows[index] for index in sorted(self.rows))
+        try:
+            with atomic_path(path) as tmp, open(tmp, "w", newline="") as file:
+                writer = csv.DictWriter(file, fieldnames=fields)
+                writer.writeheader()
+                writer.writerows(self.rows[index] for index in sorted(self.rows))
+        except OSError as error:  # the folder was tried before predicting; a disk can fill up since
+            raise UserError(f"cannot write --csv {path} ({error.strerror or error}); the masks are written: run "
+                            "again with --skip-existing and a --csv elsewhere to count them") from None
