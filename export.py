@@ -15,6 +15,7 @@ import importlib.util
 import json
 import os
 import warnings
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -50,6 +51,25 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="scale to record in the metadata (default: the scale the model was trained at, "
                              "else 0.5)")
     return parser
+
+
+def is_training_checkpoint(path: Path) -> bool:
+    """A file torch.save wrote (a zip archive without TorchScript's code/, or an old-style pickle): `-o best.pt`
+    must not replace a run's weights with an export."""
+    if not path.is_file():
+        return False
+    with open(path, "rb") as file:
+        head = file.read(4)
+    if head.startswith(b"\x80"):
+        return True
+    if head != b"PK\x03\x04":
+        return False
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return not any("/code/" in name or name.endswith("constants.pkl") for name in names)
 
 
 def choose_format(output: Path, requested: str | None) -> str:
@@ -158,6 +178,9 @@ def main(args: argparse.Namespace) -> int:
     export_format = choose_format(output, args.format)
     if output.resolve() == Path(args.model).resolve():
         raise UserError(f"--output {output} is the checkpoint itself: pick another file name")
+    if is_training_checkpoint(output):
+        raise UserError(f"--output {output} exists and is a checkpoint, not an export: pick another file name (an "
+                        "earlier export there is replaced, a checkpoint never)")
     check_output_file(output, "--output")  # before the export's seconds of work
     if export_format == "onnx":
         require_onnx_exporter(args.opset)

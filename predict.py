@@ -110,10 +110,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def expand_inputs(inputs: list[str]) -> tuple[list[Path], int]:
+def expand_inputs(inputs: list[str], keep_repeats: bool = False) -> tuple[list[Path], int]:
     """Files as given; folders and glob patterns expanded to the image files they hold, sorted, leaving out the
-    files an earlier run without --output wrote there (x_OUT.png, ...). Returns the paths and how many were left
-    out that way."""
+    files an earlier run without --output wrote there (x_OUT.png, ...). A file named twice is kept once, unless
+    keep_repeats (an output file listed for each input). Returns the paths and how many were left out as
+    outputs."""
     paths: list[Path] = []
     left_out = 0
     for item in inputs:
@@ -135,10 +136,12 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], int]:
                 else f" ({', '.join(IMAGE_SUFFIXES)}; subfolders are not searched: use '{path / '**' / '*'}')"
             raise UserError(f"input {'folder ' if path.is_dir() else ''}{item} holds no image files{outputs}")
         paths.extend(kept)
+    if keep_repeats:
+        return paths, left_out
     unique, seen = [], set()
-    for path in paths:  # a file named twice (a.png and '*.png') is predicted once
-        if path.resolve() not in seen:
-            seen.add(path.resolve())
+    for path in paths:  # a file named twice (a.png and '*.png') is predicted once; a link to it is another name
+        if os.path.abspath(path) not in seen:
+            seen.add(os.path.abspath(path))
             unique.append(path)
     return unique, left_out
 
@@ -160,7 +163,11 @@ def output_paths(inputs: list[Path], outputs: list[str] | None) -> list[Path]:
     if len(outputs) != len(inputs):
         raise UserError(f"{len(inputs)} inputs but {len(outputs)} outputs: give one output per input or a folder")
     for output in outputs:
-        if Path(output).suffix.lower() not in MASK_FILE_SUFFIXES:
+        suffix = Path(output).suffix.lower()
+        if suffix in IMAGE_SUFFIXES and suffix not in MASK_FILE_SUFFIXES:  # .jpg: lossy; .npy/.pt: not images
+            raise UserError(f"output {output}: masks are written as {', '.join(MASK_FILE_SUFFIXES)} files, which keep "
+                            f"the class values exactly (a {suffix} mask would not): end it in .png")
+        if suffix not in MASK_FILE_SUFFIXES:
             raise UserError(f"output {output} is not an image file name: end it in .png (or / for a folder)")
     targets = [Path(output) for output in outputs]
     check_distinct(inputs, targets)
@@ -289,7 +296,8 @@ def speed_summary(count: int, seconds: float, waits: LoopWaits, on_gpu: bool, wo
     if first_batch is not None and count >= 2 * first_batch[1] and seconds > first_batch[0]:
         started, first_count = first_batch
         rate += f"; {(count - first_count) / (seconds - started):.2f} after the first batch, at {started:.1f} s"
-    line = f"predicted {count} images in {seconds:.1f} s ({rate}); waited " + ", ".join(shares)
+    images = "image" if count == 1 else "images"
+    line = f"predicted {count} {images} in {seconds:.1f} s ({rate}); waited " + ", ".join(shares)
     if waits.decoding / seconds >= 0.25 and workers < cores - 1:
         line += f": decoding holds the loop back, try --workers {min(cores - 1, max(1, 2 * workers))}"
     elif waits.writing / seconds >= 0.25:
@@ -345,7 +353,7 @@ def main(args: argparse.Namespace) -> int:
     model, checkpoint = load_model(args.model, device, n_classes=args.classes, bilinear=args.bilinear)
     model = fuse_batchnorm(model)  # the unfused original is freed
     scale = inference_scale(checkpoint, args.scale)
-    inputs, left_out = expand_inputs(args.input)
+    inputs, left_out = expand_inputs(args.input, keep_repeats=len(args.output or []) > 1)
     if left_out:
         print(f"note: left out {left_out} files named like the outputs of a run without --output "
               f"(<name>{DEFAULT_OUTPUT_TAG}.png and its _overlay/_viz/_probs files); name such a file explicitly "

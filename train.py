@@ -340,17 +340,49 @@ def resume_path(resume: str | None, checkpoint_dir: Path) -> Path | None:
     return Path(resume)
 
 
-def check_no_earlier_run(folder: Path) -> None:
-    """A new run writes last.pth, best.pth and metrics.csv from its first epoch on: where another run's checkpoints
-    are, refuse unless --overwrite says to replace them."""
+def earlier_run_files(folder: Path) -> list[str]:
+    """What a run leaves in its folder that another run there would replace: checkpoints, and a metrics.csv with
+    epochs in it (a run whose checkpoints were moved elsewhere), latest epoch_N.pth first."""
     found = [name for name in ("last.pth", "best.pth") if (folder / name).is_file()]
-    found += sorted((path.name for path in folder.glob("epoch_*.pth")), key=lambda name: (len(name), name))
+    found += [path.name for path in sorted(folder.glob("epoch_*.pth"), key=epoch_number, reverse=True)]
+    metrics = folder / "metrics.csv"
+    if metrics.is_file() and len(metrics.read_text(errors="replace").splitlines()) > 1:
+        found.append(metrics.name)
+    return found
+
+
+def epoch_number(path: Path) -> int:
+    """N of epoch_N.pth (-1 for another name)."""
+    number = path.stem.removeprefix("epoch_")
+    return int(number) if number.isdigit() else -1
+
+
+def check_no_earlier_run(folder: Path, starting_from: Path | None) -> None:
+    """A new run, or one resumed from a file elsewhere, writes last.pth, best.pth and metrics.csv from its first
+    epoch on: where another run's files are, refuse (--overwrite says to replace them)."""
+    found = earlier_run_files(folder)
     if not found:
         return
     shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
-    resume = "--resume auto" if "last.pth" in found else f"--resume {folder / found[0]}"
-    raise UserError(f"--checkpoint-dir {folder} already holds a run ({shown}): continue it with {resume}, give the "
-                    "new run another --checkpoint-dir, or pass --overwrite to replace it")
+    checkpoints = [name for name in found if name.endswith(".pth")]
+    resume = ("--resume auto" if "last.pth" in found else f"--resume {folder / checkpoints[0]}" if checkpoints
+              else None)
+    other = ("give the new run another --checkpoint-dir" if starting_from is None
+             else f"give the run resumed from {starting_from} another --checkpoint-dir")
+    raise UserError(f"--checkpoint-dir {folder} already holds a run ({shown}): "
+                    + (f"continue it with {resume}, " if resume and starting_from is None else "")
+                    + f"{other}, or pass --overwrite to replace it")
+
+
+def remove_earlier_run(folder: Path, keep: Path | None, say: Callable[..., None]) -> None:
+    """--overwrite: the earlier run's files go (but keep, the file this run resumes from), so that none of them (a
+    best.pth this run may never write, its epoch_N.pth) is taken for this run's."""
+    found = earlier_run_files(folder) + (["training_curves.png"] if (folder / "training_curves.png").exists() else [])
+    found = [name for name in found if keep is None or (folder / name).resolve() != keep.resolve()]
+    for name in found:
+        (folder / name).unlink()
+    if found:
+        say(f"--overwrite: removed the earlier run's {', '.join(found)} from {folder}", file=sys.stderr)
 
 
 def keep_run_settings(args: argparse.Namespace, resumed: dict, resume_file: Path) -> list[str]:
@@ -410,8 +442,8 @@ def stretch_schedule(scheduler: torch.optim.lr_scheduler.CosineAnnealingLR, tota
     """End the cosine at total_steps from here on. CosineAnnealingLR derives each rate from the one before, so
     changing T_max alone would go on from the old curve's rate (at the floor, for a finished run): the current
     rate is set to the new curve's first."""
-    scheduler.T_max = total_steps
-    progress = min(scheduler.last_epoch, total_steps) / total_steps
+    scheduler.T_max = max(total_steps, 1)
+    progress = min(scheduler.last_epoch / scheduler.T_max, 1.0)
     rates = [scheduler.eta_min + (base - scheduler.eta_min) * (1 + math.cos(math.pi * progress)) / 2
              for base in scheduler.base_lrs]
     for group, rate in zip(scheduler.optimizer.param_groups, rates):
@@ -621,11 +653,12 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
                 "while writing it; the checkpoints themselves are intact", file=sys.stderr)
 
     resume_file = resume_path(args.resume, args.checkpoint_dir)
-    if resume_file is None:
-        if not args.overwrite:
-            check_no_earlier_run(args.checkpoint_dir)
-        if args.resume == "auto":
-            say(f"no {args.checkpoint_dir / 'last.pth'} yet: starting a new run")
+    own_last = args.checkpoint_dir / "last.pth"
+    replaces_a_run = resume_file is None or not (own_last.exists() and resume_file.resolve() == own_last.resolve())
+    if replaces_a_run and not args.overwrite:  # a new run, or one resumed from another file, would write over it
+        check_no_earlier_run(args.checkpoint_dir, resume_file)
+    if resume_file is None and args.resume == "auto":
+        say(f"no {own_last} yet: starting a new run")
     resumed = load_checkpoint(resume_file, flag="--resume") if resume_file else None
     if resumed is not None:
         check_training_state(resumed, resume_file)
@@ -772,13 +805,16 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
         model.load_state_dict(resumed["model"])
         optimizer.load_state_dict(resumed["optimizer"])
         scheduler.load_state_dict(resumed["scheduler"])
-        stretch_schedule(scheduler, total_steps)  # --epochs may have been raised to train longer
         if resumed["scaler"]:  # empty when the run was saved without fp16 (CPU, bf16)
             scaler.load_state_dict(resumed["scaler"])
         restore_rng_state(resumed["rng"])
         start_epoch, step, best_dice = resumed["epoch"] + 1, resumed["step"], resumed["best_dice"]
         skip_batches = resumed.get("epoch_batches", 0)  # saved in the middle of an epoch (--save-every, a signal)
-        processes = resumed.get("processes", 1)
+        processes = resumed.get("processes", world.size)  # unknown before 2026-11-27 (9th session): as now
+        if processes != world.size:
+            say(f"note: {resume_file} was trained by {processes} process{'es' if processes != 1 else ''}, now "
+                f"{world.size}: the global batch is {args.batch_size * world.size} images (was "
+                f"{args.batch_size * processes}); --batch-size is per process", file=sys.stderr)
         if skip_batches and processes != world.size:
             say(f"note: {resume_file} was saved by {processes} process{'es' if processes != 1 else ''}, so epoch "
                 f"{start_epoch} starts over instead of going on after batch {skip_batches} (each process's share "
@@ -792,6 +828,10 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
             say(f"note: {resume_file} was saved before batches were formed by image size, so epoch {start_epoch} "
                 f"starts over instead of going on after batch {skip_batches}", file=sys.stderr)
             skip_batches = 0
+        # The cosine ends with the last step still to train: --epochs may have been raised, the data may have grown.
+        steps_left = max(0, (args.epochs - start_epoch + 1) * order.batches_per_epoch - skip_batches)
+        if scheduler.last_epoch + steps_left != scheduler.T_max:
+            stretch_schedule(scheduler, scheduler.last_epoch + steps_left)
         best = f", best validation Dice {best_dice:.4f}" if best_dice >= 0 else ""
         within = (" at its validation (its training was done)" if skip_batches == order.batches_per_epoch
                   else f" after its first {skip_batches} batches" if skip_batches else "")
@@ -833,6 +873,8 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
                   "left over, padded to the largest; the padding counts in no loss or score)"
                   if order.shared_batches else "")
         say(f"training images of {len(set(order.sizes))} sizes: batched by size{shared}")
+    if replaces_a_run and args.overwrite and world.is_main:  # only now: a run that failed to start removes nothing
+        remove_earlier_run(args.checkpoint_dir, resume_file, say)
     run_log = RunLog(args.checkpoint_dir, vars(args), args.wandb or default_wandb_mode(), start_epoch) \
         if world.is_main else None
     val_dice = result = None
@@ -841,7 +883,8 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     failed_save: list[UserError] = []
     saved_steps: list[int] = []  # the step of each save this run made
 
-    def save(epochs_done: int, step: int, epoch_batches: int, copies: list[Path]) -> None:
+    def save(epochs_done: int, step: int, epoch_batches: int, copies: list[Path],
+             then: str = "training goes on") -> None:
         """last.pth (and copies) from rank 0; a failed write is reported, training goes on, the old file stays."""
         if not world.is_main:
             return
@@ -859,7 +902,7 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
             failed_save.clear()
             saved_steps.append(step)
         except UserError as error:
-            tqdm.write(f"warning: {error}; training goes on, the previous last.pth is kept", file=sys.stderr)
+            tqdm.write(f"warning: {error}; {then}, the previous last.pth is kept", file=sys.stderr)
             failed_save[:] = [error]
 
     with GracefulStop() as stop:
@@ -888,7 +931,8 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
                         scores = reduce_scores(evaluate(model, val_loader, device, precision, progress=world.is_main,
                                                         options=val_options), world, device)
                 except BaseException:  # out of memory, a failing disk, a second Ctrl-C: keep the epoch's training
-                    save(epoch - 1, step, plan.order.batches_per_epoch, [])  # a resume validates it again
+                    save(epoch - 1, step, plan.order.batches_per_epoch, [],  # a resume validates it again
+                         then="and the run stops on the error below")
                     raise
                 val_dice = scores["dice"] if scores and scores["images"] else None
                 is_best = val_dice is not None and val_dice > best_dice
@@ -927,7 +971,9 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
         raise UserError(f"the last checkpoint could not be written: {failed_save[0]}")
     if world.distributed and result is not None:
         print(f"rank {world.rank}/{world.size}: {step} steps, {result['images']} images in the last epoch")
-    say(f"checkpoints in {args.checkpoint_dir}: last.pth" + (", best.pth" if best_dice >= 0 else ""))
+    say(f"checkpoints in {args.checkpoint_dir}: last.pth" + (", best.pth" if best_dice >= 0 else "")
+        + (f", epoch_{start_epoch}.pth to epoch_{args.epochs}.pth" if args.keep_epochs and start_epoch < args.epochs
+           else f", epoch_{args.epochs}.pth" if args.keep_epochs else ""))
     return {"step": step, "best_dice": best_dice, "val_dice": val_dice,
             "history": run_log.rows if run_log is not None else []}
 

@@ -65,3 +65,13 @@ def test_a_kept_pass_lets_the_loader_and_its_workers_go() -> None:
     del loader
     list(cache)
     assert alive() is None and len(cache) == 3 and len(list(cache)) == 3
+
+
+def test_a_batch_whose_files_all_failed_passes_through_and_is_kept() -> None:
+    """Validation reads with skip_unreadable: a batch of broken files carries only the reasons (a KeyError
+    'image' stopped training there)."""
+    batches = [{"image": torch.zeros(1, 3, 4, 4, dtype=torch.uint8), "mask": torch.zeros(1, 4, 4, dtype=torch.int8),
+                "skipped": []}, {"skipped": ["cannot read b.png"]}]
+    cache = BatchCache(batches, budget=10**6)
+    assert [sorted(batch) for batch in cache] == [["image", "mask", "skipped"], ["skipped"]]
+    assert cache.cached and [batch["skipped"] for batch in cache] == [[], ["cannot read b.png"]]

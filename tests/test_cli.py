@@ -379,6 +379,9 @@ def test_predict_inputs_expand_folders_and_globs_and_outputs_pair_up(tmp_path: P
         predict.output_paths(inputs, ["x.png", "y.png", "z.png"])
     with pytest.raises(UserError, match=r"end it in \.png"):
         predict.output_paths(inputs[:1], ["mask"])
+    with pytest.raises(UserError, match=r"output m.jpg: masks are written as .png, .gif, .bmp, .tif, .tiff files, "
+                                        r"which keep the class values exactly \(a .jpg mask would not\)"):
+        predict.output_paths(inputs[:1], ["m.jpg"])
 
 
 def test_predict_outputs_never_replace_an_input_or_each_other(tmp_path: Path) -> None:
@@ -663,10 +666,13 @@ def test_resume_in_an_epoch_of_mixed_sizes_saved_before_batching_by_size_starts_
     torch.save({**saved, "epoch_batches": 1}, tmp_path / "checkpoints" / "now.pth")  # as if stopped in epoch 2
     older = {key: value for key, value in saved.items() if key != "batched_by_size"}
     torch.save({**older, "epoch_batches": 1}, tmp_path / "checkpoints" / "older.pth")
-    result = run("train.py", "--epochs", "2", "--resume", "checkpoints/now.pth", *flags, cwd=tmp_path)
+    # each resumed into a folder of its own: resuming from another file than checkpoints/last.pth would replace it
+    result = run("train.py", "--epochs", "2", "--resume", "checkpoints/now.pth", *flags, "--checkpoint-dir", "now",
+                 cwd=tmp_path)
     assert "resuming checkpoints/now.pth: epoch 2 after its first 1 batches" in result.stdout
     assert "starts over" not in result.stderr
-    result = run("train.py", "--epochs", "2", "--resume", "checkpoints/older.pth", *flags, cwd=tmp_path)
+    result = run("train.py", "--epochs", "2", "--resume", "checkpoints/older.pth", *flags, "--checkpoint-dir",
+                 "older", cwd=tmp_path)
     assert ("note: checkpoints/older.pth was saved before batches were formed by image size, so epoch 2 starts "
             "over instead of going on after batch 1") in result.stderr
     assert "resuming checkpoints/older.pth: epoch 2, step 4" in result.stdout
@@ -827,6 +833,22 @@ def test_raising_epochs_on_resume_stretches_the_cosine_to_the_new_end() -> None:
     assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)  # ends at the floor again, at the new end
 
 
+def test_a_resume_on_grown_data_ends_the_cosine_at_its_last_step(tmp_path: Path) -> None:
+    """Found by a review: T_max counted the steps of all epochs at the new size, while the steps done were at the
+    old size: the rate ended above the floor (or, on shrunk data, came back up from it)."""
+    write_carvana_like(tmp_path / "data", 6)
+    flags = ["--validation", "0", *TRAIN_FLAGS, "--batch-size", "2"]
+    run("train.py", "--epochs", "1", *flags, cwd=tmp_path)  # 3 steps
+    write_carvana_like(tmp_path / "more", 4, seed=1)
+    for folder in ("imgs", "masks"):
+        for path in (tmp_path / "more" / folder).iterdir():
+            path.rename(tmp_path / "data" / folder / f"x{path.name}")
+    run("train.py", "--epochs", "2", "--resume", "auto", *flags, cwd=tmp_path)  # 5 more steps on 10 images
+    with open(tmp_path / "checkpoints" / "metrics.csv", newline="") as file:
+        rates = [float(row["lr"]) for row in csv.DictReader(file)]
+    assert rates[-1] == pytest.approx(3e-5)  # the floor (learning rate / 100) at the run's last step
+
+
 def test_a_resume_by_another_number_of_processes_starts_its_epoch_over(tmp_path: Path) -> None:
     """Each process's share of an epoch depends on their number: a position saved by 2 processes meant nothing to 1,
     which skipped the rest of the epoch."""
@@ -839,6 +861,7 @@ def test_a_resume_by_another_number_of_processes_starts_its_epoch_over(tmp_path:
     torch.save(saved, tmp_path / "two.pth")
     result = run("train.py", "--epochs", "1", *flags, "--resume", "two.pth", "--checkpoint-dir", "again", cwd=tmp_path)
     assert "was saved by 2 processes, so epoch 1 starts over instead of going on after batch 1" in result.stderr
+    assert "was trained by 2 processes, now 1: the global batch is 2 images (was 4)" in result.stderr
     assert load_checkpoint(tmp_path / "again" / "last.pth")["step"] == 1 + 3  # the whole epoch: 3 batches of 2
 
 

@@ -225,6 +225,19 @@ def test_a_copy_of_the_images_beside_the_masks_is_not_taken_for_them(tmp_path):
     _touch_images(tmp_path / "masks", ["x.png", "y.png", "x_mask.gif", "y_mask.gif"])
     with pytest.raises(UserError, match="image 'x' has both 'x' and 'x_mask'"):
         list_pairs(tmp_path / "imgs", tmp_path / "masks")
+    for name in ("y.png", "x_mask.gif"):  # masks named two ways, one image each: x.png, y_mask.gif
+        (tmp_path / "masks" / name).unlink()
+    with pytest.raises(UserError, match=r"two ways, 1 each: e.g. image 'x' has 'x', image 'y' has 'y_mask': pass "):
+        list_pairs(tmp_path / "imgs", tmp_path / "masks")
+
+
+def test_images_and_masks_of_one_folder_are_told_apart_by_the_suffix_when_unpaired(tmp_path):
+    """Found by a review: an image without a mask was also listed as a mask without an image."""
+    from utils.data_loading import pair_files
+
+    _touch_images(tmp_path, ["a.jpg", "a_mask.png", "lonely.jpg", "z_mask.png"])
+    pairing = pair_files(tmp_path, tmp_path)
+    assert (pairing.lonely_images, pairing.lonely_masks) == (["lonely.jpg"], ["z_mask.png"])
 
 
 def test_unpaired_files_are_skipped_with_a_warning_naming_them(tmp_path, capsys):

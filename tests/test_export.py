@@ -1,6 +1,7 @@
 """export.py: ONNX and TorchScript files that run without this repository and say how to read their output."""
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -206,3 +207,18 @@ def test_failed_export_keeps_the_previous_file_and_leaves_no_temporary(
 def test_output_may_not_overwrite_the_checkpoint(colour_checkpoint: Path) -> None:
     with pytest.raises(UserError, match="is the checkpoint itself"):
         run_export("-m", colour_checkpoint, "-o", colour_checkpoint, "--format", "torchscript")
+
+
+def test_an_export_replaces_an_earlier_export_but_never_a_checkpoint(colour_checkpoint: Path, tmp_path: Path) -> None:
+    """Found by a review: `-o other_run.pt` silently replaced a training checkpoint with a TorchScript file."""
+    checkpoint = tmp_path / "best.pt"
+    shutil.copy(colour_checkpoint, checkpoint)
+    before = checkpoint.read_bytes()
+    with pytest.raises(UserError, match=r"--output .*best.pt exists and is a checkpoint, not an export"):
+        run_export("-m", colour_checkpoint, "-o", checkpoint)
+    assert checkpoint.read_bytes() == before
+    export = tmp_path / "unet.pt"
+    run_export("-m", colour_checkpoint, "-o", export)
+    first = export.stat().st_mtime_ns
+    run_export("-m", colour_checkpoint, "-o", export)  # an export again: replaced
+    assert export.stat().st_mtime_ns >= first and torch.jit.load(export) is not None

@@ -314,17 +314,25 @@ def test_a_new_run_does_not_replace_an_earlier_run_unless_told_to(data: Path, tm
     flags = in_process_flags(data, run, "--epochs", "1", "--validation", "25")
     train.main(train.get_args_parser().parse_args(flags))
     before = {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()}
-    with pytest.raises(UserError, match=r"--checkpoint-dir .*run already holds a run \(last.pth, best.pth\): continue "
-                                        "it with --resume auto, give the new run another --checkpoint-dir, or pass "
-                                        "--overwrite to replace it"):
+    with pytest.raises(UserError, match=r"--checkpoint-dir .*run already holds a run \(last.pth, best.pth, "
+                                        r"metrics.csv\): continue it with --resume auto, give the new run another "
+                                        "--checkpoint-dir, or pass --overwrite to replace it"):
         train.main(train.get_args_parser().parse_args(flags))
     (run / "last.pth").unlink()  # best.pth alone: --resume auto finds nothing to resume, and must not replace it
     before.pop("last.pth")
     with pytest.raises(UserError, match=r"continue it with --resume .*run/best.pth"):
         train.main(train.get_args_parser().parse_args([*flags, "--resume", "auto"]))
+    other = tmp_path / "other"
+    train.main(train.get_args_parser().parse_args(in_process_flags(data, other, "--epochs", "1", "--validation", "0")))
+    with pytest.raises(UserError, match=r"already holds a run \(best.pth, metrics.csv\): give the run resumed from "
+                                        r".*other/last.pth another --checkpoint-dir, or pass --overwrite"):
+        train.main(train.get_args_parser().parse_args([*flags, "--resume", str(other / "last.pth"), "-e", "2"]))
     assert before == {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()}
-    result = train.main(train.get_args_parser().parse_args([*flags, "--overwrite"]))
-    assert result["step"] == 3 and load_checkpoint(run / "last.pth")["epoch"] == 1
+    # --overwrite: the earlier run's files go, also the best.pth a run without validation would never replace
+    no_validation = [flag if flag != "25" else "0" for flag in flags]
+    result = train.main(train.get_args_parser().parse_args([*no_validation, "--overwrite"]))
+    assert result["step"] == 4 and load_checkpoint(run / "last.pth")["epoch"] == 1  # 8 images, batches of 2
+    assert not (run / "best.pth").exists()
 
 
 def test_a_validation_file_broken_during_the_run_is_left_out_of_the_scores(data: Path, tmp_path: Path,

@@ -47,3 +47,12 @@ def test_cli_rejects_bad_count_with_one_line(tmp_path: Path, capsys) -> None:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--count" in err[0]
     assert not (tmp_path / "x").exists()
+
+
+def test_a_folder_that_already_holds_data_is_not_written_into(tmp_path: Path, capsys) -> None:
+    """Found by a review: a second --synthetic run beside `make demo`'s data mixed two data sets of two sizes."""
+    (tmp_path / "data" / "imgs").mkdir(parents=True)
+    (tmp_path / "data" / "imgs" / "mine.jpg").write_bytes(b"")
+    assert main(["--out", str(tmp_path / "data"), "--count", "1", "--width", "32", "--height", "32"]) == 2
+    assert "data/imgs already holds files: give --out another folder, or empty" in capsys.readouterr().err
+    assert [path.name for path in (tmp_path / "data" / "imgs").iterdir()] == ["mine.jpg"]

@@ -37,7 +37,7 @@ class BatchCache:
         size = 0
         for batch in self.loader:
             if kept is not None:
-                size += batch["image"].nbytes + batch["mask"].nbytes
+                size += sum(batch[key].nbytes for key in ("image", "mask") if key in batch)  # none: all skipped
                 if size <= self.budget:
                     kept.append(batch)
                 else:

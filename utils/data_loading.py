@@ -318,10 +318,16 @@ def detect_mask_suffix(image_stems: list[str], mask_stems: set[str],
     tied = [suffix for suffix, count in counts.items() if count == best]
     if best and len(tied) > 1:
         first, second = tied[:2]
-        stem = next(stem for stem in image_stems if {stem + first, stem + second} <= mask_stems)
-        raise UserError(f"the files in {masks_dir} pair with the images in two ways, {best} each: e.g. image "
-                        f"'{stem}' has both '{stem + first}' and '{stem + second}': pass --mask-suffix "
-                        f"'{first}' or --mask-suffix '{second}' to say which are the masks")
+        both = next((stem for stem in image_stems if {stem + first, stem + second} <= mask_stems), None)
+        if both is not None:
+            example = f"image '{both}' has both '{both + first}' and '{both + second}'"
+        else:  # masks named two ways: a -> a.png, b -> b_mask.png
+            one, other = (next(stem for stem in image_stems if stem + suffix in mask_stems)
+                          for suffix in (first, second))
+            example = f"image '{one}' has '{one + first}', image '{other}' has '{other + second}'"
+        raise UserError(f"the files in {masks_dir} pair with the images in two ways, {best} each: e.g. {example}: "
+                        f"pass --mask-suffix '{first}' or --mask-suffix '{second}' to say which are the masks (and "
+                        "rename the others)")
     return tied[0]
 
 
@@ -352,12 +358,12 @@ def pair_files(images_dir: Path, masks_dir: Path, mask_suffix: str | None = None
             f"no image in {images_dir} has a mask in {masks_dir} (e.g. {example} has no "
             f"'{Path(example).stem}{mask_suffix}.*'): check the folders or pass --mask-suffix"
         )
-    paired_masks = {pair.mask.stem for pair in pairs}
-    # With images and masks in one folder (suffix "_mask"), the masks are not unpaired images.
-    lonely_images = [p.name for stem, p in images.items()
-                     if stem + mask_suffix not in masks and p not in {q.mask for q in pairs}]
-    lonely_masks = [p.name for stem, p in masks.items()
-                    if stem not in paired_masks and p not in {q.image for q in pairs}]
+    paired_images, paired_masks = {pair.image for pair in pairs}, {pair.mask for pair in pairs}
+    # In one folder (suffix "_mask"), the names with the suffix are the masks and the others the images.
+    lonely_images = [p.name for stem, p in images.items() if p not in paired_images and p not in paired_masks
+                     and not (one_folder and stem.endswith(mask_suffix))]
+    lonely_masks = [p.name for stem, p in masks.items() if p not in paired_masks and p not in paired_images
+                    and not (one_folder and not stem.endswith(mask_suffix))]
     return Pairing(pairs, mask_suffix, lonely_images, lonely_masks)
 
 
@@ -647,7 +653,7 @@ def same_size_parts(batch: dict) -> Iterator[dict]:
 
 def init_loader_worker(worker_id: int) -> None:
     """Loader workers yield the cores to the training process (CPU training threads, GPU feeding) when both want
-    them (idle cores still go to the workers), and leave a Ctrl-C or SIGTERM to it."""
+    them (idle cores still go to the workers), and leave a Ctrl-C to it."""
     leave_first_signal_to_main()
     if not hasattr(os, "nice"):  # Windows
         return

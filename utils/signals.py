@@ -1,6 +1,6 @@
 """Ctrl-C and a scheduler's SIGTERM stop training cleanly: the current step ends, last.pth is saved, the run
 says how to resume. A second signal stops at once (as Ctrl-C always did). Loader workers leave the first
-signal to the main process (leave_first_signal_to_main)."""
+Ctrl-C to the main process (leave_first_signal_to_main)."""
 
 import signal
 import sys
@@ -44,10 +44,11 @@ class GracefulStop:
 
 
 def leave_first_signal_to_main() -> None:
-    """In a loader worker: a Ctrl-C or a scheduler's SIGTERM reaches every process of the group, and the main process
-    stops after its step and saves. A forked worker would otherwise print GracefulStop's message again, and one
-    started by spawn or forkserver would die of it, failing the main process's next batch. A second signal ends
-    the worker (PyTorch's worker loop takes KeyboardInterrupt as the end)."""
+    """In a loader worker: a Ctrl-C (SIGINT) reaches every process of the terminal's group, and the main process
+    decides: training stops after its step and saves, prediction stops. A forked worker would otherwise print
+    GracefulStop's message again, and one started by spawn or forkserver would raise KeyboardInterrupt mid-item.
+    A second Ctrl-C ends the worker (PyTorch's worker loop takes KeyboardInterrupt as the end). SIGTERM keeps
+    PyTorch's own worker handler, which ends the worker quietly when its parent terminates it."""
     received: list[int] = []
 
     def handle(number: int, frame: FrameType | None) -> None:
@@ -55,5 +56,4 @@ def leave_first_signal_to_main() -> None:
             raise KeyboardInterrupt
         received.append(number)
 
-    for number in SIGNALS:
-        signal.signal(number, handle)
+    signal.signal(signal.SIGINT, handle)

@@ -198,6 +198,12 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None and value < low:
             print(f"error: {flag} must be at least {low}, got {value}", file=sys.stderr)
             return 2
+    held = [folder for folder in (Path(args.out) / "imgs", Path(args.out) / "masks")
+            if folder.is_dir() and any(not path.name.startswith(".") for path in folder.iterdir())]
+    if held:  # writing beside them would mix two data sets (the same seed also rewrites some of the names)
+        print(f"error: {held[0]} already holds files: give --out another folder, or empty {Path(args.out) / 'imgs'} "
+              f"and {Path(args.out) / 'masks'} first", file=sys.stderr)
+        return 2
     imgs, masks = make_synthetic_carvana(args.out, args.count, args.width, args.height, args.seed,
                                          args.workers)
     count, size = args.count, f"{args.width}x{args.height}"
