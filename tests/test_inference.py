@@ -172,6 +172,10 @@ def test_tile_plans_fit_the_budget() -> None:
     # an 8000x6000 image on a CPU with the 2 GiB cap: tiles of about a megapixel, one at a time
     side, batch = plan_tiles(2 * 2**30 // INFERENCE_BYTES_PER_PIXEL["half"], CPU)
     assert batch == 1 and side * side * INFERENCE_BYTES_PER_PIXEL["half"] <= 2 * 2**30 and side >= 1024
+    # --tile N on a CPU: small tiles in batches of 256x256 pixels (one at a time took 2.3x as long), large ones alone
+    assert plan_tiles(10**6, CPU, side=64) == (64, 16) and plan_tiles(10**6, CPU, side=512) == (512, 1)
+    assert plan_tiles(64 * 64 * 3, CPU, side=64) == (64, 3)  # and never more than the memory holds
+    assert plan_tiles(10**6, CPU, tile_batch=5, side=64) == (64, 5)  # --tile-batch decides when given
 
 
 @pytest.mark.parametrize("text", ["100", "32", "big", "-16"])

@@ -30,6 +30,10 @@ INFERENCE_BYTES_PER_PIXEL = {"fp32": 2500, "half": 1300}
 UNKNOWN_RAM = 4 * 2**30  # where the system does not say: a small laptop's, so that memory budgets stay modest
 CPU_MEMORY_CAP = 2 * 2**30  # --tile auto on a CPU: a few GiB for the whole process, even for huge images
 MAX_TILE_BATCH = 16
+# A CPU gains nothing from batching tiles of this many pixels or more, and a lot below it: a 960x640 image in
+# 64-pixel tiles took 18.8 s one tile at a time, 8.3 s sixteen at a time; 256-pixel tiles 8.8 s either way
+# (2-core EPYC, fp32 random weights, 2026-11-27; bench/README.md, "Tiled inference").
+CPU_TILE_BATCH_PIXELS = 256 * 256
 MIN_TILE = 64
 TILE_MULTIPLE = 16  # the U-Net halves the size four times
 
@@ -70,7 +74,8 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overlap", type=float, default=0.25,
                         help="overlap of neighbouring tiles, a fraction of the tile (default: %(default)s)")
     parser.add_argument("--tile-batch", type=int, default=None, metavar="N",
-                        help="tiles per forward pass (default: as many as fit in memory on a GPU, 1 on a CPU)")
+                        help="tiles per forward pass (default: as many as fit in memory on a GPU, up to 16; on a "
+                             "CPU as many as make 256x256 pixels, 1 for larger tiles)")
     parser.add_argument("--max-memory", type=float, default=None, metavar="GIB",
                         help="memory the forward pass may use, for --tile auto (default: 80%% of the GPU's free "
                              "memory; on a CPU half the available RAM, at most 2 GiB)")
@@ -135,14 +140,17 @@ def memory_budget(device: torch.device, max_memory: float | None = None) -> int:
     return min(available_ram() // 2, CPU_MEMORY_CAP)
 
 
-def plan_tiles(pixels_budget: int, device: torch.device, tile_batch: int | None = None) -> tuple[int, int]:
-    """(tile side, tiles per batch): the largest square tile (a multiple of 16) that fits, then as many as fit."""
-    side = max(MIN_TILE, math.isqrt(max(pixels_budget, 1)) // TILE_MULTIPLE * TILE_MULTIPLE)
+def plan_tiles(pixels_budget: int, device: torch.device, tile_batch: int | None = None,
+               side: int | None = None) -> tuple[int, int]:
+    """(tile side, tiles per batch): the given side (--tile N) or the largest square tile (a multiple of 16) that
+    fits, then as many as fit; on a CPU only as many as make CPU_TILE_BATCH_PIXELS (one, for large tiles)."""
+    side = side or max(MIN_TILE, math.isqrt(max(pixels_budget, 1)) // TILE_MULTIPLE * TILE_MULTIPLE)
     if tile_batch is not None:
         return side, tile_batch
+    fits = pixels_budget // (side * side)
     if device.type != "cuda":
-        return side, 1  # a CPU computes a batch no faster per tile
-    return side, max(1, min(MAX_TILE_BATCH, pixels_budget // (side * side)))
+        return side, max(1, min(fits, CPU_TILE_BATCH_PIXELS // (side * side)))
+    return side, max(1, min(MAX_TILE_BATCH, fits))
 
 
 def fuse_batchnorm(model: nn.Module) -> nn.Module:
@@ -234,8 +242,7 @@ class _Runner:
         height, width = images.shape[-2:]
         if isinstance(options.tile, int):
             budget = memory_budget(self.device, options.max_memory) // bytes_per_pixel(self.precision)
-            tile_batch = options.tile_batch or plan_tiles(budget, self.device)[1]
-            return self.tiled(images, options.tile, tile_batch)
+            return self.tiled(images, *plan_tiles(budget, self.device, options.tile_batch, side=options.tile))
         if options.tile == "auto":
             budget = memory_budget(self.device, options.max_memory) // bytes_per_pixel(self.precision)
             if height * width > budget:
