@@ -811,14 +811,12 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
         start_epoch, step, best_dice = resumed["epoch"] + 1, resumed["step"], resumed["best_dice"]
         skip_batches = resumed.get("epoch_batches", 0)  # saved in the middle of an epoch (--save-every, a signal)
         processes = resumed.get("processes", world.size)  # unknown before 2026-11-27 (9th session): as now
-        if processes != world.size:
+        if processes != world.size:  # each process's share of an epoch depends on their number
+            starts_over = (f"; epoch {start_epoch} starts over instead of going on after batch {skip_batches}"
+                           if skip_batches else "")
             say(f"note: {resume_file} was trained by {processes} process{'es' if processes != 1 else ''}, now "
                 f"{world.size}: the global batch is {args.batch_size * world.size} images (was "
-                f"{args.batch_size * processes}); --batch-size is per process", file=sys.stderr)
-        if skip_batches and processes != world.size:
-            say(f"note: {resume_file} was saved by {processes} process{'es' if processes != 1 else ''}, so epoch "
-                f"{start_epoch} starts over instead of going on after batch {skip_batches} (each process's share "
-                "of the epoch depends on their number)", file=sys.stderr)
+                f"{args.batch_size * processes}; --batch-size is per process){starts_over}", file=sys.stderr)
             skip_batches = 0
         elif skip_batches and resumed.get("training_images", len(train_pairs)) != len(train_pairs):
             say(f"note: the training set changed size, so epoch {start_epoch} starts over instead of going on "

@@ -860,8 +860,8 @@ def test_a_resume_by_another_number_of_processes_starts_its_epoch_over(tmp_path:
     saved.update(epoch=0, epoch_batches=1, step=1, processes=2)  # as if saved in epoch 1 by two processes
     torch.save(saved, tmp_path / "two.pth")
     result = run("train.py", "--epochs", "1", *flags, "--resume", "two.pth", "--checkpoint-dir", "again", cwd=tmp_path)
-    assert "was saved by 2 processes, so epoch 1 starts over instead of going on after batch 1" in result.stderr
-    assert "was trained by 2 processes, now 1: the global batch is 2 images (was 4)" in result.stderr
+    assert ("was trained by 2 processes, now 1: the global batch is 2 images (was 4; --batch-size is per process); "
+            "epoch 1 starts over instead of going on after batch 1") in result.stderr
     assert load_checkpoint(tmp_path / "again" / "last.pth")["step"] == 1 + 3  # the whole epoch: 3 batches of 2
 
 
