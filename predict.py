@@ -139,10 +139,13 @@ def expand_inputs(inputs: list[str], keep_repeats: bool = False) -> tuple[list[P
     if keep_repeats:
         return paths, left_out
     unique, seen = [], set()
-    for path in paths:  # a file named twice (a.png and '*.png') is predicted once; a link to it is another name
-        if os.path.abspath(path) not in seen:
-            seen.add(os.path.abspath(path))
+    for path in paths:  # a file named twice (a.png and '*.png', or through a link) is predicted once
+        if path.resolve() not in seen:
+            seen.add(path.resolve())
             unique.append(path)
+    if len(unique) < len(paths):
+        print(f"note: {len(paths) - len(unique)} inputs name a file already among the inputs (twice, or through a "
+              "link): each file is predicted once")
     return unique, left_out
 
 

@@ -364,9 +364,8 @@ def check_no_earlier_run(folder: Path, starting_from: Path | None) -> None:
     if not found:
         return
     shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
-    checkpoints = [name for name in found if name.endswith(".pth")]
-    resume = ("--resume auto" if "last.pth" in found else f"--resume {folder / checkpoints[0]}" if checkpoints
-              else None)
+    latest = next((name for name in found if name.startswith("epoch_")), "best.pth" if "best.pth" in found else None)
+    resume = "--resume auto" if "last.pth" in found else f"--resume {folder / latest}" if latest else None
     other = ("give the new run another --checkpoint-dir" if starting_from is None
              else f"give the run resumed from {starting_from} another --checkpoint-dir")
     raise UserError(f"--checkpoint-dir {folder} already holds a run ({shown}): "
@@ -654,9 +653,16 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
 
     resume_file = resume_path(args.resume, args.checkpoint_dir)
     own_last = args.checkpoint_dir / "last.pth"
-    replaces_a_run = resume_file is None or not (own_last.exists() and resume_file.resolve() == own_last.resolve())
-    if replaces_a_run and not args.overwrite:  # a new run, or one resumed from another file, would write over it
+    # Resuming a file of the folder's own run continues that run; a new run, or one resumed from a file elsewhere,
+    # would write over the run there.
+    replaces_a_run = resume_file is None or resume_file.resolve().parent != args.checkpoint_dir.resolve()
+    if replaces_a_run and not args.overwrite:
         check_no_earlier_run(args.checkpoint_dir, resume_file)
+    if not replaces_a_run and own_last.exists() and resume_file.resolve() != own_last.resolve() \
+            and not args.overwrite:
+        raise UserError(f"{resume_file} is an earlier point of the run in {args.checkpoint_dir}: going on from it "
+                        "replaces its last.pth as it trains: pass --overwrite to go back to it, or give "
+                        "--checkpoint-dir another folder")
     if resume_file is None and args.resume == "auto":
         say(f"no {own_last} yet: starting a new run")
     resumed = load_checkpoint(resume_file, flag="--resume") if resume_file else None
@@ -969,7 +975,8 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
         raise UserError(f"the last checkpoint could not be written: {failed_save[0]}")
     if world.distributed and result is not None:
         print(f"rank {world.rank}/{world.size}: {step} steps, {result['images']} images in the last epoch")
-    say(f"checkpoints in {args.checkpoint_dir}: last.pth" + (", best.pth" if best_dice >= 0 else "")
+    say(f"checkpoints in {args.checkpoint_dir}: last.pth"
+        + (", best.pth" if (args.checkpoint_dir / "best.pth").exists() else "")
         + (f", epoch_{start_epoch}.pth to epoch_{args.epochs}.pth" if args.keep_epochs and start_epoch < args.epochs
            else f", epoch_{args.epochs}.pth" if args.keep_epochs else ""))
     return {"step": step, "best_dice": best_dice, "val_dice": val_dice,

@@ -384,7 +384,7 @@ def test_predict_inputs_expand_folders_and_globs_and_outputs_pair_up(tmp_path: P
         predict.output_paths(inputs[:1], ["m.jpg"])
 
 
-def test_predict_outputs_never_replace_an_input_or_each_other(tmp_path: Path) -> None:
+def test_predict_outputs_never_replace_an_input_or_each_other(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """Found by a review: a.png and a.jpg of one folder both wrote a_OUT.png (one mask lost without a word), and a
     listed output could overwrite another input before it was read (d's mask predicted from a's mask)."""
     import predict
@@ -396,9 +396,14 @@ def test_predict_outputs_never_replace_an_input_or_each_other(tmp_path: Path) ->
     inputs = [tmp_path / "b.png", tmp_path / "d.png"]
     with pytest.raises(UserError, match=r"the mask of .*b.png would overwrite the input .*d.png: choose another"):
         predict.output_paths(inputs, [str(tmp_path / "d.png"), str(tmp_path / "x.png")])
-    # a file named twice (itself and by a pattern) is predicted once
-    assert predict.expand_inputs([str(tmp_path / "b.png"), str(tmp_path / "*.png")])[0] == [
-        tmp_path / "b.png", tmp_path / "a.png", tmp_path / "d.png"]
+    # a file named twice (itself and by a pattern, or through a link) is predicted once, with a note
+    (tmp_path / "linked").mkdir()
+    (tmp_path / "linked" / "b.png").symlink_to(tmp_path / "b.png")
+    assert predict.expand_inputs([str(tmp_path / "b.png"), str(tmp_path / "*.png"), str(tmp_path / "linked")])[0] \
+        == [tmp_path / "b.png", tmp_path / "a.png", tmp_path / "d.png"]
+    assert "note: 2 inputs name a file already among the inputs" in capsys.readouterr().out
+    # ... unless each gets an output file of its own
+    assert len(predict.expand_inputs([str(tmp_path / "b.png")] * 2, keep_repeats=True)[0]) == 2
 
 
 def test_load_takes_the_architecture_from_the_weights_file(tmp_path: Path) -> None:

@@ -385,3 +385,28 @@ def test_a_validation_that_fails_keeps_the_epochs_training_and_a_resume_validate
     assert result["step"] == straight["step"] == 6 and resumed["val_dice"] == pytest.approx(straight["val_dice"])
     for name, value in straight["model"].items():
         assert torch.equal(value, resumed["model"][name]), name
+
+
+def test_a_run_goes_on_from_its_own_earlier_checkpoints(data: Path, tmp_path: Path) -> None:
+    """Going back to epoch_1.pth replaces the later last.pth: only with --overwrite, and then nothing else of the
+    run is removed. Without last.pth, the latest epoch_N.pth is the one to continue from, in place."""
+    import train
+    from utils.errors import UserError
+
+    run = tmp_path / "run"
+    flags = in_process_flags(data, run, "--validation", "25", "--keep-epochs")
+    train.main(train.get_args_parser().parse_args([*flags, "--epochs", "2"]))
+    with pytest.raises(UserError, match=r"epoch_1.pth is an earlier point of the run in .*run: going on from it "
+                                        "replaces its last.pth as it trains: pass --overwrite to go back to it"):
+        train.main(train.get_args_parser().parse_args([*flags, "--epochs", "2", "--resume", str(run / "epoch_1.pth")]))
+    train.main(train.get_args_parser().parse_args([*flags, "--epochs", "2", "--resume", str(run / "epoch_1.pth"),
+                                                   "--overwrite"]))
+    assert {path.name for path in run.glob("*.pth")} == {"last.pth", "best.pth", "epoch_1.pth", "epoch_2.pth"}
+    with open(run / "metrics.csv") as file:
+        assert [row.split(",")[0] for row in file.read().splitlines()[1:]] == ["1", "2"]  # epoch 1's row kept
+    (run / "last.pth").unlink()
+    with pytest.raises(UserError, match=r"continue it with --resume .*run/epoch_2.pth"):
+        train.main(train.get_args_parser().parse_args([*flags, "--epochs", "3", "--resume", "auto"]))
+    result = train.main(train.get_args_parser().parse_args([*flags, "--epochs", "3", "--resume",
+                                                            str(run / "epoch_2.pth")]))
+    assert result["step"] == 9 and load_checkpoint(run / "last.pth")["epoch"] == 3

@@ -45,7 +45,7 @@ class InferenceOptions:
     tile: int | str = "auto"
     overlap: float = 0.25
     tta: str = "none"
-    tile_batch: int | None = None  # None: as many tiles as fit in the memory budget (1 on a CPU)
+    tile_batch: int | None = None  # None: plan_tiles decides (what fits; on a CPU, 256x256 pixels' worth)
     max_memory: float | None = None  # GiB for "auto"; None: what the device has free
 
 
