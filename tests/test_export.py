@@ -209,6 +209,7 @@ def test_output_may_not_overwrite_the_checkpoint(colour_checkpoint: Path) -> Non
         run_export("-m", colour_checkpoint, "-o", colour_checkpoint, "--format", "torchscript")
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 def test_an_export_replaces_an_earlier_export_but_never_a_checkpoint(colour_checkpoint: Path, tmp_path: Path) -> None:
     """Found by a review: `-o other_run.pt` silently replaced a training checkpoint with a TorchScript file."""
     checkpoint = tmp_path / "best.pt"
