@@ -652,20 +652,20 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
                 "while writing it; the checkpoints themselves are intact", file=sys.stderr)
 
     resume_file = resume_path(args.resume, args.checkpoint_dir)
+    resumed = load_checkpoint(resume_file, flag="--resume") if resume_file else None  # a missing file: said first
     own_last = args.checkpoint_dir / "last.pth"
     # Resuming a file of the folder's own run continues that run; a new run, or one resumed from a file elsewhere,
     # would write over the run there.
     replaces_a_run = resume_file is None or resume_file.resolve().parent != args.checkpoint_dir.resolve()
     if replaces_a_run and not args.overwrite:
         check_no_earlier_run(args.checkpoint_dir, resume_file)
-    if not replaces_a_run and own_last.exists() and resume_file.resolve() != own_last.resolve() \
-            and not args.overwrite:
+    if not replaces_a_run and own_last.exists() and not os.path.samefile(resume_file, own_last) \
+            and not args.overwrite:  # best.pth of the last epoch is a hard link to last.pth: the same point
         raise UserError(f"{resume_file} is an earlier point of the run in {args.checkpoint_dir}: going on from it "
                         "replaces its last.pth as it trains: pass --overwrite to go back to it, or give "
                         "--checkpoint-dir another folder")
     if resume_file is None and args.resume == "auto":
         say(f"no {own_last} yet: starting a new run")
-    resumed = load_checkpoint(resume_file, flag="--resume") if resume_file else None
     if resumed is not None:
         check_training_state(resumed, resume_file)
         for line in keep_run_settings(args, resumed, resume_file):

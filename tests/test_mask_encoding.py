@@ -194,3 +194,12 @@ def test_mask_writer_files_hold_exactly_the_encoded_masks(tmp_path, mask_values,
     with Image.open(tmp_path / "out.png") as written:
         assert np.array_equal(np.asarray(written), encoded)
         assert (written.mode == "P") == (palette is not None)
+
+
+def test_a_binary_mask_saved_another_way_than_in_training_is_named_as_such() -> None:
+    """Found by a review: 0/1 masks scored against a 0/255 model were told to 'train with it included'."""
+    with pytest.raises(UserError, match=r"m.png has the value 1, which is not among the mask values \[0, 255\] the "
+                                        "model knows: the same binary mask saved another way: save the masks as 0/255"):
+        encode_mask(np.array([[0, 1]], np.uint8), [0, 255], "m.png")
+    with pytest.raises(UserError, match="fix the mask or train with it included"):
+        encode_mask(np.array([[0, 1, 2]], np.uint8), [0, 1], "n.png")  # a value of a class it never saw

@@ -314,6 +314,13 @@ def test_a_new_run_does_not_replace_an_earlier_run_unless_told_to(data: Path, tm
     flags = in_process_flags(data, run, "--epochs", "1", "--validation", "25")
     train.main(train.get_args_parser().parse_args(flags))
     before = {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()}
+    # best.pth of the last epoch is last.pth (a hard link): the same point, so it may go on without --overwrite
+    again = train.main(train.get_args_parser().parse_args([*flags, "--resume", str(run / "best.pth")]))
+    assert again["step"] == 3 and again["history"] == []  # accepted; its one epoch is done: nothing trained
+    for missing, complaint in ((run / "epoch_9.pth", "checkpoint .*epoch_9.pth does not exist"),
+                               (run, "--resume .*run is a folder: give a checkpoint file in it")):
+        with pytest.raises(UserError, match=complaint):  # what is wrong with the file comes first
+            train.main(train.get_args_parser().parse_args([*flags, "--resume", str(missing)]))
     with pytest.raises(UserError, match=r"--checkpoint-dir .*run already holds a run \(last.pth, best.pth, "
                                         r"metrics.csv\): continue it with --resume auto, give the new run another "
                                         "--checkpoint-dir, or pass --overwrite to replace it"):

@@ -148,10 +148,13 @@ def encode_mask(
     if unknown.any():
         bad = pixels[unknown][0]
         value = unpack_colour(int(bad)) if colour else int(bad)
-        raise UserError(
-            f"{source} has the value {value}, which is not among the mask values {_short(mask_values)} "
-            "the model knows: fix the mask or train with it included"
-        )
+        present = sorted(int(v) for v in np.unique(pixels)) if not colour else []
+        if len(mask_values) == 2 and not colour and len(present) <= 2 and set(present) <= {0, 1, 255}:
+            fix = f"the same binary mask saved another way: save the masks as {mask_values[0]}/{mask_values[1]}"
+        else:
+            fix = "fix the mask or train with it included"
+        raise UserError(f"{source} has the value {value}, which is not among the mask values {_short(mask_values)} "
+                        f"the model knows: {fix}")
     return indices
 
 
