@@ -373,11 +373,11 @@ def check_no_earlier_run(folder: Path, starting_from: Path | None) -> None:
                     + f"{other}, or pass --overwrite to replace it")
 
 
-def remove_earlier_run(folder: Path, keep: Path | None, say: Callable[..., None]) -> None:
-    """--overwrite: the earlier run's files go (but keep, the file this run resumes from), so that none of them (a
-    best.pth this run may never write, its epoch_N.pth) is taken for this run's."""
+def remove_earlier_run(folder: Path, say: Callable[..., None]) -> None:
+    """--overwrite: the earlier run's files go, so that none of them (a best.pth this run may never write, its
+    epoch_N.pth) is taken for this run's. Only for a new run or one resumed from a file in another folder: a run
+    resumed from its own folder removes nothing."""
     found = earlier_run_files(folder) + (["training_curves.png"] if (folder / "training_curves.png").exists() else [])
-    found = [name for name in found if keep is None or (folder / name).resolve() != keep.resolve()]
     for name in found:
         (folder / name).unlink()
     if found:
@@ -878,7 +878,7 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
                   if order.shared_batches else "")
         say(f"training images of {len(set(order.sizes))} sizes: batched by size{shared}")
     if replaces_a_run and args.overwrite and world.is_main:  # only now: a run that failed to start removes nothing
-        remove_earlier_run(args.checkpoint_dir, resume_file, say)
+        remove_earlier_run(args.checkpoint_dir, say)
     run_log = RunLog(args.checkpoint_dir, vars(args), args.wandb or default_wandb_mode(), start_epoch) \
         if world.is_main else None
     val_dice = result = None
