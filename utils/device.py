@@ -19,6 +19,11 @@ COMPILE_MIN_IMAGES = 1000  # predict.py --compile auto: fewer images run eagerly
 COMPILE_MIN_TRAINING_IMAGES = 15000
 
 
+def mps_available() -> bool:
+    """Apple's GPU backend, where this torch build has it."""
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
 def choose_device(requested: str | None = None) -> torch.device:
     """The requested device, else CUDA when present, else MPS, else CPU."""
     if requested:
@@ -34,8 +39,7 @@ def choose_device(requested: str | None = None) -> torch.device:
         if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
             raise UserError(f"--device {requested}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
                             f"numbered from 0: use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
-        mps = getattr(torch.backends, "mps", None)
-        if device.type == "mps" and not (mps is not None and mps.is_available()):
+        if device.type == "mps" and not mps_available():
             raise UserError(f"--device {requested} asked for Apple's MPS, which this machine does not have: use "
                             "--device cpu")
         if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
@@ -43,7 +47,7 @@ def choose_device(requested: str | None = None) -> torch.device:
         return device
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+    if mps_available():
         return torch.device("mps")
     return torch.device("cpu")
 
