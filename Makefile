@@ -35,8 +35,10 @@ demo: install
 	$(PY) predict.py -m $(DEMO_DIR)/best.pth -i "$$(ls data/imgs/* | head -n 1)" -o $(DEMO_DIR)/predictions/ --overlay
 	@echo "demo done: see $(DEMO_DIR)/ (training_curves.png, metrics.csv, evaluation.csv, predictions/)"
 
+# --no-loadscope-reorder: xdist would otherwise hand out the files with the most tests first, and the one-test
+# nuclei file (over a minute) last, to a single busy worker (tests/conftest.py orders the slow files first).
 test: install-test
-	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadfile
+	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder
 
 lint: install-test
 	$(VENV)/bin/ruff check .

@@ -79,6 +79,7 @@ from utils.errors import UserError, check_flag, check_writable_folder, run_cli
 from utils.inference import WHOLE_IMAGE, InferenceOptions, is_out_of_memory, logits_to_classes
 from utils.mask_encoding import MaskValue, add_binarize_argument, binarize_threshold, check_classes
 from utils.nan_guard import NonFiniteGuard
+from utils.run_folder import check_run_folder, remove_earlier_run, resume_path
 from utils.run_lock import RunLock
 from utils.run_log import WANDB_MODES, RunLog, default_wandb_mode
 from utils.sampling import EpochBatches, EpochOrder, RepeatedItems, SeededItems, same_size_batches
@@ -329,59 +330,6 @@ def pixels_per_class(mask_values: list[MaskValue], found: list[MaskValue], pixel
     """The data check's pixel counts (per value found) in the order of the run's classes, which a resumed or loaded
     run may number otherwise (0 for a class the masks no longer hold)."""
     return [next((count for value, count in zip(found, pixels) if value == known), 0) for known in mask_values]
-
-
-def resume_path(resume: str | None, checkpoint_dir: Path) -> Path | None:
-    if resume is None:
-        return None
-    if resume == "auto":
-        path = checkpoint_dir / "last.pth"
-        return path if path.exists() else None
-    return Path(resume)
-
-
-def earlier_run_files(folder: Path) -> list[str]:
-    """What a run leaves in its folder that another run there would replace: checkpoints, and a metrics.csv with
-    epochs in it (a run whose checkpoints were moved elsewhere), latest epoch_N.pth first."""
-    found = [name for name in ("last.pth", "best.pth") if (folder / name).is_file()]
-    found += [path.name for path in sorted(folder.glob("epoch_*.pth"), key=epoch_number, reverse=True)]
-    metrics = folder / "metrics.csv"
-    if metrics.is_file() and len(metrics.read_text(errors="replace").splitlines()) > 1:
-        found.append(metrics.name)
-    return found
-
-
-def epoch_number(path: Path) -> int:
-    """N of epoch_N.pth (-1 for another name)."""
-    number = path.stem.removeprefix("epoch_")
-    return int(number) if number.isdigit() else -1
-
-
-def check_no_earlier_run(folder: Path, starting_from: Path | None) -> None:
-    """A new run, or one resumed from a file elsewhere, writes last.pth, best.pth and metrics.csv from its first
-    epoch on: where another run's files are, refuse (--overwrite says to replace them)."""
-    found = earlier_run_files(folder)
-    if not found:
-        return
-    shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
-    latest = next((name for name in found if name.startswith("epoch_")), "best.pth" if "best.pth" in found else None)
-    resume = "--resume auto" if "last.pth" in found else f"--resume {folder / latest}" if latest else None
-    other = ("give the new run another --checkpoint-dir" if starting_from is None
-             else f"give the run resumed from {starting_from} another --checkpoint-dir")
-    raise UserError(f"--checkpoint-dir {folder} already holds a run ({shown}): "
-                    + (f"continue it with {resume}, " if resume and starting_from is None else "")
-                    + f"{other}, or pass --overwrite to replace it")
-
-
-def remove_earlier_run(folder: Path, say: Callable[..., None]) -> None:
-    """--overwrite: the earlier run's files go, so that none of them (a best.pth this run may never write, its
-    epoch_N.pth) is taken for this run's. Only for a new run or one resumed from a file in another folder: a run
-    resumed from its own folder removes nothing."""
-    found = earlier_run_files(folder) + (["training_curves.png"] if (folder / "training_curves.png").exists() else [])
-    for name in found:
-        (folder / name).unlink()
-    if found:
-        say(f"--overwrite: removed the earlier run's {', '.join(found)} from {folder}", file=sys.stderr)
 
 
 def keep_run_settings(args: argparse.Namespace, resumed: dict, resume_file: Path) -> list[str]:
@@ -653,19 +601,9 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
 
     resume_file = resume_path(args.resume, args.checkpoint_dir)
     resumed = load_checkpoint(resume_file, flag="--resume") if resume_file else None  # a missing file: said first
-    own_last = args.checkpoint_dir / "last.pth"
-    # Resuming a file of the folder's own run continues that run; a new run, or one resumed from a file elsewhere,
-    # would write over the run there.
-    replaces_a_run = resume_file is None or resume_file.resolve().parent != args.checkpoint_dir.resolve()
-    if replaces_a_run and not args.overwrite:
-        check_no_earlier_run(args.checkpoint_dir, resume_file)
-    if not replaces_a_run and own_last.exists() and not os.path.samefile(resume_file, own_last) \
-            and not args.overwrite:  # best.pth of the last epoch is a hard link to last.pth: the same point
-        raise UserError(f"{resume_file} is an earlier point of the run in {args.checkpoint_dir}: going on from it "
-                        "replaces its last.pth as it trains: pass --overwrite to go back to it, or give "
-                        "--checkpoint-dir another folder")
+    replaces_a_run = check_run_folder(args.checkpoint_dir, resume_file, args.overwrite)  # a forgotten --resume
     if resume_file is None and args.resume == "auto":
-        say(f"no {own_last} yet: starting a new run")
+        say(f"no {args.checkpoint_dir / 'last.pth'} yet: starting a new run")
     if resumed is not None:
         check_training_state(resumed, resume_file)
         for line in keep_run_settings(args, resumed, resume_file):

@@ -29,8 +29,10 @@ HEIGHT, WIDTH = 37, 53
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Files with a `slow` test first: `make test` hands whole files to its workers in collection order, and a long
-    file handed out last keeps one worker busy after the other has finished (about a minute of the suite)."""
+    """Files with a `slow` test first: `make test` hands whole files to its workers in collection order (with
+    --no-loadscope-reorder; by default xdist sorts the files by their number of tests, which put the one-test nuclei
+    file last), and a long file handed out last keeps one worker busy after the other has finished (about a minute
+    of the suite)."""
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.path not in slow_files)  # stable: the order within a file is kept
 

@@ -11,11 +11,13 @@ from utils.data_loading import load_scaled_image
 from utils.device import choose_precision
 from utils.inference import InferenceOptions, logits_to_classes, predict_logits
 
-# Shorter than the README comparison (bench/heldout_dice.py) so that the suite stays fast, and no shorter: on the
-# 2-core CPU (2026-11-27) 10 epochs scored 0.9224 and 0.9315 (seeds 0, 1; Otsu 0.8781), 7 epochs 0.397 and 0.698,
-# BatchNorm's running averages still trailing the weights (bench/README.md, "BatchNorm statistics").
-FLAGS = ["--binarize", "--scale", "1", "--epochs", "10", "--batch-size", "8", "--learning-rate", "1e-3",
-         "--workers", "0"]
+# Shorter than the README comparison (bench/heldout_dice.py) so that the suite stays fast. With the running
+# averages, 10 epochs scored 0.9224 and 0.9315 (seeds 0, 1; Otsu 0.8781) and 7 epochs 0.397 and 0.698, BatchNorm's
+# statistics trailing the weights (bench/README.md, "BatchNorm statistics"). Recomputed on 16 images each epoch,
+# 6 epochs scored 0.9323, 0.9312, 0.9310 (seeds 0-2, two threads), 5 epochs 0.9338, 0.9315, 0.9124 (2-core CPU,
+# 2026-11-28).
+FLAGS = ["--binarize", "--scale", "1", "--epochs", "6", "--batchnorm-images", "16", "--batch-size", "8",
+         "--learning-rate", "1e-3", "--workers", "0"]
 
 
 @pytest.mark.slow
@@ -24,12 +26,9 @@ def test_unet_beats_otsu_on_held_out_nuclei(tmp_path) -> None:
     assert len(list((train_dir / "imgs").iterdir())) == 63 and len(list((test_dir / "imgs").iterdir())) == 1
     baseline = otsu_dice(test_dir)
     assert 0.8 < baseline < 0.95  # Otsu is a fair baseline on this image, not a straw man
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)  # conftest pins one thread for the tiny tests; this one trains for real
-    try:
-        result = train_and_score(train_dir, test_dir, FLAGS, "none", tmp_path / "run")
-    finally:
-        torch.set_num_threads(threads)
+    # On the one thread conftest pins: `make test` runs another test file beside this one, and two threads here
+    # then oversubscribed the 2 cores (159 s against 100 s on one thread, 81 s on two with the machine to itself).
+    result = train_and_score(train_dir, test_dir, FLAGS, "none", tmp_path / "run")
     assert result["dice"] >= baseline + 0.03, (result["dice"], baseline)
 
     # The trained model on the held-out 512x128 strip: tiles of 64 blended vs the whole image at once.

@@ -1,0 +1,67 @@
+"""When a training run may write into a --checkpoint-dir: unit rules of utils/run_folder.py (train.py's use of them
+is tested end to end in test_reliability.py)."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from utils.errors import UserError
+from utils.run_folder import check_run_folder, earlier_run_files, epoch_number, remove_earlier_run, resume_path
+
+
+def make_run(folder: Path, *names: str, metrics_rows: int = 1) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / name).write_bytes(name.encode())
+    (folder / "metrics.csv").write_text("epoch,step\n" + "".join(f"{i},{i}\n" for i in range(1, metrics_rows + 1)))
+    return folder
+
+
+def test_epoch_number_is_n_of_epoch_n_pth() -> None:
+    assert epoch_number(Path("epoch_12.pth")) == 12 and epoch_number(Path("best.pth")) == -1
+
+
+def test_a_run_lists_its_checkpoints_latest_epoch_first(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "run", "epoch_2.pth", "last.pth", "epoch_10.pth", "notes.txt")
+    assert earlier_run_files(run) == ["last.pth", "epoch_10.pth", "epoch_2.pth", "metrics.csv"]
+    empty = make_run(tmp_path / "empty", metrics_rows=0)  # a header only: a run that never finished an epoch
+    assert earlier_run_files(empty) == []
+
+
+def test_resume_auto_is_last_pth_when_there_is_one(tmp_path: Path) -> None:
+    assert resume_path(None, tmp_path) is None and resume_path("auto", tmp_path) is None
+    (tmp_path / "last.pth").write_bytes(b"x")
+    assert resume_path("auto", tmp_path) == tmp_path / "last.pth"
+    assert resume_path("other/epoch_3.pth", tmp_path) == Path("other/epoch_3.pth")
+
+
+def test_a_new_run_is_refused_where_a_run_is_unless_overwrite(tmp_path: Path) -> None:
+    assert check_run_folder(tmp_path / "fresh", None, overwrite=False) is True  # nothing there: a new run
+    run = make_run(tmp_path / "run", "last.pth", "best.pth")
+    with pytest.raises(UserError, match=r"already holds a run \(last.pth, best.pth, metrics.csv\): continue it "
+                                        "with --resume auto"):
+        check_run_folder(run, None, overwrite=False)
+    elsewhere = make_run(tmp_path / "elsewhere", "last.pth")
+    with pytest.raises(UserError, match="give the run resumed from .*elsewhere/last.pth another --checkpoint-dir"):
+        check_run_folder(run, elsewhere / "last.pth", overwrite=False)
+    assert check_run_folder(run, None, overwrite=True) is True
+
+
+def test_a_run_goes_on_in_its_own_folder_only_from_its_latest_point(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "run", "last.pth", "epoch_1.pth")
+    os.link(run / "last.pth", run / "best.pth")  # best.pth of the last epoch: the same point as last.pth
+    assert check_run_folder(run, run / "last.pth", overwrite=False) is False
+    assert check_run_folder(run, run / "best.pth", overwrite=False) is False
+    with pytest.raises(UserError, match="epoch_1.pth is an earlier point of the run in .*run: .*--overwrite"):
+        check_run_folder(run, run / "epoch_1.pth", overwrite=False)
+    assert check_run_folder(run, run / "epoch_1.pth", overwrite=True) is False  # goes back; removes nothing
+
+
+def test_overwrite_removes_the_earlier_runs_files_and_says_which(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "run", "last.pth", "best.pth", "epoch_3.pth", "training_curves.png", "notes.txt")
+    said = []
+    remove_earlier_run(run, lambda *args, **kwargs: said.append(args[0]))
+    assert sorted(path.name for path in run.iterdir()) == ["notes.txt"]
+    assert said == [f"--overwrite: removed the earlier run's last.pth, best.pth, epoch_3.pth, metrics.csv, "
+                    f"training_curves.png from {run}"]

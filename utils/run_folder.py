@@ -1,0 +1,83 @@
+"""What a training run leaves in its --checkpoint-dir, and when another run may write there: a forgotten --resume
+must never replace a run's checkpoints."""
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from utils.errors import UserError
+
+
+def resume_path(resume: str | None, checkpoint_dir: Path) -> Path | None:
+    """The file --resume names; for auto, CHECKPOINT_DIR/last.pth if there is one."""
+    if resume is None:
+        return None
+    if resume == "auto":
+        path = checkpoint_dir / "last.pth"
+        return path if path.exists() else None
+    return Path(resume)
+
+
+def epoch_number(path: Path) -> int:
+    """N of epoch_N.pth (-1 for another name)."""
+    number = path.stem.removeprefix("epoch_")
+    return int(number) if number.isdigit() else -1
+
+
+def earlier_run_files(folder: Path) -> list[str]:
+    """What a run leaves in its folder that another run there would replace: checkpoints, and a metrics.csv with
+    epochs in it (a run whose checkpoints were moved elsewhere), latest epoch_N.pth first."""
+    found = [name for name in ("last.pth", "best.pth") if (folder / name).is_file()]
+    found += [path.name for path in sorted(folder.glob("epoch_*.pth"), key=epoch_number, reverse=True)]
+    metrics = folder / "metrics.csv"
+    if metrics.is_file() and len(metrics.read_text(errors="replace").splitlines()) > 1:
+        found.append(metrics.name)
+    return found
+
+
+def check_run_folder(folder: Path, resume_file: Path | None, overwrite: bool) -> bool:
+    """Whether this run replaces another one's files in `folder`, refused without --overwrite.
+
+    A new run, or one resumed from a file elsewhere, writes last.pth, best.pth and metrics.csv from its first epoch
+    on. Resuming a file of the folder's own run continues that run in place, unless the file is an earlier point
+    than the folder's last.pth: going on from it would replace the later one.
+    """
+    replaces_a_run = resume_file is None or resume_file.resolve().parent != folder.resolve()
+    if overwrite:
+        return replaces_a_run
+    if replaces_a_run:
+        _check_no_earlier_run(folder, resume_file)
+        return True
+    own_last = folder / "last.pth"
+    if own_last.exists() and not os.path.samefile(resume_file, own_last):  # best.pth of the last epoch is a hard
+        # link to last.pth: the same point
+        raise UserError(f"{resume_file} is an earlier point of the run in {folder}: going on from it replaces its "
+                        "last.pth as it trains: pass --overwrite to go back to it, or give --checkpoint-dir another "
+                        "folder")
+    return False
+
+
+def _check_no_earlier_run(folder: Path, starting_from: Path | None) -> None:
+    found = earlier_run_files(folder)
+    if not found:
+        return
+    shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
+    latest = next((name for name in found if name.startswith("epoch_")), "best.pth" if "best.pth" in found else None)
+    resume = "--resume auto" if "last.pth" in found else f"--resume {folder / latest}" if latest else None
+    other = ("give the new run another --checkpoint-dir" if starting_from is None
+             else f"give the run resumed from {starting_from} another --checkpoint-dir")
+    raise UserError(f"--checkpoint-dir {folder} already holds a run ({shown}): "
+                    + (f"continue it with {resume}, " if resume and starting_from is None else "")
+                    + f"{other}, or pass --overwrite to replace it")
+
+
+def remove_earlier_run(folder: Path, say: Callable[..., None]) -> None:
+    """--overwrite: the earlier run's files go, so that none of them (a best.pth this run may never write, its
+    epoch_N.pth) is taken for this run's. Only for a run that check_run_folder says replaces one: a run resumed
+    from its own folder removes nothing."""
+    found = earlier_run_files(folder) + (["training_curves.png"] if (folder / "training_curves.png").exists() else [])
+    for name in found:
+        (folder / name).unlink()
+    if found:
+        say(f"--overwrite: removed the earlier run's {', '.join(found)} from {folder}", file=sys.stderr)
