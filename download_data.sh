@@ -26,14 +26,29 @@ if [ ! -f "${KAGGLE_CONFIG_DIR:-$HOME/.kaggle}/kaggle.json" ] && [ -z "${KAGGLE_
     exit 2
 fi
 
+for folder in data/imgs data/masks; do
+    if [ -n "$(ls -A "$folder" 2>/dev/null)" ]; then
+        echo "error: $folder already holds $(ls -A "$folder" | wc -l) files: Carvana would be mixed into them; move" \
+             "them elsewhere first (train.py --imgs/--masks read any folder)" >&2
+        exit 2
+    fi
+done
+
 mkdir -p data/imgs data/masks
-tmp=$(mktemp -d)
+# Several GB of downloads: kept beside data/ (the same file system, so the files are moved, not copied; /tmp may be
+# small), removed on exit whatever happens.
+tmp=$(mktemp -d data/.download.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 for file in train_hq.zip train_masks.zip; do
     kaggle competitions download -c carvana-image-masking-challenge -f "$file" -p "$tmp"
+    if [ ! -f "$tmp/$file" ]; then
+        echo "error: the kaggle CLI wrote no $file (found: $(ls "$tmp" | tr '\n' ' ')): download it from" \
+             "kaggle.com/c/carvana-image-masking-challenge/data and unzip it into data/" >&2
+        exit 1
+    fi
+    "$PYTHON" -m zipfile -e "$tmp/$file" "$tmp"   # Python's own unzip: no unzip package needed
+    rm "$tmp/$file"
 done
-unzip -q -o "$tmp/train_hq.zip" -d "$tmp"
-unzip -q -o "$tmp/train_masks.zip" -d "$tmp"
 mv "$tmp"/train_hq/* data/imgs/
 mv "$tmp"/train_masks/* data/masks/
 echo "Carvana: $(ls data/imgs | wc -l) images in data/imgs, $(ls data/masks | wc -l) masks in data/masks"
