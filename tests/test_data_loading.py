@@ -587,3 +587,15 @@ def test_worker_priority_is_lowered_where_the_system_has_nice(monkeypatch):
     assert increments == [10]
     monkeypatch.delattr(os, "nice")  # Windows has no os.nice: the worker starts at the default priority
     init_loader_worker(0)
+
+
+def test_image_resizing_gives_torchvisions_pixels() -> None:
+    """image_to_tensor calls PyTorch's uint8 bicubic kernel itself (predict.py then starts without torchvision):
+    the pixels torchvision's resize gives, up and down, one and three channels."""
+    rng = np.random.default_rng(0)
+    for (height, width, channels), (new_width, new_height) in [((37, 53, 3), (20, 14)), ((40, 30, 1), (97, 61)),
+                                                                ((64, 48, 3), (48, 64))]:
+        image = rng.integers(0, 256, (height, width, channels), dtype=np.uint8)
+        expected = TF.resize(torch.from_numpy(image.transpose(2, 0, 1).copy()), [new_height, new_width],
+                             interpolation=InterpolationMode.BICUBIC, antialias=True)
+        assert torch.equal(image_to_tensor(image, (new_width, new_height)), expected)

@@ -13,9 +13,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from PIL import Image
+from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
-from torchvision.transforms.v2 import InterpolationMode
-from torchvision.transforms.v2 import functional as TF
 
 from unet import MIN_SIDE
 
@@ -460,11 +459,15 @@ def load_scaled_image(path: Path, scale: float, channels: int = 3) -> tuple[torc
 
 
 def image_to_tensor(image: np.ndarray, size: tuple[int, int] | None = None) -> torch.Tensor:
-    """uint8 HxWxC -> uint8 CxHxW, resized to size=(width, height) with bicubic (antialiased, like PIL's)."""
+    """uint8 HxWxC -> uint8 CxHxW, resized to size=(width, height) with bicubic (antialiased, like PIL's).
+
+    PyTorch's own uint8 kernel, which torchvision's resize calls on CPUs (the same pixels): predict.py and
+    evaluate.py then start without importing torchvision (~1.2 s)."""
     tensor = torch.from_numpy(np.array(image.transpose(2, 0, 1), order="C"))  # a writable copy
     if size is not None and (image.shape[1], image.shape[0]) != tuple(size):
         width, height = size
-        tensor = TF.resize(tensor, [height, width], interpolation=InterpolationMode.BICUBIC, antialias=True)
+        tensor = F.interpolate(tensor[None], size=(height, width), mode="bicubic", antialias=True,
+                               align_corners=False)[0]
     return tensor
 
 
