@@ -448,11 +448,13 @@ class EpochControl:
             return step % self.save_steps == 0
         return self.save_minutes is not None and time.monotonic() - self.last_save >= 60 * self.save_minutes
 
-    def stop_requested(self, step: int, device: torch.device) -> bool:
-        """Every process stops after the same step: under torchrun the flags are summed every --log-every steps."""
+    def stop_requested(self, step: int, device: torch.device, epoch_ends: bool) -> bool:
+        """Every process stops after the same step: under torchrun the flags are summed (a host sync) after every
+        step on CPUs, where a step takes seconds, every --log-every steps on GPUs, and at the end of each epoch,
+        so that the stop comes well within torchrun's 30 s between its signal and its SIGKILL."""
         if not self.world.distributed:
             return self.stop.requested is not None
-        if step % self.args.log_every:
+        if step % self.args.log_every and device.type == "cuda" and not epoch_ends:
             return False
         flag = torch.tensor(float(self.stop.requested is not None), device=device)
         return bool(all_reduce_sum(flag, self.world) > 0)
@@ -506,7 +508,7 @@ def train_one_epoch(
     done_before = plan.items_skipped_in(epoch) * world.size
     with tqdm(total=total, initial=done_before, desc=f"epoch {epoch}/{args.epochs}", unit="img",
               disable=not world.is_main) as progress:
-        for _ in range(plan.batches_in(epoch)):
+        for index in range(plan.batches_in(epoch)):
             waited = time.perf_counter()
             batch = next(stream)
             data_wait += time.perf_counter() - waited
@@ -518,8 +520,9 @@ def train_one_epoch(
                 if not world.distributed:
                     progress.update(len(batch["skipped"]))
                     continue
-                if last_batch is None:
-                    raise UserError(f"the first batch of rank {world.rank} failed to load: check the data")
+                if last_batch is None:  # nothing yet to stand in for it (a process alone skips the batch)
+                    raise UserError(f"rank {world.rank} could not read any file of its first batch under torchrun "
+                                    f"({'; '.join(batch['skipped'])}): replace or remove that file and run again")
                 batch, loss_weight = last_batch, 0.0  # every rank must step together: a step that adds nothing
             last_batch = batch
             images = normalize_images(batch["image"].to(device, non_blocking=True))
@@ -541,7 +544,7 @@ def train_one_epoch(
                     mean_loss = (loss_sum / batches).item()  # the one host sync, every --log-every steps
                     progress.set_postfix(loss=f"{mean_loss:.4f}")
                     run_log.log_step(step, epoch, loss.item(), scheduler.get_last_lr()[0])
-            stopped = control.stop_requested(step, device)
+            stopped = control.stop_requested(step, device, epoch_ends=index == plan.batches_in(epoch) - 1)
             if stopped or control.save_due(step):
                 control.save_progress(step, skip + batches)
                 control.last_save = time.monotonic()
@@ -549,13 +552,13 @@ def train_one_epoch(
                 break
     if batches == 0 and skip == 0:
         raise UserError(f"every training file failed to load this epoch ({skipped} skipped): check the data")
-    totals = all_reduce_sum(torch.stack([loss_sum.double(), torch.tensor(float(batches), device=device).double()]),
-                            world)
+    totals = all_reduce_sum(torch.stack([loss_sum.double(), torch.tensor(float(batches), device=device).double(),
+                                         torch.tensor(float(skipped), device=device).double()]), world)
     if sample is not None:
         images, masks, logits = sample
         sample = {"image": images[0].cpu(), "true": masks[0].cpu(), "pred": logits_to_classes(logits[:1])[0].cpu()}
     return {"loss": (totals[0] / totals[1]).item() if totals[1] > 0 else None, "step": step, "sample": sample,
-            "skipped": skipped, "images": images_seen, "seconds": time.perf_counter() - started,
+            "skipped": int(totals[2].item()), "images": images_seen, "seconds": time.perf_counter() - started,
             "data_wait": data_wait, "stopped": stopped}
 
 
@@ -716,7 +719,8 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     val_batch_size = validation_batch_size(args.batch_size, args.crop, largest[0] * largest[1])
     val_batches = same_size_batches(range(len(val_set)), sizes_of(val_pairs[world.rank::world.size]), val_batch_size)
     val_loader = BatchCache(make_loader(val_set, args.batch_size, device, min(side_workers, len(val_set)),
-                                        batches=val_batches)) if val_pairs else None  # decoded once if it fits
+                                        batches=val_batches, stops_gracefully=True)) \
+        if val_pairs else None  # decoded once if it fits
     # The same few training images, augmented the same way, for each epoch's BatchNorm statistics (kept in memory
     # after the first pass, as the validation batches are).
     calibration_items = calibration_keys(len(train_set), args.batchnorm_images, args.batch_size, args.seed)
@@ -724,7 +728,8 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     calibration_batches = same_size_batches(range(len(calibration_items)),
                                             [train_sizes[index] for index, _ in calibration_items], args.batch_size)
     calibration = BatchCache(make_loader(calibration_set, args.batch_size, device,
-                                         min(side_workers, len(calibration_set)), batches=calibration_batches)) \
+                                         min(side_workers, len(calibration_set)), batches=calibration_batches,
+                                         stops_gracefully=True)) \
         if len(calibration_set) else None
 
     # Model, optimizer, schedule (cosine decay over all steps), gradient scaler for fp16.
@@ -786,7 +791,7 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     # One loader iterator for all the epochs left: its workers decode the next epoch during validation.
     plan = EpochBatches(order, start_epoch, args.epochs, skip_batches)
     train_loader = make_loader(SeededItems(train_set), args.batch_size, device, min(workers, len(train_set)),
-                               batches=plan)
+                               batches=plan, stops_gracefully=True)  # GracefulStop below
     training_model: nn.Module = model
     if world.distributed:
         training_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -847,7 +852,7 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
             tqdm.write(f"warning: {error}; {then}, the previous last.pth is kept", file=sys.stderr)
             failed_save[:] = [error]
 
-    with GracefulStop() as stop:
+    with GracefulStop(announce=world.is_main) as stop:  # under torchrun every rank gets the signal
         control = EpochControl(args, world, NonFiniteGuard(model, optimizer, device), stop,
                                lambda step, batches: save(epoch - 1, step, batches, []))
         try:

@@ -50,9 +50,9 @@ def environment() -> dict:
 #   after-save N    SIGKILL as soon as the checkpoint of step N is in place
 #   sigterm-step N  SIGTERM to itself once the run's N-th training step has run, as `kill` or a scheduler sends it
 #   group:SIGNAL:METHOD N  SIGNAL to its whole process group once step N has run (loader workers started by METHOD
-#                   included), as Ctrl-C (SIGINT) or a batch scheduler's scancel (SIGTERM) does
+#                   included), from another process, as Ctrl-C (SIGINT), torchrun or a batch scheduler (SIGTERM) do
 SIGNALLING_TRAIN = """
-import io, multiprocessing, os, signal, sys
+import io, multiprocessing, os, signal, subprocess, sys
 import torch
 import train
 from utils import checkpoint
@@ -87,8 +87,10 @@ else:
         result = real_step(*args, **kwargs)
         steps.append(1)
         if len(steps) == number:
-            if when.startswith("group:"):
-                os.killpg(0, getattr(signal, when.split(":")[1]))
+            if when.startswith("group:"):  # sent by another process, as by a terminal or torchrun: PyTorch's
+                # worker handler ends a worker quietly when the sender is its parent, and dies of it otherwise
+                subprocess.run(["kill", "-s", when.split(":")[1][3:], "--", f"-{os.getpgrp()}"], check=True,
+                               start_new_session=True)  # kill itself outside the group it signals
             else:
                 os.kill(os.getpid(), signal.SIGTERM)
         return result
@@ -160,11 +162,12 @@ def test_sigterm_stops_after_the_step_saves_and_says_how_to_resume(data: Path, t
     assert checkpoint["epoch"] * 4 + checkpoint["epoch_batches"] == checkpoint["step"]
 
 
-@pytest.mark.parametrize(("name", "start_method"), [("SIGINT", "fork"), ("SIGTERM", "forkserver")])
+@pytest.mark.parametrize(("name", "start_method"), [("SIGINT", "fork"), ("SIGTERM", "fork"), ("SIGTERM", "forkserver")])
 def test_a_signal_to_the_process_group_stops_cleanly_with_its_loader_worker(data: Path, tmp_path: Path, name: str,
                                                                              start_method: str) -> None:
-    """The loader worker gets the signal too (Ctrl-C reaches the whole foreground group): it leaves it to the main
-    process, which says so once and saves; before, a forked worker printed the main process's message again."""
+    """The loader worker gets the signal too (Ctrl-C reaches the whole foreground group, torchrun and schedulers
+    send SIGTERM to it): it leaves it to the main process, which says so once and saves. Before, a forked worker
+    printed the main process's message again, and one killed by SIGTERM failed the step, so nothing was saved."""
     run = tmp_path / "run"
     result = killed_run(f"group:{name}:{start_method}", 3, data, run, "--save-every", "100")
     assert result.returncode == 128 + getattr(signal, name), result.stderr[-2000:]
@@ -420,3 +423,26 @@ def test_a_run_goes_on_from_its_own_earlier_checkpoints(data: Path, tmp_path: Pa
     result = train.main(train.get_args_parser().parse_args([*flags, "--epochs", "3", "--resume",
                                                             str(run / "epoch_2.pth")]))
     assert result["step"] == 9 and load_checkpoint(run / "last.pth")["epoch"] == 3
+
+
+def test_under_torchrun_a_stop_is_agreed_after_every_cpu_step_and_at_each_epochs_end(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The processes sum their stop flags to stop after the same step. Only every --log-every steps, a CPU run went
+    on for 10 steps of seconds each after Ctrl-C (torchrun kills its workers 30 s after its signal), and through
+    whole epochs of fewer steps."""
+    import argparse
+
+    import train
+    from utils.distributed import World
+    from utils.signals import GracefulStop
+
+    sums = []
+    monkeypatch.setattr(train, "all_reduce_sum", lambda tensor, world: sums.append(float(tensor)) or tensor)
+    stop = GracefulStop(announce=False)
+    control = train.EpochControl(argparse.Namespace(save_every=None, log_every=10), World(rank=0, size=2), None,
+                                 stop, lambda step, batches: None)
+    cpu = torch.device("cpu")
+    assert control.stop_requested(3, cpu, epoch_ends=False) is False and sums == [0.0]
+    stop.requested = "SIGINT"
+    assert control.stop_requested(4, cpu, epoch_ends=False) is True  # the very next step, not step 10
+    assert control.stop_requested(7, cpu, epoch_ends=True) is True and sums == [0.0, 1.0, 1.0]

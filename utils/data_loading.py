@@ -4,9 +4,11 @@ import argparse
 import math
 import os
 import re
+import signal
 import sys
 import warnings
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -654,10 +656,11 @@ def same_size_parts(batch: dict) -> Iterator[dict]:
             start = end
 
 
-def init_loader_worker(worker_id: int) -> None:
+def init_loader_worker(worker_id: int, stops_gracefully: bool = False) -> None:
     """Loader workers yield the cores to the training process (CPU training threads, GPU feeding) when both want
-    them (idle cores still go to the workers), and leave a Ctrl-C to it."""
-    leave_first_signal_to_main()
+    them (idle cores still go to the workers), and leave a Ctrl-C to it; also a SIGTERM where it stops gracefully
+    on one (stops_gracefully: train.py)."""
+    leave_first_signal_to_main((signal.SIGINT, signal.SIGTERM) if stops_gracefully else (signal.SIGINT,))
     if not hasattr(os, "nice"):  # Windows
         return
     try:
@@ -672,11 +675,13 @@ def make_loader(
     device: torch.device,
     workers: int,
     batches: Sampler[list] | None = None,
+    stops_gracefully: bool = False,
 ) -> DataLoader:
     """Decoding in low-priority worker processes, pinned memory for CUDA; workers stay alive across epochs.
 
     In order, batch_size at a time, unless batches (lists of keys) are given: training's are
-    utils.sampling.EpochBatches."""
+    utils.sampling.EpochBatches. stops_gracefully: the main process stops after a SIGTERM itself (training),
+    so its workers leave the signal to it."""
     return DataLoader(
         dataset,
         batch_size=batch_size if batches is None else 1,
@@ -684,7 +689,7 @@ def make_loader(
         num_workers=workers,
         pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,
-        worker_init_fn=init_loader_worker if workers > 0 else None,
+        worker_init_fn=partial(init_loader_worker, stops_gracefully=stops_gracefully) if workers > 0 else None,
         drop_last=False,
         collate_fn=collate_skipping,
     )

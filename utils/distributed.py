@@ -8,6 +8,8 @@ Without torchrun the same code runs as a world of one, so the training loop has 
 
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -59,15 +61,30 @@ def close_world(world: World) -> None:
         dist.destroy_process_group()
 
 
+@contextmanager
+def _peers(world: World) -> Iterator[None]:
+    """A collective whose peer has stopped (its own error, e.g. a missing --imgs folder that rank 0 alone checks,
+    or a signal) fails with a backend traceback about closed connections: one line instead, which points at the
+    process that failed first."""
+    try:
+        yield
+    except RuntimeError as error:  # torch.distributed.DistBackendError is one
+        reason = str(error).strip().splitlines()[0][:100] if str(error).strip() else type(error).__name__
+        raise UserError(f"rank {world.rank}: another process of this torchrun run stopped first, see its error "
+                        f"({reason})") from None
+
+
 def barrier(world: World) -> None:
     if world.distributed:
-        dist.barrier()
+        with _peers(world):
+            dist.barrier()
 
 
 def all_reduce_sum(tensor: torch.Tensor, world: World) -> torch.Tensor:
     """Sum over ranks, in place (a copy on the process group's device for gloo/NCCL), returned."""
     if world.distributed:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        with _peers(world):
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
 
 
@@ -77,7 +94,8 @@ def smallest_everywhere(value: int, world: World, device: torch.device) -> int:
     if not world.distributed:
         return value
     tensor = torch.tensor([value], device=device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+    with _peers(world):
+        dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
     return int(tensor.item())
 
 
@@ -89,7 +107,8 @@ def check_same_everywhere(world: World, key: object, seen: str, fix: str) -> Non
     if not world.distributed:
         return
     views: list = [None] * world.size
-    dist.all_gather_object(views, (key, seen, socket.gethostname()))
+    with _peers(world):
+        dist.all_gather_object(views, (key, seen, socket.gethostname()))
     first_key, first_seen, first_host = views[0]
     for rank, (other_key, other_seen, host) in enumerate(views):
         if other_key != first_key:

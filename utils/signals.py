@@ -1,6 +1,6 @@
 """Ctrl-C and a scheduler's SIGTERM stop training cleanly: the current step ends, last.pth is saved, the run
 says how to resume. A second signal stops at once (as Ctrl-C always did). Loader workers leave the first
-Ctrl-C to the main process (leave_first_signal_to_main)."""
+signal to the main process (leave_first_signal_to_main)."""
 
 import signal
 import sys
@@ -13,7 +13,8 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 class GracefulStop:
     """While active, the first SIGINT/SIGTERM only sets `requested` (the signal's name); the loop checks it."""
 
-    def __init__(self) -> None:
+    def __init__(self, announce: bool = True) -> None:
+        self.announce = announce  # say so on stderr (one process of a torchrun run does)
         self.requested: str | None = None
         self.signal_number = 0
         self._previous: dict[int, object] = {}
@@ -22,8 +23,9 @@ class GracefulStop:
         if self.requested is not None:  # the second one: stop now
             raise KeyboardInterrupt
         self.requested, self.signal_number = signal.Signals(number).name, number
-        print(f"\n{self.requested} received: stopping after this step and saving last.pth "
-              "(send it again to stop at once)", file=sys.stderr, flush=True)
+        if self.announce:
+            print(f"\n{self.requested} received: stopping after this step and saving last.pth "
+                  "(send it again to stop at once)", file=sys.stderr, flush=True)
 
     def __enter__(self) -> "GracefulStop":
         if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
@@ -43,12 +45,16 @@ class GracefulStop:
         return 128 + self.signal_number
 
 
-def leave_first_signal_to_main() -> None:
+def leave_first_signal_to_main(signals: tuple[signal.Signals, ...] = (signal.SIGINT,)) -> None:
     """In a loader worker: a Ctrl-C (SIGINT) reaches every process of the terminal's group, and the main process
     decides: training stops after its step and saves, prediction stops. A forked worker would otherwise print
     GracefulStop's message again, and one started by spawn or forkserver would raise KeyboardInterrupt mid-item.
-    A second Ctrl-C ends the worker (PyTorch's worker loop takes KeyboardInterrupt as the end). SIGTERM keeps
-    PyTorch's own worker handler, which ends the worker quietly when its parent terminates it."""
+    A second signal ends the worker (PyTorch's worker loop takes KeyboardInterrupt as the end).
+
+    SIGTERM too where the main process stops gracefully on it (train.py): torchrun and batch schedulers send it
+    to the whole process group, and a worker that died of it failed the step the main process was finishing
+    ("DataLoader worker is killed by signal: Terminated") before it could save. Elsewhere (predict.py) SIGTERM
+    keeps PyTorch's own worker handler, so the workers end with their parent."""
     received: list[int] = []
 
     def handle(number: int, frame: FrameType | None) -> None:
@@ -56,4 +62,5 @@ def leave_first_signal_to_main() -> None:
             raise KeyboardInterrupt
         received.append(number)
 
-    signal.signal(signal.SIGINT, handle)
+    for number in signals:
+        signal.signal(number, handle)
