@@ -578,13 +578,17 @@ def test_windows_around_objects_hold_foreground(tmp_path):
 
 
 def test_worker_priority_is_lowered_where_the_system_has_nice(monkeypatch):
+    import signal
+
     import utils.data_loading
 
-    increments = []
-    monkeypatch.setattr(utils.data_loading, "leave_first_signal_to_main", lambda: None)  # this process's handlers
+    increments, left = [], []
+    monkeypatch.setattr(utils.data_loading, "leave_first_signal_to_main", left.append)  # this process's handlers
     monkeypatch.setattr(os, "nice", increments.append, raising=False)
     init_loader_worker(0)
     assert increments == [10]
+    init_loader_worker(0, stops_gracefully=True)  # training's workers: SIGTERM too is the main process's to act on
+    assert left == [(signal.SIGINT,), (signal.SIGINT, signal.SIGTERM)]
     monkeypatch.delattr(os, "nice")  # Windows has no os.nice: the worker starts at the default priority
     init_loader_worker(0)
 
