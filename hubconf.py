@@ -39,6 +39,8 @@ def _local_copy(url: str, progress: bool = True) -> Path:
         try:  # written to a temporary file and renamed when complete: a failed download leaves nothing
             torch.hub.download_url_to_file(url, str(target), progress=progress)
         except (OSError, ValueError) as error:  # urllib's HTTPError and URLError are OSErrors
+            if folder.name != "checkpoints" and not any(folder.iterdir()):
+                folder.rmdir()  # the URL's own folder, made for this download: no empty folder per failed try
             raise UserError(f"cannot download weights={url} ({error}): check the address and the network") from None
     return target
 

@@ -296,11 +296,13 @@ def speed_summary(count: int, seconds: float, waits: LoopWaits, on_gpu: bool, wo
         shares.append(f"{waits.device / seconds:.0%} for the GPU")
     shares.append(f"{waits.writing / seconds:.0%} for writing (--writers {writers})")
     rate = f"{count / seconds:.2f} images/s"
-    if first_batch is not None and count >= 2 * first_batch[1] and seconds > first_batch[0]:
+    if first_batch is not None and first_batch[1] >= 1 and count >= 2 * first_batch[1] and seconds > first_batch[0]:
         started, first_count = first_batch
         rate += f"; {(count - first_count) / (seconds - started):.2f} after the first batch, at {started:.1f} s"
     images = "image" if count == 1 else "images"
     line = f"predicted {count} {images} in {seconds:.1f} s ({rate}); waited " + ", ".join(shares)
+    if count < 2:  # one image: the shares say nothing about how a folder would go
+        return line
     if waits.decoding / seconds >= 0.25 and workers < cores - 1:
         line += f": decoding holds the loop back, try --workers {min(cores - 1, max(1, 2 * workers))}"
     elif waits.writing / seconds >= 0.25:

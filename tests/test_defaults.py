@@ -126,6 +126,9 @@ def test_prediction_summary_tells_the_start_from_the_steady_rate():
     line = speed_summary(160, 10.0, LoopWaits(), True, 8, 8, 16, first_batch=(4.0, 16))  # compiled: a slow start
     assert line.startswith("predicted 160 images in 10.0 s (16.00 images/s; 24.00 after the first batch, at 4.0 s); ")
     assert "after the first batch" not in speed_summary(20, 2.0, LoopWaits(), True, 8, 8, 16, first_batch=(1.0, 16))
+    # A first batch of unreadable files only (none predicted), then one image: no second batch to speak of
+    one = speed_summary(1, 0.6, LoopWaits(0.0, 0.0, 0.2), False, 1, 1, 2, first_batch=(0.0, 0))
+    assert "after the first batch" not in one and "try --" not in one
 
 
 def test_prediction_summary_on_a_cpu_leaves_the_gpu_out():

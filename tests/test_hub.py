@@ -119,6 +119,7 @@ def test_weights_urls_that_fail_are_one_line_naming_the_url(tmp_path: Path, monk
     with pytest.raises(UserError, match=r"weights='https://example.invalid/runs/' names no file"):
         hubconf.unet(weights="https://example.invalid/runs/")
     assert not list((tmp_path / "hub").rglob("*.pth"))  # nothing half-written left in the cache
+    assert list((tmp_path / "hub" / "checkpoints").iterdir()) == []  # nor an empty folder for the URL
 
 
 @pytest.mark.parametrize(("kwargs", "complaint"), [
