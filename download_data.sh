@@ -27,8 +27,8 @@ if [ ! -f "${KAGGLE_CONFIG_DIR:-$HOME/.kaggle}/kaggle.json" ] && [ -z "${KAGGLE_
 fi
 
 for folder in data/imgs data/masks; do
-    if [ -n "$(ls -A "$folder" 2>/dev/null)" ]; then
-        echo "error: $folder already holds $(ls -A "$folder" | wc -l) files: Carvana would be mixed into them; move" \
+    if [ -n "$(ls "$folder" 2>/dev/null)" ]; then  # hidden files (.gitkeep, .DS_Store) are not data
+        echo "error: $folder already holds $(ls "$folder" | wc -l) files: Carvana would be mixed into them; move" \
              "them elsewhere first (train.py --imgs/--masks read any folder)" >&2
         exit 2
     fi

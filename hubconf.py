@@ -4,6 +4,7 @@
     torch.hub.load("path/to/this/repo", "unet", source="local", n_classes=3, weights="run/best.pth")
 """
 
+import contextlib
 import hashlib
 from pathlib import Path
 from urllib.parse import urlparse
@@ -40,7 +41,8 @@ def _local_copy(url: str, progress: bool = True) -> Path:
             torch.hub.download_url_to_file(url, str(target), progress=progress)
         except (OSError, ValueError) as error:  # urllib's HTTPError and URLError are OSErrors
             if folder.name != "checkpoints" and not any(folder.iterdir()):
-                folder.rmdir()  # the URL's own folder, made for this download: no empty folder per failed try
+                with contextlib.suppress(OSError):  # another process's download of the same URL may be under way
+                    folder.rmdir()  # the URL's own folder, made for this download: no empty folder per failed try
             raise UserError(f"cannot download weights={url} ({error}): check the address and the network") from None
     return target
 

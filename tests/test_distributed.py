@@ -144,3 +144,20 @@ def test_an_error_that_rank_0_alone_meets_is_one_line_on_every_rank(tmp_path: Pa
     assert "error: imgs folder missing/imgs does not exist" in output
     assert "error: rank 1: another process of this torchrun run stopped first, see its error" in output
     assert "[rank1]: Traceback" not in output and "[rank0]: Traceback" not in output
+
+
+def test_only_a_stopped_peer_is_blamed_on_another_process() -> None:
+    """A local error in a collective (a wrong dtype; on GPUs a CUDA fault) keeps its own message and traceback."""
+    import torch.distributed as dist
+
+    from utils.distributed import World, _peers
+    from utils.errors import UserError
+
+    world = World(rank=1, size=2)
+    for gone in (RuntimeError("[gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:8115. GLHF!"),
+                 dist.DistBackendError("NCCL communicator was aborted")):
+        with pytest.raises(UserError, match=r"^rank 1: another process of this torchrun run stopped first"), \
+                _peers(world):
+            raise gone
+    with pytest.raises(RuntimeError, match="^Invalid scalar type$"), _peers(world):
+        raise RuntimeError("Invalid scalar type")

@@ -75,10 +75,12 @@ def test_carvana_zips_end_up_as_data_imgs_and_masks(workspace: dict) -> None:
 
 
 def test_a_data_folder_that_holds_files_is_left_alone(workspace: dict) -> None:
-    mine = write_image(workspace["root"] / "data" / "imgs" / "mine.png", np.zeros((4, 4), np.uint8))
+    (workspace["root"] / "data" / "imgs").mkdir(parents=True)
+    (workspace["root"] / "data" / "imgs" / ".gitkeep").write_text("")  # hidden files are not data: no complaint
+    mine = write_image(workspace["root"] / "data" / "masks" / "mine.png", np.zeros((4, 4), np.uint8))
     result = download(workspace)
     assert result.returncode == 2
-    assert result.stderr.strip() == ("error: data/imgs already holds 1 files: Carvana would be mixed into them; "
+    assert result.stderr.strip() == ("error: data/masks already holds 1 files: Carvana would be mixed into them; "
                                      "move them elsewhere first (train.py --imgs/--masks read any folder)")
     assert not workspace["log"].exists()  # nothing downloaded
     assert [path.name for path in mine.parent.iterdir()] == ["mine.png"]

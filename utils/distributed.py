@@ -17,6 +17,8 @@ import torch.distributed as dist
 
 from .errors import UserError
 
+PEER_GONE = ("Connection closed by peer", "Connection reset by peer")  # gloo's words for a process that stopped
+
 
 @dataclass(frozen=True)
 class World:
@@ -65,11 +67,15 @@ def close_world(world: World) -> None:
 def _peers(world: World) -> Iterator[None]:
     """A collective whose peer has stopped (its own error, e.g. a missing --imgs folder that rank 0 alone checks,
     or a signal) fails with a backend traceback about closed connections: one line instead, which points at the
-    process that failed first."""
+    process that failed first. Any other error (a wrong dtype, a CUDA fault) stays as it is."""
     try:
         yield
-    except RuntimeError as error:  # torch.distributed.DistBackendError is one
-        reason = str(error).strip().splitlines()[0][:100] if str(error).strip() else type(error).__name__
+    except RuntimeError as error:
+        text = str(error).strip()
+        # NCCL's and the network's are DistErrors; gloo reports a peer gone as a plain RuntimeError
+        if not isinstance(error, dist.DistError) and not any(sign in text for sign in PEER_GONE):
+            raise
+        reason = text.splitlines()[0][:100] if text else type(error).__name__
         raise UserError(f"rank {world.rank}: another process of this torchrun run stopped first, see its error "
                         f"({reason})") from None
 
