@@ -32,7 +32,8 @@ def _local_copy(url: str, progress: bool = True) -> Path:
     if not name:
         raise UserError(f"weights={url!r} names no file: give the URL of a checkpoint (.../best.pth)")
     folder = Path(torch.hub.get_dir()) / "checkpoints"
-    if url not in CARVANA_WEIGHTS.values():
+    own_folder = url not in CARVANA_WEIGHTS.values()
+    if own_folder:
         folder /= hashlib.sha256(url.encode()).hexdigest()[:12]
     target = folder / name
     if not target.exists():
@@ -40,7 +41,7 @@ def _local_copy(url: str, progress: bool = True) -> Path:
         try:  # written to a temporary file and renamed when complete: a failed download leaves nothing
             torch.hub.download_url_to_file(url, str(target), progress=progress)
         except (OSError, ValueError) as error:  # urllib's HTTPError and URLError are OSErrors
-            if folder.name != "checkpoints" and not any(folder.iterdir()):
+            if own_folder and not any(folder.iterdir()):
                 with contextlib.suppress(OSError):  # another process's download of the same URL may be under way
                     folder.rmdir()  # the URL's own folder, made for this download: no empty folder per failed try
             raise UserError(f"cannot download weights={url} ({error}): check the address and the network") from None

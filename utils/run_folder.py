@@ -6,7 +6,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from utils.errors import UserError
+from .errors import UserError
 
 
 def resume_path(resume: str | None, checkpoint_dir: Path) -> Path | None:
@@ -50,8 +50,8 @@ def check_run_folder(folder: Path, resume_file: Path | None, overwrite: bool) ->
         _check_no_earlier_run(folder, resume_file)
         return True
     own_last = folder / "last.pth"
-    if own_last.exists() and not os.path.samefile(resume_file, own_last):  # best.pth of the last epoch is a hard
-        # link to last.pth: the same point
+    # best.pth of the last epoch is a hard link to last.pth: the same point, not an earlier one
+    if own_last.exists() and not os.path.samefile(resume_file, own_last):
         raise UserError(f"{resume_file} is an earlier point of the run in {folder}: going on from it replaces its "
                         "last.pth as it trains: pass --overwrite to go back to it, or give --checkpoint-dir another "
                         "folder")
