@@ -50,6 +50,7 @@ from utils.data_loading import (
     make_loader,
     normalize_images,
     parse_crop,
+    require_folder,
     scaled_size,
     set_image_pixel_limit,
 )
@@ -242,6 +243,8 @@ def check_args(args: argparse.Namespace) -> None:
                                  ("--crop-foreground", args.crop_foreground, DEFAULT_CROP_FOREGROUND)):
         if value != default and args.crop is None:
             raise UserError(f"{flag} {value} needs --crop (e.g. --crop 512): without it every image is seen whole")
+    for role in ("imgs", "masks"):
+        require_folder(getattr(args, role), role)
 
 
 def parse_save_every(text: str | None) -> tuple[int | None, float | None]:

@@ -746,6 +746,26 @@ def test_crops_per_image_cuts_that_many_windows_of_each_image_per_epoch(
             train.main(train.get_args_parser().parse_args([*flags, flag, value]))
 
 
+def test_a_missing_data_folder_is_said_before_the_run_folder_is_judged(tmp_path: Path) -> None:
+    """A typo in --imgs beside an earlier run: the typo is the error to fix, not the run (--overwrite or --resume
+    would not help)."""
+    import train
+
+    write_carvana_like(tmp_path / "data", 2)
+    run_folder = tmp_path / "run"
+    run_folder.mkdir()
+    (run_folder / "last.pth").write_bytes(b"an earlier run")
+    flags = ["--checkpoint-dir", str(run_folder), "--masks", str(tmp_path / "data" / "masks")]
+    with pytest.raises(UserError, match="already holds a run"):  # the run is judged once the data is there
+        train.main(train.get_args_parser().parse_args([*flags, "--imgs", str(tmp_path / "data" / "imgs")]))
+    for role, wrong in (("imgs", ["--imgs", str(tmp_path / "data" / "img")]),
+                        ("masks", ["--imgs", str(tmp_path / "data" / "imgs"), "--masks", str(tmp_path / "mask")])):
+        with pytest.raises(UserError) as error:
+            train.main(train.get_args_parser().parse_args([*flags, *wrong]))
+        assert str(error.value) == f"{role} folder {wrong[-1]} does not exist: pass --{role} DIR (see download_data.sh)"
+    assert (run_folder / "last.pth").read_bytes() == b"an earlier run"
+
+
 @pytest.mark.parametrize(("flags", "message"), [
     (["--batch-size", "0"], "--batch-size must be a whole number of at least 1, got 0"),
     (["--scale", "1.5"], "--scale must be above 0 and at most 1, got 1.5"),

@@ -295,9 +295,14 @@ def read_mask(path: Path) -> np.ndarray:
     return array
 
 
-def _files_by_stem(folder: Path, role: str) -> dict[str, Path]:
-    if not folder.is_dir():
+def require_folder(folder: Path, role: str) -> None:
+    """Said before anything else about a run (its checkpoint folder, its resume), so a typo is the first error."""
+    if not Path(folder).is_dir():
         raise UserError(f"{role} folder {folder} does not exist: pass --{role} DIR (see download_data.sh)")
+
+
+def _files_by_stem(folder: Path, role: str) -> dict[str, Path]:
+    require_folder(folder, role)
     files: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
         if path.name.startswith(".") or path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
