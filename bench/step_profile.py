@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.train_speed import add_step_arguments, model_only_step, peak_memory, seconds_per_step  # noqa: E402
 from unet import UNet  # noqa: E402
+from utils.device import choose_precision  # noqa: E402
 from utils.dice_score import segmentation_loss  # noqa: E402
 
 CONVOLUTIONS = "convolutions"
@@ -86,6 +87,21 @@ def convolution_flops_per_image(args: argparse.Namespace) -> float:
     return float(counter.get_total_flops())
 
 
+def matmul_tflops(device: torch.device, dtype: torch.dtype) -> float:
+    """The device's dense matrix rate in the step's compute dtype, measured: a large square matmul, the most a
+    convolution can hope for. fp32 on CUDA uses TF32 where cuDNN's convolutions do (PyTorch's default)."""
+    size, repeats = (8192, 20) if device.type == "cuda" else (4096, 3)
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32
+    try:
+        a @ b  # warm-up: library loading, kernel choice
+        seconds = seconds_per_step(lambda: a @ b, device, repeats)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+    return 2 * size**3 / seconds / 1e12
+
+
 def write_trace(prof: profile, path: Path) -> None:
     """The Chrome trace (chrome://tracing, ui.perfetto.dev), gzip-compressed when the name ends in .gz: a
     compiled GPU step's trace can be tens of MB of JSON, more than a lent GPU machine sends back."""
@@ -139,15 +155,19 @@ def main() -> None:
     for kind, microseconds in sorted(by_kind.items(), key=lambda item: -item[1]):
         ms = microseconds / 1000 / args.profiled_steps
         print(f"| {kind} | {ms:.2f} | {ms / recorded_ms:.1%} |")
-    print(f"\nstep: {step_seconds * 1000:.1f} ms for {batch} images = {batch / step_seconds:.1f} images/s "
+    print(f"\nstep: {step_seconds * 1000:.1f} ms for {batch} images = {batch / step_seconds:.3g} images/s "
           f"(profiled: {profiled_seconds * 1000:.1f} ms, {unit} time recorded: {recorded_ms:.1f} ms)")
     print(f"FLOPs (convolutions, forward + backward): {flops / batch / 1e12:.3f} TFLOP per image")
     profiled = "model only, profiled"
     if conv_seconds > 0:
-        conv_only = (f"convolutions {conv_seconds * 1000:.1f} ms per step = {batch / conv_seconds:.1f} images/s "
-                     f"at {flops / conv_seconds / 1e12:.1f} TFLOP/s, {conv_seconds * 1000 / recorded_ms:.0%} "
+        conv_only = (f"convolutions {conv_seconds * 1000:.1f} ms per step = {batch / conv_seconds:.3g} images/s "
+                     f"at {flops / conv_seconds / 1e12:.2f} TFLOP/s, {conv_seconds * 1000 / recorded_ms:.0%} "
                      f"of {unit} time")
         print(f"{conv_only}: the step's images/s if nothing but the convolutions took time")
+        dtype = choose_precision(device, args.amp, args.precision).dtype or torch.float32
+        rate = matmul_tflops(device, dtype)
+        print(f"a {str(dtype).removeprefix('torch.')} matmul on this device: {rate:.2f} TFLOP/s; the convolutions "
+              f"reach {flops / conv_seconds / 1e12 / rate:.0%} of it")
         profiled += f": {conv_only}"
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     mode = f" ({args.compile_mode})" if args.compile_mode else ""
