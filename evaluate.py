@@ -170,8 +170,7 @@ def main(args: argparse.Namespace) -> dict:
     print(f"{result['images']} images, model {args.model}, scale {scale}, {precision.name} on {device}{extras}")
     print(f"{'class':>5}  {'mask value':>14}  {'Dice':>7}  {'IoU':>7}")
     for index, (dice, iou) in enumerate(zip(result["dice_per_class"], result["iou_per_class"])):
-        value = model.mask_values[index] if index < len(model.mask_values) else "-"
-        print(f"{index:>5}  {str(value):>14}  {dice:7.4f}  {iou:7.4f}")
+        print(f"{index:>5}  {str(model.mask_values[index]):>14}  {dice:7.4f}  {iou:7.4f}")
     print(f"mean foreground Dice {result['dice']:.4f}  IoU {result['iou']:.4f}")
     write_rows(result["rows"], args.output)
     print(f"per-image scores written to {args.output}")

@@ -78,7 +78,13 @@ from utils.distributed import (
 )
 from utils.errors import UserError, check_flag, check_writable_folder, run_cli
 from utils.inference import WHOLE_IMAGE, InferenceOptions, is_out_of_memory, logits_to_classes
-from utils.mask_encoding import MaskValue, add_binarize_argument, binarize_threshold, check_classes
+from utils.mask_encoding import (
+    MaskValue,
+    add_binarize_argument,
+    binarize_threshold,
+    check_classes,
+    complete_mask_values,
+)
 from utils.nan_guard import NonFiniteGuard
 from utils.run_folder import check_run_folder, remove_earlier_run, resume_path
 from utils.run_lock import RunLock
@@ -674,6 +680,13 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     if args.classes is None:
         args.classes = max(len(mask_values), 2)
     check_classes(mask_values, args.classes)
+    if len(mask_values) < max(args.classes, 2):  # classes the masks never show: the model still needs their values
+        found = len(mask_values)
+        mask_values = complete_mask_values(mask_values, args.classes)
+        extra = mask_values[found:]
+        which = (f"class {found} never appears in them; predict.py writes it as {extra[0]}" if len(extra) == 1 else
+                 f"classes {found} to {len(mask_values) - 1} never appear in them; predict.py writes them as {extra}")
+        say(f"note: --classes {args.classes} but the masks hold {found} values: {which}", file=sys.stderr)
     class_weights = parse_class_weights(args.class_weights, args.classes,
                                         pixels_per_class(mask_values, data.mask_values, data.class_pixels))
     if class_weights is not None:

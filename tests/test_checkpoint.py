@@ -248,6 +248,22 @@ def test_plain_state_dict_without_mask_values_gets_0_1_for_two_classes(plain_two
     assert model.mask_values == [0, 1]
 
 
+def test_a_model_with_more_classes_than_mask_values_gets_a_value_for_each(ckpt_dir):
+    """Found by a review: a --classes 3 run on 0/1 masks stored two values, and predict.py crashed on class 2."""
+    path = ckpt_dir / "three_classes.pth"
+    torch.save({**UNet(3, 3).state_dict(), "mask_values": [0, 255]}, path)
+    assert model_from_checkpoint(load_checkpoint(path)).mask_values == [0, 255, 1]
+
+
+def test_more_mask_values_than_classes_are_refused(ckpt_dir):
+    path = ckpt_dir / "two_classes.pth"
+    torch.save({**UNet(3, 2).state_dict(), "mask_values": [0, 127, 255]}, path)
+    with pytest.raises(UserError) as error:
+        model_from_checkpoint(load_checkpoint(path))
+    assert str(error.value) == (f"{path} lists 3 mask values for a model of 2 classes, which cannot predict them "
+                                "all: fix its mask_values entry, or drop it")
+
+
 def test_default_mask_values_by_class_count():
     assert default_mask_values(1) == [0, 1]
     assert default_mask_values(2) == [0, 1]

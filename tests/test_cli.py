@@ -406,7 +406,7 @@ def test_predict_outputs_never_replace_an_input_or_each_other(tmp_path: Path, ca
     assert len(predict.expand_inputs([str(tmp_path / "b.png")] * 2, keep_repeats=True)[0]) == 2
 
 
-def test_load_takes_the_architecture_from_the_weights_file(tmp_path: Path) -> None:
+def test_load_takes_the_architecture_from_the_weights_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     import train
 
     write_carvana_like(tmp_path / "data", 3)
@@ -414,6 +414,9 @@ def test_load_takes_the_architecture_from_the_weights_file(tmp_path: Path) -> No
             "--epochs", "1", "--validation", "0", *TRAIN_FLAGS]
     train.main(train.get_args_parser().parse_args(
         [*base, "--channels", "1", "--bilinear", "--classes", "3", "--checkpoint-dir", str(tmp_path / "first")]))
+    assert "note: --classes 3 but the masks hold 2 values: class 2 never appears in them; predict.py writes it " \
+           "as 2" in capsys.readouterr().err
+    assert load_checkpoint(tmp_path / "first" / "last.pth")["mask_values"] == [0, 1, 2]
     # no --channels, --bilinear or --classes: all three come from the file given to --load
     train.main(train.get_args_parser().parse_args(
         [*base, "--load", str(tmp_path / "first" / "last.pth"), "--checkpoint-dir", str(tmp_path / "second")]))
@@ -427,6 +430,23 @@ def test_load_takes_the_architecture_from_the_weights_file(tmp_path: Path) -> No
         train.main(train.get_args_parser().parse_args(
             [*base, "--load", str(tmp_path / "first" / "last.pth"), "--channels", "3",
              "--checkpoint-dir", str(tmp_path / "third")]))
+
+
+def test_a_class_without_a_mask_value_is_predicted_and_written(tmp_path: Path) -> None:
+    """Found by a review: a model of 3 classes saved with 2 mask values (a --classes 3 run on 0/255 masks, before
+    train.py completed them) crashed predict.py with an IndexError as soon as it predicted class 2."""
+    model = UNet(3, 3)
+    with torch.no_grad():
+        model.outc.conv.weight.zero_()
+        model.outc.conv.bias.copy_(torch.tensor([0.0, 0.0, 5.0]))  # class 2 everywhere
+    torch.save({**model.state_dict(), "mask_values": [0, 255]}, tmp_path / "three.pth")
+    Image.fromarray(np.full((24, 40, 3), 90, np.uint8)).save(tmp_path / "img.png")
+    run("predict.py", "-m", "three.pth", "-i", "img.png", "-o", "out.png", "--scale", "1", "--csv", "classes.csv",
+        cwd=tmp_path)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out.png")), np.full((24, 40), 1, np.uint8))
+    with open(tmp_path / "classes.csv", newline="") as file:
+        row = next(csv.DictReader(file))
+    assert float(row["fraction_2"]) == 1.0 and float(row["fraction_1"]) == 0.0
 
 
 def test_bare_csv_flag_puts_predictions_csv_beside_the_masks(tmp_path: Path) -> None:

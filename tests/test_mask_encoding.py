@@ -173,6 +173,29 @@ def test_enough_classes_are_accepted():
     check_classes([BLACK, RED], 2)
 
 
+@pytest.mark.parametrize(("mask_values", "n_classes", "completed"), [
+    ([0, 1], 3, [0, 1, 2]),
+    ([0, 255], 3, [0, 255, 1]),
+    ([5, 0, 1], 5, [5, 0, 1, 2, 3]),  # unsorted values keep their classes
+    ([0, 255], 1, [0, 255]),
+    ([0], 1, [0, 1]),  # one sigmoid output still writes two values
+    ([BLACK, RED], 3, [BLACK, RED, [0, 0, 255]]),
+    ([0, 10, 20], 3, [0, 10, 20]),
+])
+def test_complete_mask_values_gives_extra_classes_unused_values(mask_values, n_classes, completed):
+    from utils.mask_encoding import complete_mask_values
+
+    assert complete_mask_values(mask_values, n_classes) == completed
+
+
+def test_complete_mask_values_finds_unused_colours_for_many_classes():
+    from utils.mask_encoding import complete_mask_values
+
+    colours = complete_mask_values([BLACK, RED], 300)
+    assert len(colours) == 300 and len({tuple(c) for c in colours}) == 300
+    assert all(len(c) == 3 and all(0 <= v <= 255 for v in c) for c in colours)
+
+
 @pytest.mark.parametrize("mask_values, palette", [
     ([0, 1], None), ([0, 255], None), ([0, 3, 7, 200], None), ([0, 1000, 40000], None),
     ([BLACK, RED, GREEN], None), ([0, 1, 2], [0, 0, 0, 128, 0, 0, 0, 128, 0]),

@@ -30,7 +30,7 @@ from unet import UNet
 
 from .atomic_files import TEMPORARY_NAME, atomic_path
 from .errors import UserError, check_flag
-from .mask_encoding import MaskValue
+from .mask_encoding import MaskValue, complete_mask_values
 
 FORMAT_VERSION = 1
 
@@ -508,7 +508,12 @@ def model_from_checkpoint(
         first = str(error).strip().splitlines()[0][:200]
         raise UserError(f"{source} does not fit the U-Net layout ({first})") from None
     mask_values = checkpoint.get("mask_values")
-    model.mask_values = list(mask_values) if mask_values is not None else default_mask_values(args["n_classes"])
+    if mask_values is None:
+        mask_values = default_mask_values(args["n_classes"])
+    if len(mask_values) > max(args["n_classes"], 2):
+        raise UserError(f"{source} lists {len(mask_values)} mask values for a model of {args['n_classes']} classes, "
+                        "which cannot predict them all: fix its mask_values entry, or drop it")
+    model.mask_values = complete_mask_values(mask_values, args["n_classes"])
     return model
 
 

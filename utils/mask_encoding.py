@@ -6,7 +6,8 @@ Class i is the pixel value mask_values[i]; IGNORE_CLASS marks pixels left out of
 """
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from itertools import chain, count, product
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +87,23 @@ def check_classes(mask_values: Sequence[MaskValue], n_classes: int) -> None:
             f"the masks hold {len(mask_values)} distinct values {_short(mask_values)} but --classes is "
             f"{n_classes}: use --classes {len(mask_values)}"
         )
+
+
+def complete_mask_values(mask_values: Sequence[MaskValue], n_classes: int) -> list[MaskValue]:
+    """A value for every class the model predicts: a model trained with more --classes than its masks hold values
+    writes each extra class as the smallest label (or a colour) the masks do not use, rather than failing on it."""
+    values = list(mask_values)
+    if is_colour(values):
+        candidates: Iterable[MaskValue] = chain((list(c) for c in product((0, 255, 128, 64, 192), repeat=3)),
+                                                (unpack_colour(packed) for packed in count()))
+    else:
+        candidates = count()
+    for candidate in candidates:
+        if len(values) >= max(n_classes, 2):
+            break
+        if candidate not in values:
+            values.append(candidate)
+    return values
 
 
 def _short(values: Sequence[MaskValue]) -> str:
