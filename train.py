@@ -668,6 +668,11 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
         raise UserError(f"every mask in {args.masks} holds the one value {shown(data.mask_values[0])}{given}: there "
                         "is nothing to tell apart; check the mask folder" + "".join(f", {flag}" for flag, _ in flags))
     mask_values: list[MaskValue] = data.mask_values
+    if weights is not None and len(mask_values) > max(args.classes, 2):  # --classes would contradict the weights
+        listed = ", ".join(map(str, mask_values[:8])) + (", ..." if len(mask_values) > 8 else "")
+        raise UserError(f"the masks hold {len(mask_values)} distinct values [{listed}] but {args.load} predicts "
+                        f"{args.classes} classes, and --load keeps its output layer: train a new model (leave out "
+                        f"--load), or use masks of at most {max(args.classes, 2)} values")
     if resumed is not None and resumed.get("mask_values") is not None:
         known = resumed["mask_values"]
         if any(value not in known for value in mask_values):

@@ -352,7 +352,18 @@ def test_truncated_checkpoint_raises_user_error_naming_it(saved_run, tmp_path):
         assert str(path) in str(error.value)
         said = str(error.value).replace(str(path), "")  # the test's folder name has "truncated" in it
         assert ("the file is empty" if size == 0 else "it may be truncated") in said
+        assert "\n" not in said
         path.unlink()
+
+
+def test_a_readers_message_is_cut_to_its_first_sentence():
+    """Found by a review: torch's text for a truncated legacy file was cut mid-sentence ('there is a high')."""
+    from utils.checkpoint import _first_sentence
+
+    assert _first_sentence("Invalid magic number; corrupt file? This happens when a file was cut.\nMore") == \
+        "Invalid magic number; corrupt file?"
+    assert _first_sentence("failed finding central directory") == "failed finding central directory"
+    assert _first_sentence("word " * 100, limit=20) == "word word word word..."
 
 
 @pytest.mark.parametrize(("name", "content", "said"), [
@@ -463,10 +474,59 @@ def test_half_precision_weights_load(ckpt_dir, two_class_weights):
     assert model.outc.conv.weight.dtype == torch.float32
 
 
-def test_weights_of_a_ddp_wrapper_are_refused_with_the_fix(ckpt_dir, two_class_weights):
-    path = write_reference_file(ckpt_dir / "ddp.pth", {f"module.{k}": v for k, v in two_class_weights.items()})
+@pytest.mark.parametrize("prefix", ["module.", "_orig_mod.", "module._orig_mod."])
+def test_weights_saved_from_a_ddp_or_compiled_model_load(ckpt_dir, two_class_weights, prefix):
+    """Users save model.state_dict() of the wrapper they trained: the same weights under prefixed names."""
+    path = write_reference_file(ckpt_dir / "wrapped.pth", {prefix + k: v for k, v in two_class_weights.items()})
+    model = model_from_checkpoint(load_checkpoint(path))
+    assert model.state_dict().keys() == two_class_weights.keys()
+    assert all(torch.equal(model.state_dict()[key], value) for key, value in two_class_weights.items())
+    assert model.mask_values == [0, 1]
+
+
+def test_weights_partly_under_a_wrapper_name_are_refused_with_the_fix(ckpt_dir, two_class_weights):
+    weights = {("module." + k if k.startswith("inc.") else k): v for k, v in two_class_weights.items()}
+    path = write_reference_file(ckpt_dir / "mixed.pth", weights)
     with pytest.raises(UserError, match=r"wrapped model \('module.inc.double_conv.0.weight'\): save the plain"):
         load_checkpoint(path)
+
+
+@pytest.mark.parametrize(("entry", "said"), [
+    ({"mask_values": [[0, 0, 0], 255]}, "mask_values is [[0, 0, 0], 255], not a list of labels (whole numbers 0 to "
+                                        "65535) or of r, g, b colours (0 to 255): fix or drop the entry"),
+    ({"mask_values": [-1, 5]}, "mask_values is [-1, 5], not a list of labels"),
+    ({"mask_values": [0, 0.5]}, "mask_values is [0, 0.5], not a list of labels"),
+    ({"mask_values": []}, "mask_values is [], not a list of labels"),
+    ({"mask_values": [[0, 0], [1, 1]]}, "mask_values is [[0, 0], [1, 1]], not a list of labels"),
+    ({"mask_values": [[0, 0, 0], [0, 0, 300]]}, "mask_values is [[0, 0, 0], [0, 0, 300]], not a list of labels"),
+    ({"mask_values": [0, 0]}, "mask_values [0, 0] repeats a value, so two classes would be written alike: fix or "
+                              "drop the entry"),
+    ({"mask_palette": "abc"}, "mask_palette is 'abc', not a list of up to 256 r, g, b triples (whole numbers 0 to "
+                              "255): fix or drop the entry"),
+    ({"mask_palette": [1000] * 768}, "mask_palette is [1000, 1000,"),
+    ({"mask_palette": [0, 0]}, "mask_palette is [0, 0], not a list of up to 256 r, g, b triples"),
+    ({"args": {"binarize": "foo"}}, "args['binarize'] is 'foo', not a threshold (a whole number of 0 or more): fix "
+                                    "or drop the entry"),
+    ({"args": {"ignore_index": "255"}}, "args['ignore_index'] is '255', not a mask value (a whole number)"),
+])
+def test_metadata_that_would_write_wrong_masks_is_refused_in_one_line(ckpt_dir, entry, said):
+    """Found by a review: such entries crashed the mask writer, or wrote every class alike, or wrapped -1 to 255."""
+    path = ckpt_dir / "edited.pth"
+    save_checkpoint(path, UNet(n_channels=3, n_classes=2), [0, 255])
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint.update(entry)
+    torch.save(checkpoint, path)
+    with pytest.raises(UserError) as error:
+        load_checkpoint(path)
+    assert str(error.value).startswith(f"{path}: {said}")
+
+
+def test_whole_number_mask_values_of_other_types_are_read_as_ints(ckpt_dir, two_class_weights):
+    for stored, read in (([0.0, 255.0], [0, 255]), ([False, True], [0, 1]), ((0, 7), [0, 7]),
+                         ([[0.0, 0.0, 0.0], [255.0, 0.0, 0.0]], [[0, 0, 0], [255, 0, 0]])):
+        path = ckpt_dir / "typed.pth"
+        torch.save({**two_class_weights, "mask_values": stored}, path)
+        assert load_checkpoint(path)["mask_values"] == read
 
 
 def test_declared_architecture_that_contradicts_the_weights_is_refused(ckpt_dir):

@@ -432,6 +432,28 @@ def test_load_takes_the_architecture_from_the_weights_file(tmp_path: Path, capsy
              "--checkpoint-dir", str(tmp_path / "third")]))
 
 
+def test_load_of_a_model_with_fewer_classes_than_the_masks_says_what_works(tmp_path: Path) -> None:
+    """Found by a review: the advice went round in a circle (--classes 3, then --classes 2 for the --load file),
+    after a note that the loaded classes 'now stand for these values'."""
+    import train
+
+    write_carvana_like(tmp_path / "data", 2)
+    for mask in (tmp_path / "data" / "masks").iterdir():
+        values = np.zeros((32, 48), np.uint8)
+        values[:, :10], values[:, 10:20] = 255, 127
+        Image.fromarray(values).save(mask.with_suffix(".png"))
+        mask.unlink()
+    torch.save({**UNet(3, 2).state_dict(), "mask_values": [0, 255]}, tmp_path / "two.pth")
+    flags = ["--imgs", str(tmp_path / "data" / "imgs"), "--masks", str(tmp_path / "data" / "masks"), *TRAIN_FLAGS,
+             "--checkpoint-dir", str(tmp_path / "run"), "--load", str(tmp_path / "two.pth")]
+    with pytest.raises(UserError) as error:
+        train.main(train.get_args_parser().parse_args(flags))
+    assert str(error.value) == (f"the masks hold 3 distinct values [0, 127, 255] but {tmp_path / 'two.pth'} predicts "
+                                "2 classes, and --load keeps its output layer: train a new model (leave out --load), "
+                                "or use masks of at most 2 values")
+    assert not (tmp_path / "run" / "last.pth").exists()
+
+
 def test_a_class_without_a_mask_value_is_predicted_and_written(tmp_path: Path) -> None:
     """Found by a review: a model of 3 classes saved with 2 mask values (a --classes 3 run on 0/255 masks, before
     train.py completed them) crashed predict.py with an IndexError as soon as it predicted class 2."""

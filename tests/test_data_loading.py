@@ -375,6 +375,25 @@ def test_scale_that_shrinks_to_nothing_raises_user_error(carvana_folder):
         SegmentationDataset(pairs, [0, 1], scale=0.01)[0]
 
 
+def test_a_scale_beyond_the_pixel_limit_is_refused_before_any_resize(tmp_path):
+    """Found by a review: a checkpoint's scale of 1e9 (or --scale 1e9) crashed in the resize's allocation."""
+    from utils.data_loading import scaled_size, set_image_pixel_limit
+
+    write_image(tmp_path / "a.png", random_rgb(0, 32, 24))
+    with pytest.raises(UserError) as error:
+        load_scaled_image(tmp_path / "a.png", 1e9)
+    assert str(error.value) == (f"--scale 1e+09 makes {tmp_path / 'a.png'} (24x32) 24000000000x32000000000, more than "
+                                f"--max-image-pixels ({Image.MAX_IMAGE_PIXELS:,}) allows: use a smaller scale, or "
+                                "raise the limit for trusted files")
+    try:
+        set_image_pixel_limit(10_000)
+        assert scaled_size(50, 200, 1.0) == (50, 200)  # at the limit: allowed
+        with pytest.raises(UserError, match=r"makes image \(50x200\) 75x300, more than --max-image-pixels \(10,000\)"):
+            scaled_size(50, 200, 1.5)
+    finally:
+        set_image_pixel_limit(None)
+
+
 @pytest.mark.parametrize(("size", "scale", "message"), [
     ((53, 37), 0.3, r"a\.png is 53x37, only 15x11 at --scale 0\.3: the U-Net needs at least 16 px a side "
                     r"\(four halvings\): use --scale 0\.44 or more"),

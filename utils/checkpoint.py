@@ -220,6 +220,17 @@ def copy_checkpoint(source: Path | str, target: Path | str) -> None:
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
 
 
+def unwrapped(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """The plain UNet's keys of a state_dict saved from a DDP or compiled model (module.inc..., _orig_mod.inc...):
+    the weights are the same, only the wrapper's name prefixes them."""
+    while state_dict and all(isinstance(key, str) for key in state_dict):
+        prefix = next((p for p in WRAPPER_PREFIXES if all(key.startswith(p) for key in state_dict)), None)
+        if prefix is None:
+            break
+        state_dict = {key[len(prefix):]: value for key, value in state_dict.items()}
+    return state_dict
+
+
 def infer_model_args(state_dict: dict[str, torch.Tensor], source: Path | str) -> dict[str, Any]:
     """Architecture from the weights themselves, so plain state_dicts need no --classes/--bilinear."""
     try:
@@ -322,20 +333,55 @@ def _check_metadata(checkpoint: dict[str, Any], source: Path | str) -> None:
     if type(version) is not int or version > FORMAT_VERSION:
         raise UserError(f"{source} has checkpoint format {version!r}; this code reads format {FORMAT_VERSION}: "
                         "update this repository")
-    mask_values = checkpoint.get("mask_values")
+    checkpoint["mask_values"] = _checked_mask_values(checkpoint.get("mask_values"), source)
+    palette = checkpoint.get("mask_palette")
+    if palette is not None and not (isinstance(palette, list) and len(palette) % 3 == 0 and len(palette) <= 768
+                                    and all(_whole(c, 255) is not None for c in palette)):
+        raise UserError(f"{source}: mask_palette is {_clipped(palette)}, not a list of up to 256 r, g, b triples "
+                        "(whole numbers 0 to 255): fix or drop the entry")
     scalar = (int, float)
-    if mask_values is not None and not (
-        isinstance(mask_values, list)
-        and all(isinstance(v, scalar) or (isinstance(v, list) and all(isinstance(c, scalar) for c in v))
-                for v in mask_values)
-    ):
-        raise UserError(f"{source}: mask_values is {mask_values!r}, not a list of values like [0, 255] or RGB "
-                        "triples: fix or drop the entry")
     scale = checkpoint.get("scale")
     if scale is not None and (not isinstance(scale, scalar) or isinstance(scale, bool) or not scale > 0):
         raise UserError(f"{source}: scale is {scale!r}, not a positive number: pass --scale")
     if not isinstance(checkpoint.get("args", {}), dict):
         raise UserError(f"{source}: args is a {type(checkpoint['args']).__name__}, not a dict: the file is damaged")
+    run_args = checkpoint.get("args", {})
+    for name, rule, ok in (
+        ("binarize", "a threshold (a whole number of 0 or more)",
+         lambda v: isinstance(v, bool) or _whole(v, math.inf) is not None),
+        ("ignore_index", "a mask value (a whole number)", lambda v: type(v) is int),
+    ):  # how evaluate.py reads the masks
+        if run_args.get(name) is not None and not ok(run_args[name]):
+            raise UserError(f"{source}: args['{name}'] is {run_args[name]!r}, not {rule}: fix or drop the entry")
+
+
+def _whole(value: Any, top: float) -> int | None:
+    """value as an int when it is a whole number from 0 to top (bools and integral floats included), else None."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return int(value) if isinstance(value, int) and 0 <= value <= top else None
+
+
+def _checked_mask_values(values: Any, source: Path | str) -> list[MaskValue] | None:
+    """mask_values as masks can hold them: distinct labels (0 to 65535) or distinct colours (3 or 4 channels of 0
+    to 255), as ints; a wrong entry would write wrong masks or crash the writer."""
+    if values is None:
+        return None
+    checked: list | None = None
+    if isinstance(values, (list, tuple)) and values:
+        if all(isinstance(v, (list, tuple)) and len(v) in (3, 4) and len(v) == len(values[0]) for v in values):
+            checked = [[_whole(c, 255) for c in v] for v in values]
+            checked = checked if all(c is not None for v in checked for c in v) else None
+        else:
+            checked = [_whole(v, 65535) for v in values]
+            checked = checked if None not in checked else None
+    if checked is None:
+        raise UserError(f"{source}: mask_values is {_clipped(values)}, not a list of labels (whole numbers 0 to 65535) "
+                        "or of r, g, b colours (0 to 255): fix or drop the entry")
+    if len({repr(v) for v in checked}) < len(checked):
+        raise UserError(f"{source}: mask_values {_clipped(values)} repeats a value, so two classes would be written "
+                        "alike: fix or drop the entry")
+    return checked
 
 
 def _read(path: Path, map_location: str | torch.device) -> Any:
@@ -360,8 +406,14 @@ def _read(path: Path, map_location: str | torch.device) -> Any:
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
         if "TorchScript" in str(error):
             raise UserError(f"{path} is a TorchScript model, as export.py writes, not a checkpoint: {fix}") from None
-        reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+        reason = _first_sentence(str(error)) or type(error).__name__
         raise UserError(f"{path} is not a readable checkpoint ({reason}): it may be truncated") from None
+
+
+def _first_sentence(text: str, limit: int = 160) -> str:
+    """torch's messages run to several sentences and lines: the first, cut at a word if it is still long."""
+    first = re.split(r"(?<=[.!?])\s|\n", text.strip(), maxsplit=1)[0].rstrip(".")
+    return first if len(first) <= limit else first[:limit].rsplit(" ", 1)[0] + "..."
 
 
 def _what_it_is(head: bytes) -> str:
@@ -397,7 +449,7 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu", 
     if "model" in data and "model_args" in data:
         checkpoint = dict(data)
     else:  # a reference-style plain state_dict, maybe with mask_values
-        state_dict = {k: v for k, v in data.items() if k != "mask_values"}
+        state_dict = unwrapped({k: v for k, v in data.items() if k != "mask_values"})
         checkpoint = {"model": state_dict, "model_args": infer_model_args(state_dict, path)}
         if "mask_values" in data:
             checkpoint["mask_values"] = data["mask_values"]
@@ -476,6 +528,11 @@ def _check_optimizer_state(state: dict[str, Any], args: dict[str, Any], path: Pa
         bad = first_non_finite(moments)
         if bad is not None:  # a damaged file: resuming would write NaN weights over last.pth
             raise UserError(f"{path}: optimizer '{bad}' of '{name}' holds NaN or infinite values: {fix}")
+
+
+def _clipped(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _short(value: Any) -> str:
