@@ -521,6 +521,18 @@ def test_metadata_that_would_write_wrong_masks_is_refused_in_one_line(ckpt_dir, 
     assert str(error.value).startswith(f"{path}: {said}")
 
 
+def test_our_format_without_its_model_args_is_called_damaged(ckpt_dir):
+    path = ckpt_dir / "no_args.pth"
+    save_checkpoint(path, UNet(n_channels=3, n_classes=2), [0, 255])
+    checkpoint = torch.load(path, weights_only=True)
+    del checkpoint["model_args"]
+    torch.save(checkpoint, path)
+    with pytest.raises(UserError) as error:
+        load_checkpoint(path)
+    assert str(error.value) == (f"{path} holds weights under 'model' but no 'model_args' (the architecture): the "
+                                "file is damaged; use another checkpoint of the run (best.pth, epoch_N.pth) or retrain")
+
+
 def test_whole_number_mask_values_of_other_types_are_read_as_ints(ckpt_dir, two_class_weights):
     for stored, read in (([0.0, 255.0], [0, 255]), ([False, True], [0, 1]), ((0, 7), [0, 7]),
                          ([[0.0, 0.0, 0.0], [255.0, 0.0, 0.0]], [[0, 0, 0], [255, 0, 0]])):

@@ -448,6 +448,9 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu", 
         raise UserError(f"{path} is not a U-Net checkpoint (it holds a {type(data).__name__})")
     if "model" in data and "model_args" in data:
         checkpoint = dict(data)
+    elif isinstance(data.get("model"), dict):  # our format, one entry short
+        raise UserError(f"{path} holds weights under 'model' but no 'model_args' (the architecture): the file is "
+                        "damaged; use another checkpoint of the run (best.pth, epoch_N.pth) or retrain")
     else:  # a reference-style plain state_dict, maybe with mask_values
         state_dict = unwrapped({k: v for k, v in data.items() if k != "mask_values"})
         checkpoint = {"model": state_dict, "model_args": infer_model_args(state_dict, path)}
