@@ -173,7 +173,7 @@ def main() -> None:
     mode = f" ({args.compile_mode})" if args.compile_mode else ""
     settings = (f"{int(args.width * args.scale)}x{int(args.height * args.scale)}, batch {batch}, precision "
                 f"{args.precision}{' --amp' if args.amp else ''}, compile {args.compile}{mode}")
-    print(f"| {profiled} | {name} | {settings} | {batch / step_seconds:.1f} | - | {peak_memory(device)} | "
+    print(f"| {profiled} | {name} | {settings} | {batch / step_seconds:.3g} | - | {peak_memory(device)} | "
           f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')} |")
 
 if __name__ == "__main__":
