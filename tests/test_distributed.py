@@ -133,15 +133,19 @@ def test_processes_that_see_different_things_all_stop_with_one_line_instead_of_h
 
 
 def test_an_error_that_rank_0_alone_meets_is_one_line_on_every_rank(tmp_path: Path) -> None:
-    """Rank 0 checks the data first while rank 1 waits for it: a missing --imgs folder stopped rank 0 with its one
-    line, and rank 1 with a 20-line gloo traceback about a connection reset by its peer."""
+    """Rank 0 alone checks --checkpoint-dir while rank 1 goes on to the first collective: an unusable folder (here a
+    file) stopped rank 0 with its one line, and rank 1 with a 20-line gloo traceback about a connection reset by
+    its peer. (A missing --imgs, the first case found, is now said by every rank before any collective.)"""
+    write_discs(tmp_path / "data", 4)
+    (tmp_path / "taken").write_text("a file where the run folder should be")
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                             str(REPO / "train.py"), "--imgs", "missing/imgs", "--masks", "missing/masks", *FLAGS],
+                             str(REPO / "train.py"), "--imgs", "data/imgs", "--masks", "data/masks", *FLAGS,
+                             "--checkpoint-dir", "taken"],
                             cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
                             timeout=300)
     output = result.stdout + result.stderr
     assert result.returncode != 0
-    assert "error: imgs folder missing/imgs does not exist" in output
+    assert "error: --checkpoint-dir taken" in output, output[-2000:]
     assert "error: rank 1: another process of this torchrun run stopped first, see its error" in output
     assert "[rank1]: Traceback" not in output and "[rank0]: Traceback" not in output
 
