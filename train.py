@@ -668,11 +668,13 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
         raise UserError(f"every mask in {args.masks} holds the one value {shown(data.mask_values[0])}{given}: there "
                         "is nothing to tell apart; check the mask folder" + "".join(f", {flag}" for flag, _ in flags))
     mask_values: list[MaskValue] = data.mask_values
-    if weights is not None and len(mask_values) > max(args.classes, 2):  # --classes would contradict the weights
+    loaded_classes = weights["model_args"]["n_classes"] if weights is not None else None
+    if loaded_classes is not None and len(mask_values) > max(loaded_classes, 2):  # more than its outputs can tell
         listed = ", ".join(map(str, mask_values[:8])) + (", ..." if len(mask_values) > 8 else "")
+        outputs = f"{loaded_classes} classes" if loaded_classes > 1 else "1 class (foreground or not)"
         raise UserError(f"the masks hold {len(mask_values)} distinct values [{listed}] but {args.load} predicts "
-                        f"{args.classes} classes, and --load keeps its output layer: train a new model (leave out "
-                        f"--load), or use masks of at most {max(args.classes, 2)} values")
+                        f"{outputs}, and --load keeps its output layer: train a new model (leave out --load), or use "
+                        f"masks of at most {max(loaded_classes, 2)} values")
     if resumed is not None and resumed.get("mask_values") is not None:
         known = resumed["mask_values"]
         if any(value not in known for value in mask_values):
@@ -687,7 +689,7 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     check_classes(mask_values, args.classes)
     if len(mask_values) < max(args.classes, 2):  # classes the masks never show: the model still needs their values
         found = len(mask_values)
-        mask_values = complete_mask_values(mask_values, args.classes)
+        mask_values = complete_mask_values(mask_values, args.classes, avoid=args.ignore_index)
         extra = mask_values[found:]
         which = (f"class {found} never appears in them; predict.py writes it as {extra[0]}" if len(extra) == 1 else
                  f"classes {found} to {len(mask_values) - 1} never appear in them; predict.py writes them as {extra}")

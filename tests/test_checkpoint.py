@@ -492,13 +492,14 @@ def test_weights_partly_under_a_wrapper_name_are_refused_with_the_fix(ckpt_dir, 
 
 
 @pytest.mark.parametrize(("entry", "said"), [
-    ({"mask_values": [[0, 0, 0], 255]}, "mask_values is [[0, 0, 0], 255], not a list of labels (whole numbers 0 to "
-                                        "65535) or of r, g, b colours (0 to 255): fix or drop the entry"),
-    ({"mask_values": [-1, 5]}, "mask_values is [-1, 5], not a list of labels"),
+    ({"mask_values": [[0, 0, 0], 255]}, "mask_values is [[0, 0, 0], 255], not a list of labels (whole numbers) or "
+                                        "of r, g, b colours (0 to 255): fix or drop the entry"),
+    ({"mask_values": [0, "5"]}, "mask_values is [0, '5'], not a list of labels"),
     ({"mask_values": [0, 0.5]}, "mask_values is [0, 0.5], not a list of labels"),
     ({"mask_values": []}, "mask_values is [], not a list of labels"),
     ({"mask_values": [[0, 0], [1, 1]]}, "mask_values is [[0, 0], [1, 1]], not a list of labels"),
     ({"mask_values": [[0, 0, 0], [0, 0, 300]]}, "mask_values is [[0, 0, 0], [0, 0, 300]], not a list of labels"),
+    ({"mask_values": [[0, 0, 0], [0, 0, -1]]}, "mask_values is [[0, 0, 0], [0, 0, -1]], not a list of labels"),
     ({"mask_values": [0, 0]}, "mask_values [0, 0] repeats a value, so two classes would be written alike: fix or "
                               "drop the entry"),
     ({"mask_palette": "abc"}, "mask_palette is 'abc', not a list of up to 256 r, g, b triples (whole numbers 0 to "
@@ -521,16 +522,29 @@ def test_metadata_that_would_write_wrong_masks_is_refused_in_one_line(ckpt_dir, 
     assert str(error.value).startswith(f"{path}: {said}")
 
 
-def test_our_format_without_its_model_args_is_called_damaged(ckpt_dir):
-    path = ckpt_dir / "no_args.pth"
-    save_checkpoint(path, UNet(n_channels=3, n_classes=2), [0, 255])
-    checkpoint = torch.load(path, weights_only=True)
-    del checkpoint["model_args"]
-    torch.save(checkpoint, path)
+def test_weights_under_model_without_model_args_load_like_a_plain_state_dict(ckpt_dir):
+    """{"model": state_dict, "epoch": 3} is how many users save; the architecture is read off the weights."""
+    model = UNet(n_channels=1, n_classes=3, bilinear=True)
+    path = ckpt_dir / "user_saved.pth"
+    torch.save({"model": model.state_dict(), "epoch": 3, "mask_values": [0, 9, 20]}, path)
+    rebuilt = model_from_checkpoint(load_checkpoint(path))
+    assert (rebuilt.n_channels, rebuilt.n_classes, rebuilt.bilinear) == (1, 3, True)
+    assert rebuilt.mask_values == [0, 9, 20]
+    assert all(torch.equal(rebuilt.state_dict()[key], value) for key, value in model.state_dict().items())
+
+
+def test_labels_beyond_an_image_file_load_and_are_refused_only_by_the_mask_writer(ckpt_dir):
+    """Found by a review: .npy masks train with labels like 70000 or -5, and their own checkpoints must resume and
+    evaluate; only writing a mask image cannot hold them."""
+    from utils.mask_encoding import encoding_table
+
+    path = ckpt_dir / "npy_labels.pth"
+    save_checkpoint(path, UNet(n_channels=3, n_classes=3), [-5, 0, 70000])
+    assert model_from_checkpoint(load_checkpoint(path)).mask_values == [-5, 0, 70000]
     with pytest.raises(UserError) as error:
-        load_checkpoint(path)
-    assert str(error.value) == (f"{path} holds weights under 'model' but no 'model_args' (the architecture): the "
-                                "file is damaged; use another checkpoint of the run (best.pth, epoch_N.pth) or retrain")
+        encoding_table([-5, 0, 70000])
+    assert str(error.value) == ("the model's mask values [-5, 0, 70000] include -5, which no 8- or 16-bit mask image "
+                                "can hold: train on masks with labels from 0 to 65535 to predict mask files")
 
 
 def test_whole_number_mask_values_of_other_types_are_read_as_ints(ckpt_dir, two_class_weights):

@@ -452,6 +452,11 @@ def test_load_of_a_model_with_fewer_classes_than_the_masks_says_what_works(tmp_p
                                 "2 classes, and --load keeps its output layer: train a new model (leave out --load), "
                                 "or use masks of at most 2 values")
     assert not (tmp_path / "run" / "last.pth").exists()
+    torch.save({**UNet(3, 1).state_dict(), "mask_values": [0, 255]}, tmp_path / "one.pth")
+    flags[-1] = str(tmp_path / "one.pth")
+    with pytest.raises(UserError, match=r"one.pth predicts 1 class \(foreground or not\), and --load keeps its output "
+                                        r"layer: train a new model \(leave out --load\), or use masks of at most 2"):
+        train.main(train.get_args_parser().parse_args([*flags, "--classes", "1"]))
 
 
 def test_a_class_without_a_mask_value_is_predicted_and_written(tmp_path: Path) -> None:

@@ -388,6 +388,8 @@ def test_a_scale_beyond_the_pixel_limit_is_refused_before_any_resize(tmp_path):
     try:
         set_image_pixel_limit(10_000)
         assert scaled_size(50, 200, 1.0) == (50, 200)  # at the limit: allowed
+        assert scaled_size(500, 200, 1.0) == (500, 200)  # an array file beyond the limit, not grown: allowed
+        assert scaled_size(500, 200, 0.5) == (250, 100)
         with pytest.raises(UserError, match=r"makes image \(50x200\) 75x300, more than --max-image-pixels \(10,000\)"):
             scaled_size(50, 200, 1.5)
     finally:

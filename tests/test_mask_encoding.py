@@ -181,11 +181,21 @@ def test_enough_classes_are_accepted():
     ([0], 1, [0, 1]),  # one sigmoid output still writes two values
     ([BLACK, RED], 3, [BLACK, RED, [0, 0, 255]]),
     ([0, 10, 20], 3, [0, 10, 20]),
+    ([[0, 0, 0, 255], [255, 0, 0, 255]], 3, [[0, 0, 0, 255], [255, 0, 0, 255], [0, 0, 255, 255]]),  # RGBA
+    ([[0, 0, 255, 0], [0, 0, 0, 255]], 3, [[0, 0, 255, 0], [0, 0, 0, 255], [0, 0, 128, 255]]),  # RGB already used
 ])
 def test_complete_mask_values_gives_extra_classes_unused_values(mask_values, n_classes, completed):
     from utils.mask_encoding import complete_mask_values
 
     assert complete_mask_values(mask_values, n_classes) == completed
+
+
+def test_complete_mask_values_never_gives_a_class_the_ignored_value():
+    """Found by a review: with --ignore-index 0 (ADE20K's 'unlabelled'), an extra class was written as 0."""
+    from utils.mask_encoding import complete_mask_values
+
+    assert complete_mask_values([1, 2], 4, avoid=0) == [1, 2, 3, 4]
+    assert complete_mask_values([0, 1], 3, avoid=255) == [0, 1, 2]
 
 
 def test_complete_mask_values_finds_unused_colours_for_many_classes():

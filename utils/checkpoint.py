@@ -355,16 +355,18 @@ def _check_metadata(checkpoint: dict[str, Any], source: Path | str) -> None:
             raise UserError(f"{source}: args['{name}'] is {run_args[name]!r}, not {rule}: fix or drop the entry")
 
 
-def _whole(value: Any, top: float) -> int | None:
-    """value as an int when it is a whole number from 0 to top (bools and integral floats included), else None."""
+def _whole(value: Any, top: float, bottom: float = 0) -> int | None:
+    """value as an int when it is a whole number from bottom to top (bools and integral floats included), else
+    None."""
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    return int(value) if isinstance(value, int) and 0 <= value <= top else None
+    return int(value) if isinstance(value, int) and bottom <= value <= top else None
 
 
 def _checked_mask_values(values: Any, source: Path | str) -> list[MaskValue] | None:
-    """mask_values as masks can hold them: distinct labels (0 to 65535) or distinct colours (3 or 4 channels of 0
-    to 255), as ints; a wrong entry would write wrong masks or crash the writer."""
+    """mask_values as masks can hold them: distinct whole-number labels or distinct colours (3 or 4 channels of 0
+    to 255), as ints; a wrong entry would write wrong masks or crash the writer. (Labels beyond what an image file
+    holds, from .npy masks, are legal here: predict.py's writer refuses them, evaluate.py scores them.)"""
     if values is None:
         return None
     checked: list | None = None
@@ -373,11 +375,11 @@ def _checked_mask_values(values: Any, source: Path | str) -> list[MaskValue] | N
             checked = [[_whole(c, 255) for c in v] for v in values]
             checked = checked if all(c is not None for v in checked for c in v) else None
         else:
-            checked = [_whole(v, 65535) for v in values]
+            checked = [_whole(v, math.inf, -math.inf) for v in values]
             checked = checked if None not in checked else None
     if checked is None:
-        raise UserError(f"{source}: mask_values is {_clipped(values)}, not a list of labels (whole numbers 0 to 65535) "
-                        "or of r, g, b colours (0 to 255): fix or drop the entry")
+        raise UserError(f"{source}: mask_values is {_clipped(values)}, not a list of labels (whole numbers) or of "
+                        "r, g, b colours (0 to 255): fix or drop the entry")
     if len({repr(v) for v in checked}) < len(checked):
         raise UserError(f"{source}: mask_values {_clipped(values)} repeats a value, so two classes would be written "
                         "alike: fix or drop the entry")
@@ -448,11 +450,9 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu", 
         raise UserError(f"{path} is not a U-Net checkpoint (it holds a {type(data).__name__})")
     if "model" in data and "model_args" in data:
         checkpoint = dict(data)
-    elif isinstance(data.get("model"), dict):  # our format, one entry short
-        raise UserError(f"{path} holds weights under 'model' but no 'model_args' (the architecture): the file is "
-                        "damaged; use another checkpoint of the run (best.pth, epoch_N.pth) or retrain")
-    else:  # a reference-style plain state_dict, maybe with mask_values
-        state_dict = unwrapped({k: v for k, v in data.items() if k != "mask_values"})
+    else:  # a reference-style plain state_dict, maybe with mask_values, or one saved as {"model": ..., "epoch": ...}
+        weights = data["model"] if isinstance(data.get("model"), dict) else data
+        state_dict = unwrapped({k: v for k, v in weights.items() if k != "mask_values"})
         checkpoint = {"model": state_dict, "model_args": infer_model_args(state_dict, path)}
         if "mask_values" in data:
             checkpoint["mask_values"] = data["mask_values"]
@@ -573,7 +573,8 @@ def model_from_checkpoint(
     if len(mask_values) > max(args["n_classes"], 2):
         raise UserError(f"{source} lists {len(mask_values)} mask values for a model of {args['n_classes']} classes, "
                         "which cannot predict them all: fix its mask_values entry, or drop it")
-    model.mask_values = complete_mask_values(mask_values, args["n_classes"])
+    ignored = (checkpoint.get("args") or {}).get("ignore_index")
+    model.mask_values = complete_mask_values(mask_values, args["n_classes"], avoid=ignored)
     return model
 
 

@@ -389,7 +389,8 @@ def scaled_size(width: int, height: int, scale: float, source: Path | str = "ima
     new_width, new_height = int(scale * width), int(scale * height)
     if new_width <= 0 or new_height <= 0:
         raise UserError(f"--scale {scale} shrinks {source} ({width}x{height}) to nothing: use a larger scale")
-    if new_width * new_height > Image.MAX_IMAGE_PIXELS:  # the decoders' limit, so no resize allocates beyond it
+    # Growing past the decoders' limit (an array file is not decoded, so its own size may be beyond it)
+    if new_width * new_height > max(Image.MAX_IMAGE_PIXELS, width * height):
         raise UserError(f"--scale {scale:g} makes {source} ({width}x{height}) {new_width}x{new_height}, more than "
                         f"--max-image-pixels ({Image.MAX_IMAGE_PIXELS:,}) allows: use a smaller scale, or raise "
                         "the limit for trusted files")

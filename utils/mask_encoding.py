@@ -89,15 +89,19 @@ def check_classes(mask_values: Sequence[MaskValue], n_classes: int) -> None:
         )
 
 
-def complete_mask_values(mask_values: Sequence[MaskValue], n_classes: int) -> list[MaskValue]:
+def complete_mask_values(mask_values: Sequence[MaskValue], n_classes: int, avoid: int | None = None
+                         ) -> list[MaskValue]:
     """A value for every class the model predicts: a model trained with more --classes than its masks hold values
-    writes each extra class as the smallest label (or a colour) the masks do not use, rather than failing on it."""
+    writes each extra class as the smallest label (or a colour) the masks do not use, rather than failing on it.
+    avoid: the --ignore-index value, which must not come to mean a class."""
     values = list(mask_values)
     if is_colour(values):
-        candidates: Iterable[MaskValue] = chain((list(c) for c in product((0, 255, 128, 64, 192), repeat=3)),
-                                                (unpack_colour(packed) for packed in count()))
+        alpha = [255] * (len(values[0]) - 3)  # RGBA colours stay opaque
+        used = {tuple(value[:3]) for value in values}
+        colours = chain(product((0, 255, 128, 64, 192), repeat=3), (unpack_colour(packed) for packed in count()))
+        candidates: Iterable[MaskValue] = ([*colour, *alpha] for colour in colours if tuple(colour) not in used)
     else:
-        candidates = count()
+        candidates = (label for label in count() if label != avoid)
     for candidate in candidates:
         if len(values) >= max(n_classes, 2):
             break
@@ -186,6 +190,10 @@ def encoding_table(mask_values: Sequence[MaskValue]) -> np.ndarray:
     if is_colour(mask_values):
         return np.array(mask_values, dtype=np.uint8)
     values = np.array(mask_values, dtype=np.int64)
+    outside = [int(v) for v in values if not 0 <= v <= 65535]
+    if outside:
+        raise UserError(f"the model's mask values {_short(mask_values)} include {outside[0]}, which no 8- or 16-bit "
+                        "mask image can hold: train on masks with labels from 0 to 65535 to predict mask files")
     if set(mask_values) <= {0, 1}:
         return (values * 255).astype(np.uint8)
     return values.astype(np.uint8 if values.max(initial=0) <= 255 else np.uint16)
