@@ -84,6 +84,7 @@ from utils.mask_encoding import (
     binarize_threshold,
     check_classes,
     complete_mask_values,
+    short_values,
 )
 from utils.nan_guard import NonFiniteGuard
 from utils.run_folder import check_run_folder, remove_earlier_run, resume_path
@@ -670,11 +671,10 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     mask_values: list[MaskValue] = data.mask_values
     loaded_classes = weights["model_args"]["n_classes"] if weights is not None else None
     if loaded_classes is not None and len(mask_values) > max(loaded_classes, 2):  # more than its outputs can tell
-        listed = ", ".join(map(str, mask_values[:8])) + (", ..." if len(mask_values) > 8 else "")
         outputs = f"{loaded_classes} classes" if loaded_classes > 1 else "1 class (foreground or not)"
-        raise UserError(f"the masks hold {len(mask_values)} distinct values [{listed}] but {args.load} predicts "
-                        f"{outputs}, and --load keeps its output layer: train a new model (leave out --load), or use "
-                        f"masks of at most {max(loaded_classes, 2)} values")
+        raise UserError(f"the masks hold {len(mask_values)} distinct values {short_values(mask_values)} but "
+                        f"{args.load} predicts {outputs}, and --load keeps its output layer: train a new model (leave "
+                        f"out --load), or use masks of at most {max(loaded_classes, 2)} values")
     if resumed is not None and resumed.get("mask_values") is not None:
         known = resumed["mask_values"]
         if any(value not in known for value in mask_values):

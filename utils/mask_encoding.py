@@ -80,11 +80,11 @@ def check_classes(mask_values: Sequence[MaskValue], n_classes: int) -> None:
         if len(mask_values) > 2:
             raise UserError(
                 f"--classes 1 is for binary masks, but the masks hold {len(mask_values)} values "
-                f"{_short(mask_values)}: use --classes {len(mask_values)}"
+                f"{short_values(mask_values)}: use --classes {len(mask_values)}"
             )
     elif len(mask_values) > n_classes:
         raise UserError(
-            f"the masks hold {len(mask_values)} distinct values {_short(mask_values)} but --classes is "
+            f"the masks hold {len(mask_values)} distinct values {short_values(mask_values)} but --classes is "
             f"{n_classes}: use --classes {len(mask_values)}"
         )
 
@@ -110,7 +110,8 @@ def complete_mask_values(mask_values: Sequence[MaskValue], n_classes: int, avoid
     return values
 
 
-def _short(values: Sequence[MaskValue]) -> str:
+def short_values(values: Sequence[MaskValue]) -> str:
+    """The first eight values, as messages show them: [0, 127, 255]."""
     shown = ", ".join(str(v) for v in values[:8])
     return f"[{shown}{', ...' if len(values) > 8 else ''}]"
 
@@ -175,8 +176,8 @@ def encode_mask(
             fix = f"the same binary mask saved another way: save the masks as {mask_values[0]}/{mask_values[1]}"
         else:
             fix = "fix the mask or train with it included"
-        raise UserError(f"{source} has the value {value}, which is not among the mask values {_short(mask_values)} "
-                        f"the model knows: {fix}")
+        raise UserError(f"{source} has the value {value}, which is not among the mask values "
+                        f"{short_values(mask_values)} the model knows: {fix}")
     return indices
 
 
@@ -192,8 +193,8 @@ def encoding_table(mask_values: Sequence[MaskValue]) -> np.ndarray:
     values = np.array(mask_values, dtype=np.int64)
     outside = [int(v) for v in values if not 0 <= v <= 65535]
     if outside:
-        raise UserError(f"the model's mask values {_short(mask_values)} include {outside[0]}, which no 8- or 16-bit "
-                        "mask image can hold: train on masks with labels from 0 to 65535 to predict mask files")
+        raise UserError(f"the model's mask values {short_values(mask_values)} include {outside[0]}, which no 8- or "
+                        "16-bit mask image can hold: train on masks with labels from 0 to 65535 to predict mask files")
     if set(mask_values) <= {0, 1}:
         return (values * 255).astype(np.uint8)
     return values.astype(np.uint8 if values.max(initial=0) <= 255 else np.uint16)
