@@ -3,16 +3,23 @@
 #
 #   ./download_data.sh                  Kaggle Carvana (needs the kaggle CLI, ~/.kaggle/kaggle.json, and the
 #                                       competition rules accepted on kaggle.com)
-#   ./download_data.sh --synthetic [N]  N offline synthetic images in the same format (default 48)
+#   ./download_data.sh --synthetic [N] [--width W --height H] [--seed S]
+#                                       N offline synthetic images in the same format (default 48, 1918x1280)
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 
 if [ "${1:-}" = "--synthetic" ]; then
-    exec "$PYTHON" -m utils.synthetic_data --out data --count "${2:-48}" "${@:3}"
+    shift
+    count=48
+    if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then  # N is optional: the next word is N unless it is a flag
+        count=$1
+        shift
+    fi
+    exec "$PYTHON" -m utils.synthetic_data --out data --count "$count" "$@"
 fi
 if [ $# -gt 0 ]; then
-    echo "usage: $0 [--synthetic [N] [--width W --height H]]" >&2
+    echo "usage: $0 [--synthetic [N] [--width W --height H] [--seed S]]" >&2
     exit 2
 fi
 
@@ -20,7 +27,7 @@ if ! command -v kaggle >/dev/null 2>&1; then
     echo "error: the kaggle CLI is not installed: pip install kaggle (or use $0 --synthetic)" >&2
     exit 2
 fi
-if [ ! -f "${KAGGLE_CONFIG_DIR:-$HOME/.kaggle}/kaggle.json" ] && [ -z "${KAGGLE_USERNAME:-}" ]; then
+if [ ! -f "${KAGGLE_CONFIG_DIR:-$HOME/.kaggle}/kaggle.json" ] && { [ -z "${KAGGLE_USERNAME:-}" ] || [ -z "${KAGGLE_KEY:-}" ]; }; then
     echo "error: no Kaggle credentials: put kaggle.json in ~/.kaggle/ (kaggle.com > Account > API) or set" \
          "KAGGLE_USERNAME and KAGGLE_KEY" >&2
     exit 2

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from conftest import disc_mask, random_rgb, write_image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,7 +102,26 @@ def test_missing_cli_or_credentials_are_one_line(workspace: dict, tmp_path: Path
     result = subprocess.run(["bash", str(workspace["root"] / "download_data.sh")], env=env, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 2 and result.stderr.startswith("error: no Kaggle credentials")
+    env = {**env, "KAGGLE_USERNAME": "someone", "KAGGLE_KEY": ""}  # half of the pair: the CLI would fail later
+    result = subprocess.run(["bash", str(workspace["root"] / "download_data.sh")], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2 and result.stderr.startswith("error: no Kaggle credentials")
+    assert not (workspace["root"] / "data").exists() and not workspace["log"].exists()
     env = {**workspace["env"], "PATH": "/usr/bin:/bin"}
     result = subprocess.run(["bash", str(workspace["root"] / "download_data.sh")], env=env, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 2 and result.stderr.startswith("error: the kaggle CLI is not installed")
+
+
+@pytest.mark.parametrize(("words", "count"), [([], 48), (["3"], 3)])
+def test_synthetic_takes_its_size_flags_with_or_without_a_count(workspace: dict, words: list[str], count: int
+                                                                ) -> None:
+    shutil.copytree(REPO / "utils", workspace["root"] / "utils")  # the script runs `python -m utils.synthetic_data`
+    result = subprocess.run(["bash", str(workspace["root"] / "download_data.sh"), "--synthetic", *words,
+                             "--width", "24", "--height", "16", "--workers", "1"], env=workspace["env"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    images = sorted((workspace["root"] / "data" / "imgs").iterdir())
+    assert len(images) == count == len(list((workspace["root"] / "data" / "masks").iterdir()))
+    with Image.open(images[0]) as image:
+        assert image.size == (24, 16)
