@@ -10,13 +10,12 @@ archive's extra files. Input: float32 NCHW, pixels / 255. Output: logits, at the
 """
 
 import argparse
-import contextlib
 import importlib.util
+import io
 import json
 import os
 import warnings
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -53,23 +52,39 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def is_training_checkpoint(path: Path) -> bool:
-    """A file torch.save wrote (a zip archive without TorchScript's code/, or an old-style pickle): `-o best.pt`
-    must not replace a run's weights with an export."""
+def existing_output_problem(path: Path) -> str | None:
+    """Why an existing --output must not be replaced, or None: only an earlier export (a TorchScript archive, an
+    ONNX model) is, so that `-o best.pt` or `-o notes.onnx` never replaces a run's weights or a user's file."""
     if not path.is_file():
-        return False
+        return None
     with open(path, "rb") as file:
         head = file.read(4)
     if head.startswith(b"\x80"):
-        return True
-    if head != b"PK\x03\x04":
+        return "a checkpoint, not an export"
+    if head == b"PK\x03\x04":
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return "not an ONNX or TorchScript export"
+        if any("/code/" in name or name.endswith("constants.pkl") for name in names):
+            return None  # TorchScript
+        return "a checkpoint, not an export"  # torch.save's zip without TorchScript's code
+    if is_onnx_model(path):
+        return None
+    return "not an ONNX or TorchScript export"
+
+
+def is_onnx_model(path: Path) -> bool:
+    """An ONNX ModelProto with a graph (its weights not read); without onnx installed, none is recognised."""
+    if importlib.util.find_spec("onnx") is None:
         return False
+    import onnx
+
     try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-    except (zipfile.BadZipFile, OSError):
+        return len(onnx.load_model(str(path), load_external_data=False).graph.node) > 0
+    except Exception:  # protobuf's DecodeError and others: not a model
         return False
-    return not any("/code/" in name or name.endswith("constants.pkl") for name in names)
 
 
 def choose_format(output: Path, requested: str | None) -> str:
@@ -149,13 +164,12 @@ def save_torchscript(model: nn.Module, example: torch.Tensor, metadata: dict[str
         torch.jit.save(traced, file, _extra_files={METADATA_FILE: json.dumps(metadata)})
 
 
-@contextlib.contextmanager
-def atomic_output(path: Path) -> Iterator[BinaryIO]:
-    """A temporary file beside path (its folder made by check_output_file), renamed over it only when writing
-    succeeded: never a half-written model."""
+def write_atomically(path: Path, data: bytes) -> None:
+    """A temporary file beside path, renamed over it when complete: never a half-written model, and the temporary
+    file lives only for the write (the export's seconds of work happen in memory before it)."""
     try:
         with atomic_path(path) as tmp, open(tmp, "wb") as file:
-            yield file
+            file.write(data)
             file.flush()
             os.fsync(file.fileno())
     except OSError as error:
@@ -178,23 +192,27 @@ def main(args: argparse.Namespace) -> int:
     export_format = choose_format(output, args.format)
     if output.resolve() == Path(args.model).resolve():
         raise UserError(f"--output {output} is the checkpoint itself: pick another file name")
-    if is_training_checkpoint(output):
-        raise UserError(f"--output {output} exists and is a checkpoint, not an export: pick another file name (an "
-                        "earlier export there is replaced, a checkpoint never)")
-    check_output_file(output, "--output")  # before the export's seconds of work
     if export_format == "onnx":
         require_onnx_exporter(args.opset)
+    problem = existing_output_problem(output)
+    if problem:
+        raise UserError(f"--output {output} exists and is {problem}: pick another file name (an earlier export "
+                        "there is replaced, any other file never)")
     model, checkpoint = load_model(args.model, torch.device("cpu"))
+    check_output_file(output, "--output")  # after the checks that need no folder, before the export's work
     # Plain fp32 eval-mode weights: load_model's channels_last is a CPU speed choice, not part of the model.
     model = model.to(memory_format=torch.contiguous_format).float().eval()
     metadata = export_metadata(model, checkpoint, inference_scale(checkpoint, args.scale))
     example = torch.rand(EXAMPLE_BATCH, model.n_channels, EXAMPLE_HEIGHT, EXAMPLE_WIDTH,
                          generator=torch.Generator().manual_seed(0))
-    with torch.no_grad(), atomic_output(output) as file:
+    with torch.no_grad():
         if export_format == "onnx":
-            file.write(onnx_model_bytes(model, example, metadata, args.opset))
+            data = onnx_model_bytes(model, example, metadata, args.opset)
         else:
-            save_torchscript(model, example, metadata, file)
+            buffer = io.BytesIO()
+            save_torchscript(model, example, metadata, buffer)
+            data = buffer.getvalue()
+    write_atomically(output, data)
     print(describe(output, export_format, args.opset, metadata))
     return 0
 

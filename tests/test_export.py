@@ -5,10 +5,13 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import export
 from unet import UNet
@@ -191,7 +194,9 @@ def test_unwritable_output_folder_is_a_user_error(colour_checkpoint: Path, tmp_p
 def test_failed_export_keeps_the_previous_file_and_leaves_no_temporary(
         colour_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     output = tmp_path / "unet.pt"
-    output.write_bytes(b"previous export")
+    with zipfile.ZipFile(output, "w") as archive:  # what an earlier TorchScript export looks like to export.py
+        archive.writestr("unet/code/__torch__.py", "previous export")
+    before = output.read_bytes()
 
     def fail_halfway(model, example, metadata, file) -> None:
         file.write(b"half a model")
@@ -200,7 +205,7 @@ def test_failed_export_keeps_the_previous_file_and_leaves_no_temporary(
     monkeypatch.setattr(export, "save_torchscript", fail_halfway)
     with pytest.raises(RuntimeError, match="exporter crashed"):
         run_export("-m", colour_checkpoint, "-o", output)
-    assert output.read_bytes() == b"previous export"
+    assert output.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["unet.pt"]
 
 
@@ -223,3 +228,24 @@ def test_an_export_replaces_an_earlier_export_but_never_a_checkpoint(colour_chec
     first = export.stat().st_mtime_ns
     run_export("-m", colour_checkpoint, "-o", export)  # an export again: replaced
     assert export.stat().st_mtime_ns >= first and torch.jit.load(export) is not None
+
+
+def test_only_an_earlier_export_is_replaced_and_a_failed_start_leaves_no_folder(
+        colour_checkpoint: Path, onnx_file: Path, tmp_path: Path) -> None:
+    """Found by a review: any file that was not a checkpoint (notes, a photo) was silently overwritten, and a
+    missing checkpoint left the new --output folder behind."""
+    notes, photo = tmp_path / "notes.pt", tmp_path / "photo.onnx"
+    notes.write_text("my notes")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(photo, format="JPEG")
+    for target in (notes, photo):
+        before = target.read_bytes()
+        with pytest.raises(UserError, match=rf"--output .*{target.name} exists and is not an ONNX or TorchScript "
+                                            "export: pick another file name"):
+            run_export("-m", colour_checkpoint, "-o", target)
+        assert target.read_bytes() == before
+    assert export.existing_output_problem(onnx_file) is None  # an earlier ONNX export may be replaced
+    assert export.existing_output_problem(tmp_path / "absent.onnx") is None
+    with pytest.raises(UserError, match="nope.pth"):
+        run_export("-m", tmp_path / "nope.pth", "-o", tmp_path / "new" / "unet.pt")
+    assert not (tmp_path / "new").exists()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["notes.pt", "photo.onnx"]
