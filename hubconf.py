@@ -6,14 +6,54 @@
 
 import contextlib
 import hashlib
+import http.client
+import signal
+import sys
+import threading
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
+from tqdm import tqdm
 
-from unet import UNet
-from utils.checkpoint import load_checkpoint, model_from_checkpoint
-from utils.errors import UserError
+HERE = Path(__file__).resolve().parent
+OWN_PACKAGES = ("unet", "utils")
+
+
+def _is_ours(module: ModuleType) -> bool:
+    places = [getattr(module, "__file__", None), *(getattr(module, "__path__", None) or [])]
+    return any(place and Path(place).resolve().is_relative_to(HERE) for place in places)
+
+
+@contextlib.contextmanager
+def _own_packages() -> Iterator[None]:
+    """Import this repository's unet/ and utils/ even where the caller already imported other modules of those
+    common names (a project's own utils/): theirs are set aside for the import and put back after it, so neither
+    side sees the other's."""
+    set_aside = {name: module for name, module in sys.modules.items()
+                 if name.partition(".")[0] in OWN_PACKAGES and not _is_ours(module)}
+    for name in set_aside:
+        del sys.modules[name]
+    sys.path.insert(0, str(HERE))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(HERE))
+        if set_aside:
+            for name in [name for name in sys.modules if name.partition(".")[0] in OWN_PACKAGES]:
+                del sys.modules[name]
+            sys.modules.update(set_aside)
+
+
+with _own_packages():
+    from unet import UNet
+    from utils.atomic_files import atomic_path
+    from utils.checkpoint import load_checkpoint, model_from_checkpoint
+    from utils.errors import UserError
 
 dependencies = ["torch", "torchvision", "numpy", "PIL"]
 
@@ -24,10 +64,14 @@ CARVANA_WEIGHTS = {
 }
 
 
-def _local_copy(url: str, progress: bool = True) -> Path:
+DOWNLOAD_TIMEOUT_S = 60.0  # a connection that sends nothing for this long fails instead of hanging
+
+
+def _cached_checkpoint(url: str, progress: bool = True) -> dict[str, Any]:
     """Download once into torch.hub's cache (TORCH_HOME), then reuse the file. The published Carvana weights keep
     their plain name there (the file torch.hub's own loader and the reference's hubconf cache); any other URL gets
-    a folder of its own, so that two URLs ending in the same name (run1/best.pth, run2/best.pth) are two files."""
+    a folder of its own, so that two URLs ending in the same name (run1/best.pth, run2/best.pth) are two files.
+    Only a complete, loadable checkpoint is cached: a cut-off download or a web page in its place is not."""
     name = urlparse(url).path.rsplit("/", 1)[-1]
     if not name:
         raise UserError(f"weights={url!r} names no file: give the URL of a checkpoint (.../best.pth)")
@@ -36,21 +80,72 @@ def _local_copy(url: str, progress: bool = True) -> Path:
     if own_folder:
         folder /= hashlib.sha256(url.encode()).hexdigest()[:12]
     target = folder / name
-    if not target.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        try:  # written to a temporary file and renamed when complete: a failed download leaves nothing
-            torch.hub.download_url_to_file(url, str(target), progress=progress)
-        except (OSError, ValueError) as error:  # urllib's HTTPError and URLError are OSErrors
-            if own_folder and not any(folder.iterdir()):
-                with contextlib.suppress(OSError):  # another process's download of the same URL may be under way
-                    folder.rmdir()  # the URL's own folder, made for this download: no empty folder per failed try
-            raise UserError(f"cannot download weights={url} ({error}): check the address and the network") from None
-    return target
+    if target.exists():
+        try:
+            return load_checkpoint(target, flag="weights=")
+        except UserError as error:  # cached by an older version of this file, which did not check downloads
+            print(f"note: downloading {url} again: the cached copy is not usable ({error})", file=sys.stderr)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        with atomic_path(target) as partial, _cleanup_on_sigterm():  # renamed into place only when checked
+            _download(url, partial, progress)
+            try:
+                checkpoint = load_checkpoint(partial, flag="weights=")
+            except UserError as error:
+                raise UserError(f"weights={url} sent a file that is not a usable checkpoint: "
+                                f"{str(error).replace(str(partial), 'it')}") from None
+    except (OSError, ValueError, http.client.HTTPException) as error:  # HTTPError, URLError, timeouts: OSErrors
+        raise UserError(f"cannot download weights={url} ({error}): check the address and the network") from None
+    finally:
+        if own_folder and not target.exists():
+            with contextlib.suppress(OSError):  # another process's download of the same URL may be under way
+                folder.rmdir()  # the URL's own folder, made for this download: no empty folder per failed try
+    checkpoint["source"] = str(target)
+    return checkpoint
 
 
-def _weights_file(weights: str | Path, progress: bool) -> Path:
+def _download(url: str, path: Path, progress: bool) -> None:
+    """url -> path, with a timeout on every read and a check that as many bytes came as the server announced
+    (urllib takes a connection closed early for the end of the file)."""
+    request = urllib.request.Request(url, headers={"User-Agent": "torch.hub"})
+    with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response, open(path, "wb") as file:
+        announced = response.headers.get("Content-Length")
+        expected = int(announced) if announced and announced.isdigit() else None
+        received = 0
+        with tqdm(total=expected, disable=not progress, unit="B", unit_scale=True, unit_divisor=1024,
+                  desc=Path(urlparse(url).path).name) as bar:
+            while chunk := response.read(1 << 20):
+                file.write(chunk)
+                received += len(chunk)
+                bar.update(len(chunk))
+    if expected is not None and received != expected:
+        raise OSError(f"the connection closed after {received} of {expected} bytes")
+
+
+@contextlib.contextmanager
+def _cleanup_on_sigterm() -> Iterator[None]:
+    """SIGTERM (a scheduler, `timeout`) during the download ends the process as usual, after the partial file is
+    removed; only where the signal is not handled already, and only in the main thread (where Python allows)."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def stop(number: int, frame: object) -> None:
+        raise SystemExit(128 + number)
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _weights_checkpoint(weights: str | Path, progress: bool) -> dict[str, Any]:
     text = str(weights)
-    return _local_copy(text, progress) if text.startswith(("http://", "https://")) else Path(text)
+    if text.startswith(("http://", "https://")):
+        return _cached_checkpoint(text, progress)
+    return load_checkpoint(Path(text), flag="weights=")
 
 
 def unet(n_channels: int | None = None, n_classes: int | None = None, bilinear: bool | None = None,
@@ -68,7 +163,7 @@ def unet(n_channels: int | None = None, n_classes: int | None = None, bilinear: 
         raise ValueError(f"bilinear must be True or False, got {bilinear!r}")
     if weights is None:
         return UNet(3 if n_channels is None else n_channels, 2 if n_classes is None else n_classes, bool(bilinear))
-    checkpoint = load_checkpoint(_weights_file(weights, progress), flag="weights=")
+    checkpoint = _weights_checkpoint(weights, progress)
     stored = checkpoint["model_args"]
     for name, given in (("n_channels", n_channels), ("n_classes", n_classes), ("bilinear", bilinear)):
         if given is not None and given != stored[name]:

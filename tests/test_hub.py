@@ -1,5 +1,11 @@
-"""torch.hub entry points, loaded from this directory with local weight files (no network)."""
+"""torch.hub entry points, loaded from this directory with local weight files, and URLs served by a local HTTP
+server (no network)."""
 
+import http.server
+import io
+import sys
+import threading
+import types
 from pathlib import Path
 
 import pytest
@@ -8,6 +14,7 @@ import torch
 import hubconf
 from unet import UNet
 from utils.checkpoint import save_checkpoint
+from utils.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,8 +66,8 @@ def test_unet_carvana_pretrained_reads_reference_weights_from_hub_cache(tmp_path
     def no_network(*args, **kwargs):
         raise AssertionError("the cached file should have been used")
 
-    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
-    model = torch.hub.load(str(REPO), "unet_carvana", source="local", pretrained=True, scale=0.5).eval()
+    monkeypatch.setattr(hubconf, "_download", no_network)
+    model = hubconf.unet_carvana(pretrained=True, scale=0.5).eval()
     x = torch.rand(1, 3, 40, 24)
     with torch.no_grad():
         torch.testing.assert_close(model(x), published(x))
@@ -71,55 +78,131 @@ def test_unet_carvana_pretrained_reads_reference_weights_from_hub_cache(tmp_path
         hubconf.unet_carvana(pretrained=True, scale=0.25)
 
 
-def test_weights_url_is_downloaded_once_into_hub_cache(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    downloads = []
+class WeightsServer:
+    """A local HTTP server standing in for a release page: whole files, cut-off ones, web pages, silence."""
 
-    def fake_download(url: str, dst: str, progress: bool = True) -> None:
-        downloads.append(url)
-        torch.save(UNet(3, 2, bilinear=True).state_dict(), dst)
+    def __init__(self, files: dict[str, bytes]):
+        self.files, self.requests, self.release = files, [], threading.Event()
+        server = self
 
-    monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
-    url = "https://example.invalid/releases/my_unet.pth"
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                server.requests.append(self.path)
+                kind, _, name = self.path.strip("/").partition("/")
+                if kind == "stall":  # connected, then nothing until the test ends
+                    server.release.wait(30)
+                    return
+                body = server.files.get(name)
+                if body is None:
+                    self.send_error(404, "Not Found")
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body) * (3 if kind == "cut" else 1)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def weights_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))  # torch.hub.get_dir() is $TORCH_HOME/hub
+    files = {}
+    for name, classes in (("run1-best.pth", 2), ("run2-best.pth", 3)):
+        buffer = io.BytesIO()
+        torch.save(UNet(3, classes, bilinear=True).state_dict(), buffer)
+        files[name] = buffer.getvalue()
+    files["page.pth"] = b"<!DOCTYPE html><html><body>Sign in to download</body></html>"
+    server = WeightsServer(files)
+    yield server
+    server.close()
+
+
+def hub_files(tmp_path: Path) -> list[str]:
+    folder = tmp_path / "home" / "hub"
+    return sorted(str(path.relative_to(folder)) for path in folder.rglob("*")) if folder.exists() else []
+
+
+def test_weights_url_is_downloaded_once_into_hub_cache(weights_server: WeightsServer, tmp_path: Path) -> None:
+    url = f"{weights_server.url}/whole/run1-best.pth"
     for _ in range(2):
         model = hubconf.unet(bilinear=True, weights=url, progress=False)
-        assert model.bilinear and model.mask_values == [0, 1]
-    assert downloads == [url]
-    assert len(list((tmp_path / "hub" / "checkpoints").glob("*/my_unet.pth"))) == 1
+        assert model.bilinear and model.n_classes == 2 and model.mask_values == [0, 1]
+    assert weights_server.requests == ["/whole/run1-best.pth"]
+    cached = list((tmp_path / "home" / "hub" / "checkpoints").glob("*/run1-best.pth"))
+    assert len(cached) == 1 and cached[0].read_bytes() == weights_server.files["run1-best.pth"]
 
 
-def test_two_weights_urls_ending_in_one_file_name_are_two_files(tmp_path: Path, monkeypatch) -> None:
+def test_two_weights_urls_ending_in_one_file_name_are_two_files(weights_server: WeightsServer) -> None:
     """Found by a review: run1/best.pth (2 classes) was cached as best.pth, and run2/best.pth (3 classes) then
     returned it."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-
-    def fake_download(url: str, dst: str, progress: bool = True) -> None:
-        torch.save(UNet(3, 2 if "run1" in url else 3, bilinear=False).state_dict(), dst)
-
-    monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
-    first = hubconf.unet(weights="https://example.invalid/run1/best.pth", progress=False)
-    second = hubconf.unet(weights="https://example.invalid/run2/best.pth", progress=False)
+    weights_server.files["best.pth"] = weights_server.files["run1-best.pth"]
+    first = hubconf.unet(weights=f"{weights_server.url}/whole/best.pth", progress=False)
+    weights_server.files["best.pth"] = weights_server.files["run2-best.pth"]
+    second = hubconf.unet(weights=f"{weights_server.url}/other/best.pth", progress=False)
     assert (first.n_classes, second.n_classes) == (2, 3)
 
 
-def test_weights_urls_that_fail_are_one_line_naming_the_url(tmp_path: Path, monkeypatch) -> None:
-    import urllib.error
-
-    from utils.errors import UserError
-
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-
-    def not_found(url: str, dst: str, progress: bool = True) -> None:
-        raise urllib.error.HTTPError(url, 404, "Not Found", None, None)
-
-    monkeypatch.setattr(torch.hub, "download_url_to_file", not_found)
-    with pytest.raises(UserError, match=r"cannot download weights=https://example.invalid/gone.pth \(HTTP Error 404: "
+def test_weights_urls_that_fail_are_one_line_naming_the_url_and_cache_nothing(
+        weights_server: WeightsServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a review: a download cut off midway, or a web page sent in place of the file, was cached as the
+    checkpoint and failed every later call; a server that never answered hung the call for ever."""
+    url = weights_server.url
+    with pytest.raises(UserError, match=rf"cannot download weights={url}/whole/gone.pth \(HTTP Error 404: "
                                         r"Not Found\): check the address and the network"):
-        hubconf.unet(weights="https://example.invalid/gone.pth")
+        hubconf.unet(weights=f"{url}/whole/gone.pth")
+    with pytest.raises(UserError, match=rf"cannot download weights={url}/cut/run1-best.pth \(the connection "
+                                        r"closed after \d+ of \d+ bytes\)"):
+        hubconf.unet(weights=f"{url}/cut/run1-best.pth", progress=False)
+    with pytest.raises(UserError, match=rf"weights={url}/whole/page.pth sent a file that is not a usable "
+                                        r"checkpoint: it is not a PyTorch checkpoint"):
+        hubconf.unet(weights=f"{url}/whole/page.pth", progress=False)
+    monkeypatch.setattr(hubconf, "DOWNLOAD_TIMEOUT_S", 0.2)
+    with pytest.raises(UserError, match=rf"cannot download weights={url}/stall/run1-best.pth \(.*timed out"):
+        hubconf.unet(weights=f"{url}/stall/run1-best.pth", progress=False)
     with pytest.raises(UserError, match=r"weights='https://example.invalid/runs/' names no file"):
         hubconf.unet(weights="https://example.invalid/runs/")
-    assert not list((tmp_path / "hub").rglob("*.pth"))  # nothing half-written left in the cache
-    assert list((tmp_path / "hub" / "checkpoints").iterdir()) == []  # nor an empty folder for the URL
+    assert hub_files(tmp_path) == ["checkpoints"]  # no partial file, no empty folder per URL
+    hubconf.unet(weights=f"{url}/whole/run1-best.pth", progress=False)  # the address works once the file does
+
+
+def test_a_cached_copy_that_does_not_load_is_downloaded_again(weights_server: WeightsServer, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    """What earlier versions, which checked nothing, may have left in the cache."""
+    url = f"{weights_server.url}/whole/run2-best.pth"
+    hubconf.unet(weights=url, progress=False)
+    cached = next((tmp_path / "home" / "hub" / "checkpoints").glob("*/run2-best.pth"))
+    cached.write_bytes(weights_server.files["run2-best.pth"][:1000])
+    assert hubconf.unet(weights=url, progress=False).n_classes == 3
+    assert f"note: downloading {url} again: the cached copy is not usable" in capsys.readouterr().err
+    assert cached.read_bytes() == weights_server.files["run2-best.pth"]
+
+
+def test_hub_load_beside_a_project_of_its_own_with_utils_and_unet_modules(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a review: a caller that had imported its own `utils` got "No module named 'utils.checkpoint'"."""
+    for name in [name for name in sys.modules if name.partition(".")[0] in ("utils", "unet")]:
+        monkeypatch.delitem(sys.modules, name)  # put back after the test
+    theirs = {name: types.ModuleType(name) for name in ("utils", "unet")}
+    for name, module in theirs.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    torch.save(UNet(1, 4, bilinear=True).state_dict(), tmp_path / "gray.pth")
+    model = torch.hub.load(str(REPO), "unet", source="local", weights=tmp_path / "gray.pth")
+    assert (model.n_channels, model.n_classes, model.bilinear) == (1, 4, True)
+    assert type(model).__module__ == "unet.unet_model"
+    assert model.eval()(torch.rand(1, 1, 20, 20)).shape == (1, 4, 20, 20)
+    assert all(sys.modules[name] is module for name, module in theirs.items())  # theirs, as before the call
+    assert not [name for name in sys.modules if name.startswith(("utils.", "unet."))]
 
 
 @pytest.mark.parametrize(("kwargs", "complaint"), [
@@ -134,8 +217,6 @@ def test_arguments_of_an_untrained_unet_are_checked(kwargs: dict, complaint: str
 
 
 def test_a_checkpoint_folder_given_as_weights_is_named_as_a_folder(tmp_path: Path) -> None:
-    from utils.errors import UserError
-
     torch.save(UNet(3, 2, bilinear=False).state_dict(), tmp_path / "best.pth")
     with pytest.raises(UserError, match=r"weights= .* is a folder: give a checkpoint file in it \(best.pth\)"):
         hubconf.unet(weights=tmp_path)

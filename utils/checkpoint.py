@@ -29,6 +29,7 @@ from torch import nn
 from unet import UNet
 
 from .atomic_files import TEMPORARY_NAME, atomic_path
+from .device import memory_format
 from .errors import UserError, check_flag
 from .mask_encoding import MaskValue, complete_mask_values
 
@@ -582,8 +583,6 @@ def load_model(
     path: Path | str, device: torch.device, n_classes: int | None = None, bilinear: bool | None = None
 ) -> tuple[UNet, dict[str, Any]]:
     """A checkpoint's model on the device in eval mode, plus the checkpoint (for scale, args, ...)."""
-    from .device import memory_format
-
     checkpoint = load_checkpoint(path)
     model = model_from_checkpoint(checkpoint, n_classes=n_classes, bilinear=bilinear)
     model.to(device, memory_format=memory_format(device)).eval()
