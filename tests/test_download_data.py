@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 from conftest import disc_mask, random_rgb, write_image
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 
