@@ -101,6 +101,7 @@ DEFAULT_CROP_FOREGROUND = 0.33
 # saved-tensor hooks on the CPU: 6.5 KB fp32 and 3.4 KB bf16 saved; activation checkpointing keeps ~4%.
 BYTES_PER_PIXEL = {"fp32": 8500, "half": 4500, "checkpointed": 1200}
 MAX_AUTO_BATCH = 16
+DATA_FOLDERS = (("imgs", Path("data/imgs")), ("masks", Path("data/masks")))  # when --imgs/--masks are left out
 
 
 def default_workers(device: torch.device, world: World) -> int:
@@ -132,11 +133,13 @@ def default_batch_size(device: torch.device, precision: Precision, pixels: int, 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Train a U-Net on images and target masks.")
     data = parser.add_argument_group("data")
-    data.add_argument("--imgs", type=Path, default=Path("data/imgs"),
-                      help="folder of input images (default: %(default)s)")
-    data.add_argument("--masks", type=Path, default=Path("data/masks"), help="folder of masks (default: %(default)s)")
+    data.add_argument("--imgs", type=Path, default=None,
+                      help=f"folder of input images (default: {DATA_FOLDERS[0][1]}; with --resume, the run's own)")
+    data.add_argument("--masks", type=Path, default=None,
+                      help=f"folder of masks (default: {DATA_FOLDERS[1][1]}; with --resume, the run's own)")
     data.add_argument("--mask-suffix", default=None,
-                      help="mask name = image name + suffix (Carvana: _mask); detected when omitted")
+                      help="mask name = image name + suffix (Carvana: _mask); detected when omitted (with "
+                           "--resume and the run's own folders, the run's)")
     data.add_argument("--scale", "-s", type=float, default=0.5,
                       help="downscaling factor of the images (default: %(default)s)")
     data.add_argument("--validation", "-v", type=float, default=10.0,
@@ -250,8 +253,12 @@ def check_args(args: argparse.Namespace) -> None:
                                  ("--crop-foreground", args.crop_foreground, DEFAULT_CROP_FOREGROUND)):
         if value != default and args.crop is None:
             raise UserError(f"{flag} {value} needs --crop (e.g. --crop 512): without it every image is seen whole")
-    for role in ("imgs", "masks"):
-        require_folder(getattr(args, role), role)
+    if args.resume is None:  # with --resume the folders left out are the run's, known once its checkpoint is read
+        for role, folder in DATA_FOLDERS:
+            setattr(args, role, getattr(args, role) or folder)
+    for role, _ in DATA_FOLDERS:
+        if getattr(args, role) is not None:
+            require_folder(getattr(args, role), role)  # a typo is said first, before anything about a run
 
 
 def parse_save_every(text: str | None) -> tuple[int | None, float | None]:
@@ -340,6 +347,37 @@ def pixels_per_class(mask_values: list[MaskValue], found: list[MaskValue], pixel
     """The data check's pixel counts (per value found) in the order of the run's classes, which a resumed or loaded
     run may number otherwise (0 for a class the masks no longer hold)."""
     return [next((count for value, count in zip(found, pixels) if value == known), 0) for known in mask_values]
+
+
+def run_data_folders(args: argparse.Namespace, resumed: dict | None, resume_file: Path | None) -> list[str]:
+    """A resume without --imgs or --masks reads the folders its run read, not data/: its validation images and
+    its position in the epoch are those of the run's files. A relative folder saved from another directory is
+    found by the absolute path saved beside it. Returns a note on the folders taken from the run."""
+    saved_args = resumed.get("args", {}) if resumed is not None else {}
+    absolute = resumed.get("data_folders") if resumed is not None else None
+    absolute = absolute if isinstance(absolute, dict) else {}  # saved since 2026-11-28 (13th session)
+    taken = []
+    for role, default in DATA_FOLDERS:
+        if getattr(args, role) is not None:
+            continue
+        if not isinstance(saved_args.get(role), str):  # no --resume, or a checkpoint without its run's arguments
+            setattr(args, role, default)
+            require_folder(default, role)
+            continue
+        saved = Path(saved_args[role])
+        # the very folder the run read first; then as typed, for a project moved as a whole
+        candidates = ([Path(absolute[role])] if isinstance(absolute.get(role), str) else []) + [saved]
+        found = next((folder for folder in candidates if folder.is_dir()), None)
+        if found is None:
+            raise UserError(f"{resume_file} was trained on the {role} folder {saved}, which is not there "
+                            f"(from {Path.cwd()}): pass --{role} DIR with the run's data")
+        setattr(args, role, saved if saved.is_dir() and saved.resolve() == found.resolve() else found)
+        taken.append(f"{role} from {getattr(args, role)}")
+    if len(taken) == len(DATA_FOLDERS) and args.mask_suffix is None and isinstance(saved_args.get("mask_suffix"), str):
+        args.mask_suffix = saved_args["mask_suffix"]  # the run's files, paired as it paired them
+    if not taken or all(getattr(args, role).resolve() == default.resolve() for role, default in DATA_FOLDERS):
+        return []
+    return [f"note: {resume_file} reads {' and '.join(taken)}, as its run did (pass --imgs/--masks to read others)"]
 
 
 def keep_run_settings(args: argparse.Namespace, resumed: dict, resume_file: Path) -> list[str]:
@@ -617,6 +655,8 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     replaces_a_run = check_run_folder(args.checkpoint_dir, resume_file, args.overwrite)  # a forgotten --resume
     if resume_file is None and args.resume == "auto":
         say(f"no {args.checkpoint_dir / 'last.pth'} yet: starting a new run")
+    for line in run_data_folders(args, resumed, resume_file):
+        say(line, file=sys.stderr)
     if resumed is not None:
         check_training_state(resumed, resume_file)
         for line in keep_run_settings(args, resumed, resume_file):
@@ -860,6 +900,7 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
             return
         state = {
             "scale": args.scale, "args": vars(args), "optimizer": optimizer.state_dict(),
+            "data_folders": {role: str(getattr(args, role).resolve()) for role, _ in DATA_FOLDERS},
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epochs_done,
             "epoch_batches": epoch_batches, "step": step, "best_dice": best_dice, "val_dice": val_dice,
             "rng": rng_state(), "mask_palette": data.palette,

@@ -617,6 +617,40 @@ def test_resume_after_images_were_added_keeps_its_validation_images(tmp_path: Pa
     assert "7 training and 2 validation images" in result.stdout
 
 
+def test_resume_without_data_flags_reads_the_runs_own_folders_also_from_another_directory(tmp_path: Path) -> None:
+    """--resume auto without --imgs/--masks read data/imgs (here: another data set, so every image counted as new
+    and the run's validation images as gone) instead of the folders the run was trained on."""
+    write_carvana_like(tmp_path / "cars", 6)
+    write_carvana_like(tmp_path / "data", 5, seed=1)  # the default folders hold other images
+    flags = ["--validation", "34", *TRAIN_FLAGS]
+    run("train.py", "--epochs", "1", "--imgs", "cars/imgs", "--masks", "cars/masks", *flags, cwd=tmp_path)
+    result = run("train.py", "--epochs", "2", "--resume", "auto", *flags, cwd=tmp_path)
+    assert ("note: checkpoints/last.pth reads imgs from cars/imgs and masks from cars/masks, as its run did"
+            in result.stderr)
+    assert "data changed" not in result.stderr and "4 training and 2 validation images from cars/imgs" in result.stdout
+    with open(tmp_path / "checkpoints" / "metrics.csv") as rows:
+        assert [row["val_dice"] != "" for row in csv.DictReader(rows)] == [True, True]
+
+    elsewhere = tmp_path / "elsewhere"  # the relative folders saved are found by their saved absolute path
+    elsewhere.mkdir()
+    result = run("train.py", "--epochs", "3", "--resume", str(tmp_path / "checkpoints" / "last.pth"),
+                 "--checkpoint-dir", str(tmp_path / "checkpoints"), *flags, cwd=elsewhere)
+    cars = tmp_path / "cars"
+    assert f"reads imgs from {cars / 'imgs'} and masks from {cars / 'masks'}" in result.stderr
+    assert "data changed" not in result.stderr
+
+    shutil.rmtree(cars / "masks")
+    result = run("train.py", "--epochs", "4", "--resume", "auto", *flags, cwd=tmp_path, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: checkpoints/last.pth was trained on the masks folder {cars / 'masks'}, which is not there (from "
+        f"{tmp_path}): pass --masks DIR with the run's data")
+    given = run("train.py", "--epochs", "4", "--resume", "auto", "--masks", "cars_masks_moved", *flags, cwd=tmp_path,
+                check=False)  # a folder given is checked first, as without --resume
+    assert given.stderr.strip().splitlines()[-1] == (
+        "error: masks folder cars_masks_moved does not exist: pass --masks DIR (see download_data.sh)")
+
+
 def test_resume_of_a_checkpoint_without_the_split_draws_the_seeded_split(tmp_path: Path) -> None:
     import train
     from utils.data_loading import list_pairs
