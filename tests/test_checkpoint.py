@@ -545,6 +545,17 @@ def test_labels_beyond_an_image_file_load_and_are_refused_only_by_the_mask_write
         encoding_table([-5, 0, 70000])
     assert str(error.value) == ("the model's mask values [-5, 0, 70000] include -5, which no 8- or 16-bit mask image "
                                 "can hold: train on masks with labels from 0 to 65535 to predict mask files")
+    # probabilities and the CSV need no mask image: predict.py --no-save writes them for such a model
+    from conftest import run_script
+    from PIL import Image
+
+    Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(ckpt_dir / "image.png")
+    result = run_script("predict.py", "-m", path, "-i", "image.png", "-o", "out.png", "--no-save", "--save-probs",
+                        "--csv", "scores.csv", "--scale", "1", cwd=ckpt_dir)
+    assert result.returncode == 0, result.stderr
+    assert np.load(ckpt_dir / "out_probs.npy").shape == (3, 32, 32) and not (ckpt_dir / "out.png").exists()
+    header, row = (ckpt_dir / "scores.csv").read_text().splitlines()
+    assert header.split(",")[-3:] == ["fraction_0", "fraction_1", "fraction_2"] and len(row.split(",")) == 7
 
 
 def test_whole_number_mask_values_of_other_types_are_read_as_ints(ckpt_dir, two_class_weights):

@@ -74,7 +74,8 @@ class MaskWriter:
                  options: OutputOptions, threads: int = 4, max_pending: int = 32):
         self.mask_values, self.palette, self.channels, self.options = mask_values, palette, channels, options
         self.n_classes = max(len(mask_values), 2)
-        self.written_values = encoding_table(mask_values).tolist()  # what the masks hold, per class
+        # what the masks hold, per class; none without mask files (labels beyond 16 bits still get the rest)
+        self.written_values = encoding_table(mask_values).tolist() if options.save_mask else None
         self.colours = class_colours(self.n_classes, mask_values)
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mask-writer")
         self.pending: deque[Future] = deque()
@@ -104,8 +105,10 @@ class MaskWriter:
 
     def check_format(self, target: Path) -> None:
         """Refuse, before any prediction, a mask file format that cannot hold the mask values (16-bit labels)."""
+        if not self.options.save_mask:
+            return
         top = int(np.max(self.written_values))
-        if self.options.save_mask and target.suffix.lower() in EIGHT_BIT_FORMATS and top > 255:
+        if target.suffix.lower() in EIGHT_BIT_FORMATS and top > 255:
             raise UserError(f"output {target}: the masks hold label values up to {top}, which {target.suffix} files "
                             "cannot store (8 bits): name the outputs .png or .tif")
 
