@@ -87,7 +87,7 @@ from utils.mask_encoding import (
     short_values,
 )
 from utils.nan_guard import NonFiniteGuard
-from utils.run_folder import check_run_folder, remove_earlier_run, resume_path
+from utils.run_folder import check_run_folder, resume_path, set_aside_earlier_run, settle_earlier_run
 from utils.run_lock import RunLock
 from utils.run_log import WANDB_MODES, RunLog, default_wandb_mode
 from utils.sampling import EpochBatches, EpochOrder, RepeatedItems, SeededItems, same_size_batches
@@ -646,6 +646,7 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     say = print if world.is_main else (lambda *_, **__: None)
     if world.is_main:
         check_writable_folder(args.checkpoint_dir, "--checkpoint-dir")  # fail now, not after an epoch
+        settle_earlier_run(args.checkpoint_dir, say)  # an --overwrite run killed before it settled it
         for name, size in remove_unfinished_saves(args.checkpoint_dir):
             say(f"removed {args.checkpoint_dir / name} ({size / 2**20:.0f} MiB): the unfinished save of a run killed "
                 "while writing it; the checkpoints themselves are intact", file=sys.stderr)
@@ -883,8 +884,9 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
                   "left over, padded to the largest; the padding counts in no loss or score)"
                   if order.shared_batches else "")
         say(f"training images of {len(set(order.sizes))} sizes: batched by size{shared}")
-    if replaces_a_run and args.overwrite and world.is_main:  # only now: a run that failed to start removes nothing
-        remove_earlier_run(args.checkpoint_dir, say)
+    # only now: a run that failed to start moves nothing; one that fails before its first save puts them back
+    set_aside = set_aside_earlier_run(args.checkpoint_dir, say) if replaces_a_run and args.overwrite and \
+        world.is_main else None
     run_log = RunLog(args.checkpoint_dir, vars(args), args.wandb or default_wandb_mode(), start_epoch) \
         if world.is_main else None
     val_dice = result = None
@@ -953,6 +955,9 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
                 if args.keep_epochs:
                     copies.append(args.checkpoint_dir / f"epoch_{epoch}.pth")
                 save(epoch, step, 0, copies)
+                if set_aside is not None and last_file.exists():  # this run has a last.pth: the earlier one goes
+                    settle_earlier_run(args.checkpoint_dir, say)
+                    set_aside = None
                 if world.is_main:
                     images = result["images"] * world.size  # every process trains the same number of batches
                     row = {"epoch": epoch, "step": step, "train_loss": result["loss"],
@@ -975,9 +980,13 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
             saved = f"{last_file} (saved at step {saved_steps[-1]})" if saved_steps else resume_file
             raise UserError(out_of_memory_advice(args, device, precision, saved and str(saved))) from None
         finally:
-            checkpoints.wait()  # also on Ctrl-C or an error: the last save completes
-            if run_log is not None:
-                run_log.close()
+            try:
+                checkpoints.wait()  # also on Ctrl-C or an error: the last save completes
+            finally:
+                if run_log is not None:
+                    run_log.close()
+                if set_aside is not None:
+                    settle_earlier_run(args.checkpoint_dir, say)
     if failed_save:
         raise UserError(f"the last checkpoint could not be written: {failed_save[0]}")
     if world.distributed and result is not None:

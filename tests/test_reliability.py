@@ -343,9 +343,29 @@ def test_a_new_run_does_not_replace_an_earlier_run_unless_told_to(data: Path, tm
     assert before == {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()}
     # --overwrite: the earlier run's files go, also the best.pth a run without validation would never replace
     no_validation = [flag if flag != "25" else "0" for flag in flags]
+    # ... but only once the new run has saved: one that fails first (here every image breaks after the data
+    # check) puts them back; it used to leave an empty metrics.csv alone
+    broken = tmp_path / "broken"
+    shutil.copytree(data, broken)
+    real_check = train.check_dataset
+
+    def check_then_break_every_image(*args, **kwargs):  # noqa: ANN002, ANN003
+        found = real_check(*args, **kwargs)
+        for path in (broken / "imgs").iterdir():
+            path.write_bytes(b"not a PNG any more")
+        return found
+
+    kept = {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train, "check_dataset", check_then_break_every_image)
+        with pytest.raises(UserError, match="every training file failed to load this epoch"):
+            train.main(train.get_args_parser().parse_args([*in_process_flags(broken, run, "--epochs", "1",
+                                                                             "--validation", "0"), "--overwrite"]))
+    assert kept == {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()}
+    assert not (run / ".earlier_run").exists()
     result = train.main(train.get_args_parser().parse_args([*no_validation, "--overwrite"]))
     assert result["step"] == 4 and load_checkpoint(run / "last.pth")["epoch"] == 1  # 8 images, batches of 2
-    assert not (run / "best.pth").exists()
+    assert not (run / "best.pth").exists() and not (run / ".earlier_run").exists()
 
 
 def test_a_validation_file_broken_during_the_run_is_left_out_of_the_scores(data: Path, tmp_path: Path,

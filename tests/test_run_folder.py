@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 
 from utils.errors import UserError
-from utils.run_folder import check_run_folder, earlier_run_files, epoch_number, remove_earlier_run, resume_path
+from utils.run_folder import (
+    check_run_folder,
+    earlier_run_files,
+    epoch_number,
+    resume_path,
+    set_aside_earlier_run,
+    settle_earlier_run,
+)
 
 
 def make_run(folder: Path, *names: str, metrics_rows: int = 1) -> Path:
@@ -58,10 +65,22 @@ def test_a_run_goes_on_in_its_own_folder_only_from_its_latest_point(tmp_path: Pa
     assert check_run_folder(run, run / "epoch_1.pth", overwrite=True) is False  # goes back; removes nothing
 
 
-def test_overwrite_removes_the_earlier_runs_files_and_says_which(tmp_path: Path) -> None:
+def test_overwrite_sets_the_earlier_run_aside_until_the_new_one_saves_and_says_which(tmp_path: Path) -> None:
     run = make_run(tmp_path / "run", "last.pth", "best.pth", "epoch_3.pth", "training_curves.png", "notes.txt")
+    earlier = {path.name: path.read_bytes() for path in run.iterdir()}
     said = []
-    remove_earlier_run(run, lambda *args, **kwargs: said.append(args[0]))
-    assert sorted(path.name for path in run.iterdir()) == ["notes.txt"]
-    assert said == [f"--overwrite: removed the earlier run's last.pth, best.pth, epoch_3.pth, metrics.csv, "
-                    f"training_curves.png from {run}"]
+    holding = set_aside_earlier_run(run, lambda *args, **kwargs: said.append(args[0]))
+    assert sorted(path.name for path in run.iterdir()) == [".earlier_run", "notes.txt"]
+    assert said == [f"--overwrite: the earlier run's last.pth, best.pth, epoch_3.pth, metrics.csv, training_curves.png "
+                    f"moved to {holding}, deleted once this run has saved its first last.pth"]
+    (run / "metrics.csv").write_text("epoch,step\n")  # the new run's, before it has saved anything
+    settle_earlier_run(run, lambda *args, **kwargs: said.append(args[0]))  # it failed: all put back
+    assert {path.name: path.read_bytes() for path in run.iterdir()} == earlier
+    assert said[-1] == (f"the earlier run's best.pth, epoch_3.pth, last.pth, metrics.csv, training_curves.png put back "
+                        f"in {run}: the --overwrite run that replaced it saved nothing")
+
+    set_aside_earlier_run(run, print)
+    (run / "last.pth").write_bytes(b"the new run's")
+    settle_earlier_run(run, print)  # the new run saved: the earlier one is gone
+    assert sorted(path.name for path in run.iterdir()) == ["last.pth", "notes.txt"]
+    assert set_aside_earlier_run(tmp_path, print) is None and not (tmp_path / ".earlier_run").exists()

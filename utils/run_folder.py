@@ -2,6 +2,7 @@
 must never replace a run's checkpoints."""
 
 import os
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -72,12 +73,40 @@ def _check_no_earlier_run(folder: Path, starting_from: Path | None) -> None:
                     + f"{other}, or pass --overwrite to replace it")
 
 
-def remove_earlier_run(folder: Path, say: Callable[..., None]) -> None:
-    """--overwrite: the earlier run's files go, so that none of them (a best.pth this run may never write, its
-    epoch_N.pth) is taken for this run's. Only for a run that check_run_folder says replaces one: a run resumed
-    from its own folder removes nothing."""
+SET_ASIDE = ".earlier_run"  # inside --checkpoint-dir: an earlier run's files while a new one replaces them
+
+
+def set_aside_earlier_run(folder: Path, say: Callable[..., None]) -> Path | None:
+    """--overwrite: the earlier run's files move into folder/.earlier_run, so that none of them (a best.pth this
+    run may never write, its epoch_N.pth) is taken for this run's, and nothing is lost if this run ends before its
+    first last.pth (settle_earlier_run then puts them back). Only for a run that check_run_folder says replaces
+    one: a run resumed from its own folder moves nothing. Returns the holding folder, or None when empty."""
     found = earlier_run_files(folder) + (["training_curves.png"] if (folder / "training_curves.png").exists() else [])
+    if not found:
+        return None
+    holding = folder / SET_ASIDE
+    if holding.exists():  # left by a run killed before it settled it: that earlier run is older than this one
+        shutil.rmtree(holding)
+    holding.mkdir()
     for name in found:
-        (folder / name).unlink()
-    if found:
-        say(f"--overwrite: removed the earlier run's {', '.join(found)} from {folder}", file=sys.stderr)
+        os.replace(folder / name, holding / name)
+    say(f"--overwrite: the earlier run's {', '.join(found)} moved to {holding}, deleted once this run has saved "
+        "its first last.pth", file=sys.stderr)
+    return holding
+
+
+def settle_earlier_run(folder: Path, say: Callable[..., None]) -> None:
+    """The earlier run's set-aside files are deleted once this run's last.pth exists, else (the new run failed or
+    was killed before its first save) put back in place of the new run's metrics.csv and curves."""
+    holding = folder / SET_ASIDE
+    if not holding.is_dir():
+        return
+    if (folder / "last.pth").exists():
+        shutil.rmtree(holding)
+        return
+    names = sorted(path.name for path in holding.iterdir())
+    for name in names:
+        os.replace(holding / name, folder / name)
+    holding.rmdir()
+    say(f"the earlier run's {', '.join(names)} put back in {folder}: the --overwrite run that replaced it saved "
+        "nothing", file=sys.stderr)
