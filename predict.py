@@ -30,6 +30,7 @@ from utils.data_loading import (
     ImageFiles,
     add_image_limit_argument,
     init_loader_worker,
+    is_image_file,
     set_image_pixel_limit,
 )
 from utils.device import (
@@ -120,13 +121,13 @@ def expand_inputs(inputs: list[str], keep_repeats: bool = False) -> tuple[list[P
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            found = sorted(p for p in path.iterdir() if is_image_file(p))
         elif path.exists():
             paths.append(path)  # named explicitly: predicted whatever its name
             continue
         else:
             found = sorted(Path(p) for p in glob.glob(item, recursive=True)  # DIR/**/*.jpg: subfolders too
-                           if Path(p).suffix.lower() in IMAGE_SUFFIXES and Path(p).is_file())
+                           if is_image_file(Path(p)))
             if not found:
                 raise UserError(f"input {item} does not exist and matches no image file")
         kept = [p for p in found if not OWN_OUTPUT_STEM.search(p.stem)]

@@ -287,6 +287,86 @@ def test_empty_and_random_files_are_one_line_naming_them(tmp_path, suffix: str, 
         assert ("empty (0 bytes)" in str(error.value)) == (not content)
 
 
+# --- what Pillow alone would read wrongly without a word ------------------------------------------------------------
+
+
+def png_16_bit_colour(array: np.ndarray) -> bytes:
+    """A 48-bit RGB PNG (what cv2.imwrite writes for uint16 HxWx3), which Pillow decodes to 8 bits."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    height, width, _ = array.shape
+    rows = b"".join(b"\0" + row.astype(">u2").tobytes() for row in array)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def tiff_16_bit_colour(array: np.ndarray) -> bytes:
+    """An uncompressed little-endian 48-bit RGB TIFF, strip of the whole image."""
+    height, width, _ = array.shape
+    pixels = array.astype("<u2").tobytes()
+    tags = [(256, width), (257, height), (258, None), (259, 1), (262, 2), (273, None), (277, 3), (278, height),
+            (279, len(pixels)), (284, 1)]
+    bits_at = 8 + 2 + 12 * len(tags) + 4
+    ifd = struct.pack("<H", len(tags))
+    for tag, value in tags:
+        if tag == 258:
+            ifd += struct.pack("<HHII", tag, 3, 3, bits_at)
+        elif tag in (273, 279):
+            ifd += struct.pack("<HHII", tag, 4, 1, bits_at + 6 if tag == 273 else value)
+        else:
+            ifd += struct.pack("<HHIHH", tag, 3, 1, value, 0)
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0) + struct.pack("<HHH", 16, 16, 16) + pixels
+
+
+def test_a_16_bit_colour_png_keeps_its_low_bits_and_is_stretched_like_16_bit_gray(tmp_path) -> None:
+    """Found by a review: 12-bit data in a 48-bit PNG (0..4095) was read as its high byte, 0..15: nearly black."""
+    array = np.zeros((8, 10, 3), np.uint16)
+    array[..., 0] = np.linspace(0, 4095, 10, dtype=np.uint16)
+    array[..., 2] = 1000
+    path = tmp_path / "deep.png"
+    path.write_bytes(png_16_bit_colour(array))
+    expected = np.round(array / 4095 * 255).astype(np.uint8)
+    assert np.array_equal(read_image(path), expected)
+    with pytest.raises(UserError) as error:  # a colour mask's colours are its classes: 8 bits each
+        read_mask(path)
+    assert str(error.value) == (f"{path} holds 16 bits per colour channel: save colour masks with 8 bits per channel "
+                                "(their colours are the classes)")
+
+
+def test_a_16_bit_colour_tiff_and_a_tiff_of_pages_are_refused_by_name(tmp_path) -> None:
+    deep = tmp_path / "deep.tif"
+    deep.write_bytes(tiff_16_bit_colour(np.full((8, 10, 3), 4000, np.uint16)))
+    assert Image.open(deep).mode == "RGB"  # Pillow would hand over the high bytes
+    with pytest.raises(UserError) as error:
+        read_image(deep)
+    assert str(error.value) == (f"{deep} holds 16 bits per colour channel: Pillow cuts it to 8 in TIFF files: save it "
+                                "as a 16-bit PNG or a .npy array (uint16, HxWx3)")
+    pages = tmp_path / "pages.tif"
+    page = Image.fromarray(np.zeros((8, 10), np.uint8))
+    page.save(pages, save_all=True, append_images=[page, page])
+    for read in (read_image, read_mask):
+        with pytest.raises(UserError) as error:
+            read(pages)
+        assert_one_line_naming(str(error.value), pages)
+        assert "is a TIFF of 3 pages, and one image per file is read: save each page as a file" in str(error.value)
+
+
+def test_webp_and_jfif_images_pair_and_a_broken_link_is_reported_not_skipped(tmp_path) -> None:
+    """Found by a review: x.webp was left out and its mask reported as unpaired; a dangling link vanished."""
+    images, masks = write_good_pairs(tmp_path, 3)
+    Image.open(images / "good0.png").save(images / "good0.webp", lossless=True)
+    Image.open(images / "good1.png").convert("RGB").save(images / "good1.jfif", format="JPEG")
+    (images / "good0.png").unlink()
+    (images / "good1.png").unlink()
+    (images / "good2.png").unlink()
+    (images / "good2.png").symlink_to(tmp_path / "gone.png")
+    check = check_dataset(images, masks, workers=1)
+    assert sorted(pair.image.name for pair in check.pairs) == ["good0.webp", "good1.jfif"]
+    assert check.unreadable == [f"{images / 'good2.png'} is a link to {tmp_path / 'gone.png'}, which does not exist: "
+                                "mend or remove the link"]
+    assert np.array_equal(read_image(images / "good0.webp"), noisy_rgb(0)[..., :3])
+
+
 # --- histograms of a diverged model ---------------------------------------------------------------------------------
 
 

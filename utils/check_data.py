@@ -118,10 +118,13 @@ def inspect_files(
     records: list[dict[str, Any] | None] = [None] * len(paths)
     stale: list[int] = []
     for index, path in enumerate(paths):
-        stat = path.stat()
-        key = [stat.st_size, stat.st_mtime_ns]
+        try:
+            stat = path.stat()
+            key = [stat.st_size, stat.st_mtime_ns]
+        except OSError:  # a broken link, or a file gone since the listing: inspected (and reported) each time
+            key = None
         entry = cache.get(f"{kind}:{path.name}") or {}
-        if entry.get("key") == key and "record" in entry and _verdict_holds(entry["record"]):
+        if key is not None and entry.get("key") == key and "record" in entry and _verdict_holds(entry["record"]):
             records[index] = entry["record"]
         else:
             stale.append(index)

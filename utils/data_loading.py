@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+from torchvision import io as tv_io
 
 from unet import MIN_SIDE
 
@@ -24,7 +25,7 @@ from .errors import UserError
 from .mask_encoding import IGNORE_CLASS, MaskValue, binarize_threshold, encode_mask
 from .signals import leave_first_signal_to_main
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".npy", ".pt")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jfif", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".npy", ".pt")
 # Tried in this order when --mask-suffix is not given; the one pairing the most images wins.
 MASK_SUFFIX_CANDIDATES = ("", "_mask", "_masks", "_label", "_labels", "_seg", "_gt", "-mask")
 
@@ -39,7 +40,8 @@ class Pair(NamedTuple):
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 # What a file's suffix promises, by Pillow's detected format (MPO: a camera JPEG carrying extra frames) or, for
 # arrays, by the first bytes.
-FORMATS_BY_SUFFIX = {".jpg": ("JPEG", "MPO"), ".jpeg": ("JPEG", "MPO"), ".png": ("PNG",), ".gif": ("GIF",),
+FORMATS_BY_SUFFIX = {".jpg": ("JPEG", "MPO"), ".jpeg": ("JPEG", "MPO"), ".jfif": ("JPEG", "MPO"), ".png": ("PNG",),
+                     ".gif": ("GIF",),
                      ".tif": ("TIFF",), ".tiff": ("TIFF",), ".bmp": ("BMP", "DIB"), ".webp": ("WEBP",),
                      ".npy": ("NumPy array",), ".pt": ("torch.save zip",)}
 SUFFIX_BY_FORMAT = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "GIF": ".gif", "TIFF": ".tif", "BMP": ".bmp",
@@ -142,6 +144,9 @@ def open_image(path: Path) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(path)
     except FileNotFoundError:
+        if path.is_symlink():
+            raise UserError(f"{path} is a link to {os.readlink(path)}, which does not exist: mend or remove the "
+                            "link") from None
         raise UserError(f"{path} does not exist") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise _pixel_limit_error(path, error) from None
@@ -180,11 +185,46 @@ def _check_values(path: Path, array: np.ndarray) -> None:
         raise UserError(f"{path} holds NaN or infinite values: replace them (numpy.nan_to_num) or remove the file")
 
 
-def _open(path: Path, reduce_to: tuple[int, int] | None = None) -> np.ndarray | Image.Image:
-    """Decode a file; reduce_to=(width, height) lets JPEGs decode at 1/2, 1/4 or 1/8 size, not below it."""
+def _sixteen_bit_colour(image: Image.Image) -> bool:
+    """16 bits per colour channel (48/64-bit PNG, TIFF): Pillow decodes these to 8 bits, the low byte dropped."""
+    if image.mode not in ("RGB", "RGBA"):
+        return False
+    raw_modes = [tile.args if isinstance(tile.args, str) else tile.args[0] for tile in image.tile if tile.args]
+    return any(isinstance(raw, str) and ";16" in raw for raw in raw_modes)
+
+
+def _read_png_16(path: Path) -> np.ndarray:
+    """A 16-bit colour PNG as HxWxC uint16 (torchvision's decoder keeps every bit)."""
+    try:
+        with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders for TorchCodec's (not installed)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            data = tv_io.decode_png(tv_io.read_file(str(path)), tv_io.ImageReadMode.UNCHANGED)
+    except Exception as error:  # noqa: BLE001 - see _open
+        raise UserError(f"cannot read {path} ({_reason(error)}): replace or remove the file") from None
+    return data.permute(1, 2, 0).numpy()
+
+
+def _open(path: Path, reduce_to: tuple[int, int] | None = None, mask: bool = False) -> np.ndarray | Image.Image:
+    """Decode a file; reduce_to=(width, height) lets JPEGs decode at 1/2, 1/4 or 1/8 size, not below it.
+
+    What Pillow would read wrongly without a word is refused or read otherwise: a TIFF of several pages (only the
+    first would be read) and 16 bits per colour channel (cut to 8; images in PNG files are read whole)."""
     if path.suffix.lower() in (".npy", ".pt"):
         return _read_array(path)
     image = open_image(path)
+    pages = getattr(image, "n_frames", 1) if image.format == "TIFF" else 1
+    if pages > 1:
+        image.close()
+        raise UserError(f"{path} is a TIFF of {pages} pages, and one image per file is read: save each page as a "
+                        "file of its own (or, for channels stored as pages, the channels as one RGB image)")
+    if _sixteen_bit_colour(image):
+        image_format = image.format
+        image.close()
+        if image_format == "PNG" and not mask:
+            return _read_png_16(path)
+        fix = ("save colour masks with 8 bits per channel (their colours are the classes)" if mask else
+               f"Pillow cuts it to 8 in {image_format} files: save it as a 16-bit PNG or a .npy array (uint16, HxWx3)")
+        raise UserError(f"{path} holds 16 bits per colour channel: {fix}")
     try:
         if reduce_to is not None and image.format == "JPEG":
             # DCT-domain downscaling inside libjpeg: 2-8x less decoding and resizing for a scaled image.
@@ -235,7 +275,9 @@ def read_image_data(path: Path, reduce_to: tuple[int, int] | None = None) -> tup
         array = _as_array(path, data, None if keep else "L" if mode in ("1", "LA") else "RGB")
     else:
         array = np.asarray(data)
-        mode = f"{path.suffix.lower()[1:]} {array.dtype}"
+        arrays = path.suffix.lower() in (".npy", ".pt")
+        mode = (f"{path.suffix.lower()[1:]} {array.dtype}" if arrays
+                else f"{'RGBA' if array.shape[-1] == 4 else 'RGB'} 16-bit")  # a 16-bit colour PNG
         if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
             array = array.transpose(1, 2, 0)  # tensors saved channels-first
     _check_values(path, array)
@@ -275,7 +317,7 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
 
 def read_mask(path: Path) -> np.ndarray:
     """Decode a mask to raw values: HxW (palette index, gray level, label) or HxWx3 colours."""
-    data = _open(path)
+    data = _open(path, mask=True)
     if isinstance(data, Image.Image):
         convert = data.mode in ("RGBA", "LA", "PA", "CMYK", "YCbCr", "HSV")
         array = _as_array(path, data, ("RGB" if data.mode != "LA" else "L") if convert else None)
@@ -301,11 +343,16 @@ def require_folder(folder: Path, role: str) -> None:
         raise UserError(f"{role} folder {folder} does not exist: pass --{role} DIR (see download_data.sh)")
 
 
+def is_image_file(path: Path) -> bool:
+    """A file of an image suffix in a listed folder; a broken link too, so that its reader reports it."""
+    return path.suffix.lower() in IMAGE_SUFFIXES and (path.is_file() or path.is_symlink() and not path.exists())
+
+
 def _files_by_stem(folder: Path, role: str) -> dict[str, Path]:
     require_folder(folder, role)
     files: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+        if path.name.startswith(".") or not is_image_file(path):
             continue
         if path.stem in files:
             raise UserError(f"{files[path.stem].name} and {path.name} in {folder} have the same name: keep one")
