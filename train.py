@@ -702,6 +702,8 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
         raise UserError(data.palette_conflict_error())
     if data.mixed_binary[0] and not classes_given:  # --classes 3 says that 1 and 255 are two classes
         raise UserError(data.mixed_binary_error() + ", or --classes 3 if 1 and 255 are two classes")
+    if data.stray_values and not classes_given and resumed is None:  # --classes N says that they are classes
+        raise UserError(data.stray_values_error())
     check_scaled_sizes(data.image_sizes, args.scale)
     if len(data.mask_values) == 1:  # all background (or all one label): the loss teaches one answer everywhere
         flags = [(flag, value) for flag, value in (("--binarize", binarize_threshold(args.binarize)),

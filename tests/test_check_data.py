@@ -329,6 +329,51 @@ def test_train_stops_on_blurred_jpeg_masks_and_trains_with_a_threshold(tmp_path:
     assert load_checkpoint(tmp_path / "ck" / "last.pth")["args"]["binarize"] == 127
 
 
+def bilinear_resized(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    return np.asarray(Image.fromarray(mask).resize(size, Image.Resampling.BILINEAR))
+
+
+def test_masks_resized_with_interpolation_are_refused_by_train_unless_classes_are_given(tmp_path: Path) -> None:
+    """Found by a review: 0/255 masks resized bilinearly (PNG, so not caught as JPEG) trained a model of ~100
+    classes without a word; so did colour masks with a little noise."""
+    masks = []
+    for i in range(4):
+        disc = np.zeros((H * 2, W * 2), np.uint8)
+        yy, xx = np.mgrid[: H * 2, : W * 2]
+        disc[(yy - H) ** 2 + (xx - W - 8 * i) ** 2 < 15 ** 2] = 255
+        masks.append(bilinear_resized(disc, (W * 3 // 2, H * 3 // 2)))
+    imgs, folder = write_pairs_with(tmp_path, masks)
+    check = check_dataset(imgs, folder, workers=1)
+    assert len(check.mask_values) > 12 and len(check.stray_values) == len(check.mask_values) - 2
+    assert not check.problems  # a data check's finding, not a broken file
+    assert ("made up by resizing with interpolation, lossy saving or noise, not classes: re-save the masks with "
+            "nearest-neighbour resizing and a lossless format (PNG), or pass --binarize 127 (values above 127 are "
+            f"foreground); if they are classes, pass --classes {len(check.mask_values)}") in check.stray_values_error()
+    assert any("(resized or noisy masks?)" in hint for hint in check.suggestions())
+    result = run_train(tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == f"error: {check.stray_values_error()}"
+    assert run_train(tmp_path, "--binarize", "127").returncode == 0
+    assert check_dataset(imgs, folder, binarize=127, workers=1).stray_values == []
+
+
+def test_noisy_colour_masks_are_stray_values_and_real_rare_classes_are_not(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    noisy = []
+    for _ in range(3):
+        mask = np.zeros((H, W, 3), np.int16)
+        mask[box_mask().astype(bool)] = (200, 30, 30)
+        mask += (rng.random((H, W)) < 0.02)[..., None] * rng.integers(-2, 3, (H, W, 3))
+        noisy.append(mask.clip(0, 255).astype(np.uint8))
+    check = check_dataset(*write_pairs_with(tmp_path / "noisy", noisy), workers=1)
+    assert len(check.stray_values) >= 6 and "--binarize" not in check.stray_values_error()
+    rare = np.zeros((H, W), np.uint8)  # two common classes and two rare ones: classes, not noise
+    rare[:, : W // 2] = 1
+    rare[0, :3], rare[1, :3] = 2, 3
+    labels = check_dataset(*write_pairs_with(tmp_path / "labels", [rare, box_mask()]), workers=1)
+    assert labels.mask_values == [0, 1, 2, 3] and labels.stray_values == []
+
+
 def test_a_class_under_one_percent_of_the_pixels_suggests_class_weights(tmp_path: Path) -> None:
     rare = np.zeros((H, W), np.uint8)
     rare[:, : W // 2] = 1

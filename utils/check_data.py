@@ -42,6 +42,7 @@ from .mask_encoding import (
     binarize_threshold,
     is_colour,
     merge_values,
+    short_values,
     value_counts,
 )
 
@@ -50,6 +51,10 @@ CACHE_VERSION = 5  # 3: misnamed files and files over --max-image-pixels are unr
 # 5: EXIF orientation of images noted
 RARE_CLASS_FRACTION = 0.01
 INSTANCE_LABEL_HINT = 16  # more distinct values than this in label masks usually means one value per object
+# Mask values made up by resizing with interpolation, lossy saving or noise: each under STRAY_FRACTION of the
+# pixels, together under STRAY_TOTAL, and at least twice as many as the values that cover more.
+STRAY_FRACTION = 0.005
+STRAY_TOTAL = 0.05
 
 
 def inspect_image(path: Path) -> dict[str, Any]:
@@ -245,6 +250,34 @@ class DataCheck:
                 f"in-between values, e.g. {self.blurred_masks[0]}: {self.jpeg_mask_fix()}")
 
     @property
+    def stray_values(self) -> list[MaskValue]:
+        """Values that look made up rather than classes: bilinear-resized 0/255 masks hold ~150 values, a colour
+        mask with a little noise dozens; each covers a sliver of the pixels. Real rare classes are few beside the
+        common ones, and instance labels (one value per object) cover more together."""
+        fractions = self.class_fractions
+        rare = [value for value, fraction in zip(self.mask_values, fractions) if fraction < STRAY_FRACTION]
+        common = len(self.mask_values) - len(rare)
+        if len(rare) < max(3, 2 * common) or sum(f for f in fractions if f < STRAY_FRACTION) >= STRAY_TOTAL:
+            return []
+        return rare
+
+    def stray_values_fix(self) -> str:
+        common = [value for value in self.mask_values if value not in self.stray_values]
+        fix = "re-save the masks with nearest-neighbour resizing and a lossless format (PNG)"
+        if len(common) == 2 and not is_colour(self.mask_values) and self.binarize is None:
+            middle = (int(common[0]) + int(common[1])) // 2
+            fix += f", or pass --binarize {middle} (values above {middle} are foreground)"
+        return fix + f"; if they are classes, pass --classes {len(self.mask_values)}"
+
+    def stray_values_error(self) -> str:
+        """The one line train.py stops with when stray_values and --classes is not given."""
+        stray = self.stray_values
+        share = sum(f for v, f in zip(self.mask_values, self.class_fractions) if v in stray)
+        return (f"{len(stray)} of the {len(self.mask_values)} mask values {short_values(self.mask_values)} cover "
+                f"{share:.2%} of the pixels together, each under {STRAY_FRACTION:.1%}: they look made up by resizing "
+                f"with interpolation, lossy saving or noise, not classes: {self.stray_values_fix()}")
+
+    @property
     def inferred_classes(self) -> int:
         """One class per mask value; at least two (background and foreground)."""
         return max(len(self.mask_values), 2)
@@ -269,6 +302,9 @@ class DataCheck:
             hints.append("pass --binarize 0: 0/1 and 0/255 masks then both read as background/object")
         if self.unresolved_jpeg_masks:
             hints.append(self.jpeg_mask_fix())
+        elif self.stray_values:
+            hints.append(f"{len(self.stray_values)} mask values each cover under {STRAY_FRACTION:.1%} of the pixels "
+                         f"(resized or noisy masks?): {self.stray_values_fix()}")
         elif (self.binarize is None and len(self.mask_values) > INSTANCE_LABEL_HINT
               and not is_colour(self.mask_values)):
             hints.append(f"{len(self.mask_values)} distinct mask values look like instance labels (one value per "
