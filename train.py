@@ -306,10 +306,12 @@ def resumed_split(pairs: list[Pair], resumed: dict, resume_file: Path, validatio
     return kept_train, kept_val, notes
 
 
-def check_scaled_sizes(image_sizes: dict[tuple[int, int], int], scale: float) -> None:
-    """Refuse a --scale that leaves an image too small for the U-Net, before any worker trips on it."""
-    width, height = min(image_sizes, key=lambda size: min(size))
-    check_model_input_size(width, height, scale, f"the smallest of the {sum(image_sizes.values())} images")
+def check_scaled_sizes(pairs: list[Pair], sizes: dict[str, tuple[int, int]], scale: float) -> None:
+    """Refuse a --scale that leaves an image too small for the U-Net, before any worker trips on it; the smallest
+    image is named, so that one too small at any scale can be found and left out."""
+    smallest = min(pairs, key=lambda pair: min(sizes[pair.name]))
+    width, height = sizes[smallest.name]
+    check_model_input_size(width, height, scale, f"{smallest.image} (the smallest of the {len(pairs)} images)")
 
 
 def out_of_memory_advice(args: argparse.Namespace, device: torch.device, precision: Precision,
@@ -704,7 +706,7 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
         raise UserError(data.mixed_binary_error() + ", or --classes 3 if 1 and 255 are two classes")
     if data.stray_values and not classes_given and resumed is None:  # --classes N says that they are classes
         raise UserError(data.stray_values_error())
-    check_scaled_sizes(data.image_sizes, args.scale)
+    check_scaled_sizes(data.pairs, data.sizes, args.scale)
     if len(data.mask_values) == 1:  # all background (or all one label): the loss teaches one answer everywhere
         flags = [(flag, value) for flag, value in (("--binarize", binarize_threshold(args.binarize)),
                                                    ("--ignore-index", args.ignore_index)) if value is not None]

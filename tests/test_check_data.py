@@ -15,7 +15,7 @@ from PIL import Image
 import utils.check_data as check_data
 from utils.check_data import CACHE_NAME, CACHE_VERSION, check_dataset, inspect_image, scan_mask_values
 from utils.checkpoint import load_checkpoint
-from utils.data_loading import SegmentationDataset, collate_skipping, make_loader
+from utils.data_loading import SegmentationDataset, collate_skipping, list_pairs, make_loader, read_mask
 from utils.errors import UserError
 
 RED, GREEN, BLACK = [255, 0, 0], [0, 255, 0], [0, 0, 0]
@@ -684,3 +684,73 @@ def test_a_size_mismatch_of_two_files_of_one_name_says_which_folder_holds_which(
     check = check_dataset(tmp_path / "imgs", tmp_path / "masks", workers=1)
     assert check.size_mismatches == [f"{tmp_path / 'imgs' / 'm3.png'} is 48x32 but {tmp_path / 'masks' / 'm3.png'} "
                                      "is 24x16"]
+
+
+# --- messages a review found wrong or missing (2026-11-29) -----------------------------------------------------------
+
+
+def test_an_image_and_its_mask_named_alike_in_one_folder_are_told_to_move_not_to_keep_one(tmp_path: Path) -> None:
+    write_image(tmp_path / "one" / "a.jpg", noisy_rgb(0))
+    write_image(tmp_path / "one" / "a.png", box_mask())
+    with pytest.raises(UserError) as error:
+        check_dataset(tmp_path / "one", tmp_path / "one", workers=1)
+    assert str(error.value) == (f"a.jpg and a.png in {tmp_path / 'one'} have the same name, and images and masks are "
+                                "both in it: move the masks to a folder of their own, or rename them with a suffix "
+                                "(x_mask.png) and pass --mask-suffix _mask")
+
+
+def test_every_pair_mismatched_gets_the_fix_and_the_loader_names_folders_and_the_exif_fix(tmp_path: Path) -> None:
+    upright = noisy_rgb(0, H, W)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # viewers turn it by 90 degrees: the mask was drawn on that view
+    (tmp_path / "imgs").mkdir()
+    Image.fromarray(np.ascontiguousarray(np.rot90(upright))).save(tmp_path / "imgs" / "t.jpg", exif=exif)
+    write_image(tmp_path / "masks" / "t.png", box_mask(H, W))
+    with pytest.raises(UserError) as error:
+        check_dataset(tmp_path / "imgs", tmp_path / "masks", workers=1)
+    assert str(error.value).endswith("turns it for viewers: the masks were drawn on the images as viewers show them: "
+                                     "save the images upright first, e.g. with PIL.ImageOps.exif_transpose")
+    pair = list_pairs(tmp_path / "imgs", tmp_path / "masks")
+    with pytest.raises(UserError) as error:
+        SegmentationDataset(pair, [0, 1])[0]
+    assert str(error.value) == ("t.jpg is 32x48 but t.png is 48x32, the image as its EXIF orientation (6) turns it for "
+                                "viewers: the mask was drawn on the image as viewers show it: save the images upright "
+                                "first, e.g. with PIL.ImageOps.exif_transpose")
+    write_image(tmp_path / "imgs" / "s.png", noisy_rgb(1, H, W))
+    write_image(tmp_path / "masks" / "s.png", box_mask(2 * H, 2 * W))
+    with pytest.raises(UserError) as error:
+        SegmentationDataset(list_pairs(tmp_path / "imgs", tmp_path / "masks"), [0, 1])[0]
+    assert str(error.value) == (f"{tmp_path / 'imgs' / 's.png'} is 48x32 but {tmp_path / 'masks' / 's.png'} is "
+                                "96x64: resize each mask to its image with nearest-neighbour interpolation, or remove "
+                                "the pair")
+
+
+def test_an_image_too_small_at_any_scale_is_named_by_the_check_and_by_train(tmp_path: Path) -> None:
+    imgs, masks = write_pairs_with(tmp_path, [box_mask(), box_mask(), box_mask()[:10, :12]])
+    check = check_dataset(imgs, masks, workers=1)
+    assert check.too_small == ["s2"] and check.problems
+    assert "too small for the U-Net at any --scale (under 16 px a side): 1 (s2)" in check.report()
+    result = run_train(tmp_path)
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: imgs/s2.png (the smallest of the 3 images) is 12x10: the U-Net needs at least 16 px a side (four "
+        "halvings): leave it out or enlarge it")
+
+
+def test_rgb_beside_rgba_images_is_no_grayscale_hint_and_an_alpha_drawn_mask_is_refused(tmp_path: Path) -> None:
+    imgs, masks = write_pairs_with(tmp_path, [box_mask(), box_mask()])
+    (imgs / "s1.png").unlink()
+    write_image(imgs / "s1.npy", np.dstack([noisy_rgb(0), np.full((H, W), 255, np.uint8)]))  # RGBA as an array
+    check = check_dataset(imgs, masks, workers=1)
+    assert len(check.image_channels) == 2 and not any("grayscale" in hint for hint in check.suggestions())
+    drawn = np.zeros((H, W, 4), np.uint8)
+    drawn[..., 3] = box_mask() * 255  # black paint, the shape in the alpha channel
+    write_image(masks / "s1.png", drawn)
+    with pytest.raises(UserError) as error:
+        read_mask(masks / "s1.png")
+    assert str(error.value) == (f"{masks / 's1.png'} holds its mask in the alpha channel (its colours are all one): "
+                                "save the alpha channel as a grayscale mask, e.g. "
+                                "Image.open(path).getchannel('A').save(path)")
+    coloured = np.dstack([colour_mask([[RED] * W] * H), box_mask() * 255])  # colours that vary: a colour mask
+    coloured[box_mask() == 0, :3] = 0
+    write_image(masks / "s1.png", coloured)
+    assert read_mask(masks / "s1.png").shape == (H, W, 3)

@@ -21,8 +21,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from unet import MIN_SIDE
+
 from .atomic_files import atomic_path
 from .data_loading import (
+    SIZE_MISMATCH_FIX,
     UPRIGHT_FIX,
     Pair,
     PixelLimitError,
@@ -33,6 +36,7 @@ from .data_loading import (
     read_image_data,
     read_mask,
     set_image_pixel_limit,
+    size_mismatch,
 )
 from .errors import UserError, check_flag, run_cli
 from .mask_encoding import (
@@ -211,9 +215,14 @@ class DataCheck:
         return Counter(self.sizes.values())
 
     @property
+    def too_small(self) -> list[str]:
+        """Images that no --scale lets the U-Net take (four halvings need MIN_SIDE px a side)."""
+        return [name for name, (width, height) in self.sizes.items() if min(width, height) < MIN_SIDE]
+
+    @property
     def problems(self) -> bool:
         return bool(self.unreadable or self.size_mismatches or self.unresolved_jpeg_masks or self.palette_conflicts
-                    or self.mixed_binary[0])
+                    or self.mixed_binary[0] or self.too_small)
 
     def palette_conflict_error(self) -> str:
         return (f"palette masks number their colours differently: {self.palette_conflicts[0]}, so one index would "
@@ -233,7 +242,7 @@ class DataCheck:
     def size_mismatch_fix(self) -> str:
         if self.turned_mismatches == len(self.size_mismatches):
             return f"the masks were drawn on the images as viewers show them: {UPRIGHT_FIX}"
-        return "resize each mask to its image with nearest-neighbour interpolation, or remove the pair"
+        return SIZE_MISMATCH_FIX
 
     def jpeg_mask_fix(self) -> str:
         """Save as PNG, or a threshold halfway up the values found (0/255 masks: 127); none for masks too faint
@@ -296,6 +305,8 @@ class DataCheck:
         elif self.exif_turned:
             hints.append("if the masks were drawn on the images as viewers show them (turned by EXIF), "
                          f"{UPRIGHT_FIX}")
+        if self.too_small:
+            hints.append(f"leave out or enlarge the images under {MIN_SIDE} px a side (train.py stops on them)")
         if self.palette_conflicts:
             hints.append("save the palette masks with one shared palette, or as RGB PNGs")
         if self.mixed_binary[0]:
@@ -313,7 +324,7 @@ class DataCheck:
         if rare and len(self.mask_values) <= INSTANCE_LABEL_HINT:
             hints.append(f"class{'es' if len(rare) > 1 else ''} {', '.join(map(str, rare))} cover less than "
                          f"{RARE_CLASS_FRACTION:.0%} of the pixels: consider --class-weights auto")
-        if len(self.image_channels) > 1:
+        if 1 in self.image_channels and len(self.image_channels) > 1:
             hints.append("grayscale and colour images are mixed: grayscale ones are repeated to 3 channels "
                          "(--channels 1 converts all to grayscale instead)")
         if self.pairs and len(self.empty_masks) > len(self.pairs) / 2:
@@ -356,6 +367,9 @@ class DataCheck:
             ones, full = self.mixed_binary
             lines.append(f"  mixed binary encodings: {len(ones)} masks hold 0/1 {_names(ones)}, {len(full)} hold "
                          f"0/255 {_names(full)}")
+        if self.too_small:
+            lines.append(f"  too small for the U-Net at any --scale (under {MIN_SIDE} px a side): "
+                         f"{len(self.too_small)} {_names(self.too_small)}")
         for message in self.size_mismatches[:5]:
             lines.append(f"  size mismatch: {message}")
         if len(self.size_mismatches) > 5:
@@ -400,12 +414,9 @@ def check_dataset(
         if orientation != 1:
             check.exif_turned.append(pair.image.name)
         if (image["width"], image["height"]) != (mask["width"], mask["height"]):
-            names = (pair.image.name, pair.mask.name) if pair.image.name != pair.mask.name else (pair.image, pair.mask)
-            message = (f"{names[0]} is {image['width']}x{image['height']} but {names[1]} is "
-                       f"{mask['width']}x{mask['height']}")
-            if orientation >= 5 and (image["height"], image["width"]) == (mask["width"], mask["height"]):
-                check.turned_mismatches += 1  # tags 5-8 turn by 90 degrees: the mask matches the upright view
-                message += f", the image as its EXIF orientation ({orientation}) turns it for viewers"
+            message, turned = size_mismatch(pair.image, (image["width"], image["height"]), pair.mask,
+                                            (mask["width"], mask["height"]), orientation)
+            check.turned_mismatches += turned
             check.size_mismatches.append(message)
             continue
         usable.append((pair, mask))
@@ -419,7 +430,7 @@ def check_dataset(
             check.palette = mask["palette"]
     check.pairs = [pair for pair, _ in usable]
     if not usable:
-        first = (check.unreadable + check.size_mismatches)[0]
+        first = check.unreadable[0] if check.unreadable else f"{check.size_mismatches[0]}: {check.size_mismatch_fix()}"
         raise UserError(f"no usable image/mask pair in {imgs} + {masks}: {first}")
     colour_mask = next((pair.mask for pair, mask in usable if mask["encoding"] == "colour"), None)
     if ignore_value is not None and colour_mask is not None:
@@ -506,7 +517,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Prints the report; exit code 1 when files are unreadable or mismatched or masks are blurred JPEGs, else 0."""
+    """Prints the report; exit code 1 when DataCheck.problems (train.py would stop or skip files), else 0."""
     set_image_pixel_limit(args.max_image_pixels)
     check_flag("--workers", args.workers, args.workers is None or args.workers >= 0, "0 or more")
     check = check_dataset(args.imgs, args.masks, args.mask_suffix, args.binarize, args.ignore_index, args.workers)

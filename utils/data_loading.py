@@ -251,6 +251,21 @@ EXIF_ORIENTATION = 0x0112  # 1: stored upright; 2-8: viewers turn or mirror the 
 UPRIGHT_FIX = "save the images upright first, e.g. with PIL.ImageOps.exif_transpose"
 
 
+SIZE_MISMATCH_FIX = "resize each mask to its image with nearest-neighbour interpolation, or remove the pair"
+
+
+def size_mismatch(image: Path, image_size: tuple[int, int], mask: Path, mask_size: tuple[int, int],
+                  orientation: int) -> tuple[str, bool]:
+    """The words for a pair whose sizes (width, height) differ, naming the folders where the names are alike, and
+    whether the image's EXIF orientation explains it (the mask was drawn on the image as viewers show it)."""
+    names = (image.name, mask.name) if image.name != mask.name else (image, mask)
+    message = f"{names[0]} is {image_size[0]}x{image_size[1]} but {names[1]} is {mask_size[0]}x{mask_size[1]}"
+    turned = orientation >= 5 and image_size[::-1] == tuple(mask_size)  # tags 5-8 turn by 90 degrees
+    if turned:
+        message += f", the image as its EXIF orientation ({orientation}) turns it for viewers"
+    return message, turned
+
+
 def file_orientation(path: Path) -> int:
     """The EXIF orientation tag of an image file, from its header alone: 1 when absent or unreadable, and for
     arrays, which have no EXIF. Images are read as stored, not turned by it."""
@@ -315,9 +330,20 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
     return scaled.round().astype(np.uint8)
 
 
+def _refuse_alpha_drawn_mask(path: Path, pixels: np.ndarray) -> None:
+    """A mask painted in one colour whose shapes are in the alpha channel (as drawing tools export layers): read
+    as colours, it would be one value everywhere."""
+    colours, alpha = pixels[..., :-1], pixels[..., -1]
+    if (colours == colours.flat[: colours.shape[-1]]).all() and alpha.min() != alpha.max():
+        raise UserError(f"{path} holds its mask in the alpha channel (its colours are all one): save the alpha "
+                        "channel as a grayscale mask, e.g. Image.open(path).getchannel('A').save(path)")
+
+
 def read_mask(path: Path) -> np.ndarray:
     """Decode a mask to raw values: HxW (palette index, gray level, label) or HxWx3 colours."""
     data = _open(path, mask=True)
+    if isinstance(data, Image.Image) and data.mode in ("RGBA", "LA", "PA"):
+        _refuse_alpha_drawn_mask(path, _as_array(path, data))
     if isinstance(data, Image.Image):
         convert = data.mode in ("RGBA", "LA", "PA", "CMYK", "YCbCr", "HSV")
         array = _as_array(path, data, ("RGB" if data.mode != "LA" else "L") if convert else None)
@@ -348,12 +374,17 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and (path.is_file() or path.is_symlink() and not path.exists())
 
 
-def _files_by_stem(folder: Path, role: str) -> dict[str, Path]:
+def _files_by_stem(folder: Path, role: str, shared: bool = False) -> dict[str, Path]:
+    """shared: the folder holds the masks too (then x.jpg beside x.png is an image and its mask, named alike)."""
     require_folder(folder, role)
     files: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
         if path.name.startswith(".") or not is_image_file(path):
             continue
+        if path.stem in files and shared:
+            raise UserError(f"{files[path.stem].name} and {path.name} in {folder} have the same name, and images and "
+                            "masks are both in it: move the masks to a folder of their own, or rename them with a "
+                            "suffix (x_mask.png) and pass --mask-suffix _mask")
         if path.stem in files:
             raise UserError(f"{files[path.stem].name} and {path.name} in {folder} have the same name: keep one")
         files[path.stem] = path
@@ -393,10 +424,10 @@ class Pairing(NamedTuple):
 
 def pair_files(images_dir: Path, masks_dir: Path, mask_suffix: str | None = None) -> Pairing:
     """Pair every image with its mask, listing each folder once; the unpaired files are returned by name."""
-    images = _files_by_stem(Path(images_dir), "imgs")
-    masks = _files_by_stem(Path(masks_dir), "masks")
     # One folder for both (x.jpg beside x_mask.png): without a suffix every file would be its own mask.
     one_folder = Path(images_dir).resolve() == Path(masks_dir).resolve()
+    images = _files_by_stem(Path(images_dir), "imgs", one_folder)
+    masks = _files_by_stem(Path(masks_dir), "masks", one_folder)
     if one_folder and mask_suffix == "":
         raise UserError(f"images and masks are both in {images_dir}, so masks need a name suffix (x.jpg, x_mask.png): "
                         "pass it with --mask-suffix, or move the masks to a folder of their own")
@@ -609,10 +640,10 @@ class SegmentationDataset(Dataset):
                 return {"skipped": str(error)}
             raise
         if (height, width) != mask.shape[:2]:
-            raise UserError(
-                f"{pair.image.name} is {width}x{height} but its mask {pair.mask.name} is "
-                f"{mask.shape[1]}x{mask.shape[0]}: resize the mask to the image"
-            )
+            message, turned = size_mismatch(pair.image, (width, height), pair.mask, (mask.shape[1], mask.shape[0]),
+                                            file_orientation(pair.image))
+            fix = f"the mask was drawn on the image as viewers show it: {UPRIGHT_FIX}" if turned else SIZE_MISMATCH_FIX
+            raise UserError(f"{message}: {fix}")
         if self.scale_masks and self.scale != 1.0:
             mask = resize_nearest(mask, (image_tensor.shape[-1], image_tensor.shape[-2]))
         if self.crop is not None:
