@@ -109,6 +109,12 @@ def readable_parts(batch: dict, skipped: list[str]) -> Iterator[dict]:
         yield from same_size_parts(batch)
 
 
+def is_scores_file(head: str) -> bool:
+    """The start of a file write_rows wrote (an earlier evaluation's, which --output may replace)."""
+    text = head.lstrip()
+    return text.startswith("name,dice,iou") or text.startswith("[") and ('"dice"' in text or text.rstrip() == "[]")
+
+
 def write_rows(rows: list[dict], path: Path) -> None:
     """Per-image scores as CSV, or JSON when the file name ends in .json."""
     try:
@@ -163,7 +169,7 @@ def main(args: argparse.Namespace) -> dict:
                                   binarize=binarize_threshold(trained_with.get("binarize")),
                                   ignore_value=trained_with.get("ignore_index"))
     loader = make_loader(dataset, args.batch_size, device, min(args.workers, len(pairs)))
-    check_output_file(args.output, "--output", (".csv", ".json"))  # before the evaluation, not after it
+    check_output_file(args.output, "--output", (".csv", ".json"), ours=is_scores_file)  # before the evaluation
     result = evaluate(model, loader, device, precision, args.mask_threshold, options=options)
     extras = "".join(f", {name} {value}" for name, value in (("tiles", options.tile), ("TTA", options.tta))
                      if value not in ("auto", "none"))

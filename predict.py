@@ -54,7 +54,7 @@ from utils.inference import (
     probabilities,
 )
 from utils.mask_encoding import encoding_table
-from utils.mask_writer import EXTRA_OUTPUT_TAGS, MaskWriter, OutputOptions
+from utils.mask_writer import CSV_HEADER, EXTRA_OUTPUT_TAGS, MaskWriter, OutputOptions
 
 MASK_FILE_SUFFIXES = (".png", ".gif", ".bmp", ".tif", ".tiff")  # lossless, so class values survive
 DEFAULT_OUTPUT_TAG = "_OUT"  # without --output, the mask of x.jpg is x_OUT.png beside it
@@ -175,6 +175,8 @@ def output_paths(inputs: list[Path], outputs: list[str] | None) -> list[Path]:
             raise UserError(f"output {output} is not an image file name: end it in .png (or / for a folder)")
     targets = [Path(output) for output in outputs]
     check_distinct(inputs, targets)
+    for folder in {target.parent for target in targets}:  # a file in the way is said now, not after predicting
+        make_folder(folder, "--output")
     return targets
 
 
@@ -369,7 +371,11 @@ def main(args: argparse.Namespace) -> int:
     outputs = output_paths(inputs, args.output)
     csv_path = csv_location(args.csv, args.output, outputs)
     if csv_path is not None:
-        check_output_file(csv_path, "--csv", (".csv",))
+        check_output_file(csv_path, "--csv", (".csv",), ours=lambda head: head.startswith(CSV_HEADER))
+        earlier = len(csv_path.read_text(errors="replace").splitlines()) - 1 if csv_path.exists() else 0
+        if earlier > 0 and not args.skip_existing:
+            print(f"note: {csv_path} is replaced: it held {earlier} rows of an earlier run, and this one lists only "
+                  "its own inputs (another --csv name keeps both)", file=sys.stderr)
     if args.skip_existing and args.no_save:
         raise UserError("--skip-existing leaves out the inputs whose masks exist: it needs the masks written, "
                         "leave out --no-save")

@@ -88,6 +88,36 @@ def test_predict_writes_binary_mask_at_original_size(trained: Path) -> None:
     assert overlay.size == (48, 32) and overlay.mode == "RGB"
 
 
+def test_csv_outputs_replace_only_their_own_files_and_a_file_in_the_way_is_said_first(trained: Path) -> None:
+    """Found by a review: --csv checkpoints/metrics.csv (or evaluate.py -o it) replaced a training run's history
+    without a word; an output under a file failed only after predicting, blaming permissions."""
+    image = sorted((trained / "data" / "imgs").iterdir())[0]
+    history = (trained / "checkpoints" / "metrics.csv").read_text()
+    flags = ["-m", "checkpoints/best.pth", "--workers", "0"]
+    for script, args in (("predict.py", ["-i", image, "-o", "m.png", "--csv", "checkpoints/metrics.csv"]),
+                         ("evaluate.py", ["-o", "checkpoints/metrics.csv"])):
+        result = run(script, *flags, *args, cwd=trained, check=False)
+        assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].endswith(
+            "checkpoints/metrics.csv exists and was not written by this tool: give another file name, or move that "
+            "file away first")
+    assert (trained / "checkpoints" / "metrics.csv").read_text() == history and not (trained / "m.png").exists()
+
+    run("predict.py", *flags, "-i", "data/imgs", "-o", "again/", "--csv", cwd=trained)
+    result = run("predict.py", *flags, "-i", image, "-o", "again/", "--csv", cwd=trained)  # its own: replaced
+    assert "again/predictions.csv is replaced: it held 10 rows of an earlier run" in result.stderr
+    assert len((trained / "again" / "predictions.csv").read_text().splitlines()) == 2
+    run("evaluate.py", *flags, "-o", "scores.json", cwd=trained)
+    run("evaluate.py", *flags, "-o", "scores.json", cwd=trained)  # an earlier evaluation's file may be replaced
+
+    (trained / "in_the_way").write_text("a file")
+    result = run("predict.py", *flags, "-i", image, "-o", "in_the_way/m.png", cwd=trained, check=False)
+    assert result.stderr.strip().splitlines()[-1] == ("error: cannot make the folder in_the_way for --output "
+                                                      "(in_the_way is a file, not a folder): pick another path")
+    assert "predict" not in result.stdout  # said before the model ran
+    result = run("predict.py", *flags, "-i", image, "--tile", "64", "--overlap", "0.99", cwd=trained, check=False)
+    assert result.returncode == 2 and "--overlap must be a fraction of the tile from 0 to 0.9" in result.stderr
+
+
 def test_predict_several_inputs_viz_without_saving(trained: Path) -> None:
     images = sorted((trained / "data" / "imgs").iterdir())[:2]
     result = run("predict.py", "-m", "checkpoints/last.pth", "-i", *images, "--viz", "--no-save", cwd=trained)

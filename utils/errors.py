@@ -45,7 +45,9 @@ def make_folder(folder: Path, flag: str) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:  # a file of that name on the way, no permission, a read-only disk
-        raise UserError(f"cannot make the folder {folder} for {flag} ({error.strerror}): pick another path") from None
+        in_the_way = next((path for path in (folder, *folder.parents) if path.exists() and not path.is_dir()), None)
+        reason = f"{in_the_way} is a file, not a folder" if in_the_way is not None else error.strerror
+        raise UserError(f"cannot make the folder {folder} for {flag} ({reason}): pick another path") from None
 
 
 def check_writable_folder(folder: Path, flag: str) -> None:
@@ -62,12 +64,23 @@ def check_writable_folder(folder: Path, flag: str) -> None:
                         "folder, or free disk space") from None
 
 
-def check_output_file(path: Path, flag: str, suffixes: tuple[str, ...] = ()) -> None:
+def check_output_file(path: Path, flag: str, suffixes: tuple[str, ...] = (),
+                      ours: Callable[[str], bool] | None = None) -> None:
     """An output file's folder is writable (made now), the name is not a folder and, where suffixes are given,
     ends in one of them (so that a slip like --csv model.pth cannot overwrite a checkpoint or an image): checked
-    before the work."""
+    before the work. With ours (a test of the file's first 4 KiB), an existing file is replaced only when it is
+    one this tool wrote: never a training run's metrics.csv that a slip names."""
     if path.is_dir():
         raise UserError(f"{flag} {path} is a folder: give a file name")
     if suffixes and path.suffix.lower() not in suffixes:
         raise UserError(f"{flag} {path}: give a file name ending in {' or '.join(suffixes)}")
+    if ours is not None and path.exists():
+        try:
+            with open(path, errors="replace") as file:
+                head = file.read(4096)
+        except OSError:
+            head = ""
+        if not ours(head):
+            raise UserError(f"{flag} {path} exists and was not written by this tool: give another file name, or "
+                            "move that file away first")
     check_writable_folder(path.parent, flag)

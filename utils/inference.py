@@ -72,7 +72,8 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
                              "it fits in memory, else the largest tiles that do; none = always whole "
                              "(default: %(default)s)")
     parser.add_argument("--overlap", type=float, default=0.25,
-                        help="overlap of neighbouring tiles, a fraction of the tile (default: %(default)s)")
+                        help="overlap of neighbouring tiles, a fraction of the tile from 0 to 0.9 (default: "
+                             "%(default)s)")
     parser.add_argument("--tile-batch", type=int, default=None, metavar="N",
                         help="tiles per forward pass (default: as many as fit in memory on a GPU, up to 16; on a "
                              "CPU as many as make 256x256 pixels, 1 for larger tiles)")
@@ -99,9 +100,13 @@ def inference_options(args: argparse.Namespace) -> InferenceOptions:
     return options
 
 
+MAX_OVERLAP = 0.9  # tiles 10x denser than side by side on each axis: ~100 predictions of each pixel (x8 with d4)
+
+
 def check_options(options: InferenceOptions) -> None:
-    check_flag("--overlap", options.overlap, 0 <= options.overlap < 1,
-               "at least 0 and below 1 (a fraction of the tile)")
+    check_flag("--overlap", options.overlap, 0 <= options.overlap <= MAX_OVERLAP,
+               f"a fraction of the tile from 0 to {MAX_OVERLAP} (usually 0.25-0.5): above it each pixel would be "
+               "predicted hundreds of times, for minutes per image")
     check_flag("--tta", repr(options.tta), options.tta in TTA_CHOICES, f"one of {', '.join(TTA_CHOICES)}")
     check_flag("--tile-batch", options.tile_batch, options.tile_batch is None or options.tile_batch >= 1,
                "a whole number of at least 1")

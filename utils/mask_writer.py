@@ -59,6 +59,9 @@ def probs_path(target: Path) -> Path:
     return target.with_name(f"{target.stem}{PROBS_TAG}.npy")
 
 
+CSV_HEADER = "image,mask,width,height"  # predictions.csv's first columns; the class fractions follow
+
+
 def overlay_path(target: Path) -> Path:
     return target.with_name(f"{target.stem}{OVERLAY_TAG}.png")
 
@@ -174,7 +177,7 @@ class MaskWriter:
 
     def write_csv(self, path: Path) -> None:
         """predictions.csv: per image, its size and the fraction of pixels of each class (in input order)."""
-        fields = ["image", "mask", "width", "height"] + [f"fraction_{c}" for c in range(self.n_classes)]
+        fields = CSV_HEADER.split(",") + [f"fraction_{c}" for c in range(self.n_classes)]
         try:
             with atomic_path(path) as tmp, open(tmp, "w", newline="") as file:
                 writer = csv.DictWriter(file, fieldnames=fields)
