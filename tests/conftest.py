@@ -8,6 +8,7 @@ import runpy
 import signal
 import subprocess
 import sys
+import threading
 import traceback
 import warnings
 from pathlib import Path
@@ -55,6 +56,7 @@ def run_script(script: str, *args: object, cwd: Path, real_process: bool = False
     saved_argv, saved_cwd, saved_environ, saved_filters = sys.argv, os.getcwd(), dict(os.environ), warnings.filters[:]
     saved_threads, saved_rng = torch.get_num_threads(), torch.random.get_rng_state()
     saved_handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    saved_hooks = threading.excepthook, sys.unraisablehook  # run_cli quiets them after a Ctrl-C
     code = 0
     try:
         os.chdir(cwd)
@@ -87,6 +89,7 @@ def run_script(script: str, *args: object, cwd: Path, real_process: bool = False
         torch.random.set_rng_state(saved_rng)
         for number, handler in saved_handlers.items():
             signal.signal(number, handler)
+        threading.excepthook, sys.unraisablehook = saved_hooks
     return subprocess.CompletedProcess(argv, code, stdout.getvalue(), stderr.getvalue())
 
 

@@ -466,3 +466,27 @@ def test_under_torchrun_a_stop_is_agreed_after_every_cpu_step_and_at_each_epochs
     stop.requested = "SIGINT"
     assert control.stop_requested(4, cpu, epoch_ends=False) is True  # the very next step, not step 10
     assert control.stop_requested(7, cpu, epoch_ends=True) is True and sums == [0.0, 1.0, 1.0]
+
+
+def test_a_ctrl_c_is_one_line_and_what_breaks_in_threads_after_it_prints_nothing(
+        capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a review: about one Ctrl-C of eight during predict.py printed, after "interrupted", a traceback of
+    multiprocessing's file-descriptor handshake thread, whose loader worker had just stopped."""
+    import argparse
+    import threading
+
+    from utils.errors import run_cli
+
+    def interrupted_main(args: argparse.Namespace) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sys, "argv", ["predict.py"])
+    monkeypatch.setattr(threading, "excepthook", threading.excepthook)  # put back after the test
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
+    with pytest.raises(SystemExit) as stop:
+        run_cli(interrupted_main, argparse.ArgumentParser())
+    assert stop.value.code == 130
+    helper = threading.Thread(target=lambda: 1 / 0)
+    helper.start()
+    helper.join()
+    assert capsys.readouterr().err == "interrupted\n"

@@ -17,7 +17,6 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
-from torchvision import io as tv_io
 
 from unet import MIN_SIDE
 
@@ -195,6 +194,8 @@ def _sixteen_bit_colour(image: Image.Image) -> bool:
 
 def _read_png_16(path: Path) -> np.ndarray:
     """A 16-bit colour PNG as HxWxC uint16 (torchvision's decoder keeps every bit)."""
+    from torchvision import io as tv_io  # here: importing torchvision costs every script ~1 s at start
+
     try:
         with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders for TorchCodec's (not installed)
             warnings.simplefilter("ignore", DeprecationWarning)

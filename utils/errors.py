@@ -3,6 +3,7 @@
 import argparse
 import os
 import sys
+import threading
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +27,7 @@ def run_cli(main: Callable[[argparse.Namespace], object], parser: argparse.Argum
         warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL(\.|$)")
     try:
         code = main(parser.parse_args())
+        sys.exit(code if isinstance(code, int) else 0)  # in the try: a Ctrl-C just as main returns is one line too
     except UserError as error:
         if debug:
             raise
@@ -35,9 +37,12 @@ def run_cli(main: Callable[[argparse.Namespace], object], parser: argparse.Argum
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
+        # what breaks as the process ends (a loader worker's file-descriptor handshake in a helper thread, an
+        # object's __del__) follows from the interrupt, and is not the user's to read
+        threading.excepthook = lambda _: None
+        sys.unraisablehook = lambda _: None
         print("interrupted", file=sys.stderr)
         sys.exit(130)
-    sys.exit(code if isinstance(code, int) else 0)
 
 
 def make_folder(folder: Path, flag: str) -> None:
