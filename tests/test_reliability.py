@@ -490,3 +490,26 @@ def test_a_ctrl_c_is_one_line_and_what_breaks_in_threads_after_it_prints_nothing
     helper.start()
     helper.join()
     assert capsys.readouterr().err == "interrupted\n"
+
+
+def test_a_loader_worker_drops_only_the_broken_handover_of_a_stopped_main_process(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The traceback above came from the worker's side of the handover (multiprocessing's "_serve" thread)."""
+    import threading
+
+    from utils.data_loading import _quiet_handover_breaks
+
+    def broken() -> None:
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+    printed: list[str] = []
+
+    def record(args: threading.ExceptHookArgs) -> None:
+        printed.append(args.thread.name)
+
+    monkeypatch.setattr(threading, "excepthook", lambda args: _quiet_handover_breaks(args, default=record))
+    for name in ("Thread-3 (_serve)", "Thread-4 (work)"):
+        thread = threading.Thread(target=broken, name=name)
+        thread.start()
+        thread.join()
+    assert printed == ["Thread-4 (work)"]

@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import sys
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -745,11 +746,21 @@ def same_size_parts(batch: dict) -> Iterator[dict]:
             start = end
 
 
+def _quiet_handover_breaks(args: threading.ExceptHookArgs, default: Callable = threading.excepthook) -> None:
+    """A worker hands each batch's shared memory to the main process through multiprocessing's resource sharer
+    thread ("Thread-N (_serve)"); a main process stopped by Ctrl-C mid-handover breaks that connection, and its
+    traceback is not the user's to read. Every other thread error is printed as usual."""
+    thread_name = args.thread.name if args.thread is not None else ""
+    if not (issubclass(args.exc_type, (ConnectionError, EOFError)) and thread_name.endswith("(_serve)")):
+        default(args)
+
+
 def init_loader_worker(worker_id: int, stops_gracefully: bool = False) -> None:
     """Loader workers yield the cores to the training process (CPU training threads, GPU feeding) when both want
     them (idle cores still go to the workers), and leave a Ctrl-C to it; also a SIGTERM where it stops gracefully
     on one (stops_gracefully: train.py)."""
     leave_first_signal_to_main((signal.SIGINT, signal.SIGTERM) if stops_gracefully else (signal.SIGINT,))
+    threading.excepthook = _quiet_handover_breaks
     if not hasattr(os, "nice"):  # Windows
         return
     try:
