@@ -403,7 +403,8 @@ def test_predict_inputs_expand_folders_and_globs_and_outputs_pair_up(tmp_path: P
     with pytest.raises(UserError, match="matches no image"):
         predict.expand_inputs([str(tmp_path / "*.tif")])
     (tmp_path / "taken").write_text("a file, not a folder")
-    with pytest.raises(UserError, match=r"cannot make the folder .*taken for --output \(File exists\): pick another"):
+    with pytest.raises(UserError, match=r"cannot make the folder .*taken for --output \(.*taken is a file, not a "
+                                        r"folder\): pick another"):
         predict.output_paths(inputs, [str(tmp_path / "taken") + "/"])
     with pytest.raises(UserError, match="2 inputs but 3 outputs"):
         predict.output_paths(inputs, ["x.png", "y.png", "z.png"])

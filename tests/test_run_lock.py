@@ -123,7 +123,8 @@ def test_the_checkpoint_folder_is_made_and_tried_with_a_write_before_the_data(tm
     from utils.errors import check_writable_folder
 
     (tmp_path / "file").write_text("not a folder")
-    with pytest.raises(UserError, match=r"cannot make the folder .*file/run for --checkpoint-dir \(Not a directory\)"):
+    with pytest.raises(UserError, match=r"cannot make the folder .*file/run for --checkpoint-dir "
+                                        r"\(.*file is a file, not "):
         check_writable_folder(tmp_path / "file" / "run", "--checkpoint-dir")
     check_writable_folder(tmp_path / "new" / "run", "--checkpoint-dir")
     assert (tmp_path / "new" / "run").is_dir() and not list((tmp_path / "new" / "run").iterdir())  # probe removed
