@@ -130,8 +130,23 @@ def default_batch_size(device: torch.device, precision: Precision, pixels: int, 
     return batch
 
 
+class TypedFlagsParser(argparse.ArgumentParser):
+    """Also records which flags were typed, as args.typed (their dests): a resumed run overrides a typed flag
+    with a note, also one typed with its default value (--scale 0.5 against a run at 1.0), and takes the run's
+    value silently for a flag left out."""
+
+    def parse_known_args(self, args=None, namespace=None):  # noqa: ANN001, ANN201 - argparse's own signature
+        parsed, extras = super().parse_known_args(args, namespace)
+        typed_only = get_args_parser()
+        for action in typed_only._actions:
+            action.default = argparse.SUPPRESS  # left out of the namespace unless typed
+        typed, _ = argparse.ArgumentParser.parse_known_args(typed_only, args, argparse.Namespace())
+        parsed.typed = tuple(sorted(vars(typed)))
+        return parsed, extras
+
+
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Train a U-Net on images and target masks.")
+    parser = TypedFlagsParser(description="Train a U-Net on images and target masks.")
     data = parser.add_argument_group("data")
     data.add_argument("--imgs", type=Path, default=None,
                       help=f"folder of input images (default: {DATA_FOLDERS[0][1]}; with --resume, the run's own)")
@@ -392,14 +407,16 @@ def keep_run_settings(args: argparse.Namespace, resumed: dict, resume_file: Path
             "bilinear": architecture["bilinear"], "scale": resumed.get("scale", args.scale),
             **{name: saved_args.get(name, getattr(args, name))
                for name in ("binarize", "ignore_index", "class_weights", "batch_size", "validation", "crop",
-                            "crops_per_image", "learning_rate", "weight_decay")}}
+                            "crops_per_image", "crop_foreground", "augment", "seed", "grad_clip",
+                            "batchnorm_images", "learning_rate", "weight_decay")}}
     kept["binarize"] = binarize_threshold(kept["binarize"])  # older checkpoints stored True/False
     kept["crop"] = tuple(kept["crop"]) if kept["crop"] is not None else None
     parser = get_args_parser()
+    typed = getattr(args, "typed", None)  # None: a Namespace made otherwise; then a flag at its default is untyped
     lines = []
     for name, value in kept.items():
         given = getattr(args, name)
-        if given != value and given != parser.get_default(name):
+        if given != value and (name in typed if typed is not None else given != parser.get_default(name)):
             flag = "--" + name.replace("_", "-")
             lines.append(f"note: {resume_file} continues with {flag} {shown(value)}; {flag} {shown(given)} is "
                          "ignored (start a new run to change it)")

@@ -812,6 +812,24 @@ def test_resume_keeps_the_runs_settings_and_names_each_flag_it_overrides(tmp_pat
                      "(start a new run to change it)"]  # flags left at their defaults, or equal, pass silently
 
 
+def test_resume_takes_seed_and_augmentation_left_out_and_names_a_flag_typed_at_its_default(
+        tmp_path: pathlib.Path) -> None:
+    """Found by a review: `--resume auto -e 10` (the README's example) went on with seed 0 and light augmentation
+    instead of the run's 7 and strong, without a word; a typed --scale 0.5 against a run at 1.0 got no note."""
+    import train
+
+    resumed = {"model_args": {"n_classes": 2, "n_channels": 3, "bilinear": False}, "scale": 1.0,
+               "args": {"batch_size": 2, "binarize": None, "ignore_index": None, "class_weights": None,
+                        "seed": 7, "augment": "strong", "grad_clip": 0.5}}
+    args = train.get_args_parser().parse_args(["--resume", "auto", "-e", "10"])
+    assert train.keep_run_settings(args, resumed, tmp_path / "last.pth") == []
+    assert (args.seed, args.augment, args.grad_clip, args.scale, args.epochs) == (7, "strong", 0.5, 1.0, 10)
+    args = train.get_args_parser().parse_args(["--resume", "auto", "--scale", "0.5", "--seed", "7"])
+    assert train.keep_run_settings(args, resumed, tmp_path / "last.pth") == [
+        f"note: {tmp_path / 'last.pth'} continues with --scale 1.0; --scale 0.5 is ignored (start a new run to "
+        "change it)"]  # the typed seed equals the run's: nothing to say
+
+
 @pytest.mark.parametrize(("stored", "given", "kept"), [(True, [], 0), (True, ["--binarize"], 0), (False, [], None),
                                                        (127, ["--binarize", "127"], 127)])
 def test_resume_reads_binarize_as_stored_also_the_true_false_of_older_checkpoints(
