@@ -318,6 +318,9 @@ def resumed_split(pairs: list[Pair], resumed: dict, resume_file: Path, validatio
     notes = [f"note: the data changed since {resume_file}: {len(kept_train)} training images (were {trained}); "
              f"validation stays on the run's own images ({len(kept_val)} of {len(kept)} still there), so images "
              "added since train and none it trained on is scored as held out"]
+    if kept and not kept_val:
+        notes.append(f"warning: none of the run's {len(kept)} validation images is there: the epochs train without "
+                     "validation and best.pth stays as it is, until they are back (the run remembers them)")
     return kept_train, kept_val, notes
 
 
@@ -771,6 +774,8 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
             say(line, file=sys.stderr)
     else:
         train_pairs, val_pairs = split_pairs(data.pairs, args.validation, args.seed)
+    # saved as the run's held-out images, also those missing now: one that comes back is validated again
+    validation_names = (resumed or {}).get("validation_images") or [pair.name for pair in val_pairs]
     names = hashlib.sha256("\n".join(pair.name for pair in train_pairs + val_pairs).encode()).hexdigest()[:12]
     check_same_everywhere(world, (names, len(train_pairs), mask_values),
                           f"sees {len(train_pairs)} training and {len(val_pairs)} validation images (names digest "
@@ -927,7 +932,7 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epochs_done,
             "epoch_batches": epoch_batches, "step": step, "best_dice": best_dice, "val_dice": val_dice,
             "rng": rng_state(), "mask_palette": data.palette,
-            "training_images": len(train_pairs), "validation_images": [pair.name for pair in val_pairs],
+            "training_images": len(train_pairs), "validation_images": validation_names,
             "batched_by_size": True,  # the epoch order of utils/sampling.py; older runs mixed sizes
             "processes": world.size,  # a position within an epoch holds for this many processes only
         }

@@ -682,6 +682,31 @@ def test_resume_without_data_flags_reads_the_runs_own_folders_also_from_another_
         "error: masks folder cars_masks_moved does not exist: pass --masks DIR (see download_data.sh)")
 
 
+def test_validation_images_missing_for_one_resume_are_validated_again_when_back(tmp_path: Path) -> None:
+    """Found by a review: the checkpoint kept only the validation images present, so one missing for a single
+    resume was trained on once back, and the run never validated again."""
+    write_carvana_like(tmp_path / "data", 6)
+    flags = ["--validation", "34", *TRAIN_FLAGS]
+    run("train.py", "--epochs", "1", *flags, cwd=tmp_path)
+    held_out = load_checkpoint(tmp_path / "checkpoints" / "last.pth")["validation_images"]
+    aside = tmp_path / "aside"
+    aside.mkdir()
+    for name in held_out:
+        for kind, suffix in (("imgs", ".jpg"), ("masks", "_mask.gif")):
+            shutil.move(tmp_path / "data" / kind / f"{name}{suffix}", aside / f"{kind}_{name}{suffix}")
+    result = run("train.py", "--epochs", "2", "--resume", "auto", *flags, cwd=tmp_path)
+    assert "warning: none of the run's 2 validation images is there: the epochs train without validation" in (
+        result.stderr)
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pth")["validation_images"] == held_out
+    for name in held_out:
+        for kind, suffix in (("imgs", ".jpg"), ("masks", "_mask.gif")):
+            shutil.move(aside / f"{kind}_{name}{suffix}", tmp_path / "data" / kind / f"{name}{suffix}")
+    result = run("train.py", "--epochs", "3", "--resume", "auto", *flags, cwd=tmp_path)
+    assert "4 training and 2 validation images" in result.stdout and "data changed" not in result.stderr
+    with open(tmp_path / "checkpoints" / "metrics.csv") as rows:
+        assert [row["val_dice"] != "" for row in csv.DictReader(rows)] == [True, False, True]
+
+
 def test_resume_of_a_checkpoint_without_the_split_draws_the_seeded_split(tmp_path: Path) -> None:
     import train
     from utils.data_loading import list_pairs
