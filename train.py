@@ -427,6 +427,23 @@ def keep_run_settings(args: argparse.Namespace, resumed: dict, resume_file: Path
     return lines
 
 
+def keep_better_best(best_file: Path, resume_file: Path, best_dice: float, say: Callable[..., None]) -> float:
+    """A run taken back to an earlier point of its folder (--resume epoch_N.pth --overwrite) must not replace a
+    better best.pth of the later epochs it drops: best.pth is replaced only when this run scores higher."""
+    if not best_file.exists() or os.path.samefile(best_file, resume_file):
+        return best_dice
+    try:
+        kept = torch.load(best_file, map_location="cpu", weights_only=True, mmap=True)
+        dice, epoch = float(kept.get("val_dice")), kept.get("epoch")
+    except Exception:  # noqa: BLE001 - an unreadable best.pth is replaced as before
+        return best_dice
+    if not dice > best_dice:
+        return best_dice
+    say(f"note: {best_file} (validation Dice {dice:.4f}, epoch {epoch}) is kept until this run scores higher",
+        file=sys.stderr)
+    return dice
+
+
 def loaded_mask_values(found: list[MaskValue], trained: list[MaskValue], load: str,
                        say: Callable[..., None]) -> list[MaskValue]:
     """The class list for fine-tuning --load weights: theirs where the masks hold only values they were trained on,
@@ -848,6 +865,8 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
             scaler.load_state_dict(resumed["scaler"])
         restore_rng_state(resumed["rng"])
         start_epoch, step, best_dice = resumed["epoch"] + 1, resumed["step"], resumed["best_dice"]
+        if not replaces_a_run:  # going on in its own folder, maybe from an earlier point (epoch_N.pth, --overwrite)
+            best_dice = keep_better_best(args.checkpoint_dir / "best.pth", resume_file, best_dice, say)
         skip_batches = resumed.get("epoch_batches", 0)  # saved in the middle of an epoch (--save-every, a signal)
         processes = resumed.get("processes", world.size)  # unknown before 2026-11-27 (9th session): as now
         if processes != world.size:  # each process's share of an epoch depends on their number

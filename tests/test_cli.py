@@ -707,6 +707,24 @@ def test_validation_images_missing_for_one_resume_are_validated_again_when_back(
         assert [row["val_dice"] != "" for row in csv.DictReader(rows)] == [True, False, True]
 
 
+def test_going_back_to_an_earlier_epoch_keeps_a_better_best_pth(tmp_path: Path) -> None:
+    """Found by a review: --resume epoch_2.pth --overwrite replaced best.pth of the dropped later epochs with a
+    worse model, the best one then lost."""
+    write_carvana_like(tmp_path / "data", 6)
+    flags = ["--validation", "34", "--keep-epochs", *TRAIN_FLAGS]
+    run("train.py", "--epochs", "3", *flags, cwd=tmp_path)
+    best = tmp_path / "checkpoints" / "best.pth"
+    state = torch.load(best, weights_only=True)
+    best.unlink()  # a hard link to an epoch file: a file of its own now
+    torch.save({**state, "val_dice": 1.0, "best_dice": 1.0, "epoch": 3}, best)  # as if epoch 3 had scored 1.0
+    kept = best.read_bytes()
+    result = run("train.py", "--epochs", "3", "--resume", "checkpoints/epoch_2.pth", "--overwrite", *flags,
+                 cwd=tmp_path)
+    assert "note: checkpoints/best.pth (validation Dice 1.0000, epoch 3) is kept until this run scores higher" in (
+        result.stderr)
+    assert best.read_bytes() == kept and "(best)" not in result.stdout
+
+
 def test_resume_of_a_checkpoint_without_the_split_draws_the_seeded_split(tmp_path: Path) -> None:
     import train
     from utils.data_loading import list_pairs
