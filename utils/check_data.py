@@ -271,7 +271,8 @@ class DataCheck:
         return rare
 
     def stray_values_fix(self) -> str:
-        common = [value for value in self.mask_values if value not in self.stray_values]
+        stray = self.stray_values
+        common = [value for value in self.mask_values if value not in stray]
         fix = "re-save the masks with nearest-neighbour resizing and a lossless format (PNG)"
         if len(common) == 2 and not is_colour(self.mask_values) and self.binarize is None:
             middle = (int(common[0]) + int(common[1])) // 2
