@@ -41,9 +41,8 @@ DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 # What a file's suffix promises, by Pillow's detected format (MPO: a camera JPEG carrying extra frames) or, for
 # arrays, by the first bytes.
 FORMATS_BY_SUFFIX = {".jpg": ("JPEG", "MPO"), ".jpeg": ("JPEG", "MPO"), ".jfif": ("JPEG", "MPO"), ".png": ("PNG",),
-                     ".gif": ("GIF",),
-                     ".tif": ("TIFF",), ".tiff": ("TIFF",), ".bmp": ("BMP", "DIB"), ".webp": ("WEBP",),
-                     ".npy": ("NumPy array",), ".pt": ("torch.save zip",)}
+                     ".gif": ("GIF",), ".tif": ("TIFF",), ".tiff": ("TIFF",), ".bmp": ("BMP", "DIB"),
+                     ".webp": ("WEBP",), ".npy": ("NumPy array",), ".pt": ("torch.save zip",)}
 SUFFIX_BY_FORMAT = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "GIF": ".gif", "TIFF": ".tif", "BMP": ".bmp",
                     "DIB": ".bmp", "WEBP": ".webp", "NumPy array": ".npy", "torch.save zip": ".pt"}
 # First bytes of the formats a misnamed file most often holds: the hint in its error message.

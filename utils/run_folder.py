@@ -84,10 +84,8 @@ def set_aside_earlier_run(folder: Path, say: Callable[..., None]) -> Path | None
     found = earlier_run_files(folder) + (["training_curves.png"] if (folder / "training_curves.png").exists() else [])
     if not found:
         return None
-    holding = folder / SET_ASIDE
-    if holding.exists():  # left by a run killed before it settled it: that earlier run is older than this one
-        shutil.rmtree(holding)
-    holding.mkdir()
+    holding = folder / SET_ASIDE  # train.py settles one left by a killed run before it gets here
+    holding.mkdir(exist_ok=True)
     for name in found:
         os.replace(folder / name, holding / name)
     say(f"--overwrite: the earlier run's {', '.join(found)} moved to {holding}, deleted once this run has saved "
