@@ -26,12 +26,14 @@ from tqdm import tqdm
 from utils.checkpoint import inference_scale, load_model
 from utils.data_loading import (
     IMAGE_SUFFIXES,
+    UNREAD_IMAGE_SUFFIXES,
     UPRIGHT_FIX,
     ImageFiles,
     add_image_limit_argument,
     init_loader_worker,
     is_image_file,
     set_image_pixel_limit,
+    unread_format_note,
 )
 from utils.device import (
     COMPILE_CHOICES,
@@ -117,26 +119,33 @@ def expand_inputs(inputs: list[str], keep_repeats: bool = False) -> tuple[list[P
     keep_repeats (an output file listed for each input). Returns the paths and how many were left out as
     outputs."""
     paths: list[Path] = []
+    unread: list[Path] = []  # HEIC, JPEG 2000, ...: named in a note, not passed over in silence
     left_out = 0
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if is_image_file(p))
+            listed = sorted(path.iterdir())
         elif path.exists():
             paths.append(path)  # named explicitly: predicted whatever its name
             continue
         else:
-            found = sorted(Path(p) for p in glob.glob(item, recursive=True)  # DIR/**/*.jpg: subfolders too
-                           if is_image_file(Path(p)))
-            if not found:
-                raise UserError(f"input {item} does not exist and matches no image file")
+            listed = sorted(Path(p) for p in glob.glob(item, recursive=True))  # DIR/**/*.jpg: subfolders too
+        found = [p for p in listed if is_image_file(p)]
+        unread_here = [p for p in listed if p.suffix.lower() in UNREAD_IMAGE_SUFFIXES and p.is_file()]
+        unread += unread_here
+        verb = "holds" if path.is_dir() else "matches"
+        also = f"; it {verb} {unread_format_note(unread_here)}" if unread_here else ""
+        if not found and not path.is_dir():
+            raise UserError(f"input {item} does not exist and matches no image file{also}")
         kept = [p for p in found if not OWN_OUTPUT_STEM.search(p.stem)]
         left_out += len(found) - len(kept)
         if not kept:
             outputs = f" other than the {len(found)} outputs of an earlier run (*{DEFAULT_OUTPUT_TAG}.png)" if found \
                 else f" ({', '.join(IMAGE_SUFFIXES)}; subfolders are not searched: use '{path / '**' / '*'}')"
-            raise UserError(f"input {'folder ' if path.is_dir() else ''}{item} holds no image files{outputs}")
+            raise UserError(f"input {'folder ' if path.is_dir() else ''}{item} holds no image files{outputs}{also}")
         paths.extend(kept)
+    if unread:
+        print(f"note: left out {unread_format_note(unread)}", file=sys.stderr)
     if keep_repeats:
         return paths, left_out
     unique, seen = [], set()
@@ -450,8 +459,9 @@ def main(args: argparse.Namespace) -> int:
     if len(inputs) == 1 and todo and not failed and not args.no_save:
         print(f"mask of {inputs[0]} saved to {outputs[0]}")
     if failed:
-        print(f"error: {len(failed)} of {len(todo)} images could not be predicted (listed above as skipped); "
-              "the others were predicted", file=sys.stderr)
+        others = "; the others were predicted" if len(failed) < len(todo) else ""
+        print(f"error: {len(failed)} of {len(todo)} images could not be predicted (listed above as skipped){others}",
+              file=sys.stderr)
         return 1
     return 0
 

@@ -198,8 +198,13 @@ def test_predict_folder_reports_unreadable_and_too_small_files_and_predicts_the_
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "broken.jpg" in result.stdout + result.stderr
     assert "thin.png is 40x12: the U-Net needs at least 16 px a side" in result.stdout + result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("error: 2 of 5 images could not be predicted")
+    assert result.stderr.strip().splitlines()[-1] == ("error: 2 of 5 images could not be predicted (listed above as "
+                                                      "skipped); the others were predicted")
     assert len(list((tmp_path / "out").glob("*.png"))) == 3
+    result = run("predict.py", "-m", trained / "checkpoints" / "last.pth", "-i", folder / "broken.jpg", "-o",
+                 tmp_path / "out", cwd=tmp_path, check=False)
+    assert result.stderr.strip().splitlines()[-1] == ("error: 1 of 1 images could not be predicted (listed above as "
+                                                      "skipped)")  # there are no others
 
 
 def test_evaluate_cli_prints_scores_and_writes_rows(trained: Path) -> None:
@@ -372,7 +377,8 @@ def test_size_mismatch_found_in_a_worker_process_is_one_line(tmp_path: Path) -> 
     assert last.startswith("error: ") and mask.name in last and "48x32" in last and "24x16" in last
 
 
-def test_predict_inputs_expand_folders_and_globs_and_outputs_pair_up(tmp_path: Path) -> None:
+def test_predict_inputs_expand_folders_and_globs_and_outputs_pair_up(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture) -> None:
     import predict
 
     for name in ("b.png", "a.jpg", "notes.txt"):
@@ -402,6 +408,13 @@ def test_predict_inputs_expand_folders_and_globs_and_outputs_pair_up(tmp_path: P
         predict.output_paths([tmp_path / "a.jpg", tmp_path / "sub" / "a.jpg"], [str(tmp_path / "out")])
     with pytest.raises(UserError, match="matches no image"):
         predict.expand_inputs([str(tmp_path / "*.tif")])
+    (tmp_path / "photo.heic").write_bytes(b"")  # a format not read here: named, with the fix
+    with pytest.raises(UserError, match=r"matches no image file; it matches 1 file in formats not read here "
+                                        r"\(\.heic 1: photo\.heic\): convert it to PNG"):
+        predict.expand_inputs([str(tmp_path / "photo*")])
+    capsys.readouterr()
+    assert tmp_path / "photo.heic" not in predict.expand_inputs([str(tmp_path)])[0]
+    assert "note: left out 1 file in formats not read here (.heic 1: photo.heic)" in capsys.readouterr().err
     (tmp_path / "taken").write_text("a file, not a folder")
     with pytest.raises(UserError, match=r"cannot make the folder .*taken for --output \(.*taken is a file, not a "
                                         r"folder\): pick another"):

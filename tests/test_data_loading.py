@@ -262,6 +262,34 @@ def test_hidden_and_non_image_files_are_ignored(tmp_path, capsys):
     assert capsys.readouterr().err == ""
 
 
+def test_image_formats_not_read_here_are_named_with_the_fix(tmp_path, capsys):
+    """Found by a review: phone photos (.heic) in the image folder were passed over in silence, and their masks
+    called unpaired. Files that are no images at all (.txt) are still left alone."""
+    from utils.data_loading import pair_files, read_image
+
+    _touch_images(tmp_path / "imgs", ["a.png"])
+    _touch_images(tmp_path / "masks", ["a.png", "b.png", "c.png"])
+    for name in ("b.heic", "c.HEIC", "notes.txt"):
+        (tmp_path / "imgs" / name).write_bytes(b"\x00" * 64)
+    (tmp_path / "masks" / "d.jp2").write_bytes(b"\x00" * 64)
+    assert [path.name for path in pair_files(tmp_path / "imgs", tmp_path / "masks").unread] == \
+        ["b.heic", "c.HEIC", "d.jp2"]
+    assert [pair.name for pair in list_pairs(tmp_path / "imgs", tmp_path / "masks")] == ["a"]
+    err = capsys.readouterr().err
+    assert "warning: skipping 3 files in formats not read here (.heic 2, .jp2 1: b.heic, c.HEIC, d.jp2): convert " \
+        "them to PNG" in err
+    assert "notes.txt" not in err
+    from utils.check_data import check_dataset
+    assert "\n  not read: 3 files in formats not read here (.heic 2, .jp2 1: " in \
+        check_dataset(tmp_path / "imgs", tmp_path / "masks", workers=1).report()
+    with pytest.raises(UserError, match=r"cannot read .*b\.heic: \.heic files are not read here: convert it to PNG"):
+        read_image(tmp_path / "imgs" / "b.heic")
+    (tmp_path / "imgs" / "a.png").unlink()
+    with pytest.raises(UserError, match=r"no image files .* in .*imgs, only 2 files in formats not read here "
+                                        r"\(\.heic 2: b\.heic, c\.HEIC\): convert them to PNG"):
+        list_pairs(tmp_path / "imgs", tmp_path / "masks")
+
+
 def test_no_pairs_raises_user_error_naming_the_folder(tmp_path):
     _touch_images(tmp_path / "imgs", ["a.png", "b.png"])
     _touch_images(tmp_path / "masks", ["x_mask.png"])

@@ -37,6 +37,7 @@ from .data_loading import (
     read_mask,
     set_image_pixel_limit,
     size_mismatch,
+    unread_format_note,
 )
 from .errors import UserError, check_flag, run_cli
 from .mask_encoding import (
@@ -195,6 +196,7 @@ class DataCheck:
     ignore_value: int | None = None
     lonely_images: list[str] = field(default_factory=list)
     lonely_masks: list[str] = field(default_factory=list)
+    unread_formats: list[Path] = field(default_factory=list)  # HEIC, JPEG 2000, ...: named, not read
     unreadable: list[str] = field(default_factory=list)  # one message per file, naming it
     size_mismatches: list[str] = field(default_factory=list)
     turned_mismatches: int = 0  # of which: the mask fits the image as its EXIF orientation shows it
@@ -359,6 +361,8 @@ class DataCheck:
         for names, kind in lonely:
             if names:
                 lines.append(f"  unpaired (not used): {len(names)} {kind} {_names(names)}")
+        if self.unread_formats:
+            lines.append(f"  not read: {unread_format_note(self.unread_formats)}")
         lines += [f"  unreadable: {reason}" for reason in self.unreadable[:5]]
         if len(self.unreadable) > 5:
             lines.append(f"  unreadable: {len(self.unreadable) - 5} more files")
@@ -405,7 +409,7 @@ def check_dataset(
     image_records = inspect_files([p.image for p in pairing.pairs], "image", workers, cache_dir=Path(masks))
     mask_records = inspect_files([p.mask for p in pairing.pairs], "mask", workers, cache_dir=Path(masks))
     check = DataCheck(Path(imgs), Path(masks), pairing.mask_suffix, [], [], [], binarize, ignore_value,
-                      pairing.lonely_images, pairing.lonely_masks)
+                      pairing.lonely_images, pairing.lonely_masks, pairing.unread)
     usable: list[tuple[Pair, dict]] = []
     for pair, image, mask in zip(pairing.pairs, image_records, mask_records):
         if "error" in image or "error" in mask:

@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -26,6 +27,11 @@ from .mask_encoding import IGNORE_CLASS, MaskValue, binarize_threshold, encode_m
 from .signals import leave_first_signal_to_main
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jfif", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".npy", ".pt")
+# Image formats that users' folders hold and that are not read here (phone photos, JPEG 2000, medical and raw
+# camera files, ...): named with the fix instead of passed over in silence. Other files (.txt, .csv) are left alone.
+UNREAD_IMAGE_SUFFIXES = (".heic", ".heif", ".avif", ".jxl", ".jp2", ".j2k", ".jpx", ".dcm", ".dicom", ".nii",
+                         ".nrrd", ".mha", ".svs", ".ndpi", ".czi", ".psd", ".dng", ".cr2", ".nef", ".arw", ".exr",
+                         ".hdr", ".ppm", ".pgm", ".pnm", ".pbm", ".tga", ".ico", ".svg")
 # Tried in this order when --mask-suffix is not given; the one pairing the most images wins.
 MASK_SUFFIX_CANDIDATES = ("", "_mask", "_masks", "_label", "_labels", "_seg", "_gt", "-mask")
 
@@ -116,8 +122,21 @@ def _misnamed(path: Path, found: str) -> UserError | None:
     return UserError(f"cannot read {path}: it holds {found} data but is named {path.suffix}: {fix}")
 
 
+def unread_format_note(paths: list[Path]) -> str:
+    """'N files in formats not read here (.heic 4: a.heic, ...): convert them ...' for files of
+    UNREAD_IMAGE_SUFFIXES."""
+    suffixes = Counter(path.suffix.lower() for path in paths)
+    counts = ", ".join(f"{suffix} {count}" for suffix, count in suffixes.most_common())
+    names = ", ".join(path.name for path in paths[:3]) + (", ..." if len(paths) > 3 else "")
+    return (f"{len(paths)} file{'s' if len(paths) != 1 else ''} in formats not read here ({counts}: {names}): "
+            f"convert {'them' if len(paths) != 1 else 'it'} to PNG (or JPEG or TIFF for images)")
+
+
 def _unreadable(path: Path, error: Exception) -> UserError:
     """A file no decoder took: say what it holds instead when its first bytes tell."""
+    if path.suffix.lower() in UNREAD_IMAGE_SUFFIXES:
+        return UserError(f"cannot read {path}: {path.suffix} files are not read here: convert it to PNG (or JPEG "
+                         "or TIFF for an image)")
     found = _content_type(path)
     problem = _misnamed(path, found) if found else None
     return problem or UserError(f"cannot read {path} ({_reason(error)}): replace or remove the file")
@@ -375,12 +394,18 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and (path.is_file() or path.is_symlink() and not path.exists())
 
 
-def _files_by_stem(folder: Path, role: str, shared: bool = False) -> dict[str, Path]:
-    """shared: the folder holds the masks too (then x.jpg beside x.png is an image and its mask, named alike)."""
+def _files_by_stem(folder: Path, role: str, shared: bool = False) -> tuple[dict[str, Path], list[Path]]:
+    """The image files by name without suffix, and the files of UNREAD_IMAGE_SUFFIXES. shared: the folder holds
+    the masks too (then x.jpg beside x.png is an image and its mask, named alike)."""
     require_folder(folder, role)
     files: dict[str, Path] = {}
+    unread: list[Path] = []
     for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or not is_image_file(path):
+        if path.name.startswith("."):
+            continue
+        if not is_image_file(path):
+            if path.suffix.lower() in UNREAD_IMAGE_SUFFIXES and path.is_file():
+                unread.append(path)
             continue
         if path.stem in files and shared:
             raise UserError(f"{files[path.stem].name} and {path.name} in {folder} have the same name, and images and "
@@ -390,8 +415,9 @@ def _files_by_stem(folder: Path, role: str, shared: bool = False) -> dict[str, P
             raise UserError(f"{files[path.stem].name} and {path.name} in {folder} have the same name: keep one")
         files[path.stem] = path
     if not files:
-        raise UserError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
-    return files
+        found = f", only {unread_format_note(unread)}" if unread else ""
+        raise UserError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {folder}{found}")
+    return files, unread
 
 
 def detect_mask_suffix(image_stems: list[str], mask_stems: set[str],
@@ -421,14 +447,17 @@ class Pairing(NamedTuple):
     mask_suffix: str
     lonely_images: list[str]
     lonely_masks: list[str]
+    unread: list[Path]  # in either folder: files of UNREAD_IMAGE_SUFFIXES
 
 
 def pair_files(images_dir: Path, masks_dir: Path, mask_suffix: str | None = None) -> Pairing:
     """Pair every image with its mask, listing each folder once; the unpaired files are returned by name."""
     # One folder for both (x.jpg beside x_mask.png): without a suffix every file would be its own mask.
     one_folder = Path(images_dir).resolve() == Path(masks_dir).resolve()
-    images = _files_by_stem(Path(images_dir), "imgs", one_folder)
-    masks = _files_by_stem(Path(masks_dir), "masks", one_folder)
+    images, unread = _files_by_stem(Path(images_dir), "imgs", one_folder)
+    masks, unread_masks = _files_by_stem(Path(masks_dir), "masks", one_folder)
+    if not one_folder:
+        unread += unread_masks
     if one_folder and mask_suffix == "":
         raise UserError(f"images and masks are both in {images_dir}, so masks need a name suffix (x.jpg, x_mask.png): "
                         "pass it with --mask-suffix, or move the masks to a folder of their own")
@@ -449,7 +478,7 @@ def pair_files(images_dir: Path, masks_dir: Path, mask_suffix: str | None = None
                      and not (one_folder and stem.endswith(mask_suffix))]
     lonely_masks = [p.name for stem, p in masks.items() if p not in paired_masks and p not in paired_images
                     and not (one_folder and not stem.endswith(mask_suffix))]
-    return Pairing(pairs, mask_suffix, lonely_images, lonely_masks)
+    return Pairing(pairs, mask_suffix, lonely_images, lonely_masks, unread)
 
 
 def list_pairs(images_dir: Path, masks_dir: Path, mask_suffix: str | None = None) -> list[Pair]:
@@ -460,6 +489,8 @@ def list_pairs(images_dir: Path, masks_dir: Path, mask_suffix: str | None = None
         if names:
             shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
             print(f"warning: skipping {len(names)} {kind}: {shown}", file=sys.stderr)
+    if pairing.unread:
+        print(f"warning: skipping {unread_format_note(pairing.unread)}", file=sys.stderr)
     return pairing.pairs
 
 
