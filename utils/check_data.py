@@ -47,19 +47,24 @@ from .mask_encoding import (
     binarize_threshold,
     is_colour,
     merge_values,
+    pack_colours,
     short_values,
     value_counts,
 )
 
 CACHE_NAME = ".unet_check_cache.json"
-CACHE_VERSION = 5  # 3: misnamed files and files over --max-image-pixels are unreadable; 4: JPEG masks noted;
-# 5: EXIF orientation of images noted
+CACHE_VERSION = 6  # 3: misnamed files and files over --max-image-pixels are unreadable; 4: JPEG masks noted;
+# 5: EXIF orientation of images noted; 6: interior pixels of each mask value
 RARE_CLASS_FRACTION = 0.01
 INSTANCE_LABEL_HINT = 16  # more distinct values than this in label masks usually means one value per object
 # Mask values made up by resizing with interpolation, lossy saving or noise: each under STRAY_FRACTION of the
-# pixels, together under STRAY_TOTAL, and at least twice as many as the values that cover more.
+# pixels, together under STRAY_TOTAL, at least twice as many as the values that cover more, and under
+# STRAY_INTERIOR of their pixels inside a region of their own value (thin bands along edges, isolated pixels).
+# Objects of one value each (instance labels) are mostly interior: a disc of radius 2 already has 5 of 13 pixels.
 STRAY_FRACTION = 0.005
 STRAY_TOTAL = 0.05
+STRAY_INTERIOR = 0.2
+INTERIOR_BLOCK_ROWS = 512  # rows per block when counting interior pixels: bounded memory on very large masks
 
 
 def inspect_image(path: Path) -> dict[str, Any]:
@@ -70,11 +75,27 @@ def inspect_image(path: Path) -> dict[str, Any]:
             "orientation": file_orientation(path)}
 
 
+def interior_counts(mask: np.ndarray, values: list[MaskValue]) -> list[int]:
+    """Per value (as value_counts lists them): its pixels whose four neighbours hold the same value. Classes and
+    objects are mostly interior; values made up along edges by interpolation, or by noise, hardly ever are."""
+    keys = pack_colours(mask) if mask.ndim == 3 else mask
+    found: Counter = Counter()
+    for top in range(1, keys.shape[0] - 1, INTERIOR_BLOCK_ROWS):
+        bottom = min(top + INTERIOR_BLOCK_ROWS, keys.shape[0] - 1)
+        core = keys[top:bottom, 1:-1]
+        same = ((core == keys[top - 1:bottom - 1, 1:-1]) & (core == keys[top + 1:bottom + 1, 1:-1])
+                & (core == keys[top:bottom, :-2]) & (core == keys[top:bottom, 2:]))
+        inside, counts = value_counts(core[same]) if mask.ndim == 2 else np.unique(core[same], return_counts=True)
+        found.update(dict(zip((int(v) for v in inside), (int(c) for c in counts))))
+    packed = (lambda v: (v[0] << 16) | (v[1] << 8) | v[2]) if mask.ndim == 3 else int
+    return [found.get(packed(value), 0) for value in values]
+
+
 def inspect_mask(path: Path) -> dict[str, Any]:
     mask = read_mask(path)
     values, counts = value_counts(mask)
     record: dict[str, Any] = {"width": int(mask.shape[1]), "height": int(mask.shape[0]),
-                              "values": values, "counts": counts}
+                              "values": values, "counts": counts, "interior": interior_counts(mask, values)}
     mode, palette = None, None
     if path.suffix.lower() not in (".npy", ".pt"):
         with open_image(path) as header:  # header only: the pixels were decoded by read_mask
@@ -210,6 +231,7 @@ class DataCheck:
     palette: list[int] | None = None
     palette_conflicts: list[str] = field(default_factory=list)  # an index shown as another colour than elsewhere
     mixed_binary: tuple[list[str], list[str]] = ([], [])  # masks holding 0/1 and masks holding 0/255
+    class_interior: list[int] = field(default_factory=list)  # per mask value: pixels inside a region of it
 
     @property
     def image_sizes(self) -> Counter:
@@ -263,14 +285,19 @@ class DataCheck:
     @property
     def stray_values(self) -> list[MaskValue]:
         """Values that look made up rather than classes: bilinear-resized 0/255 masks hold ~150 values, a colour
-        mask with a little noise dozens; each covers a sliver of the pixels. Real rare classes are few beside the
-        common ones, and instance labels (one value per object) cover more together."""
+        mask with a little noise dozens; each covers a sliver of the pixels, in thin bands or alone. Real rare
+        classes are few beside the common ones, and instance labels (one value per object) cover more together or
+        fill regions of their own (cells: 40 objects on 0.3% of the pixels)."""
         fractions = self.class_fractions
-        rare = [value for value, fraction in zip(self.mask_values, fractions) if fraction < STRAY_FRACTION]
+        rare = [i for i, fraction in enumerate(fractions) if fraction < STRAY_FRACTION]
         common = len(self.mask_values) - len(rare)
-        if len(rare) < max(3, 2 * common) or sum(f for f in fractions if f < STRAY_FRACTION) >= STRAY_TOTAL:
+        if len(rare) < max(3, 2 * common) or sum(fractions[i] for i in rare) >= STRAY_TOTAL:
             return []
-        return rare
+        if self.class_interior:
+            inside = sum(self.class_interior[i] for i in rare) / max(1, sum(self.class_pixels[i] for i in rare))
+            if inside >= STRAY_INTERIOR:
+                return []
+        return [self.mask_values[i] for i in rare]
 
     def stray_values_fix(self) -> str:
         stray = self.stray_values
@@ -445,6 +472,7 @@ def check_dataset(
     if binarize is None and ignore_value not in (1, 255):
         check.mixed_binary = _mixed_binary([(pair.mask.name, mask) for pair, mask in usable])
     per_file = {pair.mask.name: _effective_counts(mask, binarize, ignore_value) for pair, mask in usable}
+    interior = [_effective_counts(mask, binarize, ignore_value, "interior") for _, mask in usable]
     check.mask_values = merge_values(
         {name: [list(v) if isinstance(v, tuple) else v for v in counts] for name, counts in per_file.items()},
         Path(masks))
@@ -455,6 +483,10 @@ def check_dataset(
             check.class_pixels[index[value]] += count
         if set(counts) <= {_hashable(check.mask_values[0])}:
             check.empty_masks.append(name)
+    check.class_interior = [0] * len(check.mask_values)
+    for counts in interior:
+        for value, count in counts.items():
+            check.class_interior[index[value]] += count
     return check
 
 
@@ -494,10 +526,12 @@ def _hashable(value: MaskValue) -> int | tuple[int, ...]:
     return tuple(value) if isinstance(value, list) else value
 
 
-def _effective_counts(mask: dict, binarize_above: int | None, ignore_value: int | None) -> Counter:
-    """Pixel count per value of one mask after --binarize and --ignore-index (colours as tuples)."""
+def _effective_counts(mask: dict, binarize_above: int | None, ignore_value: int | None,
+                      counted: str = "counts") -> Counter:
+    """Pixel count per value of one mask after --binarize and --ignore-index (colours as tuples); counted =
+    "interior": of its interior pixels only (interior before binarizing: a lower bound after it)."""
     counts: Counter = Counter()
-    for value, count in zip(mask["values"], mask["counts"]):
+    for value, count in zip(mask["values"], mask[counted]):
         key = _hashable(value)
         if ignore_value is not None and key == ignore_value:
             continue
