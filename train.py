@@ -210,8 +210,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                        help="peak learning rate of AdamW, decayed by a cosine (default: %(default)s)")
     optim.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (default: %(default)s)")
     optim.add_argument("--class-weights", default=None, metavar="auto|W1,W2,...",
-                       help="weight the cross-entropy per class: auto = median-frequency balancing from the "
-                            "data check, or one weight per class")
+                       help="weight the cross-entropy per class: auto = median-frequency balancing of the "
+                            "training images' pixels, or one weight per class")
     optim.add_argument("--grad-clip", type=float, default=1.0,
                        help="clip the gradient norm to this value; 0 = no clipping (default: %(default)s)")
     optim.add_argument("--max-bad-steps", type=int, default=20, metavar="K",
@@ -776,10 +776,6 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
         which = (f"class {found} never appears in them; predict.py writes it as {extra[0]}" if len(extra) == 1 else
                  f"classes {found} to {len(mask_values) - 1} never appear in them; predict.py writes them as {extra}")
         say(f"note: --classes {args.classes} but the masks hold {found} values: {which}", file=sys.stderr)
-    class_weights = parse_class_weights(args.class_weights, args.classes,
-                                        pixels_per_class(mask_values, data.mask_values, data.class_pixels))
-    if class_weights is not None:
-        class_weights = class_weights.to(device)
     largest = scaled_size(*max(data.image_sizes, key=lambda size: size[0] * size[1]), args.scale)
     if args.batch_size is None:
         scaled_width, scaled_height = args.crop or largest
@@ -791,6 +787,22 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
             say(line, file=sys.stderr)
     else:
         train_pairs, val_pairs = split_pairs(data.pairs, args.validation, args.seed)
+    # From the training split only: held-out images must not set the weights of the classes they show.
+    train_pixels = data.class_pixels_of(train_pairs)
+    val_pixels = data.class_pixels_of(val_pairs)
+    held_out_only = [value for value, trained, held_out in zip(data.mask_values, train_pixels, val_pixels)
+                     if held_out and not trained]
+    if held_out_only:
+        fix = "" if resumed is not None else ": another --seed splits the images otherwise"
+        listed = ", ".join(shown(value) for value in held_out_only[:5]) + (", ..." if len(held_out_only) > 5 else "")
+        say(f"warning: mask value{'s' if len(held_out_only) > 1 else ''} {listed} appear"
+            f"{'' if len(held_out_only) > 1 else 's'} only in validation images, in none of the {len(train_pairs)} "
+            f"training images, so the model cannot learn {'them' if len(held_out_only) > 1 else 'it'}{fix}",
+            file=sys.stderr)
+    class_weights = parse_class_weights(args.class_weights, args.classes,
+                                        pixels_per_class(mask_values, data.mask_values, train_pixels))
+    if class_weights is not None:
+        class_weights = class_weights.to(device)
     # saved as the run's held-out images, also those missing now: one that comes back is validated again
     validation_names = (resumed or {}).get("validation_images") or [pair.name for pair in val_pairs]
     names = hashlib.sha256("\n".join(pair.name for pair in train_pairs + val_pairs).encode()).hexdigest()[:12]

@@ -16,6 +16,7 @@ import utils.check_data as check_data
 from utils.check_data import CACHE_NAME, CACHE_VERSION, check_dataset, inspect_image, scan_mask_values
 from utils.checkpoint import load_checkpoint
 from utils.data_loading import SegmentationDataset, collate_skipping, list_pairs, make_loader, read_mask
+from utils.dice_score import class_weights_from_pixels
 from utils.errors import UserError
 
 RED, GREEN, BLACK = [255, 0, 0], [0, 255, 0], [0, 0, 0]
@@ -511,6 +512,31 @@ def run_train(root: Path, *args: str) -> subprocess.CompletedProcess:
     return run_script("train.py", "--imgs", "imgs", "--masks", "masks", "--checkpoint-dir", "ck", "--epochs", "1",
                       "--validation", "0", "--scale", "1", "--batch-size", "4", "--wandb", "disabled",
                       "--workers", "0", *args, cwd=root)
+
+
+def test_a_class_only_in_validation_images_is_warned_about_and_weighs_nothing(tmp_path: Path) -> None:
+    """Found by a review: a mask value shown only by a held-out image went unmentioned, and --class-weights auto
+    gave it the largest weight, counted from the validation pixels."""
+    import train
+    from utils.data_loading import list_pairs
+
+    masks = [box_mask() for _ in range(10)]
+    imgs, folder = write_pairs_with(tmp_path, masks)
+    held_out = train.split_pairs(list_pairs(imgs, folder), 10, 0)[1]
+    assert len(held_out) == 1
+    rare = box_mask()
+    rare[:4, :4] = 2
+    write_image(folder / held_out[0].mask.name, rare)
+    result = run_train(tmp_path, "--validation", "10", "--class-weights", "auto")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert ("warning: mask value 2 appears only in validation images, in none of the 9 training images, so the model "
+            "cannot learn it: another --seed splits the images otherwise") in result.stderr
+    check = check_dataset(imgs, folder, workers=1)
+    trained = check.class_pixels_of([pair for pair in check.pairs if pair.name != held_out[0].name])
+    assert trained[2] == 0 and check.class_pixels[2] == 16
+    expected = class_weights_from_pixels(trained)
+    assert expected[2] == 1.0  # not the 10 of a class that rare in the whole set
+    assert f"class weights (auto): {', '.join(f'{w:.3g}' for w in expected)}" in result.stdout
 
 
 def test_train_proceeds_on_the_usable_pairs_despite_unreadable_unpaired_and_empty_files(tmp_path: Path) -> None:

@@ -232,6 +232,7 @@ class DataCheck:
     palette_conflicts: list[str] = field(default_factory=list)  # an index shown as another colour than elsewhere
     mixed_binary: tuple[list[str], list[str]] = ([], [])  # masks holding 0/1 and masks holding 0/255
     class_interior: list[int] = field(default_factory=list)  # per mask value: pixels inside a region of it
+    counts_by_mask: dict[str, Counter] = field(default_factory=dict)  # per usable mask's name: pixels per value
 
     @property
     def image_sizes(self) -> Counter:
@@ -315,6 +316,15 @@ class DataCheck:
         return (f"{len(stray)} of the {len(self.mask_values)} mask values {short_values(self.mask_values)} cover "
                 f"{share:.2%} of the pixels together, each under {STRAY_FRACTION:.1%}: they look made up by resizing "
                 f"with interpolation, lossy saving or noise, not classes: {self.stray_values_fix()}")
+
+    def class_pixels_of(self, pairs: Sequence[Pair]) -> list[int]:
+        """class_pixels over these pairs only: a training split's, so that held-out images set no class weight."""
+        index = {_hashable(value): i for i, value in enumerate(self.mask_values)}
+        totals = [0] * len(self.mask_values)
+        for pair in pairs:
+            for value, count in self.counts_by_mask.get(pair.mask.name, {}).items():
+                totals[index[value]] += count
+        return totals
 
     @property
     def inferred_classes(self) -> int:
@@ -473,6 +483,7 @@ def check_dataset(
         check.mixed_binary = _mixed_binary([(pair.mask.name, mask) for pair, mask in usable])
     per_file = {pair.mask.name: _effective_counts(mask, binarize, ignore_value) for pair, mask in usable}
     interior = [_effective_counts(mask, binarize, ignore_value, "interior") for _, mask in usable]
+    check.counts_by_mask = per_file
     check.mask_values = merge_values(
         {name: [list(v) if isinstance(v, tuple) else v for v in counts] for name, counts in per_file.items()},
         Path(masks))
