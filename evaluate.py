@@ -32,7 +32,7 @@ from utils.device import (
     choose_precision,
     keep_freed_memory_on_cpu,
 )
-from utils.dice_score import per_class_scores
+from utils.dice_score import per_class_counts, scores_from_counts
 from utils.errors import UserError, check_output_file, run_cli
 from utils.inference import (
     WHOLE_IMAGE,
@@ -60,8 +60,11 @@ def evaluate(
     """Per-image and mean Dice/IoU, comparing at the masks' resolution (logits are resized to it).
 
     "dice" and "iou" are means over images of the mean over foreground classes (class 0 is background),
-    as in the reference; the per-class lists include the background. options: tiles and test-time
-    augmentation (evaluate.py); validation during training uses the whole-image default.
+    as in the reference; the per-class lists include the background. An image without a class in its mask or
+    prediction scores 1 for it, which lifts the mean of a class most images lack: the pooled scores (all pixels
+    of all images together) and the number of images whose mask holds each class are given beside them.
+    options: tiles and test-time augmentation (evaluate.py); validation during training uses the whole-image
+    default.
     """
     was_training = model.training
     model.eval()
@@ -70,6 +73,8 @@ def evaluate(
     dice_sum = torch.zeros(n_classes, dtype=torch.float64)
     notify = notify_once(tqdm.write)
     iou_sum = torch.zeros(n_classes, dtype=torch.float64)
+    pooled_counts = [torch.zeros(n_classes, dtype=torch.float64) for _ in range(3)]  # intersection, predicted, true
+    images_with = torch.zeros(n_classes, dtype=torch.int64)  # images whose mask holds the class
     batches = tqdm(loader, desc="evaluation", unit="batch", leave=False, disable=not progress)
     skipped: list[str] = []
     for part in (part for batch in batches for part in readable_parts(batch, skipped)):
@@ -78,10 +83,14 @@ def evaluate(
         masks = part["mask"].to(device, non_blocking=True).long()  # int8 from the loader
         logits = predict_logits(model, part["image"], device, precision, output_size=tuple(masks.shape[-2:]),
                                 options=options, notify=notify)
-        dice, iou = per_class_scores(logits_to_classes(logits, threshold), masks, n_classes)
-        dice, iou = dice.double().cpu(), iou.double().cpu()
+        counts = [count.double().cpu() for count in per_class_counts(logits_to_classes(logits, threshold), masks,
+                                                                      n_classes)]
+        dice, iou = scores_from_counts(*counts)
         dice_sum += dice.sum(0)
         iou_sum += iou.sum(0)
+        for pooled, count in zip(pooled_counts, counts):
+            pooled += count.sum(0)
+        images_with += (counts[2] > 0).sum(0)
         for name, image_dice, image_iou in zip(part["name"], dice, iou):
             rows.append({"name": name, "dice": image_dice[1:].mean().item(), "iou": image_iou[1:].mean().item(),
                          **{f"dice_{c}": image_dice[c].item() for c in range(n_classes)},
@@ -93,6 +102,9 @@ def evaluate(
         "iou": sum(r["iou"] for r in rows) / count,
         "dice_per_class": (dice_sum / count).tolist(),
         "iou_per_class": (iou_sum / count).tolist(),
+        "dice_pooled_per_class": scores_from_counts(*pooled_counts)[0].tolist(),
+        "iou_pooled_per_class": scores_from_counts(*pooled_counts)[1].tolist(),
+        "images_per_class": images_with.tolist(),
         "images": len(rows),
         "rows": rows,
         "skipped": skipped,
@@ -174,10 +186,17 @@ def main(args: argparse.Namespace) -> dict:
     extras = "".join(f", {name} {value}" for name, value in (("tiles", options.tile), ("TTA", options.tta))
                      if value not in ("auto", "none"))
     print(f"{result['images']} images, model {args.model}, scale {scale}, {precision.name} on {device}{extras}")
-    print(f"{'class':>5}  {'mask value':>14}  {'Dice':>7}  {'IoU':>7}")
-    for index, (dice, iou) in enumerate(zip(result["dice_per_class"], result["iou_per_class"])):
-        print(f"{index:>5}  {str(model.mask_values[index]):>14}  {dice:7.4f}  {iou:7.4f}")
+    print(f"{'class':>5}  {'mask value':>14}  {'Dice':>7}  {'IoU':>7}  {'pooled Dice':>11}  {'pooled IoU':>10}  "
+          f"{'in images':>9}")
+    per_class = zip(result["dice_per_class"], result["iou_per_class"], result["dice_pooled_per_class"],
+                    result["iou_pooled_per_class"], result["images_per_class"])
+    for index, (dice, iou, pooled_dice, pooled_iou, holding) in enumerate(per_class):
+        print(f"{index:>5}  {str(model.mask_values[index]):>14}  {dice:7.4f}  {iou:7.4f}  {pooled_dice:11.4f}  "
+              f"{pooled_iou:10.4f}  {holding:>9}")
     print(f"mean foreground Dice {result['dice']:.4f}  IoU {result['iou']:.4f}")
+    if min(result["images_per_class"][1:], default=result["images"]) < result["images"]:
+        print("Dice, IoU: means over images, where an image without the class in mask and prediction scores 1; "
+              "pooled: over all pixels of all images together (the fairer score of a class few images hold)")
     write_rows(result["rows"], args.output)
     print(f"per-image scores written to {args.output}")
     return result

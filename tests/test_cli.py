@@ -211,6 +211,8 @@ def test_evaluate_cli_prints_scores_and_writes_rows(trained: Path) -> None:
     result = run("evaluate.py", "-m", "checkpoints/best.pth", "-o", "scores.json", "--workers", "0", cwd=trained,
                  real_process=True)
     assert "mean foreground Dice" in result.stdout
+    assert result.stdout.splitlines()[1].split() == ["class", "mask", "value", "Dice", "IoU", "pooled", "Dice",
+                                                     "pooled", "IoU", "in", "images"]
     rows = json.loads((trained / "scores.json").read_text())
     assert len(rows) == 10
     assert all(0 <= row["dice"] <= 1 and 0 <= row["iou"] <= row["dice"] + 1e-9 for row in rows)

@@ -248,6 +248,31 @@ class PaintsRedAsForeground(UNet):
         return torch.stack([(~red).float(), red.float()], dim=1)
 
 
+def test_evaluate_gives_pooled_scores_beside_the_means_lifted_by_images_without_the_class(tmp_path: Path) -> None:
+    """Found by a review: a rare class scored 0.98 as the mean over images, 0.77 over the images holding it; the
+    images without it (absent from mask and prediction) each scored 1."""
+    red = np.zeros((32, 32, 3), np.uint8)
+    red[8:24, 8:24] = (255, 0, 0)  # predicted as class 1: 256 pixels
+    half = np.zeros((32, 32), np.uint8)
+    half[8:16, 8:24] = 1  # the truth: 128 of them
+    write_image(tmp_path / "imgs" / "a.png", red)
+    write_image(tmp_path / "masks" / "a.png", half)
+    for name in ("b", "c", "d"):  # neither class 1 nor red
+        write_image(tmp_path / "imgs" / f"{name}.png", np.full((32, 32, 3), 90, np.uint8))
+        write_image(tmp_path / "masks" / f"{name}.png", np.zeros((32, 32), np.uint8))
+    cpu = torch.device("cpu")
+    check = check_dataset(tmp_path / "imgs", tmp_path / "masks", workers=1)
+    data = SegmentationDataset(check.pairs, check.mask_values, scale_masks=False)
+    scores = evaluate(PaintsRedAsForeground(), make_loader(data, 2, cpu, 0), cpu, choose_precision(cpu),
+                      progress=False)
+    assert scores["dice_per_class"][1] == pytest.approx((2 / 3 + 3) / 4)  # 2 * 128 / (256 + 128) on a, 1 elsewhere
+    assert scores["dice_pooled_per_class"][1] == pytest.approx(2 / 3)
+    assert scores["iou_pooled_per_class"][1] == pytest.approx(1 / 2)
+    assert scores["images_per_class"] == [4, 1]
+    predicted, true = 4 * 1024 - 256, 4 * 1024 - 128  # background pixels; every predicted one is true
+    assert scores["dice_pooled_per_class"][0] == pytest.approx(2 * predicted / (predicted + true))
+
+
 def test_evaluate_leaves_ignored_pixels_out_of_the_dice(tmp_path: Path) -> None:
     maps = [class_map(i, 2) for i in range(2)]
     for i, classes in enumerate(maps):

@@ -53,22 +53,29 @@ def segmentation_loss(logits: Tensor, masks: Tensor, class_weights: Tensor | Non
     return ce + dice_loss(F.softmax(logits, dim=1) * valid[:, None], one_hot, multiclass=True)
 
 
-def per_class_scores(pred: Tensor, target: Tensor, n_classes: int) -> tuple[Tensor, Tensor]:
-    """Per-image, per-class Dice and IoU of hard class-index maps (B, H, W) -> two (B, C) tensors.
-
-    Pixels whose target is IGNORE_CLASS are left out. A class absent from both prediction and truth
-    scores 1 (nothing to find, nothing found).
-    """
+def per_class_counts(pred: Tensor, target: Tensor, n_classes: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Per image and class, of hard class-index maps (B, H, W): pixels predicted and true (the intersection),
+    predicted, and true, as three (B, C) tensors. Pixels whose target is IGNORE_CLASS are left out."""
     valid = (target != IGNORE_CLASS).flatten(1, 2)[..., None].float()
     pred_one_hot = F.one_hot(pred.long(), n_classes).flatten(1, 2).float() * valid  # (B, H*W, C)
     true_one_hot = F.one_hot(target.long().clamp(min=0), n_classes).flatten(1, 2).float() * valid
-    intersection = (pred_one_hot * true_one_hot).sum(1)
-    total = pred_one_hot.sum(1) + true_one_hot.sum(1)
-    union = total - intersection
+    return (pred_one_hot * true_one_hot).sum(1), pred_one_hot.sum(1), true_one_hot.sum(1)
+
+
+def scores_from_counts(intersection: Tensor, predicted: Tensor, true: Tensor) -> tuple[Tensor, Tensor]:
+    """Dice and IoU from per_class_counts (per image, or summed over images: the pooled scores). A class absent
+    from both prediction and truth scores 1 (nothing to find, nothing found)."""
+    total = predicted + true
     empty = total == 0
     dice = torch.where(empty, 1.0, 2 * intersection / total.clamp(min=1))
-    iou = torch.where(empty, 1.0, intersection / union.clamp(min=1))
+    iou = torch.where(empty, 1.0, intersection / (total - intersection).clamp(min=1))
     return dice, iou
+
+
+def per_class_scores(pred: Tensor, target: Tensor, n_classes: int) -> tuple[Tensor, Tensor]:
+    """Per-image, per-class Dice and IoU of hard class-index maps (B, H, W) -> two (B, C) tensors
+    (per_class_counts, scores_from_counts)."""
+    return scores_from_counts(*per_class_counts(pred, target, n_classes))
 
 
 def class_weights_from_pixels(class_pixels: list[int]) -> list[float]:
