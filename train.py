@@ -53,6 +53,7 @@ from utils.data_loading import (
     require_folder,
     scaled_size,
     set_image_pixel_limit,
+    stop_loader_workers,
 )
 from utils.device import (
     COMPILE_CHOICES,
@@ -978,6 +979,7 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     with GracefulStop(announce=world.is_main) as stop:  # under torchrun every rank gets the signal
         control = EpochControl(args, world, NonFiniteGuard(model, optimizer, device), stop,
                                lambda step, batches: save(epoch - 1, step, batches, []))
+        stream = None
         try:
             stream = iter(train_loader)
             for epoch in range(start_epoch, args.epochs + 1):
@@ -1040,6 +1042,7 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
             try:
                 checkpoints.wait()  # also on Ctrl-C or an error: the last save completes
             finally:
+                stop_loader_workers(stream)
                 if run_log is not None:
                     run_log.close()
                 if set_aside is not None:

@@ -176,6 +176,32 @@ def test_a_signal_to_the_process_group_stops_cleanly_with_its_loader_worker(data
     assert load_checkpoint(run / "last.pth")["step"] == 3
 
 
+# train.py with its frames kept alive to the end, as wandb keeps the traceback of a start that failed.
+KEEPS_FRAMES = """
+import sys
+import train
+from utils import run_log
+from utils.errors import run_cli
+
+kept = []
+def start(self, config, mode):
+    kept.append(sys._getframe())  # and with it the frames of its callers, train() and its loader's iterator
+run_log.RunLog._start_wandb = start
+sys.argv = ["train.py", *sys.argv[1:]]
+run_cli(train.main, train.get_args_parser())
+"""
+
+
+def test_a_run_whose_frames_outlive_it_still_exits(data: Path, tmp_path: Path) -> None:
+    """Found by a review: with --wandb online and no network, the run trained, saved and never exited. The loader
+    workers, kept alive through wandb's traceback, left multiprocessing's exit-time SIGTERM to the main process,
+    which waited for them. The timeout only guards against that hang."""
+    command_line = [sys.executable, "-c", KEEPS_FRAMES, *command(data, tmp_path / "run", "--wandb", "offline")[2:]]
+    result = subprocess.run(command_line, cwd=REPO, env=environment(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert load_checkpoint(tmp_path / "run" / "last.pth")["step"] == TOTAL_STEPS
+
+
 def test_only_unfinished_checkpoint_saves_are_removed(tmp_path: Path) -> None:
     from utils.checkpoint import remove_unfinished_saves
 

@@ -799,6 +799,16 @@ def init_loader_worker(worker_id: int, stops_gracefully: bool = False) -> None:
         pass  # not permitted here: keep the default priority
 
 
+def stop_loader_workers(iterator: Iterator | None) -> None:
+    """End a DataLoader iterator's worker processes now rather than when it is garbage-collected. Something that
+    keeps the caller's frames (wandb keeps the traceback of a failed start) would leave them alive until the
+    interpreter exits, where multiprocessing sends them one SIGTERM, which training's workers leave to the main
+    process (leave_first_signal_to_main), and then waits for them forever."""
+    shutdown = getattr(iterator, "_shutdown_workers", None)  # PyTorch's own, also run by the iterator's __del__
+    if shutdown is not None:
+        shutdown()
+
+
 def make_loader(
     dataset: Dataset,
     batch_size: int,
