@@ -690,6 +690,9 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
         for name, size in remove_unfinished_saves(args.checkpoint_dir):
             say(f"removed {args.checkpoint_dir / name} ({size / 2**20:.0f} MiB): the unfinished save of a run killed "
                 "while writing it; the checkpoints themselves are intact", file=sys.stderr)
+    # The others look at the folder only once rank 0 holds its lock: a folder in use by another run (or unusable)
+    # then stops them with "another process stopped first", not with advice about the run they see in it.
+    barrier(world)
 
     resume_file = resume_path(args.resume, args.checkpoint_dir)
     resumed = load_checkpoint(resume_file, flag="--resume") if resume_file else None  # a missing file: said first

@@ -133,20 +133,27 @@ def test_processes_that_see_different_things_all_stop_with_one_line_instead_of_h
 
 
 def test_an_error_that_rank_0_alone_meets_is_one_line_on_every_rank(tmp_path: Path) -> None:
-    """Rank 0 alone checks --checkpoint-dir while rank 1 goes on to the first collective: an unusable folder (here a
-    file) stopped rank 0 with its one line, and rank 1 with a 20-line gloo traceback about a connection reset by
-    its peer. (A missing --imgs, the first case found, is now said by every rank before any collective.)"""
+    """Rank 0 alone locks --checkpoint-dir while rank 1 goes on: an unusable folder (a file) stopped rank 0 with its
+    one line, and rank 1 with a 20-line gloo traceback about a connection reset by its peer. A folder in use by
+    another run (found by a later review) made rank 1 advise --resume or --overwrite for the run it saw in it,
+    still running: the others now wait for rank 0's lock before looking at the folder. (A missing --imgs, the
+    first case found, is said by every rank before any collective.)"""
+    from utils.run_lock import RunLock
+
     write_discs(tmp_path / "data", 4)
-    (tmp_path / "taken").write_text("a file where the run folder should be")
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                             str(REPO / "train.py"), "--imgs", "data/imgs", "--masks", "data/masks", *FLAGS,
-                             "--checkpoint-dir", "taken"],
-                            cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                            timeout=300)
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "last.pth").write_bytes(b"the checkpoint of the run in progress")
+    with RunLock(tmp_path / "busy"):  # as a run in progress holds it
+        result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                                 str(REPO / "train.py"), "--imgs", "data/imgs", "--masks", "data/masks", *FLAGS,
+                                 "--checkpoint-dir", "busy"],
+                                cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                                text=True, timeout=300)
     output = result.stdout + result.stderr
     assert result.returncode != 0
-    assert "error: --checkpoint-dir taken" in output, output[-2000:]
+    assert output.count("error: busy is in use by another training run") == 1, output[-2000:]
     assert "error: rank 1: another process of this torchrun run stopped first, see its error" in output
+    assert "already holds a run" not in output and "--overwrite" not in output
     assert "[rank1]: Traceback" not in output and "[rank0]: Traceback" not in output
 
 
@@ -160,8 +167,11 @@ def test_only_a_stopped_peer_is_blamed_on_another_process() -> None:
     world = World(rank=1, size=2)
     for gone in (RuntimeError("[gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:8115. GLHF!"),
                  dist.DistBackendError("NCCL communicator was aborted")):
-        with pytest.raises(UserError, match=r"^rank 1: another process of this torchrun run stopped first"), \
+        with pytest.raises(UserError, match=r"^rank 1: another process of this torchrun run stopped first") as error, \
                 _peers(world):
             raise gone
+        assert "pair.cc" not in str(error.value)  # gloo's source location is not the user's to read
+    assert str(error.value) == ("rank 1: another process of this torchrun run stopped first, see its error (NCCL "
+                                "communicator was aborted)")
     with pytest.raises(RuntimeError, match="^Invalid scalar type$"), _peers(world):
         raise RuntimeError("Invalid scalar type")

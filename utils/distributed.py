@@ -7,6 +7,7 @@ Without torchrun the same code runs as a world of one, so the training loop has 
 """
 
 import os
+import re
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -75,7 +76,9 @@ def _peers(world: World) -> Iterator[None]:
         # NCCL's and the network's are DistErrors; gloo reports a peer gone as a plain RuntimeError
         if not isinstance(error, dist.DistError) and not any(sign in text for sign in PEER_GONE):
             raise
-        reason = text.splitlines()[0][:100] if text else type(error).__name__
+        # gloo starts with the place in its own source ("[/.../gloo/transport/tcp/pair.cc:545] Read error ..."):
+        # not the user's to read
+        reason = re.sub(r"^\[[^\]]*\]\s*", "", text.splitlines()[0])[:100] if text else type(error).__name__
         raise UserError(f"rank {world.rank}: another process of this torchrun run stopped first, see its error "
                         f"({reason})") from None
 
