@@ -77,7 +77,7 @@ from utils.distributed import (
     init_world,
     smallest_everywhere,
 )
-from utils.errors import UserError, check_flag, check_writable_folder, run_cli
+from utils.errors import UserError, check_flag, check_writable_folder, exit_code_of, run_cli
 from utils.inference import WHOLE_IMAGE, InferenceOptions, is_out_of_memory, logits_to_classes
 from utils.mask_encoding import (
     MaskValue,
@@ -634,10 +634,12 @@ def train_one_epoch(
             progress.update((images.shape[0] + len(batch["skipped"])) * world.size)
             if step % args.log_every == 0:
                 control.check_finite(step, epoch, skip + batches)
+                # every process steps together, so all reach this: the losses of the whole global batch
+                logged = all_reduce_sum(torch.stack([loss_sum / batches, loss.detach().float()]), world) / world.size
                 if run_log is not None:
-                    mean_loss = (loss_sum / batches).item()  # the one host sync, every --log-every steps
+                    mean_loss, step_loss = logged.tolist()  # the one host sync, every --log-every steps
                     progress.set_postfix(loss=f"{mean_loss:.4f}")
-                    run_log.log_step(step, epoch, loss.item(), scheduler.get_last_lr()[0])
+                    run_log.log_step(step, epoch, step_loss, scheduler.get_last_lr()[0])
             stopped = control.stop_requested(step, device, epoch_ends=index == plan.batches_in(epoch) - 1)
             if stopped or control.save_due(step):
                 control.save_progress(step, skip + batches)
@@ -1053,7 +1055,7 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
             finally:
                 stop_loader_workers(stream)
                 if run_log is not None:
-                    run_log.close()
+                    run_log.close(exit_code_of(sys.exc_info()[1]))
                 if set_aside is not None:
                     settle_earlier_run(args.checkpoint_dir, say)
     if failed_save:

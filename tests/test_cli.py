@@ -344,6 +344,36 @@ def test_wandb_offline_run_is_written_locally(tmp_path: Path, monkeypatch: pytes
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
 
 
+def test_wandb_records_how_the_run_ended(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a review: a run stopped by a signal was recorded in wandb as a clean exit (code 0)."""
+    from utils import run_log
+    from utils.errors import UserError, exit_code_of
+
+    finished = []
+
+    class Run:  # stands in for wandb's run: a Ctrl-C arrives while it logs the first epoch, or nothing happens
+        def __init__(self, interrupted: bool) -> None:
+            self.interrupted = interrupted
+
+        def log(self, record: dict) -> None:
+            if self.interrupted and "validation Dice" in record:
+                raise KeyboardInterrupt
+
+        def finish(self, exit_code: int = 0) -> None:
+            finished.append(exit_code)
+
+    write_carvana_like(tmp_path / "data", 3)
+    flags = [flag if flag != "disabled" else "offline" for flag in TRAIN_FLAGS]
+    for interrupted, code in ((False, 0), (True, 130)):
+        monkeypatch.setattr(run_log.RunLog, "_start_wandb", lambda self, config, mode, i=interrupted: Run(i))
+        result = run("train.py", "--epochs", "1", "--validation", "34", "--overwrite", *flags, cwd=tmp_path,
+                     check=False)
+        assert result.returncode == code, result.stderr[-2000:]
+    assert finished == [0, 130]
+    assert [exit_code_of(error) for error in (None, SystemExit(143), SystemExit("message"), UserError("x"),
+                                              RuntimeError("x"))] == [0, 143, 1, 2, 1]
+
+
 def test_wandb_default_mode_follows_wandb_mode_then_a_key_else_offline(tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     from utils.run_log import default_wandb_mode

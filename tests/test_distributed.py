@@ -2,6 +2,7 @@
 
 import csv
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -54,8 +55,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("ddp")
     write_discs(root / "data", 10)
     data = ["--imgs", "data/imgs", "--masks", "data/masks"]
-    root.joinpath("ddp.log").write_text(
-        train(root, *data, *FLAGS, "--batch-size", "2", "--checkpoint-dir", "ddp", processes=2).stdout)
+    ddp = train(root, *data, *FLAGS, "--batch-size", "2", "--checkpoint-dir", "ddp", processes=2)
+    root.joinpath("ddp.log").write_text(ddp.stdout)
+    root.joinpath("ddp.err").write_text(ddp.stderr)  # rank 0's progress bars
     train(root, *data, *FLAGS, "--batch-size", "4", "--checkpoint-dir", "single")
     return root
 
@@ -75,6 +77,15 @@ def test_only_rank_0_writes_one_set_of_checkpoints(runs: Path) -> None:
     checkpoint = load_checkpoint(runs / "ddp" / "last.pth")
     assert checkpoint["step"] == 4 and checkpoint["epoch"] == 2
     assert not any(key.startswith("module.") for key in checkpoint["model"])
+
+
+def test_the_loss_shown_and_logged_is_that_of_every_process(runs: Path) -> None:
+    """Found by a review: the progress bar and wandb showed rank 0's own loss, not the global batch's that
+    metrics.csv records. The bar's last figure of each epoch is the epoch's mean loss so far: all of it."""
+    bars = runs.joinpath("ddp.err").read_text()
+    shown = [float(re.findall(r"loss=(\d+\.\d+)", bars[:bars.index(f"epoch {epoch + 1}/2")]
+                                                      if epoch < 2 else bars)[-1]) for epoch in (1, 2)]
+    np.testing.assert_allclose(shown, train_losses(runs / "ddp"), atol=6e-5)  # shown with 4 decimals
 
 
 def test_two_processes_match_one_process_on_the_same_global_batch(runs: Path) -> None:

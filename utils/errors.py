@@ -19,6 +19,19 @@ def check_flag(flag: str, value: object, ok: bool, rule: str) -> None:
         raise UserError(f"{flag} must be {rule}, got {value}")
 
 
+USER_ERROR_CODE, INTERRUPTED_CODE = 2, 130  # run_cli's exit codes; 1 for any other error, as Python's
+
+
+def exit_code_of(error: BaseException | None) -> int:
+    """The exit code the process will end with while `error` is in flight (None: none, 0), as run_cli sets it."""
+    if error is None:
+        return 0
+    if isinstance(error, SystemExit):
+        return error.code if isinstance(error.code, int) else 0 if error.code is None else 1
+    return USER_ERROR_CODE if isinstance(error, UserError) else INTERRUPTED_CODE \
+        if isinstance(error, KeyboardInterrupt) else 1
+
+
 def run_cli(main: Callable[[argparse.Namespace], object], parser: argparse.ArgumentParser) -> None:
     """Parse the arguments and run main(args); a UserError (also one from a DataLoader worker) is one line."""
     parser.add_argument("--debug", action="store_true", help="show the full Python traceback of errors")
@@ -35,14 +48,14 @@ def run_cli(main: Callable[[argparse.Namespace], object], parser: argparse.Argum
         message = str(error).strip().splitlines()[-1]
         message = message.split("UserError: ", 1)[-1]
         print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(USER_ERROR_CODE)
     except KeyboardInterrupt:
         # what breaks as the process ends (a loader worker's file-descriptor handshake in a helper thread, an
         # object's __del__) follows from the interrupt, and is not the user's to read
         threading.excepthook = lambda _: None
         sys.unraisablehook = lambda _: None
         print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(INTERRUPTED_CODE)
 
 
 def make_folder(folder: Path, flag: str) -> None:

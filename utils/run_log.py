@@ -15,6 +15,7 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from .atomic_files import atomic_path
 from .plotting import save_training_curves
@@ -82,8 +83,8 @@ class RunLog:
         try:
             self.wandb_run.log(make_record())
         except Exception as error:  # noqa: BLE001 - logging must never stop training
-            print(f"warning: wandb logging failed ({error}); continuing without it", file=sys.stderr)
-            self.wandb_run = None
+            tqdm.write(f"warning: wandb logging failed ({error}); continuing without it", file=sys.stderr)
+            self.wandb_run = None  # (tqdm.write: on a line of its own, not glued to the progress bar)
 
     def log_step(self, step: int, epoch: int, loss: float, lr: float) -> None:
         self._wandb_log(lambda: {"train loss": loss, "learning rate": lr, "step": step, "epoch": epoch})
@@ -108,10 +109,11 @@ class RunLog:
         except OSError as error:
             _warn_unwritten(self.csv_path, error)
 
-    def close(self) -> None:
+    def close(self, exit_code: int = 0) -> None:
+        """exit_code: the process's, recorded by wandb (a run stopped by a signal or an error is not a clean one)."""
         if self.wandb_run is not None:
             try:
-                self.wandb_run.finish()
+                self.wandb_run.finish(exit_code=exit_code)
             except Exception as error:  # noqa: BLE001 - a failed upload must not fail a finished run
                 print(f"warning: wandb did not finish cleanly ({error})", file=sys.stderr)
 
