@@ -97,13 +97,14 @@ def evaluate(
                          **{f"iou_{c}": image_iou[c].item() for c in range(n_classes)}})
     model.train(was_training)
     count = max(len(rows), 1)
+    pooled_dice, pooled_iou = scores_from_counts(*pooled_counts)
     return {
         "dice": sum(r["dice"] for r in rows) / count,
         "iou": sum(r["iou"] for r in rows) / count,
         "dice_per_class": (dice_sum / count).tolist(),
         "iou_per_class": (iou_sum / count).tolist(),
-        "dice_pooled_per_class": scores_from_counts(*pooled_counts)[0].tolist(),
-        "iou_pooled_per_class": scores_from_counts(*pooled_counts)[1].tolist(),
+        "dice_pooled_per_class": pooled_dice.tolist(),
+        "iou_pooled_per_class": pooled_iou.tolist(),
         "images_per_class": images_with.tolist(),
         "images": len(rows),
         "rows": rows,

@@ -87,8 +87,7 @@ def interior_counts(mask: np.ndarray, values: list[MaskValue]) -> list[int]:
                 & (core == keys[top:bottom, :-2]) & (core == keys[top:bottom, 2:]))
         inside, counts = value_counts(core[same]) if mask.ndim == 2 else np.unique(core[same], return_counts=True)
         found.update(dict(zip((int(v) for v in inside), (int(c) for c in counts))))
-    packed = (lambda v: (v[0] << 16) | (v[1] << 8) | v[2]) if mask.ndim == 3 else int
-    return [found.get(packed(value), 0) for value in values]
+    return [found.get(int(pack_colours(np.array(value))) if mask.ndim == 3 else value, 0) for value in values]
 
 
 def inspect_mask(path: Path) -> dict[str, Any]:
