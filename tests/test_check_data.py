@@ -375,6 +375,16 @@ def test_noisy_colour_masks_are_stray_values_and_real_rare_classes_are_not(tmp_p
     assert labels.mask_values == [0, 1, 2, 3] and labels.stray_values == []
 
 
+def test_interior_pixels_are_those_whose_four_neighbours_share_their_value() -> None:
+    from utils.check_data import interior_counts
+    from utils.mask_encoding import value_counts
+
+    colour = np.zeros((10, 12, 3), np.uint8)
+    colour[2:8, 2:9] = (200, 30, 30)  # a 6x7 box: its 4x5 inside; the background's inside the 8x10 core: 12
+    for mask in (colour, colour[..., 0]):
+        assert interior_counts(mask, value_counts(mask)[0]) == [12, 20]
+
+
 def test_instance_labels_of_small_sparse_objects_are_not_stray_values(tmp_path: Path) -> None:
     """Found by a review: cells labelled 1..40 on 0.3% of the pixels were called resized or noisy masks, and train
     refused them with the wrong fix. Each label fills a region of its own; made-up values lie in thin bands."""
