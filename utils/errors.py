@@ -28,8 +28,11 @@ def exit_code_of(error: BaseException | None) -> int:
         return 0
     if isinstance(error, SystemExit):
         return error.code if isinstance(error.code, int) else 0 if error.code is None else 1
-    return USER_ERROR_CODE if isinstance(error, UserError) else INTERRUPTED_CODE \
-        if isinstance(error, KeyboardInterrupt) else 1
+    if isinstance(error, UserError):
+        return USER_ERROR_CODE
+    if isinstance(error, KeyboardInterrupt):
+        return INTERRUPTED_CODE
+    return 1
 
 
 def run_cli(main: Callable[[argparse.Namespace], object], parser: argparse.ArgumentParser) -> None:
