@@ -553,17 +553,21 @@ class EpochControl:
         flag = torch.tensor(float(self.stop.requested is not None), device=device)
         return bool(all_reduce_sum(flag, self.world) > 0)
 
-    def check_finite(self, step: int, epoch: int, batches_done: int) -> None:
-        """Read the guard's counts (a host sync, every --log-every steps); too many bad steps in a row stop."""
+    def check_finite(self, step: int, epoch: int, batches_done: int, warn: bool) -> None:
+        """Read the guard's counts (a host sync); too many bad steps in a row stop. warn: also say how many were
+        skipped so far (every --log-every steps and at the end of each epoch)."""
         skipped, in_a_row = self.guard.counts()
-        if skipped > self.reported_skips:
+        if warn and skipped > self.reported_skips:
             tqdm.write(f"warning: {skipped} steps skipped so far for a non-finite loss or gradient", file=sys.stderr)
             self.reported_skips = skipped
         if in_a_row >= self.args.max_bad_steps:
-            self.save_progress(step, batches_done)  # the skipped steps changed nothing: the last good state
+            self.save_progress(step, batches_done)  # the skipped steps changed nothing: the last finite state
+            last = self.args.checkpoint_dir / "last.pth"
             raise UserError(f"stopped at epoch {epoch}, step {step}: {in_a_row} steps in a row had a non-finite loss "
-                            f"or gradient; the last good state is in {self.args.checkpoint_dir / 'last.pth'}. "
-                            "Lower --learning-rate, check the data for NaN/Inf, or try --precision fp32")
+                            f"or gradient; the last finite state is in {last}. Start a new run with a lower "
+                            f"--learning-rate (from scratch, or from those weights: --load {last} --checkpoint-dir "
+                            "ANOTHER; a resumed run keeps its own rate), check the data for NaN/Inf, or try "
+                            "--precision fp32")
 
 
 def train_one_epoch(
@@ -632,15 +636,18 @@ def train_one_epoch(
             images_seen += images.shape[0] if loss_weight else 0
             sample = (images, masks, logits)
             progress.update((images.shape[0] + len(batch["skipped"])) * world.size)
-            if step % args.log_every == 0:
-                control.check_finite(step, epoch, skip + batches)
+            epoch_ends = index == plan.batches_in(epoch) - 1
+            log_due = step % args.log_every == 0
+            if log_due or epoch_ends or device.type != "cuda":  # a host sync: every step where it costs nothing
+                control.check_finite(step, epoch, skip + batches, warn=log_due or epoch_ends)
+            if log_due:
                 # every process steps together, so all reach this: the losses of the whole global batch
                 logged = all_reduce_sum(torch.stack([loss_sum / batches, loss.detach().float()]), world) / world.size
                 if run_log is not None:
                     mean_loss, step_loss = logged.tolist()  # the one host sync, every --log-every steps
                     progress.set_postfix(loss=f"{mean_loss:.4f}")
                     run_log.log_step(step, epoch, step_loss, scheduler.get_last_lr()[0])
-            stopped = control.stop_requested(step, device, epoch_ends=index == plan.batches_in(epoch) - 1)
+            stopped = control.stop_requested(step, device, epoch_ends=epoch_ends)
             if stopped or control.save_due(step):
                 control.save_progress(step, skip + batches)
                 control.last_save = time.monotonic()

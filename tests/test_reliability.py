@@ -264,10 +264,14 @@ def test_non_finite_losses_stop_the_run_with_the_last_good_state(data: Path, tmp
     monkeypatch.setattr(train, "segmentation_loss", loss_that_breaks)
     flags = ["--imgs", str(data / "imgs"), "--masks", str(data / "masks"), "--checkpoint-dir", str(tmp_path),
              "--epochs", "4", "--batch-size", "4", "--scale", "1", "--validation", "0", "--workers", "0",
-             "--precision", "fp32", "--max-bad-steps", "3", "--log-every", "1", "--keep-epochs",
+             "--precision", "fp32", "--max-bad-steps", "3", "--log-every", "100", "--keep-epochs",
              "--wandb", "disabled"]
-    with pytest.raises(UserError, match=r"stopped at epoch 4, step 7: 3 steps in a row had a non-finite loss"):
+    # --log-every 100, more than the run's steps: before (found by a review) the count was read only at those
+    # steps, and such a run ended with a NaN loss and exit code 0; on CPUs it is now read after every step
+    with pytest.raises(UserError, match=r"stopped at epoch 4, step 7: 3 steps in a row had a non-finite loss") as stop:
         train.main(train.get_args_parser().parse_args(flags))
+    assert f"Start a new run with a lower --learning-rate (from scratch, or from those weights: --load " \
+        f"{tmp_path / 'last.pth'} --checkpoint-dir ANOTHER; a resumed run keeps its own rate)" in str(stop.value)
     good, last = load_checkpoint(tmp_path / "epoch_2.pth"), load_checkpoint(tmp_path / "last.pth")
     assert good["step"] == 4 and last["step"] == 7
     for name, value in good["model"].items():  # weights and BatchNorm statistics untouched by the bad steps
