@@ -159,7 +159,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     data.add_argument("--scale", "-s", type=float, default=0.5,
                       help="downscaling factor of the images (default: %(default)s)")
     data.add_argument("--validation", "-v", type=float, default=10.0,
-                      help="percent of the data (0-100) held out for validation (default: %(default)s)")
+                      help="percent of the data (0 to below 100) held out for validation (default: %(default)s)")
     add_binarize_argument(data)
     data.add_argument("--ignore-index", type=int, default=None, metavar="VALUE",
                       help="mask value left out of the loss and the scores (e.g. 255 borders in VOC-style masks)")

@@ -467,7 +467,12 @@ def test_class_pixel_counts_and_fractions_follow_binarize_and_ignore_value(
 def test_report_shows_fractions_without_the_ignored_value(counted_masks) -> None:
     report = check_dataset(*counted_masks, ignore_value=255, workers=1).report()
     assert "  class pixels: 0: 64.3%, 1: 14.3%, 2: 21.4%" in report.splitlines()
-    assert "value 255 ignored; 3 classes" in report
+    assert "value 255 ignored; 3 classes" in report and "--ignore-index" not in report
+    # a value no mask holds (found by a review: a typo such as 254 for 255 went unnoticed)
+    report = check_dataset(*counted_masks, ignore_value=254, workers=1).report()
+    assert "value 254 ignored (found in no mask); 4 classes" in report
+    assert ("suggestion: --ignore-index 254: no mask holds that value, so nothing is left out; check the value "
+            "(VOC-style borders are 255)") in report
 
 
 # --- image inspection -----------------------------------------------------------------------------------------------

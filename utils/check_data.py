@@ -231,6 +231,7 @@ class DataCheck:
     palette_conflicts: list[str] = field(default_factory=list)  # an index shown as another colour than elsewhere
     mixed_binary: tuple[list[str], list[str]] = ([], [])  # masks holding 0/1 and masks holding 0/255
     class_interior: list[int] = field(default_factory=list)  # per mask value: pixels inside a region of it
+    ignored_pixels: int = 0  # of ignore_value, in all usable masks
     counts_by_mask: dict[str, Counter] = field(default_factory=dict)  # per usable mask's name: pixels per value
 
     @property
@@ -359,6 +360,9 @@ class DataCheck:
               and not is_colour(self.mask_values)):
             hints.append(f"{len(self.mask_values)} distinct mask values look like instance labels (one value per "
                          "object): pass --binarize to train foreground vs background")
+        if self.ignore_value is not None and not self.ignored_pixels:
+            hints.append(f"--ignore-index {self.ignore_value}: no mask holds that value, so nothing is left out; "
+                         "check the value (VOC-style borders are 255)")
         rare = [i for i, f in enumerate(self.class_fractions) if 0 < f < RARE_CLASS_FRACTION]
         if rare and len(self.mask_values) <= INSTANCE_LABEL_HINT:
             hints.append(f"class{'es' if len(rare) > 1 else ''} {', '.join(map(str, rare))} cover less than "
@@ -381,7 +385,8 @@ class DataCheck:
         encodings = ", ".join(f"{name} ({n})" for name, n in self.encodings.most_common())
         extra = "" if self.binarize is None else \
             " binarized (" + ("any nonzero" if self.binarize == 0 else f"above {self.binarize}") + " = foreground)"
-        extra += f", value {self.ignore_value} ignored" if self.ignore_value is not None else ""
+        if self.ignore_value is not None:
+            extra += f", value {self.ignore_value} ignored" + ("" if self.ignored_pixels else " (found in no mask)")
         lines.append(f"  masks: {encodings}{extra}; {len(self.mask_values)} classes")
         shown = [f"{_short_value(v)}: {f:.1%}" for v, f in zip(self.mask_values, self.class_fractions)][:12]
         lines.append(f"  class pixels: {', '.join(shown)}{', ...' if len(self.mask_values) > 12 else ''}")
@@ -481,6 +486,8 @@ def check_dataset(
     if binarize is None and ignore_value not in (1, 255):
         check.mixed_binary = _mixed_binary([(pair.mask.name, mask) for pair, mask in usable])
     per_file = {pair.mask.name: _effective_counts(mask, binarize, ignore_value) for pair, mask in usable}
+    check.ignored_pixels = sum(count for _, mask in usable for value, count in zip(mask["values"], mask["counts"])
+                               if ignore_value is not None and value == ignore_value)
     interior = [_effective_counts(mask, binarize, ignore_value, "interior") for _, mask in usable]
     check.counts_by_mask = per_file
     check.mask_values = merge_values(
