@@ -16,6 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.arguments import at_least  # noqa: E402
 from utils.check_data import CACHE_NAME, check_dataset  # noqa: E402
 from utils.data_loading import SegmentationDataset, make_loader  # noqa: E402
 from utils.synthetic_data import make_synthetic_carvana  # noqa: E402
@@ -23,8 +24,8 @@ from utils.synthetic_data import make_synthetic_carvana  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=200, help="image/mask pairs (default: %(default)s)")
-    parser.add_argument("--workers", type=int, default=2, help="processes for the check and the loader")
+    parser.add_argument("--count", type=at_least(1), default=200, help="image/mask pairs (default: %(default)s)")
+    parser.add_argument("--workers", type=at_least(1), default=2, help="processes for the check and the loader")
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/unet_check_speed"), help="scratch folder")
     args = parser.parse_args()
     imgs, masks = args.work_dir / "imgs", args.work_dir / "masks"

@@ -28,13 +28,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.arguments import at_least  # noqa: E402
 from unet import UNet  # noqa: E402
 from utils.checkpoint import checkpoint_payload, load_checkpoint, rng_state, write_checkpoint  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=7, help="timings per variant; the median is reported")
+    parser.add_argument("--repeats", type=at_least(1), default=7, help="timings per variant; the median is reported")
     parser.add_argument("--dir", type=Path, default=Path("."), help="where the temporary checkpoint folder goes")
     return parser
 

@@ -17,6 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.arguments import at_least, scale_factor  # noqa: E402
 from train import train_step  # noqa: E402
 from unet import UNet  # noqa: E402
 from utils.device import choose_device, choose_precision, memory_format  # noqa: E402
@@ -31,9 +32,9 @@ def sync(device: torch.device) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default=None, help="cpu or cuda (default: CUDA if available)")
-    parser.add_argument("--scale", type=float, default=0.2, help="of 1918x1280 (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=4, help="(default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=4, help="timed steps with and without the guard each")
+    parser.add_argument("--scale", type=scale_factor, default=0.2, help="of 1918x1280 (default: %(default)s)")
+    parser.add_argument("--batch-size", type=at_least(1), default=4, help="(default: %(default)s)")
+    parser.add_argument("--steps", type=at_least(1), default=4, help="timed steps with and without the guard each")
     args = parser.parse_args()
     device = choose_device(args.device)
     precision = choose_precision(device)

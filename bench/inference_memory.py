@@ -20,6 +20,7 @@ from torch.utils._pytree import tree_flatten
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.arguments import height_x_width  # noqa: E402
 from unet import UNet  # noqa: E402
 from utils.device import choose_device, memory_format  # noqa: E402
 from utils.inference import INFERENCE_BYTES_PER_PIXEL  # noqa: E402
@@ -77,13 +78,13 @@ def forward_peak(model: UNet, height: int, width: int, device: torch.device, dty
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default=None, help="cpu or cuda (default: CUDA if available)")
-    parser.add_argument("--sizes", nargs="+", default=["320x480", "640x959"], help="HxW input sizes")
+    parser.add_argument("--sizes", nargs="+", type=height_x_width, default=[(320, 480), (640, 959)],
+                        help="HxW input sizes")
     args = parser.parse_args()
     device = choose_device(args.device)
     model = UNet(3, 2).to(device, memory_format=memory_format(device)).eval()
     for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
-        for size in args.sizes:
-            height, width = map(int, size.split("x"))
+        for height, width in args.sizes:
             peak = forward_peak(model, height, width, device, dtype)
             budgeted = INFERENCE_BYTES_PER_PIXEL["fp32" if dtype is None else "half"]
             print(f"{device.type} {name} {height}x{width}: peak {peak / 2**20:.0f} MiB = "

@@ -26,6 +26,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.arguments import at_least  # noqa: E402
 from predict import class_counts  # noqa: E402
 from utils.synthetic_data import _render  # noqa: E402
 
@@ -106,10 +107,10 @@ def counting_rows(mask: np.ndarray, batch: int, device: torch.device, repeat: in
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="PNG writing and class counting per mask, by method.")
-    parser.add_argument("--width", type=int, default=1918, help="mask width (default: %(default)s)")
-    parser.add_argument("--height", type=int, default=1280, help="mask height (default: %(default)s)")
-    parser.add_argument("--batch", type=int, default=16, help="masks per counting call (default: %(default)s)")
-    parser.add_argument("--repeat", type=int, default=7, help="timed calls per cell (default: %(default)s)")
+    parser.add_argument("--width", type=at_least(1), default=1918, help="mask width (default: %(default)s)")
+    parser.add_argument("--height", type=at_least(1), default=1280, help="mask height (default: %(default)s)")
+    parser.add_argument("--batch", type=at_least(1), default=16, help="masks per counting call (default: %(default)s)")
+    parser.add_argument("--repeat", type=at_least(1), default=7, help="timed calls per cell (default: %(default)s)")
     parser.add_argument("--device", default="cpu", help="device for the class counting (default: %(default)s)")
     args = parser.parse_args()
     masks = carvana_masks(args.width, args.height)

@@ -30,6 +30,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.arguments import MIN_SIDE, at_least, scale_factor  # noqa: E402
 from unet import UNet  # noqa: E402
 from utils.device import choose_device  # noqa: E402
 from utils.synthetic_data import make_synthetic_carvana  # noqa: E402
@@ -97,14 +98,15 @@ def seconds_of_predict(flags: list[str], cudnn_benchmark: bool = False, without_
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Prediction images/s, end to end: ours vs the reference's loop.")
-    parser.add_argument("--count", type=int, default=320, help="images predicted by predict.py (default: %(default)s)")
-    parser.add_argument("--files", type=int, default=320,
+    parser.add_argument("--count", type=at_least(1), default=320,
+                        help="images predicted by predict.py (default: %(default)s)")
+    parser.add_argument("--files", type=at_least(1), default=320,
                         help="distinct files written; --count above it repeats them (default: %(default)s)")
-    parser.add_argument("--reference-count", type=int, default=32,
+    parser.add_argument("--reference-count", type=at_least(0), default=32,
                         help="images predicted the reference's way, 0 to skip (default: %(default)s)")
-    parser.add_argument("--width", type=int, default=1918, help="image width (default: %(default)s)")
-    parser.add_argument("--height", type=int, default=1280, help="image height (default: %(default)s)")
-    parser.add_argument("--scale", type=float, default=0.5, help="predict.py --scale (default: %(default)s)")
+    parser.add_argument("--width", type=at_least(MIN_SIDE), default=1918, help="image width (default: %(default)s)")
+    parser.add_argument("--height", type=at_least(MIN_SIDE), default=1280, help="image height (default: %(default)s)")
+    parser.add_argument("--scale", type=scale_factor, default=0.5, help="predict.py --scale (default: %(default)s)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: CUDA if available)")
     parser.add_argument("--cudnn-benchmark", action="store_true",
                         help="turn on cuDNN's algorithm search in predict.py's process (off there by default), "

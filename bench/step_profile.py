@@ -29,6 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.arguments import at_least  # noqa: E402
 from bench.train_speed import add_step_arguments, model_only_step, peak_memory, seconds_per_step  # noqa: E402
 from unet import UNet  # noqa: E402
 from utils.device import choose_precision  # noqa: E402
@@ -117,11 +118,13 @@ def write_trace(prof: profile, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Time of the model-only training step by kind of kernel.")
-    parser.add_argument("--warmup", type=int, default=3,
+    parser.add_argument("--warmup", type=at_least(0), default=3,
                         help="untimed steps first (compilation, cuDNN's algorithm search; default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=5, help="steps timed without the profiler (default: %(default)s)")
-    parser.add_argument("--profiled-steps", type=int, default=2, help="steps recorded (default: %(default)s)")
-    parser.add_argument("--top", type=int, default=12, help="longest kernels listed by name (default: %(default)s)")
+    parser.add_argument("--steps", type=at_least(1), default=5,
+                        help="steps timed without the profiler (default: %(default)s)")
+    parser.add_argument("--profiled-steps", type=at_least(1), default=2, help="steps recorded (default: %(default)s)")
+    parser.add_argument("--top", type=at_least(1), default=12,
+                        help="longest kernels listed by name (default: %(default)s)")
     parser.add_argument("--trace", type=Path, default=None, metavar="FILE",
                         help="also write a Chrome trace of the profiled steps (gzip-compressed if FILE ends in .gz)")
     add_step_arguments(parser)

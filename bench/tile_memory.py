@@ -23,6 +23,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import predict  # noqa: E402
+from bench.arguments import MIN_SIDE, at_least, positive, scale_factor  # noqa: E402
 from unet import UNet  # noqa: E402
 from utils.device import choose_device  # noqa: E402
 
@@ -43,11 +44,11 @@ def run_predict(flags: list[str], device: torch.device) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--width", type=int, default=8000, help="image width (default: %(default)s)")
-    parser.add_argument("--height", type=int, default=6000, help="image height (default: %(default)s)")
-    parser.add_argument("--scale", type=float, default=1.0, help="predict.py --scale (default: %(default)s)")
+    parser.add_argument("--width", type=at_least(MIN_SIDE), default=8000, help="image width (default: %(default)s)")
+    parser.add_argument("--height", type=at_least(MIN_SIDE), default=6000, help="image height (default: %(default)s)")
+    parser.add_argument("--scale", type=scale_factor, default=1.0, help="predict.py --scale (default: %(default)s)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: CUDA if available)")
-    parser.add_argument("--gpu-limit", type=float, default=None, help="GiB PyTorch may allocate on the GPU")
+    parser.add_argument("--gpu-limit", type=positive, default=None, help="GiB PyTorch may allocate on the GPU")
     parser.add_argument("flags", nargs="*", help="more predict.py flags after --")
     args = parser.parse_args()
     device = choose_device(args.device)

@@ -26,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import train  # noqa: E402
+from bench.arguments import MIN_SIDE, at_least, scale_factor  # noqa: E402
 from bench.reference_recipe import train_reference  # noqa: E402
 from unet import UNet  # noqa: E402
 from utils.device import (  # noqa: E402
@@ -132,10 +133,10 @@ def run_model_only(args: argparse.Namespace) -> list[dict]:
 
 def add_step_arguments(parser: argparse.ArgumentParser) -> None:
     """The input size, batch, precision and compilation of a step: here and in bench/step_profile.py."""
-    parser.add_argument("--width", type=int, default=1918, help="image width (default: %(default)s)")
-    parser.add_argument("--height", type=int, default=1280, help="image height (default: %(default)s)")
-    parser.add_argument("--scale", type=float, default=0.5, help="train.py --scale (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=None, help="default: the recipe's own")
+    parser.add_argument("--width", type=at_least(MIN_SIDE), default=1918, help="image width (default: %(default)s)")
+    parser.add_argument("--height", type=at_least(MIN_SIDE), default=1280, help="image height (default: %(default)s)")
+    parser.add_argument("--scale", type=scale_factor, default=0.5, help="train.py --scale (default: %(default)s)")
+    parser.add_argument("--batch-size", type=at_least(1), default=None, help="default: the recipe's own")
     parser.add_argument("--precision", default="auto", help="train.py --precision (ours; default: %(default)s)")
     parser.add_argument("--amp", action="store_true", help="train.py --amp, or the reference's --amp")
     parser.add_argument("--compile", default="auto", help="train.py --compile (default: %(default)s)")
@@ -159,12 +160,13 @@ def main() -> None:
     parser.add_argument("--recipe", choices=("ours", "reference"), default="ours",
                         help="our train.py, or the reference recipe re-created in bench/reference_recipe.py")
     parser.add_argument("--model-only", action="store_true", help="random tensors on the device, no data")
-    parser.add_argument("--steps", type=int, default=6,
+    parser.add_argument("--steps", type=at_least(1), default=6,
                         help="--model-only: steps per timed round (default: %(default)s)")
     parser.add_argument("--data", type=Path, default=None, help="data folder (default: data/bench_carvana_...)")
-    parser.add_argument("--count", type=int, default=320, help="synthetic image/mask pairs (default: %(default)s)")
+    parser.add_argument("--count", type=at_least(1), default=320,
+                        help="synthetic image/mask pairs (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=2, help="epochs, the first one warm-up (default: %(default)s)")
-    parser.add_argument("--workers", type=int, default=None, help="default: the recipe's own")
+    parser.add_argument("--workers", type=at_least(0), default=None, help="default: the recipe's own")
     parser.add_argument("--augment", default=train.DEFAULT_AUGMENT, help="train.py --augment (default: %(default)s)")
     parser.add_argument("--crop", default=None, help="train.py --crop (ours)")
     add_step_arguments(parser)

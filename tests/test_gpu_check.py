@@ -85,6 +85,24 @@ def test_a_mistyped_flag_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
         train_speed.check_args(argparse.ArgumentParser(), namespace)
 
 
+@pytest.mark.parametrize(("argv", "rule"), [
+    (["bench/step_profile.py", "--scale", "2"], "must be at most 1 (a downscaling factor), got 2"),
+    (["bench/predict_speed.py", "--files", "0"], "must be at least 1, got 0"),
+    (["bench/inference_memory.py", "--sizes", "10x10"], "must be at least 16, got 10"),
+    (["bench/tile_memory.py", "--gpu-limit", "-1"], "must be above 0, got -1"),
+    (["bench/mask_output_cost.py", "--repeat", "x"], "'x' is not a whole number"),
+])
+def test_a_bad_number_is_one_line_before_any_work(argv: list[str], rule: str, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    """Found by a review: these ran into tracebacks (a median of nothing, a division by zero), minutes of
+    writing data first, or the out-of-memory killer (--scale 2 took 21 GB)."""
+    with pytest.raises(SystemExit) as stop:
+        parsed_arguments(argv, monkeypatch)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        f"{Path(argv[0]).name}: error: argument {argv[1]}: {rule}"
+
+
 @pytest.mark.parametrize("part", ["next", "explore", "all"])
 def test_each_part_runs_through_and_tables_its_rows(part: str, tmp_path: Path) -> None:
     """The shell around the benchmarks (parts, tables, the log), with a stand-in for python that prints a row."""

@@ -1,0 +1,48 @@
+"""argparse types for the bench scripts' numbers: a count of 0 or a scale of 2 is one line from argparse at once,
+not a traceback (or the out-of-memory killer) minutes into a run."""
+
+import argparse
+from collections.abc import Callable
+
+MIN_SIDE = 16  # the U-Net halves each side four times
+
+
+def at_least(minimum: int) -> Callable[[str], int]:
+    """A whole number of at least `minimum` (counts, steps, repeats, sides)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    return parse
+
+
+def positive(text: str) -> float:
+    """A number above 0 (GiB, seconds)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
+def scale_factor(text: str) -> float:
+    """A downscaling factor in (0, 1], as the benchmarks measure at or below the files' size."""
+    value = positive(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be at most 1 (a downscaling factor), got {text}")
+    return value
+
+
+def height_x_width(text: str) -> tuple[int, int]:
+    """'HxW', each side at least MIN_SIDE."""
+    parts = text.lower().split("x")
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HxW, e.g. 640x959")
+    side = at_least(MIN_SIDE)
+    return side(parts[0]), side(parts[1])
