@@ -90,6 +90,18 @@ def test_tiled_equals_whole_for_a_per_pixel_model(overlap: float) -> None:
     torch.testing.assert_close(tiled, whole, rtol=1e-5, atol=1e-5)
 
 
+def test_an_image_of_many_tile_batches_shows_a_bar_the_others_none(capsys: pytest.CaptureFixture) -> None:
+    """Found by a review: an 8000x6000 image predicted in tiles on a CPU showed nothing for five minutes."""
+    model = pointwise_model()
+    options = InferenceOptions(tile=64, overlap=0.0, tile_batch=1, progress=True)
+    predict_logits(model, torch.zeros(1, 3, 64, 64 * 20, dtype=torch.uint8), CPU, FP32, options=options)
+    assert "tiles of 1280x64:   0%|          | 0/20 " in capsys.readouterr().err  # shown as it starts
+    predict_logits(model, torch.zeros(1, 3, 64, 64 * 15, dtype=torch.uint8), CPU, FP32, options=options)
+    predict_logits(model, torch.zeros(1, 3, 64, 64 * 20, dtype=torch.uint8), CPU, FP32,
+                   options=InferenceOptions(tile=64, overlap=0.0, tile_batch=1))  # validation's: never a bar
+    assert capsys.readouterr().err == ""
+
+
 @pytest.mark.parametrize("tta", ["flip", "d4"])
 def test_tta_of_an_equivariant_model_is_the_model(tta: str) -> None:
     images = torch.randint(0, 256, (2, 3, 40, 56), dtype=torch.uint8)

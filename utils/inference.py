@@ -16,12 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
+from tqdm import tqdm
 
 from .checkpoint import check_scale_flag
 from .data_loading import normalize_images
 from .device import Precision, memory_format, return_freed_memory
 from .errors import UserError, check_flag
-from .tiling import sliding_window
+from .tiling import sliding_window, tile_starts
 
 TTA_CHOICES = ("none", "flip", "d4")
 # Peak live tensors of one eval-mode forward pass per input pixel, measured on the CPU with
@@ -47,9 +48,11 @@ class InferenceOptions:
     tta: str = "none"
     tile_batch: int | None = None  # None: plan_tiles decides (what fits; on a CPU, 256x256 pixels' worth)
     max_memory: float | None = None  # GiB for "auto"; None: what the device has free
+    progress: bool = False  # a bar over the tile batches of an image that needs many (the CLIs: minutes on a CPU)
 
 
 WHOLE_IMAGE = InferenceOptions(tile="none")
+TILE_PROGRESS_MIN_BATCHES = 16  # fewer tile batches take seconds: no bar
 
 
 def parse_tile(text: str) -> int | str:
@@ -95,7 +98,7 @@ def check_prediction_flags(args: argparse.Namespace) -> None:
 
 
 def inference_options(args: argparse.Namespace) -> InferenceOptions:
-    options = InferenceOptions(args.tile, args.overlap, args.tta, args.tile_batch, args.max_memory)
+    options = InferenceOptions(args.tile, args.overlap, args.tta, args.tile_batch, args.max_memory, progress=True)
     check_options(options)
     return options
 
@@ -239,8 +242,18 @@ class _Runner:
 
     def tiled(self, images: torch.Tensor, tile: int, tile_batch: int) -> torch.Tensor:
         images = images.to(self.device, non_blocking=True)
-        return torch.stack([sliding_window(self.tile_forward, image, tile, self.options.overlap, tile_batch)
-                            for image in images])
+        height, width = images.shape[-2:]
+        overlap = self.options.overlap
+        tiles = len(tile_starts(height, tile, overlap)) * len(tile_starts(width, tile, overlap))
+        batches = math.ceil(tiles / tile_batch) * len(images)
+        with tqdm(total=batches, desc=f"tiles of {width}x{height}", unit="batch", leave=False,
+                  disable=not self.options.progress or batches < TILE_PROGRESS_MIN_BATCHES) as bar:
+            def forward(crops: torch.Tensor) -> torch.Tensor:
+                logits = self.tile_forward(crops)
+                bar.update()
+                return logits
+
+            return torch.stack([sliding_window(forward, image, tile, overlap, tile_batch) for image in images])
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         options = self.options
