@@ -4,7 +4,7 @@ not a traceback (or the out-of-memory killer) minutes into a run."""
 import argparse
 from collections.abc import Callable
 
-MIN_SIDE = 16  # the U-Net halves each side four times
+from unet.unet_model import MIN_SIDE
 
 
 def at_least(minimum: int) -> Callable[[str], int]:
