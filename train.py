@@ -404,7 +404,8 @@ def run_data_folders(args: argparse.Namespace, resumed: dict | None, resume_file
 def keep_run_settings(args: argparse.Namespace, resumed: dict, resume_file: Path) -> list[str]:
     """A resumed run keeps its architecture, reads its data as it did (the saved position in the epoch depends
     on the batch size) and goes on with its optimizer's settings (they are in its saved state); a flag given
-    otherwise is overridden, and each such flag gets a line saying so. --epochs is the run's unless given."""
+    otherwise is overridden, and each such flag gets a line saying so. --epochs and --max-bad-steps are the
+    run's unless given."""
     architecture = resumed["model_args"]
     saved_args = resumed.get("args", {})
     kept = {"classes": architecture["n_classes"], "channels": architecture["n_channels"],
@@ -425,12 +426,14 @@ def keep_run_settings(args: argparse.Namespace, resumed: dict, resume_file: Path
             lines.append(f"note: {resume_file} continues with {flag} {shown(value)}; {flag} {shown(given)} is "
                          "ignored (start a new run to change it)")
         setattr(args, name, value)
-    # --epochs may change (raised to train longer); left out, the run goes on to its own number, not the default
-    untyped = "epochs" not in typed if typed is not None else args.epochs == parser.get_default("epochs")
-    if untyped and isinstance(saved_args.get("epochs"), int) and saved_args["epochs"] != args.epochs:
-        args.epochs = saved_args["epochs"]
-        lines.append(f"note: {resume_file} goes on to its own --epochs {args.epochs} (give --epochs to train longer "
-                     "or shorter)")
+    # --epochs (raised to train longer) and --max-bad-steps may change; left out, the run goes on with its own
+    for name, why in (("epochs", "to train longer or shorter"), ("max_bad_steps", "to change it")):
+        untyped = name not in typed if typed is not None else getattr(args, name) == parser.get_default(name)
+        saved = saved_args.get(name)
+        if untyped and isinstance(saved, int) and saved != getattr(args, name):
+            setattr(args, name, saved)
+            flag = "--" + name.replace("_", "-")
+            lines.append(f"note: {resume_file} goes on with its own {flag} {saved} (give {flag} {why})")
     return lines
 
 

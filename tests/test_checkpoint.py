@@ -830,6 +830,22 @@ def test_resume_takes_seed_and_augmentation_left_out_and_names_a_flag_typed_at_i
         "change it)"]  # the typed seed equals the run's: nothing to say
 
 
+def test_resume_keeps_the_runs_max_bad_steps_unless_typed(tmp_path: pathlib.Path) -> None:
+    """Found in the 14th session: a resumed run fell back to the default 20 and would train on through 19 bad
+    steps in a row that its run had been told to stop at 3."""
+    import train
+
+    resumed = {"model_args": {"n_classes": 2, "n_channels": 3, "bilinear": False}, "scale": 0.5,
+               "args": {"batch_size": 1, "epochs": 5, "max_bad_steps": 3}}
+    args = train.get_args_parser().parse_args(["--resume", "auto"])
+    assert train.keep_run_settings(args, resumed, tmp_path / "last.pth") == [
+        f"note: {tmp_path / 'last.pth'} goes on with its own --max-bad-steps 3 (give --max-bad-steps to change it)"]
+    assert args.max_bad_steps == 3
+    args = train.get_args_parser().parse_args(["--resume", "auto", "--max-bad-steps", "20"])
+    assert train.keep_run_settings(args, resumed, tmp_path / "last.pth") == []  # typed, also at its default
+    assert args.max_bad_steps == 20
+
+
 @pytest.mark.parametrize(("stored", "given", "kept"), [(True, [], 0), (True, ["--binarize"], 0), (False, [], None),
                                                        (127, ["--binarize", "127"], 127)])
 def test_resume_reads_binarize_as_stored_also_the_true_false_of_older_checkpoints(

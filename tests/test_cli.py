@@ -239,7 +239,7 @@ def test_resume_continues_step_count_and_matches_uninterrupted_run(tmp_path: Pat
     # --epochs left out: the run's own 2, not the default 5 (found by a review)
     result = run("train.py", "--checkpoint-dir", "split", "--resume", "auto", *flags[2:], cwd=tmp_path)
     assert "resuming" in result.stdout and "epoch 2" in result.stdout
-    assert "split/last.pth goes on to its own --epochs 2 (give --epochs to train longer or shorter)" in result.stderr
+    assert "split/last.pth goes on with its own --epochs 2 (give --epochs to train longer or shorter)" in result.stderr
     straight = load_checkpoint(tmp_path / "straight" / "last.pth")
     resumed = load_checkpoint(tmp_path / "split" / "last.pth")
     assert resumed["epoch"] == 2 and resumed["step"] == straight["step"] == 4
