@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import train  # noqa: E402
 from bench.heldout_dice import heldout_scores, make_carvana_split, make_nuclei_split  # noqa: E402
+from utils.errors import run_cli  # noqa: E402
 
 FLAGS = {
     "nuclei": ["--binarize", "--scale", "1", "--epochs", "10", "--batch-size", "8", "--learning-rate", "1e-3"],
@@ -30,13 +31,16 @@ FLAGS = {
 }
 
 
-def main() -> None:
+def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", choices=tuple(FLAGS), default="carvana", help="data set (default: %(default)s)")
     parser.add_argument("--seeds", default="0", help="comma-separated train.py --seed values (default: %(default)s)")
     parser.add_argument("--images", default="0,32",
                         help="comma-separated --batchnorm-images values; 0 = running averages (default: %(default)s)")
-    args = parser.parse_args()
+    return parser
+
+
+def main(args: argparse.Namespace) -> None:
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
@@ -60,4 +64,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, get_args_parser())

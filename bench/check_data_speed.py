@@ -19,15 +19,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.arguments import at_least  # noqa: E402
 from utils.check_data import CACHE_NAME, check_dataset  # noqa: E402
 from utils.data_loading import SegmentationDataset, make_loader  # noqa: E402
+from utils.errors import run_cli  # noqa: E402
 from utils.synthetic_data import make_synthetic_carvana  # noqa: E402
 
 
-def main() -> None:
+def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=at_least(1), default=200, help="image/mask pairs (default: %(default)s)")
     parser.add_argument("--workers", type=at_least(1), default=2, help="processes for the check and the loader")
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/unet_check_speed"), help="scratch folder")
-    args = parser.parse_args()
+    return parser
+
+
+def main(args: argparse.Namespace) -> None:
     imgs, masks = args.work_dir / "imgs", args.work_dir / "masks"
     if not imgs.is_dir() or len(list(imgs.iterdir())) != args.count:
         shutil.rmtree(args.work_dir, ignore_errors=True)
@@ -55,4 +59,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, get_args_parser())

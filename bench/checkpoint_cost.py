@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.arguments import at_least  # noqa: E402
 from unet import UNet  # noqa: E402
 from utils.checkpoint import checkpoint_payload, load_checkpoint, rng_state, write_checkpoint  # noqa: E402
+from utils.errors import run_cli  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -116,4 +117,4 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    run_cli(main, get_args_parser())

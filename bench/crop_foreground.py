@@ -23,6 +23,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.heldout_dice import make_carvana_split, train_and_score  # noqa: E402
+from utils.errors import run_cli  # noqa: E402
 
 SETTINGS = {
     "sparse": ["--scale", "1", "--crop", "64", "--batch-size", "8", "--learning-rate", "1e-3", "--workers", "0"],
@@ -50,7 +51,7 @@ def make_sparse_split(root: Path, train: int = 24, test: int = 8, size: int = 25
     return root / "train", root / "test"
 
 
-def main() -> None:
+def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", choices=sorted(SETTINGS), default="sparse", help="data set (default: %(default)s)")
     parser.add_argument("--shares", type=float, nargs="+", default=[0.0, 0.33, 0.67],
@@ -59,7 +60,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10, help="epochs per run (default: %(default)s)")
     parser.add_argument("--crops-per-image", type=int, default=4, help="windows per image and epoch (default: 4)")
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/unet_crop_foreground"), help="scratch folder")
-    args = parser.parse_args()
+    return parser
+
+
+def main(args: argparse.Namespace) -> None:
     shutil.rmtree(args.work_dir, ignore_errors=True)
     make_split = make_sparse_split if args.data == "sparse" else make_carvana_split
     train_dir, test_dir = make_split(args.work_dir)
@@ -80,4 +84,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, get_args_parser())

@@ -21,6 +21,7 @@ from bench.arguments import at_least, scale_factor  # noqa: E402
 from train import train_step  # noqa: E402
 from unet import UNet  # noqa: E402
 from utils.device import choose_device, choose_precision, memory_format  # noqa: E402
+from utils.errors import run_cli  # noqa: E402
 from utils.nan_guard import NonFiniteGuard  # noqa: E402
 
 
@@ -29,13 +30,16 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def main() -> None:
+def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default=None, help="cpu or cuda (default: CUDA if available)")
     parser.add_argument("--scale", type=scale_factor, default=0.2, help="of 1918x1280 (default: %(default)s)")
     parser.add_argument("--batch-size", type=at_least(1), default=4, help="(default: %(default)s)")
     parser.add_argument("--steps", type=at_least(1), default=4, help="timed steps with and without the guard each")
-    args = parser.parse_args()
+    return parser
+
+
+def main(args: argparse.Namespace) -> None:
     device = choose_device(args.device)
     precision = choose_precision(device)
     height, width = int(1280 * args.scale), int(1918 * args.scale)
@@ -78,4 +82,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, get_args_parser())

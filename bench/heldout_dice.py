@@ -28,6 +28,7 @@ from evaluate import evaluate  # noqa: E402
 from utils.checkpoint import load_model  # noqa: E402
 from utils.data_loading import SegmentationDataset, list_pairs, make_loader  # noqa: E402
 from utils.device import choose_precision  # noqa: E402
+from utils.errors import run_cli  # noqa: E402
 from utils.inference import TTA_CHOICES, InferenceOptions  # noqa: E402
 from utils.synthetic_data import make_synthetic_carvana  # noqa: E402
 
@@ -145,7 +146,7 @@ def train_and_score(train_dir: Path, test_dir: Path, flags: list[str], preset: s
     return {"dice": by_tta[tta_modes[0]], "dice_by_tta": by_tta, "seconds": seconds}
 
 
-def main() -> None:
+def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", nargs="+", choices=sorted(SETTINGS), default=sorted(SETTINGS), help="data sets")
     parser.add_argument("--presets", nargs="+", default=["none", "light", "strong"], help="augmentation presets")
@@ -154,7 +155,10 @@ def main() -> None:
     parser.add_argument("--tta", nargs="+", choices=TTA_CHOICES, default=["none"],
                         help="score each trained model with these test-time augmentations (default: none)")
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/unet_heldout"), help="scratch folder")
-    args = parser.parse_args()
+    return parser
+
+
+def main(args: argparse.Namespace) -> None:
     shutil.rmtree(args.work_dir, ignore_errors=True)
     rows = []
     for name in args.data:
@@ -179,4 +183,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, get_args_parser())

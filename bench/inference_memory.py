@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.arguments import height_x_width  # noqa: E402
 from unet import UNet  # noqa: E402
 from utils.device import choose_device, memory_format  # noqa: E402
+from utils.errors import run_cli  # noqa: E402
 from utils.inference import INFERENCE_BYTES_PER_PIXEL  # noqa: E402
 
 
@@ -75,12 +76,15 @@ def forward_peak(model: UNet, height: int, width: int, device: torch.device, dty
         return counter.peak
 
 
-def main() -> None:
+def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default=None, help="cpu or cuda (default: CUDA if available)")
     parser.add_argument("--sizes", nargs="+", type=height_x_width, default=[(320, 480), (640, 959)],
                         help="HxW input sizes")
-    args = parser.parse_args()
+    return parser
+
+
+def main(args: argparse.Namespace) -> None:
     device = choose_device(args.device)
     model = UNet(3, 2).to(device, memory_format=memory_format(device)).eval()
     for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
@@ -92,4 +96,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, get_args_parser())

@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.arguments import at_least  # noqa: E402
 from predict import class_counts  # noqa: E402
+from utils.errors import run_cli  # noqa: E402
 from utils.synthetic_data import _render  # noqa: E402
 
 PNG_SETTINGS = {"Pillow default (level 6)": {}, "zlib Z_RLE (ours)": {"compress_type": zlib.Z_RLE},
@@ -105,14 +106,17 @@ def counting_rows(mask: np.ndarray, batch: int, device: torch.device, repeat: in
         print(f"| {device.type} | {n_classes} | {batch} | " + " | ".join(cells) + f" | {chosen} |")
 
 
-def main() -> None:
+def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="PNG writing and class counting per mask, by method.")
     parser.add_argument("--width", type=at_least(1), default=1918, help="mask width (default: %(default)s)")
     parser.add_argument("--height", type=at_least(1), default=1280, help="mask height (default: %(default)s)")
     parser.add_argument("--batch", type=at_least(1), default=16, help="masks per counting call (default: %(default)s)")
     parser.add_argument("--repeat", type=at_least(1), default=7, help="timed calls per cell (default: %(default)s)")
     parser.add_argument("--device", default="cpu", help="device for the class counting (default: %(default)s)")
-    args = parser.parse_args()
+    return parser
+
+
+def main(args: argparse.Namespace) -> None:
     masks = carvana_masks(args.width, args.height)
     print(f"PNG writing, one thread, {args.width}x{args.height} (median of {args.repeat}):")
     png_rows(masks, args.repeat)
@@ -127,4 +131,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, get_args_parser())

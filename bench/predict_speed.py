@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 from bench.arguments import MIN_SIDE, at_least, scale_factor  # noqa: E402
 from unet import UNet  # noqa: E402
 from utils.device import choose_device  # noqa: E402
+from utils.errors import run_cli  # noqa: E402
 from utils.synthetic_data import make_synthetic_carvana  # noqa: E402
 
 
@@ -96,7 +97,7 @@ def seconds_of_predict(flags: list[str], cudnn_benchmark: bool = False, without_
     return float([line for line in lines if line.startswith("seconds ")][-1].split()[1]), (summary or ["-"])[-1]
 
 
-def main() -> None:
+def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Prediction images/s, end to end: ours vs the reference's loop.")
     parser.add_argument("--count", type=at_least(1), default=320,
                         help="images predicted by predict.py (default: %(default)s)")
@@ -115,7 +116,10 @@ def main() -> None:
                         help="predict.py with a blur in place of the U-Net: its cost around the model (the reference "
                              "loop keeps the U-Net; use --reference-count 0)")
     parser.add_argument("flags", nargs="*", help="more predict.py flags after --, e.g. -- --compile on --amp")
-    args = parser.parse_args()
+    return parser
+
+
+def main(args: argparse.Namespace) -> None:
 
     device = choose_device(args.device)
     imgs = images_folder(max(min(args.count, args.files), args.reference_count), args.width, args.height)
@@ -159,4 +163,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, get_args_parser())

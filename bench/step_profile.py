@@ -34,6 +34,7 @@ from bench.train_speed import add_step_arguments, model_only_step, peak_memory, 
 from unet import UNet  # noqa: E402
 from utils.device import choose_precision  # noqa: E402
 from utils.dice_score import segmentation_loss  # noqa: E402
+from utils.errors import run_cli  # noqa: E402
 
 CONVOLUTIONS = "convolutions"
 # First match wins: a Triton kernel named after a fused BatchNorm is the compiler's, a cuDNN BatchNorm kernel is
@@ -116,7 +117,7 @@ def write_trace(prof: profile, path: Path) -> None:
     plain.unlink()
 
 
-def main() -> None:
+def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Time of the model-only training step by kind of kernel.")
     parser.add_argument("--warmup", type=at_least(0), default=3,
                         help="untimed steps first (compilation, cuDNN's algorithm search; default: %(default)s)")
@@ -128,7 +129,10 @@ def main() -> None:
     parser.add_argument("--trace", type=Path, default=None, metavar="FILE",
                         help="also write a Chrome trace of the profiled steps (gzip-compressed if FILE ends in .gz)")
     add_step_arguments(parser)
-    args = parser.parse_args()
+    return parser
+
+
+def main(args: argparse.Namespace) -> None:
 
     step, device, batch = model_only_step(args)
     for _ in range(args.warmup):
@@ -180,4 +184,4 @@ def main() -> None:
           f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')} |")
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, get_args_parser())

@@ -26,6 +26,7 @@ import predict  # noqa: E402
 from bench.arguments import MIN_SIDE, at_least, positive, scale_factor  # noqa: E402
 from unet import UNet  # noqa: E402
 from utils.device import choose_device  # noqa: E402
+from utils.errors import run_cli  # noqa: E402
 
 
 def run_predict(flags: list[str], device: torch.device) -> tuple[float, float]:
@@ -42,7 +43,7 @@ def run_predict(flags: list[str], device: torch.device) -> tuple[float, float]:
     return seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def main() -> None:
+def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--width", type=at_least(MIN_SIDE), default=8000, help="image width (default: %(default)s)")
     parser.add_argument("--height", type=at_least(MIN_SIDE), default=6000, help="image height (default: %(default)s)")
@@ -50,7 +51,10 @@ def main() -> None:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: CUDA if available)")
     parser.add_argument("--gpu-limit", type=positive, default=None, help="GiB PyTorch may allocate on the GPU")
     parser.add_argument("flags", nargs="*", help="more predict.py flags after --")
-    args = parser.parse_args()
+    return parser
+
+
+def main(args: argparse.Namespace) -> None:
     device = choose_device(args.device)
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
@@ -80,4 +84,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, get_args_parser())

@@ -28,6 +28,7 @@ import train  # noqa: E402
 from bench.heldout_dice import make_carvana_split, make_nuclei_split, model_scores  # noqa: E402
 from bench.reference_recipe import train_reference  # noqa: E402
 from utils.checkpoint import load_model  # noqa: E402
+from utils.errors import run_cli  # noqa: E402
 
 # The data flags, the same for both recipes: Carvana names its masks <id>_mask.gif, the nuclei tiles share names.
 DATA = {"carvana": {"scale": 0.5, "mask_suffix": "_mask"}, "nuclei": {"scale": 1.0, "mask_suffix": ""}}
@@ -76,12 +77,15 @@ def compare(name: str, root: Path, epochs: int | None) -> dict:
     return {"data": name, "ours": ours_dice, "reference": reference_dice, "budget": budget}
 
 
-def main() -> None:
+def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", nargs="+", choices=sorted(DATA), default=sorted(DATA), help="data sets")
     parser.add_argument("--epochs", type=int, default=None, help="train.py --epochs (default: train.py's)")
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/unet_time_to_quality"), help="scratch folder")
-    args = parser.parse_args()
+    return parser
+
+
+def main(args: argparse.Namespace) -> None:
     shutil.rmtree(args.work_dir, ignore_errors=True)
     rows = [compare(name, args.work_dir / name, args.epochs) for name in args.data]
     print("\n| data | budget (s) | train.py defaults | reference recipe |\n|---|---|---|---|")
@@ -91,4 +95,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, get_args_parser())

@@ -37,6 +37,7 @@ from utils.device import (  # noqa: E402
     should_compile,
 )
 from utils.dice_score import segmentation_loss  # noqa: E402
+from utils.errors import UserError, run_cli  # noqa: E402
 from utils.synthetic_data import make_synthetic_carvana  # noqa: E402
 
 
@@ -147,15 +148,15 @@ def add_step_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: CUDA if available)")
 
 
-def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+def check_args(args: argparse.Namespace) -> None:
     """What argparse cannot check alone (tests/test_gpu_check.py runs it on gpu_check.sh's commands)."""
     if args.epochs < 2:
-        parser.error("--epochs must be at least 2: the first epoch is warm-up")
+        raise UserError("--epochs must be at least 2: the first epoch is warm-up")
     if args.compile_mode and not args.model_only:
-        parser.error("--compile-mode is for --model-only runs: train.py compiles with torch's default mode")
+        raise UserError("--compile-mode is for --model-only runs: train.py compiles with torch's default mode")
 
 
-def main() -> None:
+def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Training images/s, end to end or model only.")
     parser.add_argument("--recipe", choices=("ours", "reference"), default="ours",
                         help="our train.py, or the reference recipe re-created in bench/reference_recipe.py")
@@ -170,8 +171,11 @@ def main() -> None:
     parser.add_argument("--augment", default=train.DEFAULT_AUGMENT, help="train.py --augment (default: %(default)s)")
     parser.add_argument("--crop", default=None, help="train.py --crop (ours)")
     add_step_arguments(parser)
-    args = parser.parse_args()
-    check_args(parser, args)
+    return parser
+
+
+def main(args: argparse.Namespace) -> None:
+    check_args(args)
 
     device = choose_device(args.device)
     with tempfile.TemporaryDirectory() as run_dir:
@@ -202,4 +206,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, get_args_parser())

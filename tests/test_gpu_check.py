@@ -16,6 +16,7 @@ import pytest
 
 import predict
 from bench import train_speed
+from utils.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "bench" / "gpu_check.sh"
@@ -72,7 +73,7 @@ def test_each_benchmark_command_parses(argv: tuple[str, ...], monkeypatch: pytes
     namespace = parsed_arguments(list(argv), monkeypatch)
     monkeypatch.undo()
     if argv[0] == "bench/train_speed.py":
-        train_speed.check_args(argparse.ArgumentParser(), namespace)
+        train_speed.check_args(namespace)
     if argv[0] == "bench/predict_speed.py":  # the flags after -- go to predict.py
         predict.get_args_parser().parse_args(["-m", "model.pth", "-i", "in", *namespace.flags])
 
@@ -81,8 +82,20 @@ def test_a_mistyped_flag_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(SystemExit):
         parsed_arguments(["bench/train_speed.py", "--count", "320", "--compile-mdoe", "max-autotune"], monkeypatch)
     namespace = parsed_arguments(["bench/train_speed.py", "--count", "320", "--epochs", "1"], monkeypatch)
-    with pytest.raises(SystemExit):
-        train_speed.check_args(argparse.ArgumentParser(), namespace)
+    with pytest.raises(UserError, match="--epochs must be at least 2: the first epoch is warm-up"):
+        train_speed.check_args(namespace)
+
+
+def test_an_error_found_deep_inside_a_benchmark_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    """Found in the 14th session: a UserError raised by train.py inside a bench script came with a traceback."""
+    monkeypatch.setattr(sys, "argv", ["bench/train_speed.py", "--width", "16", "--height", "16", "--scale", "0.1",
+                                      "--count", "2", "--data", str(tmp_path / "data"), "--device", "cpu"])
+    with pytest.raises(SystemExit) as stopped:
+        runpy.run_path(str(REPO / "bench" / "train_speed.py"), run_name="__main__")
+    assert stopped.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "is 16x16, only 1x1 at --scale 0.1: the U-Net needs at least 16 px" in last
 
 
 @pytest.mark.parametrize(("argv", "rule"), [
