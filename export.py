@@ -155,8 +155,7 @@ def onnx_model_bytes(model: nn.Module, example: torch.Tensor, metadata: dict[str
 
 
 def save_torchscript(model: nn.Module, example: torch.Tensor, metadata: dict[str, Any], file: BinaryIO) -> None:
-    """Traced, not scripted: UNet._run(block, *inputs) does not script (no varargs in TorchScript), and
-    tracing records the padding sizes in Up as shape arithmetic, so other input sizes run correctly."""
+    """Traced: tracing records the padding sizes in Up as shape arithmetic, so other input sizes run correctly."""
     with warnings.catch_warnings():
         # torch 2.14 marks TorchScript deprecated; it is still what `torch.jit.load` users need.
         warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning)

@@ -1,6 +1,7 @@
 """UNet: the reference checkpoint layout, odd input sizes, activation checkpointing, the Up block's math."""
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -143,6 +144,20 @@ def test_checkpointing_is_inactive_in_eval_mode():
         plain = model(x)
         checkpointed = model.use_checkpointing()(x)
     assert torch.equal(plain, checkpointed)
+
+
+@pytest.mark.parametrize("bilinear", [False, True])
+def test_the_model_scripts_like_the_reference_and_gives_the_same_output(bilinear, tmp_path):
+    """Found by a review: deployment code that runs torch.jit.script on the reference's UNet failed on ours."""
+    torch.manual_seed(0)
+    model = UNet(n_channels=3, n_classes=2, bilinear=bilinear).use_checkpointing().eval()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning)
+        torch.jit.save(torch.jit.script(model), tmp_path / "unet.pt")
+        scripted = torch.jit.load(tmp_path / "unet.pt")
+    x = torch.rand(2, 3, 37, 45)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), model(x), rtol=0, atol=1e-5)
 
 
 # --- the Up block against a hand-written version of the reference math ---------------------------------
