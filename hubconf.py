@@ -7,6 +7,8 @@
 import contextlib
 import hashlib
 import http.client
+import operator
+import os
 import signal
 import sys
 import threading
@@ -16,7 +18,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 from urllib.parse import urlparse
+from urllib.request import url2pathname
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -33,7 +37,10 @@ def _is_ours(module: ModuleType) -> bool:
 def _own_packages() -> Iterator[None]:
     """Import this repository's unet/ and utils/ even where the caller already imported other modules of those
     common names (a project's own utils/): theirs are set aside for the import and put back after it, so neither
-    side sees the other's."""
+    side sees the other's. Ours imported here leave sys.modules after the import (the functions keep what they
+    need), so that a utils/ the caller imports later is theirs; unet/ stays where nothing was set aside, for
+    pickling the model class by its name."""
+    before = set(sys.modules)
     set_aside = {name: module for name, module in sys.modules.items()
                  if name.partition(".")[0] in OWN_PACKAGES and not _is_ours(module)}
     for name in set_aside:
@@ -43,16 +50,16 @@ def _own_packages() -> Iterator[None]:
         yield
     finally:
         sys.path.remove(str(HERE))
-        if set_aside:
-            for name in [name for name in sys.modules if name.partition(".")[0] in OWN_PACKAGES]:
-                del sys.modules[name]
-            sys.modules.update(set_aside)
+        leaving = ("unet", "utils") if set_aside else ("utils",)
+        for name in [name for name in sys.modules if name.partition(".")[0] in leaving and name not in before]:
+            del sys.modules[name]
+        sys.modules.update(set_aside)
 
 
 with _own_packages():
     from unet import UNet
     from utils.atomic_files import atomic_path
-    from utils.checkpoint import load_checkpoint, model_from_checkpoint
+    from utils.checkpoint import checkpoint_from_data, load_checkpoint, model_from_checkpoint
     from utils.errors import UserError
 
 dependencies = ["torch", "torchvision", "numpy", "PIL"]
@@ -95,7 +102,9 @@ def _cached_checkpoint(url: str, progress: bool = True) -> dict[str, Any]:
                 raise UserError(f"weights={url} sent a file that is not a usable checkpoint: "
                                 f"{str(error).replace(str(partial), 'it')}") from None
     except (OSError, ValueError, http.client.HTTPException) as error:  # HTTPError, URLError, timeouts: OSErrors
-        raise UserError(f"cannot download weights={url} ({error}): check the address and the network") from None
+        offline = "" if own_folder else f"; offline, copy the file to {target}"
+        raise UserError(f"cannot download weights={url} ({error}): check the address and the network{offline}") \
+            from None
     finally:
         if own_folder and not target.exists():
             with contextlib.suppress(OSError):  # another process's download of the same URL may be under way
@@ -141,26 +150,50 @@ def _cleanup_on_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def _weights_checkpoint(weights: str | Path, progress: bool) -> dict[str, Any]:
-    text = str(weights)
-    if text.startswith(("http://", "https://")):
+def _weights_checkpoint(weights: str | os.PathLike | dict, progress: bool) -> dict[str, Any]:
+    """weights=: an http(s) or file URL, a path, or a checkpoint or state_dict a program already loaded."""
+    if isinstance(weights, dict):
+        return checkpoint_from_data(weights, "the weights= dict")
+    if not isinstance(weights, (str, os.PathLike)):
+        raise ValueError(f"weights= takes a checkpoint's path or URL, or a loaded state_dict, not a "
+                         f"{type(weights).__name__}")
+    text = os.fspath(weights)
+    scheme = urlparse(text).scheme.lower()
+    if scheme in ("http", "https"):
         return _cached_checkpoint(text, progress)
+    if scheme == "file":
+        return load_checkpoint(Path(url2pathname(urlparse(text).path)), flag="weights=")
     return load_checkpoint(Path(text), flag="weights=")
 
 
-def unet(n_channels: int | None = None, n_classes: int | None = None, bilinear: bool | None = None,
-         weights: str | Path | None = None, progress: bool = True) -> UNet:
-    """A U-Net, untrained (3 channels, 2 classes, transposed-conv upsampling unless told otherwise) or with
-    weights from a checkpoint path or URL (ours or a reference state_dict).
+def _whole_number(name: str, value: object) -> int | None:
+    """An int of at least 1, also numpy's (n_classes=mask.max() + 1); None stays None."""
+    if value is None:
+        return None
+    try:
+        number = None if isinstance(value, (bool, np.bool_)) else operator.index(value)
+    except TypeError:
+        number = None
+    if number is None or number < 1:
+        raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
+    return number
 
-    With weights, the architecture comes from the file: the arguments may be left out, and must agree with it
-    when given.
+
+def unet(n_channels: int | None = None, n_classes: int | None = None, bilinear: bool | None = None,
+         weights: str | os.PathLike | dict | None = None, progress: bool = True) -> UNet:
+    """A U-Net, untrained (3 channels, 2 classes, transposed-conv upsampling unless told otherwise) or with
+    weights: a checkpoint's path or http(s)/file URL (ours or a reference state_dict), or such a dict already
+    loaded. The model comes back in training mode, as torch.hub's models do: eval() it to predict.
+
+    With weights, the architecture comes from them: the arguments may be left out, and must agree when given.
+    The model carries mask_values (class i is written as mask_values[i]), mask_palette and scale (the training
+    scale: images are resized by it first) from the checkpoint; utils.inference.predict_image uses them.
     """
-    for name, value in (("n_channels", n_channels), ("n_classes", n_classes)):
-        if value is not None and (type(value) is not int or value < 1):
-            raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
-    if bilinear is not None and not isinstance(bilinear, bool):
-        raise ValueError(f"bilinear must be True or False, got {bilinear!r}")
+    n_channels, n_classes = _whole_number("n_channels", n_channels), _whole_number("n_classes", n_classes)
+    if bilinear is not None:
+        if not isinstance(bilinear, (bool, np.bool_)):
+            raise ValueError(f"bilinear must be True or False, got {bilinear!r}")
+        bilinear = bool(bilinear)
     if weights is None:
         return UNet(3 if n_channels is None else n_channels, 2 if n_classes is None else n_classes, bool(bilinear))
     checkpoint = _weights_checkpoint(weights, progress)
@@ -173,7 +206,9 @@ def unet(n_channels: int | None = None, n_classes: int | None = None, bilinear: 
 
 
 def unet_carvana(pretrained: bool = False, scale: float = 0.5, progress: bool = True) -> UNet:
-    """The U-Net trained on Carvana (3 channels, 2 classes, transposed-conv upsampling), as in the reference."""
+    """The reference's U-Net for Carvana (3 channels, 2 classes, transposed-conv upsampling): untrained unless
+    pretrained=True, which loads the published weights trained at scale 0.5 or 1.0 (downloaded once to torch.hub's
+    cache, $TORCH_HOME/hub/checkpoints/; a copy put there by hand works offline)."""
     if not pretrained:
         return UNet(n_channels=3, n_classes=2, bilinear=False)
     if scale not in CARVANA_WEIGHTS:

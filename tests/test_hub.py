@@ -8,13 +8,17 @@ import threading
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 import hubconf
 from unet import UNet
 from utils.checkpoint import save_checkpoint
-from utils.errors import UserError
+
+# The class hubconf raises: its own import of utils/ leaves sys.modules after it (a later `from utils.errors
+# import UserError` may be another copy), as it must for a caller whose own utils/ comes later.
+UserError = hubconf.UserError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,6 +38,8 @@ def test_unet_entry_point_loads_our_checkpoint(tmp_path: Path) -> None:
     with torch.no_grad():
         torch.testing.assert_close(model(x), trained(x))
     assert model.mask_values == [0, 10, 20]
+    assert model.scale == 0.5 and model.mask_palette is None  # what predict_image needs to read the image
+    assert hubconf.unet().scale is None
 
 
 def test_unet_entry_point_takes_the_architecture_from_the_weights_when_not_told(tmp_path: Path) -> None:
@@ -203,6 +209,45 @@ def test_hub_load_beside_a_project_of_its_own_with_utils_and_unet_modules(tmp_pa
     assert model.eval()(torch.rand(1, 1, 20, 20)).shape == (1, 4, 20, 20)
     assert all(sys.modules[name] is module for name, module in theirs.items())  # theirs, as before the call
     assert not [name for name in sys.modules if name.startswith(("utils.", "unet."))]
+
+
+def test_hub_load_leaves_the_callers_later_utils_import_to_the_caller(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a review: after a hub load, a notebook's own utils/ (and another hub repo's) resolved to ours."""
+    for name in [name for name in sys.modules if name.partition(".")[0] in ("utils", "unet")]:
+        monkeypatch.delitem(sys.modules, name)  # as in a fresh process; put back after the test
+    (tmp_path / "project" / "utils").mkdir(parents=True)
+    (tmp_path / "project" / "utils" / "__init__.py").write_text("def my_helper():\n    return 'mine'\n")
+    model = torch.hub.load(str(REPO), "unet", source="local")
+    assert not [name for name in sys.modules if name.partition(".")[0] == "utils"]
+    assert sys.modules[type(model).__module__] is sys.modules["unet.unet_model"]  # the model still pickles by name
+    monkeypatch.syspath_prepend(str(tmp_path / "project"))
+    import utils  # the project's own, imported after the hub load
+
+    assert utils.my_helper() == "mine"
+    monkeypatch.delitem(sys.modules, "utils")
+
+
+def test_weights_may_be_a_loaded_dict_or_a_file_url_and_sizes_numpy_integers(tmp_path: Path) -> None:
+    """Found by a review: a loaded state_dict gave an OSError holding its whole repr, a file:// URL "does not exist",
+    and n_classes=np.int64(3) (mask.max() + 1) was "not a whole number"."""
+    torch.manual_seed(0)
+    trained = UNet(3, 3).eval()
+    state = {**trained.state_dict(), "mask_values": [0, 1, 2]}
+    torch.save(state, tmp_path / "plain.pth")
+    x = torch.rand(1, 3, 32, 32)
+    for weights in (dict(state), (tmp_path / "plain.pth").as_uri()):
+        model = hubconf.unet(weights=weights, n_classes=np.int64(3), bilinear=np.bool_(False)).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), trained(x))
+        assert model.mask_values == [0, 1, 2]
+    assert "mask_values" in state  # the caller's dict left as it was
+    assert hubconf.unet(n_classes=np.int64(4)).n_classes == 4
+    with pytest.raises(ValueError, match="weights= takes a checkpoint's path or URL, or a loaded state_dict, not a "
+                                         "list"):
+        hubconf.unet(weights=[1, 2])
+    with pytest.raises(UserError, match="the weights= dict is not a U-Net checkpoint|the weights= dict"):
+        hubconf.unet(weights={"conv.weight": torch.zeros(1)})
 
 
 @pytest.mark.parametrize(("kwargs", "complaint"), [

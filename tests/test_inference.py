@@ -5,10 +5,14 @@ Tiled vs whole-image masks of a trained model: tests/test_real_nuclei.py (it has
 import builtins
 import os
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
+from unet import UNet
+from utils.data_loading import load_scaled_image
 from utils.device import Precision
 from utils.errors import UserError
 from utils.inference import (
@@ -19,6 +23,7 @@ from utils.inference import (
     logits_to_classes,
     parse_tile,
     plan_tiles,
+    predict_image,
     predict_logits,
 )
 from utils.tiling import MIN_WEIGHT, blend_weights, sliding_window, tile_starts
@@ -226,3 +231,55 @@ def test_available_ram_without_proc_meminfo_or_sysconf_is_a_modest_guess(monkeyp
     assert physical == os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     monkeypatch.delattr(os, "sysconf")  # Windows
     assert available_ram() == UNKNOWN_RAM
+
+
+def small_unet() -> nn.Module:
+    """An untrained U-Net with BatchNorm running statistics of its own, so that train and eval mode differ."""
+    torch.manual_seed(0)
+    model = UNet(3, 2).eval()
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+def test_predict_image_takes_a_pil_image_an_array_or_a_tensor_as_predict_reads_the_file(tmp_path) -> None:
+    model = small_unet()
+    model.scale = 0.5
+    pixels = np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "x.png")
+    scaled, (width, height) = load_scaled_image(tmp_path / "x.png", 0.5)
+    logits = predict_logits(model, scaled[None], CPU, FP32, output_size=(height, width))
+    with torch.no_grad():  # half the pixels of each class: a map that can be wrong
+        model.outc.conv.bias[1] -= (logits[0, 1] - logits[0, 0]).median()
+    expected = logits_to_classes(predict_logits(model, scaled[None], CPU, FP32, output_size=(height, width)))[0]
+    assert expected.shape == (50, 70) and 0 < expected.float().mean() < 1
+    for image in (Image.open(tmp_path / "x.png"), pixels, torch.from_numpy(pixels).permute(2, 0, 1)):
+        assert torch.equal(predict_image(model, image, precision=FP32), expected), type(image)
+    with pytest.raises(TypeError, match="a PIL image, a numpy array or a torch tensor, not a str"):
+        predict_image(model, str(tmp_path / "x.png"))
+    with pytest.raises(UserError, match="the ndarray image is 20x12: the U-Net needs at least 16 px"):
+        predict_image(model, pixels[:12, :20], scale=1.0)
+
+
+def test_a_model_in_training_mode_predicts_in_eval_mode_and_is_given_back_as_it_was() -> None:
+    """Found by a review: hub models come back in training mode, and predicting with one used (and overwrote)
+    the batch's BatchNorm statistics: 68% of the pixels changed class, and the model for good."""
+    model = small_unet()
+    images = torch.randint(0, 256, (1, 3, 32, 48), dtype=torch.uint8)
+    expected = predict_logits(model, images, CPU, FP32)
+    model.train()
+    model.inc.eval()  # a part kept in eval mode by its user (frozen BatchNorm) stays so
+    statistics = {name: buffer.clone() for name, buffer in model.named_buffers()}
+    torch.testing.assert_close(predict_logits(model, images, CPU, FP32), expected, rtol=0, atol=0)
+    assert all(torch.equal(buffer, statistics[name]) for name, buffer in model.named_buffers())
+    assert model.training and model.down1.training and not model.inc.training
+
+
+def test_float_images_are_refused_not_divided_by_255_again() -> None:
+    images = torch.rand(1, 3, 32, 32)
+    before = images.clone()
+    with pytest.raises(TypeError, match=r"uint8 images \(0..255\).*not torch.float32"):
+        predict_logits(small_unet(), images, CPU, FP32)
+    assert torch.equal(images, before)  # and the caller's tensor left as it was

@@ -34,7 +34,10 @@ class UNet(nn.Module):
         self.n_classes = n_classes
         self.bilinear = bilinear
         self.checkpointing = False
-        self.mask_values: list | None = None  # set when loaded from a checkpoint; not part of state_dict
+        # set when loaded from a checkpoint, to read its output; not part of state_dict
+        self.mask_values: list | None = None  # class i is written as mask_values[i]
+        self.mask_palette: list | None = None  # the palette of palette masks
+        self.scale: float | None = None  # the scale it was trained at: images are resized by it first
 
         factor = 2 if bilinear else 1
         self.inc = DoubleConv(n_channels, 64)

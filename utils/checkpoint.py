@@ -446,23 +446,28 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu", 
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist: give {flag} the path of one (train.py writes "
                         "checkpoints/last.pth and best.pth)")
-    data = _read(path, map_location)
+    return checkpoint_from_data(_read(path, map_location), path)
+
+
+def checkpoint_from_data(data: object, source: Path | str) -> dict[str, Any]:
+    """load_checkpoint's checks and shape for what a checkpoint file held (or a dict a program loaded itself);
+    source names it in messages. The given dict is left as it was."""
     if not isinstance(data, dict):
-        raise UserError(f"{path} is not a U-Net checkpoint (it holds a {type(data).__name__})")
+        raise UserError(f"{source} is not a U-Net checkpoint (it holds a {type(data).__name__})")
     if "model" in data and "model_args" in data:
         checkpoint = dict(data)
     else:  # a reference-style plain state_dict, maybe with mask_values, or one saved as {"model": ..., "epoch": ...}
         weights = data["model"] if isinstance(data.get("model"), dict) else data
         state_dict = unwrapped({k: v for k, v in weights.items() if k != "mask_values"})
-        checkpoint = {"model": state_dict, "model_args": infer_model_args(state_dict, path)}
+        checkpoint = {"model": state_dict, "model_args": infer_model_args(state_dict, source)}
         if "mask_values" in data:
             checkpoint["mask_values"] = data["mask_values"]
-    checkpoint["model_args"] = check_model_args(checkpoint["model_args"], path)
-    check_state_dict(checkpoint["model"], checkpoint["model_args"], path)
-    _check_metadata(checkpoint, path)
-    warn_non_finite(checkpoint["model"], path)
+    checkpoint["model_args"] = check_model_args(checkpoint["model_args"], source)
+    check_state_dict(checkpoint["model"], checkpoint["model_args"], source)
+    _check_metadata(checkpoint, source)
+    warn_non_finite(checkpoint["model"], source)
     checkpoint.setdefault("mask_values", None)
-    checkpoint["source"] = str(path)
+    checkpoint["source"] = str(source)
     return checkpoint
 
 
@@ -576,6 +581,7 @@ def model_from_checkpoint(
                         "which cannot predict them all: fix its mask_values entry, or drop it")
     ignored = (checkpoint.get("args") or {}).get("ignore_index")
     model.mask_values = complete_mask_values(mask_values, args["n_classes"], avoid=ignored)
+    model.mask_palette, model.scale = checkpoint.get("mask_palette"), checkpoint.get("scale")
     return model
 
 

@@ -193,7 +193,7 @@ def _read_array(path: Path) -> np.ndarray:
         raise _unreadable(path, error) from None
 
 
-def _check_values(path: Path, array: np.ndarray) -> None:
+def _check_values(path: Path | str, array: np.ndarray) -> None:
     """Arrays from .npy/.pt and float TIFFs may hold anything: refuse what would train on garbage silently."""
     if array.dtype.kind not in "biuf":
         raise UserError(f"{path} holds {array.dtype} values: save numbers (uint8 images, integer masks)")
@@ -259,7 +259,7 @@ def _open(path: Path, reduce_to: tuple[int, int] | None = None, mask: bool = Fal
         raise UserError(f"cannot read {path} ({_reason(error)}): replace or remove the file") from None
 
 
-def _as_array(path: Path, image: Image.Image, mode: str | None = None) -> np.ndarray:
+def _as_array(path: Path | str, image: Image.Image, mode: str | None = None) -> np.ndarray:
     """The pixels as an array, converted to mode first; exotic modes Pillow cannot convert name the file."""
     try:
         return np.asarray(image.convert(mode) if mode else image)
@@ -306,21 +306,30 @@ def read_image_data(path: Path, reduce_to: tuple[int, int] | None = None) -> tup
     data = _open(path, reduce_to)
     if isinstance(data, Image.Image):
         mode = data.mode
-        keep = mode in ("L", "RGB", "I;16", "I;16B", "I", "F")  # others: palette, RGBA, CMYK, ...
-        array = _as_array(path, data, None if keep else "L" if mode in ("1", "LA") else "RGB")
+        array = _as_array(path, data, _read_mode(mode))
     else:
         array = np.asarray(data)
         arrays = path.suffix.lower() in (".npy", ".pt")
         mode = (f"{path.suffix.lower()[1:]} {array.dtype}" if arrays
                 else f"{'RGBA' if array.shape[-1] == 4 else 'RGB'} 16-bit")  # a 16-bit colour PNG
-        if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
-            array = array.transpose(1, 2, 0)  # tensors saved channels-first
-    _check_values(path, array)
+    return _image_shape(path, array), mode
+
+
+def _read_mode(mode: str) -> str | None:
+    """The mode an image is read in: its own for plain pixels, else L or RGB (palette, RGBA, CMYK, ...)."""
+    return None if mode in ("L", "RGB", "I;16", "I;16B", "I", "F") else "L" if mode in ("1", "LA") else "RGB"
+
+
+def _image_shape(source: Path | str, array: np.ndarray) -> np.ndarray:
+    """HxWxC with C = 1, 3 or 4, from HxW, HxWxC or channels-first CxHxW (tensors saved that way)."""
+    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
+        array = array.transpose(1, 2, 0)
+    _check_values(source, array)
     if array.ndim == 2:
         array = array[..., None]
     if array.ndim != 3 or array.shape[-1] not in (1, 3, 4):
-        raise UserError(f"{path} has shape {array.shape}: expected HxW, HxWx3 or 3xHxW")
-    return array, mode
+        raise UserError(f"{source} has shape {array.shape}: expected HxW, HxWx3 or 3xHxW")
+    return array
 
 
 def read_image(path: Path, channels: int = 3, reduce_to: tuple[int, int] | None = None) -> np.ndarray:
@@ -328,7 +337,27 @@ def read_image(path: Path, channels: int = 3, reduce_to: tuple[int, int] | None 
 
     reduce_to: the size the image will be resized to; JPEGs may then decode smaller (never below it).
     """
-    array, _ = read_image_data(path, reduce_to)
+    return _model_pixels(read_image_data(path, reduce_to)[0], channels)
+
+
+def image_in_memory(image: Image.Image | np.ndarray | torch.Tensor, channels: int = 3) -> np.ndarray:
+    """read_image for an image a program already holds: a PIL image, an HxW or HxWxC array, or a CxHxW tensor;
+    its pixels are taken as they are, with the rules of files (16-bit and float stretched, RGBA converted)."""
+    source = f"the {type(image).__name__} image"
+    if isinstance(image, Image.Image):
+        array = _as_array(source, image, _read_mode(image.mode))
+    elif isinstance(image, torch.Tensor):
+        tensor = image.detach().cpu()
+        array = (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()
+    elif isinstance(image, np.ndarray):
+        array = image
+    else:
+        raise TypeError(f"an image is a PIL image, a numpy array or a torch tensor, not a {type(image).__name__}")
+    return _model_pixels(_image_shape(source, array), channels)
+
+
+def _model_pixels(array: np.ndarray, channels: int) -> np.ndarray:
+    """HxWxC in its own depth -> uint8 HxWxC with the model's channel count."""
     if array.dtype != np.uint8:
         array = _to_uint8(array)
     array = array[..., :3]
@@ -606,6 +635,9 @@ def resize_nearest(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def normalize_images(images: torch.Tensor) -> torch.Tensor:
     """uint8 batch -> float in [0, 1]; done on the device so that uint8 crosses the bus."""
+    if images.dtype != torch.uint8:  # a float batch would be divided again, in place: wrong, and the caller's changed
+        raise TypeError(f"the model takes uint8 images (0..255), as load_scaled_image gives them, not {images.dtype}: "
+                        "for floats in 0..1, pass (images * 255).round().to(torch.uint8)")
     return images.float().div_(255)
 
 

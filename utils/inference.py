@@ -6,21 +6,24 @@ into logits (log-probabilities), so thresholding, argmax and resizing work the s
 """
 
 import argparse
+import contextlib
 import copy
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from tqdm import tqdm
 
-from .checkpoint import check_scale_flag
-from .data_loading import normalize_images
-from .device import Precision, memory_format, return_freed_memory
+from .checkpoint import check_scale_flag, inference_scale
+from .data_loading import check_model_input_size, image_in_memory, image_to_tensor, normalize_images, scaled_size
+from .device import Precision, choose_precision, memory_format, return_freed_memory
 from .errors import UserError, check_flag
 from .tiling import sliding_window, tile_starts
 
@@ -298,6 +301,18 @@ class _Runner:
                 pixels = tile * tile // 4
 
 
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Every module in eval mode for the block, then each put back as it was (a model may keep some in eval)."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
 @torch.inference_mode()
 def predict_logits(
     model: nn.Module,
@@ -308,24 +323,49 @@ def predict_logits(
     options: InferenceOptions = WHOLE_IMAGE,
     notify: Callable[[str], None] | None = None,
 ) -> torch.Tensor:
-    """uint8 (B, C, H, W) -> fp32 logits, bilinearly resized to output_size (e.g. the original image size).
+    """uint8 (B, C, H, W) -> fp32 logits, bilinearly resized to output_size = (height, width), torch's order
+    (load_scaled_image gives the original size in PIL's (width, height): reverse it).
 
     options chooses whole-image or tiled inference and test-time augmentation; the default is the plain
-    whole-image forward pass that validation uses. notify receives a line when memory forces tiles.
+    whole-image forward pass that validation uses. notify receives a line when memory forces tiles. The model
+    runs in eval mode, and is put back in the mode it was in: in training mode, BatchNorm would use each batch's
+    statistics (a different prediction) and overwrite its running ones.
     """
     run = _Runner(model, device, precision, options, notify)
     symmetries = _d4(options.tta)
-    if len(symmetries) == 1:
-        logits = run(images)
-    else:
-        probs = None
-        for turns, flip in symmetries:
-            view = _untransform(probabilities(run(_transform(images, turns, flip))), turns, flip)
-            probs = view if probs is None else probs.add_(view)
-        logits = probabilities_to_logits(probs / len(symmetries))
+    with eval_mode(model):
+        if len(symmetries) == 1:
+            logits = run(images)
+        else:
+            probs = None
+            for turns, flip in symmetries:
+                view = _untransform(probabilities(run(_transform(images, turns, flip))), turns, flip)
+                probs = view if probs is None else probs.add_(view)
+            logits = probabilities_to_logits(probs / len(symmetries))
     if output_size is not None and tuple(logits.shape[-2:]) != tuple(output_size):
         logits = F.interpolate(logits, size=tuple(output_size), mode="bilinear", align_corners=False)
     return logits
+
+
+def predict_image(model: nn.Module, image: Image.Image | np.ndarray | torch.Tensor, scale: float | None = None,
+                  threshold: float = 0.5, options: InferenceOptions = WHOLE_IMAGE,
+                  precision: Precision | None = None) -> torch.Tensor:
+    """The class map (H, W) at the image's own size of one image a program holds (a notebook's): a PIL image, an
+    HxW or HxWxC array, or a CxHxW tensor, read and resized as predict.py reads files.
+
+    Runs on the model's device. scale: the model's own (model.scale, from its checkpoint) unless given, else 0.5;
+    precision: the device's default, as in predict.py. model.mask_values[i] is the mask value of class i.
+    """
+    device = next(model.parameters()).device
+    scale = inference_scale({"scale": getattr(model, "scale", None)}, scale)
+    pixels = image_in_memory(image, getattr(model, "n_channels", 3))
+    height, width = pixels.shape[:2]
+    source = f"the {type(image).__name__} image"
+    check_model_input_size(width, height, scale, source)
+    scaled = image_to_tensor(pixels, scaled_size(width, height, scale, source))
+    logits = predict_logits(model, scaled[None], device, precision or choose_precision(device), (height, width),
+                            options)
+    return logits_to_classes(logits, threshold)[0].cpu()
 
 
 def notify_once(write: Callable[[str], None]) -> Callable[[str], None]:
