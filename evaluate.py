@@ -17,9 +17,11 @@ from tqdm import tqdm
 from utils.atomic_files import atomic_path
 from utils.checkpoint import inference_scale, load_model, unwrap_model
 from utils.data_loading import (
+    UPRIGHT_FIX,
     SegmentationDataset,
     add_image_limit_argument,
     check_model_input_size,
+    file_orientation,
     list_pairs,
     make_loader,
     same_size_parts,
@@ -198,6 +200,12 @@ def main(args: argparse.Namespace) -> dict:
     if min(result["images_per_class"][1:], default=result["images"]) < result["images"]:
         print("Dice, IoU: means over images, where an image without the class in mask and prediction scores 1; "
               "pooled: over all pixels of all images together (the fairer score of a class few images hold)")
+    turned = [pair.image.name for pair in pairs if file_orientation(pair.image) != 1]
+    if turned:  # as predict.py says of its inputs; training's data check lists them too
+        names = ", ".join(turned[:3]) + (", ..." if len(turned) > 3 else "")
+        print(f"note: {len(turned)} of the images carry an EXIF orientation ({names}): they are scored as stored, "
+              f"while viewers show them turned or mirrored; if their masks were drawn on the upright view, "
+              f"{UPRIGHT_FIX}", file=sys.stderr)
     write_rows(result["rows"], args.output)
     print(f"per-image scores written to {args.output}")
     return result

@@ -15,7 +15,7 @@ from PIL import Image
 import utils.check_data as check_data
 from utils.check_data import CACHE_NAME, CACHE_VERSION, check_dataset, inspect_image, scan_mask_values
 from utils.checkpoint import load_checkpoint
-from utils.data_loading import SegmentationDataset, collate_skipping, list_pairs, make_loader, read_mask
+from utils.data_loading import SegmentationDataset, collate_skipping, list_pairs, make_loader, read_image, read_mask
 from utils.dice_score import class_weights_from_pixels
 from utils.errors import UserError
 
@@ -818,3 +818,39 @@ def test_rgb_beside_rgba_images_is_no_grayscale_hint_and_an_alpha_drawn_mask_is_
     coloured[box_mask() == 0, :3] = 0
     write_image(masks / "s1.png", coloured)
     assert read_mask(masks / "s1.png").shape == (H, W, 3)
+
+
+def test_masks_stored_turned_are_listed_and_named_as_the_cause_of_a_mismatch(tmp_path: Path) -> None:
+    """Found by a review: a mask carrying an EXIF orientation (copied from a phone photo) was read as stored without
+    a word, and a turned one was a plain size mismatch, whose fix (resize the mask) would stretch it."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    for name, mask in (("square", box_mask(W, W)), ("wide", box_mask(H, W))):
+        write_image(tmp_path / "imgs" / f"{name}.png", noisy_rgb(0, W if name == "square" else H, W))
+        (tmp_path / "masks").mkdir(exist_ok=True)
+        Image.fromarray(np.ascontiguousarray(np.rot90(mask))).save(tmp_path / "masks" / f"{name}.png", exif=exif)
+    check = check_dataset(tmp_path / "imgs", tmp_path / "masks", workers=1)
+    assert check.size_mismatches == [f"{tmp_path / 'imgs' / 'wide.png'} is 48x32 but {tmp_path / 'masks' / 'wide.png'} "
+                                     "is 32x48, the mask as its EXIF orientation (6) turns it for viewers"]
+    assert check.size_mismatch_fix() == ("the masks are stored turned and shown upright by viewers: save them "
+                                         "upright, e.g. with PIL.ImageOps.exif_transpose")
+    assert ("EXIF orientation: 2 masks are stored turned or mirrored and shown upright by viewers (square.png, "
+            "wide.png); they are read as stored") in check.report()
+    (tmp_path / "imgs" / "wide.png").unlink()
+    (tmp_path / "masks" / "wide.png").unlink()
+    report = check_dataset(tmp_path / "imgs", tmp_path / "masks", workers=1).report()  # the square one alone
+    assert "suggestion: if the masks fit the images only as viewers show the masks (turned by EXIF)" in report
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_a_tiff_with_an_orientation_tag_is_refused_since_pillow_turns_it_as_it_reads(tmp_path: Path,
+                                                                                       mode: str) -> None:
+    """Found by a review: Pillow 13 applies a TIFF's orientation tag as it loads the file (grayscale ones come back
+    scrambled), while the tools read every other format as stored and said so of the TIFFs too."""
+    pixels = noisy_rgb(0, H, W) if mode == "RGB" else noisy_rgb(0, H, W)[..., 0]
+    Image.fromarray(pixels).save(tmp_path / "t.tif", tiffinfo={0x0112: 6})
+    with pytest.raises(UserError, match=r"t.tif is a TIFF with an orientation tag \(6\), which Pillow applies as it "
+                                        r"reads .*: save it as PNG without the tag"):
+        read_image(tmp_path / "t.tif")
+    Image.fromarray(pixels).save(tmp_path / "t.tif", tiffinfo={0x0112: 1})
+    assert np.array_equal(read_image(tmp_path / "t.tif")[..., 0], pixels[..., 0] if mode == "RGB" else pixels)

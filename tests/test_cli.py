@@ -824,6 +824,24 @@ def test_predict_notes_inputs_that_viewers_show_turned(trained: Path, tmp_path: 
     assert np.asarray(Image.open(tmp_path / "out" / "phone.png")).shape == (32, 48)  # the stored pixels' size
 
 
+def test_evaluate_notes_images_that_viewers_show_turned(trained: Path, tmp_path: Path) -> None:
+    """Found by a review: predict.py and the data check named them, evaluate.py scored them without a word."""
+    image_file = sorted((trained / "data" / "imgs").iterdir())[0]
+    mask_file = next((trained / "data" / "masks").glob(f"{image_file.stem}*"))
+    exif = Image.Exif()
+    exif[0x0112] = 3  # turned by 180 degrees for viewers: the sizes cannot tell
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "masks").mkdir()
+    Image.open(image_file).save(tmp_path / "imgs" / "phone.jpg", exif=exif)
+    shutil.copy(mask_file, tmp_path / "masks" / f"phone{mask_file.name[len(image_file.stem):]}")
+    result = run("evaluate.py", "-m", trained / "checkpoints" / "last.pth", "--imgs", tmp_path / "imgs", "--masks",
+                 tmp_path / "masks", "-o", tmp_path / "scores.csv", "--workers", "0", cwd=tmp_path)
+    assert ("note: 1 of the images carry an EXIF orientation (phone.jpg): they are scored as stored, while viewers "
+            "show them turned or mirrored; if their masks were drawn on the upright view, save the images upright "
+            "first") in result.stderr
+    assert (tmp_path / "scores.csv").exists()
+
+
 def test_predict_batches_same_size_images_wherever_they_stand() -> None:
     import predict
 

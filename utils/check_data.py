@@ -26,6 +26,8 @@ from unet import MIN_SIDE
 from .atomic_files import atomic_path
 from .data_loading import (
     SIZE_MISMATCH_FIX,
+    TURNED_IMAGE_FIX,
+    TURNED_MASK_FIX,
     UPRIGHT_FIX,
     Pair,
     PixelLimitError,
@@ -53,8 +55,12 @@ from .mask_encoding import (
 )
 
 CACHE_NAME = ".unet_check_cache.json"
-CACHE_VERSION = 6  # 3: misnamed files and files over --max-image-pixels are unreadable; 4: JPEG masks noted;
-# 5: EXIF orientation of images noted; 6: interior pixels of each mask value
+CACHE_VERSION = 7  # 3: misnamed files and files over --max-image-pixels are unreadable; 4: JPEG masks noted;
+# 5: EXIF orientation of images noted; 6: interior pixels of each mask value; 7: EXIF orientation of masks noted
+# a pair's fix (data_loading.size_mismatch) as said of all the mismatched pairs
+FIXES_OF_ALL = {TURNED_IMAGE_FIX: f"the masks were drawn on the images as viewers show them: {UPRIGHT_FIX}",
+                TURNED_MASK_FIX: "the masks are stored turned and shown upright by viewers: save them upright, e.g. "
+                                 "with PIL.ImageOps.exif_transpose"}
 RARE_CLASS_FRACTION = 0.01
 INSTANCE_LABEL_HINT = 16  # more distinct values than this in label masks usually means one value per object
 # Mask values made up by resizing with interpolation, lossy saving or noise: each under STRAY_FRACTION of the
@@ -101,6 +107,7 @@ def inspect_mask(path: Path) -> dict[str, Any]:
             mode = header.mode
             palette = header.getpalette() if mode == "P" else None
             record["jpeg"] = header.format in ("JPEG", "MPO")  # lossy: edges blur into in-between values
+        record["orientation"] = file_orientation(path)
     if mode == "P":
         record["encoding"] = "palette"
         record["palette"] = list(palette or [])[: 3 * 256]
@@ -219,8 +226,9 @@ class DataCheck:
     unread_formats: list[Path] = field(default_factory=list)  # HEIC, JPEG 2000, ...: named, not read
     unreadable: list[str] = field(default_factory=list)  # one message per file, naming it
     size_mismatches: list[str] = field(default_factory=list)
-    turned_mismatches: int = 0  # of which: the mask fits the image as its EXIF orientation shows it
+    size_mismatch_fixes: list[str] = field(default_factory=list)  # one per mismatch: EXIF orientation explains some
     exif_turned: list[str] = field(default_factory=list)  # images with an EXIF orientation other than upright
+    exif_turned_masks: list[str] = field(default_factory=list)  # masks with one
     empty_masks: list[str] = field(default_factory=list)
     blurred_masks: list[str] = field(default_factory=list)  # JPEG masks with more than two values
     blurred_top: int = 0  # the largest value (or colour channel) in them, before --binarize
@@ -265,9 +273,9 @@ class DataCheck:
         return bool(self.blurred_masks) and not (self.binarize or 0) > 0
 
     def size_mismatch_fix(self) -> str:
-        if self.turned_mismatches == len(self.size_mismatches):
-            return f"the masks were drawn on the images as viewers show them: {UPRIGHT_FIX}"
-        return SIZE_MISMATCH_FIX
+        """The fix of every mismatch where they share one (all explained by an EXIF orientation), else the plain one."""
+        fixes = set(self.size_mismatch_fixes)
+        return FIXES_OF_ALL.get(fix := fixes.pop(), fix) if len(fixes) == 1 else SIZE_MISMATCH_FIX
 
     def jpeg_mask_fix(self) -> str:
         """Save as PNG, or a threshold halfway up the values found (0/255 masks: 127); none for masks too faint
@@ -345,6 +353,9 @@ class DataCheck:
         elif self.exif_turned:
             hints.append("if the masks were drawn on the images as viewers show them (turned by EXIF), "
                          f"{UPRIGHT_FIX}")
+        elif self.exif_turned_masks:
+            hints.append("if the masks fit the images only as viewers show the masks (turned by EXIF), save the "
+                         "masks upright first, e.g. with PIL.ImageOps.exif_transpose")
         if self.too_small:
             hints.append(f"leave out or enlarge the images under {MIN_SIDE} px a side (train.py stops on them)")
         if self.palette_conflicts:
@@ -395,6 +406,9 @@ class DataCheck:
         if self.exif_turned:
             lines.append(f"  EXIF orientation: {len(self.exif_turned)} images are stored turned or mirrored and "
                          f"shown upright by viewers {_names(self.exif_turned)}; they are read as stored")
+        if self.exif_turned_masks:
+            lines.append(f"  EXIF orientation: {len(self.exif_turned_masks)} masks are stored turned or mirrored and "
+                         f"shown upright by viewers {_names(self.exif_turned_masks)}; they are read as stored")
         if self.blurred_masks:
             lines.append(f"  JPEG masks with in-between values (lossy compression blurs edges): "
                          f"{len(self.blurred_masks)} {_names(self.blurred_masks)}")
@@ -456,13 +470,15 @@ def check_dataset(
         if "error" in image or "error" in mask:
             check.unreadable += [record["error"] for record in (image, mask) if "error" in record]
             continue
-        orientation = image.get("orientation", 1)
+        orientation, mask_orientation = image.get("orientation", 1), mask.get("orientation", 1)
         if orientation != 1:
             check.exif_turned.append(pair.image.name)
+        if mask_orientation != 1:
+            check.exif_turned_masks.append(pair.mask.name)
         if (image["width"], image["height"]) != (mask["width"], mask["height"]):
-            message, turned = size_mismatch(pair.image, (image["width"], image["height"]), pair.mask,
-                                            (mask["width"], mask["height"]), orientation)
-            check.turned_mismatches += turned
+            message, fix = size_mismatch(pair.image, (image["width"], image["height"]), pair.mask,
+                                         (mask["width"], mask["height"]), orientation, mask_orientation)
+            check.size_mismatch_fixes.append(fix)
             check.size_mismatches.append(message)
             continue
         usable.append((pair, mask))

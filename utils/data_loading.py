@@ -237,6 +237,12 @@ def _open(path: Path, reduce_to: tuple[int, int] | None = None, mask: bool = Fal
         image.close()
         raise UserError(f"{path} is a TIFF of {pages} pages, and one image per file is read: save each page as a "
                         "file of its own (or, for channels stored as pages, the channels as one RGB image)")
+    orientation = image.tag_v2.get(EXIF_ORIENTATION, 1) if image.format == "TIFF" else 1
+    if orientation != 1:
+        image.close()
+        raise UserError(f"{path} is a TIFF with an orientation tag ({orientation}), which Pillow applies as it reads "
+                        "(and garbles in grayscale files), unlike every other format, read as stored: save it as PNG "
+                        "without the tag (tifffile.imread gives the pixels as stored)")
     if _sixteen_bit_colour(image):
         image_format = image.format
         image.close()
@@ -274,30 +280,40 @@ UPRIGHT_FIX = "save the images upright first, e.g. with PIL.ImageOps.exif_transp
 SIZE_MISMATCH_FIX = "resize each mask to its image with nearest-neighbour interpolation, or remove the pair"
 
 
+TURNED_IMAGE_FIX = f"the mask was drawn on the image as viewers show it: {UPRIGHT_FIX}"
+TURNED_MASK_FIX = "the mask is stored turned and shown upright by viewers: save the masks upright, e.g. with " \
+                  "PIL.ImageOps.exif_transpose"
+
+
 def size_mismatch(image: Path, image_size: tuple[int, int], mask: Path, mask_size: tuple[int, int],
-                  orientation: int) -> tuple[str, bool]:
+                  orientation: int, mask_orientation: int = 1) -> tuple[str, str]:
     """The words for a pair whose sizes (width, height) differ, naming the folders where the names are alike, and
-    whether the image's EXIF orientation explains it (the mask was drawn on the image as viewers show it)."""
+    the fix: where an EXIF orientation of the image or the mask explains it (tags 5-8 turn by 90 degrees), the
+    pair was made as viewers show it, and files are read as stored."""
     names = (image.name, mask.name) if image.name != mask.name else (image, mask)
     message = f"{names[0]} is {image_size[0]}x{image_size[1]} but {names[1]} is {mask_size[0]}x{mask_size[1]}"
-    turned = orientation >= 5 and image_size[::-1] == tuple(mask_size)  # tags 5-8 turn by 90 degrees
-    if turned:
-        message += f", the image as its EXIF orientation ({orientation}) turns it for viewers"
-    return message, turned
+    if image_size[::-1] != tuple(mask_size):
+        return message, SIZE_MISMATCH_FIX
+    if orientation >= 5:
+        return f"{message}, the image as its EXIF orientation ({orientation}) turns it for viewers", TURNED_IMAGE_FIX
+    if mask_orientation >= 5:
+        return f"{message}, the mask as its EXIF orientation ({mask_orientation}) turns it for viewers", \
+            TURNED_MASK_FIX
+    return message, SIZE_MISMATCH_FIX
 
 
 def file_orientation(path: Path) -> int:
     """The EXIF orientation tag of an image file, from its header alone: 1 when absent or unreadable, and for
-    arrays, which have no EXIF. Images are read as stored, not turned by it."""
+    arrays, which have no EXIF. Files are read as stored, not turned by it (TIFFs too: _open)."""
     if path.suffix.lower() in (".npy", ".pt"):
         return 1
     with warnings.catch_warnings():  # Pillow warns about broken tags; the pixels were judged elsewhere
         warnings.simplefilter("ignore", UserWarning)
-        with open_image(path) as header:
-            try:
+        try:
+            with open_image(path) as header:
                 value = int(header.getexif().get(EXIF_ORIENTATION, 1))
-            except Exception:  # noqa: BLE001 - a broken EXIF block is no reason to refuse the pixels
-                return 1
+        except Exception:  # noqa: BLE001 - a broken EXIF block, or a file gone since it was read: reading says so
+            return 1
     return value if 1 <= value <= 8 else 1
 
 
@@ -704,9 +720,8 @@ class SegmentationDataset(Dataset):
                 return {"skipped": str(error)}
             raise
         if (height, width) != mask.shape[:2]:
-            message, turned = size_mismatch(pair.image, (width, height), pair.mask, (mask.shape[1], mask.shape[0]),
-                                            file_orientation(pair.image))
-            fix = f"the mask was drawn on the image as viewers show it: {UPRIGHT_FIX}" if turned else SIZE_MISMATCH_FIX
+            message, fix = size_mismatch(pair.image, (width, height), pair.mask, (mask.shape[1], mask.shape[0]),
+                                         file_orientation(pair.image), file_orientation(pair.mask))
             raise UserError(f"{message}: {fix}")
         if self.scale_masks and self.scale != 1.0:
             mask = resize_nearest(mask, (image_tensor.shape[-1], image_tensor.shape[-2]))
