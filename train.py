@@ -27,7 +27,7 @@ from torch.utils.data import Dataset, Subset
 from tqdm import tqdm
 
 from evaluate import evaluate
-from unet import UNet
+from unet import LONE_IMAGE_MIN_SIDE, UNet
 from utils.augmentation import AUGMENT_PRESETS, train_augmentation
 from utils.batch_cache import BatchCache
 from utils.batchnorm import calibration_keys, recalibrate_batchnorm
@@ -849,7 +849,14 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     # One global shuffle per epoch, dealt round-robin (the union of the processes' batches is the batch a
     # single process with world.size times the batch size would take), augmentation seeded per item; batches
     # of one image size each where the sizes allow (utils/sampling.py).
-    order = EpochOrder(len(train_set), args.batch_size, args.seed, world, sizes=train_sizes)
+    tiny = [index for index, size in enumerate(train_sizes) if max(size) < LONE_IMAGE_MIN_SIDE]
+    if tiny and (args.batch_size == 1 or len(train_set) < 2 * world.size):
+        (width, height), name = train_sizes[tiny[0]], train_pairs[tiny[0] % len(train_pairs)].image.name
+        fix = "use --batch-size 2 or more" if args.batch_size == 1 else "add training images"
+        raise UserError(f"{len(tiny)} training images are under {LONE_IMAGE_MIN_SIDE} px on both sides at --scale "
+                        f"{args.scale:g} (e.g. {name}, {width}x{height}): the U-Net's deepest map of one is 1x1, and "
+                        f"BatchNorm cannot train on a batch of one such image: {fix}, or a larger --scale")
+    order = EpochOrder(len(train_set), args.batch_size, args.seed, world, sizes=train_sizes, no_lone_images=bool(tiny))
     # On a CPU, validation and the BatchNorm calibration decode in this process: a worker forked at the end of the
     # first epoch shares the trainer's gigabytes of heap copy-on-write, and the next epoch paid ~20% for the page
     # copies (measured).
@@ -866,12 +873,14 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     # after the first pass, as the validation batches are).
     calibration_items = calibration_keys(len(train_set), args.batchnorm_images, args.batch_size, args.seed)
     calibration_set = Subset(SeededItems(train_set), calibration_items)
-    calibration_batches = same_size_batches(range(len(calibration_items)),
-                                            [train_sizes[index] for index, _ in calibration_items], args.batch_size)
+    calibration_sizes = [train_sizes[index] for index, _ in calibration_items]
+    calibration_batches = [batch for batch in same_size_batches(range(len(calibration_items)), calibration_sizes,
+                                                                args.batch_size)
+                           if len(batch) > 1 or max(calibration_sizes[batch[0]]) >= LONE_IMAGE_MIN_SIDE]
     calibration = BatchCache(make_loader(calibration_set, args.batch_size, device,
                                          min(side_workers, len(calibration_set)), batches=calibration_batches,
                                          stops_gracefully=True)) \
-        if len(calibration_set) else None
+        if calibration_batches else None
 
     # Model, optimizer, schedule (cosine decay over all steps), gradient scaler for fp16.
     if weights is not None:

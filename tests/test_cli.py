@@ -1182,3 +1182,21 @@ def test_a_device_this_machine_lacks_is_one_line(device: str) -> None:
 
     with pytest.raises(UserError, match=rf"--device {device}"):
         choose_device(device)
+
+
+def test_images_under_32_px_never_train_alone_in_a_batch(tmp_path: Path) -> None:
+    """Found by a review: a batch of one 24x24 image (its deepest map 1x1) crashed BatchNorm with a traceback, also
+    at the --scale train.py itself suggested."""
+    write_carvana_like(tmp_path / "data", 6, size=(24, 24))
+    flags = [*TRAIN_FLAGS, "--epochs", "2", "--validation", "17", "--batchnorm-images", "5"]
+    result = run("train.py", *flags, cwd=tmp_path)  # 5 training images in batches of 4: the fifth sits out
+    assert "5 training and 1 validation images" in result.stdout
+    rows = list(csv.DictReader(open(tmp_path / "checkpoints" / "metrics.csv")))
+    assert [row["step"] for row in rows] == ["1", "2"]  # one batch of 4 per epoch, the lone fifth left out
+    result = run("train.py", *flags, "--batch-size", "1", "--checkpoint-dir", "one", cwd=tmp_path, check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "error: 5 training images are under 32 px on both sides at --scale 1 (e.g. ")
+    assert result.stderr.strip().endswith("24x24): the U-Net's deepest map of one is 1x1, and BatchNorm cannot train "
+                                          "on a batch of one such image: use --batch-size 2 or more, or a larger "
+                                          "--scale")

@@ -1,3 +1,3 @@
-from .unet_model import MIN_SIDE, UNet
+from .unet_model import LONE_IMAGE_MIN_SIDE, MIN_SIDE, UNet
 
-__all__ = ["MIN_SIDE", "UNet"]
+__all__ = ["LONE_IMAGE_MIN_SIDE", "MIN_SIDE", "UNet"]

@@ -10,6 +10,8 @@ from torch.utils.checkpoint import checkpoint
 from .unet_parts import DoubleConv, Down, OutConv, Up
 
 MIN_SIDE = 16  # pixels a side the input needs: four 2x2 poolings, below this the deepest feature map vanishes
+LONE_IMAGE_MIN_SIDE = 2 * MIN_SIDE  # below it on both sides, the deepest map is 1x1: one value per channel,
+# too few for BatchNorm to train on when the image is alone in its batch
 
 
 @contextmanager

@@ -64,9 +64,12 @@ class EpochOrder:
     """
 
     def __init__(self, size: int, batch_size: int, seed: int, world: World,
-                 sizes: Sequence[Hashable] | None = None):
+                 sizes: Sequence[Hashable] | None = None, no_lone_images: bool = False):
         self.size, self.batch_size, self.seed, self.world = size, batch_size, seed, world
         self.sizes = list(sizes) if sizes is not None and len(set(sizes)) > 1 else None
+        # A last batch of one image per process sits out the epoch (the next shuffle puts others last): train.py asks
+        # for it where such a batch could not train (BatchNorm of a 1x1 deepest map).
+        self.no_lone_images = no_lone_images
 
     @property
     def items_per_epoch(self) -> int:
@@ -75,11 +78,14 @@ class EpochOrder:
 
     @property
     def batches_per_epoch(self) -> int:
-        return self.one_size_batches + self.shared_batches
+        batches = self.one_size_batches + self.shared_batches
+        width = self.batch_size * self.world.size
+        rest = self.size if self.sizes is None else sum(n % width for n in self._counts())
+        return batches - self._drops_last(batches, rest % width)
 
     @property
     def one_size_batches(self) -> int:
-        """Global batches per epoch that hold one size (all of them with one size)."""
+        """Global batches per epoch that hold one size (all of them with one size), before _drops_last."""
         width = self.batch_size * self.world.size
         return sum(n // width for n in self._counts()) if self.sizes is not None else math.ceil(self.size / width)
 
@@ -88,6 +94,10 @@ class EpochOrder:
         """Global batches per epoch holding the images left over from the one-size batches: these may mix sizes."""
         width = self.batch_size * self.world.size
         return math.ceil(sum(n % width for n in self._counts()) / width) if self.sizes is not None else 0
+
+    def _drops_last(self, batches: int, last: int) -> bool:
+        """Whether the epoch's last global batch, `last` items long (0: a whole one), is left out."""
+        return self.no_lone_images and self.batch_size > 1 and batches > 1 and 0 < last <= self.world.size
 
     def _counts(self) -> list[int]:
         return list(Counter(self.sizes).values()) if self.sizes is not None else [self.size]
@@ -102,6 +112,8 @@ class EpochOrder:
         sizes = [self.sizes[index] for index in shuffle] if self.sizes is not None else [0] * self.size
         full, leftover = batches_by_size(shuffle, sizes, width)
         batches = full + [leftover[start:start + width] for start in range(0, len(leftover), width)]
+        if self._drops_last(len(batches), len(batches[-1]) % width):
+            batches.pop()
         padding = -len(batches[-1]) % processes  # only the last can be short of a multiple
         batches[-1] += (shuffle * math.ceil(padding / self.size))[:padding]
         if self.sizes is not None:  # else all the global batches of one size would come in turn
