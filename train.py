@@ -753,7 +753,7 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
                          workers=max(workers, 1))
     if world.is_main:
         barrier(world)
-    say(data.report())
+    say(data.report(args.channels))
     if data.unresolved_jpeg_masks:
         raise UserError(data.jpeg_mask_error())
     if data.size_mismatches:

@@ -429,6 +429,9 @@ def test_mixed_grayscale_and_rgb_images_suggest_channels(tmp_path: Path) -> None
     assert check.image_channels == Counter({1: 1, 3: 1})
     channel_hints = [hint for hint in check.suggestions() if "--channels" in hint]
     assert len(channel_hints) == 1 and "grayscale and colour images are mixed" in channel_hints[0]
+    # found by a review: train.py --channels 1 was told to use --channels 1
+    assert [hint for hint in check.suggestions(channels=1) if "--channels" in hint] == [
+        "grayscale and colour images are mixed: --channels 1 converts the colour ones to grayscale"]
 
     rgb_only = check_dataset(*write_pairs_with(tmp_path / "rgb", [box_mask()]), workers=1)
     assert rgb_only.suggestions() == []

@@ -351,6 +351,23 @@ def test_a_16_bit_colour_tiff_and_a_tiff_of_pages_are_refused_by_name(tmp_path) 
         assert "is a TIFF of 3 pages, and one image per file is read: save each page as a file" in str(error.value)
 
 
+@pytest.mark.parametrize("suffix", [".png", ".gif", ".webp"])
+def test_an_animation_is_refused_by_name_not_read_as_its_first_frame(tmp_path, suffix: str) -> None:
+    """Found by a review: an animated PNG was read as its first frame without a word (a TIFF of pages is refused)."""
+    frames = [Image.fromarray(np.full((8, 10), value, np.uint8)) for value in (0, 255)]
+    animation = tmp_path / f"anim{suffix}"
+    frames[0].save(animation, save_all=True, append_images=frames[1:])
+    assert getattr(Image.open(animation), "n_frames", 1) == 2
+    for read in (read_image, read_mask):
+        with pytest.raises(UserError) as error:
+            read(animation)
+        assert_one_line_naming(str(error.value), animation)
+        assert str(error.value).endswith("is an animation of 2 frames, and one image per file is read: save the frame "
+                                         "meant as a PNG of its own")
+    frames[0].save(tmp_path / f"still{suffix}")
+    assert read_mask(tmp_path / f"still{suffix}").shape[:2] == (8, 10)  # a still file of the format reads
+
+
 def test_webp_and_jfif_images_pair_and_a_broken_link_is_reported_not_skipped(tmp_path) -> None:
     """Found by a review: x.webp was left out and its mask reported as unpaired; a dangling link vanished."""
     images, masks = write_good_pairs(tmp_path, 3)

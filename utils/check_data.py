@@ -344,7 +344,8 @@ class DataCheck:
         total = sum(self.class_pixels) or 1
         return [count / total for count in self.class_pixels]
 
-    def suggestions(self) -> list[str]:
+    def suggestions(self, channels: int | None = None) -> list[str]:
+        """The fixes and hints for what the check found; channels: train.py's --channels, for what it already does."""
         hints = []
         if self.unreadable:
             hints.append("replace or remove the unreadable files (training skips them)")
@@ -379,13 +380,14 @@ class DataCheck:
             hints.append(f"class{'es' if len(rare) > 1 else ''} {', '.join(map(str, rare))} cover less than "
                          f"{RARE_CLASS_FRACTION:.0%} of the pixels: consider --class-weights auto")
         if 1 in self.image_channels and len(self.image_channels) > 1:
-            hints.append("grayscale and colour images are mixed: grayscale ones are repeated to 3 channels "
-                         "(--channels 1 converts all to grayscale instead)")
+            hints.append("grayscale and colour images are mixed: --channels 1 converts the colour ones to grayscale"
+                         if channels == 1 else "grayscale and colour images are mixed: grayscale ones are repeated "
+                         "to 3 channels (--channels 1 converts all to grayscale instead)")
         if self.pairs and len(self.empty_masks) > len(self.pairs) / 2:
             hints.append("most masks are empty (background only): check the mask encoding or the folder")
         return hints
 
-    def report(self) -> str:
+    def report(self, channels: int | None = None) -> str:
         lines = [f"data check: {len(self.pairs)} usable pairs in {self.imgs} + {self.masks} "
                  f"(mask suffix {self.mask_suffix!r})"]
         image_sizes = self.image_sizes
@@ -434,7 +436,7 @@ class DataCheck:
             lines.append(f"  size mismatch: {message}")
         if len(self.size_mismatches) > 5:
             lines.append(f"  size mismatch: {len(self.size_mismatches) - 5} more pairs")
-        lines += [f"  suggestion: {hint}" for hint in self.suggestions()]
+        lines += [f"  suggestion: {hint}" for hint in self.suggestions(channels)]
         return "\n".join(lines)
 
 

@@ -227,16 +227,22 @@ def _read_png_16(path: Path) -> np.ndarray:
 def _open(path: Path, reduce_to: tuple[int, int] | None = None, mask: bool = False) -> np.ndarray | Image.Image:
     """Decode a file; reduce_to=(width, height) lets JPEGs decode at 1/2, 1/4 or 1/8 size, not below it.
 
-    What Pillow would read wrongly without a word is refused or read otherwise: a TIFF of several pages (only the
-    first would be read) and 16 bits per colour channel (cut to 8; images in PNG files are read whole)."""
+    What Pillow would read wrongly without a word is refused or read otherwise: a TIFF of several pages or an
+    animation (only the first would be read), a TIFF's orientation tag, and 16 bits per colour channel (cut to 8;
+    images in PNG files are read whole)."""
     if path.suffix.lower() in (".npy", ".pt"):
         return _read_array(path)
     image = open_image(path)
-    pages = getattr(image, "n_frames", 1) if image.format == "TIFF" else 1
+    # JPEGs are left out: a phone's MPO file holds a preview or depth map beside the photo, rightly not read
+    pages = getattr(image, "n_frames", 1) if image.format in ("TIFF", "PNG", "GIF", "WEBP") else 1
     if pages > 1:
+        image_format = image.format
         image.close()
-        raise UserError(f"{path} is a TIFF of {pages} pages, and one image per file is read: save each page as a "
-                        "file of its own (or, for channels stored as pages, the channels as one RGB image)")
+        if image_format == "TIFF":
+            raise UserError(f"{path} is a TIFF of {pages} pages, and one image per file is read: save each page as a "
+                            "file of its own (or, for channels stored as pages, the channels as one RGB image)")
+        raise UserError(f"{path} is an animation of {pages} frames, and one image per file is read: save the frame "
+                        "meant as a PNG of its own")
     orientation = image.tag_v2.get(EXIF_ORIENTATION, 1) if image.format == "TIFF" else 1
     if orientation != 1:
         image.close()
