@@ -133,6 +133,8 @@ def test_the_checkpoint_folder_is_made_and_tried_with_a_write_before_the_data(tm
         raise OSError(30, "Read-only file system")
 
     monkeypatch.setattr(Path, "write_bytes", read_only)
+    # found by a review: on a read-only disk, removing the probe that was never made failed too, with a traceback
+    monkeypatch.setattr(Path, "unlink", read_only)
     with pytest.raises(UserError, match=r"cannot write to the folder .*new/run of --checkpoint-dir \(Read-only file "
                                         r"system\): pick another folder, or free disk space"):
         check_writable_folder(tmp_path / "new" / "run", "--checkpoint-dir")

@@ -1,6 +1,7 @@
 """User-facing errors: one line naming the file or flag and the fix, never a traceback (unless --debug)."""
 
 import argparse
+import contextlib
 import os
 import sys
 import threading
@@ -80,7 +81,8 @@ def check_writable_folder(folder: Path, flag: str) -> None:
         probe.write_bytes(b"0" * 4096)
         probe.unlink()
     except OSError as error:
-        probe.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # never made (a read-only disk says so to unlink too)
+            probe.unlink()
         raise UserError(f"cannot write to the folder {folder} of {flag} ({error.strerror or error}): pick another "
                         "folder, or free disk space") from None
 
