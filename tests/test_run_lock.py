@@ -129,7 +129,7 @@ def test_the_checkpoint_folder_is_made_and_tried_with_a_write_before_the_data(tm
     check_writable_folder(tmp_path / "new" / "run", "--checkpoint-dir")
     assert (tmp_path / "new" / "run").is_dir() and not list((tmp_path / "new" / "run").iterdir())  # probe removed
 
-    def read_only(self, data):  # noqa: ANN001 - a folder that exists but refuses files (root ignores chmod)
+    def read_only(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003 - a folder that refuses files (root ignores chmod)
         raise OSError(30, "Read-only file system")
 
     monkeypatch.setattr(Path, "write_bytes", read_only)
