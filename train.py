@@ -657,7 +657,8 @@ def train_one_epoch(
             if stopped:
                 break
     if batches == 0 and skip == 0:
-        raise UserError(f"every training file failed to load this epoch ({skipped} skipped): check the data")
+        raise UserError(f"every training file failed to load this epoch ({skipped} skipped, named above): check "
+                        f"that {args.imgs} and {args.masks} still hold them")
     totals = all_reduce_sum(torch.stack([loss_sum.double(), torch.tensor(float(batches), device=device).double(),
                                          torch.tensor(float(skipped), device=device).double()]), world)
     if sample is not None:
@@ -669,14 +670,15 @@ def train_one_epoch(
 
 
 def reduce_scores(scores: dict, world: World, device: torch.device) -> dict:
-    """Validation means over the images of every process (each scored its own shard)."""
+    """Validation means over the images of every process (each scored its own shard), and the files skipped."""
+    count, skipped = scores["images"], len(scores["skipped"])
     if not world.distributed:
-        return scores
-    count = scores["images"]
-    sums = torch.tensor([scores["dice"] * count, scores["iou"] * count, count], dtype=torch.float64, device=device)
+        return {"dice": scores["dice"], "iou": scores["iou"], "images": count, "skipped": skipped}
+    sums = torch.tensor([scores["dice"] * count, scores["iou"] * count, count, skipped], dtype=torch.float64,
+                        device=device)
     all_reduce_sum(sums, world)
     return {"dice": (sums[0] / sums[2].clamp(min=1)).item(), "iou": (sums[1] / sums[2].clamp(min=1)).item(),
-            "images": int(sums[2].item())}
+            "images": int(sums[2].item()), "skipped": int(sums[3].item())}
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -1051,13 +1053,14 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
                     images = result["images"] * world.size  # every process trains the same number of batches
                     row = {"epoch": epoch, "step": step, "train_loss": result["loss"],
                            "lr": scheduler.get_last_lr()[0], "val_dice": val_dice,
-                           "val_iou": scores["iou"] if scores else None, "skipped": result["skipped"],
+                           "val_iou": scores["iou"] if val_dice is not None else None,
+                           "skipped": result["skipped"] + (scores["skipped"] if scores else 0),
                            "seconds": round(seconds, 2), "images_per_second": round(images / seconds, 3),
                            "data_wait": round(result["data_wait"] / max(result["seconds"], 1e-9), 3)}
                     run_log.log_epoch(row, unwrap_model(model), result["sample"])
                     loss_text = f"{result['loss']:.4f}" if result["loss"] is not None else "-"
                     summary = (f"epoch {epoch}: train loss {loss_text}, {row['images_per_second']:.3g} images/s"
-                               + (f", {result['skipped']} files skipped" if result["skipped"] else ""))
+                               + (f", {row['skipped']} files skipped" if row["skipped"] else ""))
                     if val_dice is not None:
                         summary += f", validation Dice {val_dice:.4f}" + (" (best)" if is_best else "")
                     print(summary)

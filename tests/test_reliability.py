@@ -1,6 +1,7 @@
 """Nothing lost: a training process killed with SIGKILL mid-epoch and resumed reaches the same weights, bit for bit
 (CPU, fp32); SIGTERM stops cleanly with last.pth saved; non-finite steps are skipped without changing anything."""
 
+import csv
 import os
 import random
 import shutil
@@ -419,6 +420,29 @@ def test_a_validation_file_broken_during_the_run_is_left_out_of_the_scores(data:
     assert "warning: not scored: cannot read" in capfd.readouterr().err
     assert result["val_dice"] is not None  # the other validation image
     assert load_checkpoint(tmp_path / "run" / "last.pth")["epoch"] == 1
+
+
+def test_an_epoch_with_no_validation_image_scored_logs_no_scores_and_counts_the_files(
+        data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture) -> None:
+    """Found by a review: metrics.csv read val_iou 0.0 (val_dice empty) and the epoch line did not count the files."""
+    import train
+
+    real_check = train.check_dataset
+
+    def check_then_break_every_validation_mask(*args, **kwargs):  # noqa: ANN002, ANN003
+        found = real_check(*args, **kwargs)
+        for pair in train.split_pairs(found.pairs, 25, 5)[1]:
+            pair.mask.write_bytes(b"not a PNG any more")
+        return found
+
+    shutil.copytree(data, tmp_path / "data")
+    monkeypatch.setattr(train, "check_dataset", check_then_break_every_validation_mask)
+    result = train.main(train.get_args_parser().parse_args(
+        in_process_flags(tmp_path / "data", tmp_path / "run", "--epochs", "1", "--validation", "25")))
+    assert result["val_dice"] is None
+    row = next(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    assert (row["val_dice"], row["val_iou"], row["skipped"]) == ("", "", "2")  # the two validation files
+    assert "epoch 1: train loss" in capfd.readouterr().out
 
 
 def test_a_validation_that_fails_keeps_the_epochs_training_and_a_resume_validates_it(
