@@ -150,8 +150,8 @@ def expand_inputs(inputs: list[str], keep_repeats: bool = False) -> tuple[list[P
         return paths, left_out
     unique, seen = [], set()
     for path in paths:  # a file named twice (a.png and '*.png', or through a link) is predicted once
-        if path.resolve() not in seen:
-            seen.add(path.resolve())
+        if where(path) not in seen:
+            seen.add(where(path))
             unique.append(path)
     if len(unique) < len(paths):
         print(f"note: {len(paths) - len(unique)} inputs name a file already among the inputs (twice, or through a "
@@ -163,7 +163,7 @@ def output_paths(inputs: list[Path], outputs: list[str] | None) -> list[Path]:
     """One output per input: explicit files, a folder mirroring the input names (.png), or beside each input."""
     if not outputs:
         targets = [path.with_name(f"{path.stem}{DEFAULT_OUTPUT_TAG}.png") for path in inputs]
-        check_distinct(inputs, targets)
+        check_distinct(inputs, [[target] for target in targets])
         return targets
     if len(outputs) == 1 and (Path(outputs[0]).is_dir() or outputs[0].endswith(("/", os.sep)) or len(inputs) > 1):
         folder = Path(outputs[0])
@@ -171,7 +171,7 @@ def output_paths(inputs: list[Path], outputs: list[str] | None) -> list[Path]:
             raise UserError(f"{len(inputs)} inputs but one output file {folder}: give a folder or one file each")
         make_folder(folder, "--output")
         targets = [folder / f"{path.stem}.png" for path in inputs]
-        check_distinct(inputs, targets)
+        check_distinct(inputs, [[target] for target in targets])
         return targets
     if len(outputs) != len(inputs):
         raise UserError(f"{len(inputs)} inputs but {len(outputs)} outputs: give one output per input or a folder")
@@ -183,25 +183,36 @@ def output_paths(inputs: list[Path], outputs: list[str] | None) -> list[Path]:
         if suffix not in MASK_FILE_SUFFIXES:
             raise UserError(f"output {output} is not an image file name: end it in .png (or / for a folder)")
     targets = [Path(output) for output in outputs]
-    check_distinct(inputs, targets)
+    check_distinct(inputs, [[target] for target in targets])
     for folder in {target.parent for target in targets}:  # a file in the way is said now, not after predicting
         make_folder(folder, "--output")
     return targets
 
 
-def check_distinct(inputs: list[Path], targets: list[Path]) -> None:
-    """No mask may overwrite an input image (its own, or one not read yet) or another mask."""
-    sources = {source.resolve(): source for source in inputs}
+def where(path: Path) -> Path:
+    """The file a path names, through links; a link loop is its own (reading it says what is wrong, in one line)."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError):  # a symlink loop: RuntimeError before Python 3.13
+        return path.absolute()
+
+
+def check_distinct(inputs: list[Path], outputs: list[list[Path]]) -> None:
+    """No output may overwrite an input image (its own, or one not read yet) or another output. outputs[i]: input
+    i's mask, then its overlay, viz or probabilities files."""
+    sources = {where(source): source for source in inputs}
     seen: dict[Path, Path] = {}
-    for source, target in zip(inputs, targets):
-        if target.resolve() in sources:
-            whose = "it" if sources[target.resolve()] == source else f"the input {sources[target.resolve()]}"
-            raise UserError(f"the mask of {source} would overwrite {whose}: choose another --output")
-        if target.resolve() in seen:
-            fix = ("give them different names, or predict them into different folders" if seen[target.resolve()].stem
-                   == source.stem else "predict them into different folders")
-            raise UserError(f"{seen[target.resolve()]} and {source} would both write {target}: {fix}")
-        seen[target.resolve()] = source
+    for source, files in zip(inputs, outputs):
+        for index, file in enumerate(files):
+            what = "the mask" if index == 0 else f"the output {file.name}"
+            if where(file) in sources:
+                whose = "it" if sources[where(file)] == source else f"the input {sources[where(file)]}"
+                raise UserError(f"{what} of {source} would overwrite {whose}: choose another --output")
+            if where(file) in seen:
+                fix = ("give them different names, or predict them into different folders"
+                       if seen[where(file)].stem == source.stem else "predict them into different folders")
+                raise UserError(f"{seen[where(file)]} and {source} would both write {file}: {fix}")
+            seen[where(file)] = source
 
 
 def has_display() -> bool:
@@ -395,6 +406,8 @@ def main(args: argparse.Namespace) -> int:
                         OutputOptions(not args.no_save, args.save_probs, args.overlay, viz), threads=writers)
     for target in {target.suffix.lower(): target for target in outputs}.values():  # one of each format
         writer.check_format(target)
+    check_distinct(inputs, [[target, *(file for file in writer.output_files(target) if file != target)]
+                            for target in outputs])  # the overlays, ... too
     done = already_predicted(inputs, outputs, writer, csv_path is not None) if args.skip_existing else []
     todo = sorted(set(range(len(inputs))) - set(done))
     if args.skip_existing:

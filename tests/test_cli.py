@@ -842,6 +842,30 @@ def test_evaluate_notes_images_that_viewers_show_turned(trained: Path, tmp_path:
     assert (tmp_path / "scores.csv").exists()
 
 
+def test_an_overlay_may_not_replace_another_inputs_mask_and_a_link_loop_is_one_line(trained: Path,
+                                                                                     tmp_path: Path) -> None:
+    """Found by a review: car.jpg's overlay and car_overlay.jpg's mask were both out/car_overlay.png (one lost without
+    a word, which one a race between writers), and a link to itself among the inputs was a traceback."""
+    source = sorted((trained / "data" / "imgs").iterdir())[0]
+    (tmp_path / "in").mkdir()
+    for name in ("car.jpg", "car_overlay.jpg"):
+        shutil.copy(source, tmp_path / "in" / name)
+    model = trained / "checkpoints" / "last.pth"
+    result = run("predict.py", "-m", model, "-i", tmp_path / "in", "-o", tmp_path / "out", "--overlay", cwd=tmp_path,
+                 check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'in' / 'car.jpg'} and {tmp_path / 'in' / 'car_overlay.jpg'} would both write "
+        f"{tmp_path / 'out' / 'car_overlay.png'}: predict them into different folders")
+    assert not (tmp_path / "out" / "car_overlay.png").exists()  # refused before predicting
+    (tmp_path / "in" / "car_overlay.jpg").unlink()
+    (tmp_path / "in" / "self.jpg").symlink_to("self.jpg")
+    result = run("predict.py", "-m", model, "-i", tmp_path / "in", "-o", tmp_path / "out", "--workers", "0",
+                 cwd=tmp_path, check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "self.jpg" in result.stdout + result.stderr and (tmp_path / "out" / "car.png").exists()
+
+
 def test_predict_batches_same_size_images_wherever_they_stand() -> None:
     import predict
 
