@@ -1,6 +1,7 @@
 """Outputs are written whole or not at all: an error mid-write keeps the old file and leaves no partial one."""
 
 import errno
+import os
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,18 @@ def test_temporary_names_are_hidden_beside_the_target_and_recognised() -> None:
     tmp = temporary_path(Path("run/last.pth"))
     assert tmp.parent == Path("run") and tmp.name.startswith(".last.pth.") and tmp.suffix == ".tmp"
     assert TEMPORARY_NAME.match(tmp.name)["target"] == "last.pth"
+
+
+@pytest.mark.parametrize("name", ["a" * 250 + ".csv", "é" * 125 + ".pth", "b" * 255])
+def test_a_name_near_the_length_limit_is_written_through_a_shorter_temporary_name(tmp_path: Path, name: str) -> None:
+    """Found by a review: the temporary name of a valid 245-255 byte name went past the 255-byte limit, and the
+    write failed after the work ("File name too long: free disk space")."""
+    with atomic_path(tmp_path / name) as tmp:
+        assert len(os.fsencode(tmp.name)) <= 255 and tmp.parent == tmp_path
+        tmp.write_bytes(b"whole")
+    assert [path.name for path in tmp_path.iterdir()] == [name]
+    assert TEMPORARY_NAME.match(tmp.name)["target"].endswith(Path(name).suffix)  # unfinished .pth saves are found
+    assert temporary_path(tmp_path / name) != temporary_path(tmp_path / (name[:-5] + "x" + name[-4:]))
 
 
 def test_a_mask_that_fails_halfway_leaves_the_previous_mask_and_no_partial_file(

@@ -6,6 +6,7 @@ old file (or none) or the whole new one, never a half-written file that looks fi
 """
 
 import contextlib
+import hashlib
 import os
 import re
 from collections.abc import Iterator
@@ -15,9 +16,20 @@ from pathlib import Path
 TEMPORARY_NAME = re.compile(r"^\.(?P<target>.+)\.\d+\.tmp$")
 
 
+NAME_MAX = 255  # bytes in a file name, on the common file systems
+
+
 def temporary_path(path: Path) -> Path:
-    """Where path is written before the rename: hidden, beside it, one per process (threads write other targets)."""
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """Where path is written before the rename: hidden, beside it, one per process (threads write other targets).
+    A target whose name is near the length limit gets a shortened one (its start, a hash of it, its suffix)."""
+    name = f".{path.name}.{os.getpid()}.tmp"
+    if len(os.fsencode(name)) <= NAME_MAX:
+        return path.with_name(name)
+    tail = f"~{hashlib.sha256(os.fsencode(path.name)).hexdigest()[:8]}{path.suffix}.{os.getpid()}.tmp"
+    stem = path.stem
+    while stem and len(os.fsencode(f".{stem}{tail}")) > NAME_MAX:
+        stem = stem[:-1]
+    return path.with_name(f".{stem}{tail}")
 
 
 @contextlib.contextmanager
