@@ -189,6 +189,20 @@ def test_background_writer_raises_a_failed_write_at_the_next_wait(ckpt_dir):
     writer.wait()  # reported once
 
 
+def test_a_checkpoint_cut_short_by_a_full_disk_is_called_that(ckpt_dir, monkeypatch):
+    """Found by a review: a disk that filled during torch.save gave its zip writer's "unexpected pos ..." only."""
+    def short_write(payload, file):  # noqa: ANN001 - what PyTorch raises when the disk takes fewer bytes than sent
+        file.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 142876800 vs 142876692")
+
+    monkeypatch.setattr(torch, "save", short_write)
+    with pytest.raises(UserError, match=r"cannot write checkpoint .*last.pth \(the disk is full: the file came out "
+                                        r"short; [\d,]+ MiB free without it\): free disk space or pick another "
+                                        r"--checkpoint-dir"):
+        save_checkpoint(ckpt_dir / "last.pth", UNet(n_channels=1, n_classes=2), [0, 1])
+    assert not list(ckpt_dir.iterdir())  # no partial file left
+
+
 def test_foreground_writer_raises_a_failed_write_at_once(ckpt_dir):
     blocker = ckpt_dir / "not_a_folder"
     blocker.write_text("a file where the checkpoint folder should be")

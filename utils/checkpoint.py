@@ -130,6 +130,10 @@ def write_checkpoint(path: Path | str, payload: dict[str, Any]) -> None:
             os.fsync(file.fileno())
     except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
         reason = getattr(error, "strerror", None) or str(error).strip().splitlines()[0][:120]
+        if isinstance(error, RuntimeError) and "unexpected pos" in str(error):  # its zip writer's short write
+            with contextlib.suppress(OSError):
+                free = shutil.disk_usage(path.parent).free
+                reason = f"the disk is full: the file came out short; {free / 2**20:,.0f} MiB free without it"
         raise UserError(f"cannot write checkpoint {path} ({reason}): free disk space or pick "
                         "another --checkpoint-dir") from None
 
