@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from utils.atomic_files import atomic_path
+from utils.atomic_files import NAME_BYTES, atomic_path
 from utils.checkpoint import inference_scale, load_model, unwrap_model
 from utils.data_loading import (
     UPRIGHT_FIX,
@@ -133,7 +133,7 @@ def is_scores_file(head: str) -> bool:
 def write_rows(rows: list[dict], path: Path) -> None:
     """Per-image scores as CSV, or JSON when the file name ends in .json."""
     try:
-        with atomic_path(path) as tmp, open(tmp, "w", newline="") as file:
+        with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8", errors=NAME_BYTES) as file:
             if path.suffix.lower() == ".json":
                 file.write(json.dumps(rows, indent=1))
             else:

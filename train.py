@@ -829,7 +829,7 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
         class_weights = class_weights.to(device)
     # saved as the run's held-out images, also those missing now: one that comes back is validated again
     validation_names = (resumed or {}).get("validation_images") or [pair.name for pair in val_pairs]
-    names = hashlib.sha256("\n".join(pair.name for pair in train_pairs + val_pairs).encode()).hexdigest()[:12]
+    names = hashlib.sha256(os.fsencode("\n".join(pair.name for pair in train_pairs + val_pairs))).hexdigest()[:12]
     check_same_everywhere(world, (names, len(train_pairs), mask_values),
                           f"sees {len(train_pairs)} training and {len(val_pairs)} validation images (names digest "
                           f"{names}), mask values {mask_values}",

@@ -1224,3 +1224,19 @@ def test_images_under_32_px_never_train_alone_in_a_batch(tmp_path: Path) -> None
     assert result.stderr.strip().endswith("24x24): the U-Net's deepest map of one is 1x1, and BatchNorm cannot train "
                                           "on a batch of one such image: use --batch-size 2 or more, or a larger "
                                           "--scale")
+
+
+def test_file_names_that_are_not_utf8_train_and_are_listed_in_the_csv_files(tmp_path: Path) -> None:
+    """Found by a review: a file named x<0xff>.jpg (Linux names are bytes) passed the data check, then train.py
+    stopped with a UnicodeEncodeError, and predict.py and evaluate.py failed writing their CSV after the work."""
+    data = write_carvana_like(tmp_path / "data", 4)
+    odd = os.fsdecode(b"x\xff_01")
+    (data / "imgs" / "c0ffee000000_01.jpg").rename(data / "imgs" / f"{odd}.jpg")
+    (data / "masks" / "c0ffee000000_01_mask.gif").rename(data / "masks" / f"{odd}_mask.gif")
+    run("train.py", "--epochs", "1", "--validation", "25", *TRAIN_FLAGS, cwd=tmp_path, real_process=True)
+    run("predict.py", "-m", "checkpoints/last.pth", "-i", data / "imgs", "-o", tmp_path / "out", "--csv",
+        "--workers", "0", cwd=tmp_path, real_process=True)
+    assert b"x\xff_01.jpg" in (tmp_path / "out" / "predictions.csv").read_bytes()  # the name's own bytes
+    run("evaluate.py", "-m", "checkpoints/last.pth", "-o", "scores.csv", "--workers", "0", cwd=tmp_path,
+        real_process=True)
+    assert b"x\xff_01" in (tmp_path / "scores.csv").read_bytes()

@@ -17,6 +17,9 @@ TEMPORARY_NAME = re.compile(r"^\.(?P<target>.+)\.\d+\.tmp$")
 
 
 NAME_MAX = 255  # bytes in a file name, on the common file systems
+# Text files that list file names (CSVs): a name that is not UTF-8 (file names are bytes on Linux) is written back
+# as its bytes, as Python decoded it, instead of failing the write after the work.
+NAME_BYTES = "surrogateescape"
 
 
 def temporary_path(path: Path) -> Path:

@@ -40,6 +40,9 @@ def run_cli(main: Callable[[argparse.Namespace], object], parser: argparse.Argum
     """Parse the arguments and run main(args); a UserError (also one from a DataLoader worker) is one line."""
     parser.add_argument("--debug", action="store_true", help="show the full Python traceback of errors")
     debug = "--debug" in sys.argv[1:]  # known before parsing: a flag's own check (--tile 0) may fail in it
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8, printed in a strict locale
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")
     if not debug:  # Pillow's own notes on a damaged file ("Truncated File Read", ...): the CLIs report it
         warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL(\.|$)")
     try:

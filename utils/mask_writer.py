@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from .atomic_files import atomic_path
+from .atomic_files import NAME_BYTES, atomic_path
 from .data_loading import read_image, read_mask
 from .errors import UserError
 from .mask_encoding import MaskValue, encode_mask, encoding_table, mask_image
@@ -179,7 +179,7 @@ class MaskWriter:
         """predictions.csv: per image, its size and the fraction of pixels of each class (in input order)."""
         fields = CSV_HEADER.split(",") + [f"fraction_{c}" for c in range(self.n_classes)]
         try:
-            with atomic_path(path) as tmp, open(tmp, "w", newline="") as file:
+            with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8", errors=NAME_BYTES) as file:
                 writer = csv.DictWriter(file, fieldnames=fields)
                 writer.writeheader()
                 writer.writerows(self.rows[index] for index in sorted(self.rows))
