@@ -374,6 +374,36 @@ def test_wandb_records_how_the_run_ended(tmp_path: Path, monkeypatch: pytest.Mon
                                               RuntimeError("x"))] == [0, 143, 1, 2, 1]
 
 
+def test_a_wandb_run_whose_logging_failed_is_ended_at_once_without_its_noise(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """Found by a review: a full disk failed wandb's logging; the run went on without it, but wandb's service then
+    printed some 200 lines of tracebacks at the process's exit, after the run's last line."""
+    import logging
+
+    from utils import run_log
+
+    ended = []
+
+    class Run:  # wandb's run on a full disk: logging fails, and ending it complains loudly
+        def log(self, record: dict) -> None:
+            raise OSError(28, "No space left on device")
+
+        def finish(self, exit_code: int = 0) -> None:
+            print("Traceback (most recent call last): HandleAbandonedError", file=sys.stderr)
+            logging.getLogger("wandb").error("Uncaught exception in run_soon callback")
+            ended.append(exit_code)
+
+    monkeypatch.setattr(run_log.RunLog, "_start_wandb", lambda self, config, mode: Run())
+    log = run_log.RunLog(tmp_path, {}, "offline")
+    log.log_step(1, 1, 0.5, 1e-3)
+    log.log_step(2, 1, 0.4, 1e-3)  # no second warning: the run is gone
+    log.close(2)
+    assert ended == [1]  # ended once, when its logging failed
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "warning: wandb logging failed ([Errno 28] No space left on device); continuing without it"]
+    assert not logging.root.manager.disable  # logging as it was
+
+
 def test_wandb_default_mode_follows_wandb_mode_then_a_key_else_offline(tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     from utils.run_log import default_wandb_mode

@@ -3,7 +3,10 @@
 wandb is optional: any failure to start it is reported in one line and the run goes on without it.
 """
 
+import contextlib
 import csv
+import io
+import logging
 import netrc
 import os
 import sys
@@ -84,7 +87,8 @@ class RunLog:
             self.wandb_run.log(make_record())
         except Exception as error:  # noqa: BLE001 - logging must never stop training
             tqdm.write(f"warning: wandb logging failed ({error}); continuing without it", file=sys.stderr)
-            self.wandb_run = None  # (tqdm.write: on a line of its own, not glued to the progress bar)
+            _stop_quietly(self.wandb_run)  # (tqdm.write: on a line of its own, not glued to the progress bar)
+            self.wandb_run = None
 
     def log_step(self, step: int, epoch: int, loss: float, lr: float) -> None:
         self._wandb_log(lambda: {"train loss": loss, "learning rate": lr, "step": step, "epoch": epoch})
@@ -116,6 +120,22 @@ class RunLog:
                 self.wandb_run.finish(exit_code=exit_code)
             except Exception as error:  # noqa: BLE001 - a failed upload must not fail a finished run
                 print(f"warning: wandb did not finish cleanly ({error})", file=sys.stderr)
+
+
+def _stop_quietly(run: Any) -> None:
+    """A run whose logging failed (a full disk): ended now, wandb's own errors kept off the console. Left running,
+    its service failed again at the process's exit, in some 200 lines of tracebacks after the run's last line."""
+    import wandb
+
+    logging.disable(logging.CRITICAL)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            with contextlib.suppress(Exception):
+                run.finish(exit_code=1)
+            with contextlib.suppress(Exception):
+                wandb.teardown(exit_code=1)
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 def _warn_unwritten(path: Path, error: OSError) -> None:
