@@ -57,6 +57,7 @@ from .mask_encoding import (
 CACHE_NAME = ".unet_check_cache.json"
 CACHE_VERSION = 7  # 3: misnamed files and files over --max-image-pixels are unreadable; 4: JPEG masks noted;
 # 5: EXIF orientation of images noted; 6: interior pixels of each mask value; 7: EXIF orientation of masks noted
+
 # a pair's fix (data_loading.size_mismatch) as said of all the mismatched pairs
 FIXES_OF_ALL = {TURNED_IMAGE_FIX: f"the masks were drawn on the images as viewers show them: {UPRIGHT_FIX}",
                 TURNED_MASK_FIX: "the masks are stored turned and shown upright by viewers: save them upright, e.g. "
@@ -275,7 +276,10 @@ class DataCheck:
     def size_mismatch_fix(self) -> str:
         """The fix of every mismatch where they share one (all explained by an EXIF orientation), else the plain one."""
         fixes = set(self.size_mismatch_fixes)
-        return FIXES_OF_ALL.get(fix := fixes.pop(), fix) if len(fixes) == 1 else SIZE_MISMATCH_FIX
+        if len(fixes) != 1:
+            return SIZE_MISMATCH_FIX
+        fix = fixes.pop()
+        return FIXES_OF_ALL.get(fix, fix)
 
     def jpeg_mask_fix(self) -> str:
         """Save as PNG, or a threshold halfway up the values found (0/255 masks: 127); none for masks too faint
