@@ -62,7 +62,8 @@ def evaluate(
     """Per-image and mean Dice/IoU, comparing at the masks' resolution (logits are resized to it).
 
     "dice" and "iou" are means over images of the mean over foreground classes (class 0 is background),
-    as in the reference; the per-class lists include the background. An image without a class in its mask or
+    as in the reference, leaving out classes that no mask holds and the model never predicted; the per-class
+    lists include every class and the background. An image without a class in its mask or
     prediction scores 1 for it, which lifts the mean of a class most images lack: the pooled scores (all pixels
     of all images together) and the number of images whose mask holds each class are given beside them.
     options: tiles and test-time augmentation (evaluate.py); validation during training uses the whole-image
@@ -94,12 +95,19 @@ def evaluate(
             pooled += count.sum(0)
         images_with += (counts[2] > 0).sum(0)
         for name, image_dice, image_iou in zip(part["name"], dice, iou):
-            rows.append({"name": name, "dice": image_dice[1:].mean().item(), "iou": image_iou[1:].mean().item(),
+            rows.append({"name": name, "dice": None, "iou": None,  # the means, below: they need every image
                          **{f"dice_{c}": image_dice[c].item() for c in range(n_classes)},
                          **{f"iou_{c}": image_iou[c].item() for c in range(n_classes)}})
     model.train(was_training)
     count = max(len(rows), 1)
     pooled_dice, pooled_iou = scores_from_counts(*pooled_counts)
+    # A class no mask holds and the model never predicted (an extra --classes) has nothing to score: its free 1s
+    # would lift every image's mean. Where no foreground class was seen at all, each scores 1, as before.
+    seen = [bool(pooled_counts[1][c] + pooled_counts[2][c] > 0) for c in range(n_classes)]
+    scored = [c for c in range(1, n_classes) if seen[c]] or list(range(1, n_classes))
+    for row in rows:
+        row["dice"] = sum(row[f"dice_{c}"] for c in scored) / len(scored)
+        row["iou"] = sum(row[f"iou_{c}"] for c in scored) / len(scored)
     return {
         "dice": sum(r["dice"] for r in rows) / count,
         "iou": sum(r["iou"] for r in rows) / count,
@@ -108,6 +116,7 @@ def evaluate(
         "dice_pooled_per_class": pooled_dice.tolist(),
         "iou_pooled_per_class": pooled_iou.tolist(),
         "images_per_class": images_with.tolist(),
+        "seen_per_class": seen,  # in a mask or a prediction (the foreground ones are in the means)
         "images": len(rows),
         "rows": rows,
         "skipped": skipped,
@@ -200,6 +209,10 @@ def main(args: argparse.Namespace) -> dict:
     if min(result["images_per_class"][1:], default=result["images"]) < result["images"]:
         print("Dice, IoU: means over images, where an image without the class in mask and prediction scores 1; "
               "pooled: over all pixels of all images together (the fairer score of a class few images hold)")
+    unseen = [str(c) for c in range(1, len(result["images_per_class"])) if not result["seen_per_class"][c]]
+    if unseen and len(unseen) < len(result["images_per_class"]) - 1:
+        print(f"class{'es' if len(unseen) > 1 else ''} {', '.join(unseen)}: in no mask and never predicted, left "
+              "out of the mean foreground Dice and IoU")
     turned = [pair.image.name for pair in pairs if file_orientation(pair.image) != 1]
     if turned:  # as predict.py says of its inputs; training's data check lists them too
         names = ", ".join(turned[:3]) + (", ..." if len(turned) > 3 else "")

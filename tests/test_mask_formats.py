@@ -273,6 +273,36 @@ def test_evaluate_gives_pooled_scores_beside_the_means_lifted_by_images_without_
     assert scores["dice_pooled_per_class"][0] == pytest.approx(2 * predicted / (predicted + true))
 
 
+class PaintsRedAsForegroundOfThree(PaintsRedAsForeground):
+    """The same, as a model of three classes whose class 2 (an extra --classes) is never predicted."""
+
+    def __init__(self) -> None:
+        UNet.__init__(self, 3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([super().forward(x), torch.full_like(x[:, :1], -1.0)], dim=1)
+
+
+def test_a_class_no_mask_holds_and_never_predicted_is_left_out_of_the_mean(tmp_path: Path) -> None:
+    """Found by a review: each extra --classes scored a free 1 in every image, lifting the validation Dice that
+    picks best.pth (0.40 of a 6-class model on 4 classes was 2 free classes of 5)."""
+    red = np.zeros((32, 32, 3), np.uint8)
+    red[8:24, 8:24] = (255, 0, 0)
+    half = np.zeros((32, 32), np.uint8)
+    half[8:16, 8:24] = 1
+    write_image(tmp_path / "imgs" / "a.png", red)
+    write_image(tmp_path / "masks" / "a.png", half)
+    cpu = torch.device("cpu")
+    check = check_dataset(tmp_path / "imgs", tmp_path / "masks", workers=1)
+    data = SegmentationDataset(check.pairs, check.mask_values, scale_masks=False)
+    scores = evaluate(PaintsRedAsForegroundOfThree(), make_loader(data, 1, cpu, 0), cpu, choose_precision(cpu),
+                      progress=False)
+    assert scores["dice_per_class"][1:] == pytest.approx([2 / 3, 1.0])  # class 2: nothing to find, nothing found
+    assert scores["dice"] == pytest.approx(2 / 3)  # the mean of class 1 alone, not (2/3 + 1) / 2
+    assert scores["rows"][0]["dice"] == pytest.approx(2 / 3)
+    assert scores["seen_per_class"] == [True, True, False]
+
+
 def test_evaluate_leaves_ignored_pixels_out_of_the_dice(tmp_path: Path) -> None:
     maps = [class_map(i, 2) for i in range(2)]
     for i, classes in enumerate(maps):
