@@ -857,3 +857,21 @@ def test_a_tiff_with_an_orientation_tag_is_refused_since_pillow_turns_it_as_it_r
         read_image(tmp_path / "t.tif")
     Image.fromarray(pixels).save(tmp_path / "t.tif", tiffinfo={0x0112: 1})
     assert np.array_equal(read_image(tmp_path / "t.tif")[..., 0], pixels[..., 0] if mode == "RGB" else pixels)
+
+
+def test_the_palette_kept_holds_every_class_colour_of_every_palette_mask(tmp_path: Path) -> None:
+    """Found by a review: the first mask's palette was kept, and a first mask saved with the two colours it uses
+    left classes 2 and 3 without a colour (predict.py then wrote them as 0 and 1)."""
+    for index, (classes, palette) in enumerate([((0, 1), [0, 0, 0, 255, 0, 0]),
+                                                ((0, 1, 2, 3), [0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255])]):
+        mask = np.zeros((H, W), np.uint8)
+        for value in classes[1:]:
+            mask[4 * value: 4 * value + 4, :8] = value
+        image = Image.fromarray(mask, mode="P")
+        image.putpalette(palette)
+        (tmp_path / "masks").mkdir(exist_ok=True)
+        image.save(tmp_path / "masks" / f"s{index}.png")
+        write_image(tmp_path / "imgs" / f"s{index}.png", noisy_rgb(index))
+    check = check_dataset(tmp_path / "imgs", tmp_path / "masks", workers=1)
+    assert check.mask_values == [0, 1, 2, 3]
+    assert check.palette[:12] == [0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255]

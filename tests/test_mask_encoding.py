@@ -209,6 +209,7 @@ def test_complete_mask_values_finds_unused_colours_for_many_classes():
 @pytest.mark.parametrize("mask_values, palette", [
     ([0, 1], None), ([0, 255], None), ([0, 3, 7, 200], None), ([0, 1000, 40000], None),
     ([BLACK, RED, GREEN], None), ([0, 1, 2], [0, 0, 0, 128, 0, 0, 0, 128, 0]),
+    ([0, 1, 2, 3, 4, 5], [0, 0, 0, 255, 0, 0]),  # found by a review: a 2-entry palette cut classes 2-5 to 0 and 1
 ])
 def test_mask_writer_files_hold_exactly_the_encoded_masks(tmp_path, mask_values, palette):
     """The writer's PNG settings (run-length zlib) change the file, never a pixel."""
@@ -227,6 +228,20 @@ def test_mask_writer_files_hold_exactly_the_encoded_masks(tmp_path, mask_values,
     with Image.open(tmp_path / "out.png") as written:
         assert np.array_equal(np.asarray(written), encoded)
         assert (written.mode == "P") == (palette is not None)
+
+
+def test_the_palette_written_holds_256_entries_and_a_colour_of_its_own_for_each_class() -> None:
+    """Found by a review: with the 4 classes' palette padded with black, an extra class 4 was written black, as the
+    background shows; a short palette made Pillow write 1-bit PNGs."""
+    from utils.mask_encoding import full_palette
+
+    palette = full_palette([0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255] + [0] * 756, [0, 1, 2, 3, 4])
+    assert len(palette) == 768
+    colours = [tuple(palette[3 * i: 3 * i + 3]) for i in range(5)]
+    assert colours[:4] == [(0, 0, 0), (255, 0, 0), (0, 255, 0), (0, 0, 255)]  # the masks' own, kept
+    assert len(set(colours)) == 5  # class 4: a colour no other class shows
+    short = full_palette([0, 0, 0, 255, 0, 0], [0, 1, 2])
+    assert len(short) == 768 and len({tuple(short[3 * i: 3 * i + 3]) for i in range(3)}) == 3
 
 
 def test_a_binary_mask_saved_another_way_than_in_training_is_named_as_such() -> None:

@@ -64,3 +64,10 @@ def test_a_full_disk_while_logging_an_epoch_warns_and_training_goes_on(tmp_path:
     assert f"could not write {tmp_path / 'training_curves.png'} (No space left on device)" in err
     log.log_epoch({"epoch": 2, "step": 8, "train_loss": 0.4})  # space again: both epochs are written
     assert (tmp_path / "metrics.csv").read_text().count("\n") == 3 and (tmp_path / "training_curves.png").is_file()
+
+
+def test_every_class_of_many_gets_a_colour_of_its_own() -> None:
+    """Found by a review: overlay colours repeated after 10 classes (a 21-class VOC overlay was ambiguous)."""
+    colours = class_colours(21)
+    assert colours.shape == (21, 3) and len({tuple(c) for c in colours}) == 21
+    assert tuple(colours[0]) == (0, 0, 0)

@@ -494,9 +494,8 @@ def check_dataset(
         if mask.get("jpeg") and len(mask["values"]) > 2:
             check.blurred_masks.append(pair.mask.name)
             check.blurred_top = max(check.blurred_top, int(np.max(mask["values"])))
-        if mask.get("palette") and check.palette is None:
-            check.palette = mask["palette"]
     check.pairs = [pair for pair, _ in usable]
+    check.palette = _merged_palette([mask for _, mask in usable])
     if not usable:
         first = check.unreadable[0] if check.unreadable else f"{check.size_mismatches[0]}: {check.size_mismatch_fix()}"
         raise UserError(f"no usable image/mask pair in {imgs} + {masks}: {first}")
@@ -527,6 +526,23 @@ def check_dataset(
         for value, count in counts.items():
             check.class_interior[index[value]] += count
     return check
+
+
+def _merged_palette(masks: list[dict]) -> list[int] | None:
+    """One palette for all the palette masks: each index in the colour of the files that use it (they agree, or
+    _palette_conflicts refuses them), the rest as in the first file. A file's palette may list only the colours it
+    uses (a mask of classes 0 and 1: two entries), so no one file's is taken for all."""
+    palettes = [mask for mask in masks if mask.get("palette")]
+    if not palettes:
+        return None
+    merged = list(palettes[0]["palette"])
+    for mask in palettes:
+        for index in mask["values"] if mask["encoding"] == "palette" else []:
+            colour = mask["palette"][3 * index: 3 * index + 3]
+            if len(colour) == 3:
+                merged += [0] * max(0, 3 * index + 3 - len(merged))
+                merged[3 * index: 3 * index + 3] = colour
+    return merged
 
 
 def _palette_conflicts(masks: list[tuple[str, dict]]) -> list[str]:

@@ -6,7 +6,7 @@ Class i is the pixel value mask_values[i]; IGNORE_CLASS marks pixels left out of
 """
 
 import argparse
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from itertools import chain, count, product
 from pathlib import Path
 
@@ -97,9 +97,7 @@ def complete_mask_values(mask_values: Sequence[MaskValue], n_classes: int, avoid
     values = list(mask_values)
     if is_colour(values):
         alpha = [255] * (len(values[0]) - 3)  # RGBA colours stay opaque
-        used = {tuple(value[:3]) for value in values}
-        colours = chain(product((0, 255, 128, 64, 192), repeat=3), (unpack_colour(packed) for packed in count()))
-        candidates: Iterable[MaskValue] = ([*colour, *alpha] for colour in colours if tuple(colour) not in used)
+        candidates: Iterable[MaskValue] = ([*colour, *alpha] for colour in unused_colours(v[:3] for v in values))
     else:
         candidates = (label for label in count() if label != avoid)
     for candidate in candidates:
@@ -108,6 +106,31 @@ def complete_mask_values(mask_values: Sequence[MaskValue], n_classes: int, avoid
         if candidate not in values:
             values.append(candidate)
     return values
+
+
+def unused_colours(used: Iterable[Sequence[int]]) -> Iterator[list[int]]:
+    """RGB colours not among used, well apart first (channels of 0, 255, 128, 64, 192), then any other."""
+    taken = {tuple(colour) for colour in used}
+    for colour in chain(product((0, 255, 128, 64, 192), repeat=3), (tuple(unpack_colour(p)) for p in count())):
+        if colour not in taken:
+            taken.add(colour)
+            yield list(colour)
+
+
+def full_palette(palette: Sequence[int], mask_values: Sequence[MaskValue]) -> list[int]:
+    """The palette written with palette masks: 256 entries, since Pillow writes a PNG with a shorter one at 1, 2 or
+    4 bits per pixel, which cuts larger class indices; and a colour of its own for each class, where the masks'
+    palette has no entry for its index or shows it in an earlier class's colour (an extra --classes)."""
+    given = len(palette) // 3
+    entries = [tuple(palette[3 * i: 3 * i + 3]) for i in range(min(given, 256))] + [(0, 0, 0)] * (256 - given)
+    labels = [int(value) for value in mask_values if not isinstance(value, list) and 0 <= value < 256]
+    fresh = unused_colours(entries[value] for value in labels if value < given)
+    shown: set[tuple[int, ...]] = set()
+    for value in labels:
+        if value >= given or entries[value] in shown:
+            entries[value] = tuple(next(fresh))
+        shown.add(entries[value])
+    return [channel for entry in entries for channel in entry]
 
 
 def short_values(values: Sequence[MaskValue]) -> str:
@@ -206,7 +229,7 @@ def mask_image(
     """An encoded mask (encoding_table applied) as an image; palette masks keep their palette."""
     if palette and encoded.ndim == 2 and encoded.dtype == np.uint8 and not set(mask_values) <= {0, 1}:
         image = Image.fromarray(encoded, mode="P")
-        image.putpalette(list(palette))
+        image.putpalette(full_palette(palette, mask_values))
         return image
     return Image.fromarray(encoded)
 

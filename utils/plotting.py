@@ -7,7 +7,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .atomic_files import atomic_path
-from .mask_encoding import MaskValue
+from .mask_encoding import MaskValue, unused_colours
 
 # Distinct, colour-blind-friendly colours for classes 1.. (class 0 is background and left uncoloured).
 CLASS_COLOURS = (
@@ -20,7 +20,9 @@ def class_colours(n_classes: int, mask_values: Sequence[MaskValue] | None = None
     """An RGB colour per class: the masks' own colours for colour-coded masks, else a fixed palette."""
     if mask_values and isinstance(mask_values[0], list):
         return np.array(mask_values, dtype=np.uint8)
-    colours = [(0, 0, 0)] + [CLASS_COLOURS[i % len(CLASS_COLOURS)] for i in range(max(n_classes, 2) - 1)]
+    more = unused_colours([(0, 0, 0), *CLASS_COLOURS])  # past the table: no two classes alike
+    colours = [(0, 0, 0)] + [CLASS_COLOURS[i] if i < len(CLASS_COLOURS) else next(more)
+                             for i in range(max(n_classes, 2) - 1)]
     return np.array(colours, dtype=np.uint8)
 
 
