@@ -852,7 +852,7 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     # single process with world.size times the batch size would take), augmentation seeded per item; batches
     # of one image size each where the sizes allow (utils/sampling.py).
     tiny = [index for index, size in enumerate(train_sizes) if max(size) < LONE_IMAGE_MIN_SIDE]
-    if tiny and (args.batch_size == 1 or len(train_set) < 2 * world.size):
+    if tiny and (args.batch_size == 1 or len(train_set) <= world.size):  # one image per process at most
         (width, height), name = train_sizes[tiny[0]], train_pairs[tiny[0] % len(train_pairs)].image.name
         fix = "use --batch-size 2 or more" if args.batch_size == 1 else "add training images"
         raise UserError(f"{len(tiny)} training images are under {LONE_IMAGE_MIN_SIDE} px on both sides at --scale "
@@ -970,7 +970,8 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
                 f"{shown(args.crop)} after --scale on at least one side: their windows are padded (ignored "
                 "pixels, computed all the same)", file=sys.stderr)
     if order.sizes is not None and args.batch_size > 1:
-        shared = (f" (up to {order.shared_batches} of the {order.batches_per_epoch} batches per epoch hold the images "
+        mixed = min(order.shared_batches, order.batches_per_epoch)  # a lone last batch joins another (tiny images)
+        shared = (f" (up to {mixed} of the {order.batches_per_epoch} batches per epoch hold the images "
                   "left over, padded to the largest; the padding counts in no loss or score)"
                   if order.shared_batches else "")
         say(f"training images of {len(set(order.sizes))} sizes: batched by size{shared}")

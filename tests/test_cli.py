@@ -1243,10 +1243,10 @@ def test_images_under_32_px_never_train_alone_in_a_batch(tmp_path: Path) -> None
     at the --scale train.py itself suggested."""
     write_carvana_like(tmp_path / "data", 6, size=(24, 24))
     flags = [*TRAIN_FLAGS, "--epochs", "2", "--validation", "17", "--batchnorm-images", "5"]
-    result = run("train.py", *flags, cwd=tmp_path)  # 5 training images in batches of 4: the fifth sits out
+    result = run("train.py", *flags, cwd=tmp_path)  # 5 training images in batches of 4: the fifth joins them
     assert "5 training and 1 validation images" in result.stdout
     rows = list(csv.DictReader(open(tmp_path / "checkpoints" / "metrics.csv")))
-    assert [row["step"] for row in rows] == ["1", "2"]  # one batch of 4 per epoch, the lone fifth left out
+    assert [row["step"] for row in rows] == ["1", "2"]  # one batch of 5 per epoch, not 4 and a lone fifth
     result = run("train.py", *flags, "--batch-size", "1", "--checkpoint-dir", "one", cwd=tmp_path, check=False)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith(

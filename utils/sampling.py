@@ -67,8 +67,8 @@ class EpochOrder:
                  sizes: Sequence[Hashable] | None = None, no_lone_images: bool = False):
         self.size, self.batch_size, self.seed, self.world = size, batch_size, seed, world
         self.sizes = list(sizes) if sizes is not None and len(set(sizes)) > 1 else None
-        # A last batch of one image per process sits out the epoch (the next shuffle puts others last): train.py asks
-        # for it where such a batch could not train (BatchNorm of a 1x1 deepest map).
+        # A last batch of one image per process joins the batch before it (one step of a batch one image larger):
+        # train.py asks for it where such a batch could not train (BatchNorm of a 1x1 deepest map).
         self.no_lone_images = no_lone_images
 
     @property
@@ -81,11 +81,11 @@ class EpochOrder:
         batches = self.one_size_batches + self.shared_batches
         width = self.batch_size * self.world.size
         rest = self.size if self.sizes is None else sum(n % width for n in self._counts())
-        return batches - self._drops_last(batches, rest % width)
+        return batches - self._merges_last(batches, rest % width)
 
     @property
     def one_size_batches(self) -> int:
-        """Global batches per epoch that hold one size (all of them with one size), before _drops_last."""
+        """Global batches per epoch that hold one size (all of them with one size), before _merges_last."""
         width = self.batch_size * self.world.size
         return sum(n // width for n in self._counts()) if self.sizes is not None else math.ceil(self.size / width)
 
@@ -95,8 +95,8 @@ class EpochOrder:
         width = self.batch_size * self.world.size
         return math.ceil(sum(n % width for n in self._counts()) / width) if self.sizes is not None else 0
 
-    def _drops_last(self, batches: int, last: int) -> bool:
-        """Whether the epoch's last global batch, `last` items long (0: a whole one), is left out."""
+    def _merges_last(self, batches: int, last: int) -> bool:
+        """Whether the epoch's last global batch, `last` items long (0: a whole one), joins the one before it."""
         return self.no_lone_images and self.batch_size > 1 and batches > 1 and 0 < last <= self.world.size
 
     def _counts(self) -> list[int]:
@@ -112,8 +112,9 @@ class EpochOrder:
         sizes = [self.sizes[index] for index in shuffle] if self.sizes is not None else [0] * self.size
         full, leftover = batches_by_size(shuffle, sizes, width)
         batches = full + [leftover[start:start + width] for start in range(0, len(leftover), width)]
-        if self._drops_last(len(batches), len(batches[-1]) % width):
-            batches.pop()
+        if self._merges_last(len(batches), len(batches[-1]) % width):
+            last = batches.pop()
+            batches[-1] += last  # of mixed sizes if need be: padded, as the leftovers are
         padding = -len(batches[-1]) % processes  # only the last can be short of a multiple
         batches[-1] += (shuffle * math.ceil(padding / self.size))[:padding]
         if self.sizes is not None:  # else all the global batches of one size would come in turn
