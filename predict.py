@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from utils.atomic_files import NAME_MAX
 from utils.checkpoint import inference_scale, load_model
 from utils.data_loading import (
     IMAGE_SUFFIXES,
@@ -205,6 +206,9 @@ def check_distinct(inputs: list[Path], outputs: list[list[Path]]) -> None:
     for source, files in zip(inputs, outputs):
         for index, file in enumerate(files):
             what = "the mask" if index == 0 else f"the output {file.name}"
+            if len(os.fsencode(file.name)) > NAME_MAX:  # said now, not after the images before it were predicted
+                raise UserError(f"{what} of {source} would be named {len(os.fsencode(file.name))} bytes long, more "
+                                f"than file systems take ({NAME_MAX}): rename the input, or give -o FILE.png")
             if where(file) in sources:
                 whose = "it" if sources[where(file)] == source else f"the input {sources[where(file)]}"
                 raise UserError(f"{what} of {source} would overwrite {whose}: choose another --output")

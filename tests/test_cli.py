@@ -896,6 +896,19 @@ def test_an_overlay_may_not_replace_another_inputs_mask_and_a_link_loop_is_one_l
     assert "self.jpg" in result.stdout + result.stderr and (tmp_path / "out" / "car.png").exists()
 
 
+def test_an_output_name_longer_than_file_systems_take_is_refused_before_predicting(tmp_path: Path) -> None:
+    """Found by a review: a 240-byte input name fit as a mask, but its _overlay.png did not, and predict.py stopped
+    after the images before it, its --csv rows lost."""
+    import predict
+
+    source = tmp_path / ("a" * 240 + ".png")
+    mask = tmp_path / "out" / ("a" * 240 + ".png")
+    predict.check_distinct([source], [[mask]])  # 244 bytes: fine
+    with pytest.raises(UserError, match=r"the output a+_overlay.png of .*a+.png would be named 256 bytes long, more "
+                                        r"than file systems take \(255\): rename the input"):
+        predict.check_distinct([source], [[mask, mask.with_name("a" * 244 + "_overlay.png")]])
+
+
 def test_predict_batches_same_size_images_wherever_they_stand() -> None:
     import predict
 
