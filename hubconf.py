@@ -213,4 +213,6 @@ def unet_carvana(pretrained: bool = False, scale: float = 0.5, progress: bool = 
         return UNet(n_channels=3, n_classes=2, bilinear=False)
     if scale not in CARVANA_WEIGHTS:
         raise ValueError(f"pretrained Carvana weights exist for scale {sorted(CARVANA_WEIGHTS)}, not {scale}")
-    return unet(3, 2, False, weights=CARVANA_WEIGHTS[scale], progress=progress)
+    model = unet(3, 2, False, weights=CARVANA_WEIGHTS[scale], progress=progress)
+    model.scale = scale  # the published files are plain state_dicts: their scale is the one they were named by
+    return model

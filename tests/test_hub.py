@@ -78,6 +78,7 @@ def test_unet_carvana_pretrained_reads_reference_weights_from_hub_cache(tmp_path
     with torch.no_grad():
         torch.testing.assert_close(model(x), published(x))
     assert model.mask_values == [0, 1]
+    assert model.scale == 0.5  # found by a review: None, so predict_image read images at its default
     untrained = torch.hub.load(str(REPO), "unet_carvana", source="local")
     assert (untrained.n_classes, untrained.bilinear) == (2, False)
     with pytest.raises(ValueError, match="scale"):

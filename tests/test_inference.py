@@ -3,6 +3,7 @@
 Tiled vs whole-image masks of a trained model: tests/test_real_nuclei.py (it has the trained model)."""
 
 import builtins
+import copy
 import os
 
 import numpy as np
@@ -259,6 +260,8 @@ def test_predict_image_takes_a_pil_image_an_array_or_a_tensor_as_predict_reads_t
         assert torch.equal(predict_image(model, image, precision=FP32), expected), type(image)
     with pytest.raises(TypeError, match="a PIL image, a numpy array or a torch tensor, not a str"):
         predict_image(model, str(tmp_path / "x.png"))
+    with pytest.raises(ValueError, match=r"predict_image runs float32 models, not torch.float64: call model.float"):
+        predict_image(copy.deepcopy(model).double(), pixels)
     with pytest.raises(UserError, match="the ndarray image is 20x12: the U-Net needs at least 16 px"):
         predict_image(model, pixels[:12, :20], scale=1.0)
 

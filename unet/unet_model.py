@@ -59,7 +59,7 @@ class UNet(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.checkpointing and self.training and torch.is_grad_enabled():
+        if self.checkpointing and self.training and torch.is_grad_enabled() and not torch.jit.is_scripting():
             return self._checkpointed_forward(x)
         x1 = self.inc(x)
         x2 = self.down1(x1)

@@ -356,7 +356,11 @@ def predict_image(model: nn.Module, image: Image.Image | np.ndarray | torch.Tens
     Runs on the model's device. scale: the model's own (model.scale, from its checkpoint) unless given, else 0.5;
     precision: the device's default, as in predict.py. model.mask_values[i] is the mask value of class i.
     """
-    device = next(model.parameters()).device
+    parameter = next(model.parameters())
+    if parameter.dtype != torch.float32:  # the precision is autocast's, around a float32 model
+        raise ValueError(f"predict_image runs float32 models, not {parameter.dtype}: call model.float() first "
+                         "(precision= chooses bf16 or fp16 autocast)")
+    device = parameter.device
     scale = inference_scale({"scale": getattr(model, "scale", None)}, scale)
     pixels = image_in_memory(image, getattr(model, "n_channels", 3))
     height, width = pixels.shape[:2]
