@@ -115,6 +115,16 @@ def test_float_tensor_in_unit_range_is_scaled_by_255(tmp_path):
     assert np.array_equal(image[..., 1], np.array([[0, 128], [64, 255]], dtype=np.uint8))
 
 
+def test_8_bit_values_in_a_wider_integer_type_are_taken_as_they_are(tmp_path):
+    """Found by a review: an int64 array of 10..199 (astype(int) of an 8-bit image) was stretched to 0..255, and so
+    predicted on other pixels than the same image as uint8; 16-bit images are still stretched."""
+    values = np.array([[10, 100], [150, 199]], dtype=np.int64)
+    assert np.array_equal(read_image(write_image(tmp_path / "wide.npy", values))[..., 0], values)
+    sixteen = read_image(write_image(tmp_path / "sixteen.npy", values.astype(np.uint16)))[..., 0]
+    assert sixteen.min() == 0 and sixteen.max() == 255
+    assert read_image(write_image(tmp_path / "beyond.npy", values * 2))[..., 0].max() == 255  # 20..398: stretched
+
+
 def test_unreadable_image_raises_user_error_naming_it(tmp_path):
     path = tmp_path / "broken.png"
     path.write_bytes(b"not a png at all")
