@@ -63,9 +63,9 @@ def evaluate(
 
     "dice" and "iou" are means over images of the mean over foreground classes (class 0 is background),
     as in the reference, leaving out classes that no mask holds and the model never predicted; the per-class
-    lists include every class and the background. An image without a class in its mask or
-    prediction scores 1 for it, which lifts the mean of a class most images lack: the pooled scores (all pixels
-    of all images together) and the number of images whose mask holds each class are given beside them.
+    lists include every class and the background. An image without a class in its mask or prediction scores 1
+    for it, which lifts the mean of a class most images lack: the pooled scores (all pixels of all images
+    together) and the number of images whose mask holds each class are given beside them.
     options: tiles and test-time augmentation (evaluate.py); validation during training uses the whole-image
     default.
     """

@@ -151,8 +151,9 @@ def expand_inputs(inputs: list[str], keep_repeats: bool = False) -> tuple[list[P
         return paths, left_out
     unique, seen = [], set()
     for path in paths:  # a file named twice (a.png and '*.png', or through a link) is predicted once
-        if where(path) not in seen:
-            seen.add(where(path))
+        resolved = where(path)
+        if resolved not in seen:
+            seen.add(resolved)
             unique.append(path)
     if len(unique) < len(paths):
         print(f"note: {len(paths) - len(unique)} inputs name a file already among the inputs (twice, or through a "
@@ -209,14 +210,15 @@ def check_distinct(inputs: list[Path], outputs: list[list[Path]]) -> None:
             if len(os.fsencode(file.name)) > NAME_MAX:  # said now, not after the images before it were predicted
                 raise UserError(f"{what} of {source} would be named {len(os.fsencode(file.name))} bytes long, more "
                                 f"than file systems take ({NAME_MAX}): rename the input, or give -o FILE.png")
-            if where(file) in sources:
-                whose = "it" if sources[where(file)] == source else f"the input {sources[where(file)]}"
+            resolved = where(file)
+            if resolved in sources:
+                whose = "it" if sources[resolved] == source else f"the input {sources[resolved]}"
                 raise UserError(f"{what} of {source} would overwrite {whose}: choose another --output")
-            if where(file) in seen:
+            if resolved in seen:
                 fix = ("give them different names, or predict them into different folders"
-                       if seen[where(file)].stem == source.stem else "predict them into different folders")
-                raise UserError(f"{seen[where(file)]} and {source} would both write {file}: {fix}")
-            seen[where(file)] = source
+                       if seen[resolved].stem == source.stem else "predict them into different folders")
+                raise UserError(f"{seen[resolved]} and {source} would both write {file}: {fix}")
+            seen[resolved] = source
 
 
 def has_display() -> bool:
