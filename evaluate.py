@@ -101,13 +101,8 @@ def evaluate(
     model.train(was_training)
     count = max(len(rows), 1)
     pooled_dice, pooled_iou = scores_from_counts(*pooled_counts)
-    # A class no mask holds and the model never predicted (an extra --classes) has nothing to score: its free 1s
-    # would lift every image's mean. Where no foreground class was seen at all, each scores 1, as before.
     seen = [bool(pooled_counts[1][c] + pooled_counts[2][c] > 0) for c in range(n_classes)]
-    scored = [c for c in range(1, n_classes) if seen[c]] or list(range(1, n_classes))
-    for row in rows:
-        row["dice"] = sum(row[f"dice_{c}"] for c in scored) / len(scored)
-        row["iou"] = sum(row[f"iou_{c}"] for c in scored) / len(scored)
+    set_image_means(rows, seen)
     return {
         "dice": sum(r["dice"] for r in rows) / count,
         "iou": sum(r["iou"] for r in rows) / count,
@@ -121,6 +116,17 @@ def evaluate(
         "rows": rows,
         "skipped": skipped,
     }
+
+
+def set_image_means(rows: list[dict], seen: list[bool]) -> None:
+    """Each row's "dice" and "iou": the mean over the foreground classes seen (in some mask or prediction: seen[c])
+    of the images scored together. A class no mask holds and the model never predicted (an extra --classes) has
+    nothing to score, and its free 1s would lift every image's mean; where no foreground class was seen at all,
+    all count (each scores 1). Under torchrun, train.py passes the classes seen by all the processes."""
+    scored = [c for c in range(1, len(seen)) if seen[c]] or list(range(1, len(seen)))
+    for row in rows:
+        row["dice"] = sum(row[f"dice_{c}"] for c in scored) / len(scored)
+        row["iou"] = sum(row[f"iou_{c}"] for c in scored) / len(scored)
 
 
 def readable_parts(batch: dict, skipped: list[str]) -> Iterator[dict]:

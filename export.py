@@ -123,7 +123,7 @@ def export_metadata(model: nn.Module, checkpoint: dict[str, Any], scale: float) 
         "n_channels": model.n_channels,
         "n_classes": model.n_classes,
         "mask_values": plain_mask_values(model.mask_values),
-        "mask_palette": checkpoint.get("mask_palette"),
+        "mask_palette": model.mask_palette,
         "scale": scale,
         "bilinear": model.bilinear,
         "input_layout": "NCHW",

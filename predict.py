@@ -199,17 +199,14 @@ def where(path: Path) -> Path:
         return path.absolute()
 
 
-def check_distinct(inputs: list[Path], outputs: list[list[Path]]) -> None:
+def check_distinct(inputs: list[Path], outputs: list[list[Path]], masks: bool = True) -> None:
     """No output may overwrite an input image (its own, or one not read yet) or another output. outputs[i]: input
-    i's mask, then its overlay, viz or probabilities files."""
+    i's files: its mask first (unless masks is False: --no-save), then its overlay, viz or probabilities files."""
     sources = {where(source): source for source in inputs}
     seen: dict[Path, Path] = {}
     for source, files in zip(inputs, outputs):
         for index, file in enumerate(files):
-            what = "the mask" if index == 0 else f"the output {file.name}"
-            if len(os.fsencode(file.name)) > NAME_MAX:  # said now, not after the images before it were predicted
-                raise UserError(f"{what} of {source} would be named {len(os.fsencode(file.name))} bytes long, more "
-                                f"than file systems take ({NAME_MAX}): rename the input, or give -o FILE.png")
+            what = "the mask" if index == 0 and masks else f"the output {file.name}"
             resolved = where(file)
             if resolved in sources:
                 whose = "it" if sources[resolved] == source else f"the input {sources[resolved]}"
@@ -219,6 +216,17 @@ def check_distinct(inputs: list[Path], outputs: list[list[Path]]) -> None:
                        if seen[resolved].stem == source.stem else "predict them into different folders")
                 raise UserError(f"{seen[resolved]} and {source} would both write {file}: {fix}")
             seen[resolved] = source
+
+
+def check_name_lengths(inputs: list[Path], outputs: list[list[Path]]) -> None:
+    """Every file to be written (outputs[i]: input i's) named within what file systems take, said before
+    predicting rather than after the images before it (a long input name's _overlay.png)."""
+    for source, files in zip(inputs, outputs):
+        for file in files:
+            if len(os.fsencode(file.name)) > NAME_MAX:
+                raise UserError(f"the output {file.name} of {source} would be named {len(os.fsencode(file.name))} "
+                                f"bytes long, more than file systems take ({NAME_MAX}): rename the input, or give "
+                                "-o FILE.png")
 
 
 def has_display() -> bool:
@@ -408,12 +416,13 @@ def main(args: argparse.Namespace) -> int:
     on_gpu = device.type == "cuda"
     viz = ("show" if has_display() else "save") if args.viz else None
     writers = args.writers or (8 if on_gpu else 1)
-    writer = MaskWriter(model.mask_values, checkpoint.get("mask_palette"), model.n_channels,
+    writer = MaskWriter(model.mask_values, model.mask_palette, model.n_channels,
                         OutputOptions(not args.no_save, args.save_probs, args.overlay, viz), threads=writers)
     for target in {target.suffix.lower(): target for target in outputs}.values():  # one of each format
         writer.check_format(target)
-    check_distinct(inputs, [[target, *(file for file in writer.output_files(target) if file != target)]
-                            for target in outputs])  # the overlays, ... too
+    written = [writer.output_files(target) for target in outputs]
+    check_distinct(inputs, written, masks=not args.no_save)  # the overlays, ... too
+    check_name_lengths(inputs, written)
     done = already_predicted(inputs, outputs, writer, csv_path is not None) if args.skip_existing else []
     todo = sorted(set(range(len(inputs))) - set(done))
     if args.skip_existing:

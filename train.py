@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, Subset
 from tqdm import tqdm
 
-from evaluate import evaluate
+from evaluate import evaluate, set_image_means
 from unet import LONE_IMAGE_MIN_SIDE, UNet
 from utils.augmentation import AUGMENT_PRESETS, train_augmentation
 from utils.batch_cache import BatchCache
@@ -670,12 +670,15 @@ def train_one_epoch(
 
 
 def reduce_scores(scores: dict, world: World, device: torch.device) -> dict:
-    """Validation means over the images of every process (each scored its own shard), and the files skipped."""
+    """Validation means over the images of every process (each scored its own shard), and the files skipped. The
+    classes in the means are those some process saw, so that the score does not depend on the shards."""
     count, skipped = scores["images"], len(scores["skipped"])
     if not world.distributed:
         return {"dice": scores["dice"], "iou": scores["iou"], "images": count, "skipped": skipped}
-    sums = torch.tensor([scores["dice"] * count, scores["iou"] * count, count, skipped], dtype=torch.float64,
-                        device=device)
+    seen = all_reduce_sum(torch.tensor(scores["seen_per_class"], dtype=torch.float64, device=device), world)
+    set_image_means(scores["rows"], (seen > 0).tolist())
+    sums = torch.tensor([sum(row["dice"] for row in scores["rows"]), sum(row["iou"] for row in scores["rows"]),
+                         count, skipped], dtype=torch.float64, device=device)
     all_reduce_sum(sums, world)
     return {"dice": (sums[0] / sums[2].clamp(min=1)).item(), "iou": (sums[1] / sums[2].clamp(min=1)).item(),
             "images": int(sums[2].item()), "skipped": int(sums[3].item())}

@@ -871,3 +871,16 @@ def test_resume_reads_binarize_as_stored_also_the_true_false_of_older_checkpoint
     args = train.get_args_parser().parse_args(["--batch-size", "1", *given])
     assert train.keep_run_settings(args, resumed, tmp_path / "last.pth") == []  # the same setting: no note
     assert args.binarize == kept
+
+
+def test_a_loaded_model_carries_the_palette_predict_writes_and_export_lists(tmp_path: pathlib.Path) -> None:
+    """Found by a review: a checkpoint's short palette (two entries for five classes) reached the hub model and the
+    export metadata as stored, and a consumer's PNG made with it cut classes 2-4 (a 1-bit PNG)."""
+    import export
+
+    save_checkpoint(tmp_path / "run.pth", UNet(3, 5), [0, 1, 2], mask_palette=[0, 0, 0, 255, 0, 0])
+    model, checkpoint = load_model(tmp_path / "run.pth", torch.device("cpu"))
+    assert model.mask_values == [0, 1, 2, 3, 4] and len(model.mask_palette) == 768
+    colours = {tuple(model.mask_palette[3 * value: 3 * value + 3]) for value in model.mask_values}
+    assert len(colours) == 5 and model.mask_palette[:6] == [0, 0, 0, 255, 0, 0]
+    assert export.export_metadata(model, checkpoint, 0.5)["mask_palette"] == model.mask_palette

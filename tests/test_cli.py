@@ -903,10 +903,11 @@ def test_an_output_name_longer_than_file_systems_take_is_refused_before_predicti
 
     source = tmp_path / ("a" * 240 + ".png")
     mask = tmp_path / "out" / ("a" * 240 + ".png")
-    predict.check_distinct([source], [[mask]])  # 244 bytes: fine
+    predict.check_name_lengths([source], [[mask]])  # 244 bytes: fine
     with pytest.raises(UserError, match=r"the output a+_overlay.png of .*a+.png would be named 256 bytes long, more "
                                         r"than file systems take \(255\): rename the input"):
-        predict.check_distinct([source], [[mask, mask.with_name("a" * 244 + "_overlay.png")]])
+        predict.check_name_lengths([source], [[mask, mask.with_name("a" * 244 + "_overlay.png")]])
+    predict.check_name_lengths([source], [[]])  # --no-save without other outputs writes nothing: any name will do
 
 
 def test_predict_batches_same_size_images_wherever_they_stand() -> None:

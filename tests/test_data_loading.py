@@ -120,8 +120,9 @@ def test_8_bit_values_in_a_wider_integer_type_are_taken_as_they_are(tmp_path):
     predicted on other pixels than the same image as uint8; 16-bit images are still stretched."""
     values = np.array([[10, 100], [150, 199]], dtype=np.int64)
     assert np.array_equal(read_image(write_image(tmp_path / "wide.npy", values))[..., 0], values)
-    sixteen = read_image(write_image(tmp_path / "sixteen.npy", values.astype(np.uint16)))[..., 0]
-    assert sixteen.min() == 0 and sixteen.max() == 255
+    for order in ("<u2", ">u2"):  # big-endian too: ImageJ's TIFFs (found by a review)
+        sixteen = read_image(write_image(tmp_path / "sixteen.npy", values.astype(order)))[..., 0]
+        assert sixteen.min() == 0 and sixteen.max() == 255, order
     assert read_image(write_image(tmp_path / "beyond.npy", values * 2))[..., 0].max() == 255  # 20..398: stretched
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import run_script
 from PIL import Image
 
@@ -186,3 +187,37 @@ def test_only_a_stopped_peer_is_blamed_on_another_process() -> None:
                                 "communicator was aborted)")
     with pytest.raises(RuntimeError, match="^Invalid scalar type$"), _peers(world):
         raise RuntimeError("Invalid scalar type")
+
+
+def _reduce_a_shard(rank: int, store: str, shards: list[dict], results: dict) -> None:
+    import torch.distributed as dist
+
+    import train
+    from utils.distributed import World
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        results[rank] = train.reduce_scores(shards[rank], World(rank=rank, size=2), torch.device("cpu"))["dice"]
+    finally:
+        dist.destroy_process_group()
+
+
+def test_the_validation_dice_under_torchrun_scores_the_classes_any_process_saw(tmp_path: Path) -> None:
+    """Found by a review: each process left out the classes its own shard lacked, so a 3-class run scored 0.5 on one
+    process and 0.0 on two, with the same images and model."""
+    from evaluate import set_image_means
+
+    def row(dice_1: float, dice_2: float) -> dict:  # one image's per-class scores, as evaluate() gives them
+        return {"name": "x", "dice": None, "iou": None, "dice_0": 1.0, "dice_1": dice_1, "dice_2": dice_2,
+                "iou_0": 1.0, "iou_1": dice_1, "iou_2": dice_2}
+
+    first = {"rows": [row(0.0, 1.0), row(0.0, 1.0)], "seen_per_class": [True, True, False], "images": 2,
+             "skipped": []}  # class 1 in both masks, never found; class 2 in no mask here
+    second = {"rows": [row(1.0, 0.0)], "seen_per_class": [True, False, True], "images": 1, "skipped": []}
+    together = [row(0.0, 1.0), row(0.0, 1.0), row(1.0, 0.0)]
+    set_image_means(together, [True, True, True])
+    expected = sum(r["dice"] for r in together) / 3  # one process scoring all three images
+    results = torch.multiprocessing.Manager().dict()
+    torch.multiprocessing.spawn(_reduce_a_shard, args=(str(tmp_path / "store"), [first, second], results), nprocs=2)
+    assert expected == pytest.approx(0.5)
+    assert results[0] == pytest.approx(expected) and results[1] == pytest.approx(expected)  # not 0.0

@@ -182,7 +182,7 @@ def test_enough_classes_are_accepted():
     ([BLACK, RED], 3, [BLACK, RED, [0, 0, 255]]),
     ([0, 10, 20], 3, [0, 10, 20]),
     ([[0, 0, 0, 255], [255, 0, 0, 255]], 3, [[0, 0, 0, 255], [255, 0, 0, 255], [0, 0, 255, 255]]),  # RGBA
-    ([[0, 0, 255, 0], [0, 0, 0, 255]], 3, [[0, 0, 255, 0], [0, 0, 0, 255], [0, 0, 128, 255]]),  # RGB already used
+    ([[0, 0, 255, 0], [0, 0, 0, 255]], 3, [[0, 0, 255, 0], [0, 0, 0, 255], [0, 255, 0, 255]]),  # RGB already used
 ])
 def test_complete_mask_values_gives_extra_classes_unused_values(mask_values, n_classes, completed):
     from utils.mask_encoding import complete_mask_values

@@ -31,7 +31,7 @@ from unet import UNet
 from .atomic_files import TEMPORARY_NAME, atomic_path
 from .device import memory_format
 from .errors import UserError, check_flag
-from .mask_encoding import MaskValue, complete_mask_values
+from .mask_encoding import MaskValue, complete_mask_values, full_palette
 
 FORMAT_VERSION = 1
 
@@ -585,7 +585,9 @@ def model_from_checkpoint(
                         "which cannot predict them all: fix its mask_values entry, or drop it")
     ignored = (checkpoint.get("args") or {}).get("ignore_index")
     model.mask_values = complete_mask_values(mask_values, args["n_classes"], avoid=ignored)
-    model.mask_palette, model.scale = checkpoint.get("mask_palette"), checkpoint.get("scale")
+    palette = checkpoint.get("mask_palette")  # as predict.py writes it: 256 entries, a colour per class
+    model.mask_palette = full_palette(palette, model.mask_values) if palette else None
+    model.scale = checkpoint.get("scale")
     return model
 
 

@@ -393,7 +393,8 @@ def _model_pixels(array: np.ndarray, channels: int) -> np.ndarray:
 def _to_uint8(array: np.ndarray) -> np.ndarray:
     # 16-bit and float images: stretch each image's own range to 0..255 (floats already in [0, 1] kept).
     # float64 arithmetic: a float32 range like -3e38..3e38 overflows to inf.
-    if array.dtype.kind in "iu" and array.dtype != np.uint16 and array.min() >= 0 and array.max() <= 255:
+    sixteen_bit = array.dtype.kind == "u" and array.dtype.itemsize == 2  # either byte order (TIFFs from ImageJ: >u2)
+    if array.dtype.kind in "iu" and not sixteen_bit and array.min() >= 0 and array.max() <= 255:
         return array.astype(np.uint8)  # 8-bit values in a wider type (astype(int), a .npy of int64): as they are
     values = array.astype(np.float64)
     low, high = float(values.min()), float(values.max())

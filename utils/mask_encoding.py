@@ -109,9 +109,12 @@ def complete_mask_values(mask_values: Sequence[MaskValue], n_classes: int, avoid
 
 
 def unused_colours(used: Iterable[Sequence[int]]) -> Iterator[list[int]]:
-    """RGB colours not among used, well apart first (channels of 0, 255, 128, 64, 192), then any other."""
+    """RGB colours not among used, well apart first (channels of 0 and 255, then 128 too, then 64 and 192), then
+    any other."""
     taken = {tuple(colour) for colour in used}
-    for colour in chain(product((0, 255, 128, 64, 192), repeat=3), (tuple(unpack_colour(p)) for p in count())):
+    levels = ((0, 255), (0, 255, 128), (0, 255, 128, 64, 192))
+    well_apart = (colour for channels in levels for colour in product(channels, repeat=3))
+    for colour in chain(well_apart, (tuple(unpack_colour(p)) for p in count())):
         if colour not in taken:
             taken.add(colour)
             yield list(colour)
