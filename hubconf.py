@@ -211,7 +211,7 @@ def unet_carvana(pretrained: bool = False, scale: float = 0.5, progress: bool = 
     cache, $TORCH_HOME/hub/checkpoints/; a copy put there by hand works offline)."""
     if not pretrained:
         return UNet(n_channels=3, n_classes=2, bilinear=False)
-    if scale not in CARVANA_WEIGHTS:
+    if isinstance(scale, bool) or scale not in CARVANA_WEIGHTS:  # True == 1.0, but is no scale
         raise ValueError(f"pretrained Carvana weights exist for scale {sorted(CARVANA_WEIGHTS)}, not {scale}")
     model = unet(3, 2, False, weights=CARVANA_WEIGHTS[scale], progress=progress)
     model.scale = scale  # the published files are plain state_dicts: their scale is the one they were named by

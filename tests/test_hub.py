@@ -83,6 +83,8 @@ def test_unet_carvana_pretrained_reads_reference_weights_from_hub_cache(tmp_path
     assert (untrained.n_classes, untrained.bilinear) == (2, False)
     with pytest.raises(ValueError, match="scale"):
         hubconf.unet_carvana(pretrained=True, scale=0.25)
+    with pytest.raises(ValueError, match="scale"):
+        hubconf.unet_carvana(pretrained=True, scale=True)
 
 
 class WeightsServer:
