@@ -845,7 +845,10 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     if args.crops_per_image > 1:
         train_set = RepeatedItems(train_set, args.crops_per_image)
     # Each process scores a shard; a file that breaks after the data check is left out with a warning.
-    val_set = SegmentationDataset(val_pairs[world.rank::world.size], **encoding, skip_unreadable=True)
+    # masks at their own size: validation scores each image as evaluate.py and predict.py do (a Dice that
+    # evaluate.py reproduces), not against masks shrunk by --scale
+    val_set = SegmentationDataset(val_pairs[world.rank::world.size], **encoding, skip_unreadable=True,
+                                  scale_masks=False)
 
     def sizes_of(pairs: list[Pair]) -> list[tuple[int, int]]:
         return [scaled_size(*data.sizes[pair.name], args.scale) for pair in pairs]  # as the model sees them
