@@ -1277,10 +1277,9 @@ def test_file_names_that_are_not_utf8_train_and_are_listed_in_the_csv_files(tmp_
     odd = os.fsdecode(b"x\xff_01")
     (data / "imgs" / "c0ffee000000_01.jpg").rename(data / "imgs" / f"{odd}.jpg")
     (data / "masks" / "c0ffee000000_01_mask.gif").rename(data / "masks" / f"{odd}_mask.gif")
-    run("train.py", "--epochs", "1", "--validation", "25", *TRAIN_FLAGS, cwd=tmp_path, real_process=True)
+    run("train.py", "--epochs", "1", "--validation", "25", *TRAIN_FLAGS, cwd=tmp_path)
     run("predict.py", "-m", "checkpoints/last.pth", "-i", data / "imgs", "-o", tmp_path / "out", "--csv",
-        "--workers", "0", cwd=tmp_path, real_process=True)
+        "--workers", "0", cwd=tmp_path)
     assert b"x\xff_01.jpg" in (tmp_path / "out" / "predictions.csv").read_bytes()  # the name's own bytes
-    run("evaluate.py", "-m", "checkpoints/last.pth", "-o", "scores.csv", "--workers", "0", cwd=tmp_path,
-        real_process=True)
+    run("evaluate.py", "-m", "checkpoints/last.pth", "-o", "scores.csv", "--workers", "0", cwd=tmp_path)
     assert b"x\xff_01" in (tmp_path / "scores.csv").read_bytes()

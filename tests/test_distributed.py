@@ -218,6 +218,7 @@ def test_the_validation_dice_under_torchrun_scores_the_classes_any_process_saw(t
     set_image_means(together, [True, True, True])
     expected = sum(r["dice"] for r in together) / 3  # one process scoring all three images
     results = torch.multiprocessing.Manager().dict()
-    torch.multiprocessing.spawn(_reduce_a_shard, args=(str(tmp_path / "store"), [first, second], results), nprocs=2)
+    torch.multiprocessing.start_processes(_reduce_a_shard, args=(str(tmp_path / "store"), [first, second], results),
+                                          nprocs=2, start_method="fork")  # forked: no second import of torch
     assert expected == pytest.approx(0.5)
     assert results[0] == pytest.approx(expected) and results[1] == pytest.approx(expected)  # not 0.0
