@@ -857,7 +857,10 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     # One global shuffle per epoch, dealt round-robin (the union of the processes' batches is the batch a
     # single process with world.size times the batch size would take), augmentation seeded per item; batches
     # of one image size each where the sizes allow (utils/sampling.py).
-    tiny = [index for index, size in enumerate(train_sizes) if max(size) < LONE_IMAGE_MIN_SIDE]
+    def cannot_train_alone(size: tuple[int, int]) -> bool:  # under 32 px both sides: a 1x1 deepest map
+        return max(size) < LONE_IMAGE_MIN_SIDE
+
+    tiny = [index for index, size in enumerate(train_sizes) if cannot_train_alone(size)]
     if tiny and (args.batch_size == 1 or len(train_set) <= world.size):  # one image per process at most
         (width, height), name = train_sizes[tiny[0]], train_pairs[tiny[0] % len(train_pairs)].image.name
         fix = "use --batch-size 2 or more" if args.batch_size == 1 else "add training images"
@@ -884,7 +887,7 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     calibration_sizes = [train_sizes[index] for index, _ in calibration_items]
     calibration_batches = [batch for batch in same_size_batches(range(len(calibration_items)), calibration_sizes,
                                                                 args.batch_size)
-                           if len(batch) > 1 or max(calibration_sizes[batch[0]]) >= LONE_IMAGE_MIN_SIDE]
+                           if len(batch) > 1 or not cannot_train_alone(calibration_sizes[batch[0]])]
     calibration = BatchCache(make_loader(calibration_set, args.batch_size, device,
                                          min(side_workers, len(calibration_set)), batches=calibration_batches,
                                          stops_gracefully=True)) \
