@@ -126,6 +126,7 @@ def export_metadata(model: nn.Module, checkpoint: dict[str, Any], scale: float) 
         "mask_palette": model.mask_palette,
         "scale": scale,
         "bilinear": model.bilinear,
+        "base_channels": model.base_channels,
         "input_layout": "NCHW",
         "input_dtype": "float32",
         "input_colour": {1: "L", 3: "RGB"}.get(model.n_channels),

@@ -57,7 +57,7 @@ def _own_packages() -> Iterator[None]:
 
 
 with _own_packages():
-    from unet import UNet
+    from unet import CLASSIC_BASE_CHANNELS, UNet
     from utils.atomic_files import atomic_path
     from utils.checkpoint import checkpoint_from_data, load_checkpoint, model_from_checkpoint
     from utils.errors import UserError
@@ -180,8 +180,10 @@ def _whole_number(name: str, value: object) -> int | None:
 
 
 def unet(n_channels: int | None = None, n_classes: int | None = None, bilinear: bool | None = None,
-         weights: str | os.PathLike | dict | None = None, progress: bool = True) -> UNet:
-    """A U-Net, untrained (3 channels, 2 classes, transposed-conv upsampling unless told otherwise) or with
+         weights: str | os.PathLike | dict | None = None, progress: bool = True,
+         base_channels: int | None = None) -> UNet:
+    """A U-Net, untrained (3 channels, 2 classes, transposed-conv upsampling, the classic 64 base channels unless
+    told otherwise) or with
     weights: a checkpoint's path or http(s)/file URL (ours or a reference state_dict), or such a dict already
     loaded. The model comes back in training mode, as torch.hub's models do: eval() it to predict.
 
@@ -190,15 +192,18 @@ def unet(n_channels: int | None = None, n_classes: int | None = None, bilinear: 
     scale: images are resized by it first) from the checkpoint; utils.inference.predict_image uses them.
     """
     n_channels, n_classes = _whole_number("n_channels", n_channels), _whole_number("n_classes", n_classes)
+    base_channels = _whole_number("base_channels", base_channels)
     if bilinear is not None:
         if not isinstance(bilinear, (bool, np.bool_)):
             raise ValueError(f"bilinear must be True or False, got {bilinear!r}")
         bilinear = bool(bilinear)
     if weights is None:
-        return UNet(3 if n_channels is None else n_channels, 2 if n_classes is None else n_classes, bool(bilinear))
+        return UNet(3 if n_channels is None else n_channels, 2 if n_classes is None else n_classes, bool(bilinear),
+                    CLASSIC_BASE_CHANNELS if base_channels is None else base_channels)
     checkpoint = _weights_checkpoint(weights, progress)
     stored = checkpoint["model_args"]
-    for name, given in (("n_channels", n_channels), ("n_classes", n_classes), ("bilinear", bilinear)):
+    for name, given in (("n_channels", n_channels), ("n_classes", n_classes), ("bilinear", bilinear),
+                        ("base_channels", base_channels)):
         if given is not None and given != stored[name]:
             raise ValueError(f"{weights} holds a U-Net with {name}={stored[name]!r}, not {given!r}: leave {name} "
                              "out (the file decides)")

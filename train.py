@@ -27,7 +27,7 @@ from torch.utils.data import Dataset, Subset
 from tqdm import tqdm
 
 from evaluate import evaluate, set_image_means
-from unet import LONE_IMAGE_MIN_SIDE, UNet
+from unet import CLASSIC_BASE_CHANNELS, LONE_IMAGE_MIN_SIDE, UNet
 from utils.augmentation import AUGMENT_PRESETS, train_augmentation
 from utils.batch_cache import BatchCache
 from utils.batchnorm import calibration_keys, recalibrate_batchnorm
@@ -118,12 +118,15 @@ def default_workers(device: torch.device, world: World) -> int:
     return max(1, cores // 8)
 
 
-def default_batch_size(device: torch.device, precision: Precision, pixels: int, checkpointing: bool) -> int:
+def default_batch_size(device: torch.device, precision: Precision, pixels: int, checkpointing: bool,
+                       base_channels: int = CLASSIC_BASE_CHANNELS) -> int:
     """CPU: 4 (a CPU step costs the same per image at any batch size). GPU: the largest power of two up to 16
-    whose activations fit in 70% of the free memory, by the per-pixel figures above."""
+    whose activations fit in 70% of the free memory, by the per-pixel figures above (for the classic width;
+    every feature map, and so the memory, is proportional to it)."""
     if device.type != "cuda":
         return 4
     per_pixel = BYTES_PER_PIXEL["checkpointed" if checkpointing else "fp32" if precision.dtype is None else "half"]
+    per_pixel = per_pixel * base_channels / CLASSIC_BASE_CHANNELS
     free, _ = torch.cuda.mem_get_info(device)
     batch = MAX_AUTO_BATCH
     while batch > 1 and batch * pixels * per_pixel > 0.7 * free:
@@ -188,6 +191,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     model.add_argument("--channels", type=int, default=None, choices=(1, 3),
                        help="image channels the model reads (default: 3, or those of the --load weights)")
     model.add_argument("--bilinear", action="store_true", help="bilinear upsampling instead of transposed conv")
+    model.add_argument("--base-channels", type=int, default=None, metavar="N",
+                       help="feature maps of the first block, doubled at each of the four levels down; compute "
+                            "and parameters grow with its square: 64 is the classic U-Net (31M parameters), 32 has "
+                            "7.8M, 16 has 1.9M (default: 64, or that of the --load weights)")
     model.add_argument("--load", "-f", default=None, metavar="FILE",
                        help="start from the weights of this checkpoint (ours or a reference .pth)")
     model.add_argument("--checkpointing", action="store_true",
@@ -253,6 +260,7 @@ def check_args(args: argparse.Namespace) -> None:
         ("--scale", args.scale, 0 < args.scale <= 1, "above 0 and at most 1"),
         ("--validation", args.validation, 0 <= args.validation < 100, "a percent from 0 to below 100"),
         ("--classes", args.classes, args.classes is None or args.classes >= 1, at_least_1),
+        ("--base-channels", args.base_channels, args.base_channels is None or args.base_channels >= 1, at_least_1),
         ("--workers", args.workers, args.workers is None or args.workers >= 0, "0 (none) or more"),
         ("--log-every", args.log_every, args.log_every >= 1, at_least_1),
         ("--max-bad-steps", args.max_bad_steps, args.max_bad_steps >= 1, at_least_1),
@@ -409,7 +417,8 @@ def keep_run_settings(args: argparse.Namespace, resumed: dict, resume_file: Path
     architecture = resumed["model_args"]
     saved_args = resumed.get("args", {})
     kept = {"classes": architecture["n_classes"], "channels": architecture["n_channels"],
-            "bilinear": architecture["bilinear"], "scale": resumed.get("scale", args.scale),
+            "bilinear": architecture["bilinear"], "base_channels": architecture["base_channels"],
+            "scale": resumed.get("scale", args.scale),
             **{name: saved_args.get(name, getattr(args, name))
                for name in ("binarize", "ignore_index", "class_weights", "batch_size", "validation", "crop",
                             "crops_per_image", "crop_foreground", "augment", "seed", "grad_clip",
@@ -747,7 +756,13 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
                             f"images: leave out --channels, or start without --load")
         args.channels = stored
         args.classes = args.classes or weights["model_args"]["n_classes"]
+        width = weights["model_args"]["base_channels"]
+        if args.base_channels not in (None, width):
+            raise UserError(f"--base-channels is {args.base_channels} but {args.load} holds a model of {width} base "
+                            "channels: leave out --base-channels, or start without --load")
+        args.base_channels = width
     args.channels = args.channels or 3
+    args.base_channels = args.base_channels or CLASSIC_BASE_CHANNELS
 
     # Data: pair and check the files (decoded once, cached; rank 0 first so the others read its cache),
     # settle the classes, split, wrap in loaders that give each process its share.
@@ -807,7 +822,8 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     if args.batch_size is None:
         scaled_width, scaled_height = args.crop or largest
         args.batch_size = smallest_everywhere(  # GPUs with different free memory still step the same batches
-            default_batch_size(device, precision, scaled_width * scaled_height, args.checkpointing), world, device)
+            default_batch_size(device, precision, scaled_width * scaled_height, args.checkpointing,
+                               args.base_channels), world, device)
     if resumed is not None:
         train_pairs, val_pairs, notes = resumed_split(data.pairs, resumed, resume_file, args.validation, args.seed)
         for line in notes:
@@ -898,7 +914,7 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
         model = model_from_checkpoint(weights, n_classes=args.classes, bilinear=args.bilinear or None)
         args.bilinear = model.bilinear
     else:
-        model = UNet(args.channels, args.classes, args.bilinear)
+        model = UNet(args.channels, args.classes, args.bilinear, args.base_channels)
     model.use_checkpointing(args.checkpointing)
     if args.sync_batchnorm and world.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)

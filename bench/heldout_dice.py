@@ -152,6 +152,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--presets", nargs="+", default=["none", "light", "strong"], help="augmentation presets")
     parser.add_argument("--seeds", type=int, default=1, help="training runs per preset (different seeds)")
     parser.add_argument("--epochs", type=int, default=None, help="override the data sets' epoch counts")
+    parser.add_argument("--base-channels", type=int, default=None,
+                        help="train.py --base-channels, the model's width (default: train.py's, 64)")
     parser.add_argument("--tta", nargs="+", choices=TTA_CHOICES, default=["none"],
                         help="score each trained model with these test-time augmentations (default: none)")
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/unet_heldout"), help="scratch folder")
@@ -167,7 +169,8 @@ def main(args: argparse.Namespace) -> None:
         if name == "nuclei":
             print(f"nuclei: Otsu threshold baseline, held-out Dice {otsu_dice(test_dir):.4f}")
         for preset in args.presets:
-            flags = SETTINGS[name] + (["--epochs", str(args.epochs)] if args.epochs else [])
+            flags = SETTINGS[name] + (["--epochs", str(args.epochs)] if args.epochs else []) + \
+                (["--base-channels", str(args.base_channels)] if args.base_channels else [])
             for seed in range(args.seeds):
                 result = train_and_score(train_dir, test_dir, flags, preset,
                                          args.work_dir / name / f"run_{preset}_{seed}", seed, tuple(args.tta))
@@ -179,7 +182,8 @@ def main(args: argparse.Namespace) -> None:
     for name, preset, seed, mode, score, seconds in rows:
         print(f"| {name} | {preset} | {seed} | {mode} | {score:.4f} | {seconds:.0f} |")
     epochs = f", --epochs {args.epochs} for all" if args.epochs else ""
-    print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, flags: {SETTINGS}{epochs}")
+    width = f", --base-channels {args.base_channels}" if args.base_channels else ""
+    print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, flags: {SETTINGS}{epochs}{width}")
 
 
 if __name__ == "__main__":

@@ -21,10 +21,10 @@ from torch.utils._pytree import tree_flatten
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.arguments import height_x_width  # noqa: E402
-from unet import UNet  # noqa: E402
-from utils.device import choose_device, memory_format  # noqa: E402
+from unet import CLASSIC_BASE_CHANNELS, UNet  # noqa: E402
+from utils.device import Precision, choose_device, memory_format  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
-from utils.inference import INFERENCE_BYTES_PER_PIXEL  # noqa: E402
+from utils.inference import bytes_per_pixel  # noqa: E402
 
 
 class LiveTensorBytes(TorchDispatchMode):
@@ -81,16 +81,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: CUDA if available)")
     parser.add_argument("--sizes", nargs="+", type=height_x_width, default=[(320, 480), (640, 959)],
                         help="HxW input sizes")
+    parser.add_argument("--base-channels", type=int, default=CLASSIC_BASE_CHANNELS,
+                        help="the model's width, as train.py's flag (default: %(default)s)")
     return parser
 
 
 def main(args: argparse.Namespace) -> None:
     device = choose_device(args.device)
-    model = UNet(3, 2).to(device, memory_format=memory_format(device)).eval()
+    model = UNet(3, 2, base_channels=args.base_channels).to(device, memory_format=memory_format(device)).eval()
     for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
         for height, width in args.sizes:
             peak = forward_peak(model, height, width, device, dtype)
-            budgeted = INFERENCE_BYTES_PER_PIXEL["fp32" if dtype is None else "half"]
+            budgeted = bytes_per_pixel(Precision(device.type, dtype), args.base_channels)
             print(f"{device.type} {name} {height}x{width}: peak {peak / 2**20:.0f} MiB = "
                   f"{peak / (height * width):.0f} bytes per pixel (--tile auto budgets {budgeted})", flush=True)
 

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import train  # noqa: E402
 from bench.arguments import MIN_SIDE, at_least, scale_factor  # noqa: E402
 from bench.reference_recipe import train_reference  # noqa: E402
-from unet import UNet  # noqa: E402
+from unet import CLASSIC_BASE_CHANNELS, UNet  # noqa: E402
 from utils.device import (  # noqa: E402
     choose_device,
     choose_precision,
@@ -67,6 +67,7 @@ def run_ours(args: argparse.Namespace, imgs: Path, masks: Path, run_dir: Path) -
             flags += [flag, str(value)]
     flags += ["--amp"] if args.amp else []
     flags += ["--checkpointing"] if args.checkpointing else []
+    flags += ["--base-channels", str(args.base_channels)]
     flags += ["--crop", args.crop] if args.crop else []
     result = train.main(train.get_args_parser().parse_args(flags))
     return [{"images_per_second": float(row["images_per_second"]), "data_wait": float(row["data_wait"])}
@@ -92,7 +93,7 @@ def model_only_step(args: argparse.Namespace) -> tuple[Callable[[], None], torch
     torch.backends.cudnn.benchmark = True
     batch = args.batch_size or 4
     height, width = int(args.height * args.scale), int(args.width * args.scale)
-    model = UNet(3, 2).to(device, memory_format=memory_format(device))
+    model = UNet(3, 2, base_channels=args.base_channels).to(device, memory_format=memory_format(device))
     model.use_checkpointing(args.checkpointing)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     compiled = should_compile(args.compile, device)
@@ -145,6 +146,9 @@ def add_step_arguments(parser: argparse.ArgumentParser) -> None:
                         help="--model-only: torch.compile's mode, e.g. max-autotune-no-cudagraphs or reduce-overhead "
                              "(default: torch's own), to see whether train.py should offer one")
     parser.add_argument("--checkpointing", action="store_true", help="train.py --checkpointing")
+    parser.add_argument("--base-channels", type=at_least(1), default=CLASSIC_BASE_CHANNELS,
+                        help="train.py --base-channels, the model's width (ours and --model-only; default: "
+                             "%(default)s)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: CUDA if available)")
 
 
@@ -152,6 +156,8 @@ def check_args(args: argparse.Namespace) -> None:
     """What argparse cannot check alone (tests/test_gpu_check.py runs it on gpu_check.sh's commands)."""
     if args.epochs < 2:
         raise UserError("--epochs must be at least 2: the first epoch is warm-up")
+    if args.recipe == "reference" and not args.model_only and args.base_channels != CLASSIC_BASE_CHANNELS:
+        raise UserError("--base-channels is for our recipe: the reference's U-Net has 64")
     if args.compile_mode and not args.model_only:
         raise UserError("--compile-mode is for --model-only runs: train.py compiles with torch's default mode")
 

@@ -26,6 +26,12 @@ if str(REPO) not in sys.path:  # import unet/ and utils/ also when pytest is not
 # The inputs here are tiny: on a small CPU, intra-op threads cost far more in synchronisation than they gain.
 torch.set_num_threads(1)
 
+# Training runs that test the loop, its files and its resumes, not what the model learns, train a narrow U-Net:
+# the loop is the same at any width, and a step of the 31M-parameter classic one cost 0.56 s against 0.04 s at 16
+# base channels (1.9M parameters; batch 4 of 37x53, one thread), its checkpoint 0.38 s to write against 0.04 s
+# (2-core CPU, 2026-11-29). Tests of the classic layout and of what training reaches keep the classic width.
+NARROW_UNET = ["--base-channels", "16"]
+
 # Odd sizes on purpose: they exercise the padding in Up and the int(scale * side) rule.
 HEIGHT, WIDTH = 37, 53
 

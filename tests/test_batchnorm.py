@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import disc_mask, random_rgb, write_image
+from conftest import NARROW_UNET, disc_mask, random_rgb, write_image
 from torch import nn
 
 import train
@@ -78,7 +78,8 @@ def test_train_recomputes_the_statistics_each_epoch_and_leaves_the_training_alon
         train.main(train.get_args_parser().parse_args([
             "--imgs", str(tmp_path / "imgs"), "--masks", str(tmp_path / "masks"), "--scale", "1", "--epochs", "2",
             "--batch-size", "2", "--validation", "20", "--workers", "0", "--wandb", "disabled",
-            "--learning-rate", "1e-3", "--checkpoint-dir", str(tmp_path / images), "--batchnorm-images", images]))
+            "--learning-rate", "1e-3", "--checkpoint-dir", str(tmp_path / images), "--batchnorm-images", images,
+            *NARROW_UNET]))
         runs[images] = load_checkpoint(tmp_path / images / "last.pth")["model"]
 
     kept, recomputed = runs["0"], runs["3"]

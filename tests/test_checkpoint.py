@@ -132,11 +132,41 @@ def test_saved_checkpoint_rebuilds_a_model_with_identical_outputs(saved_run):
 def test_checkpoint_carries_mask_values_model_args_and_extras(saved_run):
     checkpoint = load_checkpoint(saved_run["path"])
     assert checkpoint["format"] == 1
-    assert checkpoint["model_args"] == {"n_channels": 1, "n_classes": 3, "bilinear": True}
+    assert checkpoint["model_args"] == {"n_channels": 1, "n_classes": 3, "bilinear": True, "base_channels": 64}
     assert checkpoint["mask_values"] == [0, 10, 20]
     assert (checkpoint["scale"], checkpoint["epoch"], checkpoint["best_dice"]) == (0.5, 3, 0.75)
     assert checkpoint["args"] == {"data": "data/imgs", "size": [32, 48], "amp": True}  # plain types only
     assert checkpoint["source"] == str(saved_run["path"])
+
+
+def test_a_narrow_model_keeps_its_width_and_checkpoints_from_before_the_width_existed_are_classic(ckpt_dir):
+    torch.manual_seed(0)
+    narrow = UNet(n_channels=3, n_classes=2, base_channels=16)
+    save_checkpoint(ckpt_dir / "narrow.pth", narrow, [0, 255])
+    checkpoint = load_checkpoint(ckpt_dir / "narrow.pth")
+    assert checkpoint["model_args"]["base_channels"] == 16
+    rebuilt = model_from_checkpoint(checkpoint)
+    assert rebuilt.base_channels == 16 and torch.equal(outputs(rebuilt), outputs(narrow))
+
+    classic = UNet(n_channels=3, n_classes=2)
+    save_checkpoint(ckpt_dir / "older.pth", classic, [0, 255])
+    older = torch.load(ckpt_dir / "older.pth", weights_only=True)
+    del older["model_args"]["base_channels"]  # as this project wrote them before the flag
+    torch.save(older, ckpt_dir / "older.pth")
+    checkpoint = load_checkpoint(ckpt_dir / "older.pth")
+    assert checkpoint["model_args"]["base_channels"] == 64
+    assert torch.equal(outputs(model_from_checkpoint(checkpoint)), outputs(classic))
+
+
+def test_weights_of_another_width_than_declared_are_refused_naming_both(ckpt_dir):
+    save_checkpoint(ckpt_dir / "lying.pth", UNet(n_channels=3, n_classes=2, base_channels=16), [0, 1])
+    checkpoint = torch.load(ckpt_dir / "lying.pth", weights_only=True)
+    checkpoint["model_args"]["base_channels"] = 32
+    torch.save(checkpoint, ckpt_dir / "lying.pth")
+    with pytest.raises(UserError, match=r"lying.pth does not fit the U-Net layout UNet\(n_channels=3, n_classes=2, "
+                                        r"bilinear=False, base_channels=32\): 'inc.double_conv.0.weight' has shape "
+                                        r"\[16, 3, 3, 3\], the layout needs \[32, 3, 3, 3\]"):
+        load_checkpoint(ckpt_dir / "lying.pth")
 
 
 def test_checkpoint_of_wrapped_model_has_the_plain_unet_keys(saved_run):
@@ -224,19 +254,21 @@ def test_load_model_returns_eval_model_and_checkpoint(saved_run):
 
 
 @pytest.mark.parametrize(
-    ("n_channels", "n_classes", "bilinear", "mask_values"),
-    [(3, 1, False, [0, 255]), (1, 3, False, [0, 10, 20]), (3, 1, True, [0, 1]), (1, 3, True, [0, 128, 255])],
-    ids=["tconv-1class", "tconv-3class", "bilinear-1class", "bilinear-3class"],
+    ("n_channels", "n_classes", "bilinear", "base_channels", "mask_values"),
+    [(3, 1, False, 64, [0, 255]), (1, 3, False, 16, [0, 10, 20]), (3, 1, True, 64, [0, 1]),
+     (1, 3, True, 8, [0, 128, 255])],
+    ids=["tconv-1class", "tconv-3class-narrow", "bilinear-1class", "bilinear-3class-narrow"],
 )
 def test_plain_state_dict_with_mask_values_infers_architecture(ckpt_dir, n_channels, n_classes, bilinear,
-                                                               mask_values):
+                                                               base_channels, mask_values):
     torch.manual_seed(0)
-    model = UNet(n_channels, n_classes, bilinear)
+    model = UNet(n_channels, n_classes, bilinear, base_channels)
     set_running_stats(model, seed=2)
     path = ckpt_dir / "reference.pth"
     torch.save({**model.state_dict(), "mask_values": mask_values}, path)
     checkpoint = load_checkpoint(path)
-    expected_args = {"n_channels": n_channels, "n_classes": n_classes, "bilinear": bilinear}
+    expected_args = {"n_channels": n_channels, "n_classes": n_classes, "bilinear": bilinear,
+                     "base_channels": base_channels}
     assert checkpoint["model_args"] == expected_args
     assert checkpoint["mask_values"] == mask_values
     assert "mask_values" not in checkpoint["model"]
@@ -431,7 +463,7 @@ def test_reference_layout_files_load_and_rebuild(ckpt_dir, reference_layouts, se
     path = ckpt_dir / "reference.pth"
     torch.save({**weights, "mask_values": [0, 255]} if with_mask_values else weights, path)
     checkpoint = load_checkpoint(path)
-    assert checkpoint["model_args"] == layout["constructor"]
+    assert checkpoint["model_args"] == {**layout["constructor"], "base_channels": 64}  # the classic width
     model = model_from_checkpoint(checkpoint)
     assert all(torch.equal(model.state_dict()[key], value) for key, value in weights.items())
 
@@ -593,6 +625,8 @@ def test_declared_architecture_that_contradicts_the_weights_is_refused(ckpt_dir)
 @pytest.mark.parametrize(("entry", "value", "complaint"), [
     ("model_args", {"n_channels": 3, "n_classes": "2", "bilinear": False}, "n_classes is '2', not a positive"),
     ("model_args", [3, 2, False], "model_args is [3, 2, False]"),
+    ("model_args", {"n_channels": 3, "n_classes": 2, "bilinear": False, "base_channels": 0},
+     "base_channels is 0, not a positive"),
     ("model", [1, 2], "its weights are a list, not a state_dict"),
     ("mask_values", "0,255", "mask_values is '0,255', not a list"),
     ("scale", -1.0, "scale is -1.0, not a positive number"),
@@ -709,7 +743,8 @@ def test_unwrap_model_finds_the_unet_in_wrappers():
     assert unwrap_model(FakeDDP(net)) is net
     assert unwrap_model(FakeCompiled(net)) is net
     assert unwrap_model(FakeDDP(FakeCompiled(net))) is net
-    assert model_args(FakeCompiled(FakeDDP(net))) == {"n_channels": 1, "n_classes": 1, "bilinear": True}
+    assert model_args(FakeCompiled(FakeDDP(net))) == {"n_channels": 1, "n_classes": 1, "bilinear": True,
+                                                      "base_channels": 64}
 
 
 def test_unwrap_model_refuses_modules_without_a_unet():
@@ -817,7 +852,8 @@ def test_inference_scale_prefers_flag_then_checkpoint_then_half():
 def test_resume_keeps_the_runs_settings_and_names_each_flag_it_overrides(tmp_path: pathlib.Path) -> None:
     import train
 
-    resumed = {"model_args": {"n_classes": 3, "n_channels": 3, "bilinear": False}, "scale": 0.25,
+    resumed = {"model_args": {"n_classes": 3, "n_channels": 3, "bilinear": False, "base_channels": 64},
+               "scale": 0.25,
                "args": {"batch_size": 4, "binarize": False, "ignore_index": None, "class_weights": None}}
     args = train.get_args_parser().parse_args(["--batch-size", "8", "--scale", "0.25", "--classes", "3"])
     lines = train.keep_run_settings(args, resumed, tmp_path / "last.pth")
@@ -826,13 +862,27 @@ def test_resume_keeps_the_runs_settings_and_names_each_flag_it_overrides(tmp_pat
                      "(start a new run to change it)"]  # flags left at their defaults, or equal, pass silently
 
 
+def test_resume_keeps_the_runs_width(tmp_path: pathlib.Path) -> None:
+    import train
+
+    resumed = {"model_args": {"n_classes": 2, "n_channels": 3, "bilinear": False, "base_channels": 16}, "args": {}}
+    args = train.get_args_parser().parse_args([])
+    assert train.keep_run_settings(args, resumed, tmp_path / "last.pth") == [] and args.base_channels == 16
+    args = train.get_args_parser().parse_args(["--base-channels", "32"])
+    assert train.keep_run_settings(args, resumed, tmp_path / "last.pth") == [
+        f"note: {tmp_path / 'last.pth'} continues with --base-channels 16; --base-channels 32 is ignored (start a "
+        "new run to change it)"]
+    assert args.base_channels == 16
+
+
 def test_resume_takes_seed_and_augmentation_left_out_and_names_a_flag_typed_at_its_default(
         tmp_path: pathlib.Path) -> None:
     """Found by a review: `--resume auto -e 10` (the README's example) went on with seed 0 and light augmentation
     instead of the run's 7 and strong, without a word; a typed --scale 0.5 against a run at 1.0 got no note."""
     import train
 
-    resumed = {"model_args": {"n_classes": 2, "n_channels": 3, "bilinear": False}, "scale": 1.0,
+    resumed = {"model_args": {"n_classes": 2, "n_channels": 3, "bilinear": False, "base_channels": 64},
+               "scale": 1.0,
                "args": {"batch_size": 2, "binarize": None, "ignore_index": None, "class_weights": None,
                         "seed": 7, "augment": "strong", "grad_clip": 0.5}}
     args = train.get_args_parser().parse_args(["--resume", "auto", "-e", "10"])
@@ -849,7 +899,8 @@ def test_resume_keeps_the_runs_max_bad_steps_unless_typed(tmp_path: pathlib.Path
     steps in a row that its run had been told to stop at 3."""
     import train
 
-    resumed = {"model_args": {"n_classes": 2, "n_channels": 3, "bilinear": False}, "scale": 0.5,
+    resumed = {"model_args": {"n_classes": 2, "n_channels": 3, "bilinear": False, "base_channels": 64},
+               "scale": 0.5,
                "args": {"batch_size": 1, "epochs": 5, "max_bad_steps": 3}}
     args = train.get_args_parser().parse_args(["--resume", "auto"])
     assert train.keep_run_settings(args, resumed, tmp_path / "last.pth") == [
@@ -866,7 +917,8 @@ def test_resume_reads_binarize_as_stored_also_the_true_false_of_older_checkpoint
         tmp_path: pathlib.Path, stored: bool | int, given: list[str], kept: int | None) -> None:
     import train
 
-    resumed = {"model_args": {"n_classes": 2, "n_channels": 3, "bilinear": False}, "scale": 0.5,
+    resumed = {"model_args": {"n_classes": 2, "n_channels": 3, "bilinear": False, "base_channels": 64},
+               "scale": 0.5,
                "args": {"batch_size": 1, "binarize": stored, "ignore_index": None, "class_weights": None}}
     args = train.get_args_parser().parse_args(["--batch-size", "1", *given])
     assert train.keep_run_settings(args, resumed, tmp_path / "last.pth") == []  # the same setting: no note

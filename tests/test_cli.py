@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_script
+from conftest import NARROW_UNET, run_script
 from PIL import Image
 
 from unet import UNet
@@ -20,8 +20,8 @@ from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
-TRAIN_FLAGS = ["--scale", "1", "--batch-size", "4", "--learning-rate", "3e-3", "--wandb", "disabled",
-               "--workers", "0", "--log-every", "1"]
+TRAIN_FLAGS = ["--scale", "1", "--batch-size", "4", "--learning-rate", "1e-2", "--wandb", "disabled",
+               "--workers", "0", "--log-every", "1", *NARROW_UNET]
 
 
 def write_carvana_like(folder: Path, count: int, size: tuple[int, int] = (48, 32), seed: int = 0) -> Path:
@@ -64,7 +64,7 @@ def test_train_writes_checkpoints_metrics_and_curves(trained: Path) -> None:
     folder = trained / "checkpoints"
     assert {"last.pth", "best.pth", "metrics.csv", "training_curves.png"} <= {p.name for p in folder.iterdir()}
     checkpoint = load_checkpoint(folder / "last.pth")
-    assert checkpoint["model_args"] == {"n_channels": 3, "n_classes": 2, "bilinear": False}
+    assert checkpoint["model_args"] == {"n_channels": 3, "n_classes": 2, "bilinear": False, "base_channels": 16}
     assert checkpoint["mask_values"] == [0, 1]
     assert checkpoint["scale"] == 1.0 and checkpoint["epoch"] == 3
     assert checkpoint["step"] == 3 * 2  # 8 training images in batches of 4
@@ -519,17 +519,18 @@ def test_load_takes_the_architecture_from_the_weights_file(tmp_path: Path, capsy
 
     write_carvana_like(tmp_path / "data", 3)
     base = ["--imgs", str(tmp_path / "data" / "imgs"), "--masks", str(tmp_path / "data" / "masks"),
-            "--epochs", "1", "--validation", "0", *TRAIN_FLAGS]
+            "--epochs", "1", "--validation", "0", *TRAIN_FLAGS[:-len(NARROW_UNET)]]
     train.main(train.get_args_parser().parse_args(
-        [*base, "--channels", "1", "--bilinear", "--classes", "3", "--checkpoint-dir", str(tmp_path / "first")]))
+        [*base, "--channels", "1", "--bilinear", "--classes", "3", "--checkpoint-dir", str(tmp_path / "first"),
+         "--base-channels", "8"]))
     assert "note: --classes 3 but the masks hold 2 values: class 2 never appears in them; predict.py writes it " \
            "as 2" in capsys.readouterr().err
     assert load_checkpoint(tmp_path / "first" / "last.pth")["mask_values"] == [0, 1, 2]
-    # no --channels, --bilinear or --classes: all three come from the file given to --load
+    # no --channels, --bilinear, --classes or --base-channels: all four come from the file given to --load
     train.main(train.get_args_parser().parse_args(
         [*base, "--load", str(tmp_path / "first" / "last.pth"), "--checkpoint-dir", str(tmp_path / "second")]))
     second = load_checkpoint(tmp_path / "second" / "last.pth")
-    assert second["model_args"] == {"n_channels": 1, "n_classes": 3, "bilinear": True}
+    assert second["model_args"] == {"n_channels": 1, "n_classes": 3, "bilinear": True, "base_channels": 8}
     with pytest.raises(UserError, match="use --classes 3"):
         train.main(train.get_args_parser().parse_args(
             [*base, "--load", str(tmp_path / "first" / "last.pth"), "--classes", "2",
@@ -537,6 +538,11 @@ def test_load_takes_the_architecture_from_the_weights_file(tmp_path: Path, capsy
     with pytest.raises(UserError, match="--channels is 3 but .*last.pth holds a model of 1-channel images"):
         train.main(train.get_args_parser().parse_args(
             [*base, "--load", str(tmp_path / "first" / "last.pth"), "--channels", "3",
+             "--checkpoint-dir", str(tmp_path / "third")]))
+    with pytest.raises(UserError, match="--base-channels is 16 but .*last.pth holds a model of 8 base channels: "
+                                        "leave out --base-channels, or start without --load"):
+        train.main(train.get_args_parser().parse_args(
+            [*base, "--load", str(tmp_path / "first" / "last.pth"), *NARROW_UNET,
              "--checkpoint-dir", str(tmp_path / "third")]))
 
 
@@ -551,7 +557,7 @@ def test_load_of_a_model_with_fewer_classes_than_the_masks_says_what_works(tmp_p
         values[:, :10], values[:, 10:20] = 255, 127
         Image.fromarray(values).save(mask.with_suffix(".png"))
         mask.unlink()
-    torch.save({**UNet(3, 2).state_dict(), "mask_values": [0, 255]}, tmp_path / "two.pth")
+    torch.save({**UNet(3, 2, base_channels=16).state_dict(), "mask_values": [0, 255]}, tmp_path / "two.pth")
     flags = ["--imgs", str(tmp_path / "data" / "imgs"), "--masks", str(tmp_path / "data" / "masks"), *TRAIN_FLAGS,
              "--checkpoint-dir", str(tmp_path / "run"), "--load", str(tmp_path / "two.pth")]
     with pytest.raises(UserError) as error:
@@ -560,7 +566,7 @@ def test_load_of_a_model_with_fewer_classes_than_the_masks_says_what_works(tmp_p
                                 "2 classes, and --load keeps its output layer: train a new model (leave out --load), "
                                 "or use masks of at most 2 values")
     assert not (tmp_path / "run" / "last.pth").exists()
-    torch.save({**UNet(3, 1).state_dict(), "mask_values": [0, 255]}, tmp_path / "one.pth")
+    torch.save({**UNet(3, 1, base_channels=16).state_dict(), "mask_values": [0, 255]}, tmp_path / "one.pth")
     flags[-1] = str(tmp_path / "one.pth")
     with pytest.raises(UserError, match=r"one.pth predicts 1 class \(foreground or not\), and --load keeps its output "
                                         r"layer: train a new model \(leave out --load\), or use masks of at most 2"):
@@ -1111,13 +1117,13 @@ def test_a_resumed_run_keeps_its_optimizer_settings_and_says_which_flags_it_igno
     write_carvana_like(tmp_path / "data", 6)
     flags = ["--validation", "0", *TRAIN_FLAGS]
     run("train.py", "--epochs", "1", *flags, cwd=tmp_path)
-    result = run("train.py", "--epochs", "2", "--resume", "auto", *flags, "--learning-rate", "0.01",
+    result = run("train.py", "--epochs", "2", "--resume", "auto", *flags, "--learning-rate", "0.003",
                  "--weight-decay", "0.5", "--load", "checkpoints/last.pth", cwd=tmp_path)
-    assert "--learning-rate 0.003; --learning-rate 0.01 is ignored" in result.stderr
+    assert "--learning-rate 0.01; --learning-rate 0.003 is ignored" in result.stderr
     assert "--weight-decay 0.0001; --weight-decay 0.5 is ignored" in result.stderr
     assert "continues with its own weights; --load checkpoints/last.pth is ignored" in result.stderr
     saved = load_checkpoint(tmp_path / "checkpoints" / "last.pth")
-    assert saved["args"]["learning_rate"] == 3e-3 and saved["args"]["weight_decay"] == 1e-4
+    assert saved["args"]["learning_rate"] == 1e-2 and saved["args"]["weight_decay"] == 1e-4
     assert saved["optimizer"]["param_groups"][0]["weight_decay"] == 1e-4
 
 
@@ -1159,7 +1165,7 @@ def test_a_resume_on_grown_data_ends_the_cosine_at_its_last_step(tmp_path: Path)
     run("train.py", "--epochs", "2", "--resume", "auto", *flags, cwd=tmp_path)  # 5 more steps on 10 images
     with open(tmp_path / "checkpoints" / "metrics.csv", newline="") as file:
         rates = [float(row["lr"]) for row in csv.DictReader(file)]
-    assert rates[-1] == pytest.approx(3e-5)  # the floor (learning rate / 100) at the run's last step
+    assert rates[-1] == pytest.approx(1e-4)  # the floor (learning rate / 100) at the run's last step
 
 
 def test_a_resume_by_another_number_of_processes_starts_its_epoch_over(tmp_path: Path) -> None:

@@ -78,6 +78,15 @@ def test_default_batch_size_on_gpu_fits_free_memory(monkeypatch, free_gib, dtype
     assert batch == 1 or batch * pixels * per_pixel <= 0.7 * free_gib * 2**30
 
 
+def test_default_batch_size_on_gpu_counts_the_width_of_the_model(monkeypatch):
+    """Every feature map is proportional to --base-channels: a quarter of the width fits four times the batch."""
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (8 * 2**30, 80 * 2**30))
+    cuda, bf16, pixels = torch.device("cuda"), Precision("cuda", torch.bfloat16), 959 * 640
+    assert train.default_batch_size(cuda, bf16, pixels, False) == 2
+    assert train.default_batch_size(cuda, bf16, pixels, False, base_channels=16) == 8
+    assert train.default_batch_size(cuda, bf16, pixels, False, base_channels=128) == 1
+
+
 @pytest.mark.parametrize("choice, device, expected", [
     ("auto", "cpu", False), ("auto", "cuda", True), ("on", "cpu", True), ("off", "cuda", False),
 ])

@@ -10,14 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_script
+from conftest import NARROW_UNET, run_script
 from PIL import Image
 
 from utils.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 FLAGS = ["--scale", "1", "--epochs", "2", "--validation", "20", "--wandb", "disabled", "--workers", "0",
-         "--augment", "none", "--precision", "fp32", "--compile", "off", "--learning-rate", "1e-3", "--log-every", "1"]
+         "--augment", "none", "--precision", "fp32", "--compile", "off", "--learning-rate", "1e-3", "--log-every", "1",
+         *NARROW_UNET]
 
 
 def write_discs(folder: Path, count: int, size: tuple[int, int] = (40, 32)) -> None:

@@ -50,10 +50,11 @@ def pytorch_logits(checkpoint: Path, batch: torch.Tensor) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def colour_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """2 classes with colour mask values, trained at scale 0.25, saved as train.py saves it."""
+    """2 classes with colour mask values, trained at scale 0.25, saved as train.py saves it; narrow, as the
+    export is the same at any width (the classic width: test_reference_state_dict_exports...)."""
     path = tmp_path_factory.mktemp("colour") / "colour.pth"
     torch.manual_seed(0)
-    save_checkpoint(path, with_batchnorm_statistics(UNet(3, 2), seed=0), COLOURS, scale=0.25)
+    save_checkpoint(path, with_batchnorm_statistics(UNet(3, 2, base_channels=16), seed=0), COLOURS, scale=0.25)
     return path
 
 
@@ -87,7 +88,7 @@ def test_onnx_carries_metadata_and_opset(onnx_file: Path, onnx_session) -> None:
     import onnx
 
     metadata = {k: json.loads(v) for k, v in onnx_session.get_modelmeta().custom_metadata_map.items()}
-    assert metadata["n_classes"] == 2 and metadata["n_channels"] == 3
+    assert metadata["n_classes"] == 2 and metadata["n_channels"] == 3 and metadata["base_channels"] == 16
     assert metadata["mask_values"] == COLOURS
     assert metadata["scale"] == 0.25
     assert metadata["input_divisor"] == 255 and metadata["input_colour"] == "RGB"
@@ -101,7 +102,7 @@ def test_onnx_carries_metadata_and_opset(onnx_file: Path, onnx_session) -> None:
 def test_torchscript_runs_and_reads_metadata_without_this_repository(tmp_path: Path) -> None:
     checkpoint = tmp_path / "binary.pth"
     torch.manual_seed(1)
-    save_checkpoint(checkpoint, with_batchnorm_statistics(UNet(3, 1), seed=1), [0, 255])  # no scale recorded
+    save_checkpoint(checkpoint, with_batchnorm_statistics(UNet(3, 1, base_channels=16), seed=1), [0, 255])  # no scale
     run_export("-m", checkpoint, "-o", tmp_path / "unet.pt")
     batch = images(2, 3, 37, 53)
     torch.save(batch, tmp_path / "input.pt")
@@ -141,6 +142,7 @@ def test_reference_state_dict_exports_with_inferred_architecture(tmp_path: Path,
     model = torch.jit.load(tmp_path / "reference.ts", _extra_files=extra)
     metadata = json.loads(extra[export.METADATA_FILE])
     assert metadata["bilinear"] is True and metadata["mask_values"] == [0, 1, 2] and metadata["scale"] == 1.0
+    assert metadata["base_channels"] == 64
     batch = images(1, 3, 75, 113)
     assert abs(model(batch) - pytorch_logits(checkpoint, batch)).max().item() < 1e-4
 

@@ -23,7 +23,7 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 import torch
-from conftest import box_mask, noisy_rgb, write_image
+from conftest import NARROW_UNET, box_mask, noisy_rgb, write_image
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -588,7 +588,7 @@ def run_training(root: Path, hostile: Path) -> str:
     args = train.get_args_parser().parse_args([
         "--imgs", str(root / "imgs"), "--masks", str(root / "masks"), "--checkpoint-dir", str(root / "ck"),
         "--epochs", "1", "--workers", "1", "--batch-size", "2", "--scale", "1", "--wandb", "disabled",
-        "--validation", "0", "--precision", "fp32", "--bilinear"])  # fp32, bilinear: the quickest CPU step
+        "--validation", "0", "--precision", "fp32", "--bilinear", *NARROW_UNET])  # the quickest CPU step
     try:
         result = train.main(args)
     except UserError as error:

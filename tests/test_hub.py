@@ -43,12 +43,16 @@ def test_unet_entry_point_loads_our_checkpoint(tmp_path: Path) -> None:
 
 
 def test_unet_entry_point_takes_the_architecture_from_the_weights_when_not_told(tmp_path: Path) -> None:
-    save_checkpoint(tmp_path / "gray.pth", UNet(1, 4, bilinear=True), [0, 1, 2, 3])
+    save_checkpoint(tmp_path / "gray.pth", UNet(1, 4, bilinear=True, base_channels=16), [0, 1, 2, 3])
     model = hubconf.unet(weights=tmp_path / "gray.pth")
-    assert (model.n_channels, model.n_classes, model.bilinear) == (1, 4, True)
-    assert (hubconf.unet().n_channels, hubconf.unet().n_classes, hubconf.unet().bilinear) == (3, 2, False)
+    assert (model.n_channels, model.n_classes, model.bilinear, model.base_channels) == (1, 4, True, 16)
+    untrained = hubconf.unet()
+    assert (untrained.n_channels, untrained.n_classes, untrained.bilinear, untrained.base_channels) == (3, 2, False, 64)
+    assert hubconf.unet(base_channels=np.int64(8)).inc.double_conv[0].out_channels == 8
     with pytest.raises(ValueError, match="with n_channels=1, not 3"):
         hubconf.unet(n_channels=3, weights=tmp_path / "gray.pth")
+    with pytest.raises(ValueError, match="with base_channels=16, not 64: leave base_channels out"):
+        hubconf.unet(base_channels=64, weights=tmp_path / "gray.pth")
 
 
 def test_unet_entry_point_rejects_contradicting_arguments(tmp_path: Path) -> None:
@@ -258,6 +262,7 @@ def test_weights_may_be_a_loaded_dict_or_a_file_url_and_sizes_numpy_integers(tmp
     ({"n_classes": "3"}, "n_classes must be a whole number of at least 1, got '3'"),
     ({"n_channels": -1}, "n_channels must be a whole number of at least 1, got -1"),
     ({"bilinear": "no"}, "bilinear must be True or False, got 'no'"),
+    ({"base_channels": 0.5}, "base_channels must be a whole number of at least 1, got 0.5"),
 ])
 def test_arguments_of_an_untrained_unet_are_checked(kwargs: dict, complaint: str) -> None:
     with pytest.raises(ValueError, match=complaint):

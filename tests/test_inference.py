@@ -182,6 +182,18 @@ def test_auto_tiles_only_when_the_whole_image_does_not_fit() -> None:
     assert messages == [] and 0 < tiles_only.largest <= 100 * 100  # planned tiles, no out-of-memory detour
 
 
+def test_auto_tiles_count_the_width_of_the_model() -> None:
+    """A model of a quarter of the classic width needs a quarter of the memory per pixel: it predicts whole
+    where the classic one would be tiled."""
+    images = torch.randint(0, 256, (1, 3, 160, 240), dtype=torch.uint8)
+    quarter = InferenceOptions(tile="auto", max_memory=160 * 240 * INFERENCE_BYTES_PER_PIXEL["fp32"] * 0.3 / 2**30)
+    for base_channels, whole in ((64, False), (16, True)):
+        recorder = OutOfMemoryAbove(pointwise_model(2), max_pixels=160 * 240)
+        recorder.base_channels = base_channels  # as a UNet of that width carries it
+        predict_logits(recorder, images, CPU, FP32, options=quarter)
+        assert (recorder.largest == 160 * 240) is whole, base_channels
+
+
 def test_tile_plans_fit_the_budget() -> None:
     # --tile auto for a 1918x1280 image at scale 1 on a GPU with 2 GiB free (80% of it), in bf16
     budget = int(0.8 * 2 * 2**30) // INFERENCE_BYTES_PER_PIXEL["half"]

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_image
+from conftest import NARROW_UNET, write_image
 from PIL import Image
 
 import predict
@@ -58,7 +58,7 @@ def train_args(root: Path, *flags: str):
     return train.get_args_parser().parse_args([
         "--imgs", str(root / "imgs"), "--masks", str(root / "masks"), "--checkpoint-dir", str(root / "ck"),
         "--wandb", "disabled", "--workers", "0", "--scale", "1", "--validation", "0", "-b", "3", "-l", "1e-3",
-        "-e", "1", *flags,
+        "-e", "1", *NARROW_UNET, *flags,
     ])
 
 

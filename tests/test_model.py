@@ -59,6 +59,30 @@ def test_constructor_arguments_are_readable_attributes():
     assert model.checkpointing is False
 
 
+@pytest.mark.parametrize("bilinear", [False, True], ids=["tconv", "bilinear"])
+@pytest.mark.parametrize("base_channels", [8, 16, 32])
+def test_a_narrower_unet_has_the_classic_keys_with_every_width_scaled(base_channels, bilinear):
+    """base_channels changes the widths only: the same keys in the same order, each convolution's channels
+    scaled by base_channels / 64, and so about (base_channels / 64)^2 of the parameters."""
+    classic = UNet(3, 2, bilinear).state_dict()
+    narrow = UNet(3, 2, bilinear, base_channels=base_channels)
+    assert narrow.base_channels == base_channels and UNet(3, 2).base_channels == 64
+    weights = narrow.state_dict()
+    assert list(weights) == list(classic)
+    ratio = 64 // base_channels
+    for key, value in classic.items():
+        scaled = [side // ratio if side >= 64 and index < 2 else side for index, side in enumerate(value.shape)]
+        assert list(weights[key].shape) == scaled, key  # the input channels (3) and classes (2) stay
+    count = sum(p.numel() for p in narrow.parameters())
+    assert count / sum(v.numel() for k, v in classic.items() if not k.endswith(BATCHNORM_BUFFERS)) \
+        == pytest.approx(1 / ratio ** 2, rel=0.05)
+    with torch.no_grad():
+        assert narrow.eval()(torch.rand(2, 3, 37, 53)).shape == (2, 2, 37, 53)
+
+
+BATCHNORM_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
 def test_mask_values_attribute_is_not_in_state_dict():
     model = UNet(3, 2)
     assert model.mask_values is None

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import disc_mask, random_rgb, write_image
+from conftest import NARROW_UNET, disc_mask, random_rgb, write_image
 from torch import nn
 
 from utils.checkpoint import load_checkpoint
@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 # 8 images in batches of 2: 4 steps an epoch, 2 epochs; augmentation on, a loader worker.
 FLAGS = ["--epochs", "2", "--batch-size", "2", "--scale", "1", "--validation", "0", "--workers", "1",
          "--precision", "fp32", "--augment", "light", "--log-every", "1", "--seed", "5", "--wandb", "disabled",
-         "--learning-rate", "1e-3"]
+         "--learning-rate", "1e-3", *NARROW_UNET]
 SAVE_EVERY_STEP = ["--save-every", "1"]  # the runs that are killed: last.pth after every step
 TOTAL_STEPS = 8
 
@@ -266,7 +266,7 @@ def test_non_finite_losses_stop_the_run_with_the_last_good_state(data: Path, tmp
     flags = ["--imgs", str(data / "imgs"), "--masks", str(data / "masks"), "--checkpoint-dir", str(tmp_path),
              "--epochs", "4", "--batch-size", "4", "--scale", "1", "--validation", "0", "--workers", "0",
              "--precision", "fp32", "--max-bad-steps", "3", "--log-every", "100", "--keep-epochs",
-             "--wandb", "disabled"]
+             "--wandb", "disabled", *NARROW_UNET]
     # --log-every 100, more than the run's steps: before (found by a review) the count was read only at those
     # steps, and such a run ended with a NaN loss and exit code 0; on CPUs it is now read after every step
     with pytest.raises(UserError, match=r"stopped at epoch 4, step 7: 3 steps in a row had a non-finite loss") as stop:
@@ -310,7 +310,7 @@ def test_a_failed_save_warns_keeps_training_and_the_previous_file(data: Path, tm
     monkeypatch.setattr(checkpoint_module, "write_checkpoint", disk_full_once)
     flags = ["--imgs", str(data / "imgs"), "--masks", str(data / "masks"), "--checkpoint-dir", str(tmp_path),
              "--epochs", "3", "--batch-size", "4", "--scale", "1", "--validation", "0", "--workers", "0",
-             "--wandb", "disabled"]
+             "--wandb", "disabled", *NARROW_UNET]
     result = train.main(train.get_args_parser().parse_args(flags))
     assert result["step"] == 6 and len(writes) == 3
     warning = "No space left on device): free disk space or pick another --checkpoint-dir; training goes on, " \
@@ -339,7 +339,7 @@ def test_save_every_refuses_anything_else(text: str) -> None:
 def in_process_flags(data: Path, run: Path, *extra: str) -> list[str]:
     return ["--imgs", str(data / "imgs"), "--masks", str(data / "masks"), "--checkpoint-dir", str(run),
             "--batch-size", "2", "--scale", "1", "--workers", "0", "--wandb", "disabled", "--precision", "fp32",
-            "--seed", "5", *extra]
+            "--seed", "5", *NARROW_UNET, *extra]
 
 
 def test_a_new_run_does_not_replace_an_earlier_run_unless_told_to(data: Path, tmp_path: Path) -> None:

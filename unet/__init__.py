@@ -1,3 +1,3 @@
-from .unet_model import LONE_IMAGE_MIN_SIDE, MIN_SIDE, UNet
+from .unet_model import CLASSIC_BASE_CHANNELS, LONE_IMAGE_MIN_SIDE, MIN_SIDE, UNet
 
-__all__ = ["LONE_IMAGE_MIN_SIDE", "MIN_SIDE", "UNet"]
+__all__ = ["CLASSIC_BASE_CHANNELS", "LONE_IMAGE_MIN_SIDE", "MIN_SIDE", "UNet"]

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from unet import UNet
+from unet import CLASSIC_BASE_CHANNELS, UNet
 
 from .atomic_files import TEMPORARY_NAME, atomic_path
 from .device import memory_format
@@ -48,7 +48,8 @@ def unwrap_model(model: nn.Module) -> UNet:
 
 def model_args(model: nn.Module) -> dict[str, Any]:
     net = unwrap_model(model)
-    return {"n_channels": net.n_channels, "n_classes": net.n_classes, "bilinear": net.bilinear}
+    return {"n_channels": net.n_channels, "n_classes": net.n_classes, "bilinear": net.bilinear,
+            "base_channels": net.base_channels}
 
 
 def _plain(value: Any) -> Any:
@@ -243,6 +244,7 @@ def infer_model_args(state_dict: dict[str, torch.Tensor], source: Path | str) ->
             "n_channels": int(state_dict["inc.double_conv.0.weight"].shape[1]),
             "n_classes": int(state_dict["outc.conv.weight"].shape[0]),
             "bilinear": "up1.up.weight" not in state_dict,
+            "base_channels": int(state_dict["inc.double_conv.0.weight"].shape[0]),
         }
     except (KeyError, AttributeError, IndexError, TypeError):
         wrapped = next((key for key in state_dict if str(key).startswith(WRAPPER_PREFIXES)), None)
@@ -253,24 +255,31 @@ def infer_model_args(state_dict: dict[str, torch.Tensor], source: Path | str) ->
 
 
 def _layout_name(args: dict[str, Any]) -> str:
-    return f"UNet(n_channels={args['n_channels']}, n_classes={args['n_classes']}, bilinear={args['bilinear']})"
+    width = f", base_channels={args['base_channels']}" if args["base_channels"] != CLASSIC_BASE_CHANNELS else ""
+    return (f"UNet(n_channels={args['n_channels']}, n_classes={args['n_classes']}, bilinear={args['bilinear']}"
+            f"{width})")
 
 
 @functools.lru_cache(maxsize=8)
-def _unet_layout(n_channels: int, n_classes: int, bilinear: bool) -> tuple[dict[str, tuple], tuple[str, ...]]:
+def _unet_layout(n_channels: int, n_classes: int, bilinear: bool,
+                 base_channels: int) -> tuple[dict[str, tuple], tuple[str, ...]]:
     """(state_dict key -> (shape, dtype), parameter names in optimizer order), from a meta-device UNet: ~10 ms."""
     with torch.device("meta"):
-        net = UNet(n_channels, n_classes, bilinear)
+        net = UNet(n_channels, n_classes, bilinear, base_channels)
     weights = {key: (tuple(value.shape), value.dtype) for key, value in net.state_dict().items()}
     return weights, tuple(name for name, _ in net.named_parameters())
 
 
 def check_model_args(args: Any, source: Path | str) -> dict[str, Any]:
-    """model_args as UNet(**args) needs them: positive ints for the sizes, a bool for bilinear."""
+    """model_args as UNet(**args) needs them: positive ints for the sizes, a bool for bilinear. Checkpoints
+    written before base_channels existed hold the classic width."""
     fix = "the file is damaged or was not written by train.py"
-    if not isinstance(args, dict) or set(args) != {"n_channels", "n_classes", "bilinear"}:
-        raise UserError(f"{source}: model_args is {args!r}, not n_channels/n_classes/bilinear: {fix}")
-    for name in ("n_channels", "n_classes"):
+    if isinstance(args, dict) and set(args) == {"n_channels", "n_classes", "bilinear"}:
+        args = {**args, "base_channels": CLASSIC_BASE_CHANNELS}
+    if not isinstance(args, dict) or set(args) != {"n_channels", "n_classes", "bilinear", "base_channels"}:
+        raise UserError(f"{source}: model_args is {_clipped(args)}, not n_channels/n_classes/bilinear/"
+                        f"base_channels: {fix}")
+    for name in ("n_channels", "n_classes", "base_channels"):
         if type(args[name]) is not int or args[name] < 1:
             raise UserError(f"{source}: model_args {name} is {args[name]!r}, not a positive integer: {fix}")
     if not isinstance(args["bilinear"], bool):
@@ -285,7 +294,7 @@ def check_state_dict(state_dict: Any, args: dict[str, Any], source: Path | str) 
     if not isinstance(state_dict, dict):
         raise UserError(f"{prefix} its weights are a {type(state_dict).__name__}, not a state_dict: "
                         "the file is damaged or was not written by train.py")
-    expected, _ = _unet_layout(args["n_channels"], args["n_classes"], args["bilinear"])
+    expected, _ = _unet_layout(**args)
     missing = [key for key in expected if key not in state_dict]
     if missing:
         raise UserError(f"{prefix} it lacks '{missing[0]}'{_more(missing)}: it is incomplete or from another "
@@ -524,7 +533,7 @@ def _check_optimizer_state(state: dict[str, Any], args: dict[str, Any], path: Pa
             isinstance(group, dict) and isinstance(group.get("params"), list) for group in groups):
         raise UserError(f"{path}: training state 'optimizer' is not an optimizer state_dict (state, param_groups): "
                         f"{fix}")
-    weights, parameter_names = _unet_layout(args["n_channels"], args["n_classes"], args["bilinear"])
+    weights, parameter_names = _unet_layout(**args)
     ids = [index for group in groups for index in group["params"]]
     if len(ids) != len(parameter_names):
         raise UserError(f"{path}: the optimizer state covers {len(ids)} parameters, {_layout_name(args)} has "

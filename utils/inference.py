@@ -21,6 +21,8 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from tqdm import tqdm
 
+from unet import CLASSIC_BASE_CHANNELS
+
 from .checkpoint import check_scale_flag, inference_scale
 from .data_loading import check_model_input_size, image_in_memory, image_to_tensor, normalize_images, scaled_size
 from .device import Precision, choose_precision, memory_format, return_freed_memory
@@ -120,8 +122,10 @@ def check_options(options: InferenceOptions) -> None:
                "a positive number of GiB")
 
 
-def bytes_per_pixel(precision: Precision) -> int:
-    return INFERENCE_BYTES_PER_PIXEL["fp32" if precision.dtype is None else "half"]
+def bytes_per_pixel(precision: Precision, base_channels: int = CLASSIC_BASE_CHANNELS) -> int:
+    """Every feature map's channels, and so the activations' memory, are proportional to the model's width."""
+    classic = INFERENCE_BYTES_PER_PIXEL["fp32" if precision.dtype is None else "half"]
+    return math.ceil(classic * base_channels / CLASSIC_BASE_CHANNELS)
 
 
 def available_ram() -> int:
@@ -231,6 +235,7 @@ class _Runner:
     def __init__(self, model: nn.Module, device: torch.device, precision: Precision, options: InferenceOptions,
                  notify: Callable[[str], None] | None):
         self.model, self.device, self.precision, self.options = model, device, precision, options
+        self.bytes_per_pixel = bytes_per_pixel(precision, getattr(model, "base_channels", CLASSIC_BASE_CHANNELS))
         self.notify = notify or (lambda message: None)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -262,10 +267,10 @@ class _Runner:
         options = self.options
         height, width = images.shape[-2:]
         if isinstance(options.tile, int):
-            budget = memory_budget(self.device, options.max_memory) // bytes_per_pixel(self.precision)
+            budget = memory_budget(self.device, options.max_memory) // self.bytes_per_pixel
             return self.tiled(images, *plan_tiles(budget, self.device, options.tile_batch, side=options.tile))
         if options.tile == "auto":
-            budget = memory_budget(self.device, options.max_memory) // bytes_per_pixel(self.precision)
+            budget = memory_budget(self.device, options.max_memory) // self.bytes_per_pixel
             if height * width > budget:
                 return self.tiled(images, *plan_tiles(budget, self.device, options.tile_batch))
             per_chunk = max(1, budget // (height * width))
