@@ -981,7 +981,9 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
 
     processes = f" x {world.size} processes" if world.distributed else ""
     say(f"{len(train_pairs)} training and {len(val_pairs)} validation images from {args.imgs}, scale {args.scale}, "
-        f"mask values {mask_values}, {args.classes} classes, {precision.name} on {device}{processes}, "
+        f"mask values {mask_values}, {args.classes} classes"
+        + (f", {args.base_channels} base channels" if args.base_channels != CLASSIC_BASE_CHANNELS else "")
+        + f", {precision.name} on {device}{processes}, "
         f"batch {args.batch_size}" + (f" of {shown(args.crop)} crops" if args.crop else "")
         + (f" ({args.crops_per_image} per image and epoch)" if args.crops_per_image > 1 else "")
         + f", {workers} loader workers" + (", compiled" if compiled else ""))
