@@ -1005,8 +1005,9 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     # only now: a run that failed to start moves nothing; one that fails before its first save puts them back
     set_aside = set_aside_earlier_run(args.checkpoint_dir, say) if replaces_a_run and args.overwrite and \
         world.is_main else None
-    run_log = RunLog(args.checkpoint_dir, vars(args), args.wandb or default_wandb_mode(), start_epoch) \
-        if world.is_main else None
+    earlier_wandb_run = resumed.get("wandb_run") if resumed is not None else None
+    run_log = RunLog(args.checkpoint_dir, vars(args), args.wandb or default_wandb_mode(), start_epoch,
+                     continues=earlier_wandb_run) if world.is_main else None
     val_dice = result = None
     checkpoints = CheckpointWriter(background=device.type == "cuda")  # the GPU trains on while a file is written
     last_file = args.checkpoint_dir / "last.pth"
@@ -1027,6 +1028,7 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
             "training_images": len(train_pairs), "validation_images": validation_names,
             "batched_by_size": True,  # the epoch order of utils/sampling.py; older runs mixed sizes
             "processes": world.size,  # a position within an epoch holds for this many processes only
+            "wandb_run": run_log.wandb_id or earlier_wandb_run,  # a resume without wandb keeps the id for a later one
         }
         try:
             checkpoints.save(last_file, model, mask_values, copies, **state)

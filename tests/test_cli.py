@@ -365,7 +365,7 @@ def test_wandb_records_how_the_run_ended(tmp_path: Path, monkeypatch: pytest.Mon
     write_carvana_like(tmp_path / "data", 3)
     flags = [flag if flag != "disabled" else "offline" for flag in TRAIN_FLAGS]
     for interrupted, code in ((False, 0), (True, 130)):
-        monkeypatch.setattr(run_log.RunLog, "_start_wandb", lambda self, config, mode, i=interrupted: Run(i))
+        monkeypatch.setattr(run_log.RunLog, "_start_wandb", lambda self, config, mode, continues, i=interrupted: Run(i))
         result = run("train.py", "--epochs", "1", "--validation", "34", "--overwrite", *flags, cwd=tmp_path,
                      check=False)
         assert result.returncode == code, result.stderr[-2000:]
@@ -393,7 +393,7 @@ def test_a_wandb_run_whose_logging_failed_is_ended_at_once_without_its_noise(
             logging.getLogger("wandb").error("Uncaught exception in run_soon callback")
             ended.append(exit_code)
 
-    monkeypatch.setattr(run_log.RunLog, "_start_wandb", lambda self, config, mode: Run())
+    monkeypatch.setattr(run_log.RunLog, "_start_wandb", lambda self, config, mode, continues: Run())
     log = run_log.RunLog(tmp_path, {}, "offline")
     log.log_step(1, 1, 0.5, 1e-3)
     log.log_step(2, 1, 0.4, 1e-3)  # no second warning: the run is gone
@@ -402,6 +402,42 @@ def test_a_wandb_run_whose_logging_failed_is_ended_at_once_without_its_noise(
     assert capsys.readouterr().err.strip().splitlines() == [
         "warning: wandb logging failed ([Errno 28] No space left on device); continuing without it"]
     assert not logging.root.manager.disable  # logging as it was
+
+
+def test_a_resumed_run_logs_on_into_its_wandb_run_online_and_names_it_offline(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wandb run's id travels in the checkpoint. Online, a resume logs on into that run; offline (where wandb
+    cannot resume) it is a new run whose config names the earlier one; without wandb the id is kept for later."""
+    import wandb
+
+    started = []
+
+    class Run:
+        def __init__(self, **kwargs) -> None:  # noqa: ANN003 - wandb.init's keywords
+            started.append(kwargs)
+            self.id = kwargs["id"] or f"new{len(started)}"
+
+        def log(self, record: dict) -> None:
+            pass
+
+        def finish(self, exit_code: int = 0) -> None:
+            pass
+
+    monkeypatch.setattr(wandb, "init", Run)  # no server here: what train.py asks of wandb is what is checked
+    write_carvana_like(tmp_path / "data", 3)
+    flags = [flag for flag in TRAIN_FLAGS if flag not in ("--wandb", "disabled")] + ["--validation", "0"]
+
+    def train_to(epochs: int, mode: str, *resume: str) -> str | None:
+        run("train.py", "--epochs", str(epochs), "--wandb", mode, *resume, *flags, cwd=tmp_path)
+        return load_checkpoint(tmp_path / "checkpoints" / "last.pth")["wandb_run"]
+
+    assert train_to(1, "online") == "new1" and started[-1]["id"] is None
+    assert train_to(2, "online", "--resume", "auto") == "new1"
+    assert (started[-1]["id"], started[-1]["resume"]) == ("new1", "allow")  # the same run, logged on into
+    assert train_to(3, "offline", "--resume", "auto") == "new3"
+    assert started[-1]["id"] is None and started[-1]["config"]["continues_wandb_run"] == "new1"
+    assert train_to(4, "disabled", "--resume", "auto") == "new3" and len(started) == 3
+    assert train_to(5, "online", "--resume", "auto") == "new3" and started[-1]["id"] == "new3"
 
 
 def test_wandb_default_mode_follows_wandb_mode_then_a_key_else_offline(tmp_path: Path,

@@ -185,7 +185,7 @@ from utils import run_log
 from utils.errors import run_cli
 
 kept = []
-def start(self, config, mode):
+def start(self, config, mode, continues):
     kept.append(sys._getframe())  # and with it the frames of its callers, train() and its loader's iterator
 run_log.RunLog._start_wandb = start
 sys.argv = ["train.py", *sys.argv[1:]]

@@ -357,6 +357,9 @@ def _check_metadata(checkpoint: dict[str, Any], source: Path | str) -> None:
     scale = checkpoint.get("scale")
     if scale is not None and (not isinstance(scale, scalar) or isinstance(scale, bool) or not scale > 0):
         raise UserError(f"{source}: scale is {scale!r}, not a positive number: pass --scale")
+    if checkpoint.get("wandb_run") is not None and not isinstance(checkpoint["wandb_run"], str):
+        raise UserError(f"{source}: wandb_run is {_clipped(checkpoint['wandb_run'])}, not a wandb run id: fix or drop "
+                        "the entry")
     if not isinstance(checkpoint.get("args", {}), dict):
         raise UserError(f"{source}: args is a {type(checkpoint['args']).__name__}, not a dict: the file is damaged")
     run_args = checkpoint.get("args", {})

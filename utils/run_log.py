@@ -48,7 +48,9 @@ def _logged_in_with_netrc() -> bool:
 
 
 class RunLog:
-    def __init__(self, run_dir: Path, config: dict[str, Any], wandb_mode: str, start_epoch: int = 1):
+    def __init__(self, run_dir: Path, config: dict[str, Any], wandb_mode: str, start_epoch: int = 1,
+                 continues: str | None = None):
+        """continues: the wandb run id of the run being resumed (from its checkpoint), to log on into it."""
         self.run_dir = run_dir
         self.csv_path = run_dir / "metrics.csv"
         self.curve_path = run_dir / "training_curves.png"
@@ -56,7 +58,12 @@ class RunLog:
         self._write_csv()
         self.wandb_run = None
         if wandb_mode != "disabled":
-            self.wandb_run = self._start_wandb(config, wandb_mode)
+            self.wandb_run = self._start_wandb(config, wandb_mode, continues)
+
+    @property
+    def wandb_id(self) -> str | None:
+        """The wandb run's id, for the checkpoint: a resume logs on into the same run."""
+        return getattr(self.wandb_run, "id", None)
 
     def _previous_rows(self, start_epoch: int) -> list[dict]:
         # On resume keep the epochs already done; a fresh run starts a fresh file.
@@ -65,15 +72,21 @@ class RunLog:
         with open(self.csv_path, newline="") as file:
             return [row for row in csv.DictReader(file) if int(row["epoch"]) < start_epoch]
 
-    def _start_wandb(self, config: dict[str, Any], mode: str) -> Any:
+    def _start_wandb(self, config: dict[str, Any], mode: str, continues: str | None) -> Any:
+        """Online, a resumed run logs on into its own wandb run (its id, resume="allow"). wandb cannot resume an
+        offline run (syncing a second one of the same id replaces the first): offline, a resume is a new run whose
+        config names the one it continues."""
+        run_id = continues if mode == "online" else None
+        if continues and mode != "online":
+            config = {**config, "continues_wandb_run": continues}
         try:
             import wandb
 
             return wandb.init(
                 # Absolute: a process started from one already running wandb (a notebook, a test) inherits its
                 # WANDB_SERVICE, and that service would resolve a relative folder against its own directory.
-                project="U-Net", config=config, mode=mode, dir=str(self.run_dir.resolve()), resume="allow",
-                settings=wandb.Settings(init_timeout=60, silent=True),
+                project="U-Net", config=config, mode=mode, dir=str(self.run_dir.resolve()), id=run_id,
+                resume="allow", settings=wandb.Settings(init_timeout=60, silent=True),
             )
         except Exception as error:  # noqa: BLE001 - logging must never stop training
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
