@@ -7,7 +7,6 @@
 import contextlib
 import hashlib
 import http.client
-import operator
 import os
 import signal
 import sys
@@ -57,7 +56,7 @@ def _own_packages() -> Iterator[None]:
 
 
 with _own_packages():
-    from unet import CLASSIC_BASE_CHANNELS, UNet
+    from unet import CLASSIC_BASE_CHANNELS, MAX_BASE_CHANNELS, UNet, whole_number
     from utils.atomic_files import atomic_path
     from utils.checkpoint import checkpoint_from_data, load_checkpoint, model_from_checkpoint
     from utils.errors import UserError
@@ -166,17 +165,9 @@ def _weights_checkpoint(weights: str | os.PathLike | dict, progress: bool) -> di
     return load_checkpoint(Path(text), flag="weights=")
 
 
-def _whole_number(name: str, value: object) -> int | None:
+def _whole_number(name: str, value: object, highest: int | None = None) -> int | None:
     """An int of at least 1, also numpy's (n_classes=mask.max() + 1); None stays None."""
-    if value is None:
-        return None
-    try:
-        number = None if isinstance(value, (bool, np.bool_)) else operator.index(value)
-    except TypeError:
-        number = None
-    if number is None or number < 1:
-        raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
-    return number
+    return None if value is None else whole_number(name, value, highest)
 
 
 def unet(n_channels: int | None = None, n_classes: int | None = None, bilinear: bool | None = None,
@@ -192,7 +183,7 @@ def unet(n_channels: int | None = None, n_classes: int | None = None, bilinear: 
     scale: images are resized by it first) from the checkpoint; utils.inference.predict_image uses them.
     """
     n_channels, n_classes = _whole_number("n_channels", n_channels), _whole_number("n_classes", n_classes)
-    base_channels = _whole_number("base_channels", base_channels)
+    base_channels = _whole_number("base_channels", base_channels, MAX_BASE_CHANNELS)
     if bilinear is not None:
         if not isinstance(bilinear, (bool, np.bool_)):
             raise ValueError(f"bilinear must be True or False, got {bilinear!r}")

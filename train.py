@@ -27,7 +27,7 @@ from torch.utils.data import Dataset, Subset
 from tqdm import tqdm
 
 from evaluate import evaluate, set_image_means
-from unet import CLASSIC_BASE_CHANNELS, LONE_IMAGE_MIN_SIDE, UNet
+from unet import CLASSIC_BASE_CHANNELS, LONE_IMAGE_MIN_SIDE, MAX_BASE_CHANNELS, UNet, memory_share
 from utils.augmentation import AUGMENT_PRESETS, train_augmentation
 from utils.batch_cache import BatchCache
 from utils.batchnorm import calibration_keys, recalibrate_batchnorm
@@ -122,11 +122,11 @@ def default_batch_size(device: torch.device, precision: Precision, pixels: int, 
                        base_channels: int = CLASSIC_BASE_CHANNELS) -> int:
     """CPU: 4 (a CPU step costs the same per image at any batch size). GPU: the largest power of two up to 16
     whose activations fit in 70% of the free memory, by the per-pixel figures above (for the classic width;
-    every feature map, and so the memory, is proportional to it)."""
+    the feature maps, most of the memory, are proportional to it)."""
     if device.type != "cuda":
         return 4
     per_pixel = BYTES_PER_PIXEL["checkpointed" if checkpointing else "fp32" if precision.dtype is None else "half"]
-    per_pixel = per_pixel * base_channels / CLASSIC_BASE_CHANNELS
+    per_pixel = per_pixel * memory_share(base_channels)
     free, _ = torch.cuda.mem_get_info(device)
     batch = MAX_AUTO_BATCH
     while batch > 1 and batch * pixels * per_pixel > 0.7 * free:
@@ -194,7 +194,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     model.add_argument("--base-channels", type=int, default=None, metavar="N",
                        help="feature maps of the first block, doubled at each of the four levels down; compute "
                             "and parameters grow with its square: 64 is the classic U-Net (31M parameters), 32 has "
-                            "7.8M, 16 has 1.9M (default: 64, or that of the --load weights)")
+                            f"7.8M, 16 has 1.9M; 1 to {MAX_BASE_CHANNELS} (default: 64, or that of the --load weights)")
     model.add_argument("--load", "-f", default=None, metavar="FILE",
                        help="start from the weights of this checkpoint (ours or a reference .pth)")
     model.add_argument("--checkpointing", action="store_true",
@@ -250,6 +250,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def described_width(width: int) -> str:
+    return f"{width} base channel{'s' if width != 1 else ''}"
+
+
 def check_args(args: argparse.Namespace) -> None:
     at_least_1 = "a whole number of at least 1"
     for flag, value, ok, rule in (
@@ -260,7 +264,9 @@ def check_args(args: argparse.Namespace) -> None:
         ("--scale", args.scale, 0 < args.scale <= 1, "above 0 and at most 1"),
         ("--validation", args.validation, 0 <= args.validation < 100, "a percent from 0 to below 100"),
         ("--classes", args.classes, args.classes is None or args.classes >= 1, at_least_1),
-        ("--base-channels", args.base_channels, args.base_channels is None or args.base_channels >= 1, at_least_1),
+        ("--base-channels", args.base_channels,
+         args.base_channels is None or 1 <= args.base_channels <= MAX_BASE_CHANNELS,
+         f"a whole number from 1 to {MAX_BASE_CHANNELS}"),
         ("--workers", args.workers, args.workers is None or args.workers >= 0, "0 (none) or more"),
         ("--log-every", args.log_every, args.log_every >= 1, at_least_1),
         ("--max-bad-steps", args.max_bad_steps, args.max_bad_steps >= 1, at_least_1),
@@ -758,8 +764,8 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
         args.classes = args.classes or weights["model_args"]["n_classes"]
         width = weights["model_args"]["base_channels"]
         if args.base_channels not in (None, width):
-            raise UserError(f"--base-channels is {args.base_channels} but {args.load} holds a model of {width} base "
-                            "channels: leave out --base-channels, or start without --load")
+            raise UserError(f"--base-channels is {args.base_channels} but {args.load} holds a model of "
+                            f"{described_width(width)}: leave out --base-channels, or start without --load")
         args.base_channels = width
     args.channels = args.channels or 3
     args.base_channels = args.base_channels or CLASSIC_BASE_CHANNELS
@@ -982,7 +988,7 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     processes = f" x {world.size} processes" if world.distributed else ""
     say(f"{len(train_pairs)} training and {len(val_pairs)} validation images from {args.imgs}, scale {args.scale}, "
         f"mask values {mask_values}, {args.classes} classes"
-        + (f", {args.base_channels} base channels" if args.base_channels != CLASSIC_BASE_CHANNELS else "")
+        + (f", {described_width(args.base_channels)}" if args.base_channels != CLASSIC_BASE_CHANNELS else "")
         + f", {precision.name} on {device}{processes}, "
         f"batch {args.batch_size}" + (f" of {shown(args.crop)} crops" if args.crop else "")
         + (f" ({args.crops_per_image} per image and epoch)" if args.crops_per_image > 1 else "")

@@ -16,6 +16,7 @@ from unet import UNet
 from utils.checkpoint import (
     CheckpointWriter,
     check_training_state,
+    checkpoint_from_data,
     copy_checkpoint,
     default_mask_values,
     inference_scale,
@@ -156,6 +157,11 @@ def test_a_narrow_model_keeps_its_width_and_checkpoints_from_before_the_width_ex
     checkpoint = load_checkpoint(ckpt_dir / "older.pth")
     assert checkpoint["model_args"]["base_channels"] == 64
     assert torch.equal(outputs(model_from_checkpoint(checkpoint)), outputs(classic))
+    edited = torch.load(ckpt_dir / "narrow.pth", weights_only=True)
+    del edited["model_args"]["base_channels"]  # a file put together by hand: the width is read off the weights
+    checkpoint = checkpoint_from_data(edited, "edited.pth")
+    assert checkpoint["model_args"]["base_channels"] == 16
+    assert torch.equal(outputs(model_from_checkpoint(checkpoint)), outputs(narrow))
 
 
 def test_weights_of_another_width_than_declared_are_refused_naming_both(ckpt_dir):
@@ -627,6 +633,8 @@ def test_declared_architecture_that_contradicts_the_weights_is_refused(ckpt_dir)
     ("model_args", [3, 2, False], "model_args is [3, 2, False]"),
     ("model_args", {"n_channels": 3, "n_classes": 2, "bilinear": False, "base_channels": 0},
      "base_channels is 0, not a positive"),
+    ("model_args", {"n_channels": 3, "n_classes": 2, "bilinear": False, "base_channels": 2**40},
+     "base_channels is 1099511627776, more than the 256 a U-Net is built with"),
     ("model", [1, 2], "its weights are a list, not a state_dict"),
     ("mask_values", "0,255", "mask_values is '0,255', not a list"),
     ("scale", -1.0, "scale is -1.0, not a positive number"),

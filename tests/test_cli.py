@@ -1100,6 +1100,8 @@ def test_a_missing_data_folder_is_said_before_the_run_folder_is_judged(tmp_path:
     (["--batch-size", "0"], "--batch-size must be a whole number of at least 1, got 0"),
     (["--scale", "1.5"], "--scale must be above 0 and at most 1, got 1.5"),
     (["--grad-clip", "-1"], "--grad-clip must be 0 (no clipping) or more, got -1.0"),
+    (["--base-channels", "100000"], "--base-channels must be a whole number from 1 to 256, got 100000"),
+    (["--base-channels", "0"], "--base-channels must be a whole number from 1 to 256, got 0"),
 ])
 def test_out_of_range_flags_say_what_is_allowed(flags: list[str], message: str) -> None:
     import train

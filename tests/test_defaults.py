@@ -79,12 +79,19 @@ def test_default_batch_size_on_gpu_fits_free_memory(monkeypatch, free_gib, dtype
 
 
 def test_default_batch_size_on_gpu_counts_the_width_of_the_model(monkeypatch):
-    """Every feature map is proportional to --base-channels: a quarter of the width fits four times the batch."""
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (8 * 2**30, 80 * 2**30))
+    """The feature maps are proportional to --base-channels, the input and outputs are not: a quarter of the width
+    needs about a third of the memory (unet.memory_share) and fits twice the batch here, twice the width one image."""
+    from unet import memory_share
+
+    free = 8 * 2**30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (free, 80 * 2**30))
     cuda, bf16, pixels = torch.device("cuda"), Precision("cuda", torch.bfloat16), 959 * 640
     assert train.default_batch_size(cuda, bf16, pixels, False) == 2
-    assert train.default_batch_size(cuda, bf16, pixels, False, base_channels=16) == 8
+    assert train.default_batch_size(cuda, bf16, pixels, False, base_channels=16) == 4
     assert train.default_batch_size(cuda, bf16, pixels, False, base_channels=128) == 1
+    per_image = pixels * train.BYTES_PER_PIXEL["half"] * memory_share(16)
+    assert 4 * per_image <= 0.7 * free < 8 * per_image
+    assert memory_share(64) == 1 and memory_share(16) == pytest.approx(0.325) and memory_share(1) > 0.1
 
 
 @pytest.mark.parametrize("choice, device, expected", [

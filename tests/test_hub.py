@@ -262,7 +262,8 @@ def test_weights_may_be_a_loaded_dict_or_a_file_url_and_sizes_numpy_integers(tmp
     ({"n_classes": "3"}, "n_classes must be a whole number of at least 1, got '3'"),
     ({"n_channels": -1}, "n_channels must be a whole number of at least 1, got -1"),
     ({"bilinear": "no"}, "bilinear must be True or False, got 'no'"),
-    ({"base_channels": 0.5}, "base_channels must be a whole number of at least 1, got 0.5"),
+    ({"base_channels": 0.5}, "base_channels must be a whole number from 1 to 256, got 0.5"),
+    ({"base_channels": 100000}, "base_channels must be a whole number from 1 to 256, got 100000"),
 ])
 def test_arguments_of_an_untrained_unet_are_checked(kwargs: dict, complaint: str) -> None:
     with pytest.raises(ValueError, match=complaint):

@@ -1,8 +1,10 @@
 """UNet: the reference checkpoint layout, odd input sizes, activation checkpointing, the Up block's math."""
 
 import copy
+import re
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -81,6 +83,27 @@ def test_a_narrower_unet_has_the_classic_keys_with_every_width_scaled(base_chann
 
 
 BATCHNORM_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+@pytest.mark.parametrize(("kwargs", "complaint"), [
+    ({"base_channels": 0}, "base_channels must be a whole number from 1 to 256, got 0"),
+    ({"base_channels": 100000}, "base_channels must be a whole number from 1 to 256, got 100000"),
+    ({"base_channels": 16.0}, "base_channels must be a whole number from 1 to 256, got 16.0"),
+    ({"base_channels": True}, "base_channels must be a whole number from 1 to 256, got True"),
+    ({"n_classes": "2"}, "n_classes must be a whole number of at least 1, got '2'"),
+])
+def test_sizes_that_would_build_a_model_that_cannot_be_saved_or_loaded_are_refused(kwargs, complaint):
+    with pytest.raises(ValueError, match=re.escape(complaint)):
+        UNet(**{"n_channels": 3, "n_classes": 2, **kwargs})
+
+
+def test_numpy_sizes_become_python_ints_so_that_checkpoints_load(tmp_path):
+    from utils.checkpoint import load_checkpoint, save_checkpoint
+
+    model = UNet(np.int64(3), np.int64(2), base_channels=np.int32(8))
+    assert [type(v) for v in (model.n_channels, model.n_classes, model.base_channels)] == [int, int, int]
+    save_checkpoint(tmp_path / "m.pth", model, [0, 1])
+    assert load_checkpoint(tmp_path / "m.pth")["model_args"]["base_channels"] == 8
 
 
 def test_mask_values_attribute_is_not_in_state_dict():

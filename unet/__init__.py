@@ -1,3 +1,12 @@
-from .unet_model import CLASSIC_BASE_CHANNELS, LONE_IMAGE_MIN_SIDE, MIN_SIDE, UNet
+from .unet_model import (
+    CLASSIC_BASE_CHANNELS,
+    LONE_IMAGE_MIN_SIDE,
+    MAX_BASE_CHANNELS,
+    MIN_SIDE,
+    UNet,
+    memory_share,
+    whole_number,
+)
 
-__all__ = ["CLASSIC_BASE_CHANNELS", "LONE_IMAGE_MIN_SIDE", "MIN_SIDE", "UNet"]
+__all__ = ["CLASSIC_BASE_CHANNELS", "LONE_IMAGE_MIN_SIDE", "MAX_BASE_CHANNELS", "MIN_SIDE", "UNet", "memory_share",
+           "whole_number"]

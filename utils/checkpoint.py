@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from unet import CLASSIC_BASE_CHANNELS, UNet
+from unet import CLASSIC_BASE_CHANNELS, MAX_BASE_CHANNELS, UNet
 
 from .atomic_files import TEMPORARY_NAME, atomic_path
 from .device import memory_format
@@ -254,6 +254,12 @@ def infer_model_args(state_dict: dict[str, torch.Tensor], source: Path | str) ->
         raise UserError(f"{source} is not a U-Net checkpoint (no inc/outc weights)") from None
 
 
+def _inferred_width(state_dict: Any) -> int | None:
+    """The width of the weights (plain state_dicts, and model_args of before base_channels), None if unreadable."""
+    weight = state_dict.get("inc.double_conv.0.weight") if isinstance(state_dict, dict) else None
+    return int(weight.shape[0]) if isinstance(weight, torch.Tensor) and weight.dim() == 4 else None
+
+
 def _layout_name(args: dict[str, Any]) -> str:
     width = f", base_channels={args['base_channels']}" if args["base_channels"] != CLASSIC_BASE_CHANNELS else ""
     return (f"UNet(n_channels={args['n_channels']}, n_classes={args['n_classes']}, bilinear={args['bilinear']}"
@@ -281,7 +287,10 @@ def check_model_args(args: Any, source: Path | str) -> dict[str, Any]:
                         f"base_channels: {fix}")
     for name in ("n_channels", "n_classes", "base_channels"):
         if type(args[name]) is not int or args[name] < 1:
-            raise UserError(f"{source}: model_args {name} is {args[name]!r}, not a positive integer: {fix}")
+            raise UserError(f"{source}: model_args {name} is {_clipped(args[name])}, not a positive integer: {fix}")
+    if args["base_channels"] > MAX_BASE_CHANNELS:
+        raise UserError(f"{source}: model_args base_channels is {args['base_channels']}, more than the "
+                        f"{MAX_BASE_CHANNELS} a U-Net is built with: {fix}")
     if not isinstance(args["bilinear"], bool):
         raise UserError(f"{source}: model_args bilinear is {args['bilinear']!r}, not True/False: {fix}")
     return dict(args)
@@ -472,6 +481,10 @@ def checkpoint_from_data(data: object, source: Path | str) -> dict[str, Any]:
         raise UserError(f"{source} is not a U-Net checkpoint (it holds a {type(data).__name__})")
     if "model" in data and "model_args" in data:
         checkpoint = dict(data)
+        args = checkpoint["model_args"]
+        if isinstance(args, dict) and "base_channels" not in args:  # written before the width was a setting
+            width = _inferred_width(checkpoint["model"])
+            checkpoint["model_args"] = {**args, "base_channels": width} if width else args
     else:  # a reference-style plain state_dict, maybe with mask_values, or one saved as {"model": ..., "epoch": ...}
         weights = data["model"] if isinstance(data.get("model"), dict) else data
         state_dict = unwrapped({k: v for k, v in weights.items() if k != "mask_values"})

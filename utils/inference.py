@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from tqdm import tqdm
 
-from unet import CLASSIC_BASE_CHANNELS
+from unet import CLASSIC_BASE_CHANNELS, memory_share
 
 from .checkpoint import check_scale_flag, inference_scale
 from .data_loading import check_model_input_size, image_in_memory, image_to_tensor, normalize_images, scaled_size
@@ -123,9 +123,9 @@ def check_options(options: InferenceOptions) -> None:
 
 
 def bytes_per_pixel(precision: Precision, base_channels: int = CLASSIC_BASE_CHANNELS) -> int:
-    """Every feature map's channels, and so the activations' memory, are proportional to the model's width."""
+    """The figure above for a model of this width (unet.memory_share)."""
     classic = INFERENCE_BYTES_PER_PIXEL["fp32" if precision.dtype is None else "half"]
-    return math.ceil(classic * base_channels / CLASSIC_BASE_CHANNELS)
+    return math.ceil(classic * memory_share(base_channels))
 
 
 def available_ram() -> int:
