@@ -174,9 +174,8 @@ def unet(n_channels: int | None = None, n_classes: int | None = None, bilinear: 
          weights: str | os.PathLike | dict | None = None, progress: bool = True,
          base_channels: int | None = None) -> UNet:
     """A U-Net, untrained (3 channels, 2 classes, transposed-conv upsampling, the classic 64 base channels unless
-    told otherwise) or with
-    weights: a checkpoint's path or http(s)/file URL (ours or a reference state_dict), or such a dict already
-    loaded. The model comes back in training mode, as torch.hub's models do: eval() it to predict.
+    told otherwise) or with weights: a checkpoint's path or http(s)/file URL (ours or a reference state_dict), or
+    such a dict already loaded. The model comes back in training mode, as torch.hub's models do: eval() it to predict.
 
     With weights, the architecture comes from them: the arguments may be left out, and must agree when given.
     The model carries mask_values (class i is written as mask_values[i]), mask_palette and scale (the training

@@ -4,7 +4,7 @@ not a traceback (or the out-of-memory killer) minutes into a run."""
 import argparse
 from collections.abc import Callable
 
-from unet.unet_model import MIN_SIDE
+from unet.unet_model import MAX_BASE_CHANNELS, MIN_SIDE
 
 
 def at_least(minimum: int) -> Callable[[str], int]:
@@ -18,6 +18,14 @@ def at_least(minimum: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
         return value
     return parse
+
+
+def base_channels(text: str) -> int:
+    """train.py's --base-channels: 1 to MAX_BASE_CHANNELS."""
+    value = at_least(1)(text)
+    if value > MAX_BASE_CHANNELS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_BASE_CHANNELS}, got {value}")
+    return value
 
 
 def positive(text: str) -> float:

@@ -24,6 +24,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import train  # noqa: E402
+from bench.arguments import base_channels  # noqa: E402
 from evaluate import evaluate  # noqa: E402
 from utils.checkpoint import load_model  # noqa: E402
 from utils.data_loading import SegmentationDataset, list_pairs, make_loader  # noqa: E402
@@ -152,7 +153,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--presets", nargs="+", default=["none", "light", "strong"], help="augmentation presets")
     parser.add_argument("--seeds", type=int, default=1, help="training runs per preset (different seeds)")
     parser.add_argument("--epochs", type=int, default=None, help="override the data sets' epoch counts")
-    parser.add_argument("--base-channels", type=int, default=None,
+    parser.add_argument("--base-channels", type=base_channels, default=None,
                         help="train.py --base-channels, the model's width (default: train.py's, 64)")
     parser.add_argument("--tta", nargs="+", choices=TTA_CHOICES, default=["none"],
                         help="score each trained model with these test-time augmentations (default: none)")

@@ -20,7 +20,7 @@ from torch.utils._pytree import tree_flatten
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.arguments import height_x_width  # noqa: E402
+from bench.arguments import base_channels, height_x_width  # noqa: E402
 from unet import CLASSIC_BASE_CHANNELS, UNet  # noqa: E402
 from utils.device import Precision, choose_device, memory_format  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
@@ -81,7 +81,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: CUDA if available)")
     parser.add_argument("--sizes", nargs="+", type=height_x_width, default=[(320, 480), (640, 959)],
                         help="HxW input sizes")
-    parser.add_argument("--base-channels", type=int, default=CLASSIC_BASE_CHANNELS,
+    parser.add_argument("--base-channels", type=base_channels, default=CLASSIC_BASE_CHANNELS,
                         help="the model's width, as train.py's flag (default: %(default)s)")
     return parser
 

@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import train  # noqa: E402
-from bench.arguments import MIN_SIDE, at_least, scale_factor  # noqa: E402
+from bench.arguments import MIN_SIDE, at_least, base_channels, scale_factor  # noqa: E402
 from bench.reference_recipe import train_reference  # noqa: E402
 from unet import CLASSIC_BASE_CHANNELS, UNet  # noqa: E402
 from utils.device import (  # noqa: E402
@@ -146,7 +146,7 @@ def add_step_arguments(parser: argparse.ArgumentParser) -> None:
                         help="--model-only: torch.compile's mode, e.g. max-autotune-no-cudagraphs or reduce-overhead "
                              "(default: torch's own), to see whether train.py should offer one")
     parser.add_argument("--checkpointing", action="store_true", help="train.py --checkpointing")
-    parser.add_argument("--base-channels", type=at_least(1), default=CLASSIC_BASE_CHANNELS,
+    parser.add_argument("--base-channels", type=base_channels, default=CLASSIC_BASE_CHANNELS,
                         help="train.py --base-channels, the model's width (ours and --model-only; default: "
                              "%(default)s)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: CUDA if available)")
