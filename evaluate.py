@@ -103,9 +103,12 @@ def evaluate(
     pooled_dice, pooled_iou = scores_from_counts(*pooled_counts)
     seen = [bool(pooled_counts[1][c] + pooled_counts[2][c] > 0) for c in range(n_classes)]
     set_image_means(rows, seen)
+    scored = scored_classes(seen)
     return {
         "dice": sum(r["dice"] for r in rows) / count,
         "iou": sum(r["iou"] for r in rows) / count,
+        "dice_pooled": pooled_dice[scored].mean().item(),  # the same classes' pooled scores, averaged
+        "iou_pooled": pooled_iou[scored].mean().item(),
         "dice_per_class": (dice_sum / count).tolist(),
         "iou_per_class": (iou_sum / count).tolist(),
         "dice_pooled_per_class": pooled_dice.tolist(),
@@ -118,12 +121,17 @@ def evaluate(
     }
 
 
+def scored_classes(seen: list[bool]) -> list[int]:
+    """The foreground classes in the means: those seen, or all of them where none was."""
+    return [c for c in range(1, len(seen)) if seen[c]] or list(range(1, len(seen)))
+
+
 def set_image_means(rows: list[dict], seen: list[bool]) -> None:
     """Each row's "dice" and "iou": the mean over the foreground classes seen (in some mask or prediction: seen[c])
     of the images scored together. A class no mask holds and the model never predicted (an extra --classes) has
     nothing to score, and its free 1s would lift every image's mean; where no foreground class was seen at all,
     all count (each scores 1). Under torchrun, train.py passes the classes seen by all the processes."""
-    scored = [c for c in range(1, len(seen)) if seen[c]] or list(range(1, len(seen)))
+    scored = scored_classes(seen)
     for row in rows:
         row["dice"] = sum(row[f"dice_{c}"] for c in scored) / len(scored)
         row["iou"] = sum(row[f"iou_{c}"] for c in scored) / len(scored)
@@ -211,7 +219,8 @@ def main(args: argparse.Namespace) -> dict:
     for index, (dice, iou, pooled_dice, pooled_iou, holding) in enumerate(per_class):
         print(f"{index:>5}  {str(model.mask_values[index]):>14}  {dice:7.4f}  {iou:7.4f}  {pooled_dice:11.4f}  "
               f"{pooled_iou:10.4f}  {holding:>9}")
-    print(f"mean foreground Dice {result['dice']:.4f}  IoU {result['iou']:.4f}")
+    print(f"mean foreground Dice {result['dice']:.4f}  IoU {result['iou']:.4f} (means over images; pooled over all "
+          f"pixels: Dice {result['dice_pooled']:.4f}  IoU {result['iou_pooled']:.4f})")
     if min(result["images_per_class"][1:], default=result["images"]) < result["images"]:
         print("Dice, IoU: means over images, where an image without the class in mask and prediction scores 1; "
               "pooled: over all pixels of all images together (the fairer score of a class few images hold)")

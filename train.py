@@ -792,12 +792,8 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     if data.stray_values and not classes_given and resumed is None:  # --classes N says that they are classes
         raise UserError(data.stray_values_error())
     check_scaled_sizes(data.pairs, data.sizes, args.scale)
-    if len(data.mask_values) == 1:  # all background (or all one label): the loss teaches one answer everywhere
-        flags = [(flag, value) for flag, value in (("--binarize", binarize_threshold(args.binarize)),
-                                                   ("--ignore-index", args.ignore_index)) if value is not None]
-        given = " with " + " and ".join(f"{flag} {shown(value)}" for flag, value in flags) if flags else ""
-        raise UserError(f"every mask in {args.masks} holds the one value {shown(data.mask_values[0])}{given}: there "
-                        "is nothing to tell apart; check the mask folder" + "".join(f", {flag}" for flag, _ in flags))
+    if data.one_value:
+        raise UserError(data.one_value_error())
     mask_values: list[MaskValue] = data.mask_values
     loaded_classes = weights["model_args"]["n_classes"] if weights is not None else None
     if loaded_classes is not None and len(mask_values) > max(loaded_classes, 2):  # more than its outputs can tell
@@ -842,7 +838,9 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     held_out_only = [value for value, trained, held_out in zip(data.mask_values, train_pixels, val_pixels)
                      if held_out and not trained]
     if held_out_only:
-        fix = "" if resumed is not None else ": another --seed splits the images otherwise"
+        fix = ": they look like instance labels (one value per object): pass --binarize to train foreground vs " \
+            "background" if data.instance_labels else "" if resumed is not None else \
+            ": another --seed splits the images otherwise"
         listed = ", ".join(shown(value) for value in held_out_only[:5]) + (", ..." if len(held_out_only) > 5 else "")
         say(f"warning: mask value{'s' if len(held_out_only) > 1 else ''} {listed} appear"
             f"{'' if len(held_out_only) > 1 else 's'} only in validation images, in none of the {len(train_pairs)} "
@@ -857,7 +855,7 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     names = hashlib.sha256(os.fsencode("\n".join(pair.name for pair in train_pairs + val_pairs))).hexdigest()[:12]
     check_same_everywhere(world, (names, len(train_pairs), mask_values),
                           f"sees {len(train_pairs)} training and {len(val_pairs)} validation images (names digest "
-                          f"{names}), mask values {mask_values}",
+                          f"{names}), mask values {short_values(mask_values)}",
                           f"every node needs the same files in {args.imgs} and {args.masks}")
     encoding = {"mask_values": mask_values, "scale": args.scale, "channels": args.channels,
                 "binarize": args.binarize, "ignore_value": args.ignore_index}
@@ -987,7 +985,7 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
 
     processes = f" x {world.size} processes" if world.distributed else ""
     say(f"{len(train_pairs)} training and {len(val_pairs)} validation images from {args.imgs}, scale {args.scale}, "
-        f"mask values {mask_values}, {args.classes} classes"
+        f"mask values {short_values(mask_values)}, {args.classes} class{'es' if args.classes != 1 else ''}"
         + (f", {described_width(args.base_channels)}" if args.base_channels != CLASSIC_BASE_CHANNELS else "")
         + f", {precision.name} on {device}{processes}, "
         f"batch {args.batch_size}" + (f" of {shown(args.crop)} crops" if args.crop else "")

@@ -265,6 +265,19 @@ def instance_labels(first: int, count: int) -> np.ndarray:
     return labels
 
 
+def test_masks_of_one_value_as_read_are_the_problem_said_not_empty_masks(tmp_path: Path) -> None:
+    """Found by a review: with --ignore-index 0, masks of objects only were listed as "empty (background only)"
+    and the check exited 0, while train.py refused the same data."""
+    imgs, masks = write_pairs_with(tmp_path, [instance_labels(1, 5), instance_labels(6, 5)])
+    result = run_script("-m utils.check_data", "--imgs", imgs, "--masks", masks, "--binarize", "--ignore-index",
+                        "0", cwd=REPO)
+    assert result.returncode == 1
+    assert "empty masks" not in result.stdout and "masks: 16-bit labels (2) binarized" in result.stdout
+    assert f"every mask in {masks} holds the one value 1 with --binarize 0 and --ignore-index 0: there is nothing " \
+           "to tell apart; check the mask folder, --binarize, --ignore-index" in result.stdout
+    assert "; 1 class\n" in result.stdout
+
+
 def test_instance_labels_suggest_binarize_unless_binarize_is_on(tmp_path: Path) -> None:
     imgs, masks = write_pairs_with(tmp_path, [instance_labels(1, 12), instance_labels(13, 12)])
     check = check_dataset(imgs, masks, workers=1)
@@ -418,7 +431,7 @@ def test_a_class_under_one_percent_of_the_pixels_suggests_class_weights(tmp_path
     assert check.class_pixels[2] == 5
     hints = check.suggestions()
     assert [hint for hint in hints if "--class-weights" in hint] == [
-        "class 2 cover less than 1% of the pixels: consider --class-weights auto"]
+        "class 2 covers less than 1% of the pixels: consider --class-weights auto"]
     assert not any("--binarize" in hint or "--channels" in hint for hint in hints)
 
 

@@ -256,7 +256,27 @@ class DataCheck:
     @property
     def problems(self) -> bool:
         return bool(self.unreadable or self.size_mismatches or self.unresolved_jpeg_masks or self.palette_conflicts
-                    or self.mixed_binary[0] or self.too_small)
+                    or self.mixed_binary[0] or self.too_small or self.one_value)
+
+    @property
+    def instance_labels(self) -> bool:
+        """Label masks of many values, read as classes: usually one value per object, each in one image."""
+        return (self.binarize is None and len(self.mask_values) > INSTANCE_LABEL_HINT
+                and not is_colour(self.mask_values))
+
+    @property
+    def one_value(self) -> bool:
+        """Every mask holds one and the same value, as read (after --binarize, --ignore-index): all background, or
+        all one object; the loss would teach one answer everywhere."""
+        return len(self.mask_values) == 1
+
+    def one_value_error(self) -> str:
+        """The one line train.py stops with while one_value."""
+        flags = [(flag, value) for flag, value in (("--binarize", self.binarize), ("--ignore-index", self.ignore_value))
+                 if value is not None]
+        given = " with " + " and ".join(f"{flag} {value}" for flag, value in flags) if flags else ""
+        return (f"every mask in {self.masks} holds the one value {_short_value(self.mask_values[0])}{given}: there is "
+                "nothing to tell apart; check the mask folder" + "".join(f", {flag}" for flag, _ in flags))
 
     def palette_conflict_error(self) -> str:
         return (f"palette masks number their colours differently: {self.palette_conflicts[0]}, so one index would "
@@ -372,8 +392,7 @@ class DataCheck:
         elif self.stray_values:
             hints.append(f"{len(self.stray_values)} mask values each cover under {STRAY_FRACTION:.1%} of the pixels "
                          f"(resized or noisy masks?): {self.stray_values_fix()}")
-        elif (self.binarize is None and len(self.mask_values) > INSTANCE_LABEL_HINT
-              and not is_colour(self.mask_values)):
+        elif self.instance_labels:
             hints.append(f"{len(self.mask_values)} distinct mask values look like instance labels (one value per "
                          "object): pass --binarize to train foreground vs background")
         if self.ignore_value is not None and not self.ignored_pixels:
@@ -381,13 +400,16 @@ class DataCheck:
                          "check the value (VOC-style borders are 255)")
         rare = [i for i, f in enumerate(self.class_fractions) if 0 < f < RARE_CLASS_FRACTION]
         if rare and len(self.mask_values) <= INSTANCE_LABEL_HINT:
-            hints.append(f"class{'es' if len(rare) > 1 else ''} {', '.join(map(str, rare))} cover less than "
+            hints.append(f"class{'es' if len(rare) > 1 else ''} {', '.join(map(str, rare))} "
+                         f"cover{'' if len(rare) > 1 else 's'} less than "
                          f"{RARE_CLASS_FRACTION:.0%} of the pixels: consider --class-weights auto")
         if 1 in self.image_channels and len(self.image_channels) > 1:
             hints.append("grayscale and colour images are mixed: --channels 1 converts the colour ones to grayscale"
                          if channels == 1 else "grayscale and colour images are mixed: grayscale ones are repeated "
                          "to 3 channels (--channels 1 converts all to grayscale instead)")
-        if self.pairs and len(self.empty_masks) > len(self.pairs) / 2:
+        if self.one_value:
+            hints.append(self.one_value_error())
+        elif self.pairs and len(self.empty_masks) > len(self.pairs) / 2:
             hints.append("most masks are empty (background only): check the mask encoding or the folder")
         return hints
 
@@ -404,7 +426,8 @@ class DataCheck:
             " binarized (" + ("any nonzero" if self.binarize == 0 else f"above {self.binarize}") + " = foreground)"
         if self.ignore_value is not None:
             extra += f", value {self.ignore_value} ignored" + ("" if self.ignored_pixels else " (found in no mask)")
-        lines.append(f"  masks: {encodings}{extra}; {len(self.mask_values)} classes")
+        count = len(self.mask_values)
+        lines.append(f"  masks: {encodings}{extra}; {count} class{'es' if count != 1 else ''}")
         shown = [f"{_short_value(v)}: {f:.1%}" for v, f in zip(self.mask_values, self.class_fractions)][:12]
         lines.append(f"  class pixels: {', '.join(shown)}{', ...' if len(self.mask_values) > 12 else ''}")
         if self.empty_masks:
@@ -519,7 +542,7 @@ def check_dataset(
     for name, counts in per_file.items():
         for value, count in counts.items():
             check.class_pixels[index[value]] += count
-        if set(counts) <= {_hashable(check.mask_values[0])}:
+        if set(counts) <= {_hashable(check.mask_values[0])} and not check.one_value:  # one value: one_value_error
             check.empty_masks.append(name)
     check.class_interior = [0] * len(check.mask_values)
     for counts in interior:
