@@ -637,6 +637,28 @@ def test_windows_around_objects_hold_foreground(tmp_path):
     assert sum(bool((anywhere[(0, seed)]["mask"] == 1).any()) for seed in range(10)) < 5
 
 
+@pytest.mark.parametrize("preset", ["light", "strong"])
+def test_an_image_smaller_than_the_window_is_augmented_before_it_is_padded(tmp_path, preset):
+    """Found by a review: padded first, a 24x40 image sat in the corner of a 256x256 window whose centre the zoom
+    and rotation turned about; up to a quarter of the windows held no pixel of it, half lost their object."""
+    from utils.augmentation import train_augmentation
+    from utils.mask_encoding import IGNORE_CLASS
+    from utils.sampling import SeededItems
+
+    mask = np.zeros((40, 24), np.uint8)
+    mask[15:25, 8:16] = 1
+    write_image(tmp_path / "imgs" / "a.png", random_rgb(0, 40, 24))
+    write_image(tmp_path / "masks" / "a.png", mask)
+    dataset = SeededItems(SegmentationDataset(list_pairs(tmp_path / "imgs", tmp_path / "masks"), [0, 1],
+                                              crop=(256, 256), crop_foreground=1.0,
+                                              transform=train_augmentation(preset)))
+    for seed in range(40):
+        window = dataset[(0, seed)]["mask"]
+        assert window.shape == (256, 256) and (window[40:, :] == IGNORE_CLASS).all() and \
+            (window[:, 24:] == IGNORE_CLASS).all(), seed  # the padding: bottom and right, out of the loss
+        assert (window == 1).any(), seed  # the object the window was cut around
+
+
 def test_worker_priority_is_lowered_where_the_system_has_nice(monkeypatch):
     import signal
 

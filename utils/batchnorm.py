@@ -16,16 +16,19 @@ from torch.optim.swa_utils import update_bn
 
 from .data_loading import normalize_images
 from .device import Precision, memory_format
+from .sampling import item_seed
 
 
 def calibration_keys(train_size: int, images: int, batch_size: int, seed: int) -> list[tuple[int, int]]:
     """The training items (utils.sampling.SeededItems keys: index and augmentation seed) that every epoch's
     recalibration reads: `images` of them rounded up to whole batches (the average weighs each batch the same),
     at most the whole training set. The same items each epoch and in every process, so that a resumed or
-    distributed run ends each epoch with the statistics of an uninterrupted one."""
+    distributed run ends each epoch with the statistics of an uninterrupted one. Each item its own augmentation
+    seed (that of an epoch 0, which training never reaches): one seed for all cut every --crop window at the same
+    place and flipped and zoomed every image alike (found by a review)."""
     count = min(train_size, -(-images // batch_size) * batch_size)
     chosen = torch.randperm(train_size, generator=torch.Generator().manual_seed(seed))[:count]
-    return [(index, seed) for index in sorted(chosen.tolist())]
+    return [(index, item_seed(seed, 0, 0, index)) for index in sorted(chosen.tolist())]
 
 
 def recalibrate_batchnorm(model: nn.Module, batches: Iterable[dict], device: torch.device,

@@ -739,12 +739,12 @@ class SegmentationDataset(Dataset):
         else:
             class_indices = self._encode(mask, pair)
         mask_tensor = torch.from_numpy(class_indices).long()
-        if self.crop is not None:
+        if self.transform is not None:  # before padding: zoom and rotation about the image's centre, not the window's
+            image_tensor, mask_tensor = self.transform(image_tensor, mask_tensor)
+        if self.crop is not None:  # an image smaller than the window
             crop_width, crop_height = self.crop
             image_tensor = pad_bottom_right(image_tensor, crop_height, crop_width, 0)
             mask_tensor = pad_bottom_right(mask_tensor, crop_height, crop_width, IGNORE_CLASS)
-        if self.transform is not None:
-            image_tensor, mask_tensor = self.transform(image_tensor, mask_tensor)
         return {"image": image_tensor, "mask": mask_tensor.to(self.mask_dtype), "name": pair.name}
 
     def _encode(self, mask: np.ndarray, pair: Pair) -> np.ndarray:
