@@ -554,6 +554,15 @@ class EpochControl:
         self.save_steps, self.save_minutes = parse_save_every(args.save_every)
         self.last_save = time.monotonic()
         self.reported_skips = 0
+        self.epoch_loss: tuple[torch.Tensor, int] | None = None  # the epoch's loss sum so far and its batches
+
+    def epoch_loss_so_far(self) -> list[float] | None:
+        """For a save inside an epoch (a host sync, at saves only): what a resume adds to the rest of the epoch's
+        losses, so that its train_loss covers the whole epoch. Under torchrun, rank 0's, standing in for all."""
+        if self.epoch_loss is None:
+            return None
+        total, batches = self.epoch_loss
+        return [float(total), batches]
 
     def save_due(self, step: int) -> bool:
         if self.save_steps is not None:
@@ -605,9 +614,11 @@ def train_one_epoch(
     control: EpochControl,
     skip: int = 0,
     class_weights: torch.Tensor | None = None,
+    carried_loss: list[float] | None = None,
 ) -> dict:
     """One pass over this process's share of the training data, from batch `skip` on (a resumed epoch): the
-    epoch's batches (plan.batches_in(epoch)) taken from the loader's stream of all epochs.
+    epoch's batches (plan.batches_in(epoch)) taken from the loader's stream of all epochs. carried_loss: the
+    loss sum and batches of the epoch's first `skip` batches, saved with the position (epoch_loss_so_far).
 
     Returns the mean loss over all processes (None if no batch was left), the global step, a sample for the
     logs, counts and timings (images, files skipped, seconds, seconds spent waiting for the loader: a starved
@@ -616,6 +627,10 @@ def train_one_epoch(
     model.train()
     loss_sum = torch.zeros((), device=device)  # summed on the device: no host sync per step
     batches = images_seen = skipped = 0
+    if carried_loss is not None:
+        loss_sum += carried_loss[0]
+    loss_batches = int(carried_loss[1]) if carried_loss is not None else 0  # batches in loss_sum
+    control.epoch_loss = (loss_sum, loss_batches)
     data_wait = 0.0
     last_batch = sample = None
     stopped = False
@@ -650,6 +665,8 @@ def train_one_epoch(
 
             loss_sum += loss
             batches += 1
+            loss_batches += 1
+            control.epoch_loss = (loss_sum, loss_batches)
             step += 1
             images_seen += images.shape[0] if loss_weight else 0
             sample = (images, masks, logits)
@@ -660,7 +677,8 @@ def train_one_epoch(
                 control.check_finite(step, epoch, skip + batches, warn=log_due or epoch_ends)
             if log_due:
                 # every process steps together, so all reach this: the losses of the whole global batch
-                logged = all_reduce_sum(torch.stack([loss_sum / batches, loss.detach().float()]), world) / world.size
+                logged = all_reduce_sum(torch.stack([loss_sum / loss_batches, loss.detach().float()]),
+                                        world) / world.size
                 if run_log is not None:
                     mean_loss, step_loss = logged.tolist()  # the one host sync, every --log-every steps
                     progress.set_postfix(loss=f"{mean_loss:.4f}")
@@ -674,7 +692,7 @@ def train_one_epoch(
     if batches == 0 and skip == 0:
         raise UserError(f"every training file failed to load this epoch ({skipped} skipped, named above): check "
                         f"that {args.imgs} and {args.masks} still hold them")
-    totals = all_reduce_sum(torch.stack([loss_sum.double(), torch.tensor(float(batches), device=device).double(),
+    totals = all_reduce_sum(torch.stack([loss_sum.double(), torch.tensor(float(loss_batches), device=device).double(),
                                          torch.tensor(float(skipped), device=device).double()]), world)
     if sample is not None:
         images, masks, logits = sample
@@ -973,6 +991,8 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
             return {"step": step, "best_dice": best_dice, "val_dice": None, "history": []}
     # One loader iterator for all the epochs left: its workers decode the next epoch during validation.
     plan = EpochBatches(order, start_epoch, args.epochs, skip_batches)
+    # the losses of the batches done before the save, so that the resumed epoch's train_loss covers them too
+    carried_loss = resumed.get("epoch_loss") if resumed is not None and skip_batches else None
     train_loader = make_loader(SeededItems(train_set), args.batch_size, device, min(workers, len(train_set)),
                                batches=plan, stops_gracefully=True)  # GracefulStop below
     training_model: nn.Module = model
@@ -1032,6 +1052,7 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
             "training_images": len(train_pairs), "validation_images": validation_names,
             "batched_by_size": True,  # the epoch order of utils/sampling.py; older runs mixed sizes
             "processes": world.size,  # a position within an epoch holds for this many processes only
+            "epoch_loss": control.epoch_loss_so_far() if epoch_batches else None,
             "wandb_run": run_log.wandb_id or earlier_wandb_run,  # a resume without wandb keeps the id for a later one
         }
         try:
@@ -1052,7 +1073,8 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
                 started = time.perf_counter()
                 skip = plan.skipped_in(epoch)  # the epoch's order survives a resume
                 result = train_one_epoch(training_model, stream, plan, optimizer, scheduler, scaler, device,
-                                         precision, args, step, epoch, run_log, world, control, skip, class_weights)
+                                         precision, args, step, epoch, run_log, world, control, skip, class_weights,
+                                         carried_loss if skip else None)
                 step = result["step"]
                 if result["stopped"]:
                     checkpoints.wait()

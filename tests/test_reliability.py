@@ -151,6 +151,10 @@ def test_sigkilled_twice_and_resumed_matches_an_uninterrupted_run(data: Path, tm
     for index, state in expected["optimizer"].items():
         for key, value in state.items():
             assert torch.equal(value, resumed["optimizer"][index][key]), (index, key)
+    # and each epoch's train_loss covers all its batches, those before the kills too (saved with the position)
+    losses = {name: [float(row["train_loss"]) for row in csv.DictReader(open(tmp_path / name / "metrics.csv"))]
+              for name in ("straight", "killed")}
+    assert len(losses["straight"]) == 2 and losses["killed"] == pytest.approx(losses["straight"], rel=1e-5)
 
 
 def test_sigterm_stops_after_the_step_saves_and_says_how_to_resume(data: Path, tmp_path: Path) -> None:
