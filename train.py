@@ -27,11 +27,11 @@ from torch.utils.data import Dataset, Subset
 from tqdm import tqdm
 
 from evaluate import evaluate, set_image_means
-from unet import CLASSIC_BASE_CHANNELS, LONE_IMAGE_MIN_SIDE, MAX_BASE_CHANNELS, UNet, memory_share
+from unet import CLASSIC_BASE_CHANNELS, LONE_IMAGE_MIN_SIDE, MAX_BASE_CHANNELS, UNet
 from utils.augmentation import AUGMENT_PRESETS, train_augmentation
 from utils.batch_cache import BatchCache
 from utils.batchnorm import calibration_keys, recalibrate_batchnorm
-from utils.check_data import check_dataset
+from utils.check_data import INSTANCE_LABELS_FIX, check_dataset
 from utils.checkpoint import (
     CheckpointWriter,
     check_training_state,
@@ -78,7 +78,7 @@ from utils.distributed import (
     smallest_everywhere,
 )
 from utils.errors import UserError, check_flag, check_writable_folder, exit_code_of, run_cli
-from utils.inference import WHOLE_IMAGE, InferenceOptions, is_out_of_memory, logits_to_classes
+from utils.inference import WHOLE_IMAGE, InferenceOptions, is_out_of_memory, logits_to_classes, memory_share
 from utils.mask_encoding import (
     MaskValue,
     add_binarize_argument,
@@ -774,17 +774,15 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     classes_given = args.classes is not None
     weights = load_checkpoint(args.load, flag="--load") if args.load and resumed is None else None
     if weights is not None:  # start from these weights: their architecture decides how images are read
-        stored = weights["model_args"]["n_channels"]
-        if args.channels not in (None, stored):
-            raise UserError(f"--channels is {args.channels} but {args.load} holds a model of {stored}-channel "
-                            f"images: leave out --channels, or start without --load")
-        args.channels = stored
+        for name, key, held in (("channels", "n_channels", lambda n: f"{n}-channel images"),
+                                ("base_channels", "base_channels", described_width)):
+            stored, given = weights["model_args"][key], getattr(args, name)
+            flag = "--" + name.replace("_", "-")
+            if given not in (None, stored):
+                raise UserError(f"{flag} is {given} but {args.load} holds a model of {held(stored)}: leave out "
+                                f"{flag}, or start without --load")
+            setattr(args, name, stored)
         args.classes = args.classes or weights["model_args"]["n_classes"]
-        width = weights["model_args"]["base_channels"]
-        if args.base_channels not in (None, width):
-            raise UserError(f"--base-channels is {args.base_channels} but {args.load} holds a model of "
-                            f"{described_width(width)}: leave out --base-channels, or start without --load")
-        args.base_channels = width
     args.channels = args.channels or 3
     args.base_channels = args.base_channels or CLASSIC_BASE_CHANNELS
 
@@ -856,9 +854,12 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     held_out_only = [value for value, trained, held_out in zip(data.mask_values, train_pixels, val_pixels)
                      if held_out and not trained]
     if held_out_only:
-        fix = ": they look like instance labels (one value per object): pass --binarize to train foreground vs " \
-            "background" if data.instance_labels else "" if resumed is not None else \
-            ": another --seed splits the images otherwise"
+        if data.instance_labels:
+            fix = f": they {INSTANCE_LABELS_FIX}"
+        elif resumed is None:
+            fix = ": another --seed splits the images otherwise"
+        else:
+            fix = ""
         listed = ", ".join(shown(value) for value in held_out_only[:5]) + (", ..." if len(held_out_only) > 5 else "")
         say(f"warning: mask value{'s' if len(held_out_only) > 1 else ''} {listed} appear"
             f"{'' if len(held_out_only) > 1 else 's'} only in validation images, in none of the {len(train_pairs)} "

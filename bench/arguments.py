@@ -4,7 +4,7 @@ not a traceback (or the out-of-memory killer) minutes into a run."""
 import argparse
 from collections.abc import Callable
 
-from unet.unet_model import MAX_BASE_CHANNELS, MIN_SIDE
+from unet.unet_model import MAX_BASE_CHANNELS, MIN_SIDE, whole_number
 
 
 def at_least(minimum: int) -> Callable[[str], int]:
@@ -21,11 +21,11 @@ def at_least(minimum: int) -> Callable[[str], int]:
 
 
 def base_channels(text: str) -> int:
-    """train.py's --base-channels: 1 to MAX_BASE_CHANNELS."""
-    value = at_least(1)(text)
-    if value > MAX_BASE_CHANNELS:
-        raise argparse.ArgumentTypeError(f"must be at most {MAX_BASE_CHANNELS}, got {value}")
-    return value
+    """train.py's --base-channels, by the rule the UNet is built with."""
+    try:
+        return whole_number("--base-channels", int(text), MAX_BASE_CHANNELS)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a whole number from 1 to {MAX_BASE_CHANNELS}, got {text!r}") from None
 
 
 def positive(text: str) -> float:

@@ -20,8 +20,9 @@ from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
-TRAIN_FLAGS = ["--scale", "1", "--batch-size", "4", "--learning-rate", "1e-2", "--wandb", "disabled",
-               "--workers", "0", "--log-every", "1", *NARROW_UNET]
+ANY_WIDTH_FLAGS = ["--scale", "1", "--batch-size", "4", "--learning-rate", "1e-2", "--wandb", "disabled",
+                   "--workers", "0", "--log-every", "1"]
+TRAIN_FLAGS = [*ANY_WIDTH_FLAGS, *NARROW_UNET]
 
 
 def write_carvana_like(folder: Path, count: int, size: tuple[int, int] = (48, 32), seed: int = 0) -> Path:
@@ -555,7 +556,7 @@ def test_load_takes_the_architecture_from_the_weights_file(tmp_path: Path, capsy
 
     write_carvana_like(tmp_path / "data", 3)
     base = ["--imgs", str(tmp_path / "data" / "imgs"), "--masks", str(tmp_path / "data" / "masks"),
-            "--epochs", "1", "--validation", "0", *TRAIN_FLAGS[:-len(NARROW_UNET)]]
+            "--epochs", "1", "--validation", "0", *ANY_WIDTH_FLAGS]
     train.main(train.get_args_parser().parse_args(
         [*base, "--channels", "1", "--bilinear", "--classes", "3", "--checkpoint-dir", str(tmp_path / "first"),
          "--base-channels", "8"]))

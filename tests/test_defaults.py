@@ -80,8 +80,9 @@ def test_default_batch_size_on_gpu_fits_free_memory(monkeypatch, free_gib, dtype
 
 def test_default_batch_size_on_gpu_counts_the_width_of_the_model(monkeypatch):
     """The feature maps are proportional to --base-channels, the input and outputs are not: a quarter of the width
-    needs about a third of the memory (unet.memory_share) and fits twice the batch here, twice the width one image."""
-    from unet import memory_share
+    needs about a third of the memory (utils.inference.memory_share) and fits twice the batch here, twice the width
+    one image."""
+    from utils.inference import memory_share
 
     free = 8 * 2**30
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (free, 80 * 2**30))

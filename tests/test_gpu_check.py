@@ -104,7 +104,7 @@ def test_an_error_found_deep_inside_a_benchmark_is_one_line(tmp_path: Path, monk
     (["bench/inference_memory.py", "--sizes", "10x10"], "must be at least 16, got 10"),
     (["bench/tile_memory.py", "--gpu-limit", "-1"], "must be above 0, got -1"),
     (["bench/mask_output_cost.py", "--repeat", "x"], "'x' is not a whole number"),
-    (["bench/step_profile.py", "--base-channels", "1000"], "must be at most 256, got 1000"),
+    (["bench/step_profile.py", "--base-channels", "1000"], "a whole number from 1 to 256, got '1000'"),
 ])
 def test_a_bad_number_is_one_line_before_any_work(argv: list[str], rule: str, monkeypatch: pytest.MonkeyPatch,
                                                   capsys: pytest.CaptureFixture) -> None:

@@ -183,7 +183,7 @@ def test_auto_tiles_only_when_the_whole_image_does_not_fit() -> None:
 
 
 def test_auto_tiles_count_the_width_of_the_model() -> None:
-    """A model of a quarter of the classic width needs about a third of the memory per pixel (unet.memory_share):
+    """A model of a quarter of the classic width needs about a third of the memory per pixel (memory_share):
     it predicts whole where the classic one would be tiled."""
     images = torch.randint(0, 256, (1, 3, 160, 240), dtype=torch.uint8)
     quarter = InferenceOptions(tile="auto", max_memory=160 * 240 * INFERENCE_BYTES_PER_PIXEL["fp32"] * 0.35 / 2**30)

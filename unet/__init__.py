@@ -4,9 +4,7 @@ from .unet_model import (
     MAX_BASE_CHANNELS,
     MIN_SIDE,
     UNet,
-    memory_share,
     whole_number,
 )
 
-__all__ = ["CLASSIC_BASE_CHANNELS", "LONE_IMAGE_MIN_SIDE", "MAX_BASE_CHANNELS", "MIN_SIDE", "UNet", "memory_share",
-           "whole_number"]
+__all__ = ["CLASSIC_BASE_CHANNELS", "LONE_IMAGE_MIN_SIDE", "MAX_BASE_CHANNELS", "MIN_SIDE", "UNet", "whole_number"]

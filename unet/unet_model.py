@@ -12,10 +12,6 @@ from .unet_parts import DoubleConv, Down, OutConv, Up
 
 CLASSIC_BASE_CHANNELS = 64  # the classic U-Net's first block, and every reference checkpoint's
 MAX_BASE_CHANNELS = 256  # 4x the classic: 497M parameters, 2 GB of fp32 weights; wider is a typo, not a model
-# Memory of a forward pass that does not scale with the width (the input, the logits, the class map), as a share
-# of the classic model's: per pixel of a 1024x1024 image through utils.inference, 192 B at 1 base channel
-# against 1,928 at 64 in fp32, 96 against 1,019 in bf16 (2-core CPU, peak RSS, 2026-11-29).
-WIDTH_INDEPENDENT_MEMORY = 0.1
 MIN_SIDE = 16  # pixels a side the input needs: four 2x2 poolings, below this the deepest feature map vanishes
 LONE_IMAGE_MIN_SIDE = 2 * MIN_SIDE  # below it on both sides, the deepest map is 1x1: one value per channel,
 # too few for BatchNorm to train on when the image is alone in its batch
@@ -32,12 +28,6 @@ def whole_number(name: str, value: object, highest: int | None = None) -> int:
         rule = f"from 1 to {highest}" if highest is not None else "of at least 1"
         raise ValueError(f"{name} must be a whole number {rule}, got {value!r}")
     return number
-
-
-def memory_share(base_channels: int) -> float:
-    """The memory a model of this width needs per pixel, as a share of the classic model's: the feature maps
-    scale with the width, the input and the outputs do not."""
-    return WIDTH_INDEPENDENT_MEMORY + (1 - WIDTH_INDEPENDENT_MEMORY) * base_channels / CLASSIC_BASE_CHANNELS
 
 
 @contextmanager

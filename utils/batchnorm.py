@@ -23,9 +23,8 @@ def calibration_keys(train_size: int, images: int, batch_size: int, seed: int) -
     """The training items (utils.sampling.SeededItems keys: index and augmentation seed) that every epoch's
     recalibration reads: `images` of them rounded up to whole batches (the average weighs each batch the same),
     at most the whole training set. The same items each epoch and in every process, so that a resumed or
-    distributed run ends each epoch with the statistics of an uninterrupted one. Each item its own augmentation
-    seed (that of an epoch 0, which training never reaches): one seed for all cut every --crop window at the same
-    place and flipped and zoomed every image alike (found by a review)."""
+    distributed run ends each epoch with the statistics of an uninterrupted one. Each item has its own augmentation
+    seed (that of an epoch 0, which training never reaches), so that the windows, flips and zooms vary."""
     count = min(train_size, -(-images // batch_size) * batch_size)
     chosen = torch.randperm(train_size, generator=torch.Generator().manual_seed(seed))[:count]
     return [(index, item_seed(seed, 0, 0, index)) for index in sorted(chosen.tolist())]

@@ -63,6 +63,8 @@ FIXES_OF_ALL = {TURNED_IMAGE_FIX: f"the masks were drawn on the images as viewer
                 TURNED_MASK_FIX: "the masks are stored turned and shown upright by viewers: save them upright, e.g. "
                                  "with PIL.ImageOps.exif_transpose"}
 RARE_CLASS_FRACTION = 0.01
+INSTANCE_LABELS_FIX = "look like instance labels (one value per object): pass --binarize to train foreground vs " \
+    "background"
 INSTANCE_LABEL_HINT = 16  # more distinct values than this in label masks usually means one value per object
 # Mask values made up by resizing with interpolation, lossy saving or noise: each under STRAY_FRACTION of the
 # pixels, together under STRAY_TOTAL, at least twice as many as the values that cover more, and under
@@ -393,8 +395,7 @@ class DataCheck:
             hints.append(f"{len(self.stray_values)} mask values each cover under {STRAY_FRACTION:.1%} of the pixels "
                          f"(resized or noisy masks?): {self.stray_values_fix()}")
         elif self.instance_labels:
-            hints.append(f"{len(self.mask_values)} distinct mask values look like instance labels (one value per "
-                         "object): pass --binarize to train foreground vs background")
+            hints.append(f"{len(self.mask_values)} distinct mask values {INSTANCE_LABELS_FIX}")
         if self.ignore_value is not None and not self.ignored_pixels:
             hints.append(f"--ignore-index {self.ignore_value}: no mask holds that value, so nothing is left out; "
                          "check the value (VOC-style borders are 255)")

@@ -244,7 +244,7 @@ def infer_model_args(state_dict: dict[str, torch.Tensor], source: Path | str) ->
             "n_channels": int(state_dict["inc.double_conv.0.weight"].shape[1]),
             "n_classes": int(state_dict["outc.conv.weight"].shape[0]),
             "bilinear": "up1.up.weight" not in state_dict,
-            "base_channels": int(state_dict["inc.double_conv.0.weight"].shape[0]),
+            "base_channels": _inferred_width(state_dict),
         }
     except (KeyError, AttributeError, IndexError, TypeError):
         wrapped = next((key for key in state_dict if str(key).startswith(WRAPPER_PREFIXES)), None)
@@ -255,7 +255,8 @@ def infer_model_args(state_dict: dict[str, torch.Tensor], source: Path | str) ->
 
 
 def _inferred_width(state_dict: Any) -> int | None:
-    """The width of the weights (plain state_dicts, and model_args of before base_channels), None if unreadable."""
+    """The width the weights were built with (for plain state_dicts, and our files' model_args of before
+    base_channels); None where the first convolution's weight is missing or not one."""
     weight = state_dict.get("inc.double_conv.0.weight") if isinstance(state_dict, dict) else None
     return int(weight.shape[0]) if isinstance(weight, torch.Tensor) and weight.dim() == 4 else None
 
@@ -277,8 +278,9 @@ def _unet_layout(n_channels: int, n_classes: int, bilinear: bool,
 
 
 def check_model_args(args: Any, source: Path | str) -> dict[str, Any]:
-    """model_args as UNet(**args) needs them: positive ints for the sizes, a bool for bilinear. Checkpoints
-    written before base_channels existed hold the classic width."""
+    """model_args as UNet(**args) needs them: positive ints for the sizes, a bool for bilinear. Without
+    base_channels (a dict put together by hand and given to model_from_checkpoint; checkpoint_from_data reads it
+    off the weights first), the classic width."""
     fix = "the file is damaged or was not written by train.py"
     if isinstance(args, dict) and set(args) == {"n_channels", "n_classes", "bilinear"}:
         args = {**args, "base_channels": CLASSIC_BASE_CHANNELS}
