@@ -994,6 +994,9 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     plan = EpochBatches(order, start_epoch, args.epochs, skip_batches)
     # the losses of the batches done before the save, so that the resumed epoch's train_loss covers them too
     carried_loss = resumed.get("epoch_loss") if resumed is not None and skip_batches else None
+    if skip_batches and carried_loss is None:
+        say(f"note: {resume_file} was saved without the loss of epoch {start_epoch}'s first {skip_batches} batches "
+            "(before it was kept): that epoch's train_loss covers the batches after the resume only", file=sys.stderr)
     train_loader = make_loader(SeededItems(train_set), args.batch_size, device, min(workers, len(train_set)),
                                batches=plan, stops_gracefully=True)  # GracefulStop below
     training_model: nn.Module = model
@@ -1112,11 +1115,13 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
                            "lr": scheduler.get_last_lr()[0], "val_dice": val_dice,
                            "val_iou": scores["iou"] if val_dice is not None else None,
                            "skipped": result["skipped"] + (scores["skipped"] if scores else 0),
-                           "seconds": round(seconds, 2), "images_per_second": round(images / seconds, 3),
-                           "data_wait": round(result["data_wait"] / max(result["seconds"], 1e-9), 3)}
+                           **({"seconds": round(seconds, 2), "images_per_second": round(images / seconds, 3),
+                               "data_wait": round(result["data_wait"] / max(result["seconds"], 1e-9), 3)}
+                              if images else {})}  # resumed at its validation: no training here to time
                     run_log.log_epoch(row, unwrap_model(model), result["sample"])
                     loss_text = f"{result['loss']:.4f}" if result["loss"] is not None else "-"
-                    summary = (f"epoch {epoch}: train loss {loss_text}, {row['images_per_second']:.3g} images/s"
+                    speed = f", {row['images_per_second']:.3g} images/s" if images else ""
+                    summary = (f"epoch {epoch}: train loss {loss_text}{speed}"
                                + (f", {row['skipped']} files skipped" if row["skipped"] else ""))
                     if val_dice is not None:
                         summary += f", validation Dice {val_dice:.4f}" + (" (best)" if is_best else "")

@@ -641,6 +641,8 @@ def test_declared_architecture_that_contradicts_the_weights_is_refused(ckpt_dir)
     ("format", 99, "format 99; this code reads format 1"),
     ("wandb_run", 5, "wandb_run is 5, not a wandb run id"),
     ("epoch_loss", [1.5], "epoch_loss is [1.5], not [loss sum, batches]"),
+    ("epoch_loss", [2.9, float("nan")], "epoch_loss is [2.9, nan], not [loss sum, batches] with batches its "
+                                        "epoch_batches (None)"),
 ])
 def test_malformed_entries_are_one_line_naming_the_entry(ckpt_dir, entry, value, complaint):
     path = ckpt_dir / "odd.pth"

@@ -450,7 +450,7 @@ def test_an_epoch_with_no_validation_image_scored_logs_no_scores_and_counts_the_
 
 
 def test_a_validation_that_fails_keeps_the_epochs_training_and_a_resume_validates_it(
-        data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture) -> None:
     import train
 
     flags = ["--epochs", "2", "--validation", "25", "--augment", "light"]
@@ -470,12 +470,24 @@ def test_a_validation_that_fails_keeps_the_epochs_training_and_a_resume_validate
     kept = load_checkpoint(run / "last.pth")
     assert (kept["epoch"], kept["epoch_batches"], kept["step"]) == (1, 3, 6)  # epoch 2's three steps are kept
     monkeypatch.setattr(train, "evaluate", real_evaluate)
+    older = tmp_path / "older"  # the same point saved before epoch_loss was kept
+    shutil.copytree(run, older)
+    without = torch.load(older / "last.pth", weights_only=True)
+    del without["epoch_loss"]
+    torch.save(without, older / "last.pth")
     result = train.main(train.get_args_parser().parse_args(in_process_flags(data, run, *flags, "--resume", "auto")))
     straight = load_checkpoint(tmp_path / "straight" / "last.pth")
     resumed = load_checkpoint(run / "last.pth")
     assert result["step"] == straight["step"] == 6 and resumed["val_dice"] == pytest.approx(straight["val_dice"])
     for name, value in straight["model"].items():
         assert torch.equal(value, resumed["model"][name]), name
+    rows = {name: list(csv.DictReader(open(tmp_path / name / "metrics.csv"))) for name in ("straight", "failed")}
+    assert float(rows["failed"][1]["train_loss"]) == pytest.approx(float(rows["straight"][1]["train_loss"]))
+    assert rows["failed"][1]["images_per_second"] == "" != rows["straight"][1]["images_per_second"]  # not timed
+    capfd.readouterr()
+    train.main(train.get_args_parser().parse_args(in_process_flags(data, older, *flags, "--resume", "auto")))
+    assert f"note: {older / 'last.pth'} was saved without the loss of epoch 2's first 3 batches (before it was " \
+           "kept): that epoch's train_loss covers the batches after the resume only" in capfd.readouterr().err
 
 
 def test_a_run_goes_on_from_its_own_earlier_checkpoints(data: Path, tmp_path: Path) -> None:
