@@ -1150,6 +1150,9 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
         + (", best.pth" if (args.checkpoint_dir / "best.pth").exists() else "")
         + (f", epoch_{start_epoch}.pth to epoch_{args.epochs}.pth" if args.keep_epochs and start_epoch < args.epochs
            else f", epoch_{args.epochs}.pth" if args.keep_epochs else ""))
+    if stop.requested:  # during the last epoch's validation: no step came after it, and the run is complete
+        say(f"{stop.requested} received during the last validation: the run completed and saved all it had")
+        raise SystemExit(stop.exit_code)  # what the first signal exits with wherever it comes
     return {"step": step, "best_dice": best_dice, "val_dice": val_dice,
             "history": run_log.rows if run_log is not None else []}
 

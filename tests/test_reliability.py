@@ -490,6 +490,32 @@ def test_a_validation_that_fails_keeps_the_epochs_training_and_a_resume_validate
            "kept): that epoch's train_loss covers the batches after the resume only" in capfd.readouterr().err
 
 
+def test_a_signal_during_the_last_validation_completes_the_run_and_exits_with_the_signals_code(
+        data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture) -> None:
+    """Found by a review: it said "stopping after this step", then finished and exited 0, where a first signal
+    exits 130/143 everywhere else (the README's word, and what a scheduler reads)."""
+    import train
+
+    real_evaluate, calls = train.evaluate, []
+
+    def interrupted_in_epoch_2(*args, **kwargs):  # noqa: ANN002, ANN003
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # GracefulStop's handler: noted, acted on after the validation
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train, "evaluate", interrupted_in_epoch_2)
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as stop:
+        train.main(train.get_args_parser().parse_args(in_process_flags(data, run, "--epochs", "2",
+                                                                       "--validation", "25")))
+    assert stop.value.code == 130 and len(calls) == 2
+    printed = capfd.readouterr().out
+    assert "SIGINT received during the last validation: the run completed and saved all it had" in printed
+    saved = load_checkpoint(run / "last.pth")
+    assert (saved["epoch"], saved["epoch_batches"], saved["val_dice"] is not None) == (2, 0, True)
+
+
 def test_a_run_goes_on_from_its_own_earlier_checkpoints(data: Path, tmp_path: Path) -> None:
     """Going back to epoch_1.pth replaces the later last.pth: only with --overwrite, and then nothing else of the
     run is removed. Without last.pth, the latest epoch_N.pth is the one to continue from, in place."""
