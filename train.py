@@ -554,15 +554,13 @@ class EpochControl:
         self.save_steps, self.save_minutes = parse_save_every(args.save_every)
         self.last_save = time.monotonic()
         self.reported_skips = 0
-        self.epoch_loss: tuple[torch.Tensor, int] | None = None  # the epoch's loss sum so far and its batches
+        self.epoch_loss: torch.Tensor | None = None  # the loss sum of the epoch's batches so far, on the device
 
-    def epoch_loss_so_far(self) -> list[float] | None:
-        """For a save inside an epoch (a host sync, at saves only): what a resume adds to the rest of the epoch's
-        losses, so that its train_loss covers the whole epoch. Under torchrun, rank 0's, standing in for all."""
-        if self.epoch_loss is None:
-            return None
-        total, batches = self.epoch_loss
-        return [float(total), batches]
+    def epoch_loss_so_far(self) -> float | None:
+        """For a save inside an epoch (a host sync, at saves only): what a resume adds to the loss of the rest of
+        the epoch (its batches: the position's), so that its train_loss covers the whole epoch. Under torchrun,
+        rank 0's, standing in for all."""
+        return None if self.epoch_loss is None else float(self.epoch_loss)
 
     def save_due(self, step: int) -> bool:
         if self.save_steps is not None:
@@ -614,11 +612,11 @@ def train_one_epoch(
     control: EpochControl,
     skip: int = 0,
     class_weights: torch.Tensor | None = None,
-    carried_loss: list[float] | None = None,
+    carried_loss: float | None = None,
 ) -> dict:
     """One pass over this process's share of the training data, from batch `skip` on (a resumed epoch): the
     epoch's batches (plan.batches_in(epoch)) taken from the loader's stream of all epochs. carried_loss: the
-    loss sum and batches of the epoch's first `skip` batches, saved with the position (epoch_loss_so_far).
+    loss sum of the epoch's first `skip` batches, saved with the position (epoch_loss_so_far).
 
     Returns the mean loss over all processes (None if no batch was left), the global step, a sample for the
     logs, counts and timings (images, files skipped, seconds, seconds spent waiting for the loader: a starved
@@ -627,10 +625,11 @@ def train_one_epoch(
     model.train()
     loss_sum = torch.zeros((), device=device)  # summed on the device: no host sync per step
     batches = images_seen = skipped = 0
+    counted_before = 0  # the batches before the resume whose losses loss_sum holds
     if carried_loss is not None:
-        loss_sum += carried_loss[0]
-    loss_batches = int(carried_loss[1]) if carried_loss is not None else 0  # batches in loss_sum
-    control.epoch_loss = (loss_sum, loss_batches)
+        loss_sum += carried_loss
+        counted_before = skip
+    control.epoch_loss = loss_sum  # summed in place: the save reads the sum so far
     data_wait = 0.0
     last_batch = sample = None
     stopped = False
@@ -665,8 +664,6 @@ def train_one_epoch(
 
             loss_sum += loss
             batches += 1
-            loss_batches += 1
-            control.epoch_loss = (loss_sum, loss_batches)
             step += 1
             images_seen += images.shape[0] if loss_weight else 0
             sample = (images, masks, logits)
@@ -677,8 +674,8 @@ def train_one_epoch(
                 control.check_finite(step, epoch, skip + batches, warn=log_due or epoch_ends)
             if log_due:
                 # every process steps together, so all reach this: the losses of the whole global batch
-                logged = all_reduce_sum(torch.stack([loss_sum / loss_batches, loss.detach().float()]),
-                                        world) / world.size
+                logged = all_reduce_sum(torch.stack([loss_sum / (counted_before + batches),
+                                                     loss.detach().float()]), world) / world.size
                 if run_log is not None:
                     mean_loss, step_loss = logged.tolist()  # the one host sync, every --log-every steps
                     progress.set_postfix(loss=f"{mean_loss:.4f}")
@@ -692,7 +689,8 @@ def train_one_epoch(
     if batches == 0 and skip == 0:
         raise UserError(f"every training file failed to load this epoch ({skipped} skipped, named above): check "
                         f"that {args.imgs} and {args.masks} still hold them")
-    totals = all_reduce_sum(torch.stack([loss_sum.double(), torch.tensor(float(loss_batches), device=device).double(),
+    counted = torch.tensor(float(counted_before + batches), device=device).double()
+    totals = all_reduce_sum(torch.stack([loss_sum.double(), counted,
                                          torch.tensor(float(skipped), device=device).double()]), world)
     if sample is not None:
         images, masks, logits = sample

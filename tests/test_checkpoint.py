@@ -640,9 +640,9 @@ def test_declared_architecture_that_contradicts_the_weights_is_refused(ckpt_dir)
     ("scale", -1.0, "scale is -1.0, not a positive number"),
     ("format", 99, "format 99; this code reads format 1"),
     ("wandb_run", 5, "wandb_run is 5, not a wandb run id"),
-    ("epoch_loss", [1.5], "epoch_loss is [1.5], not [loss sum, batches]"),
-    ("epoch_loss", [2.9, float("nan")], "epoch_loss is [2.9, nan], not [loss sum, batches] with batches its "
-                                        "epoch_batches (None)"),
+    ("epoch_loss", [1.5], "epoch_loss is [1.5], not the loss sum of the epoch's batches so far (a number)"),
+    ("epoch_loss", [2.9, float("nan")], "epoch_loss is [2.9, nan], not the loss sum"),
+    ("epoch_loss", True, "epoch_loss is True, not the loss sum"),
 ])
 def test_malformed_entries_are_one_line_naming_the_entry(ckpt_dir, entry, value, complaint):
     path = ckpt_dir / "odd.pth"

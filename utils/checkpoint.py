@@ -368,12 +368,10 @@ def _check_metadata(checkpoint: dict[str, Any], source: Path | str) -> None:
     scale = checkpoint.get("scale")
     if scale is not None and (not isinstance(scale, scalar) or isinstance(scale, bool) or not scale > 0):
         raise UserError(f"{source}: scale is {scale!r}, not a positive number: pass --scale")
-    loss, batches = checkpoint.get("epoch_loss"), checkpoint.get("epoch_batches")
-    if loss is not None and not (isinstance(loss, list) and len(loss) == 2 and isinstance(loss[0], (int, float))
-                                 and not isinstance(loss[0], bool) and type(loss[1]) is int and loss[1] == batches):
-        # the sum may be NaN or infinite (an uninterrupted run records that too); the count is the position's
-        raise UserError(f"{source}: epoch_loss is {_clipped(loss)}, not [loss sum, batches] with batches its "
-                        f"epoch_batches ({_clipped(batches)}): fix or drop the entry")
+    loss = checkpoint.get("epoch_loss")  # NaN or infinite too: an uninterrupted run records that as well
+    if loss is not None and (not isinstance(loss, (int, float)) or isinstance(loss, bool)):
+        raise UserError(f"{source}: epoch_loss is {_clipped(loss)}, not the loss sum of the epoch's batches so far "
+                        "(a number): fix or drop the entry")
     if checkpoint.get("wandb_run") is not None and not isinstance(checkpoint["wandb_run"], str):
         raise UserError(f"{source}: wandb_run is {_clipped(checkpoint['wandb_run'])}, not a wandb run id: fix or drop "
                         "the entry")
