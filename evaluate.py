@@ -47,7 +47,7 @@ from utils.inference import (
     notify_once,
     predict_logits,
 )
-from utils.mask_encoding import binarize_threshold
+from utils.mask_encoding import binarize_threshold, short_values
 
 
 def evaluate(
@@ -226,8 +226,8 @@ def main(args: argparse.Namespace) -> dict:
               "pooled: over all pixels of all images together (the fairer score of a class few images hold)")
     unseen = [str(c) for c in range(1, len(result["images_per_class"])) if not result["seen_per_class"][c]]
     if unseen and len(unseen) < len(result["images_per_class"]) - 1:
-        print(f"class{'es' if len(unseen) > 1 else ''} {', '.join(unseen)}: in no mask and never predicted, left "
-              "out of the mean foreground Dice and IoU")
+        named = f"class {unseen[0]}" if len(unseen) == 1 else f"{len(unseen)} classes {short_values(unseen)}"
+        print(f"{named}: in no mask and never predicted, left out of the mean foreground Dice and IoU")
     turned = [pair.image.name for pair in pairs if file_orientation(pair.image) != 1]
     if turned:  # as predict.py says of its inputs; training's data check lists them too
         names = ", ".join(turned[:3]) + (", ..." if len(turned) > 3 else "")

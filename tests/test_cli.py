@@ -745,6 +745,20 @@ def test_evaluate_names_an_image_too_small_for_the_unet(tmp_path: Path) -> None:
                                                       "out or enlarge it")
 
 
+def test_evaluate_names_many_unscored_classes_in_one_short_line(tmp_path: Path) -> None:
+    """Found by a review: a model of 301 classes listed every class no mask held, in one line of 300 numbers."""
+    write_cells(tmp_path, 2)  # masks of 0 and 255
+    torch.manual_seed(0)
+    model = UNet(3, 12, base_channels=4)
+    with torch.no_grad():
+        model.outc.conv.bias[2:] = -100.0  # classes 2 to 11: in no mask, never predicted
+    torch.save({**model.state_dict(), "mask_values": [0, 255, *range(1, 11)]}, tmp_path / "model.pth")
+    result = run("evaluate.py", "-m", "model.pth", "--imgs", "imgs", "--masks", "masks", "--scale", "1",
+                 "--workers", "0", cwd=tmp_path)
+    assert ("10 classes [2, 3, 4, 5, 6, 7, 8, 9, ...]: in no mask and never predicted, left out of the mean "
+            "foreground Dice and IoU") in result.stdout
+
+
 def test_resume_after_images_were_added_keeps_its_validation_images(tmp_path: Path) -> None:
     write_carvana_like(tmp_path / "data", 6)
     flags = ["--validation", "34", *TRAIN_FLAGS]
