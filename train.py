@@ -188,8 +188,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     model.add_argument("--classes", "-c", type=int, default=None,
                        help="number of classes: 1 = binary with sigmoid/BCE, 2+ = softmax/cross-entropy "
                             "(default: one per mask value found, at least 2)")
-    model.add_argument("--channels", type=int, default=None, choices=(1, 3),
-                       help="image channels the model reads (default: 3, or those of the --load weights)")
+    model.add_argument("--channels", type=int, default=None, choices=(1, 3, 4),
+                       help="image channels the model reads: 1 grayscale, 3 RGB, 4 RGB + a fourth band (RGBA "
+                            "files, e.g. near-infrared) (default: 3, or those of the --load weights)")
     model.add_argument("--bilinear", action="store_true", help="bilinear upsampling instead of transposed conv")
     model.add_argument("--base-channels", type=int, default=None, metavar="N",
                        help="feature maps of the first block, doubled at each of the four levels down; compute "
@@ -806,6 +807,8 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     if data.stray_values and not classes_given and resumed is None:  # --classes N says that they are classes
         raise UserError(data.stray_values_error())
     check_scaled_sizes(data.pairs, data.sizes, args.scale)
+    if data.bands_error(args.channels):
+        raise UserError(data.bands_error(args.channels))
     if data.one_value:
         raise UserError(data.one_value_error())
     mask_values: list[MaskValue] = data.mask_values

@@ -46,6 +46,19 @@ def test_none_preset_is_no_augmentation():
     assert set(AUGMENT_PRESETS) == {"none", "light", "strong"}
 
 
+@pytest.mark.parametrize("preset", ["light", "strong"])
+def test_a_fourth_band_moves_with_the_geometry_and_takes_no_colour_jitter(preset):
+    """torchvision's jitter refuses 4 channels; the fourth (near-infrared, alpha) is no colour to jitter."""
+    mask = class_mask(HEIGHT, WIDTH)
+    image = torch.cat([coloured(mask, RGB_BY_CLASS), coloured(mask, GRAY_BY_CLASS)])
+    for seed in range(5):
+        jittered, out_mask = seeded(train_augmentation(preset), image, mask, seed)
+        plain, plain_mask = seeded(train_augmentation(preset, colour=False), image, mask, seed)
+        assert jittered.shape == (4, HEIGHT, WIDTH) and jittered.dtype == torch.uint8
+        assert torch.equal(out_mask, plain_mask) and torch.equal(jittered[3], plain[3])
+        assert not torch.equal(jittered[:3], plain[:3])  # the colours were jittered
+
+
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("preset", ["light", "strong"])
 def test_shapes_and_dtypes_are_kept(preset, channels):

@@ -816,12 +816,35 @@ def test_an_image_too_small_at_any_scale_is_named_by_the_check_and_by_train(tmp_
         "halvings): leave it out or enlarge it")
 
 
+def test_a_varying_fourth_band_is_named_and_a_four_channel_model_needs_it_in_every_image(tmp_path: Path) -> None:
+    """Found by a review: RGBA images were reported as RGB, and their fourth band (here near-infrared, the only
+    band that shows the object) was dropped without a word."""
+    near_infrared = [np.dstack([noisy_rgb(i), box_mask() * 150 + 50]).astype(np.uint8) for i in range(2)]
+    imgs, masks = write_pairs_with(tmp_path, [box_mask(), box_mask()], near_infrared)
+    check = check_dataset(imgs, masks, workers=1)
+    assert "  images: " in check.report() and check.report().split("\n")[1].endswith("; RGBA (2)")
+    hint = ("2 images hold a fourth band that varies (transparency, or a band such as near-infrared) (s0.png, "
+            "s1.png): a model of 3 channels reads the first three bands only; --channels 4 reads all four")
+    assert hint in check.suggestions(3) and hint.replace("3 channels", "1 channel") in check.suggestions(1)
+    assert not any("fourth band" in line for line in check.suggestions(4))
+    assert hint in check.report(3) and "fourth band" not in check.report(4)  # found: report lost its channels
+    assert check.bands_error(4) is None and check.bands_error(3) is None
+    write_image(imgs / "s1.png", noisy_rgb(1))  # three bands
+    check = check_dataset(imgs, masks, workers=1)
+    assert check.image_channels == Counter({3: 1, 4: 1})
+    assert check.bands_error(3) is None
+    assert check.bands_error(4) == ("the model reads 4 channels, but 1 of the 2 images holds fewer bands (s1): give "
+                                    "every image its fourth band (RGBA PNG or TIFF, HxWx4 .npy), or train with "
+                                    "--channels 3")
+
+
 def test_rgb_beside_rgba_images_is_no_grayscale_hint_and_an_alpha_drawn_mask_is_refused(tmp_path: Path) -> None:
     imgs, masks = write_pairs_with(tmp_path, [box_mask(), box_mask()])
     (imgs / "s1.png").unlink()
     write_image(imgs / "s1.npy", np.dstack([noisy_rgb(0), np.full((H, W), 255, np.uint8)]))  # RGBA as an array
     check = check_dataset(imgs, masks, workers=1)
     assert len(check.image_channels) == 2 and not any("grayscale" in hint for hint in check.suggestions())
+    assert not any("fourth band" in hint for hint in check.suggestions())  # an opaque alpha holds nothing
     drawn = np.zeros((H, W, 4), np.uint8)
     drawn[..., 3] = box_mask() * 255  # black paint, the shape in the alpha channel
     write_image(masks / "s1.png", drawn)

@@ -759,6 +759,35 @@ def test_evaluate_names_many_unscored_classes_in_one_short_line(tmp_path: Path) 
             "foreground Dice and IoU") in result.stdout
 
 
+def test_a_four_channel_model_trains_predicts_and_evaluates_on_rgb_plus_near_infrared(tmp_path: Path) -> None:
+    """--channels 4: the object shows in the fourth band only, which a 3-channel model never sees."""
+    rng = np.random.default_rng(0)
+    rows, cols = np.mgrid[:32, :48]
+    for kind in ("imgs", "masks"):
+        (tmp_path / kind).mkdir()
+    for index in range(5):
+        disc = (rows - 16) ** 2 + (cols - 12 - 6 * index) ** 2 < 64
+        bands = np.dstack([rng.integers(0, 256, (32, 48, 3)), 50 + 150 * disc]).astype(np.uint8)
+        Image.fromarray(bands, "RGBA").save(tmp_path / "imgs" / f"field{index}.png")
+        Image.fromarray(disc.astype(np.uint8) * 255).save(tmp_path / "masks" / f"field{index}.png")
+    data = ["--imgs", "imgs", "--masks", "masks"]
+    trained = run("train.py", *data, "--channels", "4", "--epochs", "2", "--validation", "20", *TRAIN_FLAGS,
+                  cwd=tmp_path)
+    assert "RGBA (5)" in trained.stdout and "fourth band" not in trained.stdout
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pth")["model_args"]["n_channels"] == 4
+    run("predict.py", "-m", "checkpoints/last.pth", "-i", "imgs", "-o", "out", "--overlay", cwd=tmp_path)
+    for index in range(5):
+        assert Image.open(tmp_path / "out" / f"field{index}.png").size == (48, 32)
+        assert Image.open(tmp_path / "out" / f"field{index}_overlay.png").mode == "RGB"
+    scored = run("evaluate.py", "-m", "checkpoints/last.pth", *data, "--workers", "0", cwd=tmp_path)
+    assert "5 images" in scored.stdout
+    Image.fromarray(np.zeros((32, 48, 3), np.uint8)).save(tmp_path / "imgs" / "field0.png")  # three bands
+    refused = run("train.py", *data, "--channels", "4", "--epochs", "1", "--checkpoint-dir", "again",
+                  *TRAIN_FLAGS, cwd=tmp_path, check=False)
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1].startswith(
+        "error: the model reads 4 channels, but 1 of the 5 images holds fewer bands (field0)")
+
+
 def test_resume_after_images_were_added_keeps_its_validation_images(tmp_path: Path) -> None:
     write_carvana_like(tmp_path / "data", 6)
     flags = ["--validation", "34", *TRAIN_FLAGS]

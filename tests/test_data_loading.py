@@ -97,6 +97,49 @@ def test_rgba_image_drops_alpha(tmp_path, suffix):
     assert np.array_equal(image, rgba[..., :3])
 
 
+@pytest.mark.parametrize("suffix", [".png", ".tif", ".npy"])
+def test_a_four_channel_model_reads_all_four_bands(tmp_path, suffix):
+    rgba = np.random.default_rng(6).integers(0, 256, (HEIGHT, WIDTH, 4), dtype=np.uint8)
+    assert np.array_equal(read_image(write_image(tmp_path / f"rgba{suffix}", rgba), channels=4), rgba)
+
+
+def test_a_palette_with_transparency_gives_a_four_channel_model_its_alpha(tmp_path):
+    indices = np.arange(HEIGHT * WIDTH, dtype=np.uint8).reshape(HEIGHT, WIDTH) % 4
+    palette = Image.fromarray(indices, "P")
+    palette.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255])
+    palette.save(tmp_path / "p.png", transparency=0)
+    image = read_image(tmp_path / "p.png", channels=4)
+    assert np.array_equal(image[..., 3], np.where(indices == 0, 0, 255))
+    assert np.array_equal(image[..., :3], read_image(tmp_path / "p.png"))  # the same colours as a 3-channel model's
+
+
+def test_a_four_band_array_is_stretched_over_the_bands_the_model_reads(tmp_path):
+    """Found by a review: the stretch of a 16-bit RGB + near-infrared array took its range from all four bands,
+    also for a 3-channel model, which then saw the three it reads dimmed by the fourth's brighter values."""
+    bands = np.zeros((HEIGHT, WIDTH, 4), np.uint16)
+    bands[..., :3] = np.linspace(100, 1100, WIDTH, dtype=np.uint16)[:, None]
+    bands[..., 3] = 60000
+    path = write_image(tmp_path / "rgbn.npy", bands)
+    rgb = read_image(path)
+    assert rgb.shape == (HEIGHT, WIDTH, 3) and rgb.min() == 0 and rgb.max() == 255
+    assert np.array_equal(read_image(path, channels=4)[..., 3], np.full((HEIGHT, WIDTH), 255))
+
+
+@pytest.mark.parametrize(("array", "mode", "held"), [
+    (np.zeros((HEIGHT, WIDTH, 3), np.uint8), "RGB", "3 bands"),
+    (np.zeros((HEIGHT, WIDTH), np.uint8), "L", "1 band"),
+    (np.zeros((HEIGHT, WIDTH, 4), np.uint8), "CMYK", "CMYK colours"),  # a colour space, read as RGB
+])
+def test_a_four_channel_model_refuses_an_image_without_a_fourth_band(tmp_path, array, mode, held):
+    path = tmp_path / "three.tif"
+    Image.fromarray(array, mode).save(path)
+    with pytest.raises(UserError) as error:
+        read_image(path, channels=4)
+    assert str(error.value) == (
+        f"{path} holds {held}, but the model reads 4 channels (RGB + a fourth band, such as near-infrared): save "
+        "each image's four bands as an RGBA PNG or TIFF or an HxWx4 .npy, or use a model of 3 channels")
+
+
 @pytest.mark.parametrize("suffix", [".png", ".tif"])
 def test_16_bit_image_is_stretched_to_full_uint8_range(tmp_path, suffix):
     values = np.array([[1000, 2000, 3000], [4000, 5000, 1000]], dtype=np.uint16)

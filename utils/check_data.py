@@ -55,8 +55,9 @@ from .mask_encoding import (
 )
 
 CACHE_NAME = ".unet_check_cache.json"
-CACHE_VERSION = 7  # 3: misnamed files and files over --max-image-pixels are unreadable; 4: JPEG masks noted;
-# 5: EXIF orientation of images noted; 6: interior pixels of each mask value; 7: EXIF orientation of masks noted
+CACHE_VERSION = 8  # 3: misnamed files and files over --max-image-pixels are unreadable; 4: JPEG masks noted;
+# 5: EXIF orientation of images noted; 6: interior pixels of each mask value; 7: EXIF orientation of masks noted;
+# 8: RGBA images counted as 4 bands, and whether the fourth varies
 
 # a pair's fix (data_loading.size_mismatch) as said of all the mismatched pairs
 FIXES_OF_ALL = {TURNED_IMAGE_FIX: f"the masks were drawn on the images as viewers show them: {UPRIGHT_FIX}",
@@ -79,9 +80,11 @@ INTERIOR_BLOCK_ROWS = 512  # rows per block when counting interior pixels: bound
 def inspect_image(path: Path) -> dict[str, Any]:
     """Decode the whole file (a truncated JPEG fails only when decoded) and note its size and channels."""
     array, mode = read_image_data(path)
-    return {"width": int(array.shape[1]), "height": int(array.shape[0]),
-            "channels": int(array.shape[2]) if array.ndim == 3 else 1, "mode": mode,
-            "orientation": file_orientation(path)}
+    record = {"width": int(array.shape[1]), "height": int(array.shape[0]), "channels": int(array.shape[2]),
+              "mode": mode, "orientation": file_orientation(path)}
+    if array.shape[2] == 4:  # opaque alpha carries nothing; transparency or a band such as near-infrared does
+        record["fourth_band_varies"] = bool(array[..., 3].min() != array[..., 3].max())
+    return record
 
 
 def interior_counts(mask: np.ndarray, values: list[MaskValue]) -> list[int]:
@@ -236,7 +239,8 @@ class DataCheck:
     blurred_masks: list[str] = field(default_factory=list)  # JPEG masks with more than two values
     blurred_top: int = 0  # the largest value (or colour channel) in them, before --binarize
     sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # per usable pair's name: (width, height)
-    image_channels: Counter = field(default_factory=Counter)
+    channels: dict[str, int] = field(default_factory=dict)  # per usable pair's name: its image's bands (1, 3, 4)
+    fourth_bands: list[str] = field(default_factory=list)  # images whose fourth band is not one value throughout
     encodings: Counter = field(default_factory=Counter)
     palette: list[int] | None = None
     palette_conflicts: list[str] = field(default_factory=list)  # an index shown as another colour than elsewhere
@@ -249,6 +253,21 @@ class DataCheck:
     def image_sizes(self) -> Counter:
         """(width, height) -> number of usable images of that size."""
         return Counter(self.sizes.values())
+
+    @property
+    def image_channels(self) -> Counter:
+        """bands (1, 3, 4) -> number of usable images with that many."""
+        return Counter(self.channels.values())
+
+    def bands_error(self, channels: int) -> str | None:
+        """Why a model of 4 channels cannot read these images (some lack a fourth band); None when it can, and
+        for models of 1 or 3 channels, which read any image."""
+        lacking = [name for name, bands in self.channels.items() if bands != 4]
+        if channels != 4 or not lacking:
+            return None
+        return (f"the model reads 4 channels, but {len(lacking)} of the {len(self.channels)} images "
+                f"hold{'s' if len(lacking) == 1 else ''} fewer bands {_names(lacking)}: give every image its "
+                "fourth band (RGBA PNG or TIFF, HxWx4 .npy), or train with --channels 3")
 
     @property
     def too_small(self) -> list[str]:
@@ -408,6 +427,11 @@ class DataCheck:
             hints.append("grayscale and colour images are mixed: --channels 1 converts the colour ones to grayscale"
                          if channels == 1 else "grayscale and colour images are mixed: grayscale ones are repeated "
                          "to 3 channels (--channels 1 converts all to grayscale instead)")
+        if self.fourth_bands and channels != 4:
+            hints.append(f"{len(self.fourth_bands)} images hold a fourth band that varies (transparency, or a band "
+                         f"such as near-infrared) {_names(self.fourth_bands)}: a model of "
+                         f"{'1 channel' if channels == 1 else '3 channels'} reads the first three bands only; "
+                         "--channels 4 reads all four")
         if self.one_value:
             hints.append(self.one_value_error())
         elif self.pairs and len(self.empty_masks) > len(self.pairs) / 2:
@@ -420,8 +444,8 @@ class DataCheck:
         image_sizes = self.image_sizes
         sizes = ", ".join(f"{w}x{h} ({n})" for (w, h), n in image_sizes.most_common(3))
         more = f" and {len(image_sizes) - 3} more sizes" if len(image_sizes) > 3 else ""
-        channels = ", ".join(f"{_channel_name(c)} ({n})" for c, n in sorted(self.image_channels.items()))
-        lines.append(f"  images: {sizes}{more}; {channels}")
+        bands = ", ".join(f"{_channel_name(c)} ({n})" for c, n in sorted(self.image_channels.items()))
+        lines.append(f"  images: {sizes}{more}; {bands}")
         encodings = ", ".join(f"{name} ({n})" for name, n in self.encodings.most_common())
         extra = "" if self.binarize is None else \
             " binarized (" + ("any nonzero" if self.binarize == 0 else f"above {self.binarize}") + " = foreground)"
@@ -513,7 +537,9 @@ def check_dataset(
             continue
         usable.append((pair, mask))
         check.sizes[pair.name] = (image["width"], image["height"])
-        check.image_channels[image["channels"]] += 1
+        check.channels[pair.name] = image["channels"]
+        if image.get("fourth_band_varies"):
+            check.fourth_bands.append(pair.image.name)
         check.encodings[mask["encoding"]] += 1
         if mask.get("jpeg") and len(mask["values"]) > 2:
             check.blurred_masks.append(pair.mask.name)

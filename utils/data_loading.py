@@ -324,11 +324,12 @@ def file_orientation(path: Path) -> int:
 
 
 def read_image_data(path: Path, reduce_to: tuple[int, int] | None = None) -> tuple[np.ndarray, str]:
-    """Decode fully to HxWxC (C = 1, 3 or 4) in the file's own depth, plus the file's mode for reports."""
+    """Decode fully to HxWxC (C = 1, 3 or 4) in the file's own depth, plus the file's mode for reports; a fourth
+    band (alpha, or one such as near-infrared) is kept for the model to read or leave (_model_pixels)."""
     data = _open(path, reduce_to)
     if isinstance(data, Image.Image):
         mode = data.mode
-        array = _as_array(path, data, _read_mode(mode))
+        array = _as_array(path, data, _read_mode(data))
     else:
         array = np.asarray(data)
         arrays = path.suffix.lower() in (".npy", ".pt")
@@ -337,9 +338,15 @@ def read_image_data(path: Path, reduce_to: tuple[int, int] | None = None) -> tup
     return _image_shape(path, array), mode
 
 
-def _read_mode(mode: str) -> str | None:
-    """The mode an image is read in: its own for plain pixels, else L or RGB (palette, RGBA, CMYK, ...)."""
-    return None if mode in ("L", "RGB", "I;16", "I;16B", "I", "F") else "L" if mode in ("1", "LA") else "RGB"
+def _read_mode(image: Image.Image) -> str | None:
+    """The mode an image is read in: its own for plain pixels and RGBA, else L, RGB, or RGBA for a palette with
+    transparency. CMYK is a colour space, not four bands: it is read as the RGB colours it means."""
+    mode = image.mode
+    if mode in ("L", "RGB", "RGBA", "I;16", "I;16B", "I", "F"):
+        return None
+    if mode in ("1", "LA"):
+        return "L"
+    return "RGBA" if mode == "PA" or mode == "P" and "transparency" in image.info else "RGB"
 
 
 def _image_shape(source: Path | str, array: np.ndarray) -> np.ndarray:
@@ -350,24 +357,28 @@ def _image_shape(source: Path | str, array: np.ndarray) -> np.ndarray:
     if array.ndim == 2:
         array = array[..., None]
     if array.ndim != 3 or array.shape[-1] not in (1, 3, 4):
-        raise UserError(f"{source} has shape {array.shape}: expected HxW, HxWx3 or 3xHxW")
+        raise UserError(f"{source} has shape {array.shape}: expected HxW, HxWx3, HxWx4 or channels first (3xHxW)")
     return array
 
 
 def read_image(path: Path, channels: int = 3, reduce_to: tuple[int, int] | None = None) -> np.ndarray:
-    """Decode to uint8 HxWxC with the model's channel count (grayscale repeated, RGBA/palette converted).
+    """Decode to uint8 HxWxC with the model's channel count (grayscale repeated, palette converted, a fourth band
+    kept for 4-channel models only).
 
     reduce_to: the size the image will be resized to; JPEGs may then decode smaller (never below it).
     """
-    return _model_pixels(read_image_data(path, reduce_to)[0], channels)
+    array, mode = read_image_data(path, reduce_to)
+    return _model_pixels(array, channels, path, mode)
 
 
 def image_in_memory(image: Image.Image | np.ndarray | torch.Tensor, channels: int = 3) -> np.ndarray:
     """read_image for an image a program already holds: a PIL image, an HxW or HxWxC array, or a CxHxW tensor;
-    its pixels are taken as they are, with the rules of files (16-bit and float stretched, RGBA converted)."""
+    its pixels are taken as they are, with the rules of files (16-bit and float stretched, palettes converted)."""
     source = f"the {type(image).__name__} image"
+    mode = None
     if isinstance(image, Image.Image):
-        array = _as_array(source, image, _read_mode(image.mode))
+        mode = image.mode
+        array = _as_array(source, image, _read_mode(image))
     elif isinstance(image, torch.Tensor):
         tensor = image.detach().cpu()
         array = (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()
@@ -375,14 +386,22 @@ def image_in_memory(image: Image.Image | np.ndarray | torch.Tensor, channels: in
         array = image
     else:
         raise TypeError(f"an image is a PIL image, a numpy array or a torch tensor, not a {type(image).__name__}")
-    return _model_pixels(_image_shape(source, array), channels)
+    return _model_pixels(_image_shape(source, array), channels, source, mode)
 
 
-def _model_pixels(array: np.ndarray, channels: int) -> np.ndarray:
-    """HxWxC in its own depth -> uint8 HxWxC with the model's channel count."""
+def _model_pixels(array: np.ndarray, channels: int, source: Path | str, mode: str | None = None) -> np.ndarray:
+    """HxWxC in its own depth -> uint8 HxWxC with the model's channel count. A model of 3 channels or 1 reads
+    the first three bands of a 4-band image, stretched (16-bit, float) over those three alone."""
+    bands = array.shape[-1]
+    if channels == 4 and bands != 4:
+        held = f"{mode} colours" if mode == "CMYK" else f"{bands} band{'s' if bands > 1 else ''}"
+        raise UserError(f"{source} holds {held}, but the model reads 4 channels (RGB + a fourth band, such as "
+                        "near-infrared): save each image's four bands as an RGBA PNG or TIFF or an HxWx4 .npy, or "
+                        "use a model of 3 channels")
+    if channels < 4:
+        array = array[..., :3]
     if array.dtype != np.uint8:
         array = _to_uint8(array)
-    array = array[..., :3]
     if channels == 1 and array.shape[-1] == 3:
         array = np.asarray(Image.fromarray(array).convert("L"))[..., None]
     elif channels == 3 and array.shape[-1] == 1:

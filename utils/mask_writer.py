@@ -152,7 +152,7 @@ class MaskWriter:
                             "check that the folder is writable and the disk has space") from None
 
     def _pictures(self, source: Path, target: Path, class_indices: np.ndarray) -> None:
-        image = read_image(source, self.channels)
+        image = read_image(source, min(self.channels, 3))  # a 4-band image is shown by its RGB bands
         overlay = overlay_mask(image, class_indices, self.colours)
         if self.options.overlay:
             with atomic_path(overlay_path(target)) as tmp:
