@@ -745,6 +745,17 @@ def test_evaluate_names_an_image_too_small_for_the_unet(tmp_path: Path) -> None:
                                                       "out or enlarge it")
 
 
+def test_evaluate_reads_0_255_masks_for_a_reference_checkpoint_without_mask_values(tmp_path: Path) -> None:
+    """Found by a review: such a checkpoint is taken as 0/1, and evaluate.py refused 0/255 masks (as predict.py
+    writes them for it) while train.py --load trained on them."""
+    write_cells(tmp_path, 2)  # 0/255 disc masks
+    torch.save(UNet(3, 2, base_channels=4).state_dict(), tmp_path / "model.pth")
+    result = run("evaluate.py", "-m", "model.pth", "--imgs", "imgs", "--masks", "masks", "--scale", "1",
+                 "--workers", "0", cwd=tmp_path)
+    row = next(line.split() for line in result.stdout.splitlines() if line.split()[:2] == ["1", "1"])
+    assert row[-1] == "2"  # class 1 (mask value 1) is in both masks: their 255 is read as it
+
+
 def test_evaluate_names_many_unscored_classes_in_one_short_line(tmp_path: Path) -> None:
     """Found by a review: a model of 301 classes listed every class no mask held, in one line of 300 numbers."""
     write_cells(tmp_path, 2)  # masks of 0 and 255

@@ -7,6 +7,7 @@ import pytest
 from utils.data_loading import read_mask
 from utils.errors import UserError
 from utils.mask_encoding import (
+    IGNORE_CLASS,
     binarize_threshold,
     check_classes,
     decode_mask,
@@ -244,10 +245,19 @@ def test_the_palette_written_holds_256_entries_and_a_colour_of_its_own_for_each_
     assert len(short) == 768 and len({tuple(short[3 * i: 3 * i + 3]) for i in range(3)}) == 3
 
 
-def test_a_binary_mask_saved_another_way_than_in_training_is_named_as_such() -> None:
-    """Found by a review: 0/1 masks scored against a 0/255 model were told to 'train with it included'."""
-    with pytest.raises(UserError, match=r"m.png has the value 1, which is not among the mask values \[0, 255\] the "
-                                        "model knows: the same binary mask saved another way: save the masks as 0/255"):
-        encode_mask(np.array([[0, 1]], np.uint8), [0, 255], "m.png")
+def test_a_binary_mask_saved_the_other_common_way_reads_as_the_same_object() -> None:
+    """Found by reviews: 0/1 masks scored against a 0/255 model were told to 'train with it included', later to
+    save them again; and evaluate.py refused the 0/255 masks predict.py writes for a 0/1 model (a reference
+    checkpoint without mask_values is taken as 0/1)."""
+    ones, full = np.array([[0, 1, 1]], np.uint8), np.array([[0, 255, 255]], np.uint8)
+    for mask in (ones, full):
+        for values in ([0, 1], [0, 255], [255, 0]):
+            expected = [0, 1, 1] if values[0] == 0 else [1, 0, 0]
+            assert encode_mask(mask, values, "m.png").tolist() == [expected]
+    assert encode_mask(np.array([[255, 255]], np.uint8), [0, 1], "m.png").tolist() == [[1, 1]]  # all object
+    assert encode_mask(full, [0, 1], "m.png", ignore_value=255).tolist() == [[0, IGNORE_CLASS, IGNORE_CLASS]]
+    with pytest.raises(UserError, match=r"m.png has the value 255, which is not among the mask values \[0, 1\] the "
+                                        "model knows: fix the mask or train with it included"):
+        encode_mask(np.array([[0, 1, 255]], np.uint8), [0, 1], "m.png")  # both in one mask: not one encoding
     with pytest.raises(UserError, match="fix the mask or train with it included"):
         encode_mask(np.array([[0, 1, 2]], np.uint8), [0, 1], "n.png")  # a value of a class it never saw

@@ -181,6 +181,8 @@ def encode_mask(
     ignored = (mask == ignore_value) if ignore_value is not None and mask.ndim == 2 else None
     if binarize_above is not None:
         mask = binarize(mask, binarize_above, mask.ndim == 3)
+    elif mask.ndim == 2:
+        mask = _in_binary_values(mask, mask_values, ignore_value)
     colour = is_colour(mask_values)
     if colour != (mask.ndim == 3):
         kind = "RGB colour" if mask.ndim == 3 else "single-channel"
@@ -197,14 +199,22 @@ def encode_mask(
     if unknown.any():
         bad = pixels[unknown][0]
         value = unpack_colour(int(bad)) if colour else int(bad)
-        present = sorted(int(v) for v in np.unique(pixels)) if not colour else []
-        if len(mask_values) == 2 and not colour and len(present) <= 2 and set(present) <= {0, 1, 255}:
-            fix = f"the same binary mask saved another way: save the masks as {mask_values[0]}/{mask_values[1]}"
-        else:
-            fix = "fix the mask or train with it included"
         raise UserError(f"{source} has the value {value}, which is not among the mask values "
-                        f"{short_values(mask_values)} the model knows: {fix}")
+                        f"{short_values(mask_values)} the model knows: fix the mask or train with it included")
     return indices
+
+
+def _in_binary_values(mask: np.ndarray, mask_values: Sequence[MaskValue], ignore_value: int | None) -> np.ndarray:
+    """A binary mask saved the other common way (0/255 for a model of 0/1, or 0/1 for one of 0/255) in the model's
+    values: predict.py writes 0/1 models' masks as 0/255, and reference checkpoints without mask_values are taken
+    as 0/1, so either encoding of object and background is read as the object and the background."""
+    if len(mask_values) != 2 or is_colour(mask_values) or {int(v) for v in mask_values} not in ({0, 1}, {0, 255}):
+        return mask
+    foreground = int(max(mask_values))
+    other = 1 if foreground == 255 else 255
+    if other == ignore_value or not (mask == other).any() or (mask == foreground).any():
+        return mask
+    return np.where(mask == other, foreground, mask)
 
 
 def encoding_table(mask_values: Sequence[MaskValue]) -> np.ndarray:
