@@ -48,6 +48,7 @@ from utils.inference import (
     predict_logits,
 )
 from utils.mask_encoding import binarize_threshold, short_values
+from utils.progress import progress_bar
 
 
 def evaluate(
@@ -78,7 +79,7 @@ def evaluate(
     iou_sum = torch.zeros(n_classes, dtype=torch.float64)
     pooled_counts = [torch.zeros(n_classes, dtype=torch.float64) for _ in range(3)]  # intersection, predicted, true
     images_with = torch.zeros(n_classes, dtype=torch.int64)  # images whose mask holds the class
-    batches = tqdm(loader, desc="evaluation", unit="batch", leave=False, disable=not progress)
+    batches = progress_bar(loader, desc="evaluation", unit="batch", leave=False, disable=not progress)
     skipped: list[str] = []
     for part in (part for batch in batches for part in readable_parts(batch, skipped)):
         height, width = part["image"].shape[-2:]

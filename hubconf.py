@@ -21,7 +21,6 @@ from urllib.request import url2pathname
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 HERE = Path(__file__).resolve().parent
 OWN_PACKAGES = ("unet", "utils")
@@ -60,6 +59,7 @@ with _own_packages():
     from utils.atomic_files import atomic_path
     from utils.checkpoint import checkpoint_from_data, load_checkpoint, model_from_checkpoint
     from utils.errors import UserError
+    from utils.progress import progress_bar
 
 dependencies = ["torch", "torchvision", "numpy", "PIL"]
 
@@ -120,8 +120,8 @@ def _download(url: str, path: Path, progress: bool) -> None:
         announced = response.headers.get("Content-Length")
         expected = int(announced) if announced and announced.isdigit() else None
         received = 0
-        with tqdm(total=expected, disable=not progress, unit="B", unit_scale=True, unit_divisor=1024,
-                  desc=Path(urlparse(url).path).name) as bar:
+        with progress_bar(total=expected, disable=not progress, unit="B", unit_scale=True, unit_divisor=1024,
+                          desc=Path(urlparse(url).path).name) as bar:
             while chunk := response.read(1 << 20):
                 file.write(chunk)
                 received += len(chunk)

@@ -58,6 +58,7 @@ from utils.inference import (
 )
 from utils.mask_encoding import encoding_table
 from utils.mask_writer import CSV_HEADER, EXTRA_OUTPUT_TAGS, MaskWriter, OutputOptions
+from utils.progress import progress_bar
 
 MASK_FILE_SUFFIXES = (".png", ".gif", ".bmp", ".tif", ".tiff")  # lossless, so class values survive
 DEFAULT_OUTPUT_TAG = "_OUT"  # without --output, the mask of x.jpg is x_OUT.png beside it
@@ -444,7 +445,7 @@ def main(args: argparse.Namespace) -> int:
     waiting = None  # the previous batch: its results are copied to the host while the next batch computes
     first_batch = None  # (seconds, images) when the first batch was under way
     started = time.perf_counter()
-    with tqdm(total=len(todo), desc="predict", unit="img", disable=len(todo) < 2) as bar:
+    with progress_bar(total=len(todo), desc="predict", unit="img", disable=len(todo) < 2) as bar:
         try:
             batches = iter(loader)
             while True:

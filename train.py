@@ -88,6 +88,7 @@ from utils.mask_encoding import (
     short_values,
 )
 from utils.nan_guard import NonFiniteGuard
+from utils.progress import progress_bar
 from utils.run_folder import check_run_folder, resume_path, set_aside_earlier_run, settle_earlier_run
 from utils.run_lock import RunLock
 from utils.run_log import WANDB_MODES, RunLog, default_wandb_mode
@@ -637,8 +638,8 @@ def train_one_epoch(
     started = time.perf_counter()
     total = plan.order.items_per_epoch * world.size
     done_before = plan.items_skipped_in(epoch) * world.size
-    with tqdm(total=total, initial=done_before, desc=f"epoch {epoch}/{args.epochs}", unit="img",
-              disable=not world.is_main) as progress:
+    with progress_bar(total=total, initial=done_before, desc=f"epoch {epoch}/{args.epochs}", unit="img",
+                      disable=not world.is_main) as progress:
         for index in range(plan.batches_in(epoch)):
             waited = time.perf_counter()
             batch = next(stream)

@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
-from tqdm import tqdm
 
 from unet import CLASSIC_BASE_CHANNELS
 
@@ -27,6 +26,7 @@ from .checkpoint import check_scale_flag, inference_scale
 from .data_loading import check_model_input_size, image_in_memory, image_to_tensor, normalize_images, scaled_size
 from .device import Precision, choose_precision, memory_format, return_freed_memory
 from .errors import UserError, check_flag
+from .progress import progress_bar
 from .tiling import sliding_window, tile_starts
 
 TTA_CHOICES = ("none", "flip", "d4")
@@ -264,8 +264,8 @@ class _Runner:
         overlap = self.options.overlap
         tiles = len(tile_starts(height, tile, overlap)) * len(tile_starts(width, tile, overlap))
         batches = math.ceil(tiles / tile_batch) * len(images)
-        with tqdm(total=batches, desc=f"tiles of {width}x{height}", unit="batch", leave=False,
-                  disable=not self.options.progress or batches < TILE_PROGRESS_MIN_BATCHES) as bar:
+        with progress_bar(total=batches, desc=f"tiles of {width}x{height}", unit="batch", leave=False,
+                          disable=not self.options.progress or batches < TILE_PROGRESS_MIN_BATCHES) as bar:
             def forward(crops: torch.Tensor) -> torch.Tensor:
                 logits = self.tile_forward(crops)
                 bar.update()

@@ -1,0 +1,44 @@
+"""Progress bars in a log file are lines, on a terminal a line redrawn in place."""
+
+import io
+
+import pytest
+
+from utils.progress import LOG_INTERVAL_S, progress_bar
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_bar_written_to_a_file_is_whole_lines_without_carriage_returns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a review: a log of train.py held 61 redraws of one epoch's bar on one line of 4,962 bytes."""
+    log = io.StringIO()
+    monkeypatch.setattr("sys.stderr", log)
+    with progress_bar(total=200, desc="epoch 1/1", unit="img", mininterval=0) as bar:
+        for _ in range(200):
+            bar.update()
+    text = log.getvalue()
+    assert "\r" not in text and text.endswith("\n")
+    lines = text.splitlines()
+    assert lines[0].startswith("epoch 1/1:   0%") and lines[-1].startswith("epoch 1/1: 100%")
+    assert all(line.startswith("epoch 1/1: ") for line in lines)
+
+
+def test_a_bar_in_a_log_waits_its_interval_between_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    log = io.StringIO()
+    monkeypatch.setattr("sys.stderr", log)
+    bar = progress_bar(total=10, leave=False)
+    assert bar.mininterval == LOG_INTERVAL_S
+    bar.close()
+    assert log.getvalue().count("\n") == 1  # the first line; the erasure of a bar that does not stay is no line
+
+
+def test_a_bar_on_a_terminal_is_redrawn_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    screen = Terminal()
+    monkeypatch.setattr("sys.stderr", screen)
+    with progress_bar(total=3, mininterval=0) as bar:
+        for _ in range(3):
+            bar.update()
+    assert screen.getvalue().count("\r") >= 3 and screen.getvalue().count("\n") <= 1

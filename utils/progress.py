@@ -1,0 +1,37 @@
+"""Progress bars that suit where stderr goes: redrawn in place on a terminal, a plain line a minute in a log.
+
+tqdm redraws its line with carriage returns whatever the stream; in a file or a CI log every redraw stays, up to
+ten a second on one physical line, megabytes long over a run.
+"""
+
+import sys
+from collections.abc import Iterable
+from typing import Any, TextIO
+
+from tqdm import tqdm
+
+LOG_INTERVAL_S = 60.0  # seconds between the lines of a bar written to a file or pipe
+
+
+class LogLines:
+    """A stream for tqdm that writes each redraw as a line of its own, and nothing for a bar's erasure."""
+
+    def __init__(self, stream: TextIO):
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        line = text.replace("\r", "").rstrip()
+        if line:
+            self.stream.write(line + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def progress_bar(iterable: Iterable | None = None, **options: Any) -> tqdm:
+    """tqdm on stderr; where stderr is no terminal, one line per LOG_INTERVAL_S (and the first and last)."""
+    stream = sys.stderr  # looked up now: tests and wrappers replace it
+    isatty = getattr(stream, "isatty", None)
+    if callable(isatty) and isatty():
+        return tqdm(iterable, file=stream, **options)
+    return tqdm(iterable, file=LogLines(stream), **{"mininterval": LOG_INTERVAL_S, **options})
