@@ -407,10 +407,6 @@ def main(args: argparse.Namespace) -> int:
     csv_path = csv_location(args.csv, args.output, outputs)
     if csv_path is not None:
         check_output_file(csv_path, "--csv", (".csv",), ours=lambda head: head.startswith(CSV_HEADER))
-        earlier = len(csv_path.read_text(errors="replace").splitlines()) - 1 if csv_path.exists() else 0
-        if earlier > 0 and not args.skip_existing:
-            print(f"note: {csv_path} is replaced: it held {earlier} rows of an earlier run, and this one lists only "
-                  "its own inputs (another --csv name keeps both)", file=sys.stderr)
     if args.skip_existing and args.no_save:
         raise UserError("--skip-existing leaves out the inputs whose masks exist: it needs the masks written, "
                         "leave out --no-save")
@@ -424,6 +420,10 @@ def main(args: argparse.Namespace) -> int:
     written = [writer.output_files(target) for target in outputs]
     check_distinct(inputs, written, masks=not args.no_save)  # the overlays, ... too
     check_name_lengths(inputs, written)
+    earlier = len(csv_path.read_text(errors="replace").splitlines()) - 1 if csv_path and csv_path.exists() else 0
+    if earlier > 0 and not args.skip_existing:  # said once every check passed: only a run that goes on replaces it
+        print(f"note: {csv_path} is replaced: it held {earlier} rows of an earlier run, and this one lists only "
+              "its own inputs (another --csv name keeps both)", file=sys.stderr)
     done = already_predicted(inputs, outputs, writer, csv_path is not None) if args.skip_existing else []
     todo = sorted(set(range(len(inputs))) - set(done))
     if args.skip_existing:

@@ -91,7 +91,7 @@ from utils.nan_guard import NonFiniteGuard
 from utils.progress import progress_bar
 from utils.run_folder import check_run_folder, resume_path, set_aside_earlier_run, settle_earlier_run
 from utils.run_lock import RunLock
-from utils.run_log import WANDB_MODES, RunLog, default_wandb_mode
+from utils.run_log import WANDB_MODES, RunLog, check_wandb_environment, default_wandb_mode
 from utils.sampling import EpochBatches, EpochOrder, RepeatedItems, SeededItems, same_size_batches
 from utils.signals import GracefulStop
 
@@ -281,6 +281,8 @@ def check_args(args: argparse.Namespace) -> None:
     ):
         check_flag(flag, value, ok, rule)
     parse_save_every(args.save_every)
+    if (args.wandb or default_wandb_mode()) != "disabled":
+        check_wandb_environment()
     for flag, value, default in (("--crops-per-image", args.crops_per_image, 1),
                                  ("--crop-foreground", args.crop_foreground, DEFAULT_CROP_FOREGROUND)):
         if value != default and args.crop is None:

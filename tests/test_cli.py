@@ -107,6 +107,12 @@ def test_csv_outputs_replace_only_their_own_files_and_a_file_in_the_way_is_said_
     result = run("predict.py", *flags, "-i", image, "-o", "again/", "--csv", cwd=trained)  # its own: replaced
     assert "again/predictions.csv is replaced: it held 10 rows of an earlier run" in result.stderr
     assert len((trained / "again" / "predictions.csv").read_text().splitlines()) == 2
+    long_name = trained / ("a" * 246 + image.suffix)  # its _overlay.png: over 255 bytes
+    shutil.copy(image, long_name)
+    refused = run("predict.py", *flags, "-i", long_name, "-o", "again/", "--csv", "--overlay", cwd=trained,
+                  check=False)
+    assert refused.returncode == 2 and "is replaced" not in refused.stderr  # found by a review: it was said, and kept
+    assert len((trained / "again" / "predictions.csv").read_text().splitlines()) == 2
     run("evaluate.py", *flags, "-o", "scores.json", cwd=trained)
     run("evaluate.py", *flags, "-o", "scores.json", cwd=trained)  # an earlier evaluation's file may be replaced
 
@@ -464,6 +470,26 @@ def test_wandb_default_mode_follows_wandb_mode_then_a_key_else_offline(tmp_path:
     assert default_wandb_mode() == "online"
     monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.invalid")  # a server of its own: no key for it
     assert default_wandb_mode() == "offline"
+    monkeypatch.setenv("WANDB_DISABLED", "true")  # found by a review: ignored, and the images went to wandb's folder
+    assert default_wandb_mode() == "disabled"
+    monkeypatch.setenv("WANDB_MODE", "offline")  # wandb's own variable first
+    assert default_wandb_mode() == "offline"
+
+
+@pytest.mark.parametrize("value", ["bogus", "Offline", ""])
+def test_a_wandb_mode_wandb_refuses_is_said_before_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             value: str) -> None:
+    """Found by a review: WANDB_MODE=bogus let the run train unlogged after a warning of a 'validation error for
+    Settings', also with --wandb offline (wandb reads the variable whatever mode it is given)."""
+    write_carvana_like(tmp_path / "data", 3)
+    monkeypatch.setenv("WANDB_MODE", value)
+    flags = [flag for flag in TRAIN_FLAGS if flag not in ("--wandb", "disabled")]
+    refused = run("train.py", "--epochs", "1", *flags, "--wandb", "offline", cwd=tmp_path, check=False)
+    assert refused.returncode == 2 and not (tmp_path / "checkpoints").exists()
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"error: the environment variable WANDB_MODE is {value!r}, which wandb refuses: set it to one of online, "
+        "offline, disabled, or unset it (--wandb chooses the mode too)")
+    run("train.py", "--epochs", "1", *TRAIN_FLAGS, cwd=tmp_path)  # --wandb disabled: wandb is not started at all
 
 
 def test_size_mismatch_found_in_a_worker_process_is_one_line(tmp_path: Path) -> None:

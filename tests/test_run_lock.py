@@ -107,8 +107,22 @@ def test_a_killed_run_s_lingering_forked_worker_does_not_hold_the_lock(tmp_path)
 
 def test_folder_that_cannot_be_created_is_a_user_error(tmp_path):
     (tmp_path / "file").write_text("not a folder")
-    with pytest.raises(UserError, match="cannot lock --checkpoint-dir .*file/run"):
+    with pytest.raises(UserError) as error:
         RunLock(tmp_path / "file" / "run").acquire()
+    assert str(error.value) == (f"cannot make the folder {tmp_path / 'file' / 'run'} for --checkpoint-dir "
+                                f"({tmp_path / 'file'} is a file, not a folder): pick another path")
+
+
+def test_a_broken_link_as_the_folder_is_named_and_its_target_not_made(tmp_path):
+    """Found by a review: 'cannot lock --checkpoint-dir run (File exists)'. A link to an unmounted disk, say: its
+    target is not made on whatever disk holds that path now."""
+    (tmp_path / "run").symlink_to(tmp_path / "unmounted" / "runs")
+    with pytest.raises(UserError) as error:
+        RunLock(tmp_path / "run").acquire()
+    assert str(error.value) == (f"cannot make the folder {tmp_path / 'run'} for --checkpoint-dir ({tmp_path / 'run'} "
+                                f"is a link to {tmp_path / 'unmounted' / 'runs'}, which does not exist): mend the link "
+                                "or pick another path")
+    assert not (tmp_path / "unmounted").exists()
 
 
 def test_a_file_given_as_the_folder_is_named_as_one(tmp_path):

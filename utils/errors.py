@@ -69,8 +69,15 @@ def make_folder(folder: Path, flag: str) -> None:
     """Create an output folder before the work that fills it, so a bad path fails first, in one line."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:  # a file of that name on the way, no permission, a read-only disk
-        in_the_way = next((path for path in (folder, *folder.parents) if path.exists() and not path.is_dir()), None)
+    except OSError as error:  # a file of that name on the way, a broken link, no permission, a read-only disk
+        on_the_way = (folder, *folder.parents)
+        in_the_way = next((path for path in on_the_way if path.exists() and not path.is_dir()), None)
+        # A link to an unmounted disk, say: its target is not made here, on whatever disk holds that path now.
+        broken = next((path for path in on_the_way if path.is_symlink() and not path.exists()), None)
+        if broken is not None:
+            raise UserError(f"cannot make the folder {folder} for {flag} ({broken} is a link to "
+                            f"{os.readlink(broken)}, which does not exist): mend the link or pick another path") \
+                from None
         reason = f"{in_the_way} is a file, not a folder" if in_the_way is not None else error.strerror
         raise UserError(f"cannot make the folder {folder} for {flag} ({reason}): pick another path") from None
 

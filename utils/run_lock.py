@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 
-from .errors import UserError
+from .errors import UserError, make_folder
 
 try:
     import fcntl
@@ -51,8 +51,8 @@ class RunLock:
             return
         if self.folder.exists() and not self.folder.is_dir():
             raise UserError(f"--checkpoint-dir {self.folder} is a file, not a folder: pick a folder")
+        make_folder(self.folder, "--checkpoint-dir")
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
             fd = self._lock()
         except OSError as error:
             raise UserError(f"cannot lock --checkpoint-dir {self.folder} ({error.strerror}): pick another "

@@ -21,11 +21,22 @@ from torch import nn
 from tqdm import tqdm
 
 from .atomic_files import atomic_path
+from .errors import UserError
 from .plotting import save_training_curves
 
 CSV_FIELDS = ("epoch", "step", "train_loss", "val_dice", "val_iou", "lr", "skipped", "seconds", "images_per_second",
               "data_wait")
 WANDB_MODES = ("online", "offline", "disabled")
+WANDB_OWN_MODES = ("online", "offline", "disabled", "dryrun", "run", "shared")  # what wandb takes in WANDB_MODE
+
+
+def check_wandb_environment() -> None:
+    """wandb reads WANDB_MODE itself, even where a mode is passed to it, and refuses to start on a value it does
+    not know (an empty one too): said before training, not as a warning that the run goes on unlogged."""
+    mode = os.environ.get("WANDB_MODE")
+    if mode is not None and mode not in WANDB_OWN_MODES:
+        raise UserError(f"the environment variable WANDB_MODE is {mode!r}, which wandb refuses: set it to one of "
+                        f"{', '.join(WANDB_MODES)}, or unset it (--wandb chooses the mode too)")
 
 
 def default_wandb_mode() -> str:
@@ -36,6 +47,8 @@ def default_wandb_mode() -> str:
     mode = {"dryrun": "offline", "run": "online"}.get(mode, mode)  # wandb's older names
     if mode in WANDB_MODES:
         return mode
+    if not mode and os.environ.get("WANDB_DISABLED", "").strip().lower() in ("true", "1", "yes"):
+        return "disabled"  # older wandb's switch, which other tools (Hugging Face's Trainer) still document
     return "online" if os.environ.get("WANDB_API_KEY") or _logged_in_with_netrc() else "offline"
 
 
