@@ -33,6 +33,17 @@ def test_failed_write_keeps_the_old_file_and_removes_the_partial_one(tmp_path: P
     assert [path.name for path in tmp_path.iterdir()] == ["mask.png"]
 
 
+def test_a_link_writes_the_file_it_links_to_and_stays_a_link(tmp_path: Path) -> None:
+    """Found by a review: -o link.png replaced the link with a file, and the file it linked to was never made."""
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "link.png").symlink_to(tmp_path / "elsewhere" / "target.png")  # not made yet
+    for content in (b"first", b"second"):
+        with atomic_path(tmp_path / "link.png") as tmp:
+            tmp.write_bytes(content)
+        assert (tmp_path / "link.png").is_symlink() and (tmp_path / "elsewhere" / "target.png").read_bytes() == content
+    assert sorted(path.name for path in (tmp_path / "elsewhere").iterdir()) == ["target.png"]
+
+
 def test_temporary_names_are_hidden_beside_the_target_and_recognised() -> None:
     tmp = temporary_path(Path("run/last.pth"))
     assert tmp.parent == Path("run") and tmp.name.startswith(".last.pth.") and tmp.suffix == ".tmp"

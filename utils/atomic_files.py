@@ -40,9 +40,12 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     """Write to the yielded temporary path; when the block ends without an error it replaces path in one rename.
 
     On any error (and on KeyboardInterrupt) the partial file is removed and the error goes on. The temporary name
-    ends in .tmp, so writers that pick the format from the extension must be told it (Pillow's format=).
+    ends in .tmp, so writers that pick the format from the extension must be told it (Pillow's format=). A path
+    that is a symbolic link writes the file it links to, as writing through it in place would, not over the link.
     """
     path = Path(path)
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
     tmp = temporary_path(path)
     try:
         yield tmp
