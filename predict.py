@@ -283,10 +283,10 @@ class MaskEncoder:
     memory without waiting: the GPU goes on with the next batch while the CPU hands these to the writer."""
 
     def __init__(self, mask_values: list, n_classes: int, device: torch.device, class_indices: bool,
-                 probs: bool, threshold: float, masks: bool = True):
+                 probs: bool, threshold: float, masks: bool = True, ignore_value: int | None = None):
         # without mask files (--no-save) the class indices stand in: no table, so no refusal of labels that no
         # mask image can hold when only probabilities, overlays or the CSV are written
-        stored = encoding_table(mask_values) if masks else np.arange(n_classes, dtype=np.int32)
+        stored = encoding_table(mask_values, ignore_value) if masks else np.arange(n_classes, dtype=np.int32)
         self.stored_dtype = stored.dtype  # uint16 tables go to the device as int32: CUDA indexes no uint16
         self.table = torch.from_numpy(stored.astype(np.int32) if stored.dtype == np.uint16 else stored).to(device)
         self.n_classes, self.device = n_classes, device
@@ -414,7 +414,8 @@ def main(args: argparse.Namespace) -> int:
     viz = ("show" if has_display() else "save") if args.viz else None
     writers = args.writers or (8 if on_gpu else 1)
     writer = MaskWriter(model.mask_values, model.mask_palette, model.n_channels,
-                        OutputOptions(not args.no_save, args.save_probs, args.overlay, viz), threads=writers)
+                        OutputOptions(not args.no_save, args.save_probs, args.overlay, viz), threads=writers,
+                        ignore_value=model.ignore_value)
     for target in {target.suffix.lower(): target for target in outputs}.values():  # one of each format
         writer.check_format(target)
     written = [writer.output_files(target) for target in outputs]
@@ -438,7 +439,7 @@ def main(args: argparse.Namespace) -> int:
                         prefetch_factor=4 if workers else None)
     notify = notify_once(tqdm.write)
     encode = MaskEncoder(model.mask_values, max(model.n_classes, 2), device, writer.needs_class_indices,
-                         args.save_probs, args.mask_threshold, masks=not args.no_save)
+                         args.save_probs, args.mask_threshold, masks=not args.no_save, ignore_value=model.ignore_value)
     failed: list[str] = []
     turned: list[int] = []  # inputs with an EXIF orientation: viewers show them turned, the masks are not
     waits = LoopWaits()

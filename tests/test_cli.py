@@ -782,6 +782,22 @@ def test_evaluate_reads_0_255_masks_for_a_reference_checkpoint_without_mask_valu
     assert row[-1] == "2"  # class 1 (mask value 1) is in both masks: their 255 is read as it
 
 
+def test_a_binary_model_that_ignored_255_writes_its_objects_as_1_not_as_the_ignored_value(tmp_path: Path) -> None:
+    """Found by a review: 0/1 masks are written 0/255 to be visible, and with --ignore-index 255 every object
+    pixel came out as the value the masks use for 'not labelled' (evaluate.py then ignored them all)."""
+    from utils.checkpoint import save_checkpoint
+
+    write_cells(tmp_path, 2)
+    torch.manual_seed(0)
+    model = UNet(3, 2, base_channels=4)
+    with torch.no_grad():
+        model.outc.conv.bias[1] = 100.0  # every pixel an object
+    for ignored in (255, None):
+        save_checkpoint(tmp_path / "model.pth", model, [0, 1], args={"ignore_index": ignored})
+        run("predict.py", "-m", "model.pth", "-i", "imgs/cell0.png", "-o", "out.png", "--scale", "1", cwd=tmp_path)
+        assert np.unique(np.asarray(Image.open(tmp_path / "out.png"))).tolist() == [1 if ignored == 255 else 255]
+
+
 def test_evaluate_names_many_unscored_classes_in_one_short_line(tmp_path: Path) -> None:
     """Found by a review: a model of 301 classes listed every class no mask held, in one line of 300 numbers."""
     write_cells(tmp_path, 2)  # masks of 0 and 255

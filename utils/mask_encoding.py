@@ -217,11 +217,12 @@ def _in_binary_values(mask: np.ndarray, mask_values: Sequence[MaskValue], ignore
     return np.where(mask == other, foreground, mask)
 
 
-def encoding_table(mask_values: Sequence[MaskValue]) -> np.ndarray:
+def encoding_table(mask_values: Sequence[MaskValue], ignore_value: int | None = None) -> np.ndarray:
     """Class index -> the pixel value written for it: table[class_indices] is the mask in the training encoding.
 
     Colour masks get their colours back ((classes, 3) uint8), label and palette masks their values (uint8, or
-    uint16 above 255); binary 0/1 masks are written 0/255 so that they are visible. A lookup table, so that
+    uint16 above 255); binary 0/1 masks are written 0/255 so that they are visible, unless training ignored 255
+    (ignore_value: the masks' own "not labelled", which objects must not be written as). A lookup table, so that
     predict.py can apply it on the GPU and its writer threads only wrap and compress the result.
     """
     if is_colour(mask_values):
@@ -231,7 +232,7 @@ def encoding_table(mask_values: Sequence[MaskValue]) -> np.ndarray:
     if outside:
         raise UserError(f"the model's mask values {short_values(mask_values)} include {outside[0]}, which no 8- or "
                         "16-bit mask image can hold: train on masks with labels from 0 to 65535 to predict mask files")
-    if set(mask_values) <= {0, 1}:
+    if set(mask_values) <= {0, 1} and ignore_value != 255:
         return (values * 255).astype(np.uint8)
     return values.astype(np.uint8 if values.max(initial=0) <= 255 else np.uint16)
 

@@ -74,11 +74,11 @@ class MaskWriter:
     """Writes each prediction's mask (in the training masks' encoding) and the optional extra outputs."""
 
     def __init__(self, mask_values: Sequence[MaskValue], palette: Sequence[int] | None, channels: int,
-                 options: OutputOptions, threads: int = 4, max_pending: int = 32):
+                 options: OutputOptions, threads: int = 4, max_pending: int = 32, ignore_value: int | None = None):
         self.mask_values, self.palette, self.channels, self.options = mask_values, palette, channels, options
         self.n_classes = max(len(mask_values), 2)
         # what the masks hold, per class; none without mask files (labels beyond 16 bits still get the rest)
-        self.written_values = encoding_table(mask_values).tolist() if options.save_mask else None
+        self.written_values = encoding_table(mask_values, ignore_value).tolist() if options.save_mask else None
         self.colours = class_colours(self.n_classes, mask_values)
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mask-writer")
         self.pending: deque[Future] = deque()
