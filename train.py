@@ -810,8 +810,10 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     if data.stray_values and not classes_given and resumed is None:  # --classes N says that they are classes
         raise UserError(data.stray_values_error())
     check_scaled_sizes(data.pairs, data.sizes, args.scale)
-    if data.bands_error(args.channels):
-        raise UserError(data.bands_error(args.channels))
+    other_way = ("start a new run in another --checkpoint-dir" if resumed is not None  # the channels are the model's
+                 else f"start without --load {args.load}" if weights is not None else "train with --channels 3")
+    if data.bands_error(args.channels, other_way):
+        raise UserError(data.bands_error(args.channels, other_way))
     if data.one_value:
         raise UserError(data.one_value_error())
     mask_values: list[MaskValue] = data.mask_values

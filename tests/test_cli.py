@@ -839,6 +839,10 @@ def test_a_four_channel_model_trains_predicts_and_evaluates_on_rgb_plus_near_inf
                   *TRAIN_FLAGS, cwd=tmp_path, check=False)
     assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1].startswith(
         "error: the model reads 4 channels, but 1 of the 5 images holds fewer bands (field0)")
+    assert refused.stderr.rstrip().endswith("or train with --channels 3")
+    loaded = run("train.py", *data, "--load", "checkpoints/last.pth", "--epochs", "1", "--checkpoint-dir", "again",
+                 *TRAIN_FLAGS, cwd=tmp_path, check=False)  # found by a review: told --channels 3, which --load refuses
+    assert loaded.returncode == 2 and loaded.stderr.rstrip().endswith("or start without --load checkpoints/last.pth")
 
 
 def test_resume_after_images_were_added_keeps_its_validation_images(tmp_path: Path) -> None:

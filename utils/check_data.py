@@ -259,15 +259,16 @@ class DataCheck:
         """bands (1, 3, 4) -> number of usable images with that many."""
         return Counter(self.channels.values())
 
-    def bands_error(self, channels: int) -> str | None:
+    def bands_error(self, channels: int, fix: str = "train with --channels 3") -> str | None:
         """Why a model of 4 channels cannot read these images (some lack a fourth band); None when it can, and
-        for models of 1 or 3 channels, which read any image."""
+        for models of 1 or 3 channels, which read any image. fix: the other way out (the model's channels may
+        come from --load or --resume, where --channels cannot change them)."""
         lacking = [name for name, bands in self.channels.items() if bands != 4]
         if channels != 4 or not lacking:
             return None
         return (f"the model reads 4 channels, but {len(lacking)} of the {len(self.channels)} images "
                 f"hold{'s' if len(lacking) == 1 else ''} fewer bands {_names(lacking)}: give every image its "
-                "fourth band (RGBA PNG or TIFF, HxWx4 .npy), or train with --channels 3")
+                f"fourth band (RGBA PNG or TIFF, HxWx4 .npy), or {fix}")
 
     @property
     def too_small(self) -> list[str]:
