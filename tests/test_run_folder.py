@@ -65,6 +65,17 @@ def test_a_run_goes_on_in_its_own_folder_only_from_its_latest_point(tmp_path: Pa
     assert check_run_folder(run, run / "epoch_1.pth", overwrite=True) is False  # goes back; removes nothing
 
 
+def test_a_last_pth_that_links_elsewhere_is_still_the_folder_s_own_run(tmp_path: Path) -> None:
+    """Found by a review: last.pth kept on another disk behind a link was taken for a run of that disk's folder,
+    and --resume auto refused to go on in place."""
+    store = make_run(tmp_path / "big_disk", "last.pth")
+    run = make_run(tmp_path / "run", "best.pth")
+    (run / "last.pth").symlink_to(store / "last.pth")
+    assert check_run_folder(run, run / "last.pth", overwrite=False) is False
+    with pytest.raises(UserError, match="already holds a run"):  # the stored file named itself: another folder's
+        check_run_folder(run, store / "last.pth", overwrite=False)
+
+
 def test_overwrite_sets_the_earlier_run_aside_until_the_new_one_saves_and_says_which(tmp_path: Path) -> None:
     run = make_run(tmp_path / "run", "last.pth", "best.pth", "epoch_3.pth", "training_curves.png", "notes.txt")
     earlier = {path.name: path.read_bytes() for path in run.iterdir()}

@@ -44,7 +44,8 @@ def check_run_folder(folder: Path, resume_file: Path | None, overwrite: bool) ->
     on. Resuming a file of the folder's own run continues that run in place, unless the file is an earlier point
     than the folder's last.pth: going on from it would replace the later one.
     """
-    replaces_a_run = resume_file is None or resume_file.resolve().parent != folder.resolve()
+    # the file's own folder, not that of the file a link (last.pth kept on another disk) leads to
+    replaces_a_run = resume_file is None or resume_file.parent.resolve() != folder.resolve()
     if overwrite:
         return replaces_a_run
     if replaces_a_run:
