@@ -59,6 +59,7 @@ def evaluate(
     threshold: float = 0.5,
     progress: bool = True,
     options: InferenceOptions = WHOLE_IMAGE,
+    bar_stays: bool = False,
 ) -> dict:
     """Per-image and mean Dice/IoU, comparing at the masks' resolution (logits are resized to it).
 
@@ -68,7 +69,8 @@ def evaluate(
     for it, which lifts the mean of a class most images lack: the pooled scores (all pixels of all images
     together) and the number of images whose mask holds each class are given beside them.
     options: tiles and test-time augmentation (evaluate.py); validation during training uses the whole-image
-    default.
+    default. bar_stays: evaluate.py's progress bar stays when done (and is written to logs); validation's
+    vanishes, its epoch's line said after it.
     """
     was_training = model.training
     model.eval()
@@ -79,7 +81,7 @@ def evaluate(
     iou_sum = torch.zeros(n_classes, dtype=torch.float64)
     pooled_counts = [torch.zeros(n_classes, dtype=torch.float64) for _ in range(3)]  # intersection, predicted, true
     images_with = torch.zeros(n_classes, dtype=torch.int64)  # images whose mask holds the class
-    batches = progress_bar(loader, desc="evaluation", unit="batch", leave=False, disable=not progress)
+    batches = progress_bar(loader, desc="evaluation", unit="batch", leave=bar_stays, disable=not progress)
     skipped: list[str] = []
     for part in (part for batch in batches for part in readable_parts(batch, skipped)):
         height, width = part["image"].shape[-2:]
@@ -209,7 +211,7 @@ def main(args: argparse.Namespace) -> dict:
                                   ignore_value=trained_with.get("ignore_index"))
     loader = make_loader(dataset, args.batch_size, device, min(args.workers, len(pairs)))
     check_output_file(args.output, "--output", (".csv", ".json"), ours=is_scores_file)  # before the evaluation
-    result = evaluate(model, loader, device, precision, args.mask_threshold, options=options)
+    result = evaluate(model, loader, device, precision, args.mask_threshold, options=options, bar_stays=True)
     extras = "".join(f", {name} {value}" for name, value in (("tiles", options.tile), ("TTA", options.tta))
                      if value not in ("auto", "none"))
     print(f"{result['images']} images, model {args.model}, scale {scale}, {precision.name} on {device}{extras}")

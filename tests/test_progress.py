@@ -29,10 +29,24 @@ def test_a_bar_written_to_a_file_is_whole_lines_without_carriage_returns(monkeyp
 def test_a_bar_in_a_log_waits_its_interval_between_lines(monkeypatch: pytest.MonkeyPatch) -> None:
     log = io.StringIO()
     monkeypatch.setattr("sys.stderr", log)
-    bar = progress_bar(total=10, leave=False)
+    bar = progress_bar(total=10)
     assert bar.mininterval == LOG_INTERVAL_S
     bar.close()
-    assert log.getvalue().count("\n") == 1  # the first line; the erasure of a bar that does not stay is no line
+    assert log.getvalue().count("\n") == 2  # the first line and the last
+
+
+def test_a_bar_that_vanishes_on_a_terminal_writes_nothing_to_a_log(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a review: validation's and the tiles' bars (leave=False) left a lone '0%' line, read as a stall."""
+    log = io.StringIO()
+    monkeypatch.setattr("sys.stderr", log)
+    with progress_bar(range(5), leave=False, mininterval=0) as bar:
+        assert list(bar) == [0, 1, 2, 3, 4]
+    assert log.getvalue() == ""
+    screen = Terminal()
+    monkeypatch.setattr("sys.stderr", screen)
+    with progress_bar(range(5), leave=False, mininterval=0) as bar:
+        assert list(bar) == [0, 1, 2, 3, 4]
+    assert "5/5" in screen.getvalue()
 
 
 def test_a_bar_on_a_terminal_is_redrawn_in_place(monkeypatch: pytest.MonkeyPatch) -> None:

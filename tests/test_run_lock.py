@@ -123,6 +123,9 @@ def test_a_broken_link_as_the_folder_is_named_and_its_target_not_made(tmp_path):
                                 f"is a link to {tmp_path / 'unmounted' / 'runs'}, which does not exist): mend the link "
                                 "or pick another path")
     assert not (tmp_path / "unmounted").exists()
+    (tmp_path / "chain").symlink_to(tmp_path / "run")  # a link to that link: the missing end is named
+    with pytest.raises(UserError, match=f"is a link to {tmp_path / 'unmounted' / 'runs'}, which does not exist"):
+        RunLock(tmp_path / "chain").acquire()
 
 
 def test_a_file_given_as_the_folder_is_named_as_one(tmp_path):

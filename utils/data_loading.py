@@ -163,8 +163,8 @@ def open_image(path: Path) -> Image.Image:
             image = Image.open(path)
     except FileNotFoundError:
         if path.is_symlink():
-            raise UserError(f"{path} is a link to {os.readlink(path)}, which does not exist: mend or remove the "
-                            "link") from None
+            raise UserError(f"{path} is a link to {os.path.realpath(path)}, which does not exist: mend or "
+                            "remove the link") from None
         raise UserError(f"{path} does not exist") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise _pixel_limit_error(path, error) from None

@@ -76,8 +76,8 @@ def make_folder(folder: Path, flag: str) -> None:
         broken = next((path for path in on_the_way if path.is_symlink() and not path.exists()), None)
         if broken is not None:
             raise UserError(f"cannot make the folder {folder} for {flag} ({broken} is a link to "
-                            f"{os.readlink(broken)}, which does not exist): mend the link or pick another path") \
-                from None
+                            f"{os.path.realpath(broken)}, which does not exist): mend the link or pick another "
+                            "path") from None
         reason = f"{in_the_way} is a file, not a folder" if in_the_way is not None else error.strerror
         raise UserError(f"cannot make the folder {folder} for {flag} ({reason}): pick another path") from None
 
