@@ -60,6 +60,7 @@ class UNet(nn.Module):
         self.mask_values: list | None = None  # class i is written as mask_values[i]
         self.mask_palette: list | None = None  # the palette of palette masks
         self.scale: float | None = None  # the scale it was trained at: images are resized by it first
+        self.ignore_value: int | None = None  # the masks' "not labelled" value (--ignore-index): never written
 
         factor = 2 if bilinear else 1
         c = base_channels

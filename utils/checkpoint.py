@@ -619,7 +619,7 @@ def model_from_checkpoint(
     palette = checkpoint.get("mask_palette")  # as predict.py writes it: 256 entries, a colour per class
     model.mask_palette = full_palette(palette, model.mask_values) if palette else None
     model.scale = checkpoint.get("scale")
-    model.ignore_value = ignored  # the masks' "not labelled" value: predictions are not written in it
+    model.ignore_value = ignored
     return model
 
 
