@@ -40,12 +40,14 @@ from utils.inference import (
     WHOLE_IMAGE,
     InferenceOptions,
     add_inference_arguments,
+    add_mask_threshold_argument,
     check_prediction_flags,
     fuse_batchnorm,
     inference_options,
     logits_to_classes,
     notify_once,
     predict_logits,
+    threshold_note,
 )
 from utils.mask_encoding import binarize_threshold, short_values
 from utils.progress import progress_bar
@@ -181,8 +183,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scale", "-s", type=float, default=None,
                         help="image scaling before the model, as predict.py's (default: the scale the model was "
                              "trained at)")
-    parser.add_argument("--mask-threshold", "-t", type=float, default=0.5,
-                        help="probability threshold for one-class (sigmoid) models (default 0.5)")
+    add_mask_threshold_argument(parser)
     parser.add_argument("--batch-size", "-b", type=int, default=1,
                         help="images per batch; a batch of mixed sizes is split by size (default 1)")
     parser.add_argument("--workers", type=int, default=2, help="data loading processes (default 2)")
@@ -203,6 +204,8 @@ def main(args: argparse.Namespace) -> dict:
     check_prediction_flags(args)
     model, checkpoint = load_model(args.model, device)
     model = fuse_batchnorm(model)  # the unfused original is freed
+    if note := threshold_note(args.mask_threshold, model.n_classes):
+        print(note, file=sys.stderr)
     scale = inference_scale(checkpoint, args.scale)
     pairs = list_pairs(args.imgs, args.masks, args.mask_suffix)
     trained_with = checkpoint.get("args") or {}  # read the masks the way the model was trained on them

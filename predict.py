@@ -48,6 +48,7 @@ from utils.device import (
 from utils.errors import UserError, check_flag, check_output_file, make_folder, run_cli
 from utils.inference import (
     add_inference_arguments,
+    add_mask_threshold_argument,
     check_prediction_flags,
     fuse_batchnorm,
     inference_options,
@@ -55,6 +56,7 @@ from utils.inference import (
     notify_once,
     predict_logits,
     probabilities,
+    threshold_note,
 )
 from utils.mask_encoding import encoding_table
 from utils.mask_writer import CSV_HEADER, EXTRA_OUTPUT_TAGS, MaskWriter, OutputOptions
@@ -81,15 +83,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-save", "-n", action="store_true", help="do not write the masks")
     parser.add_argument("--overlay", action="store_true", help="also write a coloured overlay <mask>_overlay.png")
     parser.add_argument("--save-probs", action="store_true",
-                        help="also write the class probabilities as <mask>_probs.npy, float16 (classes, H, W)")
+                        help="also write the class probabilities as <mask>_probs.npy, float16 (classes, H, W); a "
+                             "one-class model's single channel is the foreground's (class 1's) probability")
     parser.add_argument("--csv", nargs="?", const="", default=None, metavar="FILE",
                         help="write each image's size and fraction of pixels per class to FILE (default: "
                              "predictions.csv in the output folder, or here)")
     parser.add_argument("--skip-existing", action="store_true",
                         help="leave out inputs whose outputs (mask, and --save-probs/--overlay files) exist, e.g. to "
                              "finish a run that was stopped; with --csv their rows are counted from the masks")
-    parser.add_argument("--mask-threshold", "-t", type=float, default=0.5,
-                        help="probability threshold for one-class (sigmoid) models (default 0.5)")
+    add_mask_threshold_argument(parser)
     parser.add_argument("--scale", "-s", type=float, default=None,
                         help="image downscaling before the model (default: the scale the model was trained at)")
     parser.add_argument("--classes", "-c", type=int, default=None,
@@ -397,6 +399,8 @@ def main(args: argparse.Namespace) -> int:
     check_flag("--writers", args.writers, args.writers is None or args.writers >= 1, "a whole number of at least 1")
     model, checkpoint = load_model(args.model, device, n_classes=args.classes, bilinear=args.bilinear)
     model = fuse_batchnorm(model)  # the unfused original is freed
+    if note := threshold_note(args.mask_threshold, model.n_classes):
+        print(note, file=sys.stderr)
     scale = inference_scale(checkpoint, args.scale)
     inputs, left_out = expand_inputs(args.input, keep_repeats=len(args.output or []) > 1)
     if left_out:

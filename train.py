@@ -221,7 +221,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     optim.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (default: %(default)s)")
     optim.add_argument("--class-weights", default=None, metavar="auto|W1,W2,...",
                        help="weight the cross-entropy per class: auto = median-frequency balancing of the "
-                            "training images' pixels, or one weight per class")
+                            "training images' pixels, or one weight per class (two for --classes 1: background, "
+                            "foreground)")
     optim.add_argument("--grad-clip", type=float, default=1.0,
                        help="clip the gradient norm to this value; 0 = no clipping (default: %(default)s)")
     optim.add_argument("--max-bad-steps", type=int, default=20, metavar="K",
@@ -377,7 +378,8 @@ def parse_class_weights(text: str | None, n_classes: int, class_pixels: list[int
         except ValueError:
             raise UserError(f"--class-weights {text!r} is not 'auto' or numbers like 1,5") from None
         if len(weights) != n_weights or not all(math.isfinite(w) and w >= 0 for w in weights) or not any(weights):
-            raise UserError(f"--class-weights needs {n_weights} non-negative numbers, one per class, at least one "
+            each = "background, foreground" if n_classes == 1 else "one per class"
+            raise UserError(f"--class-weights needs {n_weights} non-negative numbers ({each}), at least one "
                             f"above 0, got {text!r}")
     return torch.tensor(weights, dtype=torch.float32)
 

@@ -798,6 +798,20 @@ def test_a_binary_model_that_ignored_255_writes_its_objects_as_1_not_as_the_igno
         assert np.unique(np.asarray(Image.open(tmp_path / "out.png"))).tolist() == [1 if ignored == 255 else 255]
 
 
+def test_a_mask_threshold_a_softmax_model_cannot_use_is_said(tmp_path: Path) -> None:
+    """Found by a review: -t 0.9 on a model of two classes changed nothing, without a word."""
+    write_cells(tmp_path, 2)
+    for classes in (2, 1):
+        torch.save({**UNet(3, classes, base_channels=4).state_dict(), "mask_values": [0, 255]}, tmp_path / "m.pth")
+        for script, flags in (("predict.py", ["-i", "imgs/cell0.png", "-o", "out.png"]),
+                              ("evaluate.py", ["--imgs", "imgs", "--masks", "masks", "--workers", "0"])):
+            for threshold in ("0.9", "0.5"):
+                result = run(script, "-m", "m.pth", "--scale", "1", "-t", threshold, *flags, cwd=tmp_path)
+                said = "note: --mask-threshold 0.9 is left unused: it decides one-class (sigmoid) models, and this " \
+                       "model of 2 classes gives each pixel its most probable class"
+                assert (said in result.stderr) == (classes == 2 and threshold == "0.9"), (script, classes, threshold)
+
+
 def test_evaluate_names_many_unscored_classes_in_one_short_line(tmp_path: Path) -> None:
     """Found by a review: a model of 301 classes listed every class no mask held, in one line of 300 numbers."""
     write_cells(tmp_path, 2)  # masks of 0 and 255

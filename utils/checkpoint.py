@@ -596,7 +596,8 @@ def model_from_checkpoint(
     source = checkpoint.get("source", "checkpoint")
     args = check_model_args(checkpoint["model_args"], source)
     if n_classes is not None and n_classes != args["n_classes"]:
-        raise UserError(f"--classes is {n_classes} but {source} has {args['n_classes']} classes: "
+        raise UserError(f"--classes is {n_classes} but {source} has {args['n_classes']} "
+                        f"class{'es' if args['n_classes'] != 1 else ''}: "
                         f"use --classes {args['n_classes']}")
     if bilinear is not None and bilinear != args["bilinear"]:
         raise UserError(f"{source} was trained {'with' if args['bilinear'] else 'without'} --bilinear: "

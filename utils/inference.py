@@ -97,6 +97,24 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
                              "all 8 flips and quarter turns (d4); costs 2x or 8x the time (default: %(default)s)")
 
 
+DEFAULT_MASK_THRESHOLD = 0.5
+
+
+def add_mask_threshold_argument(parser: argparse.ArgumentParser) -> None:
+    """--mask-threshold, the same in predict.py and evaluate.py."""
+    parser.add_argument("--mask-threshold", "-t", type=float, default=DEFAULT_MASK_THRESHOLD,
+                        help="probability threshold for one-class (sigmoid) models; models of 2 or more classes "
+                             f"take each pixel's most probable class (default {DEFAULT_MASK_THRESHOLD})")
+
+
+def threshold_note(threshold: float, n_classes: int) -> str | None:
+    """A --mask-threshold given to a softmax model, which has no threshold to apply: said, not silently dropped."""
+    if n_classes == 1 or threshold == DEFAULT_MASK_THRESHOLD:
+        return None
+    return (f"note: --mask-threshold {threshold:g} is left unused: it decides one-class (sigmoid) models, and this "
+            f"model of {n_classes} classes gives each pixel its most probable class")
+
+
 def check_prediction_flags(args: argparse.Namespace) -> None:
     """--batch-size, --workers, --scale and --mask-threshold: defined by predict.py and evaluate.py alike."""
     check_flag("--batch-size", args.batch_size, args.batch_size is None or args.batch_size >= 1,
