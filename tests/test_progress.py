@@ -35,13 +35,16 @@ def test_a_bar_in_a_log_waits_its_interval_between_lines(monkeypatch: pytest.Mon
     assert log.getvalue().count("\n") == 2  # the first line and the last
 
 
-def test_a_bar_that_vanishes_on_a_terminal_writes_nothing_to_a_log(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_bar_that_vanishes_on_a_terminal_is_in_a_log_only_when_it_lasts(monkeypatch: pytest.MonkeyPatch) -> None:
     """Found by a review: validation's and the tiles' bars (leave=False) left a lone '0%' line, read as a stall."""
     log = io.StringIO()
     monkeypatch.setattr("sys.stderr", log)
-    with progress_bar(range(5), leave=False, mininterval=0) as bar:
+    with progress_bar(range(5), leave=False, mininterval=0) as bar:  # done within LOG_INTERVAL_S
         assert list(bar) == [0, 1, 2, 3, 4]
     assert log.getvalue() == ""
+    with progress_bar(range(5), leave=False, mininterval=0, delay=0) as bar:  # as one that outlasts the delay
+        assert list(bar) == [0, 1, 2, 3, 4]
+    assert log.getvalue().splitlines()[-1].startswith("100%") and "\r" not in log.getvalue()
     screen = Terminal()
     monkeypatch.setattr("sys.stderr", screen)
     with progress_bar(range(5), leave=False, mininterval=0) as bar:

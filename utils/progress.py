@@ -29,12 +29,13 @@ class LogLines:
 
 
 def progress_bar(iterable: Iterable | None = None, **options: Any) -> tqdm:
-    """tqdm on stderr; where stderr is no terminal, one line per LOG_INTERVAL_S (and the first and last), and
-    none for a bar that vanishes when done (leave=False: validation, tiles), whose last state would not stay."""
+    """tqdm on stderr; where stderr is no terminal, one line per LOG_INTERVAL_S (and the first and last). A bar
+    that vanishes when done on a terminal (leave=False: validation, tiles) writes to a log only when it lasts
+    longer than LOG_INTERVAL_S: then a line a minute and its last state, else nothing (not a lone 0%)."""
     stream = sys.stderr  # looked up now: tests and wrappers replace it
     isatty = getattr(stream, "isatty", None)
     if callable(isatty) and isatty():
         return tqdm(iterable, file=stream, **options)
     if not options.get("leave", True):
-        options["disable"] = True
+        options = {"delay": LOG_INTERVAL_S, **options, "leave": True}
     return tqdm(iterable, file=LogLines(stream), **{"mininterval": LOG_INTERVAL_S, **options})
