@@ -424,8 +424,8 @@ def run_data_folders(args: argparse.Namespace, resumed: dict | None, resume_file
 def keep_run_settings(args: argparse.Namespace, resumed: dict, resume_file: Path) -> list[str]:
     """A resumed run keeps its architecture, reads its data as it did (the saved position in the epoch depends
     on the batch size) and goes on with its optimizer's settings (they are in its saved state); a flag given
-    otherwise is overridden, and each such flag gets a line saying so. --epochs and --max-bad-steps are the
-    run's unless given."""
+    otherwise is overridden, and each such flag gets a line saying so. --epochs, --max-bad-steps, --save-every
+    and --keep-epochs are the run's unless given (so --resume auto alone goes on as the run did)."""
     architecture = resumed["model_args"]
     saved_args = resumed.get("args", {})
     kept = {"classes": architecture["n_classes"], "channels": architecture["n_channels"],
@@ -447,15 +447,30 @@ def keep_run_settings(args: argparse.Namespace, resumed: dict, resume_file: Path
             lines.append(f"note: {resume_file} continues with {flag} {shown(value)}; {flag} {shown(given)} is "
                          "ignored (start a new run to change it)")
         setattr(args, name, value)
-    # --epochs (raised to train longer) and --max-bad-steps may change; left out, the run goes on with its own
-    for name, why in (("epochs", "to train longer or shorter"), ("max_bad_steps", "to change it")):
+    # --epochs (raised to train longer), --max-bad-steps and --save-every may change; left out, the run goes on
+    # with its own, as with --keep-epochs (a switch, which a resume keeps once on)
+    for name, why, kind in (("epochs", "to train longer or shorter", int), ("max_bad_steps", "to change it", int),
+                            ("save_every", "to change it", str), ("keep_epochs", None, bool)):
         untyped = name not in typed if typed is not None else getattr(args, name) == parser.get_default(name)
         saved = saved_args.get(name)
-        if untyped and isinstance(saved, int) and saved != getattr(args, name):
-            setattr(args, name, saved)
-            flag = "--" + name.replace("_", "-")
-            lines.append(f"note: {resume_file} goes on with its own {flag} {saved} (give {flag} {why})")
+        if not (untyped and type(saved) is kind and saved != getattr(args, name)) or not _valid_saved(name, saved):
+            continue
+        setattr(args, name, saved)
+        flag = "--" + name.replace("_", "-")
+        lines.append(f"note: {resume_file} goes on with its own {flag}"
+                     + (" (every epoch's checkpoint kept)" if why is None else f" {saved} (give {flag} {why})"))
     return lines
+
+
+def _valid_saved(name: str, value: object) -> bool:
+    """A saved --save-every that still parses (a hand-edited one is left out, not an error about a flag)."""
+    if name != "save_every":
+        return True
+    try:
+        parse_save_every(value)
+    except UserError:
+        return False
+    return True
 
 
 def keep_better_best(best_file: Path, resume_file: Path, best_dice: float, say: Callable[..., None]) -> float:

@@ -906,6 +906,26 @@ def test_resume_takes_seed_and_augmentation_left_out_and_names_a_flag_typed_at_i
         "change it)"]  # the typed seed equals the run's: nothing to say
 
 
+def test_resume_keeps_the_runs_save_every_and_keep_epochs_unless_typed(tmp_path: pathlib.Path) -> None:
+    """Found by a review: `--resume auto` after a SIGKILL went on without the run's --save-every 1 and
+    --keep-epochs, without a word: the next kill lost a whole epoch, and no more epoch_N.pth were kept."""
+    import train
+
+    resumed = {"model_args": {"n_classes": 2, "n_channels": 3, "bilinear": False, "base_channels": 64},
+               "scale": 0.5, "args": {"batch_size": 1, "save_every": "1", "keep_epochs": True}}
+    last = tmp_path / "last.pth"
+    args = train.get_args_parser().parse_args(["--resume", "auto"])
+    assert train.keep_run_settings(args, resumed, last) == [
+        f"note: {last} goes on with its own --save-every 1 (give --save-every to change it)",
+        f"note: {last} goes on with its own --keep-epochs (every epoch's checkpoint kept)"]
+    assert (args.save_every, args.keep_epochs) == ("1", True)
+    args = train.get_args_parser().parse_args(["--resume", "auto", "--save-every", "15m", "--keep-epochs"])
+    assert train.keep_run_settings(args, resumed, last) == [] and args.save_every == "15m"
+    resumed["args"]["save_every"] = "often"  # hand-edited: left out, not an error about a flag not typed
+    args = train.get_args_parser().parse_args(["--resume", "auto"])
+    assert len(train.keep_run_settings(args, resumed, last)) == 1 and args.save_every is None
+
+
 def test_resume_keeps_the_runs_max_bad_steps_unless_typed(tmp_path: pathlib.Path) -> None:
     """Found in the 14th session: a resumed run fell back to the default 20 and would train on through 19 bad
     steps in a row that its run had been told to stop at 3."""
