@@ -37,6 +37,7 @@ from utils.device import (
 from utils.dice_score import per_class_counts, scores_from_counts
 from utils.errors import UserError, check_output_file, run_cli
 from utils.inference import (
+    DEFAULT_MASK_THRESHOLD,
     WHOLE_IMAGE,
     InferenceOptions,
     add_inference_arguments,
@@ -58,7 +59,7 @@ def evaluate(
     loader: Iterable[dict],
     device: torch.device,
     precision: Precision,
-    threshold: float = 0.5,
+    threshold: float = DEFAULT_MASK_THRESHOLD,
     progress: bool = True,
     options: InferenceOptions = WHOLE_IMAGE,
     bar_stays: bool = False,
@@ -211,7 +212,7 @@ def main(args: argparse.Namespace) -> dict:
     trained_with = checkpoint.get("args") or {}  # read the masks the way the model was trained on them
     dataset = SegmentationDataset(pairs, model.mask_values, scale, model.n_channels, scale_masks=False,
                                   binarize=binarize_threshold(trained_with.get("binarize")),
-                                  ignore_value=trained_with.get("ignore_index"))
+                                  ignore_value=model.ignore_value)
     loader = make_loader(dataset, args.batch_size, device, min(args.workers, len(pairs)))
     check_output_file(args.output, "--output", (".csv", ".json"), ours=is_scores_file)  # before the evaluation
     result = evaluate(model, loader, device, precision, args.mask_threshold, options=options, bar_stays=True)

@@ -129,7 +129,7 @@ def export_metadata(model: nn.Module, checkpoint: dict[str, Any], scale: float) 
         "base_channels": model.base_channels,
         "input_layout": "NCHW",
         "input_dtype": "float32",
-        "input_colour": {1: "L", 3: "RGB", 4: "RGBA"}.get(model.n_channels),  # RGBA: RGB + a fourth band
+        "input_colour": {1: "L", 3: "RGB", 4: "RGB+band"}.get(model.n_channels),  # the fourth as stored, not alpha
         "input_divisor": 255,
         "output": "logits",
         "activation": "sigmoid" if one_class else "softmax",

@@ -282,7 +282,8 @@ def check_args(args: argparse.Namespace) -> None:
     ):
         check_flag(flag, value, ok, rule)
     parse_save_every(args.save_every)
-    if (args.wandb or default_wandb_mode()) != "disabled":
+    args.wandb = args.wandb or default_wandb_mode()  # settled once: the mode used is the one recorded
+    if args.wandb != "disabled":
         check_wandb_environment()
     for flag, value, default in (("--crops-per-image", args.crops_per_image, 1),
                                  ("--crop-foreground", args.crop_foreground, DEFAULT_CROP_FOREGROUND)):
@@ -829,8 +830,8 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     check_scaled_sizes(data.pairs, data.sizes, args.scale)
     other_way = ("start a new run in another --checkpoint-dir" if resumed is not None  # the channels are the model's
                  else f"start without --load {args.load}" if weights is not None else "train with --channels 3")
-    if data.bands_error(args.channels, other_way):
-        raise UserError(data.bands_error(args.channels, other_way))
+    if error := data.bands_error(args.channels, other_way):
+        raise UserError(error)
     if data.one_value:
         raise UserError(data.one_value_error())
     mask_values: list[MaskValue] = data.mask_values
@@ -1057,7 +1058,7 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     set_aside = set_aside_earlier_run(args.checkpoint_dir, say) if replaces_a_run and args.overwrite and \
         world.is_main else None
     earlier_wandb_run = resumed.get("wandb_run") if resumed is not None else None
-    run_log = RunLog(args.checkpoint_dir, vars(args), args.wandb or default_wandb_mode(), start_epoch,
+    run_log = RunLog(args.checkpoint_dir, vars(args), args.wandb, start_epoch,
                      continues=earlier_wandb_run) if world.is_main else None
     val_dice = result = None
     checkpoints = CheckpointWriter(background=device.type == "cuda")  # the GPU trains on while a file is written

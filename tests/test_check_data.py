@@ -828,14 +828,14 @@ def test_a_varying_fourth_band_is_named_and_a_four_channel_model_needs_it_in_eve
     assert hint in check.suggestions(3) and hint.replace("3 channels", "1 channel") in check.suggestions(1)
     assert not any("fourth band" in line for line in check.suggestions(4))
     assert hint in check.report(3) and "fourth band" not in check.report(4)  # found: report lost its channels
-    assert check.bands_error(4) is None and check.bands_error(3) is None
+    assert check.bands_error(4, "x") is None and check.bands_error(3, "x") is None
     write_image(imgs / "s1.png", noisy_rgb(1))  # three bands
     check = check_dataset(imgs, masks, workers=1)
     assert check.image_channels == Counter({3: 1, 4: 1})
-    assert check.bands_error(3) is None
-    assert check.bands_error(4) == ("the model reads 4 channels, but 1 of the 2 images holds fewer bands (s1): give "
-                                    "every image its fourth band (RGBA PNG or TIFF, HxWx4 .npy), or train with "
-                                    "--channels 3")
+    assert check.bands_error(3, "train with --channels 3") is None
+    assert check.bands_error(4, "train with --channels 3") == (
+        "the model reads 4 channels, but 1 of the 2 images holds fewer bands (s1): give every image its fourth band "
+        "(RGBA PNG or TIFF, HxWx4 .npy), or train with --channels 3")
 
 
 def test_rgb_beside_rgba_images_is_no_grayscale_hint_and_an_alpha_drawn_mask_is_refused(tmp_path: Path) -> None:

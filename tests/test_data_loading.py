@@ -103,14 +103,20 @@ def test_a_four_channel_model_reads_all_four_bands(tmp_path, suffix):
     assert np.array_equal(read_image(write_image(tmp_path / f"rgba{suffix}", rgba), channels=4), rgba)
 
 
-def test_a_palette_with_transparency_gives_a_four_channel_model_its_alpha(tmp_path):
+def test_the_transparency_of_a_palette_image_is_no_fourth_band(tmp_path):
+    """RGBA files hold a fourth band of data (near-infrared, say); a palette's transparency is not one: it is
+    dropped, as gray + alpha's is (found by a review: one kept it, the other not)."""
     indices = np.arange(HEIGHT * WIDTH, dtype=np.uint8).reshape(HEIGHT, WIDTH) % 4
     palette = Image.fromarray(indices, "P")
     palette.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255])
     palette.save(tmp_path / "p.png", transparency=0)
-    image = read_image(tmp_path / "p.png", channels=4)
-    assert np.array_equal(image[..., 3], np.where(indices == 0, 0, 255))
-    assert np.array_equal(image[..., :3], read_image(tmp_path / "p.png"))  # the same colours as a 3-channel model's
+    colours = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255]], np.uint8)[indices]
+    assert np.array_equal(read_image(tmp_path / "p.png"), colours)
+    Image.fromarray(np.zeros((HEIGHT, WIDTH, 2), np.uint8), "LA").save(tmp_path / "la.png")
+    with pytest.raises(UserError, match="holds 1 band, but the model reads 4 channels"):
+        read_image(tmp_path / "la.png", channels=4)
+    with pytest.raises(UserError, match="holds 3 bands, but the model reads 4 channels"):
+        read_image(tmp_path / "p.png", channels=4)
 
 
 def test_a_four_band_array_is_stretched_over_the_bands_the_model_reads(tmp_path):

@@ -221,6 +221,22 @@ def test_only_unfinished_checkpoint_saves_are_removed(tmp_path: Path) -> None:
     assert remove_unfinished_saves(tmp_path / "not yet made") == []
 
 
+def test_an_unfinished_save_beside_a_linked_checkpoint_s_target_is_removed_too(tmp_path: Path) -> None:
+    """Found by a review: last.pth linking to another disk is saved beside its target, where a killed save's
+    temporary file was never looked for; that folder's other files are not this run's."""
+    from utils.checkpoint import remove_unfinished_saves
+
+    store, run = tmp_path / "big_disk", tmp_path / "run"
+    store.mkdir()
+    run.mkdir()
+    (store / "last.pth").write_bytes(b"x")
+    (run / "last.pth").symlink_to(store / "last.pth")
+    for name in (".last.pth.4242.tmp", ".other.pth.7.tmp"):
+        (store / name).write_bytes(b"half a checkpoint")
+    assert remove_unfinished_saves(run) == [(str(store / ".last.pth.4242.tmp"), 17)]
+    assert sorted(path.name for path in store.iterdir()) == [".other.pth.7.tmp", "last.pth"]
+
+
 def test_a_non_finite_step_changes_nothing_and_is_counted() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 1, 1))

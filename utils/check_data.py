@@ -259,7 +259,7 @@ class DataCheck:
         """bands (1, 3, 4) -> number of usable images with that many."""
         return Counter(self.channels.values())
 
-    def bands_error(self, channels: int, fix: str = "train with --channels 3") -> str | None:
+    def bands_error(self, channels: int, fix: str) -> str | None:
         """Why a model of 4 channels cannot read these images (some lack a fourth band); None when it can, and
         for models of 1 or 3 channels, which read any image. fix: the other way out (the model's channels may
         come from --load or --resume, where --channels cannot change them)."""

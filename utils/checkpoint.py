@@ -107,16 +107,27 @@ def checkpoint_payload(model: nn.Module, mask_values: list[MaskValue], **extra: 
 def remove_unfinished_saves(folder: Path | str) -> list[tuple[str, int]]:
     """Delete the temporary files of checkpoint saves that a killed run left unfinished (each up to a checkpoint's
     size); the checkpoints themselves were never touched by them. Call it holding the folder's RunLock, so that no
-    other run's save is in progress. Returns each removed file's name and size."""
-    removed = []
+    other run's save is in progress. Returns each removed file's name (a path, beside a link's target) and size.
+
+    A checkpoint that is a link (last.pth kept on another disk) is saved beside the file it links to
+    (atomic_path), so its unfinished saves are looked for there too, for that file's name only."""
+    places: list[tuple[Path, str | None]] = [(Path(folder), None)]  # (folder, the one target name, or any .pth)
     with contextlib.suppress(FileNotFoundError):
         for entry in os.scandir(folder):
-            unfinished = TEMPORARY_NAME.match(entry.name)
-            if unfinished and unfinished["target"].endswith(".pth") and entry.is_file(follow_symlinks=False):
-                size = entry.stat().st_size
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(entry.path)
-                    removed.append((entry.name, size))
+            if entry.name.endswith(".pth") and entry.is_symlink():
+                target = Path(os.path.realpath(entry.path))
+                places.append((target.parent, target.name))
+    removed = []
+    for place, only in places:
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            for entry in os.scandir(place):
+                unfinished = TEMPORARY_NAME.match(entry.name)
+                if (unfinished and unfinished["target"].endswith(".pth") and only in (None, unfinished["target"])
+                        and entry.is_file(follow_symlinks=False)):
+                    size = entry.stat().st_size
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+                        removed.append((entry.name if only is None else entry.path, size))
     return removed
 
 

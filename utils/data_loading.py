@@ -339,14 +339,13 @@ def read_image_data(path: Path, reduce_to: tuple[int, int] | None = None) -> tup
 
 
 def _read_mode(image: Image.Image) -> str | None:
-    """The mode an image is read in: its own for plain pixels and RGBA, else L, RGB, or RGBA for a palette with
-    transparency. CMYK is a colour space, not four bands: it is read as the RGB colours it means."""
+    """The mode an image is read in: its own for plain pixels and RGBA (whose fourth band may be one such as
+    near-infrared), else L or RGB. The transparency of palette and gray + alpha images is no band of data: it is
+    dropped, as before RGBA was read whole. CMYK is a colour space, read as the RGB colours it means."""
     mode = image.mode
     if mode in ("L", "RGB", "RGBA", "I;16", "I;16B", "I", "F"):
         return None
-    if mode in ("1", "LA"):
-        return "L"
-    return "RGBA" if mode == "PA" or mode == "P" and "transparency" in image.info else "RGB"
+    return "L" if mode in ("1", "LA") else "RGB"
 
 
 def _image_shape(source: Path | str, array: np.ndarray) -> np.ndarray:

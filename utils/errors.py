@@ -71,13 +71,13 @@ def make_folder(folder: Path, flag: str) -> None:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:  # a file of that name on the way, a broken link, no permission, a read-only disk
         on_the_way = (folder, *folder.parents)
-        in_the_way = next((path for path in on_the_way if path.exists() and not path.is_dir()), None)
         # A link to an unmounted disk, say: its target is not made here, on whatever disk holds that path now.
         broken = next((path for path in on_the_way if path.is_symlink() and not path.exists()), None)
         if broken is not None:
             raise UserError(f"cannot make the folder {folder} for {flag} ({broken} is a link to "
                             f"{os.path.realpath(broken)}, which does not exist): mend the link or pick another "
                             "path") from None
+        in_the_way = next((path for path in on_the_way if path.exists() and not path.is_dir()), None)
         reason = f"{in_the_way} is a file, not a folder" if in_the_way is not None else error.strerror
         raise UserError(f"cannot make the folder {folder} for {flag} ({reason}): pick another path") from None
 

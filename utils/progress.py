@@ -38,4 +38,6 @@ def progress_bar(iterable: Iterable | None = None, **options: Any) -> tqdm:
         return tqdm(iterable, file=stream, **options)
     if not options.get("leave", True):
         options = {"delay": LOG_INTERVAL_S, **options, "leave": True}
-    return tqdm(iterable, file=LogLines(stream), **{"mininterval": LOG_INTERVAL_S, **options})
+    # maxinterval too: tqdm's monitor thread would otherwise redraw 10 s after each line, two lines a minute
+    return tqdm(iterable, file=LogLines(stream),
+                **{"mininterval": LOG_INTERVAL_S, "maxinterval": LOG_INTERVAL_S, **options})

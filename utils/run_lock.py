@@ -49,8 +49,6 @@ class RunLock:
             print(f"warning: no file locks on this system: nothing stops a second run in {self.folder}",
                   file=sys.stderr)
             return
-        if self.folder.exists() and not self.folder.is_dir():
-            raise UserError(f"--checkpoint-dir {self.folder} is a file, not a folder: pick a folder")
         make_folder(self.folder, "--checkpoint-dir")
         try:
             fd = self._lock()

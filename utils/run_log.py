@@ -43,7 +43,7 @@ def default_wandb_mode() -> str:
     """WANDB_MODE when the user set it (wandb's own variable, e.g. disabled); else online when the user has a key
     (WANDB_API_KEY, or the ~/.netrc entry `wandb login` writes); else offline: the run is written locally, to be
     synced by hand later. Never a login prompt."""
-    mode = os.environ.get("WANDB_MODE", "").strip().lower()
+    mode = os.environ.get("WANDB_MODE", "")  # as wandb reads it: exactly (check_wandb_environment)
     mode = {"dryrun": "offline", "run": "online"}.get(mode, mode)  # wandb's older names
     if mode in WANDB_MODES:
         return mode
