@@ -212,7 +212,7 @@ def main(args: argparse.Namespace) -> dict:
     trained_with = checkpoint.get("args") or {}  # read the masks the way the model was trained on them
     dataset = SegmentationDataset(pairs, model.mask_values, scale, model.n_channels, scale_masks=False,
                                   binarize=binarize_threshold(trained_with.get("binarize")),
-                                  ignore_value=model.ignore_value)
+                                  ignore_value=model.ignore_value, either_binary=True)
     loader = make_loader(dataset, args.batch_size, device, min(args.workers, len(pairs)))
     check_output_file(args.output, "--output", (".csv", ".json"), ours=is_scores_file)  # before the evaluation
     result = evaluate(model, loader, device, precision, args.mask_threshold, options=options, bar_stays=True)

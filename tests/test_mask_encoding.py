@@ -253,11 +253,14 @@ def test_a_binary_mask_saved_the_other_common_way_reads_as_the_same_object() -> 
     for mask in (ones, full):
         for values in ([0, 1], [0, 255], [255, 0]):
             expected = [0, 1, 1] if values[0] == 0 else [1, 0, 0]
-            assert encode_mask(mask, values, "m.png").tolist() == [expected]
-    assert encode_mask(np.array([[255, 255]], np.uint8), [0, 1], "m.png").tolist() == [[1, 1]]  # all object
-    assert encode_mask(full, [0, 1], "m.png", ignore_value=255).tolist() == [[0, IGNORE_CLASS, IGNORE_CLASS]]
+            assert encode_mask(mask, values, "m.png", either_binary=True).tolist() == [expected]
+    assert encode_mask(np.array([[255, 255]], np.uint8), [0, 1], "m.png", either_binary=True).tolist() == [[1, 1]]
+    assert encode_mask(full, [0, 1], "m.png", ignore_value=255, either_binary=True).tolist() == \
+        [[0, IGNORE_CLASS, IGNORE_CLASS]]
+    with pytest.raises(UserError, match="has the value 255"):  # only where asked: training reads its own values
+        encode_mask(full, [0, 1], "m.png")
     with pytest.raises(UserError, match=r"m.png has the value 255, which is not among the mask values \[0, 1\] the "
                                         "model knows: fix the mask or train with it included"):
-        encode_mask(np.array([[0, 1, 255]], np.uint8), [0, 1], "m.png")  # both in one mask: not one encoding
+        encode_mask(np.array([[0, 1, 255]], np.uint8), [0, 1], "m.png", either_binary=True)  # both: no one encoding
     with pytest.raises(UserError, match="fix the mask or train with it included"):
         encode_mask(np.array([[0, 1, 2]], np.uint8), [0, 1], "n.png")  # a value of a class it never saw

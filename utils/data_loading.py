@@ -701,6 +701,7 @@ class SegmentationDataset(Dataset):
     transform(image, mask) -> (image, mask) is the augmentation, applied after scaling and cropping.
     skip_unreadable: a file that fails to decode mid-epoch yields {"skipped": reason} instead of stopping
     the run (collate_skipping drops it from the batch and reports it).
+    either_binary: masks are scored against a model's binary values, 0/1 and 0/255 alike (encode_mask).
     """
 
     def __init__(
@@ -716,6 +717,7 @@ class SegmentationDataset(Dataset):
         skip_unreadable: bool = False,
         crop: tuple[int, int] | None = None,
         crop_foreground: float = 0.0,
+        either_binary: bool = False,
     ):
         if crop is not None and not scale_masks:
             raise ValueError("crop needs scale_masks: the window is cut from the image and its mask at one size")
@@ -732,6 +734,7 @@ class SegmentationDataset(Dataset):
         self.transform = transform
         self.skip_unreadable = skip_unreadable
         self.crop, self.crop_foreground = crop, crop_foreground
+        self.either_binary = either_binary
         self.mask_dtype = class_index_dtype(max(len(mask_values), 2))
 
     def __len__(self) -> int:
@@ -766,7 +769,7 @@ class SegmentationDataset(Dataset):
         return {"image": image_tensor, "mask": mask_tensor.to(self.mask_dtype), "name": pair.name}
 
     def _encode(self, mask: np.ndarray, pair: Pair) -> np.ndarray:
-        return encode_mask(mask, self.mask_values, pair.mask, self.binarize, self.ignore_value)
+        return encode_mask(mask, self.mask_values, pair.mask, self.binarize, self.ignore_value, self.either_binary)
 
     def _cut_window(self, image: torch.Tensor, mask: np.ndarray, pair: Pair) -> tuple[torch.Tensor, np.ndarray]:
         """The crop window of the image and its class indices. Anywhere: only the window's mask pixels are

@@ -170,18 +170,21 @@ def encode_mask(
     source: Path | str,
     binarize_above: int | None = None,
     ignore_value: int | None = None,
+    either_binary: bool = False,
 ) -> np.ndarray:
     """Pixel values -> class indices (int64), IGNORE_CLASS where the value is ignore_value.
 
     binarize_above: values above it (instance labels, 0/255, colours) are foreground (class value 1); None keeps
-    the values. A value outside mask_values is an error naming the file.
+    the values. either_binary: for a model's binary values, a mask saved the other common way reads as the same
+    (evaluation; training takes its values from its own masks). A value outside mask_values is an error naming
+    the file.
     """
     if len(mask_values) == 0:
         raise UserError(f"no mask values known to encode {source}")
     ignored = (mask == ignore_value) if ignore_value is not None and mask.ndim == 2 else None
     if binarize_above is not None:
         mask = binarize(mask, binarize_above, mask.ndim == 3)
-    elif mask.ndim == 2:
+    elif either_binary and mask.ndim == 2:
         mask = _in_binary_values(mask, mask_values, ignore_value)
     colour = is_colour(mask_values)
     if colour != (mask.ndim == 3):
