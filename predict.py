@@ -58,7 +58,6 @@ from utils.inference import (
     probabilities,
     threshold_note,
 )
-from utils.mask_encoding import encoding_table
 from utils.mask_writer import CSV_HEADER, EXTRA_OUTPUT_TAGS, MaskWriter, OutputOptions
 from utils.progress import progress_bar
 
@@ -284,11 +283,12 @@ class MaskEncoder:
     """Logits -> encoded masks, class fractions (and indices, probabilities) on the device, copied to pinned host
     memory without waiting: the GPU goes on with the next batch while the CPU hands these to the writer."""
 
-    def __init__(self, mask_values: list, n_classes: int, device: torch.device, class_indices: bool,
-                 probs: bool, threshold: float, masks: bool = True, ignore_value: int | None = None):
-        # without mask files (--no-save) the class indices stand in: no table, so no refusal of labels that no
-        # mask image can hold when only probabilities, overlays or the CSV are written
-        stored = encoding_table(mask_values, ignore_value) if masks else np.arange(n_classes, dtype=np.int32)
+    def __init__(self, table: np.ndarray | None, n_classes: int, device: torch.device, class_indices: bool,
+                 probs: bool, threshold: float):
+        """table: class index -> the value written (the writer's encoding_table); None without mask files
+        (--no-save), where the class indices stand in: no refusal of labels that no mask image can hold when only
+        probabilities, overlays or the CSV are written."""
+        stored = table if table is not None else np.arange(n_classes, dtype=np.int32)
         self.stored_dtype = stored.dtype  # uint16 tables go to the device as int32: CUDA indexes no uint16
         self.table = torch.from_numpy(stored.astype(np.int32) if stored.dtype == np.uint16 else stored).to(device)
         self.n_classes, self.device = n_classes, device
@@ -442,8 +442,8 @@ def main(args: argparse.Namespace) -> int:
                         worker_init_fn=init_loader_worker if workers else None,
                         prefetch_factor=4 if workers else None)
     notify = notify_once(tqdm.write)
-    encode = MaskEncoder(model.mask_values, max(model.n_classes, 2), device, writer.needs_class_indices,
-                         args.save_probs, args.mask_threshold, masks=not args.no_save, ignore_value=model.ignore_value)
+    encode = MaskEncoder(writer.table, max(model.n_classes, 2), device, writer.needs_class_indices,
+                         args.save_probs, args.mask_threshold)
     failed: list[str] = []
     turned: list[int] = []  # inputs with an EXIF orientation: viewers show them turned, the masks are not
     waits = LoopWaits()

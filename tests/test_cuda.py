@@ -155,12 +155,13 @@ def test_a_prediction_batch_is_queued_without_a_host_sync() -> None:
     """predict.py copies a batch's masks back while the next batch computes: queuing one must not wait."""
     from predict import MaskEncoder
     from utils.inference import InferenceOptions, fuse_batchnorm, predict_logits
+    from utils.mask_encoding import encoding_table
 
     device = torch.device("cuda")
     model = fuse_batchnorm(UNet(3, 2)).to(device, memory_format=memory_format(device))
     images = torch.randint(0, 256, (2, 3, 64, 96), dtype=torch.uint8).pin_memory()
     precision, options = Precision("cuda", torch.bfloat16), InferenceOptions(tile="auto")
-    encode = MaskEncoder([0, 1], 2, device, class_indices=False, probs=False, threshold=0.5)
+    encode = MaskEncoder(encoding_table([0, 1]), 2, device, class_indices=False, probs=False, threshold=0.5)
     encode(predict_logits(model, images, device, precision, (128, 192), options), [0, 1])  # cuDNN tuning syncs
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")

@@ -78,7 +78,7 @@ class MaskWriter:
         self.mask_values, self.palette, self.channels, self.options = mask_values, palette, channels, options
         self.n_classes = max(len(mask_values), 2)
         # what the masks hold, per class; none without mask files (labels beyond 16 bits still get the rest)
-        self.written_values = encoding_table(mask_values, ignore_value).tolist() if options.save_mask else None
+        self.table = encoding_table(mask_values, ignore_value) if options.save_mask else None
         self.colours = class_colours(self.n_classes, mask_values)
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mask-writer")
         self.pending: deque[Future] = deque()
@@ -110,7 +110,7 @@ class MaskWriter:
         """Refuse, before any prediction, a mask file format that cannot hold the mask values (16-bit labels)."""
         if not self.options.save_mask:
             return
-        top = int(np.max(self.written_values))
+        top = int(np.max(self.table))
         if target.suffix.lower() in EIGHT_BIT_FORMATS and top > 255:
             raise UserError(f"output {target}: the masks hold label values up to {top}, which {target.suffix} files "
                             "cannot store (8 bits): name the outputs .png or .tif")
@@ -126,7 +126,7 @@ class MaskWriter:
         """predictions.csv's row for a mask an earlier run wrote (predict.py --skip-existing), counted from the file;
         False when it cannot be read as a mask of this model (predict.py then predicts it again)."""
         try:
-            classes = encode_mask(read_mask(target), self.written_values, target)
+            classes = encode_mask(read_mask(target), self.table.tolist(), target)
         except UserError:
             return False
         fractions = np.bincount(classes.ravel(), minlength=self.n_classes) / classes.size
