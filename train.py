@@ -242,8 +242,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     run.add_argument("--save-every", default=None, metavar="N|Nm",
                      help="also refresh last.pth every N steps, or every N minutes with Nm (e.g. 500 or 15m), "
                           "so that a killed run loses at most that much (default: at the end of each epoch only)")
-    run.add_argument("--keep-epochs", action="store_true",
-                     help="also keep every epoch's checkpoint as epoch_N.pth (as the reference did)")
+    run.add_argument("--keep-epochs", action=argparse.BooleanOptionalAction, default=False,
+                     help="also keep every epoch's checkpoint as epoch_N.pth (as the reference did); a resumed run "
+                          "keeps its own setting unless given")
     run.add_argument("--wandb", choices=WANDB_MODES, default=None,
                      help="wandb mode (default: $WANDB_MODE if set, else online if you have a wandb key (WANDB_API_KEY "
                           "or wandb login), else offline: never a login prompt)")
@@ -448,30 +449,32 @@ def keep_run_settings(args: argparse.Namespace, resumed: dict, resume_file: Path
             lines.append(f"note: {resume_file} continues with {flag} {shown(value)}; {flag} {shown(given)} is "
                          "ignored (start a new run to change it)")
         setattr(args, name, value)
-    # --epochs (raised to train longer), --max-bad-steps and --save-every may change; left out, the run goes on
-    # with its own, as with --keep-epochs (a switch, which a resume keeps once on)
-    for name, why, kind in (("epochs", "to train longer or shorter", int), ("max_bad_steps", "to change it", int),
-                            ("save_every", "to change it", str), ("keep_epochs", None, bool)):
+    # --epochs (raised to train longer), --max-bad-steps, --save-every and --keep-epochs may change; left out,
+    # the run goes on with its own (each checked: a hand-edited value is left out, not an error about a flag)
+    for name, said, valid in (("epochs", "{flag} {value} (give {flag} to train longer or shorter)", _whole),
+                              ("max_bad_steps", "{flag} {value} (give {flag} to change it)", _whole),
+                              ("save_every", "{flag} {value} (give {flag} to change it)", _save_every),
+                              ("keep_epochs", "{flag} (give --no-keep-epochs to stop keeping each epoch)",
+                               lambda value: type(value) is bool)):
         untyped = name not in typed if typed is not None else getattr(args, name) == parser.get_default(name)
         saved = saved_args.get(name)
-        if not (untyped and type(saved) is kind and saved != getattr(args, name)) or not _valid_saved(name, saved):
-            continue
-        setattr(args, name, saved)
-        flag = "--" + name.replace("_", "-")
-        lines.append(f"note: {resume_file} goes on with its own {flag}"
-                     + (" (every epoch's checkpoint kept)" if why is None else f" {saved} (give {flag} {why})"))
+        if untyped and valid(saved) and saved != getattr(args, name):
+            setattr(args, name, saved)
+            shown_flag = said.format(flag="--" + name.replace("_", "-"), value=saved)
+            lines.append(f"note: {resume_file} goes on with its own {shown_flag}")
     return lines
 
 
-def _valid_saved(name: str, value: object) -> bool:
-    """A saved --save-every that still parses (a hand-edited one is left out, not an error about a flag)."""
-    if name != "save_every":
-        return True
+def _whole(value: object) -> bool:
+    return type(value) is int
+
+
+def _save_every(value: object) -> bool:
     try:
         parse_save_every(value)
-    except UserError:
+    except (UserError, TypeError, AttributeError):
         return False
-    return True
+    return isinstance(value, str)
 
 
 def keep_better_best(best_file: Path, resume_file: Path, best_dice: float, say: Callable[..., None]) -> float:
