@@ -470,11 +470,13 @@ def _whole(value: object) -> bool:
 
 
 def _save_every(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
     try:
         parse_save_every(value)
-    except (UserError, TypeError, AttributeError):
+    except UserError:
         return False
-    return isinstance(value, str)
+    return True
 
 
 def keep_better_best(best_file: Path, resume_file: Path, best_dice: float, say: Callable[..., None]) -> float:

@@ -340,8 +340,8 @@ def read_image_data(path: Path, reduce_to: tuple[int, int] | None = None) -> tup
 
 def _read_mode(image: Image.Image) -> str | None:
     """The mode an image is read in: its own for plain pixels and RGBA (whose fourth band may be one such as
-    near-infrared), else L or RGB. The transparency of palette and gray + alpha images is no band of data: it is
-    dropped, as before RGBA was read whole. CMYK is a colour space, read as the RGB colours it means."""
+    near-infrared), else L or RGB: the transparency of palette and gray + alpha images is no band of data, and is
+    dropped. CMYK is a colour space, read as the RGB colours it means."""
     mode = image.mode
     if mode in ("L", "RGB", "RGBA", "I;16", "I;16B", "I", "F"):
         return None
