@@ -66,6 +66,21 @@ def test_a_full_disk_while_logging_an_epoch_warns_and_training_goes_on(tmp_path:
     assert (tmp_path / "metrics.csv").read_text().count("\n") == 3 and (tmp_path / "training_curves.png").is_file()
 
 
+def test_a_resumed_log_holds_the_earlier_epochs_as_numbers(tmp_path: Path) -> None:
+    """Found by a review: after a resume, train.main()'s history held the epochs read back from metrics.csv as
+    strings ('1', '1.0947...'), beside numbers for the new ones."""
+    import utils.run_log as run_log
+
+    first = run_log.RunLog(tmp_path, {}, "disabled")
+    first.log_epoch({"epoch": 1, "step": 4, "train_loss": 0.5, "val_dice": None, "lr": 1e-3, "skipped": 0,
+                     "seconds": 2.5})
+    first.log_epoch({"epoch": 2, "step": 8, "train_loss": 0.25, "lr": 5e-4, "skipped": 1})
+    resumed = run_log.RunLog(tmp_path, {}, "disabled", start_epoch=2)
+    assert resumed.rows == [{"epoch": 1, "step": 4, "train_loss": 0.5, "val_dice": "", "val_iou": "", "lr": 1e-3,
+                             "skipped": 0, "seconds": 2.5, "images_per_second": "", "data_wait": ""}]
+    assert type(resumed.rows[0]["epoch"]) is int and type(resumed.rows[0]["train_loss"]) is float
+
+
 def test_every_class_of_many_gets_a_colour_of_its_own() -> None:
     """Found by a review: overlay colours repeated after 10 classes (a 21-class VOC overlay was ambiguous)."""
     colours = class_colours(21)

@@ -26,7 +26,20 @@ from .plotting import save_training_curves
 
 CSV_FIELDS = ("epoch", "step", "train_loss", "val_dice", "val_iou", "lr", "skipped", "seconds", "images_per_second",
               "data_wait")
+WHOLE_FIELDS = ("epoch", "step", "skipped")  # the other fields are floats
 WANDB_MODES = ("online", "offline", "disabled")
+
+
+def _logged_row(row: dict[str, str]) -> dict[str, Any]:
+    """A metrics.csv row as the loop logged it: numbers, "" where the column was empty (or unreadable), so that a
+    resumed run's history (train.main's result, the curves) holds the same types as one never stopped."""
+    typed: dict[str, Any] = {}
+    for key in CSV_FIELDS:
+        try:
+            typed[key] = int(row[key]) if key in WHOLE_FIELDS else float(row[key])
+        except (KeyError, TypeError, ValueError):
+            typed[key] = ""
+    return typed
 WANDB_OWN_MODES = ("online", "offline", "disabled", "dryrun", "run", "shared")  # what wandb takes in WANDB_MODE
 
 
@@ -83,7 +96,8 @@ class RunLog:
         if start_epoch <= 1 or not self.csv_path.exists():
             return []
         with open(self.csv_path, newline="") as file:
-            return [row for row in csv.DictReader(file) if int(row["epoch"]) < start_epoch]
+            rows = [_logged_row(row) for row in csv.DictReader(file)]
+        return [row for row in rows if isinstance(row["epoch"], int) and row["epoch"] < start_epoch]
 
     def _start_wandb(self, config: dict[str, Any], mode: str, continues: str | None) -> Any:
         """Online, a resumed run logs on into its own wandb run (its id, resume="allow"). wandb cannot resume an
