@@ -22,17 +22,17 @@ from utils.data_loading import (
     add_image_limit_argument,
     check_model_input_size,
     file_orientation,
+    image_pixel_limit,
     list_pairs,
     make_loader,
     same_size_parts,
-    set_image_pixel_limit,
 )
 from utils.device import (
     Precision,
     add_device_arguments,
     choose_device,
     choose_precision,
-    keep_freed_memory_on_cpu,
+    freed_memory_kept,
 )
 from utils.dice_score import per_class_counts, scores_from_counts
 from utils.errors import UserError, check_output_file, run_cli
@@ -198,10 +198,15 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> dict:
     device = choose_device(args.device)
+    # process-wide settings are the run's only: a notebook that calls main() gets its own back
+    with image_pixel_limit(args.max_image_pixels), freed_memory_kept(device):
+        return score_folders(args, device)
+
+
+def score_folders(args: argparse.Namespace, device: torch.device) -> dict:
+    """evaluate.py's run: the model scored on the folders, the table printed and the per-image scores written."""
     precision = choose_precision(device, args.amp, args.precision)
-    keep_freed_memory_on_cpu(device)
     options = inference_options(args)
-    set_image_pixel_limit(args.max_image_pixels)
     check_prediction_flags(args)
     model, checkpoint = load_model(args.model, device)
     model = fuse_batchnorm(model)  # the unfused original is freed

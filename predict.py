@@ -31,9 +31,9 @@ from utils.data_loading import (
     UPRIGHT_FIX,
     ImageFiles,
     add_image_limit_argument,
+    image_pixel_limit,
     init_loader_worker,
     is_image_file,
-    set_image_pixel_limit,
     unread_format_note,
 )
 from utils.device import (
@@ -42,7 +42,7 @@ from utils.device import (
     choose_device,
     choose_precision,
     compile_model,
-    keep_freed_memory_on_cpu,
+    freed_memory_kept,
     should_compile,
 )
 from utils.errors import UserError, check_flag, check_output_file, make_folder, run_cli
@@ -391,10 +391,15 @@ def csv_location(requested: str | None, outputs: list[str] | None, targets: list
 
 def main(args: argparse.Namespace) -> int:
     device = choose_device(args.device)
+    # process-wide settings are the run's only: a notebook that calls main() gets its own back
+    with image_pixel_limit(args.max_image_pixels), freed_memory_kept(device):
+        return predict_inputs(args, device)
+
+
+def predict_inputs(args: argparse.Namespace, device: torch.device) -> int:
+    """predict.py's run: every input predicted and written; 1 when some could not be read, else 0."""
     precision = choose_precision(device, args.amp, args.precision)
-    keep_freed_memory_on_cpu(device)
     options = inference_options(args)
-    set_image_pixel_limit(args.max_image_pixels)
     check_prediction_flags(args)
     check_flag("--writers", args.writers, args.writers is None or args.writers >= 1, "a whole number of at least 1")
     model, checkpoint = load_model(args.model, device, n_classes=args.classes, bilinear=args.bilinear)

@@ -47,12 +47,12 @@ from utils.data_loading import (
     SegmentationDataset,
     add_image_limit_argument,
     check_model_input_size,
+    image_pixel_limit,
     make_loader,
     normalize_images,
     parse_crop,
     require_folder,
     scaled_size,
-    set_image_pixel_limit,
     stop_loader_workers,
 )
 from utils.device import (
@@ -63,7 +63,7 @@ from utils.device import (
     choose_device,
     choose_precision,
     compile_model,
-    keep_freed_memory_on_cpu,
+    freed_memory_kept,
     memory_format,
     should_compile,
 )
@@ -744,24 +744,24 @@ def reduce_scores(scores: dict, world: World, device: torch.device) -> dict:
 
 def main(args: argparse.Namespace) -> dict:
     check_args(args)
-    set_image_pixel_limit(args.max_image_pixels)
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
-    device = choose_device(args.device)
-    world = init_world(device)
-    try:
-        with RunLock(args.checkpoint_dir) if world.is_main else nullcontext():  # one run per checkpoint folder
-            return train(args, device, world)
-    finally:
-        close_world(world)
+    # process-wide settings are the run's only: a notebook that calls main() gets its own back
+    with image_pixel_limit(args.max_image_pixels):
+        device = choose_device(args.device)
+        world = init_world(device)
+        try:
+            with freed_memory_kept(device), RunLock(args.checkpoint_dir) if world.is_main else nullcontext():
+                return train(args, device, world)  # one run per checkpoint folder (the lock)
+        finally:
+            close_world(world)
 
 
 def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     precision = choose_precision(device, args.amp, args.precision)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    keep_freed_memory_on_cpu(device)
     if args.sync_batchnorm and device.type != "cuda":
         raise UserError("--sync-batchnorm needs CUDA GPUs (PyTorch syncs BatchNorm on GPUs only): leave it out on CPUs")
     say = print if world.is_main else (lambda *_, **__: None)

@@ -69,8 +69,8 @@ def run_script(script: str, *args: object, cwd: Path, real_process: bool = False
 
     In this process by default: the script's own `__main__` block runs with its argv, working folder, output
     streams and exit code, without the ~4 s a new process spends importing torch (about a minute of the suite).
-    The process-wide state a script may change (warning filters included) is put back afterwards, except glibc's
-    malloc settings (utils.device.keep_freed_memory_on_cpu: freed memory stays in the process).
+    The process-wide state a script may change (warning filters included) is put back afterwards (the scripts'
+    main() put back Pillow's pixel limit and glibc's malloc settings themselves).
     `real_process=True` starts a real one: each CLI has at least one test that does, so the command line itself
     stays tested.
     """

@@ -812,6 +812,42 @@ def test_a_mask_threshold_a_softmax_model_cannot_use_is_said(tmp_path: Path) -> 
                 assert (said in result.stderr) == (classes == 2 and threshold == "0.9"), (script, classes, threshold)
 
 
+def test_main_called_from_python_gives_the_process_its_settings_back(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a review of notebook use: predict.main() left Pillow's pixel limit at its own value (a notebook's
+    None, for huge scans, was lost) and glibc keeping every freed block (a 400 MiB array freed later stayed)."""
+    import evaluate
+    import predict
+    import utils.device
+
+    class Libc:
+        def __init__(self) -> None:
+            self.calls: list[tuple] = []
+
+        def mallopt(self, parameter: int, value: int) -> int:
+            self.calls.append(("mallopt", parameter, value))
+            return 1
+
+        def malloc_trim(self, pad: int) -> int:
+            self.calls.append(("malloc_trim", pad))
+            return 1
+
+    libc = Libc()
+    monkeypatch.setattr(utils.device, "_glibc", lambda device: libc)
+    write_cells(tmp_path, 2)
+    torch.save({**UNet(3, 2, base_channels=4).state_dict(), "mask_values": [0, 255]}, tmp_path / "m.pth")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
+    monkeypatch.chdir(tmp_path)
+    predict.main(predict.get_args_parser().parse_args(["-m", "m.pth", "-i", "imgs/cell0.png", "-o", "out.png",
+                                                       "--max-image-pixels", "5000", "--device", "cpu"]))
+    evaluate.main(evaluate.get_args_parser().parse_args(["-m", "m.pth", "--imgs", "imgs", "--masks", "masks",
+                                                         "--workers", "0", "--device", "cpu"]))
+    assert Image.MAX_IMAGE_PIXELS is None
+    kept = [("mallopt", utils.device.M_MMAP_MAX, 0), ("mallopt", utils.device.M_TRIM_THRESHOLD, 2**31 - 1)]
+    given_back = [("mallopt", parameter, value) for parameter, value in utils.device.GLIBC_DEFAULTS]
+    assert libc.calls == 2 * [*kept, *given_back, ("malloc_trim", 0)]
+
+
 def test_evaluate_names_many_unscored_classes_in_one_short_line(tmp_path: Path) -> None:
     """Found by a review: a model of 301 classes listed every class no mask held, in one line of 300 numbers."""
     write_cells(tmp_path, 2)  # masks of 0 and 255

@@ -33,6 +33,7 @@ from .data_loading import (
     PixelLimitError,
     add_image_limit_argument,
     file_orientation,
+    image_pixel_limit,
     open_image,
     pair_files,
     read_image_data,
@@ -663,9 +664,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     """Prints the report; exit code 1 when DataCheck.problems (train.py would stop or skip files), else 0."""
-    set_image_pixel_limit(args.max_image_pixels)
     check_flag("--workers", args.workers, args.workers is None or args.workers >= 0, "0 or more")
-    check = check_dataset(args.imgs, args.masks, args.mask_suffix, args.binarize, args.ignore_index, args.workers)
+    with image_pixel_limit(args.max_image_pixels):
+        check = check_dataset(args.imgs, args.masks, args.mask_suffix, args.binarize, args.ignore_index,
+                              args.workers)
     print(check.report())
     return 1 if check.problems else 0
 

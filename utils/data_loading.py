@@ -1,6 +1,7 @@
 """Image/mask pairs from two folders: list once, pair once, decode, scale, encode masks to class indices."""
 
 import argparse
+import contextlib
 import math
 import os
 import re
@@ -78,6 +79,18 @@ def set_image_pixel_limit(value: int | None) -> None:
         raise UserError(f"--max-image-pixels must be a positive number of pixels, got {value}: the limit can be "
                         "raised for trusted files, not switched off")
     Image.MAX_IMAGE_PIXELS = DEFAULT_MAX_IMAGE_PIXELS if value is None else value
+
+
+@contextlib.contextmanager
+def image_pixel_limit(value: int | None) -> Iterator[None]:
+    """set_image_pixel_limit for one run: Pillow's process-wide limit is put back afterwards, so that a notebook
+    that called a script's main() keeps its own."""
+    before = Image.MAX_IMAGE_PIXELS
+    set_image_pixel_limit(value)
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = before
 
 
 def _reason(error: BaseException) -> str:

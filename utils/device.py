@@ -1,9 +1,11 @@
 """Device, precision and CPU runtime settings, decided once per run and used by train, evaluate and predict."""
 
 import argparse
+import contextlib
 import ctypes
 import os
 import sys
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
@@ -17,6 +19,8 @@ COMPILE_MIN_IMAGES = 1000  # predict.py --compile auto: fewer images run eagerly
 # train.py --compile auto: fewer training images (epochs x images) run eagerly. On an H100 compiling made the first
 # epoch ~42 s longer and the others 15% faster (46.3 -> 53.3 images/s): it pays from ~15,000 images on.
 COMPILE_MIN_TRAINING_IMAGES = 15000
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # mallopt's parameters
+GLIBC_DEFAULTS = ((M_MMAP_MAX, 65536), (M_TRIM_THRESHOLD, 128 * 1024))  # as mallopt(3) documents them
 
 
 def mps_available() -> bool:
@@ -147,9 +151,24 @@ def keep_freed_memory_on_cpu(device: torch.device) -> None:
     libc = _glibc(device)
     if libc is None:
         return
-    m_trim_threshold, m_mmap_max = -1, -4
-    libc.mallopt(m_mmap_max, 0)  # large blocks from the heap, reused
-    libc.mallopt(m_trim_threshold, 2**31 - 1)  # the largest value mallopt takes: keep the freed top of the heap
+    libc.mallopt(M_MMAP_MAX, 0)  # large blocks from the heap, reused
+    libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)  # the largest value mallopt takes: keep the freed top of the heap
+
+
+@contextlib.contextmanager
+def freed_memory_kept(device: torch.device) -> Iterator[None]:
+    """keep_freed_memory_on_cpu for one run: afterwards glibc's documented defaults are set again and the kept
+    memory is given back, so that a notebook that called a script's main() gets its allocator back (its dynamic
+    mmap threshold stays off: glibc turns it off for good once a parameter is set)."""
+    keep_freed_memory_on_cpu(device)
+    try:
+        yield
+    finally:
+        libc = _glibc(device)
+        if libc is not None:
+            for parameter, value in GLIBC_DEFAULTS:
+                libc.mallopt(parameter, value)
+            libc.malloc_trim(0)
 
 
 def return_freed_memory(device: torch.device) -> None:
