@@ -625,3 +625,22 @@ def test_a_loader_worker_drops_only_the_broken_handover_of_a_stopped_main_proces
         thread.start()
         thread.join()
     assert printed == ["Thread-4 (work)"]
+
+
+def test_best_pth_of_a_linked_last_pth_keeps_its_epoch(tmp_path: Path) -> None:
+    """Found by a review: with last.pth a link to another disk, best.pth and each epoch_N.pth became hard links to
+    the link itself, so every later save went through them too: best.pth always held the latest weights."""
+    from utils.atomic_files import atomic_path
+    from utils.checkpoint import copy_checkpoint
+
+    store, run = tmp_path / "big_disk", tmp_path / "run"
+    store.mkdir()
+    run.mkdir()
+    (run / "last.pth").symlink_to(store / "last.pth")
+    with atomic_path(run / "last.pth") as tmp:
+        tmp.write_bytes(b"epoch 1")
+    copy_checkpoint(run / "last.pth", run / "best.pth")
+    with atomic_path(run / "last.pth") as tmp:
+        tmp.write_bytes(b"epoch 2")
+    assert (run / "best.pth").read_bytes() == b"epoch 1" and not (run / "best.pth").is_symlink()
+    assert (run / "last.pth").read_bytes() == b"epoch 2" and (run / "last.pth").is_symlink()

@@ -217,9 +217,11 @@ def copy_checkpoint(source: Path | str, target: Path | str) -> None:
     """target becomes a copy of the checkpoint just written to source, atomically and without writing it again.
 
     A hard link where the file system allows it (saving always writes a new file and renames it, so a later
-    save of source leaves target as it was), else a byte copy with fsync.
+    save of source leaves target as it was), else a byte copy with fsync. A source that is a symbolic link (last.pth
+    kept on another disk) is copied from the file it links to: a hard link to the link itself would follow every
+    later save through it.
     """
-    source, target = Path(source), Path(target)
+    source, target = Path(os.path.realpath(source)), Path(target)
     try:
         with atomic_path(target) as tmp:
             tmp.unlink(missing_ok=True)
