@@ -241,7 +241,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                           "loses nothing)")
     run.add_argument("--save-every", default=None, metavar="N|Nm",
                      help="also refresh last.pth every N steps, or every N minutes with Nm (e.g. 500 or 15m), "
-                          "so that a killed run loses at most that much (default: at the end of each epoch only)")
+                          "so that a killed run loses at most that much; 0 = at the end of each epoch only (default; "
+                          "0 also turns off a resumed run's own)")
     run.add_argument("--keep-epochs", action=argparse.BooleanOptionalAction, default=False,
                      help="also keep every epoch's checkpoint as epoch_N.pth (as the reference did); a resumed run "
                           "keeps its own setting unless given")
@@ -299,8 +300,9 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def parse_save_every(text: str | None) -> tuple[int | None, float | None]:
-    """--save-every: (steps, None), (None, minutes) or (None, None)."""
-    if text is None:
+    """--save-every: (steps, None), (None, minutes) or (None, None): none given, or 0 (which turns a resumed run's
+    own off)."""
+    if text is None or text in ("0", "0m"):
         return None, None
     try:
         value = float(text[:-1]) if text.endswith("m") else int(text)
@@ -453,7 +455,7 @@ def keep_run_settings(args: argparse.Namespace, resumed: dict, resume_file: Path
     # the run goes on with its own (each checked: a hand-edited value is left out, not an error about a flag)
     for name, said, valid in (("epochs", "{flag} {value} (give {flag} to train longer or shorter)", _whole),
                               ("max_bad_steps", "{flag} {value} (give {flag} to change it)", _whole),
-                              ("save_every", "{flag} {value} (give {flag} to change it)", _save_every),
+                              ("save_every", "{flag} {value} (give {flag} to change it, 0 to stop)", _save_every),
                               ("keep_epochs", "{flag} (give --no-keep-epochs to stop keeping each epoch)",
                                lambda value: type(value) is bool)):
         untyped = name not in typed if typed is not None else getattr(args, name) == parser.get_default(name)

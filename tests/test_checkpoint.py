@@ -916,11 +916,15 @@ def test_resume_keeps_the_runs_save_every_and_keep_epochs_unless_typed(tmp_path:
     last = tmp_path / "last.pth"
     args = train.get_args_parser().parse_args(["--resume", "auto"])
     assert train.keep_run_settings(args, resumed, last) == [
-        f"note: {last} goes on with its own --save-every 1 (give --save-every to change it)",
+        f"note: {last} goes on with its own --save-every 1 (give --save-every to change it, 0 to stop)",
         f"note: {last} goes on with its own --keep-epochs (give --no-keep-epochs to stop keeping each epoch)"]
     assert (args.save_every, args.keep_epochs) == ("1", True)
     args = train.get_args_parser().parse_args(["--resume", "auto", "--save-every", "15m", "--no-keep-epochs"])
     assert train.keep_run_settings(args, resumed, last) == [] and (args.save_every, args.keep_epochs) == ("15m", False)
+    args = train.get_args_parser().parse_args(["--resume", "auto", "--save-every", "0"])  # found by a review
+    assert train.keep_run_settings(args, resumed, last)[-1].endswith("--keep-epochs (give --no-keep-epochs to stop "
+                                                                     "keeping each epoch)")
+    assert args.save_every == "0" and train.parse_save_every(args.save_every) == (None, None)
     resumed["args"]["save_every"] = "often"  # hand-edited: left out, not an error about a flag not typed
     args = train.get_args_parser().parse_args(["--resume", "auto"])
     assert len(train.keep_run_settings(args, resumed, last)) == 1 and args.save_every is None
