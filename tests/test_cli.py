@@ -848,6 +848,18 @@ def test_main_called_from_python_gives_the_process_its_settings_back(tmp_path: P
     assert libc.calls == 2 * [*kept, *given_back, ("malloc_trim", 0)]
 
 
+def test_output_piped_to_a_reader_that_stops_early_ends_quietly(tmp_path: Path) -> None:
+    """Found by a review: `evaluate.py ... | head -2` ended in a BrokenPipeError traceback."""
+    write_cells(tmp_path, 2)
+    torch.save({**UNet(3, 2, base_channels=4).state_dict(), "mask_values": [0, 255]}, tmp_path / "m.pth")
+    process = subprocess.Popen([sys.executable, str(REPO / "evaluate.py"), "-m", "m.pth", "--imgs", "imgs", "--masks",
+                                "masks", "--workers", "0"], cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    process.stdout.close()  # the reader is gone before the first line
+    stderr = process.communicate(timeout=120)[1]
+    assert process.returncode == 141 and "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
+
+
 def test_evaluate_names_many_unscored_classes_in_one_short_line(tmp_path: Path) -> None:
     """Found by a review: a model of 301 classes listed every class no mask held, in one line of 300 numbers."""
     write_cells(tmp_path, 2)  # masks of 0 and 255

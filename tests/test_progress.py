@@ -31,8 +31,9 @@ def test_a_bar_in_a_log_waits_its_interval_between_lines(monkeypatch: pytest.Mon
     monkeypatch.setattr("sys.stderr", log)
     bar = progress_bar(total=10)
     assert bar.mininterval == bar.maxinterval == LOG_INTERVAL_S  # found by a review: the monitor's 10 s redraw
+    bar.update(10)  # within the interval: no line of its own
     bar.close()
-    assert log.getvalue().count("\n") == 2  # the first line and the last
+    assert log.getvalue().count("\n") == 2 and "10/10" in log.getvalue()  # the first line and the last
 
 
 def test_a_bar_that_vanishes_on_a_terminal_is_in_a_log_only_when_it_lasts(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -59,3 +60,12 @@ def test_a_bar_on_a_terminal_is_redrawn_in_place(monkeypatch: pytest.MonkeyPatch
         for _ in range(3):
             bar.update()
     assert screen.getvalue().count("\r") >= 3 and screen.getvalue().count("\n") <= 1
+
+
+def test_a_bar_closed_where_it_started_writes_its_line_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a review: evaluate.py stopped by an error on its first batch logged its '0%' line twice."""
+    log = io.StringIO()
+    monkeypatch.setattr("sys.stderr", log)
+    with pytest.raises(RuntimeError), progress_bar(total=6, desc="evaluation"):
+        raise RuntimeError("the first batch failed")
+    assert log.getvalue().count("evaluation:") == 1

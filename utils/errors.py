@@ -3,6 +3,7 @@
 import argparse
 import contextlib
 import os
+import select
 import sys
 import threading
 import warnings
@@ -21,6 +22,7 @@ def check_flag(flag: str, value: object, ok: bool, rule: str) -> None:
 
 
 USER_ERROR_CODE, INTERRUPTED_CODE = 2, 130  # run_cli's exit codes; 1 for any other error, as Python's
+CLOSED_OUTPUT_CODE = 141  # a reader that closed the output pipe (`| head`): 128 + SIGPIPE, as the shell's tools
 
 
 def exit_code_of(error: BaseException | None) -> int:
@@ -47,7 +49,14 @@ def run_cli(main: Callable[[argparse.Namespace], object], parser: argparse.Argum
         warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL(\.|$)")
     try:
         code = main(parser.parse_args())
+        sys.stdout.flush()  # a reader gone (`| head`) is met here, not as Python shuts down
         sys.exit(code if isinstance(code, int) else 0)  # in the try: a Ctrl-C just as main returns is one line too
+    except BrokenPipeError:
+        if not _output_closed():
+            raise
+        # the reader had what it wanted: nothing more to say, and no flush of the rest at shutdown to fail
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(CLOSED_OUTPUT_CODE)
     except UserError as error:
         if debug:
             raise
@@ -63,6 +72,16 @@ def run_cli(main: Callable[[argparse.Namespace], object], parser: argparse.Argum
         sys.unraisablehook = lambda _: None
         print("interrupted", file=sys.stderr)
         sys.exit(INTERRUPTED_CODE)
+
+
+def _output_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone (a BrokenPipeError from elsewhere is a real error)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), or a stdout without a descriptor
+        return False
 
 
 def make_folder(folder: Path, flag: str) -> None:

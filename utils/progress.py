@@ -14,15 +14,18 @@ LOG_INTERVAL_S = 60.0  # seconds between the lines of a bar written to a file or
 
 
 class LogLines:
-    """A stream for tqdm that writes each redraw as a line of its own, and nothing for a bar's erasure."""
+    """A stream for tqdm that writes each redraw as a line of its own, and nothing for a bar's erasure or for a
+    redraw that says what the line before said (a bar closed by an error where it started)."""
 
     def __init__(self, stream: TextIO):
         self.stream = stream
+        self.last = ""
 
     def write(self, text: str) -> None:
         line = text.replace("\r", "").rstrip()
-        if line:
+        if line and line != self.last:
             self.stream.write(line + "\n")
+            self.last = line
 
     def flush(self) -> None:
         self.stream.flush()
