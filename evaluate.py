@@ -240,6 +240,9 @@ def score_folders(args: argparse.Namespace, device: torch.device) -> dict:
     if unseen and len(unseen) < len(result["images_per_class"]) - 1:
         named = f"class {unseen[0]}" if len(unseen) == 1 else f"{len(unseen)} classes {short_values(unseen)}"
         print(f"{named}: in no mask and never predicted, left out of the mean foreground Dice and IoU")
+    if model.ignore_value == 255 and list(model.mask_values) == [0, 1] and result["images_per_class"][1] == 0:
+        print("note: no mask holds the object value 1, and the model was trained ignoring 255: masks that mark "
+              "objects with 255 had them ignored, not scored; save such masks as 0/1", file=sys.stderr)
     turned = [pair.image.name for pair in pairs if file_orientation(pair.image) != 1]
     if turned:  # as predict.py says of its inputs; training's data check lists them too
         names = ", ".join(turned[:3]) + (", ..." if len(turned) > 3 else "")

@@ -796,6 +796,10 @@ def test_a_binary_model_that_ignored_255_writes_its_objects_as_1_not_as_the_igno
         save_checkpoint(tmp_path / "model.pth", model, [0, 1], args={"ignore_index": ignored})
         run("predict.py", "-m", "model.pth", "-i", "imgs/cell0.png", "-o", "out.png", "--scale", "1", cwd=tmp_path)
         assert np.unique(np.asarray(Image.open(tmp_path / "out.png"))).tolist() == [1 if ignored == 255 else 255]
+        scored = run("evaluate.py", "-m", "model.pth", "--imgs", "imgs", "--masks", "masks", "--scale", "1",
+                     "--workers", "0", cwd=tmp_path)  # its 0/255 masks: for the first model, 255 is "not labelled"
+        said = "note: no mask holds the object value 1, and the model was trained ignoring 255"
+        assert (said in scored.stderr) == (ignored == 255)  # found by a review: Dice 1.0 and nothing said
 
 
 def test_a_mask_threshold_a_softmax_model_cannot_use_is_said(tmp_path: Path) -> None:
