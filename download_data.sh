@@ -3,7 +3,7 @@
 #
 #   ./download_data.sh                  Kaggle Carvana (needs the kaggle CLI, ~/.kaggle/kaggle.json, and the
 #                                       competition rules accepted on kaggle.com)
-#   ./download_data.sh --synthetic [N] [--width W --height H] [--seed S]
+#   ./download_data.sh --synthetic [N] [--width W --height H] [--seed S] [--out DIR]
 #                                       N offline synthetic images in the same format (default 48, 1918x1280)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -19,7 +19,7 @@ if [ "${1:-}" = "--synthetic" ]; then
     exec "$PYTHON" -m utils.synthetic_data --out data --count "$count" "$@"
 fi
 if [ $# -gt 0 ]; then
-    echo "usage: $0 [--synthetic [N] [--width W --height H] [--seed S]]" >&2
+    echo "usage: $0 [--synthetic [N] [--width W --height H] [--seed S] [--out DIR]]" >&2
     exit 2
 fi
 

@@ -707,7 +707,7 @@ def train_one_epoch(
                                                      loss.detach().float()]), world) / world.size
                 if run_log is not None:
                     mean_loss, step_loss = logged.tolist()  # the one host sync, every --log-every steps
-                    progress.set_postfix(loss=f"{mean_loss:.4f}")
+                    progress.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)  # shown at the bar's next redraw
                     run_log.log_step(step, epoch, step_loss, scheduler.get_last_lr()[0])
             stopped = control.stop_requested(step, device, epoch_ends=epoch_ends)
             if stopped or control.save_due(step):
@@ -1045,7 +1045,7 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
         + f", {precision.name} on {device}{processes}, "
         f"batch {args.batch_size}" + (f" of {shown(args.crop)} crops" if args.crop else "")
         + (f" ({args.crops_per_image} per image and epoch)" if args.crops_per_image > 1 else "")
-        + f", {workers} loader workers" + (", compiled" if compiled else ""))
+        + f", {workers} loader worker{'s' if workers != 1 else ''}" + (", compiled" if compiled else ""))
     if args.crop:
         smaller = sum(width < args.crop[0] or height < args.crop[1] for width, height in sizes_of(train_pairs))
         if args.batchnorm_images:

@@ -143,6 +143,7 @@ def test_predict_folder_streams_to_mirrored_names_with_probs_and_csv(trained: Pa
     summary = [line for line in result.stdout.splitlines() if line.startswith("predicted ")]
     assert len(summary) == 1 and f"predicted {len(images)} images in " in summary[0]
     assert "for decoding (--workers 2)" in summary[0] and "for writing (--writers 2)" in summary[0]
+    assert f"masks of {len(images)} images saved in preds\n" in result.stdout  # found by a review: not said
     masks = sorted(p.name for p in (trained / "preds").glob("*.png"))
     assert masks == [f"{p.stem}.png" for p in images]  # one mask per input, named like it
     with open(trained / "preds" / "predictions.csv", newline="") as file:

@@ -54,5 +54,6 @@ def test_a_folder_that_already_holds_data_is_not_written_into(tmp_path: Path, ca
     (tmp_path / "data" / "imgs").mkdir(parents=True)
     (tmp_path / "data" / "imgs" / "mine.jpg").write_bytes(b"")
     assert main(["--out", str(tmp_path / "data"), "--count", "1", "--width", "32", "--height", "32"]) == 2
-    assert "data/imgs already holds files: give --out another folder, or empty" in capsys.readouterr().err
+    assert ("data/imgs already holds files: give --out another folder (download_data.sh --synthetic takes it too), or "
+            "empty") in capsys.readouterr().err
     assert [path.name for path in (tmp_path / "data" / "imgs").iterdir()] == ["mine.jpg"]

@@ -468,10 +468,11 @@ class DataCheck:
         if self.blurred_masks:
             lines.append(f"  JPEG masks with in-between values (lossy compression blurs edges): "
                          f"{len(self.blurred_masks)} {_names(self.blurred_masks)}")
-        lonely = ((self.lonely_images, "images without a mask"), (self.lonely_masks, "masks without an image"))
-        for names, kind in lonely:
+        lonely = ((self.lonely_images, "image", "a mask"), (self.lonely_masks, "mask", "an image"))
+        for names, kind, other in lonely:
             if names:
-                lines.append(f"  unpaired (not used): {len(names)} {kind} {_names(names)}")
+                lines.append(f"  unpaired (not used): {len(names)} {kind}{'s' if len(names) != 1 else ''} without "
+                             f"{other} {_names(names)}")
         if self.unread_formats:
             lines.append(f"  not read: {unread_format_note(self.unread_formats)}")
         lines += [f"  unreadable: {reason}" for reason in self.unreadable[:5]]

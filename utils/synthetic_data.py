@@ -201,8 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     held = [folder for folder in (Path(args.out) / "imgs", Path(args.out) / "masks")
             if folder.is_dir() and any(not path.name.startswith(".") for path in folder.iterdir())]
     if held:  # writing beside them would mix two data sets (the same seed also rewrites some of the names)
-        print(f"error: {held[0]} already holds files: give --out another folder, or empty {Path(args.out) / 'imgs'} "
-              f"and {Path(args.out) / 'masks'} first", file=sys.stderr)
+        print(f"error: {held[0]} already holds files: give --out another folder (download_data.sh --synthetic takes "
+              f"it too), or empty {Path(args.out) / 'imgs'} and {Path(args.out) / 'masks'} first", file=sys.stderr)
         return 2
     imgs, masks = make_synthetic_carvana(args.out, args.count, args.width, args.height, args.seed,
                                          args.workers)
