@@ -54,7 +54,7 @@ class TrainAugmentation:
     def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self.geometry(tv_tensors.Image(image), tv_tensors.Mask(mask))
         if self.colour is not None:  # a fourth band (near-infrared, alpha) is no colour: left as it is
-            image = torch.cat([self.colour(image[:3]), image[3:]])
+            image = self.colour(image) if image.shape[0] < 4 else torch.cat([self.colour(image[:3]), image[3:]])
         return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
 
     def __repr__(self) -> str:
