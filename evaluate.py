@@ -48,7 +48,7 @@ from utils.inference import (
     logits_to_classes,
     notify_once,
     predict_logits,
-    threshold_note,
+    settle_mask_threshold,
 )
 from utils.mask_encoding import binarize_threshold, short_values
 from utils.progress import progress_bar
@@ -210,7 +210,8 @@ def score_folders(args: argparse.Namespace, device: torch.device) -> dict:
     check_prediction_flags(args)
     model, checkpoint = load_model(args.model, device)
     model = fuse_batchnorm(model)  # the unfused original is freed
-    if note := threshold_note(args.mask_threshold, model.n_classes):
+    threshold, note = settle_mask_threshold(args.mask_threshold, model.n_classes)
+    if note:
         print(note, file=sys.stderr)
     scale = inference_scale(checkpoint, args.scale)
     pairs = list_pairs(args.imgs, args.masks, args.mask_suffix)
@@ -220,7 +221,7 @@ def score_folders(args: argparse.Namespace, device: torch.device) -> dict:
                                   ignore_value=model.ignore_value, either_binary=True)
     loader = make_loader(dataset, args.batch_size, device, min(args.workers, len(pairs)))
     check_output_file(args.output, "--output", (".csv", ".json"), ours=is_scores_file)  # before the evaluation
-    result = evaluate(model, loader, device, precision, args.mask_threshold, options=options, bar_stays=True)
+    result = evaluate(model, loader, device, precision, threshold, options=options, bar_stays=True)
     extras = "".join(f", {name} {value}" for name, value in (("tiles", options.tile), ("TTA", options.tta))
                      if value not in ("auto", "none"))
     print(f"{result['images']} images, model {args.model}, scale {scale}, {precision.name} on {device}{extras}")

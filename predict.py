@@ -56,7 +56,7 @@ from utils.inference import (
     notify_once,
     predict_logits,
     probabilities,
-    threshold_note,
+    settle_mask_threshold,
 )
 from utils.mask_writer import CSV_HEADER, EXTRA_OUTPUT_TAGS, MaskWriter, OutputOptions
 from utils.progress import progress_bar
@@ -404,7 +404,8 @@ def predict_inputs(args: argparse.Namespace, device: torch.device) -> int:
     check_flag("--writers", args.writers, args.writers is None or args.writers >= 1, "a whole number of at least 1")
     model, checkpoint = load_model(args.model, device, n_classes=args.classes, bilinear=args.bilinear)
     model = fuse_batchnorm(model)  # the unfused original is freed
-    if note := threshold_note(args.mask_threshold, model.n_classes):
+    threshold, note = settle_mask_threshold(args.mask_threshold, model.n_classes)
+    if note:
         print(note, file=sys.stderr)
     scale = inference_scale(checkpoint, args.scale)
     inputs, left_out = expand_inputs(args.input, keep_repeats=len(args.output or []) > 1)
@@ -448,7 +449,7 @@ def predict_inputs(args: argparse.Namespace, device: torch.device) -> int:
                         prefetch_factor=4 if workers else None)
     notify = notify_once(tqdm.write)
     encode = MaskEncoder(writer.table, max(model.n_classes, 2), device, writer.needs_class_indices,
-                         args.save_probs, args.mask_threshold)
+                         args.save_probs, threshold)
     failed: list[str] = []
     turned: list[int] = []  # inputs with an EXIF orientation: viewers show them turned, the masks are not
     waits = LoopWaits()

@@ -804,17 +804,31 @@ def test_a_binary_model_that_ignored_255_writes_its_objects_as_1_not_as_the_igno
 
 
 def test_a_mask_threshold_a_softmax_model_cannot_use_is_said(tmp_path: Path) -> None:
-    """Found by a review: -t 0.9 on a model of two classes changed nothing, without a word."""
+    """Found by a review: -t 0.9 on a model of two classes changed nothing, without a word (and -t 0.5, the
+    default's value, still gave no word until the flag's default became "not typed")."""
     write_cells(tmp_path, 2)
     for classes in (2, 1):
         torch.save({**UNet(3, classes, base_channels=4).state_dict(), "mask_values": [0, 255]}, tmp_path / "m.pth")
         for script, flags in (("predict.py", ["-i", "imgs/cell0.png", "-o", "out.png"]),
                               ("evaluate.py", ["--imgs", "imgs", "--masks", "masks", "--workers", "0"])):
-            for threshold in ("0.9", "0.5"):
-                result = run(script, "-m", "m.pth", "--scale", "1", "-t", threshold, *flags, cwd=tmp_path)
-                said = "note: --mask-threshold 0.9 is left unused: it decides one-class (sigmoid) models, and this " \
-                       "model of 2 classes gives each pixel its most probable class"
-                assert (said in result.stderr) == (classes == 2 and threshold == "0.9"), (script, classes, threshold)
+            for typed in (["-t", "0.9"], ["-t", "0.5"], []):  # the default value typed is still typed
+                result = run(script, "-m", "m.pth", "--scale", "1", *typed, *flags, cwd=tmp_path)
+                threshold = typed[1] if typed else "0.5"
+                said = f"note: --mask-threshold {threshold} is left unused: it decides one-class (sigmoid) models, " \
+                       "and this model of 2 classes gives each pixel its most probable class"
+                assert (said in result.stderr) == (classes == 2 and bool(typed)), (script, classes, typed)
+
+
+def test_a_typed_mask_threshold_decides_a_one_class_model(tmp_path: Path) -> None:
+    """The flag's default is "not typed"; a typed threshold must still reach the one-class decision."""
+    write_cells(tmp_path, 1)
+    torch.save({**UNet(3, 1, base_channels=4).state_dict(), "mask_values": [0, 255]}, tmp_path / "m.pth")
+    foreground = {}
+    for typed in (["-t", "0.01"], [], ["-t", "0.99"]):
+        run("predict.py", "-m", "m.pth", "--scale", "1", *typed, "-i", "imgs/cell0.png", "-o", "out.png", cwd=tmp_path)
+        foreground[" ".join(typed)] = (np.asarray(Image.open(tmp_path / "out.png")) == 255).mean()
+    assert foreground["-t 0.01"] == 1 and foreground["-t 0.99"] == 0, foreground  # an untrained model: near 0.5
+    assert foreground["-t 0.01"] >= foreground[""] >= foreground["-t 0.99"], foreground
 
 
 def test_main_called_from_python_gives_the_process_its_settings_back(tmp_path: Path,

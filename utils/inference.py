@@ -102,17 +102,18 @@ DEFAULT_MASK_THRESHOLD = 0.5
 
 def add_mask_threshold_argument(parser: argparse.ArgumentParser) -> None:
     """--mask-threshold, the same in predict.py and evaluate.py."""
-    parser.add_argument("--mask-threshold", "-t", type=float, default=DEFAULT_MASK_THRESHOLD,
+    parser.add_argument("--mask-threshold", "-t", type=float,
                         help="probability threshold for one-class (sigmoid) models; models of 2 or more classes "
                              f"take each pixel's most probable class (default {DEFAULT_MASK_THRESHOLD})")
 
 
-def threshold_note(threshold: float, n_classes: int) -> str | None:
-    """A --mask-threshold given to a softmax model, which has no threshold to apply: said, not silently dropped."""
-    if n_classes == 1 or threshold == DEFAULT_MASK_THRESHOLD:
-        return None
-    return (f"note: --mask-threshold {threshold:g} is left unused: it decides one-class (sigmoid) models, and this "
-            f"model of {n_classes} classes gives each pixel its most probable class")
+def settle_mask_threshold(typed: float | None, n_classes: int) -> tuple[float, str | None]:
+    """The threshold to apply, and a note when one was typed for a softmax model, which has none to apply (said,
+    not silently dropped, even when it is the default value)."""
+    if typed is None or n_classes == 1:
+        return (DEFAULT_MASK_THRESHOLD if typed is None else typed), None
+    return typed, (f"note: --mask-threshold {typed:g} is left unused: it decides one-class (sigmoid) models, and "
+                   f"this model of {n_classes} classes gives each pixel its most probable class")
 
 
 def check_prediction_flags(args: argparse.Namespace) -> None:
@@ -121,7 +122,8 @@ def check_prediction_flags(args: argparse.Namespace) -> None:
                "a whole number of at least 1")
     check_flag("--workers", args.workers, args.workers is None or args.workers >= 0, "0 (none) or more")
     check_scale_flag(args.scale)
-    check_flag("--mask-threshold", args.mask_threshold, 0 < args.mask_threshold < 1, "a probability between 0 and 1")
+    check_flag("--mask-threshold", args.mask_threshold, args.mask_threshold is None or 0 < args.mask_threshold < 1,
+               "a probability between 0 and 1")
 
 
 def inference_options(args: argparse.Namespace) -> InferenceOptions:
