@@ -24,7 +24,7 @@ from torch import nn
 
 from utils.atomic_files import atomic_path
 from utils.checkpoint import inference_scale, load_model
-from utils.errors import UserError, check_output_file, run_cli
+from utils.errors import UserError, check_output_file, counted, run_cli
 from utils.mask_encoding import MaskValue
 
 FORMATS = ("onnx", "torchscript")
@@ -181,7 +181,7 @@ def describe(output: Path, export_format: str, opset: int, metadata: dict[str, A
     size = f"{output.stat().st_size / 2**20:.1f} MiB"
     kind = f"ONNX opset {opset}, dynamic batch/height/width" if export_format == "onnx" else "TorchScript, traced"
     palette = ", palette" if metadata["mask_palette"] else ""
-    classes = "1 class" if metadata["n_classes"] == 1 else f"{metadata['n_classes']} classes"
+    classes = counted(metadata["n_classes"], "class", "classes")
     return (f"wrote {output} ({kind}, {size}): {classes} ({metadata['activation']}, "
             f"{metadata['decision']}), mask values {metadata['mask_values']}{palette}, scale {metadata['scale']}, "
             f"{metadata['n_channels']}-channel float32 input = uint8 / {metadata['input_divisor']}")

@@ -45,7 +45,7 @@ from utils.device import (
     freed_memory_kept,
     should_compile,
 )
-from utils.errors import UserError, check_flag, check_output_file, make_folder, run_cli
+from utils.errors import UserError, check_flag, check_output_file, counted, make_folder, run_cli
 from utils.inference import (
     add_inference_arguments,
     add_mask_threshold_argument,
@@ -341,8 +341,7 @@ def speed_summary(count: int, seconds: float, waits: LoopWaits, on_gpu: bool, wo
     if first_batch is not None and first_batch[1] >= 1 and count >= 2 * first_batch[1] and seconds > first_batch[0]:
         started, first_count = first_batch
         rate += f"; {(count - first_count) / (seconds - started):.2f} after the first batch, at {started:.1f} s"
-    images = "image" if count == 1 else "images"
-    line = f"predicted {count} {images} in {seconds:.1f} s ({rate}); waited " + ", ".join(shares)
+    line = f"predicted {counted(count, 'image')} in {seconds:.1f} s ({rate}); waited " + ", ".join(shares)
     if count < 2:  # one image: the shares say nothing about how a folder would go
         return line
     if waits.decoding / seconds >= 0.25 and workers < cores - 1:

@@ -42,7 +42,7 @@ from .data_loading import (
     size_mismatch,
     unread_format_note,
 )
-from .errors import UserError, check_flag, run_cli
+from .errors import UserError, check_flag, counted, run_cli
 from .mask_encoding import (
     MaskValue,
     add_binarize_argument,
@@ -453,8 +453,7 @@ class DataCheck:
             " binarized (" + ("any nonzero" if self.binarize == 0 else f"above {self.binarize}") + " = foreground)"
         if self.ignore_value is not None:
             extra += f", value {self.ignore_value} ignored" + ("" if self.ignored_pixels else " (found in no mask)")
-        count = len(self.mask_values)
-        lines.append(f"  masks: {encodings}{extra}; {count} class{'es' if count != 1 else ''}")
+        lines.append(f"  masks: {encodings}{extra}; {counted(len(self.mask_values), 'class', 'classes')}")
         shown = [f"{_short_value(v)}: {f:.1%}" for v, f in zip(self.mask_values, self.class_fractions)][:12]
         lines.append(f"  class pixels: {', '.join(shown)}{', ...' if len(self.mask_values) > 12 else ''}")
         if self.empty_masks:
@@ -471,7 +470,7 @@ class DataCheck:
         lonely = ((self.lonely_images, "image", "a mask"), (self.lonely_masks, "mask", "an image"))
         for names, kind, other in lonely:
             if names:
-                lines.append(f"  unpaired (not used): {len(names)} {kind}{'s' if len(names) != 1 else ''} without "
+                lines.append(f"  unpaired (not used): {counted(len(names), kind)} without "
                              f"{other} {_names(names)}")
         if self.unread_formats:
             lines.append(f"  not read: {unread_format_note(self.unread_formats)}")

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from unet import MIN_SIDE
 
-from .errors import UserError
+from .errors import UserError, counted
 from .mask_encoding import IGNORE_CLASS, MaskValue, binarize_threshold, encode_mask
 from .signals import leave_first_signal_to_main
 
@@ -141,7 +141,7 @@ def unread_format_note(paths: list[Path]) -> str:
     suffixes = Counter(path.suffix.lower() for path in paths)
     counts = ", ".join(f"{suffix} {count}" for suffix, count in suffixes.most_common())
     names = ", ".join(path.name for path in paths[:3]) + (", ..." if len(paths) > 3 else "")
-    return (f"{len(paths)} file{'s' if len(paths) != 1 else ''} in formats not read here ({counts}: {names}): "
+    return (f"{counted(len(paths), 'file')} in formats not read here ({counts}: {names}): "
             f"convert {'them' if len(paths) != 1 else 'it'} to PNG (or JPEG or TIFF for images)")
 
 
@@ -406,7 +406,7 @@ def _model_pixels(array: np.ndarray, channels: int, source: Path | str, mode: st
     the first three bands of a 4-band image, stretched (16-bit, float) over those three alone."""
     bands = array.shape[-1]
     if channels == 4 and bands != 4:
-        held = f"{mode} colours" if mode == "CMYK" else f"{bands} band{'s' if bands > 1 else ''}"
+        held = f"{mode} colours" if mode == "CMYK" else counted(bands, "band")
         raise UserError(f"{source} holds {held}, but the model reads 4 channels (RGB + a fourth band, such as "
                         "near-infrared): save each image's four bands as an RGBA PNG or TIFF or an HxWx4 .npy, or "
                         "use a model of 3 channels")

@@ -21,6 +21,11 @@ def check_flag(flag: str, value: object, ok: bool, rule: str) -> None:
         raise UserError(f"{flag} must be {rule}, got {value}")
 
 
+def counted(count: int, noun: str, plural: str = "") -> str:
+    """"1 image", "3 images", "2 classes": one spelling of counts in every message."""
+    return f"{count} {noun if count == 1 else plural or noun + 's'}"
+
+
 USER_ERROR_CODE, INTERRUPTED_CODE = 2, 130  # run_cli's exit codes; 1 for any other error, as Python's
 CLOSED_OUTPUT_CODE = 141  # a reader that closed the output pipe (`| head`): 128 + SIGPIPE, as the shell's tools
 
