@@ -6,18 +6,20 @@
 #   ./download_data.sh --synthetic [N] [--width W --height H] [--seed S] [--out DIR]
 #                                       N offline synthetic images in the same format (default 48, 1918x1280)
 set -euo pipefail
-cd "$(dirname "$0")"
-PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
+repo=$(cd "$(dirname "$0")" && pwd)
+PYTHON=${PYTHON:-$( [ -x "$repo/.venv/bin/python" ] && echo "$repo/.venv/bin/python" || echo python3 )}
 
 if [ "${1:-}" = "--synthetic" ]; then
     shift
     count=48
-    if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then  # N is optional: the next word is N unless it is a flag
-        count=$1
-        shift
-    fi
-    exec "$PYTHON" -m utils.synthetic_data --out data --count "$count" "$@"
+    case "${1:-}" in  # N is optional: the next word is N unless it is a flag (-5 is a count, refused as one)
+        -[0-9]*|[!-]*) count=$1; shift ;;
+    esac
+    # Run from the caller's folder, so that a relative --out DIR is theirs; the repository's data/ by default.
+    PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" exec "$PYTHON" -m utils.synthetic_data --out "$repo/data" \
+        --count "$count" "$@"
 fi
+cd "$repo"
 if [ $# -gt 0 ]; then
     echo "usage: $0 [--synthetic [N] [--width W --height H] [--seed S] [--out DIR]]" >&2
     exit 2

@@ -8,12 +8,13 @@ import argparse
 import hashlib
 import math
 import os
-import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from .errors import UserError, check_flag, make_folder, run_cli
 
 VIEWS = 16  # Carvana photographs every car from 16 angles, 22.5 degrees apart
 MASK_PALETTE = (0, 0, 0, 255, 255, 255)  # index 0 black background, 1 white car, as in the real GIFs
@@ -181,8 +182,7 @@ def make_synthetic_carvana(out_dir: str | Path, count: int = 48, width: int = 19
     return imgs_dir, masks_dir
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI for `make demo` and for trying the pipeline without the Kaggle download."""
+def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m utils.synthetic_data",
                                      description="Write a synthetic dataset in the Kaggle Carvana format.")
     parser.add_argument("--out", default="data", metavar="DIR", help="output folder for imgs/ and masks/")
@@ -191,25 +191,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--height", type=int, default=1280, help="image height in pixels (Carvana: 1280)")
     parser.add_argument("--seed", type=int, default=0, help="same seed, same files")
     parser.add_argument("--workers", type=int, default=None, help="processes to use (default: up to 4 CPUs)")
-    args = parser.parse_args(argv)
-    limits = (("--count", args.count, 1), ("--width", args.width, 16), ("--height", args.height, 16),
-              ("--seed", args.seed, 0), ("--workers", args.workers, 1))
-    for flag, value, low in limits:
-        if value is not None and value < low:
-            print(f"error: {flag} must be at least {low}, got {value}", file=sys.stderr)
-            return 2
-    held = [folder for folder in (Path(args.out) / "imgs", Path(args.out) / "masks")
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    """CLI for `make demo` and for trying the pipeline without the Kaggle download."""
+    for flag, value, low in (("--count", args.count, 1), ("--width", args.width, 16), ("--height", args.height, 16),
+                             ("--seed", args.seed, 0), ("--workers", args.workers, 1)):
+        check_flag(flag, value, value is None or value >= low, f"at least {low}")
+    check_flag("--out", repr(args.out), args.out.strip() != "", "a folder (data, /tmp/synthetic)")
+    imgs, masks = Path(args.out) / "imgs", Path(args.out) / "masks"
+    held = [folder for folder in (imgs, masks)
             if folder.is_dir() and any(not path.name.startswith(".") for path in folder.iterdir())]
     if held:  # writing beside them would mix two data sets (the same seed also rewrites some of the names)
-        print(f"error: {held[0]} already holds files: give --out another folder (download_data.sh --synthetic takes "
-              f"it too), or empty {Path(args.out) / 'imgs'} and {Path(args.out) / 'masks'} first", file=sys.stderr)
-        return 2
-    imgs, masks = make_synthetic_carvana(args.out, args.count, args.width, args.height, args.seed,
-                                         args.workers)
-    count, size = args.count, f"{args.width}x{args.height}"
-    print(f"wrote {count} images to {imgs} and {count} masks to {masks} ({size})")
+        raise UserError(f"{held[0]} already holds files: give --out another folder (download_data.sh --synthetic "
+                        f"takes it too), or empty {imgs} and {masks} first")
+    for folder in (imgs, masks):
+        make_folder(folder, "--out")
+    make_synthetic_carvana(args.out, args.count, args.width, args.height, args.seed, args.workers)
+    print(f"wrote {args.count} images to {imgs} and {args.count} masks to {masks} ({args.width}x{args.height})")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_cli(main, get_args_parser())
