@@ -439,7 +439,7 @@ def predict_inputs(args: argparse.Namespace, device: torch.device) -> int:
     if args.skip_existing:
         print(f"--skip-existing: {len(done)} of {len(inputs)} images already have their outputs; "
               f"{len(todo)} to predict")
-    workers = args.workers if args.workers is not None else default_workers(device, len(todo))
+    workers = min(args.workers, len(todo)) if args.workers is not None else default_workers(device, len(todo))
     net = compile_model(model, args.compile) if should_compile(args.compile, device, len(todo)) else model
     batch_size = args.batch_size or (16 if on_gpu else 1)
     loader = DataLoader(ImageFiles(inputs, scale, model.n_channels, todo), batch_size=batch_size, num_workers=workers,

@@ -47,6 +47,7 @@ from utils.data_loading import (
     SegmentationDataset,
     add_image_limit_argument,
     check_model_input_size,
+    check_workers_flag,
     image_pixel_limit,
     make_loader,
     normalize_images,
@@ -77,12 +78,14 @@ from utils.distributed import (
     init_world,
     smallest_everywhere,
 )
-from utils.errors import UserError, check_flag, check_writable_folder, exit_code_of, run_cli
+from utils.errors import UserError, check_flag, check_writable_folder, counted, exit_code_of, run_cli
 from utils.inference import WHOLE_IMAGE, InferenceOptions, is_out_of_memory, logits_to_classes, memory_share
 from utils.mask_encoding import (
+    MAX_CLASSES,
     MaskValue,
     add_binarize_argument,
     binarize_threshold,
+    check_binarize_flag,
     check_classes,
     complete_mask_values,
     short_values,
@@ -99,6 +102,7 @@ DEFAULT_AUGMENT = "light"  # chosen by the held-out Dice measured in the README
 # Share of --crop windows centred on an object: nnU-Net's 1/3; measured here (README): +0.034 held-out Dice on
 # small objects, no change on large ones.
 DEFAULT_CROP_FOREGROUND = 0.33
+MAX_CROPS_PER_IMAGE = 10_000  # a 20000x20000 scan holds ~6,100 windows of 256x256
 # Training memory per input pixel and image (saved activations + backward transients), measured with
 # saved-tensor hooks on the CPU: 6.5 KB fp32 and 3.4 KB bf16 saved; activation checkpointing keeps ~4%.
 BYTES_PER_PIXEL = {"fp32": 8500, "half": 4500, "checkpointed": 1200}
@@ -256,7 +260,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def described_width(width: int) -> str:
-    return f"{width} base channel{'s' if width != 1 else ''}"
+    return counted(width, "base channel")
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -268,21 +272,23 @@ def check_args(args: argparse.Namespace) -> None:
         ("--weight-decay", args.weight_decay, 0 <= args.weight_decay < math.inf, "0 (none) or more, e.g. 1e-4"),
         ("--scale", args.scale, 0 < args.scale <= 1, "above 0 and at most 1"),
         ("--validation", args.validation, 0 <= args.validation < 100, "a percent from 0 to below 100"),
-        ("--classes", args.classes, args.classes is None or args.classes >= 1, at_least_1),
+        ("--classes", args.classes, args.classes is None or 1 <= args.classes <= MAX_CLASSES,
+         f"a whole number from 1 to {MAX_CLASSES}"),
         ("--base-channels", args.base_channels,
          args.base_channels is None or 1 <= args.base_channels <= MAX_BASE_CHANNELS,
          f"a whole number from 1 to {MAX_BASE_CHANNELS}"),
-        ("--workers", args.workers, args.workers is None or args.workers >= 0, "0 (none) or more"),
         ("--log-every", args.log_every, args.log_every >= 1, at_least_1),
         ("--max-bad-steps", args.max_bad_steps, args.max_bad_steps >= 1, at_least_1),
-        ("--seed", args.seed, args.seed >= 0, "0 or more"),
+        ("--seed", args.seed, 0 <= args.seed < 2**32, f"a whole number from 0 to {2**32 - 1}"),
         ("--batchnorm-images", args.batchnorm_images, args.batchnorm_images >= 0, "0 (off) or more"),
-        ("--binarize", args.binarize, args.binarize is None or args.binarize >= 0, "0 or more"),
-        ("--crops-per-image", args.crops_per_image, args.crops_per_image >= 1, at_least_1),
+        ("--crops-per-image", args.crops_per_image, 1 <= args.crops_per_image <= MAX_CROPS_PER_IMAGE,
+         f"a whole number from 1 to {MAX_CROPS_PER_IMAGE}"),
         ("--crop-foreground", args.crop_foreground, 0 <= args.crop_foreground <= 1, "a share from 0 to 1"),
         ("--grad-clip", args.grad_clip, args.grad_clip >= 0, "0 (no clipping) or more"),
     ):
         check_flag(flag, value, ok, rule)
+    check_workers_flag(args.workers)
+    check_binarize_flag(args.binarize)
     parse_save_every(args.save_every)
     args.wandb = args.wandb or default_wandb_mode()  # settled once: the mode used is the one recorded
     if args.wandb != "disabled":
@@ -302,13 +308,15 @@ def check_args(args: argparse.Namespace) -> None:
 def parse_save_every(text: str | None) -> tuple[int | None, float | None]:
     """--save-every: (steps, None), (None, minutes) or (None, None): none given, or 0 (which turns a resumed run's
     own off)."""
-    if text is None or text in ("0", "0m"):
+    if text is None:
         return None, None
     try:
         value = float(text[:-1]) if text.endswith("m") else int(text)
     except ValueError:
-        value = 0
-    if value <= 0:
+        value = -1
+    if value == 0:
+        return None, None
+    if not 0 < value < math.inf:  # nan and inf too: a save that never comes
         raise UserError(f"--save-every {text!r}: give a number of steps (500) or of minutes (15m)")
     return (None, float(value)) if text.endswith("m") else (int(value), None)
 
@@ -996,7 +1004,7 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
         if processes != world.size:  # each process's share of an epoch depends on their number
             starts_over = (f"; epoch {start_epoch} starts over instead of going on after batch {skip_batches}"
                            if skip_batches else "")
-            say(f"note: {resume_file} was trained by {processes} process{'es' if processes != 1 else ''}, now "
+            say(f"note: {resume_file} was trained by {counted(processes, 'process', 'processes')}, now "
                 f"{world.size}: the global batch is {args.batch_size * world.size} images (was "
                 f"{args.batch_size * processes}; --batch-size is per process){starts_over}", file=sys.stderr)
             skip_batches = 0
@@ -1018,7 +1026,7 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
         say(f"resuming {resume_file}: epoch {start_epoch}{within}, step {step}{best}")
         if start_epoch > args.epochs:  # nothing to train: no loader, no logs, no checkpoint written again
             done = start_epoch - 1
-            say(f"{resume_file} has already trained {done} epoch{'s' if done != 1 else ''} of --epochs "
+            say(f"{resume_file} has already trained {counted(done, 'epoch')} of --epochs "
                 f"{args.epochs}: nothing left to do; raise --epochs (e.g. --epochs {done + 5}) to train longer")
             return {"step": step, "best_dice": best_dice, "val_dice": None, "history": []}
     # One loader iterator for all the epochs left: its workers decode the next epoch during validation.
@@ -1040,12 +1048,12 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
 
     processes = f" x {world.size} processes" if world.distributed else ""
     say(f"{len(train_pairs)} training and {len(val_pairs)} validation images from {args.imgs}, scale {args.scale}, "
-        f"mask values {short_values(mask_values)}, {args.classes} class{'es' if args.classes != 1 else ''}"
+        f"mask values {short_values(mask_values)}, {counted(args.classes, 'class', 'classes')}"
         + (f", {described_width(args.base_channels)}" if args.base_channels != CLASSIC_BASE_CHANNELS else "")
         + f", {precision.name} on {device}{processes}, "
         f"batch {args.batch_size}" + (f" of {shown(args.crop)} crops" if args.crop else "")
         + (f" ({args.crops_per_image} per image and epoch)" if args.crops_per_image > 1 else "")
-        + f", {workers} loader worker{'s' if workers != 1 else ''}" + (", compiled" if compiled else ""))
+        + f", {counted(workers, 'loader worker')}" + (", compiled" if compiled else ""))
     if args.crop:
         smaller = sum(width < args.crop[0] or height < args.crop[1] for width, height in sizes_of(train_pairs))
         if args.batchnorm_images:

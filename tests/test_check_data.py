@@ -702,7 +702,7 @@ def test_the_cli_reports_a_damaged_file_in_its_own_words_without_pillows_warning
 
 def test_negative_workers_are_a_one_line_error_before_any_file_is_read(tmp_path) -> None:
     args = check_data.get_args_parser().parse_args(["--imgs", str(tmp_path / "absent"), "--workers", "-2"])
-    with pytest.raises(UserError, match="--workers must be 0 or more, got -2"):  # not "folder does not exist"
+    with pytest.raises(UserError, match=r"--workers must be 0 \(none\) to \d+ \(4 per core here\), got -2"):
         check_data.main(args)
 
 

@@ -1536,3 +1536,56 @@ def test_file_names_that_are_not_utf8_train_and_are_listed_in_the_csv_files(tmp_
     assert b"x\xff_01.jpg" in (tmp_path / "out" / "predictions.csv").read_bytes()  # the name's own bytes
     run("evaluate.py", "-m", "checkpoints/last.pth", "-o", "scores.csv", "--workers", "0", cwd=tmp_path)
     assert b"x\xff_01" in (tmp_path / "scores.csv").read_bytes()
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--seed", str(2**32)], f"--seed must be a whole number from 0 to {2**32 - 1}, got {2**32}"),
+    (["--classes", "1000000000"], "--classes must be a whole number from 1 to 65536, got 1000000000"),
+    (["--crop", "32", "--crops-per-image", "1000000000"],
+     "--crops-per-image must be a whole number from 1 to 10000, got 1000000000"),
+    (["--workers", "1000000000"], f"--workers must be 0 (none) to {4 * (os.cpu_count() or 1)} (4 per core here), "
+                                  "got 1000000000"),
+    (["--binarize", "-1"], "--binarize must be 0 or more, got -1"),
+    (["--save-every", "nanm"], "--save-every 'nanm': give a number of steps (500) or of minutes (15m)"),
+    (["--save-every", "infm"], "--save-every 'infm': give a number of steps (500) or of minutes (15m)"),
+])
+def test_absurd_flag_values_are_refused_before_they_hang_or_crash(flags: list[str], message: str) -> None:
+    """Found by a flag-by-flag review: --classes 1e9 hung (a quadratic search for unused labels), --seed 2**32
+    and --crops-per-image 1e9 ended in tracebacks, --workers 1e9 forked until the machine stalled, and
+    --save-every nanm was accepted and never saved."""
+    import train
+
+    with pytest.raises(UserError) as error:
+        train.check_args(train.get_args_parser().parse_args(flags))
+    assert str(error.value) == message
+
+
+def test_every_script_takes_workers_binarize_and_folders_alike(tmp_path: Path) -> None:
+    """Found by a review: the data check took --binarize -1 that train.py refuses, predict.py started 24 loader
+    processes for 2 images, and a file given as a data folder was said not to exist."""
+    import train
+    from utils import check_data
+
+    write_cells(tmp_path, 2)
+    torch.save({**UNet(3, 2, base_channels=4).state_dict(), "mask_values": [0, 255]}, tmp_path / "m.pth")
+    for flags, message in ((["--binarize", "-1"], "--binarize must be 0 or more, got -1"),
+                           (["--workers", "1000000000"], r"--workers must be 0 \(none\) to")):
+        with pytest.raises(UserError, match=message):
+            check_data.main(check_data.get_args_parser().parse_args(
+                ["--imgs", str(tmp_path / "imgs"), "--masks", str(tmp_path / "masks"), *flags]))
+    result = run("predict.py", "-m", "m.pth", "-i", "imgs", "-o", "out", "--workers", "8", "--scale", "1",
+                 cwd=tmp_path)
+    assert "(--workers 2)" in result.stdout + result.stderr  # two images: two loader processes at most
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(UserError) as error:
+        train.check_args(train.get_args_parser().parse_args(["--imgs", str(tmp_path / "a_file")]))
+    assert str(error.value) == f"imgs folder {tmp_path / 'a_file'} is a file, not a folder: pass --imgs DIR " \
+                               "(see download_data.sh)"
+
+
+def test_extra_classes_get_unused_labels_quickly() -> None:
+    from utils.mask_encoding import complete_mask_values
+
+    values = complete_mask_values([0, 3, 255], 65536, avoid=1)
+    assert len(values) == 65536 and len(set(values)) == 65536 and 1 not in values
+    assert values[:6] == [0, 3, 255, 2, 4, 5] and values[-1] == 65536  # 1 avoided, 0 3 255 taken

@@ -32,6 +32,7 @@ from .data_loading import (
     Pair,
     PixelLimitError,
     add_image_limit_argument,
+    check_workers_flag,
     file_orientation,
     image_pixel_limit,
     open_image,
@@ -42,12 +43,13 @@ from .data_loading import (
     size_mismatch,
     unread_format_note,
 )
-from .errors import UserError, check_flag, counted, run_cli
+from .errors import UserError, counted, run_cli
 from .mask_encoding import (
     MaskValue,
     add_binarize_argument,
     binarize,
     binarize_threshold,
+    check_binarize_flag,
     is_colour,
     merge_values,
     pack_colours,
@@ -178,7 +180,7 @@ def inspect_files(
         kinds, names = [kind] * len(stale), [str(paths[i]) for i in stale]
         if workers > 1 and len(stale) >= 16:
             # The limit is handed over, not inherited: under spawn or forkserver a worker imports Pillow afresh.
-            with ProcessPoolExecutor(max_workers=workers, initializer=set_image_pixel_limit,
+            with ProcessPoolExecutor(max_workers=min(workers, len(stale)), initializer=set_image_pixel_limit,
                                      initargs=(Image.MAX_IMAGE_PIXELS,)) as pool:
                 scanned = list(pool.map(_inspect_one, kinds, names, chunksize=8))
         else:
@@ -664,7 +666,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     """Prints the report; exit code 1 when DataCheck.problems (train.py would stop or skip files), else 0."""
-    check_flag("--workers", args.workers, args.workers is None or args.workers >= 0, "0 or more")
+    check_workers_flag(args.workers)
+    check_binarize_flag(args.binarize)
     with image_pixel_limit(args.max_image_pixels):
         check = check_dataset(args.imgs, args.masks, args.mask_suffix, args.binarize, args.ignore_index,
                               args.workers)

@@ -30,7 +30,7 @@ from unet import CLASSIC_BASE_CHANNELS, MAX_BASE_CHANNELS, UNet
 
 from .atomic_files import TEMPORARY_NAME, atomic_path
 from .device import memory_format
-from .errors import UserError, check_flag
+from .errors import UserError, check_flag, counted
 from .mask_encoding import MaskValue, complete_mask_values, full_palette
 
 FORMAT_VERSION = 1
@@ -609,8 +609,8 @@ def model_from_checkpoint(
     source = checkpoint.get("source", "checkpoint")
     args = check_model_args(checkpoint["model_args"], source)
     if n_classes is not None and n_classes != args["n_classes"]:
-        raise UserError(f"--classes is {n_classes} but {source} has {args['n_classes']} "
-                        f"class{'es' if args['n_classes'] != 1 else ''}: "
+        raise UserError(f"--classes is {n_classes} but {source} has "
+                        f"{counted(args['n_classes'], 'class', 'classes')}: "
                         f"use --classes {args['n_classes']}")
     if bilinear is not None and bilinear != args["bilinear"]:
         raise UserError(f"{source} was trained {'with' if args['bilinear'] else 'without'} --bilinear: "

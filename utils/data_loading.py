@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from unet import MIN_SIDE
 
-from .errors import UserError, counted
+from .errors import UserError, check_flag, counted
 from .mask_encoding import IGNORE_CLASS, MaskValue, binarize_threshold, encode_mask
 from .signals import leave_first_signal_to_main
 
@@ -471,7 +471,8 @@ def read_mask(path: Path) -> np.ndarray:
 def require_folder(folder: Path, role: str) -> None:
     """Said before anything else about a run (its checkpoint folder, its resume), so a typo is the first error."""
     if not Path(folder).is_dir():
-        raise UserError(f"{role} folder {folder} does not exist: pass --{role} DIR (see download_data.sh)")
+        what = "is a file, not a folder" if Path(folder).exists() else "does not exist"
+        raise UserError(f"{role} folder {folder} {what}: pass --{role} DIR (see download_data.sh)")
 
 
 def is_image_file(path: Path) -> bool:
@@ -897,6 +898,13 @@ def stop_loader_workers(iterator: Iterator | None) -> None:
     shutdown = getattr(iterator, "_shutdown_workers", None)  # PyTorch's own, also run by the iterator's __del__
     if shutdown is not None:
         shutdown()
+
+
+def check_workers_flag(workers: int | None) -> None:
+    """--workers in every script: 0 (decoding in the process itself) to 4 per core; more only adds processes that
+    wait, each with its own memory (a typo of 1e9 would fork until the machine stalls)."""
+    most = 4 * (os.cpu_count() or 1)
+    check_flag("--workers", workers, workers is None or 0 <= workers <= most, f"0 (none) to {most} (4 per core here)")
 
 
 def make_loader(

@@ -23,7 +23,14 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from unet import CLASSIC_BASE_CHANNELS
 
 from .checkpoint import check_scale_flag, inference_scale
-from .data_loading import check_model_input_size, image_in_memory, image_to_tensor, normalize_images, scaled_size
+from .data_loading import (
+    check_model_input_size,
+    check_workers_flag,
+    image_in_memory,
+    image_to_tensor,
+    normalize_images,
+    scaled_size,
+)
 from .device import Precision, choose_precision, memory_format, return_freed_memory
 from .errors import UserError, check_flag
 from .progress import progress_bar
@@ -120,7 +127,7 @@ def check_prediction_flags(args: argparse.Namespace) -> None:
     """--batch-size, --workers, --scale and --mask-threshold: defined by predict.py and evaluate.py alike."""
     check_flag("--batch-size", args.batch_size, args.batch_size is None or args.batch_size >= 1,
                "a whole number of at least 1")
-    check_flag("--workers", args.workers, args.workers is None or args.workers >= 0, "0 (none) or more")
+    check_workers_flag(args.workers)
     check_scale_flag(args.scale)
     check_flag("--mask-threshold", args.mask_threshold, args.mask_threshold is None or 0 < args.mask_threshold < 1,
                "a probability between 0 and 1")

@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .errors import UserError
+from .errors import UserError, check_flag
 
 MaskValue = int | list[int]
 IGNORE_CLASS = -1
+MAX_CLASSES = 2**16  # label masks 0 to 65535: what a 16-bit mask image holds
 
 
 def is_colour(mask_values: Sequence[MaskValue]) -> bool:
@@ -99,12 +100,12 @@ def complete_mask_values(mask_values: Sequence[MaskValue], n_classes: int, avoid
         alpha = [255] * (len(values[0]) - 3)  # RGBA colours stay opaque
         candidates: Iterable[MaskValue] = ([*colour, *alpha] for colour in unused_colours(v[:3] for v in values))
     else:
-        candidates = (label for label in count() if label != avoid)
+        taken = {*values, avoid}  # a set: --classes 65536 over a few values looks through 65536 labels
+        candidates = (label for label in count() if label not in taken)
     for candidate in candidates:
         if len(values) >= max(n_classes, 2):
             break
-        if candidate not in values:
-            values.append(candidate)
+        values.append(candidate)
     return values
 
 
@@ -148,6 +149,11 @@ def add_binarize_argument(parser: argparse.ArgumentParser | argparse._ArgumentGr
                         help="mask values above T are foreground (1), the others background (0): instance labels, "
                              "0/255 masks; T is 0 (any nonzero value) when omitted. JPEG masks need a T between "
                              "their two values, e.g. 127, since compression blurs their edges")
+
+
+def check_binarize_flag(threshold: int | None) -> None:
+    """--binarize's range, the same in every script that takes it."""
+    check_flag("--binarize", threshold, threshold is None or threshold >= 0, "0 or more")
 
 
 def binarize_threshold(setting: bool | int | None) -> int | None:
