@@ -125,6 +125,8 @@ def expand_inputs(inputs: list[str], keep_repeats: bool = False) -> tuple[list[P
     unread: list[Path] = []  # HEIC, JPEG 2000, ...: named in a note, not passed over in silence
     left_out = 0
     for item in inputs:
+        if not item.strip():  # Path("") is the current folder
+            raise UserError("an --input is an empty name: give a file, a folder or a pattern ('imgs/*.jpg')")
         path = Path(item)
         if path.is_dir():
             listed = sorted(path.iterdir())
@@ -165,6 +167,8 @@ def expand_inputs(inputs: list[str], keep_repeats: bool = False) -> tuple[list[P
 
 def output_paths(inputs: list[Path], outputs: list[str] | None) -> list[Path]:
     """One output per input: explicit files, a folder mirroring the input names (.png), or beside each input."""
+    if outputs and not all(output.strip() for output in outputs):  # Path("") is the current folder
+        raise UserError("an --output is an empty name: give a file (mask.png) or a folder (masks/)")
     if not outputs:
         targets = [path.with_name(f"{path.stem}{DEFAULT_OUTPUT_TAG}.png") for path in inputs]
         check_distinct(inputs, [[target] for target in targets])
@@ -181,7 +185,10 @@ def output_paths(inputs: list[Path], outputs: list[str] | None) -> list[Path]:
         raise UserError(f"{len(inputs)} inputs but {len(outputs)} outputs: give one output per input or a folder")
     for output in outputs:
         suffix = Path(output).suffix.lower()
-        if suffix in IMAGE_SUFFIXES and suffix not in MASK_FILE_SUFFIXES:  # .jpg: lossy; .npy/.pt: not images
+        if suffix in (".npy", ".pt"):
+            raise UserError(f"output {output}: masks are written as image files ({', '.join(MASK_FILE_SUFFIXES)}): "
+                            "end it in .png (--save-probs adds the probabilities as <mask>_probs.npy)")
+        if suffix in IMAGE_SUFFIXES and suffix not in MASK_FILE_SUFFIXES:  # .jpg, .webp: lossy
             raise UserError(f"output {output}: masks are written as {', '.join(MASK_FILE_SUFFIXES)} files, which keep "
                             f"the class values exactly (a {suffix} mask would not): end it in .png")
         if suffix not in MASK_FILE_SUFFIXES:

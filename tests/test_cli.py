@@ -1589,3 +1589,20 @@ def test_extra_classes_get_unused_labels_quickly() -> None:
     values = complete_mask_values([0, 3, 255], 65536, avoid=1)
     assert len(values) == 65536 and len(set(values)) == 65536 and 1 not in values
     assert values[:6] == [0, 3, 255, 2, 4, 5] and values[-1] == 65536  # 1 avoided, 0 3 255 taken
+
+
+def test_empty_input_or_output_names_and_npy_outputs_are_refused_plainly(tmp_path: Path) -> None:
+    """Found by reviews: -o '' wrote the masks into the current folder, -i '' said "input folder  holds no image
+    files", and -o x.npy was told a .npy would not keep the class values (it would; it is just not written)."""
+    write_cells(tmp_path, 1)
+    torch.save({**UNet(3, 2, base_channels=4).state_dict(), "mask_values": [0, 255]}, tmp_path / "m.pth")
+    for flags, said in ((["-i", "", "-o", "out.png"], "error: an --input is an empty name: give a file, a folder "
+                                                      "or a pattern ('imgs/*.jpg')"),
+                        (["-i", "imgs/cell0.png", "-o", ""], "error: an --output is an empty name: give a file "
+                                                             "(mask.png) or a folder (masks/)"),
+                        (["-i", "imgs/cell0.png", "-o", "x.npy"], "error: output x.npy: masks are written as image "
+                         "files (.png, .gif, .bmp, .tif, .tiff): end it in .png (--save-probs adds the probabilities "
+                         "as <mask>_probs.npy)")):
+        result = run("predict.py", "-m", "m.pth", *flags, cwd=tmp_path, check=False)
+        assert (result.returncode, result.stderr.strip()) == (2, said)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["imgs", "m.pth", "masks"]
