@@ -131,10 +131,13 @@ def export_metadata(model: nn.Module, checkpoint: dict[str, Any], scale: float) 
         "input_dtype": "float32",
         "input_colour": {1: "L", 3: "RGB", 4: "RGB+band"}.get(model.n_channels),  # the fourth as stored, not alpha
         "input_divisor": 255,
+        "input_from_16_bit_or_float": "each image's own range (min to max) stretched to 0..255 first; float images "
+                                      "already within 0..1 only multiplied by 255",
         "output": "logits",
         "activation": "sigmoid" if one_class else "softmax",
         "decision": "sigmoid > 0.5" if one_class else "argmax",
-        "usage": "resize the image to int(scale * side), divide uint8 pixels by input_divisor; resize logits "
+        "usage": "resize the image to int(scale * side), divide uint8 pixels by input_divisor (16-bit and float "
+                 "images: see input_from_16_bit_or_float); resize logits "
                  "bilinearly to the image size, take the decision; class i is the mask value mask_values[i]",
         "source": Path(checkpoint["source"]).name,
     }

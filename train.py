@@ -849,6 +849,8 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
         raise UserError(error)
     if data.one_value:
         raise UserError(data.one_value_error())
+    if data.unwritable_values:
+        raise UserError(data.unwritable_values_error())
     mask_values: list[MaskValue] = data.mask_values
     loaded_classes = weights["model_args"]["n_classes"] if weights is not None else None
     if loaded_classes is not None and len(mask_values) > max(loaded_classes, 2):  # more than its outputs can tell

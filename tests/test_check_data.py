@@ -424,14 +424,15 @@ def test_instance_labels_of_small_sparse_objects_are_not_stray_values(tmp_path: 
 def test_a_class_under_one_percent_of_the_pixels_suggests_class_weights(tmp_path: Path) -> None:
     rare = np.zeros((H, W), np.uint8)
     rare[:, : W // 2] = 1
-    rare[0, :5] = 2  # 5 of 2 * 1536 pixels: 0.16%
+    rare[0, :5] = 5  # 5 of 2 * 1536 pixels: 0.16%; named by its value, 5, not its class index, 2 (found by a review)
     imgs, masks = write_pairs_with(tmp_path, [rare, box_mask()])
     check = check_dataset(imgs, masks, workers=1)
-    assert check.mask_values == [0, 1, 2]
+    assert check.mask_values == [0, 1, 5]
     assert check.class_pixels[2] == 5
     hints = check.suggestions()
     assert [hint for hint in hints if "--class-weights" in hint] == [
-        "class 2 covers less than 1% of the pixels: consider --class-weights auto"]
+        "the class of mask value 5 covers less than 1% of the pixels: consider --class-weights auto"]
+    assert ", 5: 0.2%\n" in check.report()
     assert not any("--binarize" in hint or "--channels" in hint for hint in hints)
 
 
@@ -911,3 +912,31 @@ def test_the_palette_kept_holds_every_class_colour_of_every_palette_mask(tmp_pat
     check = check_dataset(tmp_path / "imgs", tmp_path / "masks", workers=1)
     assert check.mask_values == [0, 1, 2, 3]
     assert check.palette[:12] == [0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255]
+
+
+def test_labels_no_mask_file_can_hold_stop_training_before_it_starts(tmp_path: Path) -> None:
+    """Found by a medical-imaging review: -1 ("unlabelled") in int16 masks was trained as a class, and predict.py
+    then refused the model: no mask file it writes holds -1. And the check called int16 masks "8-bit labels"."""
+    (tmp_path / "masks").mkdir()
+    masks = []
+    for i in range(2):
+        mask = box_mask().astype(np.int16) * 5
+        mask[:2] = -1
+        write_image(tmp_path / "imgs" / f"s{i}.png", noisy_rgb(i))
+        np.save(tmp_path / "masks" / f"s{i}.npy", mask)
+        masks.append(mask)
+    said = ("the masks hold the label -1, which no mask file predict.py writes can hold (labels are 0 to 65535): if "
+            "-1 marks pixels left unlabelled, pass --ignore-index -1; otherwise relabel the masks from 0")
+    check = check_dataset(tmp_path / "imgs", tmp_path / "masks", workers=1)
+    assert check.problems and said in check.suggestions()
+    assert "masks: 16-bit labels (2); 3 classes" in check.report()
+    result = run_script("train.py", "--imgs", tmp_path / "imgs", "--masks", tmp_path / "masks", "--epochs", "1",
+                        "--checkpoint-dir", tmp_path / "run", "--workers", "0", cwd=REPO)
+    assert (result.returncode, result.stderr.strip().splitlines()[-1]) == (2, f"error: {said}")
+    assert not (tmp_path / "run" / "last.pth").exists()
+    ignored = check_dataset(tmp_path / "imgs", tmp_path / "masks", ignore_value=-1, workers=1)
+    assert not ignored.problems and ignored.mask_values == [0, 5]
+    for dtype, name in ((np.float32, "float labels"), (np.int32, "32-bit labels"), (np.uint8, "8-bit labels")):
+        for i, mask in enumerate(masks):
+            np.save(tmp_path / "masks" / f"s{i}.npy", mask.clip(0).astype(dtype))
+        assert f"masks: {name} (2)" in check_dataset(tmp_path / "imgs", tmp_path / "masks", workers=1).report()

@@ -13,6 +13,7 @@ from torchvision.transforms.v2 import functional as TF
 from utils.data_loading import (
     SegmentationDataset,
     class_index_dtype,
+    image_in_memory,
     image_to_tensor,
     init_loader_worker,
     list_pairs,
@@ -173,6 +174,24 @@ def test_8_bit_values_in_a_wider_integer_type_are_taken_as_they_are(tmp_path):
         sixteen = read_image(write_image(tmp_path / "sixteen.npy", values.astype(order)))[..., 0]
         assert sixteen.min() == 0 and sixteen.max() == 255, order
     assert read_image(write_image(tmp_path / "beyond.npy", values * 2))[..., 0].max() == 255  # 20..398: stretched
+
+
+def test_16_bit_slices_are_stretched_alike_whatever_their_values(tmp_path):
+    """Found by a medical-imaging review: a signed 16-bit slice (int16 .npy, or a signed TIFF, which Pillow reads
+    as 32-bit "I") whose values happened to lie within 0..255 was taken as it was, while its neighbours of the
+    same volume, one pixel brighter, were stretched."""
+    values = np.array([[50, 100], [175, 250]])
+    stretched = np.round((values - 50) / 200 * 255).astype(np.uint8)
+    for order in ("<i2", ">i2", "<u2"):
+        assert np.array_equal(read_image(write_image(tmp_path / "slice.npy", values.astype(order)))[..., 0],
+                              stretched), order
+    tiff = tmp_path / "slice.tif"
+    Image.fromarray(values.astype(np.int32)).save(tiff)
+    with Image.open(tiff) as opened:
+        assert opened.mode == "I"
+        assert np.array_equal(image_in_memory(opened)[..., 0], stretched)
+    assert np.array_equal(read_image(tiff)[..., 0], stretched)
+    assert np.array_equal(read_image(write_image(tmp_path / "wide.npy", values))[..., 0], values)  # int64: 8-bit
 
 
 def test_unreadable_image_raises_user_error_naming_it(tmp_path):

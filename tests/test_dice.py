@@ -177,3 +177,11 @@ def test_a_batch_with_every_pixel_ignored_gives_a_finite_loss_and_zero_gradients
     loss = segmentation_loss(logits, masks, torch.ones(max(n_classes, 2)))
     loss.backward()
     assert torch.isfinite(loss) and torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+def test_median_frequency_weights_use_the_true_median_of_an_even_count() -> None:
+    """Found by a review: torch's median of an even count is the lower middle value, not the documented median."""
+    from utils.dice_score import class_weights_from_pixels
+
+    assert class_weights_from_pixels([10, 20, 30, 40]) == pytest.approx([2.5, 1.25, 25 / 30, 0.625])
+    assert class_weights_from_pixels([1, 0, 1000, 100_000]) == pytest.approx([10, 1, 1, 0.1])  # kept in 0.1..10

@@ -54,13 +54,14 @@ from .mask_encoding import (
     merge_values,
     pack_colours,
     short_values,
+    unwritable_values,
     value_counts,
 )
 
 CACHE_NAME = ".unet_check_cache.json"
-CACHE_VERSION = 8  # 3: misnamed files and files over --max-image-pixels are unreadable; 4: JPEG masks noted;
+CACHE_VERSION = 9  # 3: misnamed files and files over --max-image-pixels are unreadable; 4: JPEG masks noted;
 # 5: EXIF orientation of images noted; 6: interior pixels of each mask value; 7: EXIF orientation of masks noted;
-# 8: RGBA images counted as 4 bands, and whether the fourth varies
+# 8: RGBA images counted as 4 bands, and whether the fourth varies; 9: int16 and float masks named as such
 
 # a pair's fix (data_loading.size_mismatch) as said of all the mismatched pairs
 FIXES_OF_ALL = {TURNED_IMAGE_FIX: f"the masks were drawn on the images as viewers show them: {UPRIGHT_FIX}",
@@ -122,10 +123,14 @@ def inspect_mask(path: Path) -> dict[str, Any]:
         record["palette"] = list(palette or [])[: 3 * 256]
     elif mask.ndim == 3:
         record["encoding"] = "colour"
-    elif mode in ("I;16", "I;16B", "I") or mask.dtype in (np.uint16, np.int32, np.int64):
+    elif mask.dtype.kind == "f":
+        record["encoding"] = "float labels"
+    elif mask.dtype.itemsize == 1:
+        record["encoding"] = "8-bit labels"
+    elif mode in ("I;16", "I;16B", "I") or mask.dtype.itemsize == 2:  # Pillow reads 16-bit files as I;16 or I
         record["encoding"] = "16-bit labels"
     else:
-        record["encoding"] = "8-bit labels"
+        record["encoding"] = f"{mask.dtype.itemsize * 8}-bit labels"
     return record
 
 
@@ -281,7 +286,7 @@ class DataCheck:
     @property
     def problems(self) -> bool:
         return bool(self.unreadable or self.size_mismatches or self.unresolved_jpeg_masks or self.palette_conflicts
-                    or self.mixed_binary[0] or self.too_small or self.one_value)
+                    or self.mixed_binary[0] or self.too_small or self.one_value or self.unwritable_values)
 
     @property
     def instance_labels(self) -> bool:
@@ -294,6 +299,17 @@ class DataCheck:
         """Every mask holds one and the same value, as read (after --binarize, --ignore-index): all background, or
         all one object; the loss would teach one answer everywhere."""
         return len(self.mask_values) == 1
+
+    @property
+    def unwritable_values(self) -> list[int]:
+        return unwritable_values(self.mask_values)
+
+    def unwritable_values_error(self) -> str:
+        """The one line train.py stops with: a model trained on them could not have its masks written."""
+        value = self.unwritable_values[0]
+        return (f"the masks hold the label {value}, which no mask file predict.py writes can hold (labels are 0 to "
+                f"65535): if {value} marks pixels left unlabelled, pass --ignore-index {value}; otherwise relabel "
+                "the masks from 0")
 
     def one_value_error(self) -> str:
         """The one line train.py stops with while one_value."""
@@ -422,10 +438,10 @@ class DataCheck:
         if self.ignore_value is not None and not self.ignored_pixels:
             hints.append(f"--ignore-index {self.ignore_value}: no mask holds that value, so nothing is left out; "
                          "check the value (VOC-style borders are 255)")
-        rare = [i for i, f in enumerate(self.class_fractions) if 0 < f < RARE_CLASS_FRACTION]
-        if rare and len(self.mask_values) <= INSTANCE_LABEL_HINT:
-            hints.append(f"class{'es' if len(rare) > 1 else ''} {', '.join(map(str, rare))} "
-                         f"cover{'' if len(rare) > 1 else 's'} less than "
+        rare = [_short_value(v) for v, f in zip(self.mask_values, self.class_fractions) if 0 < f < RARE_CLASS_FRACTION]
+        if rare and len(self.mask_values) <= INSTANCE_LABEL_HINT:  # named by value, as the class pixels line does
+            hints.append(f"{'the classes of mask values' if len(rare) > 1 else 'the class of mask value'} "
+                         f"{', '.join(rare)} cover{'' if len(rare) > 1 else 's'} less than "
                          f"{RARE_CLASS_FRACTION:.0%} of the pixels: consider --class-weights auto")
         if 1 in self.image_channels and len(self.image_channels) > 1:
             hints.append("grayscale and colour images are mixed: --channels 1 converts the colour ones to grayscale"
@@ -438,6 +454,8 @@ class DataCheck:
                          "--channels 4 reads all four")
         if self.one_value:
             hints.append(self.one_value_error())
+        if self.unwritable_values:
+            hints.append(self.unwritable_values_error())
         elif self.pairs and len(self.empty_masks) > len(self.pairs) / 2:
             hints.append("most masks are empty (background only): check the mask encoding or the folder")
         return hints
@@ -456,7 +474,8 @@ class DataCheck:
         if self.ignore_value is not None:
             extra += f", value {self.ignore_value} ignored" + ("" if self.ignored_pixels else " (found in no mask)")
         lines.append(f"  masks: {encodings}{extra}; {counted(len(self.mask_values), 'class', 'classes')}")
-        shown = [f"{_short_value(v)}: {f:.1%}" for v, f in zip(self.mask_values, self.class_fractions)][:12]
+        shown = [f"{_short_value(v)}: {f:.1%}" if f == 0 or f >= 0.0005 else f"{_short_value(v)}: <0.1%"
+                 for v, f in zip(self.mask_values, self.class_fractions)][:12]  # present, if rare: not 0.0%
         lines.append(f"  class pixels: {', '.join(shown)}{', ...' if len(self.mask_values) > 12 else ''}")
         if self.empty_masks:
             lines.append(f"  empty masks (background only): {len(self.empty_masks)} {_names(self.empty_masks)}")

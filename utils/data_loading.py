@@ -413,7 +413,7 @@ def _model_pixels(array: np.ndarray, channels: int, source: Path | str, mode: st
     if channels < 4:
         array = array[..., :3]
     if array.dtype != np.uint8:
-        array = _to_uint8(array)
+        array = _to_uint8(array, mode)
     if channels == 1 and array.shape[-1] == 3:
         array = np.asarray(Image.fromarray(array).convert("L"))[..., None]
     elif channels == 3 and array.shape[-1] == 1:
@@ -421,12 +421,15 @@ def _model_pixels(array: np.ndarray, channels: int, source: Path | str, mode: st
     return array
 
 
-def _to_uint8(array: np.ndarray) -> np.ndarray:
-    # 16-bit and float images: stretch each image's own range to 0..255 (floats already in [0, 1] kept).
+def _to_uint8(array: np.ndarray, mode: str | None = None) -> np.ndarray:
+    # 16-bit and float images: stretch each image's own range to 0..255 (floats already in [0, 1] kept). Decided by
+    # the type, not the values, so that the slices of one volume are read alike: 16-bit arrays (signed or not,
+    # either byte order) and Pillow's 32-bit "I" (signed 16-bit and 32-bit TIFFs) are always stretched; only
+    # numpy's default integers (astype(int): 32 or 64 bits) and int8 holding 0..255 are 8-bit values, as they are.
     # float64 arithmetic: a float32 range like -3e38..3e38 overflows to inf.
-    sixteen_bit = array.dtype.kind == "u" and array.dtype.itemsize == 2  # either byte order (TIFFs from ImageJ: >u2)
-    if array.dtype.kind in "iu" and not sixteen_bit and array.min() >= 0 and array.max() <= 255:
-        return array.astype(np.uint8)  # 8-bit values in a wider type (astype(int), a .npy of int64): as they are
+    eight_bit_values = array.dtype.kind in "iu" and array.dtype.itemsize != 2 and mode != "I"
+    if eight_bit_values and array.min() >= 0 and array.max() <= 255:
+        return array.astype(np.uint8)
     values = array.astype(np.float64)
     low, high = float(values.min()), float(values.max())
     if array.dtype.kind == "f" and low >= 0 and high <= 1:

@@ -1,5 +1,7 @@
 """Dice and IoU scores and the training loss (cross-entropy or BCE, plus Dice)."""
 
+import statistics
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -81,5 +83,5 @@ def per_class_scores(pred: Tensor, target: Tensor, n_classes: int) -> tuple[Tens
 def class_weights_from_pixels(class_pixels: list[int]) -> list[float]:
     """Median-frequency balancing: weight = median class frequency / class frequency, within [0.1, 10]."""
     present = [count for count in class_pixels if count > 0]
-    median = float(torch.tensor(present, dtype=torch.float64).median()) if present else 1.0
+    median = statistics.median(present) if present else 1.0  # of an even count: the mean of the middle two
     return [min(max(median / count, 0.1), 10.0) if count > 0 else 1.0 for count in class_pixels]

@@ -226,6 +226,11 @@ def _in_binary_values(mask: np.ndarray, mask_values: Sequence[MaskValue], ignore
     return np.where(mask == other, foreground, mask)
 
 
+def unwritable_values(mask_values: Sequence[MaskValue]) -> list[int]:
+    """Label values no 8- or 16-bit mask image holds (negative, above 65535): predict.py could not write them."""
+    return [] if is_colour(mask_values) else [int(v) for v in mask_values if not 0 <= v < MAX_CLASSES]
+
+
 def encoding_table(mask_values: Sequence[MaskValue], ignore_value: int | None = None) -> np.ndarray:
     """Class index -> the pixel value written for it: table[class_indices] is the mask in the training encoding.
 
@@ -237,8 +242,7 @@ def encoding_table(mask_values: Sequence[MaskValue], ignore_value: int | None = 
     if is_colour(mask_values):
         return np.array(mask_values, dtype=np.uint8)
     values = np.array(mask_values, dtype=np.int64)
-    outside = [int(v) for v in values if not 0 <= v <= 65535]
-    if outside:
+    if outside := unwritable_values(mask_values):
         raise UserError(f"the model's mask values {short_values(mask_values)} include {outside[0]}, which no 8- or "
                         "16-bit mask image can hold: train on masks with labels from 0 to 65535 to predict mask files")
     if set(mask_values) <= {0, 1} and ignore_value != 255:
