@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from utils.atomic_files import NAME_MAX
@@ -30,9 +29,9 @@ from utils.data_loading import (
     UNREAD_IMAGE_SUFFIXES,
     UPRIGHT_FIX,
     ImageFiles,
+    WorkerLoader,
     add_image_limit_argument,
     image_pixel_limit,
-    init_loader_worker,
     is_image_file,
     unread_format_note,
 )
@@ -449,10 +448,9 @@ def predict_inputs(args: argparse.Namespace, device: torch.device) -> int:
     workers = min(args.workers, len(todo)) if args.workers is not None else default_workers(device, len(todo))
     net = compile_model(model, args.compile) if should_compile(args.compile, device, len(todo)) else model
     batch_size = args.batch_size or (16 if on_gpu else 1)
-    loader = DataLoader(ImageFiles(inputs, scale, model.n_channels, todo), batch_size=batch_size, num_workers=workers,
-                        collate_fn=collate_by_size, pin_memory=on_gpu,
-                        worker_init_fn=init_loader_worker if workers else None,
-                        prefetch_factor=4 if workers else None)
+    loader = WorkerLoader(ImageFiles(inputs, scale, model.n_channels, todo), batch_size=batch_size,
+                          num_workers=workers, collate_fn=collate_by_size, pin_memory=on_gpu,
+                          prefetch_factor=4 if workers else None)
     notify = notify_once(tqdm.write)
     encode = MaskEncoder(writer.table, max(model.n_classes, 2), device, writer.needs_class_indices,
                          args.save_probs, threshold)

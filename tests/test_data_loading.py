@@ -743,6 +743,46 @@ def test_worker_priority_is_lowered_where_the_system_has_nice(monkeypatch):
     init_loader_worker(0)
 
 
+def _held_signals(_: object = None) -> list[int]:
+    """The signals blocked in the process (thread) that runs this."""
+    import signal
+
+    return sorted(int(number) for number in signal.pthread_sigmask(signal.SIG_BLOCK, []))
+
+
+class _ReportsWorkerSignals(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, index: int) -> dict:
+        import signal
+
+        return {"held": torch.tensor(_held_signals()), "sigint_default": signal.getsignal(signal.SIGINT) ==
+                signal.default_int_handler}
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "pthread_sigmask"), reason="no signal masks (Windows)")
+def test_spawned_workers_start_with_signals_held_until_their_handlers_are_set() -> None:
+    """Found by a macOS review (spawn): a Ctrl-C while a worker was still importing torch ended it in a
+    traceback; the worker now starts with SIGINT and SIGTERM held, and init_loader_worker takes them."""
+    import multiprocessing
+    import signal
+
+    from utils.data_loading import WorkerLoader
+    from utils.signals import signals_held_for_new_processes
+
+    spawn = multiprocessing.get_context("spawn")
+    assert int(signal.SIGINT) not in _held_signals()  # what a process started outside inherits
+    with signals_held_for_new_processes("spawn"), spawn.Pool(1) as pool:
+        held_at_start = pool.apply(_held_signals)
+    assert {int(signal.SIGINT), int(signal.SIGTERM)} <= set(held_at_start)
+    assert int(signal.SIGINT) not in _held_signals()  # this process's mask is given back
+    loader = WorkerLoader(_ReportsWorkerSignals(), batch_size=None, num_workers=1, multiprocessing_context=spawn)
+    (item,) = list(loader)
+    assert int(signal.SIGINT) not in item["held"].tolist() and int(signal.SIGTERM) not in item["held"].tolist()
+    assert not item["sigint_default"]  # init_loader_worker ran: a first Ctrl-C is the main process's
+
+
 def test_image_resizing_gives_torchvisions_pixels() -> None:
     """image_to_tensor calls PyTorch's uint8 bicubic kernel itself (predict.py then starts without torchvision):
     the pixels torchvision's resize gives, up and down, one and three channels."""

@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -57,6 +58,7 @@ from .mask_encoding import (
     unwritable_values,
     value_counts,
 )
+from .signals import signals_held_for_new_processes, take_held_signals
 
 CACHE_NAME = ".unet_check_cache.json"
 CACHE_VERSION = 9  # 3: misnamed files and files over --max-image-pixels are unreadable; 4: JPEG masks noted;
@@ -185,9 +187,15 @@ def inspect_files(
         kinds, names = [kind] * len(stale), [str(paths[i]) for i in stale]
         if workers > 1 and len(stale) >= 16:
             # The limit is handed over, not inherited: under spawn or forkserver a worker imports Pillow afresh.
-            with ProcessPoolExecutor(max_workers=min(workers, len(stale)), initializer=set_image_pixel_limit,
+            with ProcessPoolExecutor(max_workers=min(workers, len(stale)), initializer=_start_scan_worker,
                                      initargs=(Image.MAX_IMAGE_PIXELS,)) as pool:
-                scanned = list(pool.map(_inspect_one, kinds, names, chunksize=8))
+                with signals_held_for_new_processes():  # map submits every chunk at once: the workers start here
+                    results = pool.map(_inspect_one, kinds, names, chunksize=8)
+                try:
+                    scanned = list(results)
+                except KeyboardInterrupt:  # the files not yet scanned are dropped, not scanned before stopping
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise
         else:
             scanned = [_inspect_one(k, n) for k, n in zip(kinds, names)]
         for index, record in zip(stale, scanned):
@@ -195,6 +203,13 @@ def inspect_files(
             cache[f"{kind}:{paths[index].name}"]["record"] = record
         _write_cache(cache_file, cache)
     return records  # type: ignore[return-value]
+
+
+def _start_scan_worker(pixel_limit: int) -> None:
+    """A scanning process: Pillow's limit as the main process has it; a Ctrl-C is the main process's to act on."""
+    set_image_pixel_limit(pixel_limit)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    take_held_signals()
 
 
 def _read_cache(cache_file: Path) -> dict:

@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ from unet import MIN_SIDE
 
 from .errors import UserError, check_flag, counted
 from .mask_encoding import IGNORE_CLASS, MaskValue, binarize_threshold, encode_mask
-from .signals import leave_first_signal_to_main
+from .signals import leave_first_signal_to_main, signals_held_for_new_processes, take_held_signals
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jfif", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".npy", ".pt")
 # Image formats that users' folders hold and that are not read here (phone photos, JPEG 2000, medical and raw
@@ -884,6 +884,7 @@ def init_loader_worker(worker_id: int, stops_gracefully: bool = False) -> None:
     them (idle cores still go to the workers), and leave a Ctrl-C to it; also a SIGTERM where it stops gracefully
     on one (stops_gracefully: train.py)."""
     leave_first_signal_to_main((signal.SIGINT, signal.SIGTERM) if stops_gracefully else (signal.SIGINT,))
+    take_held_signals()  # held while the worker started (WorkerLoader)
     threading.excepthook = _quiet_handover_breaks
     if not hasattr(os, "nice"):  # Windows
         return
@@ -910,6 +911,21 @@ def check_workers_flag(workers: int | None) -> None:
     check_flag("--workers", workers, workers is None or 0 <= workers <= most, f"0 (none) to {most} (4 per core here)")
 
 
+class WorkerLoader(DataLoader):
+    """A DataLoader whose workers run init_loader_worker (low priority, signals left to the main process) and
+    start with SIGINT and SIGTERM held until it has run (signals_held_for_new_processes)."""
+
+    def __init__(self, dataset: Dataset, *, stops_gracefully: bool = False, **options: Any) -> None:
+        workers = options.get("num_workers", 0)
+        super().__init__(dataset, worker_init_fn=partial(init_loader_worker, stops_gracefully=stops_gracefully)
+                         if workers > 0 else None, **options)
+
+    def _get_iterator(self) -> Any:  # where the workers start, once (persistent) or for each pass
+        context = self.multiprocessing_context
+        with signals_held_for_new_processes(context.get_start_method() if context is not None else None):
+            return super()._get_iterator()
+
+
 def make_loader(
     dataset: Dataset,
     batch_size: int,
@@ -923,14 +939,14 @@ def make_loader(
     In order, batch_size at a time, unless batches (lists of keys) are given: training's are
     utils.sampling.EpochBatches. stops_gracefully: the main process stops after a SIGTERM itself (training),
     so its workers leave the signal to it."""
-    return DataLoader(
+    return WorkerLoader(
         dataset,
+        stops_gracefully=stops_gracefully,
         batch_size=batch_size if batches is None else 1,
         batch_sampler=batches,
         num_workers=workers,
         pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,
-        worker_init_fn=partial(init_loader_worker, stops_gracefully=stops_gracefully) if workers > 0 else None,
         drop_last=False,
         collate_fn=collate_skipping,
     )

@@ -2,9 +2,13 @@
 says how to resume. A second signal stops at once (as Ctrl-C always did). Loader workers leave the first
 signal to the main process (leave_first_signal_to_main)."""
 
+import contextlib
+import multiprocessing
 import signal
 import sys
 import threading
+from collections.abc import Iterator
+from multiprocessing import resource_tracker
 from types import FrameType, TracebackType
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -64,3 +68,31 @@ def leave_first_signal_to_main(signals: tuple[signal.Signals, ...] = (signal.SIG
 
     for number in signals:
         signal.signal(number, handle)
+
+
+@contextlib.contextmanager
+def signals_held_for_new_processes(start_method: str | None = None) -> Iterator[None]:
+    """Processes started inside begin with SIGINT and SIGTERM blocked, until their own setup takes them
+    (take_held_signals): one started by spawn (the default on macOS and Windows) first imports the script and
+    torch for seconds, and a Ctrl-C meanwhile ended it in a traceback. Blocked in this thread only: the process
+    itself still gets them, through another thread or when the block ends. No signal masks on Windows.
+
+    start_method: the processes' (default: multiprocessing's)."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    method = (start_method or multiprocessing.get_start_method(allow_none=True)
+              or multiprocessing.get_all_start_methods()[0])  # the default, without fixing it
+    if method != "fork":  # multiprocessing's resource tracker, started first: starting it unblocks both signals
+        resource_tracker.ensure_running()
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def take_held_signals() -> None:
+    """In a worker process whose handlers are set: the signals held while it started (a Ctrl-C) arrive now."""
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
