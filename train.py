@@ -37,6 +37,7 @@ from utils.checkpoint import (
     check_training_state,
     load_checkpoint,
     model_from_checkpoint,
+    optimizer_state_for,
     remove_unfinished_saves,
     restore_rng_state,
     rng_state,
@@ -993,7 +994,7 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     start_epoch, step, best_dice, skip_batches = 1, 0, -1.0, 0
     if resumed is not None:
         model.load_state_dict(resumed["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
+        optimizer.load_state_dict(optimizer_state_for(optimizer, resumed["optimizer"]))
         scheduler.load_state_dict(resumed["scheduler"])
         if resumed["scaler"]:  # empty when the run was saved without fp16 (CPU, bf16)
             scaler.load_state_dict(resumed["scaler"])

@@ -1606,3 +1606,22 @@ def test_empty_input_or_output_names_and_npy_outputs_are_refused_plainly(tmp_pat
         result = run("predict.py", "-m", "m.pth", *flags, cwd=tmp_path, check=False)
         assert (result.returncode, result.stderr.strip()) == (2, said)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["imgs", "m.pth", "masks"]
+
+
+def test_a_run_saved_before_the_fused_optimizer_resumes(tmp_path: Path) -> None:
+    """Found by a review of old run folders: a last.pth of the first commits (AdamW without `fused`) made
+    --resume end in "Expected grad_scale and found_inf to be None": its saved param_groups chose the unfused
+    kernel, while the non-finite guard and GradScaler passed the fused kernel's flags."""
+    write_carvana_like(tmp_path, 6)
+    flags = ["--imgs", "imgs", "--masks", "masks", "--validation", "34", "--checkpoint-dir", "run", *TRAIN_FLAGS,
+             "--batch-size", "2"]
+    run("train.py", *flags, "--epochs", "1", cwd=tmp_path)
+    checkpoint = torch.load(tmp_path / "run" / "last.pth", weights_only=True)
+    for group in checkpoint["optimizer"]["param_groups"]:
+        assert group["fused"] is True
+        group["fused"] = group["foreach"] = None  # as AdamW(...) without `fused` saved them
+    torch.save(checkpoint, tmp_path / "run" / "last.pth")
+    result = run("train.py", *flags, "--epochs", "2", "--resume", "auto", cwd=tmp_path)
+    assert "epoch 2: train loss" in result.stdout + result.stderr
+    resumed = torch.load(tmp_path / "run" / "last.pth", weights_only=True)
+    assert resumed["epoch"] == 2 and all(group["fused"] for group in resumed["optimizer"]["param_groups"])

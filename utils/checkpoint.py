@@ -522,6 +522,14 @@ def checkpoint_from_data(data: object, source: Path | str) -> dict[str, Any]:
 TRAINING_STATE = ("optimizer", "scheduler", "scaler", "epoch", "step", "best_dice", "rng")
 
 
+def optimizer_state_for(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved optimizer state with this optimizer's kernel choice (fused, foreach), which follows the machine, not
+    the run: a run saved before train.py used the fused kernel (or on a device without it) stepped otherwise, and
+    GradScaler and the non-finite guard then handed the unfused kernel the fused one's flags."""
+    kernel = {key: optimizer.defaults[key] for key in ("fused", "foreach") if key in optimizer.defaults}
+    return {**saved, "param_groups": [{**group, **kernel} for group in saved["param_groups"]]}
+
+
 def check_training_state(checkpoint: dict[str, Any], path: Path | str) -> None:
     """What resuming reads, checked before any of it is used: a bad file is one line, not a KeyError in train.py.
 
