@@ -213,6 +213,10 @@ def score_folders(args: argparse.Namespace, device: torch.device) -> dict:
     threshold, note = settle_mask_threshold(args.mask_threshold, model.n_classes)
     if note:
         print(note, file=sys.stderr)
+    if checkpoint.get("mask_values") is None:  # a reference state_dict: the values are the reference's guess
+        print(f"note: {args.model} holds no mask_values, so its classes are taken to be the mask values "
+              f"{short_values(model.mask_values)}; if its masks used others, add them to it, e.g. "
+              "checkpoint['mask_values'] = [0, 255]", file=sys.stderr)
     scale = inference_scale(checkpoint, args.scale)
     pairs = list_pairs(args.imgs, args.masks, args.mask_suffix)
     trained_with = checkpoint.get("args") or {}  # read the masks the way the model was trained on them

@@ -95,7 +95,8 @@ def choose_format(output: Path, requested: str | None) -> str:
             raise UserError(f"cannot tell the format of {output}: end it in .onnx, .pt or .ts, or pass --format")
         return implied
     if implied is not None and implied != requested:
-        raise UserError(f"--format {requested} but {output} is a {implied} file name: "
+        named = {"onnx": "an ONNX", "torchscript": "a TorchScript"}[implied]
+        raise UserError(f"--format {requested} but {output} is {named} file name: "
                         f"rename it or use --format {implied}")
     return requested
 

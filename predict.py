@@ -505,7 +505,8 @@ def predict_inputs(args: argparse.Namespace, device: torch.device) -> int:
     elif len(todo) > len(failed) and not args.no_save:  # found by a review: a folder's run did not say where
         folders = sorted({str(outputs[index].parent) for index in todo})
         where = folders[0] if len(folders) == 1 else f"{len(folders)} folders ({folders[0]}, ...)"
-        print(f"masks of {len(todo) - len(failed)} images saved in {where}")
+        saved = len(todo) - len(failed)
+        print(f"{'mask' if saved == 1 else 'masks'} of {counted(saved, 'image')} saved in {where}")
     if failed:
         others = "; the others were predicted" if len(failed) < len(todo) else ""
         print(f"error: {len(failed)} of {len(todo)} images could not be predicted (listed above as skipped){others}",

@@ -1625,3 +1625,29 @@ def test_a_run_saved_before_the_fused_optimizer_resumes(tmp_path: Path) -> None:
     assert "epoch 2: train loss" in result.stdout + result.stderr
     resumed = torch.load(tmp_path / "run" / "last.pth", weights_only=True)
     assert resumed["epoch"] == 2 and all(group["fused"] for group in resumed["optimizer"]["param_groups"])
+
+
+def test_evaluate_says_when_a_reference_checkpoints_mask_values_are_assumed(tmp_path: Path) -> None:
+    """Found by a review: a reference state_dict without mask_values, scored on 0/255 masks, was refused with
+    "fix the mask or train with it included" though the masks were right: the values were a guess."""
+    write_cells(tmp_path, 2)  # 0/255 masks
+    torch.save(UNet(3, 3, base_channels=4).state_dict(), tmp_path / "plain.pth")  # taken as 0/1/2
+    result = run("evaluate.py", "-m", "plain.pth", "--imgs", "imgs", "--masks", "masks", "--scale", "1",
+                 "--workers", "0", cwd=tmp_path, check=False)
+    assert result.returncode == 2
+    assert "note: plain.pth holds no mask_values, so its classes are taken to be the mask values [0, 1, 2]; if its " \
+           "masks used others, add them to it, e.g. checkpoint['mask_values'] = [0, 255]" in result.stderr
+    torch.save({**UNet(3, 2, base_channels=4).state_dict(), "mask_values": [[0, 0, 0], [255, 0, 0]]},
+               tmp_path / "colour.pth")
+    result = run("evaluate.py", "-m", "colour.pth", "--imgs", "imgs", "--masks", "masks", "--scale", "1",
+                 "--workers", "0", cwd=tmp_path, check=False)
+    assert result.returncode == 2 and "note:" not in result.stderr
+    assert result.stderr.strip().endswith("cell0.png is a single-channel mask, but the model was trained on RGB "
+                                          "colour masks (classes [[0, 0, 0], [255, 0, 0]]): score it on masks saved "
+                                          "the way its training masks were")
+    (tmp_path / "one").mkdir()
+    shutil.copy(tmp_path / "imgs" / "cell0.png", tmp_path / "one")
+    (tmp_path / "one" / "broken.png").write_bytes(b"not a png")
+    result = run("predict.py", "-m", "colour.pth", "-i", "one", "-o", "out/", "--scale", "1", cwd=tmp_path,
+                 check=False)
+    assert result.returncode == 1 and "mask of 1 image saved in out" in result.stdout  # not "masks of 1 images"

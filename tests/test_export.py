@@ -159,7 +159,7 @@ def test_missing_checkpoint_is_one_line_and_exit_code_2(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["-o", "unet.bin"], r"cannot tell the format of unet\.bin: end it in \.onnx, \.pt or \.ts"),
-    (["-o", "unet.pt", "--format", "onnx"], r"unet\.pt is a torchscript file name"),
+    (["-o", "unet.pt", "--format", "onnx"], r"unet\.pt is a TorchScript file name"),
     (["-o", "unet.onnx", "--opset", "17"], r"--opset 17 is not supported: use 18 to"),
     (["-o", "unet.pt", "--scale", "-1"], r"--scale must be above 0 \(the image's size times it\), got -1"),
     (["-o", "unet.pt", "--scale", "nan"], r"--scale must be above 0 .*, got nan"),

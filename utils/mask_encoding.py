@@ -194,8 +194,9 @@ def encode_mask(
         mask = _in_binary_values(mask, mask_values, ignore_value)
     colour = is_colour(mask_values)
     if colour != (mask.ndim == 3):
-        kind = "RGB colour" if mask.ndim == 3 else "single-channel"
-        raise UserError(f"{source} is a {kind} mask, unlike the masks the model was trained on")
+        kind, trained = ("an RGB colour", "single-channel") if mask.ndim == 3 else ("a single-channel", "RGB colour")
+        raise UserError(f"{source} is {kind} mask, but the model was trained on {trained} masks (classes "
+                        f"{short_values(mask_values)}): score it on masks saved the way its training masks were")
     table = np.array([pack_colours(np.array(v)) for v in mask_values] if colour else mask_values, dtype=np.int64)
     pixels = pack_colours(mask) if colour else mask.astype(np.int64)
     order = np.argsort(table, kind="stable")  # checkpoints from elsewhere may list values unsorted
