@@ -127,8 +127,8 @@ def expand_inputs(inputs: list[str], keep_repeats: bool = False) -> tuple[list[P
         if not item.strip():  # Path("") is the current folder
             raise UserError("an --input is an empty name: give a file, a folder or a pattern ('imgs/*.jpg')")
         path = Path(item)
-        if path.is_dir():
-            listed = sorted(path.iterdir())
+        if path.is_dir():  # hidden files left out: macOS's ._x.jpg beside x.jpg on shared drives is no image
+            listed = sorted(child for child in path.iterdir() if not child.name.startswith("."))
         elif path.exists():
             paths.append(path)  # named explicitly: predicted whatever its name
             continue

@@ -1651,3 +1651,14 @@ def test_evaluate_says_when_a_reference_checkpoints_mask_values_are_assumed(tmp_
     result = run("predict.py", "-m", "colour.pth", "-i", "one", "-o", "out/", "--scale", "1", cwd=tmp_path,
                  check=False)
     assert result.returncode == 1 and "mask of 1 image saved in out" in result.stdout  # not "masks of 1 images"
+
+
+def test_a_folder_prediction_leaves_out_hidden_files(tmp_path: Path) -> None:
+    """Found by a macOS review: the ._cell0.png that macOS writes beside cell0.png on shared drives was read as an
+    image, and the run ended "1 of 2 images could not be predicted"."""
+    write_cells(tmp_path, 1)
+    (tmp_path / "imgs" / "._cell0.png").write_bytes(os.urandom(4096))
+    torch.save({**UNet(3, 2, base_channels=4).state_dict(), "mask_values": [0, 255]}, tmp_path / "m.pth")
+    result = run("predict.py", "-m", "m.pth", "-i", "imgs", "-o", "out/", "--scale", "1", cwd=tmp_path)
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["cell0.png"] and "skipped" not in \
+        result.stderr

@@ -8,6 +8,7 @@ import re
 import signal
 import sys
 import threading
+import unicodedata
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -496,13 +497,15 @@ def _files_by_stem(folder: Path, role: str, shared: bool = False) -> tuple[dict[
             if path.suffix.lower() in UNREAD_IMAGE_SUFFIXES and path.is_file():
                 unread.append(path)
             continue
-        if path.stem in files and shared:
-            raise UserError(f"{files[path.stem].name} and {path.name} in {folder} have the same name, and images and "
+        # One spelling of accented names: macOS may store é as e + accent (NFD) where Linux and scripts write é
+        stem = unicodedata.normalize("NFC", path.stem)
+        if stem in files and shared:
+            raise UserError(f"{files[stem].name} and {path.name} in {folder} have the same name, and images and "
                             "masks are both in it: move the masks to a folder of their own, or rename them with a "
                             "suffix (x_mask.png) and pass --mask-suffix _mask")
-        if path.stem in files:
-            raise UserError(f"{files[path.stem].name} and {path.name} in {folder} have the same name: keep one")
-        files[path.stem] = path
+        if stem in files:
+            raise UserError(f"{files[stem].name} and {path.name} in {folder} have the same name: keep one")
+        files[stem] = path
     if not files:
         found = f", only {unread_format_note(unread)}" if unread else ""
         raise UserError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {folder}{found}")
@@ -550,6 +553,8 @@ def pair_files(images_dir: Path, masks_dir: Path, mask_suffix: str | None = None
     if one_folder and mask_suffix == "":
         raise UserError(f"images and masks are both in {images_dir}, so masks need a name suffix (x.jpg, x_mask.png): "
                         "pass it with --mask-suffix, or move the masks to a folder of their own")
+    if mask_suffix is not None:
+        mask_suffix = unicodedata.normalize("NFC", mask_suffix)  # spelled as the names are (_files_by_stem)
     if mask_suffix is None:
         candidates = tuple(s for s in MASK_SUFFIX_CANDIDATES if s) if one_folder else MASK_SUFFIX_CANDIDATES
         mask_suffix = detect_mask_suffix(list(images), set(masks), candidates, masks_dir)
