@@ -92,7 +92,7 @@ def evaluate(
         masks = part["mask"].to(device, non_blocking=True).long()  # int8 from the loader
         logits = predict_logits(model, part["image"], device, precision, output_size=tuple(masks.shape[-2:]),
                                 options=options, notify=notify)
-        counts = [count.double().cpu() for count in per_class_counts(logits_to_classes(logits, threshold), masks,
+        counts = [count.cpu().double() for count in per_class_counts(logits_to_classes(logits, threshold), masks,
                                                                       n_classes)]
         dice, iou = scores_from_counts(*counts)
         dice_sum += dice.sum(0)

@@ -68,6 +68,7 @@ from utils.device import (
     freed_memory_kept,
     memory_format,
     should_compile,
+    sum_dtype,
 )
 from utils.dice_score import class_weights_from_pixels, segmentation_loss
 from utils.distributed import (
@@ -727,9 +728,9 @@ def train_one_epoch(
     if batches == 0 and skip == 0:
         raise UserError(f"every training file failed to load this epoch ({skipped} skipped, named above): check "
                         f"that {args.imgs} and {args.masks} still hold them")
-    counted = torch.tensor(float(counted_before + batches), device=device).double()
-    totals = all_reduce_sum(torch.stack([loss_sum.double(), counted,
-                                         torch.tensor(float(skipped), device=device).double()]), world)
+    wide = sum_dtype(device)
+    counts = torch.tensor([counted_before + batches, skipped], dtype=wide, device=device)
+    totals = all_reduce_sum(torch.cat([loss_sum.to(wide).reshape(1), counts]), world)
     if sample is not None:
         images, masks, logits = sample
         sample = {"image": images[0].cpu(), "true": masks[0].cpu(), "pred": logits_to_classes(logits[:1])[0].cpu()}

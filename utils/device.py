@@ -23,6 +23,11 @@ M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # mallopt's parameters
 GLIBC_DEFAULTS = ((M_MMAP_MAX, 65536), (M_TRIM_THRESHOLD, 128 * 1024))  # as mallopt(3) documents them
 
 
+def sum_dtype(device: torch.device) -> torch.dtype:
+    """The float type for sums that should not drift: float64, but for Apple's GPU (MPS), which has none."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 def mps_available() -> bool:
     """Apple's GPU backend, where this torch build has it."""
     return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()

@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 import torch
 
+from .device import sum_dtype
+
 MIN_WEIGHT = 1e-3  # relative to the tile centre: every pixel of every tile counts a little
 
 
@@ -62,9 +64,10 @@ def sliding_window(
         logits = forward(crops).float()
         if total is None:
             # float64 sums: a constant comes back exactly however many tiles overlap (fp32 drifts by ulps)
-            total = logits.new_zeros((logits.shape[1], height, width), dtype=torch.float64)
-            weight_sum = logits.new_zeros((height, width), dtype=torch.float64)
-            weights = blend_weights(tile_h, tile_w, logits.device).double()
+            wide = sum_dtype(logits.device)
+            total = logits.new_zeros((logits.shape[1], height, width), dtype=wide)
+            weight_sum = logits.new_zeros((height, width), dtype=wide)
+            weights = blend_weights(tile_h, tile_w, logits.device).to(wide)
         for (top, left), tile_logits in zip(chunk, logits):
             total[:, top:top + tile_h, left:left + tile_w] += tile_logits * weights
             weight_sum[top:top + tile_h, left:left + tile_w] += weights
