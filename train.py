@@ -438,8 +438,9 @@ def run_data_folders(args: argparse.Namespace, resumed: dict | None, resume_file
 def keep_run_settings(args: argparse.Namespace, resumed: dict, resume_file: Path) -> list[str]:
     """A resumed run keeps its architecture, reads its data as it did (the saved position in the epoch depends
     on the batch size) and goes on with its optimizer's settings (they are in its saved state); a flag given
-    otherwise is overridden, and each such flag gets a line saying so. --epochs, --max-bad-steps, --save-every
-    and --keep-epochs are the run's unless given (so --resume auto alone goes on as the run did)."""
+    otherwise is overridden, and each such flag gets a line saying so. --epochs, --max-bad-steps, --precision
+    fp32, --save-every and --keep-epochs are the run's unless given (so --resume auto alone goes on as the run
+    did)."""
     architecture = resumed["model_args"]
     saved_args = resumed.get("args", {})
     kept = {"classes": architecture["n_classes"], "channels": architecture["n_channels"],
@@ -465,6 +466,8 @@ def keep_run_settings(args: argparse.Namespace, resumed: dict, resume_file: Path
     # the run goes on with its own (each checked: a hand-edited value is left out, not an error about a flag)
     for name, said, valid in (("epochs", "{flag} {value} (give {flag} to train longer or shorter)", _whole),
                               ("max_bad_steps", "{flag} {value} (give {flag} to change it)", _whole),
+                              # full precision chosen for the run is kept; the others follow the machine (auto)
+                              ("precision", "{flag} {value} (give {flag} auto to change it)", lambda v: v == "fp32"),
                               ("save_every", "{flag} {value} (give {flag} to change it, 0 to stop)", _save_every),
                               ("keep_epochs", "{flag} (give --no-keep-epochs to stop keeping each epoch)",
                                lambda value: type(value) is bool)):
@@ -771,7 +774,7 @@ def main(args: argparse.Namespace) -> dict:
 
 
 def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
-    precision = choose_precision(device, args.amp, args.precision)
+    choose_precision(device, args.amp, args.precision)  # a flag this device cannot follow: said first
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     if args.sync_batchnorm and device.type != "cuda":
@@ -801,6 +804,7 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
         if args.load:
             say(f"note: {resume_file} continues with its own weights; --load {args.load} is ignored",
                 file=sys.stderr)
+    precision = choose_precision(device, args.amp, args.precision)  # a resumed fp32 run stays fp32
     resume_point = (str(resume_file), resumed["epoch"], resumed["step"], resumed.get("epoch_batches", 0)) \
         if resumed is not None else None
     check_same_everywhere(world, resume_point,

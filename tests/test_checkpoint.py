@@ -972,3 +972,22 @@ def test_a_loaded_model_carries_the_palette_predict_writes_and_export_lists(tmp_
     colours = {tuple(model.mask_palette[3 * value: 3 * value + 3]) for value in model.mask_values}
     assert len(colours) == 5 and model.mask_palette[:6] == [0, 0, 0, 255, 0, 0]
     assert export.export_metadata(model, checkpoint, 0.5)["mask_palette"] == model.mask_palette
+
+
+def test_resume_keeps_a_runs_full_precision_unless_typed(tmp_path: pathlib.Path) -> None:
+    """Found by a review: a run trained with --precision fp32 went on in bf16 after `--resume auto` on a CPU
+    with bf16, without a word; precisions picked by the machine (auto, bf16, fp16) still follow the machine."""
+    import train
+
+    resumed = {"model_args": {"n_classes": 2, "n_channels": 3, "bilinear": False, "base_channels": 64},
+               "scale": 0.5, "args": {"batch_size": 1, "precision": "fp32"}}
+    last = tmp_path / "last.pth"
+    args = train.get_args_parser().parse_args(["--resume", "auto"])
+    assert train.keep_run_settings(args, resumed, last) == [
+        f"note: {last} goes on with its own --precision fp32 (give --precision auto to change it)"]
+    assert args.precision == "fp32"
+    args = train.get_args_parser().parse_args(["--resume", "auto", "--precision", "auto"])
+    assert train.keep_run_settings(args, resumed, last) == [] and args.precision == "auto"
+    resumed["args"]["precision"] = "bf16"  # a GPU's choice: a CPU resume picks its own
+    args = train.get_args_parser().parse_args(["--resume", "auto"])
+    assert train.keep_run_settings(args, resumed, last) == [] and args.precision == "auto"
