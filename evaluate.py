@@ -43,6 +43,7 @@ from utils.inference import (
     add_inference_arguments,
     add_mask_threshold_argument,
     check_prediction_flags,
+    default_prediction_batch,
     fuse_batchnorm,
     inference_options,
     logits_to_classes,
@@ -185,8 +186,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="image scaling before the model, as predict.py's (default: the scale the model was "
                              "trained at)")
     add_mask_threshold_argument(parser)
-    parser.add_argument("--batch-size", "-b", type=int, default=1,
-                        help="images per batch; a batch of mixed sizes is split by size (default 1)")
+    parser.add_argument("--batch-size", "-b", type=int, default=None,
+                        help="images per batch; a batch of mixed sizes is split by size (default: as predict.py, "
+                             "16 on a GPU, on a CPU as many as fill 512x512 pixels, at most 64)")
     parser.add_argument("--workers", type=int, default=2, help="data loading processes (default 2)")
     add_image_limit_argument(parser)
     add_inference_arguments(parser)
@@ -223,7 +225,8 @@ def score_folders(args: argparse.Namespace, device: torch.device) -> dict:
     dataset = SegmentationDataset(pairs, model.mask_values, scale, model.n_channels, scale_masks=False,
                                   binarize=binarize_threshold(trained_with.get("binarize")),
                                   ignore_value=model.ignore_value, either_binary=True)
-    loader = make_loader(dataset, args.batch_size, device, min(args.workers, len(pairs)))
+    batch_size = args.batch_size or default_prediction_batch(device, pairs[0].image if pairs else None, scale)
+    loader = make_loader(dataset, batch_size, device, min(args.workers, len(pairs)))
     check_output_file(args.output, "--output", (".csv", ".json"), ours=is_scores_file)  # before the evaluation
     result = evaluate(model, loader, device, precision, threshold, options=options, bar_stays=True)
     extras = "".join(f", {name} {value}" for name, value in (("tiles", options.tile), ("TTA", options.tta))

@@ -49,6 +49,7 @@ from utils.inference import (
     add_inference_arguments,
     add_mask_threshold_argument,
     check_prediction_flags,
+    default_prediction_batch,
     fuse_batchnorm,
     inference_options,
     logits_to_classes,
@@ -101,7 +102,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     speed = parser.add_argument_group("throughput")
     speed.add_argument("--batch-size", "-b", type=int, default=None,
                        help="images per forward pass (same-size images are batched; default: 16 on a GPU, "
-                            "within --max-memory, 1 on a CPU)")
+                            "within --max-memory; on a CPU as many as fill 512x512 pixels, at most 64: 1 for "
+                            "larger images, 64 for 32x32 tiles)")
     speed.add_argument("--workers", type=int, default=None,
                        help="image decoding processes (default: all cores but one, at most 8, on a GPU; 1 on a "
                             "CPU; 0 for a single image)")
@@ -447,7 +449,7 @@ def predict_inputs(args: argparse.Namespace, device: torch.device) -> int:
               f"{len(todo)} to predict")
     workers = min(args.workers, len(todo)) if args.workers is not None else default_workers(device, len(todo))
     net = compile_model(model, args.compile) if should_compile(args.compile, device, len(todo)) else model
-    batch_size = args.batch_size or (16 if on_gpu else 1)
+    batch_size = args.batch_size or default_prediction_batch(device, inputs[todo[0]] if todo else None, scale)
     loader = WorkerLoader(ImageFiles(inputs, scale, model.n_channels, todo), batch_size=batch_size,
                           num_workers=workers, collate_fn=collate_by_size, pin_memory=on_gpu,
                           prefetch_factor=4 if workers else None)

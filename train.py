@@ -109,6 +109,10 @@ MAX_CROPS_PER_IMAGE = 10_000  # a 20000x20000 scan holds ~6,100 windows of 256x2
 # saved-tensor hooks on the CPU: 6.5 KB fp32 and 3.4 KB bf16 saved; activation checkpointing keeps ~4%.
 BYTES_PER_PIXEL = {"fp32": 8500, "half": 4500, "checkpointed": 1200}
 MAX_AUTO_BATCH = 16
+# A CPU step costs about the same per image at any batch size once a batch holds ~2**17 pixels; below that the
+# cost per call dominates (bench/cpu_batch_size.py, bf16: 32x32 images trained at 20.8/s 4 at a time and 43.9/s
+# 16 at a time, 64x64 at 12.9/s and 19.0/s, 128x128 at 4.5/s and 5.2/s, 256x256 at 1.3/s either way).
+CPU_TRAINING_BATCH_PIXELS = 2**17
 DATA_FOLDERS = (("imgs", Path("data/imgs")), ("masks", Path("data/masks")))  # when --imgs/--masks are left out
 
 
@@ -127,11 +131,14 @@ def default_workers(device: torch.device, world: World) -> int:
 
 def default_batch_size(device: torch.device, precision: Precision, pixels: int, checkpointing: bool,
                        base_channels: int = CLASSIC_BASE_CHANNELS) -> int:
-    """CPU: 4 (a CPU step costs the same per image at any batch size). GPU: the largest power of two up to 16
-    whose activations fit in 70% of the free memory, by the per-pixel figures above (for the classic width;
-    the feature maps, most of the memory, are proportional to it)."""
+    """CPU: 4, or for small images a power of two up to 16 that fills CPU_TRAINING_BATCH_PIXELS. GPU: the largest
+    power of two up to 16 whose activations fit in 70% of the free memory, by the per-pixel figures above (for
+    the classic width; the feature maps, most of the memory, are proportional to it)."""
     if device.type != "cuda":
-        return 4
+        batch = 4
+        while batch < MAX_AUTO_BATCH and 2 * batch * pixels <= CPU_TRAINING_BATCH_PIXELS:
+            batch *= 2
+        return batch
     per_pixel = BYTES_PER_PIXEL["checkpointed" if checkpointing else "fp32" if precision.dtype is None else "half"]
     per_pixel = per_pixel * memory_share(base_channels)
     free, _ = torch.cuda.mem_get_info(device)

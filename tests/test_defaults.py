@@ -57,8 +57,29 @@ def test_default_workers_per_device_and_processes(monkeypatch, cores, local_size
     assert train.default_workers(torch.device("cuda"), world) == expected_cuda
 
 
-def test_default_batch_size_is_4_on_cpu():
-    assert train.default_batch_size(CPU, Precision("cpu", torch.bfloat16), 10**6, checkpointing=False) == 4
+@pytest.mark.parametrize(("side", "expected"), [(1000, 4), (256, 4), (128, 8), (64, 16), (32, 16)])
+def test_default_cpu_batch_size_grows_for_small_images(side, expected):
+    """Found by a review of data sets of many small tiles: batches of 4 ran 32x32 tiles several times slower than
+    batches of 16 (bench/cpu_batch_size.py); large images stay at 4."""
+    bf16 = Precision("cpu", torch.bfloat16)
+    assert train.default_batch_size(CPU, bf16, side * side, checkpointing=False) == expected
+
+
+@pytest.mark.parametrize(("side", "scale", "expected"), [(1918, 0.5, 1), (512, 1.0, 1), (256, 1.0, 4), (64, 0.5, 64),
+                                                          (32, 1.0, 64), (100, 1.0, 16)])
+def test_default_prediction_batch_fills_the_cpu_batch_pixels(tmp_path, side, scale, expected):
+    from PIL import Image
+
+    from utils.inference import default_prediction_batch
+
+    path = tmp_path / "first.png"
+    Image.new("RGB", (side, side)).save(path)
+    assert default_prediction_batch(CPU, path, scale) == expected
+    assert default_prediction_batch(torch.device("cuda"), path, scale) == 16
+    np.save(tmp_path / "first.npy", np.zeros((side, side, 3), np.uint8))  # arrays: the size from the shape
+    assert default_prediction_batch(CPU, tmp_path / "first.npy", scale) == expected
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    assert default_prediction_batch(CPU, tmp_path / "broken.png", scale) == 1  # said when its turn comes
 
 
 @pytest.mark.parametrize("free_gib, dtype, checkpointing, expected", [

@@ -472,6 +472,15 @@ def read_mask(path: Path) -> np.ndarray:
     return array
 
 
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) as stored, from the header (an array file is read: it has none)."""
+    if path.suffix.lower() in (".npy", ".pt"):
+        height, width = _image_shape(path, _read_array(path)).shape[:2]
+        return width, height
+    with open_image(path) as image:
+        return image.size
+
+
 def require_folder(folder: Path, role: str) -> None:
     """Said before anything else about a run (its checkpoint folder, its resume), so a typo is the first error."""
     if not Path(folder).is_dir():

@@ -12,6 +12,7 @@ import math
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ from .data_loading import (
     check_model_input_size,
     check_workers_flag,
     image_in_memory,
+    image_size,
     image_to_tensor,
     normalize_images,
     scaled_size,
@@ -102,6 +104,28 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tta", choices=TTA_CHOICES, default="none",
                         help="test-time augmentation: average the probabilities over a horizontal flip (flip) or "
                              "all 8 flips and quarter turns (d4); costs 2x or 8x the time (default: %(default)s)")
+
+
+# Images per CPU forward pass left out of --batch-size: enough to fill 2**18 pixels (a 512x512 image), as
+# measured with bench/cpu_batch_size.py: 32x32 images ran at 36.6/s one at a time and 232/s 64 at a time,
+# 128x128 at 10.9/s and 16.9/s (16), 256x256 at 3.8/s and 4.3/s (4); a CPU's cost per call dominates small images.
+CPU_BATCH_PIXELS = 2**18
+MAX_CPU_BATCH = 64
+
+
+def default_prediction_batch(device: torch.device, first_image: Path | None, scale: float) -> int:
+    """predict.py's and evaluate.py's --batch-size when left out: 16 on a GPU (within --max-memory); on a CPU
+    as many images of the first one's size as fill CPU_BATCH_PIXELS, a power of two; 1 when it cannot be read."""
+    if device.type == "cuda":
+        return 16
+    try:
+        width, height = scaled_size(*image_size(first_image), scale) if first_image is not None else (0, 0)
+    except UserError:  # said when its turn comes
+        return 1
+    batch = 1
+    while 0 < width * height and batch < MAX_CPU_BATCH and 2 * batch * width * height <= CPU_BATCH_PIXELS:
+        batch *= 2
+    return batch
 
 
 DEFAULT_MASK_THRESHOLD = 0.5
