@@ -323,7 +323,7 @@ def parse_save_every(text: str | None) -> tuple[int | None, float | None]:
         value = float(text[:-1]) if text.endswith("m") else int(text)
     except ValueError:
         value = -1
-    if value == 0:
+    if text == "0" or (text.endswith("m") and value == 0):  # 0, 0m, 0.0m
         return None, None
     if not 0 < value < math.inf:  # nan and inf too: a save that never comes
         raise UserError(f"--save-every {text!r}: give a number of steps (500) or of minutes (15m)")

@@ -340,14 +340,15 @@ def test_a_failed_save_warns_keeps_training_and_the_previous_file(data: Path, tm
 
 
 @pytest.mark.parametrize(("text", "expected"), [("500", (500, None)), ("15m", (None, 15.0)), ("0.5m", (None, 0.5)),
-                                                (None, (None, None)), ("0", (None, None)), ("0m", (None, None))])
+                                                (None, (None, None)), ("0", (None, None)), ("0m", (None, None)),
+                                                ("0.0m", (None, None))])
 def test_save_every_takes_steps_or_minutes(text: str | None, expected: tuple) -> None:
     import train
 
     assert train.parse_save_every(text) == expected
 
 
-@pytest.mark.parametrize("text", ["-3", "m", "10s", "ten", "0.0", "00"])  # 0 (off) is taken above
+@pytest.mark.parametrize("text", ["-3", "m", "10s", "ten", "0.0", "00", "nanm", "infm"])  # 0 (off): above
 def test_save_every_refuses_anything_else(text: str) -> None:
     import train
     from utils.errors import UserError

@@ -4,11 +4,14 @@ import re
 from pathlib import Path
 
 import numpy as np
+from conftest import run_script
 from PIL import Image
 
 from utils.check_data import scan_mask_values
 from utils.data_loading import SegmentationDataset, list_pairs
-from utils.synthetic_data import main, make_synthetic_carvana
+from utils.synthetic_data import make_synthetic_carvana
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_files_follow_carvana_naming_and_encoding(tmp_path: Path) -> None:
@@ -42,18 +45,19 @@ def test_pipeline_detects_mask_suffix_and_values(tmp_path: Path) -> None:
     assert tuple(item["image"].shape) == (3, 32, 48) and set(item["mask"].unique().tolist()) == {0, 1}
 
 
-def test_cli_rejects_bad_count_with_one_line(tmp_path: Path, capsys) -> None:
-    assert main(["--out", str(tmp_path / "x"), "--count", "0"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--count" in err[0]
+def test_cli_rejects_bad_count_with_one_line(tmp_path: Path) -> None:
+    result = run_script("-m utils.synthetic_data", "--out", tmp_path / "x", "--count", "0", cwd=REPO)
+    assert (result.returncode, result.stderr.strip()) == (2, "error: --count must be at least 1, got 0")
     assert not (tmp_path / "x").exists()
 
 
-def test_a_folder_that_already_holds_data_is_not_written_into(tmp_path: Path, capsys) -> None:
+def test_a_folder_that_already_holds_data_is_not_written_into(tmp_path: Path) -> None:
     """Found by a review: a second --synthetic run beside `make demo`'s data mixed two data sets of two sizes."""
     (tmp_path / "data" / "imgs").mkdir(parents=True)
     (tmp_path / "data" / "imgs" / "mine.jpg").write_bytes(b"")
-    assert main(["--out", str(tmp_path / "data"), "--count", "1", "--width", "32", "--height", "32"]) == 2
+    result = run_script("-m utils.synthetic_data", "--out", tmp_path / "data", "--count", "1", "--width", "32",
+                        "--height", "32", cwd=REPO)
+    assert result.returncode == 2
     assert ("data/imgs already holds files: give --out another folder (download_data.sh --synthetic takes it too), or "
-            "empty") in capsys.readouterr().err
+            "empty") in result.stderr
     assert [path.name for path in (tmp_path / "data" / "imgs").iterdir()] == ["mine.jpg"]
