@@ -225,7 +225,7 @@ def score_folders(args: argparse.Namespace, device: torch.device) -> dict:
     dataset = SegmentationDataset(pairs, model.mask_values, scale, model.n_channels, scale_masks=False,
                                   binarize=binarize_threshold(trained_with.get("binarize")),
                                   ignore_value=model.ignore_value, either_binary=True)
-    batch_size = args.batch_size or default_prediction_batch(device, pairs[0].image if pairs else None, scale)
+    batch_size = args.batch_size or default_prediction_batch(device, [pair.image for pair in pairs], scale)
     loader = make_loader(dataset, batch_size, device, min(args.workers, len(pairs)))
     check_output_file(args.output, "--output", (".csv", ".json"), ours=is_scores_file)  # before the evaluation
     result = evaluate(model, loader, device, precision, threshold, options=options, bar_stays=True)

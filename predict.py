@@ -449,7 +449,7 @@ def predict_inputs(args: argparse.Namespace, device: torch.device) -> int:
               f"{len(todo)} to predict")
     workers = min(args.workers, len(todo)) if args.workers is not None else default_workers(device, len(todo))
     net = compile_model(model, args.compile) if should_compile(args.compile, device, len(todo)) else model
-    batch_size = args.batch_size or default_prediction_batch(device, inputs[todo[0]] if todo else None, scale)
+    batch_size = args.batch_size or default_prediction_batch(device, [inputs[index] for index in todo], scale)
     loader = WorkerLoader(ImageFiles(inputs, scale, model.n_channels, todo), batch_size=batch_size,
                           num_workers=workers, collate_fn=collate_by_size, pin_memory=on_gpu,
                           prefetch_factor=4 if workers else None)

@@ -74,12 +74,26 @@ def test_default_prediction_batch_fills_the_cpu_batch_pixels(tmp_path, side, sca
 
     path = tmp_path / "first.png"
     Image.new("RGB", (side, side)).save(path)
-    assert default_prediction_batch(CPU, path, scale) == expected
-    assert default_prediction_batch(torch.device("cuda"), path, scale) == 16
+    assert default_prediction_batch(CPU, [path], scale) == expected
+    assert default_prediction_batch(torch.device("cuda"), [path], scale) == 16
     np.save(tmp_path / "first.npy", np.zeros((side, side, 3), np.uint8))  # arrays: the size from the shape
-    assert default_prediction_batch(CPU, tmp_path / "first.npy", scale) == expected
+    assert default_prediction_batch(CPU, [tmp_path / "first.npy"], scale) == expected
     (tmp_path / "broken.png").write_bytes(b"not an image")
-    assert default_prediction_batch(CPU, tmp_path / "broken.png", scale) == 1  # said when its turn comes
+    assert default_prediction_batch(CPU, [tmp_path / "broken.png"], scale) == 1  # said when its turn comes
+    assert default_prediction_batch(CPU, [tmp_path / "broken.png", path], scale) == expected
+
+
+def test_default_prediction_batch_follows_the_largest_images_of_a_folder(tmp_path):
+    """A folder of tiles with a few large photos among them: 64 photos at once would hold gigabytes."""
+    from PIL import Image
+
+    from utils.inference import default_prediction_batch
+
+    tile, photo = tmp_path / "tile.png", tmp_path / "photo.png"
+    Image.new("RGB", (32, 32)).save(tile)
+    Image.new("RGB", (1024, 768)).save(photo)
+    assert default_prediction_batch(CPU, [tile] * 1000, 1.0) == 64
+    assert default_prediction_batch(CPU, [tile] * 999 + [photo], 1.0) == 1  # every 3rd of 1000 is looked at
 
 
 @pytest.mark.parametrize("free_gib, dtype, checkpointing, expected", [

@@ -10,7 +10,7 @@ import contextlib
 import copy
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,17 +113,22 @@ CPU_BATCH_PIXELS = 2**18
 MAX_CPU_BATCH = 64
 
 
-def default_prediction_batch(device: torch.device, first_image: Path | None, scale: float) -> int:
+def default_prediction_batch(device: torch.device, images: Sequence[Path], scale: float) -> int:
     """predict.py's and evaluate.py's --batch-size when left out: 16 on a GPU (within --max-memory); on a CPU
-    as many images of the first one's size as fill CPU_BATCH_PIXELS, a power of two; 1 when it cannot be read."""
+    as many images of the largest size among up to 256 of them, spread over the list, as fill CPU_BATCH_PIXELS
+    (a power of two; a folder of tiles with a few large photos batches by the photos); 1 when none reads."""
     if device.type == "cuda":
         return 16
-    try:
-        width, height = scaled_size(*image_size(first_image), scale) if first_image is not None else (0, 0)
-    except UserError:  # said when its turn comes
-        return 1
+    step = max(1, len(images) // 256)
+    largest = 0
+    for path in images[::step]:
+        try:
+            width, height = scaled_size(*image_size(path), scale)
+        except UserError:  # said when its turn comes
+            continue
+        largest = max(largest, width * height)
     batch = 1
-    while 0 < width * height and batch < MAX_CPU_BATCH and 2 * batch * width * height <= CPU_BATCH_PIXELS:
+    while 0 < largest and batch < MAX_CPU_BATCH and 2 * batch * largest <= CPU_BATCH_PIXELS:
         batch *= 2
     return batch
 
