@@ -751,14 +751,23 @@ def _held_signals(_: object = None) -> list[int]:
 
 
 class _ReportsWorkerSignals(torch.utils.data.Dataset):
+    """Its one item: the signals its worker held when the dataset arrived there (unpickled under spawn, before
+    the worker's init function), and those it holds when reading the item."""
+
+    def __init__(self) -> None:
+        self.held_on_arrival: list[int] = []
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, held_on_arrival=_held_signals())
+
     def __len__(self) -> int:
         return 1
 
     def __getitem__(self, index: int) -> dict:
         import signal
 
-        return {"held": torch.tensor(_held_signals()), "sigint_default": signal.getsignal(signal.SIGINT) ==
-                signal.default_int_handler}
+        return {"held_on_arrival": torch.tensor(self.held_on_arrival), "held": torch.tensor(_held_signals()),
+                "sigint_default": signal.getsignal(signal.SIGINT) == signal.default_int_handler}
 
 
 @pytest.mark.skipif(not hasattr(__import__("signal"), "pthread_sigmask"), reason="no signal masks (Windows)")
@@ -769,18 +778,15 @@ def test_spawned_workers_start_with_signals_held_until_their_handlers_are_set() 
     import signal
 
     from utils.data_loading import WorkerLoader
-    from utils.signals import signals_held_for_new_processes
 
-    spawn = multiprocessing.get_context("spawn")
-    assert int(signal.SIGINT) not in _held_signals()  # what a process started outside inherits
-    with signals_held_for_new_processes("spawn"), spawn.Pool(1) as pool:
-        held_at_start = pool.apply(_held_signals)
-    assert {int(signal.SIGINT), int(signal.SIGTERM)} <= set(held_at_start)
-    assert int(signal.SIGINT) not in _held_signals()  # this process's mask is given back
-    loader = WorkerLoader(_ReportsWorkerSignals(), batch_size=None, num_workers=1, multiprocessing_context=spawn)
+    assert int(signal.SIGINT) not in _held_signals()  # nothing held here to begin with
+    loader = WorkerLoader(_ReportsWorkerSignals(), batch_size=None, num_workers=1,
+                          multiprocessing_context=multiprocessing.get_context("spawn"))
     (item,) = list(loader)
-    assert int(signal.SIGINT) not in item["held"].tolist() and int(signal.SIGTERM) not in item["held"].tolist()
-    assert not item["sigint_default"]  # init_loader_worker ran: a first Ctrl-C is the main process's
+    assert {int(signal.SIGINT), int(signal.SIGTERM)} <= set(item["held_on_arrival"].tolist())
+    assert not {int(signal.SIGINT), int(signal.SIGTERM)} & set(item["held"].tolist())  # taken by init_loader_worker
+    assert not item["sigint_default"]  # and a first Ctrl-C is the main process's
+    assert int(signal.SIGINT) not in _held_signals()  # this process's mask is given back
 
 
 def test_image_resizing_gives_torchvisions_pixels() -> None:

@@ -935,6 +935,8 @@ class WorkerLoader(DataLoader):
                          if workers > 0 else None, **options)
 
     def _get_iterator(self) -> Any:  # where the workers start, once (persistent) or for each pass
+        if self.num_workers == 0:
+            return super()._get_iterator()
         context = self.multiprocessing_context
         with signals_held_for_new_processes(context.get_start_method() if context is not None else None):
             return super()._get_iterator()

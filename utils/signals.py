@@ -8,7 +8,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
-from multiprocessing import resource_tracker
+from multiprocessing import forkserver, resource_tracker
 from types import FrameType, TracebackType
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -77,12 +77,16 @@ def signals_held_for_new_processes(start_method: str | None = None) -> Iterator[
     torch for seconds, and a Ctrl-C meanwhile ended it in a traceback. Blocked in this thread only: the process
     itself still gets them, through another thread or when the block ends. No signal masks on Windows.
 
-    start_method: the processes' (default: multiprocessing's)."""
-    if not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
+    start_method: the processes' (default: multiprocessing's). Under forkserver (Python 3.14's default on Linux)
+    they are forked by the server, which has imported the script already: nothing is held, and the server is
+    started first, so that it does not itself begin with the signals held for good."""
     method = (start_method or multiprocessing.get_start_method(allow_none=True)
               or multiprocessing.get_all_start_methods()[0])  # the default, without fixing it
+    if method == "forkserver":
+        forkserver.ensure_running()
+    if not hasattr(signal, "pthread_sigmask") or method == "forkserver":
+        yield
+        return
     if method != "fork":  # multiprocessing's resource tracker, started first: starting it unblocks both signals
         resource_tracker.ensure_running()
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
