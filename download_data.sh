@@ -6,8 +6,10 @@
 #   ./download_data.sh --synthetic [N] [--width W --height H] [--seed S] [--out DIR]
 #                                       N offline synthetic images in the same format (default 48, 1918x1280)
 set -euo pipefail
-repo=$(cd "$(dirname "$0")" && pwd)
-PYTHON=${PYTHON:-$( [ -x "$repo/.venv/bin/python" ] && echo "$repo/.venv/bin/python" || echo python3 )}
+caller=$PWD
+case "${PYTHON:-}" in */*) [ "${PYTHON#/}" = "$PYTHON" ] && PYTHON="$caller/$PYTHON" ;; esac  # relative: the caller's
+cd "$(dirname "$0")"
+PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 
 if [ "${1:-}" = "--synthetic" ]; then
     shift
@@ -15,11 +17,18 @@ if [ "${1:-}" = "--synthetic" ]; then
     case "${1:-}" in  # N is optional: the next word is N unless it is a flag (-5 is a count, refused as one)
         -[0-9]*|[!-]*) count=$1; shift ;;
     esac
-    # Run from the caller's folder, so that a relative --out DIR is theirs; the repository's data/ by default.
-    PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" exec "$PYTHON" -m utils.synthetic_data --out "$repo/data" \
-        --count "$count" "$@"
+    from_caller() { case "$1" in /*|"") echo "$1" ;; *) echo "$caller/$1" ;; esac; }
+    args=()
+    while [ $# -gt 0 ]; do  # --out DIR is in the caller's folder (this script runs from its own)
+        case "$1" in
+            --out) args+=("$1"); [ $# -gt 1 ] && { args+=("$(from_caller "$2")"); shift; } ;;
+            --out=*) args+=("--out=$(from_caller "${1#--out=}")") ;;
+            *) args+=("$1") ;;
+        esac
+        shift
+    done
+    exec "$PYTHON" -m utils.synthetic_data --out data --count "$count" ${args[@]+"${args[@]}"}
 fi
-cd "$repo"
 if [ $# -gt 0 ]; then
     echo "usage: $0 [--synthetic [N] [--width W --height H] [--seed S] [--out DIR]]" >&2
     exit 2

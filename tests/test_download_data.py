@@ -129,20 +129,25 @@ def test_synthetic_takes_its_size_flags_with_or_without_a_count(workspace: dict,
 
 def test_synthetic_out_is_read_from_the_callers_folder(workspace: dict, tmp_path: Path) -> None:
     """Found by a review: the script changed to its own folder first, so `--out relsyn` typed elsewhere wrote
-    into the repository (and said it wrote to relsyn/)."""
+    into the repository (and said it wrote to relsyn/); and the first fix ran Python in the caller's folder,
+    where a utils/ package of the caller's stood in for the repository's."""
     shutil.copytree(REPO / "utils", workspace["root"] / "utils")
     caller = tmp_path / "elsewhere"
-    caller.mkdir()
+    (caller / "utils").mkdir(parents=True)  # a package of the caller's own, which must not stand in for ours
+    (caller / "utils" / "__init__.py").write_text("")
     script = ["bash", str(workspace["root"] / "download_data.sh"), "--synthetic"]
     result = subprocess.run([*script, "2", "--width", "24", "--height", "16", "--workers", "1", "--out", "relsyn"],
                             cwd=caller, env=workspace["env"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert len(list((caller / "relsyn" / "imgs").iterdir())) == 2 and not (workspace["root"] / "relsyn").exists()
+    result = subprocess.run([*script, "2", "--width", "24", "--height", "16", "--workers", "1", "--out=other"],
+                            cwd=caller, env=workspace["env"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and len(list((caller / "other" / "masks").iterdir())) == 2, result.stderr
     (caller / "a_file").write_text("")
     for words, said in ((["-5"], "error: --count must be at least 1, got -5"),
                         (["2", "--out", ""], "error: --out must be a folder (data, /tmp/synthetic), got ''"),
-                        (["2", "--out", "a_file"], "error: cannot make the folder a_file/imgs for --out (a_file is "
-                                                   "a file, not a folder): pick another path")):
+                        (["2", "--out", "a_file"], f"error: cannot make the folder {caller}/a_file/imgs for --out "
+                                                   f"({caller}/a_file is a file, not a folder): pick another path")):
         result = subprocess.run([*script, *words], cwd=caller, env=workspace["env"], capture_output=True,
                                 text=True, timeout=120)
         assert (result.returncode, result.stderr.strip()) == (2, said), words
