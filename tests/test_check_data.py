@@ -511,9 +511,9 @@ def test_inspection_counts_sizes_channels_and_encodings_and_records_16_bit_mode(
     assert inspect_image(imgs / "s3.png") == {"width": 40, "height": 30, "channels": 1, "mode": "I;16",
                                                 "orientation": 1}
     cache = json.loads((masks / CACHE_NAME).read_text())["files"]
-    assert cache["image:s3.png"]["record"]["mode"] == "I;16"
-    assert cache["image:s0.png"]["record"] == {"width": 48, "height": 32, "channels": 3, "mode": "RGB",
-                                               "orientation": 1}
+    assert cache[f"image:{(imgs / 's3.png').absolute()}"]["record"]["mode"] == "I;16"
+    assert cache[f"image:{(imgs / 's0.png').absolute()}"]["record"] == {"width": 48, "height": 32, "channels": 3,
+                                                                       "mode": "RGB", "orientation": 1}
     assert "48x32 (2), 40x30 (2); grayscale (2), RGB (2)" in check.report()
 
 
@@ -533,8 +533,10 @@ def test_second_check_decodes_nothing_and_the_cache_lives_in_the_masks_folder_on
     assert sorted(p.name for p in (tmp_path / "imgs").iterdir()) == images_before
     assert (tmp_path / "masks" / CACHE_NAME).is_file()
     keys = json.loads((tmp_path / "masks" / CACHE_NAME).read_text())["files"]
-    assert {"image:trunc.jpg", "image:good0.png", "mask:junk_mask.png", "mask:good0_mask.png"} <= set(keys)
-    assert "error" in keys["image:trunc.jpg"]["record"]
+    trunc = f"image:{(tmp_path / 'imgs' / 'trunc.jpg').absolute()}"  # kept with the masks, by absolute path
+    assert {trunc, f"image:{(tmp_path / 'imgs' / 'good0.png').absolute()}", "mask:junk_mask.png",
+            "mask:good0_mask.png"} <= set(keys)
+    assert "error" in keys[trunc]["record"]
 
 
 # --- train.py on the broken folder ----------------------------------------------------------------------------------
@@ -956,4 +958,17 @@ def test_the_cache_forgets_files_gone_and_is_read_once_per_check(tmp_path, monke
     check = check_dataset(imgs, masks, workers=1)
     assert len(check.pairs) == 2 and reads == [masks / CACHE_NAME]
     keys = json.loads((masks / CACHE_NAME).read_text())["files"]
-    assert sorted(keys) == ["image:renamed.png", "image:s1.png", "mask:renamed.png", "mask:s1.png"]
+    assert sorted(keys) == [f"image:{imgs.absolute()}/renamed.png", f"image:{imgs.absolute()}/s1.png",
+                            "mask:renamed.png", "mask:s1.png"]
+    # found by the review of that change: image folders sharing one mask folder keep each other's entries
+    other = tmp_path / "other_imgs"
+    other.mkdir()
+    for name in ("renamed.png", "s1.png"):
+        (other / name).write_bytes((imgs / name).read_bytes())
+    check_dataset(other, masks, workers=1)
+    scanned = []
+    real_inspect = check_data._inspect_one
+    monkeypatch.setattr(check_data, "_inspect_one", lambda kind, path: scanned.append(path) or real_inspect(kind, path))
+    check_dataset(imgs, masks, workers=1)
+    check_dataset(other, masks, workers=1)
+    assert scanned == []

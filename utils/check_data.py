@@ -61,9 +61,10 @@ from .mask_encoding import (
 from .signals import signals_held_for_new_processes, take_held_signals
 
 CACHE_NAME = ".unet_check_cache.json"
-CACHE_VERSION = 9  # 3: misnamed files and files over --max-image-pixels are unreadable; 4: JPEG masks noted;
+CACHE_VERSION = 10  # 3: misnamed files and files over --max-image-pixels are unreadable; 4: JPEG masks noted;
 # 5: EXIF orientation of images noted; 6: interior pixels of each mask value; 7: EXIF orientation of masks noted;
-# 8: RGBA images counted as 4 bands, and whether the fourth varies; 9: int16 and float masks named as such
+# 8: RGBA images counted as 4 bands, and whether the fourth varies; 9: int16 and float masks named as such;
+# 10: entries of files outside the cache's folder (images) keyed by absolute path, and dropped once gone
 
 # a pair's fix (data_loading.size_mismatch) as said of all the mismatched pairs
 FIXES_OF_ALL = {TURNED_IMAGE_FIX: f"the masks were drawn on the images as viewers show them: {UPRIGHT_FIX}",
@@ -168,14 +169,20 @@ def inspect_files(
         return []
     cache_file = Path(cache_dir or paths[0].parent) / CACHE_NAME
     cache = _read_cache(cache_file)
-    records, changed = _inspect_with_cache(paths, kind, workers, cache)
+    records, changed = _inspect_with_cache(paths, kind, workers, cache, cache_file.parent)
     if changed:
         _write_cache(cache_file, cache)
     return records
 
 
-def _inspect_with_cache(paths: Sequence[Path], kind: str, workers: int | None, cache: dict[str, Any]
-                        ) -> tuple[list[dict[str, Any]], bool]:
+def _cache_key(kind: str, path: Path, folder: Path) -> str:
+    """Files beside the cache by name (it moves with its folder); others (images, whose entries are kept with
+    the masks) by absolute path, so that image folders sharing a mask folder keep their own entries."""
+    return f"{kind}:{path.name}" if path.parent == folder else f"{kind}:{path.absolute()}"
+
+
+def _inspect_with_cache(paths: Sequence[Path], kind: str, workers: int | None, cache: dict[str, Any],
+                        folder: Path) -> tuple[list[dict[str, Any]], bool]:
     """inspect_files' work on a cache read by the caller: the records, and whether the cache changed (files
     scanned, or entries of files gone from the folder dropped, so that renames do not grow it without end)."""
     if not paths:
@@ -188,12 +195,12 @@ def _inspect_with_cache(paths: Sequence[Path], kind: str, workers: int | None, c
             key = [stat.st_size, stat.st_mtime_ns]
         except OSError:  # a broken link, or a file gone since the listing: inspected (and reported) each time
             key = None
-        entry = cache.get(f"{kind}:{path.name}") or {}
+        entry = cache.get(_cache_key(kind, path, folder)) or {}
         if key is not None and entry.get("key") == key and "record" in entry and _verdict_holds(entry["record"]):
             records[index] = entry["record"]
         else:
             stale.append(index)
-            cache[f"{kind}:{path.name}"] = {"key": key}
+            cache[_cache_key(kind, path, folder)] = {"key": key}
     if stale:
         workers = workers if workers is not None else min(8, os.cpu_count() or 1)
         kinds, names = [kind] * len(stale), [str(paths[i]) for i in stale]
@@ -212,10 +219,10 @@ def _inspect_with_cache(paths: Sequence[Path], kind: str, workers: int | None, c
             scanned = [_inspect_one(k, n) for k, n in zip(kinds, names)]
         for index, record in zip(stale, scanned):
             records[index] = record
-            cache[f"{kind}:{paths[index].name}"]["record"] = record
-    listed, folder, prefix = {path.name for path in paths}, paths[0].parent, f"{kind}:"
-    gone = [key for key in cache if key.startswith(prefix) and key[len(prefix):] not in listed
-            and not (folder / key[len(prefix):]).exists()]
+            cache[_cache_key(kind, paths[index], folder)]["record"] = record
+    listed, prefix = {_cache_key(kind, path, folder) for path in paths}, f"{kind}:"
+    gone = [key for key in cache if key.startswith(prefix) and key not in listed
+            and not (folder / key[len(prefix):]).exists()]  # an absolute path stays itself under folder /
     for key in gone:
         del cache[key]
     return records, bool(stale or gone)  # type: ignore[return-value]
@@ -573,7 +580,7 @@ def check_dataset(
     cache = _read_cache(cache_file)  # once: it holds an entry per file, 7.5 MB for 20,000 pairs
     records = []
     for kind, paths in (("image", [p.image for p in pairing.pairs]), ("mask", [p.mask for p in pairing.pairs])):
-        kind_records, changed = _inspect_with_cache(paths, kind, workers, cache)
+        kind_records, changed = _inspect_with_cache(paths, kind, workers, cache, Path(masks))
         if changed:  # after each kind: a Ctrl-C during the masks keeps the images' scans
             _write_cache(cache_file, cache)
         records.append(kind_records)
