@@ -938,10 +938,14 @@ def test_labels_no_mask_file_can_hold_stop_training_before_it_starts(tmp_path: P
     assert not (tmp_path / "run" / "last.pth").exists()
     ignored = check_dataset(tmp_path / "imgs", tmp_path / "masks", ignore_value=-1, workers=1)
     assert not ignored.problems and ignored.mask_values == [0, 5]
-    for dtype, name in ((np.float32, "float labels"), (np.int32, "32-bit labels"), (np.uint8, "8-bit labels")):
+    for dtype, name in ((np.float32, "float labels"), (np.int32, "16-bit labels"), (np.uint8, "8-bit labels")):
         for i, mask in enumerate(masks):
             np.save(tmp_path / "masks" / f"s{i}.npy", mask.clip(0).astype(dtype))
         assert f"masks: {name} (2)" in check_dataset(tmp_path / "imgs", tmp_path / "masks", workers=1).report()
+    for i, mask in enumerate(masks):  # found by a review: a 32-bit TIFF's 70000 was called 16-bit
+        (tmp_path / "masks" / f"s{i}.npy").unlink()
+        Image.fromarray(mask.clip(0).astype(np.int32) * 14000).save(tmp_path / "masks" / f"s{i}.tif")
+    assert "masks: 32-bit labels (2)" in check_dataset(tmp_path / "imgs", tmp_path / "masks", workers=1).report()
 
 
 def test_the_cache_forgets_files_gone_and_is_read_once_per_check(tmp_path, monkeypatch) -> None:

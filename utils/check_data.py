@@ -130,8 +130,8 @@ def inspect_mask(path: Path) -> dict[str, Any]:
         record["encoding"] = "float labels"
     elif mask.dtype.itemsize == 1:
         record["encoding"] = "8-bit labels"
-    elif mode in ("I;16", "I;16B", "I") or mask.dtype.itemsize == 2:  # Pillow reads 16-bit files as I;16 or I
-        record["encoding"] = "16-bit labels"
+    elif mask.dtype.itemsize == 2 or (mask.size and -2**15 <= mask.min() and mask.max() < 2**16):
+        record["encoding"] = "16-bit labels"  # also a signed 16-bit TIFF, which Pillow reads as 32-bit "I"
     else:
         record["encoding"] = f"{mask.dtype.itemsize * 8}-bit labels"
     return record
