@@ -473,8 +473,10 @@ def keep_run_settings(args: argparse.Namespace, resumed: dict, resume_file: Path
     # the run goes on with its own (each checked: a hand-edited value is left out, not an error about a flag)
     for name, said, valid in (("epochs", "{flag} {value} (give {flag} to train longer or shorter)", _whole),
                               ("max_bad_steps", "{flag} {value} (give {flag} to change it)", _whole),
-                              # full precision chosen for the run is kept; the others follow the machine (auto)
-                              ("precision", "{flag} {value} (give {flag} auto to change it)", lambda v: v == "fp32"),
+                              # full precision chosen for the run is kept, unless --amp asks for mixed precision;
+                              # the other precisions follow the machine (auto)
+                              ("precision", "{flag} {value} (give {flag} auto or --amp to change it)",
+                               lambda value: value == "fp32" and not args.amp),
                               ("save_every", "{flag} {value} (give {flag} to change it, 0 to stop)", _save_every),
                               ("keep_epochs", "{flag} (give --no-keep-epochs to stop keeping each epoch)",
                                lambda value: type(value) is bool)):

@@ -984,10 +984,11 @@ def test_resume_keeps_a_runs_full_precision_unless_typed(tmp_path: pathlib.Path)
     last = tmp_path / "last.pth"
     args = train.get_args_parser().parse_args(["--resume", "auto"])
     assert train.keep_run_settings(args, resumed, last) == [
-        f"note: {last} goes on with its own --precision fp32 (give --precision auto to change it)"]
+        f"note: {last} goes on with its own --precision fp32 (give --precision auto or --amp to change it)"]
     assert args.precision == "fp32"
-    args = train.get_args_parser().parse_args(["--resume", "auto", "--precision", "auto"])
-    assert train.keep_run_settings(args, resumed, last) == [] and args.precision == "auto"
+    for typed in (["--precision", "auto"], ["--amp"]):  # --amp: the fix train.py's out-of-memory message gives
+        args = train.get_args_parser().parse_args(["--resume", "auto", *typed])
+        assert train.keep_run_settings(args, resumed, last) == [] and args.precision == "auto"
     resumed["args"]["precision"] = "bf16"  # a GPU's choice: a CPU resume picks its own
     args = train.get_args_parser().parse_args(["--resume", "auto"])
     assert train.keep_run_settings(args, resumed, last) == [] and args.precision == "auto"
