@@ -91,6 +91,7 @@ from utils.mask_encoding import (
     check_classes,
     complete_mask_values,
     short_values,
+    unwritable_values,
 )
 from utils.nan_guard import NonFiniteGuard
 from utils.progress import progress_bar
@@ -888,6 +889,9 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     if len(mask_values) < max(args.classes, 2):  # classes the masks never show: the model still needs their values
         found = len(mask_values)
         mask_values = complete_mask_values(mask_values, args.classes, avoid=args.ignore_index)
+        if unwritable_values(mask_values):  # --ignore-index took one of the 65536 labels
+            raise UserError(f"--classes {args.classes} leaves a class without a label a mask file can hold (0 to "
+                            f"65535, but for --ignore-index {args.ignore_index}): use --classes {args.classes - 1}")
         extra = mask_values[found:]
         which = (f"class {found} never appears in them; predict.py writes it as {extra[0]}" if len(extra) == 1 else
                  f"classes {found} to {len(mask_values) - 1} never appear in them; predict.py writes them as {extra}")

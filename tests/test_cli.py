@@ -1586,9 +1586,9 @@ def test_every_script_takes_workers_binarize_and_folders_alike(tmp_path: Path) -
 def test_extra_classes_get_unused_labels_quickly() -> None:
     from utils.mask_encoding import complete_mask_values
 
-    values = complete_mask_values([0, 3, 255], 65536, avoid=1)
-    assert len(values) == 65536 and len(set(values)) == 65536 and 1 not in values
-    assert values[:6] == [0, 3, 255, 2, 4, 5] and values[-1] == 65536  # 1 avoided, 0 3 255 taken
+    values = complete_mask_values([0, 3, 255], 65535, avoid=1)
+    assert len(values) == 65535 and len(set(values)) == 65535 and 1 not in values
+    assert values[:6] == [0, 3, 255, 2, 4, 5] and values[-1] == 65535  # 1 avoided, 0 3 255 taken
 
 
 def test_empty_input_or_output_names_and_npy_outputs_are_refused_plainly(tmp_path: Path) -> None:
@@ -1662,3 +1662,14 @@ def test_a_folder_prediction_leaves_out_hidden_files(tmp_path: Path) -> None:
     result = run("predict.py", "-m", "m.pth", "-i", "imgs", "-o", "out/", "--scale", "1", cwd=tmp_path)
     assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["cell0.png"] and "skipped" not in \
         result.stderr
+
+
+def test_classes_beyond_the_labels_a_mask_file_holds_are_refused_before_training(tmp_path: Path) -> None:
+    """Found by a review: --classes 65536 with an --ignore-index gave a class the label 65536, which predict.py
+    then could not write."""
+    write_cells(tmp_path, 3)
+    result = run("train.py", "--imgs", "imgs", "--masks", "masks", "--classes", "65536", "--ignore-index", "7",
+                 "--checkpoint-dir", "run", *TRAIN_FLAGS, cwd=tmp_path, check=False)
+    assert (result.returncode, result.stderr.strip().splitlines()[-1]) == (
+        2, "error: --classes 65536 leaves a class without a label a mask file can hold (0 to 65535, but for "
+           "--ignore-index 7): use --classes 65535")
