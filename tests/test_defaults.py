@@ -78,6 +78,8 @@ def test_default_prediction_batch_fills_the_cpu_batch_pixels(tmp_path, side, sca
     assert default_prediction_batch(torch.device("cuda"), [path], scale) == 16
     np.save(tmp_path / "first.npy", np.zeros((side, side, 3), np.uint8))  # arrays: the size from the shape
     assert default_prediction_batch(CPU, [tmp_path / "first.npy"], scale) == expected
+    np.save(tmp_path / "first.npy", np.zeros((3, side, side), np.float32))  # channels first, as tensors are saved
+    assert default_prediction_batch(CPU, [tmp_path / "first.npy"], scale) == expected
     (tmp_path / "broken.png").write_bytes(b"not an image")
     assert default_prediction_batch(CPU, [tmp_path / "broken.png"], scale) == 1  # said when its turn comes
     assert default_prediction_batch(CPU, [tmp_path / "broken.png", path], scale) == expected
@@ -93,7 +95,8 @@ def test_default_prediction_batch_follows_the_largest_images_of_a_folder(tmp_pat
     Image.new("RGB", (32, 32)).save(tile)
     Image.new("RGB", (1024, 768)).save(photo)
     assert default_prediction_batch(CPU, [tile] * 1000, 1.0) == 64
-    assert default_prediction_batch(CPU, [tile] * 999 + [photo], 1.0) == 1  # every 3rd of 1000 is looked at
+    assert default_prediction_batch(CPU, [tile] * 999 + [photo], 1.0) == 1  # the last is among the 256 read
+    assert default_prediction_batch(CPU, [tile] * 500 + [photo] * 40 + [tile] * 500, 1.0) == 1
 
 
 @pytest.mark.parametrize("free_gib, dtype, checkpointing, expected", [

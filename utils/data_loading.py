@@ -362,9 +362,14 @@ def _read_mode(image: Image.Image) -> str | None:
     return "L" if mode in ("1", "LA") else "RGB"
 
 
+def _channels_first(shape: tuple[int, ...]) -> bool:
+    """CxHxW, as tensors are saved, rather than HxWxC."""
+    return len(shape) == 3 and shape[0] in (1, 3, 4) and shape[-1] not in (1, 3, 4)
+
+
 def _image_shape(source: Path | str, array: np.ndarray) -> np.ndarray:
     """HxWxC with C = 1, 3 or 4, from HxW, HxWxC or channels-first CxHxW (tensors saved that way)."""
-    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
+    if _channels_first(array.shape):
         array = array.transpose(1, 2, 0)
     _check_values(source, array)
     if array.ndim == 2:
@@ -473,9 +478,16 @@ def read_mask(path: Path) -> np.ndarray:
 
 
 def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) as stored, from the header (an array file is read: it has none)."""
+    """(width, height) as stored, from the header (a .npy's shape, without reading its values; a .pt is read)."""
     if path.suffix.lower() in (".npy", ".pt"):
-        height, width = _image_shape(path, _read_array(path)).shape[:2]
+        try:
+            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape if path.suffix.lower() == ".npy" \
+                else _read_array(path).shape
+        except UserError:
+            raise
+        except Exception as error:  # noqa: BLE001 - numpy raises a dozen types on bad files
+            raise _unreadable(path, error) from None
+        height, width = shape[1:3] if _channels_first(shape) else shape[:2]
         return width, height
     with open_image(path) as image:
         return image.size

@@ -119,9 +119,10 @@ def default_prediction_batch(device: torch.device, images: Sequence[Path], scale
     (a power of two; a folder of tiles with a few large photos batches by the photos); 1 when none reads."""
     if device.type == "cuda":
         return 16
-    step = max(1, len(images) // 256)
+    count = len(images)
+    spread = range(count) if count <= 256 else sorted({round(i * (count - 1) / 255) for i in range(256)})
     largest = 0
-    for path in images[::step]:
+    for path in (images[index] for index in spread):  # the first and the last among them
         try:
             width, height = scaled_size(*image_size(path), scale)
         except UserError:  # said when its turn comes
