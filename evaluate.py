@@ -215,7 +215,8 @@ def score_folders(args: argparse.Namespace, device: torch.device) -> dict:
     threshold, note = settle_mask_threshold(args.mask_threshold, model.n_classes)
     if note:
         print(note, file=sys.stderr)
-    if checkpoint.get("mask_values") is None:  # a reference state_dict: the values are the reference's guess
+    if checkpoint.get("mask_values") is None and model.n_classes > 2:  # a reference state_dict: values guessed
+        # (binary models read 0/1 and 0/255 masks alike, so only the guess for more classes is worth a word)
         print(f"note: {args.model} holds no mask_values, so its classes are taken to be the mask values "
               f"{short_values(model.mask_values)}; if its masks used others, add them to it, e.g. "
               "checkpoint['mask_values'] = [0, 255]", file=sys.stderr)

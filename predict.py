@@ -32,6 +32,7 @@ from utils.data_loading import (
     WorkerLoader,
     add_image_limit_argument,
     image_pixel_limit,
+    is_hidden,
     is_image_file,
     unread_format_note,
 )
@@ -129,8 +130,8 @@ def expand_inputs(inputs: list[str], keep_repeats: bool = False) -> tuple[list[P
         if not item.strip():  # Path("") is the current folder
             raise UserError("an --input is an empty name: give a file, a folder or a pattern ('imgs/*.jpg')")
         path = Path(item)
-        if path.is_dir():  # hidden files left out: macOS's ._x.jpg beside x.jpg on shared drives is no image
-            listed = sorted(child for child in path.iterdir() if not child.name.startswith("."))
+        if path.is_dir():
+            listed = sorted(child for child in path.iterdir() if not is_hidden(child))
         elif path.exists():
             paths.append(path)  # named explicitly: predicted whatever its name
             continue

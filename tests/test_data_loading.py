@@ -807,9 +807,9 @@ def test_names_spelled_in_either_unicode_form_pair(tmp_path):
     import unicodedata
 
     write_image(tmp_path / "imgs" / (unicodedata.normalize("NFD", "café") + ".png"), random_rgb(0))
-    write_image(tmp_path / "masks" / (unicodedata.normalize("NFC", "café") + "_mask.png"), disc_mask())
+    write_image(tmp_path / "masks" / (unicodedata.normalize("NFC", "café_masqué") + ".png"), disc_mask())
     write_image(tmp_path / "imgs" / "plain.png", random_rgb(1))
-    write_image(tmp_path / "masks" / "plain_mask.png", disc_mask())
-    pairs = list_pairs(tmp_path / "imgs", tmp_path / "masks", unicodedata.normalize("NFD", "_mask"))
+    write_image(tmp_path / "masks" / "plain_masqué.png", disc_mask())
+    pairs = list_pairs(tmp_path / "imgs", tmp_path / "masks", unicodedata.normalize("NFD", "_masqué"))  # as typed
     assert [pair.name for pair in pairs] == ["café", "plain"]
     assert pairs[0].image.name == unicodedata.normalize("NFD", "café") + ".png"

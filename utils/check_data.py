@@ -492,10 +492,10 @@ class DataCheck:
                          "--channels 4 reads all four")
         if self.one_value:
             hints.append(self.one_value_error())
-        if self.unwritable_values:
-            hints.append(self.unwritable_values_error())
         elif self.pairs and len(self.empty_masks) > len(self.pairs) / 2:
             hints.append("most masks are empty (background only): check the mask encoding or the folder")
+        if self.unwritable_values:
+            hints.append(self.unwritable_values_error())
         return hints
 
     def report(self, channels: int | None = None) -> str:

@@ -500,6 +500,11 @@ def require_folder(folder: Path, role: str) -> None:
         raise UserError(f"{role} folder {folder} {what}: pass --{role} DIR (see download_data.sh)")
 
 
+def is_hidden(path: Path) -> bool:
+    """.DS_Store, macOS's ._x.jpg beside x.jpg on shared drives, .gitkeep: never data."""
+    return path.name.startswith(".")
+
+
 def is_image_file(path: Path) -> bool:
     """A file of an image suffix in a listed folder; a broken link too, so that its reader reports it."""
     return path.suffix.lower() in IMAGE_SUFFIXES and (path.is_file() or path.is_symlink() and not path.exists())
@@ -512,7 +517,7 @@ def _files_by_stem(folder: Path, role: str, shared: bool = False) -> tuple[dict[
     files: dict[str, Path] = {}
     unread: list[Path] = []
     for path in sorted(folder.iterdir()):
-        if path.name.startswith("."):
+        if is_hidden(path):
             continue
         if not is_image_file(path):
             if path.suffix.lower() in UNREAD_IMAGE_SUFFIXES and path.is_file():

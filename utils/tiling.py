@@ -63,7 +63,7 @@ def sliding_window(
         crops = torch.stack([image[:, top:top + tile_h, left:left + tile_w] for top, left in chunk])
         logits = forward(crops).float()
         if total is None:
-            # float64 sums: a constant comes back exactly however many tiles overlap (fp32 drifts by ulps)
+            # float64 sums (but on MPS, which has none): a constant comes back exactly however many tiles overlap
             wide = sum_dtype(logits.device)
             total = logits.new_zeros((logits.shape[1], height, width), dtype=wide)
             weight_sum = logits.new_zeros((height, width), dtype=wide)
