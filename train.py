@@ -110,10 +110,11 @@ MAX_CROPS_PER_IMAGE = 10_000  # a 20000x20000 scan holds ~6,100 windows of 256x2
 # saved-tensor hooks on the CPU: 6.5 KB fp32 and 3.4 KB bf16 saved; activation checkpointing keeps ~4%.
 BYTES_PER_PIXEL = {"fp32": 8500, "half": 4500, "checkpointed": 1200}
 MAX_AUTO_BATCH = 16
-# A CPU step costs about the same per image at any batch size once a batch holds ~2**17 pixels; below that the
-# cost per call dominates (bench/cpu_batch_size.py, bf16: 32x32 images trained at 20.8/s 4 at a time and 43.9/s
-# 16 at a time, 64x64 at 12.9/s and 19.0/s, 128x128 at 4.5/s and 5.2/s, 256x256 at 1.3/s either way).
-CPU_TRAINING_BATCH_PIXELS = 2**17
+# Batches of 4 on a CPU, larger for tiny images only. Batching pays in images/s up to ~2**17 pixels a batch
+# (bench/cpu_batch_size.py, bf16: 32x32 images trained at 20.8/s 4 at a time and 43.9/s 16 at a time, 64x64 at
+# 12.9/s and 19.0/s), but fewer steps cost held-out Dice in equal wall-clock time on 64x64 tiles (-0.06 and
+# -0.08, two seeds) while 32x32 tiles gained (+0.08): bench/README.md, "Batch size by image size".
+CPU_TRAINING_BATCH_PIXELS = 2**14
 DATA_FOLDERS = (("imgs", Path("data/imgs")), ("masks", Path("data/masks")))  # when --imgs/--masks are left out
 
 
@@ -228,8 +229,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--epochs", "-e", type=int, default=5, help="number of epochs (default: %(default)s)")
     optim.add_argument("--batch-size", "-b", type=int, default=None,
-                       help="images per step and process (default: 4 on a CPU; on a GPU the largest power of "
-                            "two up to 16 that fits its free memory)")
+                       help="images per step and process (default: 4 on a CPU, 16 for images of 32x32 or "
+                            "smaller; on a GPU the largest power of two up to 16 that fits its free memory)")
     optim.add_argument("--learning-rate", "-l", type=float, default=1e-4,
                        help="peak learning rate of AdamW, decayed by a cosine (default: %(default)s)")
     optim.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (default: %(default)s)")
