@@ -8,7 +8,6 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
-from multiprocessing import forkserver, resource_tracker
 from types import FrameType, TracebackType
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -83,11 +82,15 @@ def signals_held_for_new_processes(start_method: str | None = None) -> Iterator[
     method = (start_method or multiprocessing.get_start_method(allow_none=True)
               or multiprocessing.get_all_start_methods()[0])  # the default, without fixing it
     if method == "forkserver":
+        from multiprocessing import forkserver  # imported where it exists: not on Windows
+
         forkserver.ensure_running()
     if not hasattr(signal, "pthread_sigmask") or method == "forkserver":
         yield
         return
     if method != "fork":  # multiprocessing's resource tracker, started first: starting it unblocks both signals
+        from multiprocessing import resource_tracker
+
         resource_tracker.ensure_running()
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
     try:
