@@ -21,13 +21,15 @@ if [ "${1:-}" = "--synthetic" ]; then
     args=()
     while [ $# -gt 0 ]; do  # --out DIR is in the caller's folder (this script runs from its own)
         case "$1" in
-            --out) args+=("$1"); [ $# -gt 1 ] && { args+=("$(from_caller "$2")"); shift; } ;;
+            --out) args+=("$1"); [ $# -gt 1 ] && [ "${2#--}" = "$2" ] && { args+=("$(from_caller "$2")"); shift; } ;;
             --out=*) args+=("--out=$(from_caller "${1#--out=}")") ;;
             *) args+=("$1") ;;
         esac
         shift
     done
-    exec "$PYTHON" -m utils.synthetic_data --out data --count "$count" ${args[@]+"${args[@]}"}
+    # this folder first on the path, also under PYTHONSAFEPATH: a caller's own utils/ must not stand in for ours
+    PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" exec "$PYTHON" -m utils.synthetic_data --out "$PWD/data" \
+        --count "$count" ${args[@]+"${args[@]}"}
 fi
 if [ $# -gt 0 ]; then
     echo "usage: $0 [--synthetic [N] [--width W --height H] [--seed S] [--out DIR]]" >&2

@@ -230,7 +230,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     optim.add_argument("--epochs", "-e", type=int, default=5, help="number of epochs (default: %(default)s)")
     optim.add_argument("--batch-size", "-b", type=int, default=None,
                        help="images per step and process (default: 4 on a CPU, 16 for images of 32x32 or "
-                            "smaller; on a GPU the largest power of two up to 16 that fits its free memory)")
+                            "smaller, 8 up to 45x45; on a GPU the largest power of two up to 16 that fits its free "
+                            "memory)")
     optim.add_argument("--learning-rate", "-l", type=float, default=1e-4,
                        help="peak learning rate of AdamW, decayed by a cosine (default: %(default)s)")
     optim.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (default: %(default)s)")
@@ -475,14 +476,15 @@ def keep_run_settings(args: argparse.Namespace, resumed: dict, resume_file: Path
     # the run goes on with its own (each checked: a hand-edited value is left out, not an error about a flag)
     for name, said, valid in (("epochs", "{flag} {value} (give {flag} to train longer or shorter)", _whole),
                               ("max_bad_steps", "{flag} {value} (give {flag} to change it)", _whole),
-                              # full precision chosen for the run is kept, unless --amp asks for mixed precision;
-                              # the other precisions follow the machine (auto)
+                              # full precision chosen for the run; the others follow the machine (auto)
                               ("precision", "{flag} {value} (give {flag} auto or --amp to change it)",
-                               lambda value: value == "fp32" and not args.amp),
+                               lambda value: value == "fp32"),
                               ("save_every", "{flag} {value} (give {flag} to change it, 0 to stop)", _save_every),
                               ("keep_epochs", "{flag} (give --no-keep-epochs to stop keeping each epoch)",
                                lambda value: type(value) is bool)):
         untyped = name not in typed if typed is not None else getattr(args, name) == parser.get_default(name)
+        if name == "precision" and args.amp:  # --amp typed now asks for mixed precision: the run's fp32 gives way
+            continue
         saved = saved_args.get(name)
         if untyped and valid(saved) and saved != getattr(args, name):
             setattr(args, name, saved)
@@ -815,7 +817,7 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
         if args.load:
             say(f"note: {resume_file} continues with its own weights; --load {args.load} is ignored",
                 file=sys.stderr)
-    precision = choose_precision(device, args.amp, args.precision)  # a resumed fp32 run stays fp32
+    precision = choose_precision(device, args.amp, args.precision)  # a resumed fp32 run's, unless --amp now
     resume_point = (str(resume_file), resumed["epoch"], resumed["step"], resumed.get("epoch_batches", 0)) \
         if resumed is not None else None
     check_same_everywhere(world, resume_point,

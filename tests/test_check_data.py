@@ -946,6 +946,10 @@ def test_labels_no_mask_file_can_hold_stop_training_before_it_starts(tmp_path: P
         (tmp_path / "masks" / f"s{i}.npy").unlink()
         Image.fromarray(mask.clip(0).astype(np.int32) * 14000).save(tmp_path / "masks" / f"s{i}.tif")
     assert "masks: 32-bit labels (2)" in check_dataset(tmp_path / "imgs", tmp_path / "masks", workers=1).report()
+    for i, mask in enumerate(masks):  # -1 and 40000: no 16-bit type holds both
+        (tmp_path / "masks" / f"s{i}.tif").unlink()
+        np.save(tmp_path / "masks" / f"s{i}.npy", np.where(mask == 5, 40000, mask.astype(np.int32)))
+    assert "masks: 32-bit labels (2)" in check_dataset(tmp_path / "imgs", tmp_path / "masks", workers=1).report()
 
 
 def test_the_cache_forgets_files_gone_and_is_read_once_per_check(tmp_path, monkeypatch) -> None:
@@ -975,4 +979,5 @@ def test_the_cache_forgets_files_gone_and_is_read_once_per_check(tmp_path, monke
     monkeypatch.setattr(check_data, "_inspect_one", lambda kind, path: scanned.append(path) or real_inspect(kind, path))
     check_dataset(imgs, masks, workers=1)
     check_dataset(other, masks, workers=1)
+    check_dataset(other / ".." / "other_imgs", masks, workers=1)  # another spelling of the same folder
     assert scanned == []

@@ -1673,3 +1673,16 @@ def test_classes_beyond_the_labels_a_mask_file_holds_are_refused_before_training
     assert (result.returncode, result.stderr.strip().splitlines()[-1]) == (
         2, "error: --classes 65536 leaves a class without a label a mask file can hold (0 to 65535, but for "
            "--ignore-index 7): use --classes 65535")
+
+
+def test_an_array_of_the_wrong_shape_is_skipped_when_the_batch_size_is_chosen(tmp_path: Path) -> None:
+    """Found by a review: sizing the CPU batch read a 1-D .npy's shape and ended in a traceback."""
+    (tmp_path / "in").mkdir()
+    np.save(tmp_path / "in" / "good.npy", np.zeros((32, 32, 3), np.uint8))
+    np.save(tmp_path / "in" / "flat.npy", np.zeros(64, np.uint8))
+    torch.save({**UNet(3, 2, base_channels=4).state_dict(), "mask_values": [0, 255]}, tmp_path / "m.pth")
+    result = run("predict.py", "-m", "m.pth", "-i", "in", "-o", "out/", "--scale", "1", "--workers", "0",
+                 cwd=tmp_path, check=False)
+    assert result.returncode == 1 and (tmp_path / "out" / "good.png").exists()
+    assert "flat.npy has shape (64,): expected HxW, HxWx3, HxWx4 or channels first (3xHxW)" in result.stdout + \
+        result.stderr

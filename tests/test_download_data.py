@@ -143,6 +143,16 @@ def test_synthetic_out_is_read_from_the_callers_folder(workspace: dict, tmp_path
     result = subprocess.run([*script, "2", "--width", "24", "--height", "16", "--workers", "1", "--out=other"],
                             cwd=caller, env=workspace["env"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and len(list((caller / "other" / "masks").iterdir())) == 2, result.stderr
+    # found by the review of that: the default folder was reported as a relative data/ the caller does not have,
+    # an abbreviated --ou went past the caller-folder rule, and PYTHONSAFEPATH=1 lost our utils/
+    result = subprocess.run([*script, "1", "--width", "24", "--height", "16", "--workers", "1"], cwd=caller,
+                            env={**workspace["env"], "PYTHONSAFEPATH": "1"}, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"wrote 1 images to {workspace['root'] / 'data' / 'imgs'}")
+    result = subprocess.run([*script, "1", "--ou", "abbreviated"], cwd=caller, env=workspace["env"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "unrecognized arguments: --ou abbreviated" in result.stderr
     (caller / "a_file").write_text("")
     for words, said in ((["-5"], "error: --count must be at least 1, got -5"),
                         (["2", "--out", ""], "error: --out must be a folder (data, /tmp/synthetic), got ''"),

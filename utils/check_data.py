@@ -64,7 +64,8 @@ CACHE_NAME = ".unet_check_cache.json"
 CACHE_VERSION = 10  # 3: misnamed files and files over --max-image-pixels are unreadable; 4: JPEG masks noted;
 # 5: EXIF orientation of images noted; 6: interior pixels of each mask value; 7: EXIF orientation of masks noted;
 # 8: RGBA images counted as 4 bands, and whether the fourth varies; 9: int16 and float masks named as such;
-# 10: entries of files outside the cache's folder (images) keyed by absolute path, and dropped once gone
+# 10: entries of files outside the cache's folder (images) keyed by absolute path, and dropped once gone; label
+# masks named by their type and values
 
 # a pair's fix (data_loading.size_mismatch) as said of all the mismatched pairs
 FIXES_OF_ALL = {TURNED_IMAGE_FIX: f"the masks were drawn on the images as viewers show them: {UPRIGHT_FIX}",
@@ -130,11 +131,16 @@ def inspect_mask(path: Path) -> dict[str, Any]:
         record["encoding"] = "float labels"
     elif mask.dtype.itemsize == 1:
         record["encoding"] = "8-bit labels"
-    elif mask.dtype.itemsize == 2 or (mask.size and -2**15 <= mask.min() and mask.max() < 2**16):
+    elif mask.dtype.itemsize == 2 or _fits_16_bits(values):
         record["encoding"] = "16-bit labels"  # also a signed 16-bit TIFF, which Pillow reads as 32-bit "I"
     else:
         record["encoding"] = f"{mask.dtype.itemsize * 8}-bit labels"
     return record
+
+
+def _fits_16_bits(values: list[int]) -> bool:
+    """Labels a signed or an unsigned 16-bit type holds (values sorted, as value_counts gives them)."""
+    return not values or -2**15 <= values[0] and values[-1] < 2**15 or 0 <= values[0] and values[-1] < 2**16
 
 
 def _inspect_one(kind: str, path: str) -> dict[str, Any]:
@@ -178,7 +184,7 @@ def inspect_files(
 def _cache_key(kind: str, path: Path, folder: Path) -> str:
     """Files beside the cache by name (it moves with its folder); others (images, whose entries are kept with
     the masks) by absolute path, so that image folders sharing a mask folder keep their own entries."""
-    return f"{kind}:{path.name}" if path.parent == folder else f"{kind}:{path.absolute()}"
+    return f"{kind}:{path.name}" if path.parent == folder else f"{kind}:{os.path.abspath(path)}"  # without ..
 
 
 def _inspect_with_cache(paths: Sequence[Path], kind: str, workers: int | None, cache: dict[str, Any],

@@ -487,6 +487,8 @@ def image_size(path: Path) -> tuple[int, int]:
             raise
         except Exception as error:  # noqa: BLE001 - numpy raises a dozen types on bad files
             raise _unreadable(path, error) from None
+        if len(shape) not in (2, 3):
+            raise UserError(f"{path} has shape {shape}: expected HxW, HxWx3, HxWx4 or channels first (3xHxW)")
         height, width = shape[1:3] if _channels_first(shape) else shape[:2]
         return width, height
     with open_image(path) as image:

@@ -111,16 +111,18 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
 # 128x128 at 10.9/s and 16.9/s (16), 256x256 at 3.8/s and 4.3/s (4); a CPU's cost per call dominates small images.
 CPU_BATCH_PIXELS = 2**18
 MAX_CPU_BATCH = 64
+SIZES_LOOKED_AT = 256  # image headers read to choose it: a folder of 100,000 tiles is not read twice
 
 
 def default_prediction_batch(device: torch.device, images: Sequence[Path], scale: float) -> int:
     """predict.py's and evaluate.py's --batch-size when left out: 16 on a GPU (within --max-memory); on a CPU
-    as many images of the largest size among up to 256 of them, spread over the list, as fill CPU_BATCH_PIXELS
+    as many images of the largest size among SIZES_LOOKED_AT of them, spread over the list, as fill CPU_BATCH_PIXELS
     (a power of two; a folder of tiles with a few large photos batches by the photos); 1 when none reads."""
     if device.type == "cuda":
         return 16
-    count = len(images)
-    spread = range(count) if count <= 256 else sorted({round(i * (count - 1) / 255) for i in range(256)})
+    count, looked_at = len(images), SIZES_LOOKED_AT
+    spread = range(count) if count <= looked_at else \
+        sorted({round(i * (count - 1) / (looked_at - 1)) for i in range(looked_at)})
     largest = 0
     for path in (images[index] for index in spread):  # the first and the last among them
         try:

@@ -183,7 +183,7 @@ def make_synthetic_carvana(out_dir: str | Path, count: int = 48, width: int = 19
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m utils.synthetic_data",
+    parser = argparse.ArgumentParser(prog="python -m utils.synthetic_data", allow_abbrev=False,  # download_data.sh
                                      description="Write a synthetic dataset in the Kaggle Carvana format.")
     parser.add_argument("--out", default="data", metavar="DIR", help="output folder for imgs/ and masks/")
     parser.add_argument("--count", type=int, default=48, metavar="N", help="number of image/mask pairs")
@@ -202,7 +202,8 @@ def main(args: argparse.Namespace) -> int:
     check_flag("--out", repr(args.out), args.out.strip() != "", "a folder (data, /tmp/synthetic)")
     imgs, masks = Path(args.out) / "imgs", Path(args.out) / "masks"
     held = [folder for folder in (imgs, masks)
-            if folder.is_dir() and any(not path.name.startswith(".") for path in folder.iterdir())]
+            if folder.is_dir() and any(not path.name.startswith(".") for path in folder.iterdir())]  # as is_hidden
+    # (data_loading's, not imported: it would bring torch into a script that only writes files)
     if held:  # writing beside them would mix two data sets (the same seed also rewrites some of the names)
         raise UserError(f"{held[0]} already holds files: give --out another folder (download_data.sh --synthetic "
                         f"takes it too), or empty {imgs} and {masks} first")
