@@ -981,3 +981,12 @@ def test_the_cache_forgets_files_gone_and_is_read_once_per_check(tmp_path, monke
     check_dataset(other, masks, workers=1)
     check_dataset(other / ".." / "other_imgs", masks, workers=1)  # another spelling of the same folder
     assert scanned == []
+
+
+def test_mostly_empty_masks_get_their_hint_beside_other_hints(tmp_path) -> None:
+    """The empty-masks hint hangs on one_value's branch only (a review found it had slipped onto another's)."""
+    empty = np.zeros_like(box_mask())
+    check = check_dataset(*write_pairs_with(tmp_path, [empty, empty, box_mask()]), workers=1)
+    assert "most masks are empty (background only): check the mask encoding or the folder" in check.suggestions()
+    one_value = check_dataset(*write_pairs_with(tmp_path / "all_empty", [empty, empty]), workers=1)
+    assert not any("most masks are empty" in hint for hint in one_value.suggestions())  # one_value says it
