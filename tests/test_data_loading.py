@@ -813,3 +813,20 @@ def test_names_spelled_in_either_unicode_form_pair(tmp_path):
     pairs = list_pairs(tmp_path / "imgs", tmp_path / "masks", unicodedata.normalize("NFD", "_masqué"))  # as typed
     assert [pair.name for pair in pairs] == ["café", "plain"]
     assert pairs[0].image.name == unicodedata.normalize("NFD", "café") + ".png"
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "pthread_sigmask"), reason="no signal masks (Windows)")
+def test_forkserver_workers_hold_nothing_and_the_server_is_not_left_holding() -> None:
+    """Found by a review: a forkserver first started while signals were held kept them held for good, so every
+    later process it forked began with SIGINT and SIGTERM blocked (and terminate() could not stop it)."""
+    import multiprocessing
+    import signal
+
+    from utils.data_loading import WorkerLoader
+
+    context = multiprocessing.get_context("forkserver")
+    for _ in range(2):  # the second loader's workers come from the server the first one started
+        (item,) = list(WorkerLoader(_ReportsWorkerSignals(), batch_size=None, num_workers=1,
+                                    multiprocessing_context=context))
+        assert not {int(signal.SIGINT), int(signal.SIGTERM)} & set(item["held_on_arrival"].tolist())
+        assert not item["sigint_default"]
