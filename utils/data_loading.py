@@ -375,8 +375,12 @@ def _image_shape(source: Path | str, array: np.ndarray) -> np.ndarray:
     if array.ndim == 2:
         array = array[..., None]
     if array.ndim != 3 or array.shape[-1] not in (1, 3, 4):
-        raise UserError(f"{source} has shape {array.shape}: expected HxW, HxWx3, HxWx4 or channels first (3xHxW)")
+        raise _shape_error(source, array.shape)
     return array
+
+
+def _shape_error(source: Path | str, shape: tuple[int, ...]) -> UserError:
+    return UserError(f"{source} has shape {shape}: expected HxW, HxWx3, HxWx4 or channels first (3xHxW)")
 
 
 def read_image(path: Path, channels: int = 3, reduce_to: tuple[int, int] | None = None) -> np.ndarray:
@@ -488,7 +492,7 @@ def image_size(path: Path) -> tuple[int, int]:
         except Exception as error:  # noqa: BLE001 - numpy raises a dozen types on bad files
             raise _unreadable(path, error) from None
         if len(shape) not in (2, 3):
-            raise UserError(f"{path} has shape {shape}: expected HxW, HxWx3, HxWx4 or channels first (3xHxW)")
+            raise _shape_error(path, shape)
         height, width = shape[1:3] if _channels_first(shape) else shape[:2]
         return width, height
     with open_image(path) as image:
