@@ -14,7 +14,9 @@ import glob
 import os
 import re
 import sys
+import tempfile
 import time
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -210,23 +212,59 @@ def where(path: Path) -> Path:
         return path.absolute()
 
 
+def case_insensitive(folder: Path) -> bool:
+    """Whether names that differ only in case name one file in folder (macOS's and Windows' disks, and some Linux
+    folders): a probe file says, since the platform alone does not."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".case-probe-") as probe:
+            name = Path(probe.name)
+            return name.with_name(name.name.upper()).exists()
+    except OSError:  # not there yet, or read-only: no output is written there before make_folder
+        return sys.platform in ("darwin", "win32")
+
+
+def _folder_identity(folder: Path) -> object:
+    try:
+        status = folder.stat()
+        return status.st_dev, status.st_ino  # the same folder typed in two cases
+    except OSError:
+        return folder
+
+
 def check_distinct(inputs: list[Path], outputs: list[list[Path]], masks: bool = True) -> None:
     """No output may overwrite an input image (its own, or one not read yet) or another output. outputs[i]: input
-    i's files: its mask first (unless masks is False: --no-save), then its overlay, viz or probabilities files."""
-    sources = {where(source): source for source in inputs}
-    seen: dict[Path, Path] = {}
-    for source, files in zip(inputs, outputs):
-        for index, file in enumerate(files):
+    i's files: its mask first (unless masks is False: --no-save), then its overlay, viz or probabilities files.
+    Where the output folder does not tell case apart, Cat.png and cat.png are one file."""
+    probed: dict[object, bool] = {}  # output folders only: nothing is written to probe an input's folder
+
+    def key(path: Path, probe: bool) -> tuple:
+        resolved = where(path)
+        folder = _folder_identity(resolved.parent)
+        if probe and folder not in probed:
+            probed[folder] = case_insensitive(resolved.parent)
+        if not probed.get(folder):
+            return folder, resolved.name
+        return folder, unicodedata.normalize("NFC", resolved.name).casefold()  # macOS's: nor NFC from NFD
+
+    keyed = [[key(file, True) for file in files] for files in outputs]
+    sources = {key(source, False): source for source in inputs}
+    seen: dict[tuple, tuple[Path, Path]] = {}
+    for source, files, keys in zip(inputs, outputs, keyed):
+        for index, (file, file_key) in enumerate(zip(files, keys)):
             what = "the mask" if index == 0 and masks else f"the output {file.name}"
-            resolved = where(file)
-            if resolved in sources:
-                whose = "it" if sources[resolved] == source else f"the input {sources[resolved]}"
+            if file_key in sources:
+                whose = "it" if sources[file_key] == source else f"the input {sources[file_key]}"
                 raise UserError(f"{what} of {source} would overwrite {whose}: choose another --output")
-            if resolved in seen:
+            if file_key in seen:
+                other, other_file = seen[file_key]
+                if other_file.name != file.name and other_file.name.casefold() == file.name.casefold():
+                    raise UserError(f"{other} and {source} would write {other_file.name} and {file.name}, one file "
+                                    f"in {file.parent}, which does not tell case apart: predict them into "
+                                    "different folders")
                 fix = ("give them different names, or predict them into different folders"
-                       if seen[resolved].stem == source.stem else "predict them into different folders")
-                raise UserError(f"{seen[resolved]} and {source} would both write {file}: {fix}")
-            seen[resolved] = source
+                       if other.stem == source.stem else "predict them into different folders")
+                raise UserError(f"{other} and {source} would both write {file}: {fix}")
+            seen[file_key] = source, file
 
 
 def check_name_lengths(inputs: list[Path], outputs: list[list[Path]]) -> None:

@@ -578,6 +578,30 @@ def test_predict_outputs_never_replace_an_input_or_each_other(tmp_path: Path, ca
     assert len(predict.expand_inputs([str(tmp_path / "b.png")] * 2, keep_repeats=True)[0]) == 2
 
 
+def test_predict_outputs_that_differ_only_in_case_clash_where_the_disk_ignores_case(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Suspected by a portability review: on macOS's and Windows' disks Cat.jpg and cat.png from two folders would
+    write Cat.png and cat.png, one file, so one mask replaced the other without a word. No such disk here (a casefold
+    ext4 cannot be mounted in this container), so the probe's answer is stood in for."""
+    import predict
+
+    assert predict.case_insensitive(tmp_path) is False  # this machine's disk, probed
+    assert list(tmp_path.iterdir()) == []  # the probe file is gone
+    inputs = [tmp_path / "a" / "Cat.jpg", tmp_path / "b" / "cat.png"]
+    assert predict.output_paths(inputs, [str(tmp_path / "out")]) == [tmp_path / "out" / "Cat.png",
+                                                                      tmp_path / "out" / "cat.png"]
+    probed = []
+    monkeypatch.setattr(predict, "case_insensitive", lambda folder: probed.append(folder) or True)
+    with pytest.raises(UserError, match=r"Cat.jpg and .*cat.png would write Cat.png and cat.png, one file in .*out, "
+                                        r"which does not tell case apart: predict them into different folders"):
+        predict.output_paths(inputs, [str(tmp_path / "out")])
+    assert probed == [tmp_path / "out"]  # output folders only: nothing is written into an input's folder
+    (tmp_path / "out" / "X.PNG").write_bytes(b"")  # an input that its own mask, x.png, would replace
+    with pytest.raises(UserError, match=r"the mask of .*X.PNG would overwrite it"):
+        predict.output_paths([tmp_path / "out" / "X.PNG"], [str(tmp_path / "out" / "x.png")])
+    assert predict.output_paths([tmp_path / "a" / "Cat.jpg", tmp_path / "b" / "dog.png"], [str(tmp_path / "out")])
+
+
 def test_load_takes_the_architecture_from_the_weights_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     import train
 
