@@ -25,7 +25,7 @@ from torch import nn
 from utils.atomic_files import atomic_path
 from utils.checkpoint import inference_scale, load_model
 from utils.errors import UserError, check_output_file, counted, run_cli
-from utils.mask_encoding import MaskValue
+from utils.mask_encoding import MaskValue, encoding_table
 
 FORMATS = ("onnx", "torchscript")
 FORMAT_OF_SUFFIX = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript"}
@@ -117,6 +117,15 @@ def plain_mask_values(values: list[MaskValue]) -> list[MaskValue]:
     return [[int(c) for c in value] if isinstance(value, (list, tuple)) else int(value) for value in values]
 
 
+def written_values(model: nn.Module) -> list[MaskValue] | None:
+    """The pixel value predict.py writes for each class (0/1 masks as 0/255), or None where no mask file can hold
+    the model's values (an old checkpoint's negative labels)."""
+    try:
+        return plain_mask_values(encoding_table(model.mask_values, model.ignore_value).tolist())
+    except UserError:
+        return None
+
+
 def export_metadata(model: nn.Module, checkpoint: dict[str, Any], scale: float) -> dict[str, Any]:
     """What a consumer needs to prepare an image and to turn the logits into a mask like predict.py writes."""
     one_class = model.n_classes == 1
@@ -124,6 +133,7 @@ def export_metadata(model: nn.Module, checkpoint: dict[str, Any], scale: float) 
         "n_channels": model.n_channels,
         "n_classes": model.n_classes,
         "mask_values": plain_mask_values(model.mask_values),
+        "written_values": written_values(model),
         "mask_palette": model.mask_palette,
         "scale": scale,
         "bilinear": model.bilinear,
@@ -132,14 +142,17 @@ def export_metadata(model: nn.Module, checkpoint: dict[str, Any], scale: float) 
         "input_dtype": "float32",
         "input_colour": {1: "L", 3: "RGB", 4: "RGB+band"}.get(model.n_channels),  # the fourth as stored, not alpha
         "input_divisor": 255,
+        "input_resize": "bicubic with antialiasing (as PIL's Image.BICUBIC); predict.py decodes a JPEG at reduced "
+                        "size first when scale < 1 (PIL's Image.draft to the scaled size), a small change of pixels",
         "input_from_16_bit_or_float": "each image's own range (min to max) stretched to 0..255 first; float images "
                                       "already within 0..1 only multiplied by 255",
         "output": "logits",
         "activation": "sigmoid" if one_class else "softmax",
         "decision": "sigmoid > 0.5" if one_class else "argmax",
-        "usage": "resize the image to int(scale * side), divide uint8 pixels by input_divisor (16-bit and float "
-                 "images: see input_from_16_bit_or_float); resize logits "
-                 "bilinearly to the image size, take the decision; class i is the mask value mask_values[i]",
+        "usage": "resize the image to int(scale * side) (see input_resize), divide uint8 pixels by input_divisor "
+                 "(16-bit and float images: see input_from_16_bit_or_float); resize logits bilinearly to the image "
+                 "size, take the decision; class i is the value mask_values[i] of the training masks, and "
+                 "predict.py writes it as written_values[i] (0/1 masks as 0/255, so that they are visible)",
         "source": Path(checkpoint["source"]).name,
     }
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_script
 from PIL import Image
 
 import export
@@ -126,6 +127,34 @@ def test_torchscript_runs_and_reads_metadata_without_this_repository(tmp_path: P
     logits = torch.load(tmp_path / "output.pt")
     assert logits.shape == (2, 1, 37, 53)
     assert abs(logits - pytorch_logits(checkpoint, batch)).max().item() < 1e-4
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+@pytest.mark.parametrize("ignore_index, written", [(None, [0, 255]), (255, [0, 1])])
+def test_metadata_says_the_values_predict_py_writes(tmp_path: Path, ignore_index: int | None,
+                                                     written: list[int]) -> None:
+    """Found by a review: the metadata gave 0/1 models' mask_values [0, 1], while predict.py writes their masks
+    0/255 (0/1 where 255 means "not labelled"), and nothing told a consumer which. Followed here as the metadata
+    says, the exported file gives predict.py's mask pixel for pixel."""
+    checkpoint = tmp_path / "binary.pth"
+    torch.manual_seed(3)
+    save_checkpoint(checkpoint, with_batchnorm_statistics(UNet(3, 2, base_channels=16), seed=3), [0, 1],
+                    scale=1.0, args={"ignore_index": ignore_index})
+    run_export("-m", checkpoint, "-o", tmp_path / "unet.pt")
+    pixels = (images(1, 3, 48, 80, seed=4)[0] * 255).round().to(torch.uint8)
+    Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(tmp_path / "car.png")
+    assert run_script("predict.py", "-m", checkpoint, "-i", tmp_path / "car.png", "-o", tmp_path / "mask.png",
+                      "--precision", "fp32", "--device", "cpu", cwd=REPO).returncode == 0
+    extra = {export.METADATA_FILE: ""}
+    model = torch.jit.load(tmp_path / "unet.pt", _extra_files=extra)
+    metadata = json.loads(extra[export.METADATA_FILE])
+    assert metadata["mask_values"] == [0, 1] and metadata["written_values"] == written
+    assert "bicubic" in metadata["input_resize"] and "written_values" in metadata["usage"]
+    with torch.no_grad():
+        classes = model(pixels[None].float() / metadata["input_divisor"]).argmax(1)[0].numpy()
+    expected = np.array(metadata["written_values"])[classes]
+    assert 0 < (expected > 0).mean() < 1  # both classes present: the comparison means something
+    assert np.array_equal(np.array(Image.open(tmp_path / "mask.png")), expected)
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
