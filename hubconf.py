@@ -36,8 +36,8 @@ def _own_packages() -> Iterator[None]:
     """Import this repository's unet/ and utils/ even where the caller already imported other modules of those
     common names (a project's own utils/): theirs are set aside for the import and put back after it, so neither
     side sees the other's. Ours imported here leave sys.modules after the import (the functions keep what they
-    need), so that a utils/ the caller imports later is theirs; unet/ stays where nothing was set aside, for
-    pickling the model class by its name."""
+    need), so that a utils/ the caller imports later is theirs; unet/ stays unless the caller's own unet was set
+    aside, for pickling the model class by its name."""
     before = set(sys.modules)
     set_aside = {name: module for name, module in sys.modules.items()
                  if name.partition(".")[0] in OWN_PACKAGES and not _is_ours(module)}
@@ -48,7 +48,8 @@ def _own_packages() -> Iterator[None]:
         yield
     finally:
         sys.path.remove(str(HERE))
-        leaving = ("unet", "utils") if set_aside else ("utils",)
+        callers_unet = any(name.partition(".")[0] == "unet" for name in set_aside)
+        leaving = ("unet", "utils") if callers_unet else ("utils",)
         for name in [name for name in sys.modules if name.partition(".")[0] in leaving and name not in before]:
             del sys.modules[name]
         sys.modules.update(set_aside)

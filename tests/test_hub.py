@@ -218,6 +218,20 @@ def test_hub_load_beside_a_project_of_its_own_with_utils_and_unet_modules(tmp_pa
     assert not [name for name in sys.modules if name.startswith(("utils.", "unet."))]
 
 
+def test_a_model_loaded_beside_the_callers_own_utils_pickles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a review: with a caller's utils (only) imported, our unet left sys.modules too, so torch.save of
+    the model failed with "import of module 'unet.unet_model' failed"."""
+    for name in [name for name in sys.modules if name.partition(".")[0] in ("utils", "unet")]:
+        monkeypatch.delitem(sys.modules, name)  # put back after the test
+    theirs = types.ModuleType("utils")
+    monkeypatch.setitem(sys.modules, "utils", theirs)
+    model = torch.hub.load(str(REPO), "unet", source="local", n_classes=2)
+    assert sys.modules["utils"] is theirs
+    assert sys.modules[type(model).__module__] is sys.modules["unet.unet_model"]
+    torch.save(model, tmp_path / "whole.pt")
+    assert isinstance(torch.load(tmp_path / "whole.pt", weights_only=False), type(model))
+
+
 def test_hub_load_leaves_the_callers_later_utils_import_to_the_caller(tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """Found by a review: after a hub load, a notebook's own utils/ (and another hub repo's) resolved to ours."""
