@@ -289,6 +289,31 @@ def test_predict_image_takes_a_pil_image_an_array_or_a_tensor_as_predict_reads_t
         predict_image(model, pixels[:12, :20], scale=1.0)
 
 
+@pytest.mark.parametrize(("arguments", "complaint"), [
+    ({"options": InferenceOptions(tta="Flip")}, "options.tta must be one of none, flip, d4, got 'Flip'"),
+    ({"options": InferenceOptions(tile=8)}, "options.tile must be auto, none or a size in pixels, a multiple of 16 "
+                                            "of at least 64, got 8"),
+    ({"options": InferenceOptions(tile=50)}, "options.tile must be .*, got 50"),
+    ({"options": InferenceOptions(overlap="0.5")}, "options.overlap must be a fraction .*, got '0.5'"),
+    ({"options": "d4"}, "options must be an InferenceOptions .*, got 'd4'"),
+    ({"threshold": 2}, "threshold must be a probability between 0 and 1, got 2"),
+    ({"threshold": float("nan")}, "threshold must be a probability between 0 and 1, got nan"),
+    ({"scale": "0.5"}, "scale must be None .* or a number above 0, got '0.5'"),
+    ({"precision": "fp33"}, "precision must be None, one of auto, fp32, bf16, fp16 or a utils.device.Precision"),
+])
+def test_predict_image_names_a_wrong_argument_instead_of_running_something_else(arguments: dict,
+                                                                                  complaint: str) -> None:
+    """Found by a review: tta="Flip" silently ran all 8 d4 views, tile=8 was a max-pool traceback, threshold=2 an
+    empty mask, scale="0.5" and precision="fp32" tracebacks."""
+    with pytest.raises(UserError, match=complaint):
+        predict_image(small_unet(), np.zeros((32, 32, 3), np.uint8), **arguments)
+
+
+def test_predict_image_takes_the_precision_by_name() -> None:
+    model, pixels = small_unet(), np.random.default_rng(1).integers(0, 256, (32, 48, 3), dtype=np.uint8)
+    assert torch.equal(predict_image(model, pixels, precision="fp32"), predict_image(model, pixels, precision=FP32))
+
+
 def test_a_model_in_training_mode_predicts_in_eval_mode_and_is_given_back_as_it_was() -> None:
     """Found by a review: hub models come back in training mode, and predicting with one used (and overwrote)
     the batch's BatchNorm statistics: 68% of the pixels changed class, and the model for good."""

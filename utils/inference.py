@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import copy
 import math
+import numbers
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from .data_loading import (
     normalize_images,
     scaled_size,
 )
-from .device import Precision, choose_precision, memory_format, return_freed_memory
+from .device import PRECISIONS, Precision, choose_precision, memory_format, return_freed_memory
 from .errors import UserError, check_flag
 from .progress import progress_bar
 from .tiling import sliding_window, tile_starts
@@ -174,15 +175,40 @@ def inference_options(args: argparse.Namespace) -> InferenceOptions:
 MAX_OVERLAP = 0.9  # tiles 10x denser than side by side on each axis: ~100 predictions of each pixel (x8 with d4)
 
 
-def check_options(options: InferenceOptions) -> None:
-    check_flag("--overlap", options.overlap, 0 <= options.overlap <= MAX_OVERLAP,
+def check_options(options: InferenceOptions, python: bool = False) -> None:
+    """The options' ranges, named as flags for the CLIs, or as fields (options.tta) for predict_image's callers."""
+    def name(field: str) -> str:
+        return f"options.{field}" if python else f"--{field.replace('_', '-')}"
+
+    tile = options.tile
+    check_flag(name("tile"), repr(tile), tile in ("auto", "none") or (
+        isinstance(tile, int) and not isinstance(tile, bool) and tile >= MIN_TILE and tile % TILE_MULTIPLE == 0),
+        f"auto, none or a size in pixels, a multiple of {TILE_MULTIPLE} of at least {MIN_TILE}")
+    check_flag(name("overlap"), repr(options.overlap), isinstance(options.overlap, numbers.Real) and
+               0 <= options.overlap <= MAX_OVERLAP,
                f"a fraction of the tile from 0 to {MAX_OVERLAP} (usually 0.25-0.5): above it each pixel would be "
                "predicted hundreds of times, for minutes per image")
-    check_flag("--tta", repr(options.tta), options.tta in TTA_CHOICES, f"one of {', '.join(TTA_CHOICES)}")
-    check_flag("--tile-batch", options.tile_batch, options.tile_batch is None or options.tile_batch >= 1,
-               "a whole number of at least 1")
-    check_flag("--max-memory", options.max_memory, options.max_memory is None or 0 < options.max_memory < math.inf,
-               "a positive number of GiB")
+    check_flag(name("tta"), repr(options.tta), options.tta in TTA_CHOICES, f"one of {', '.join(TTA_CHOICES)}")
+    check_flag(name("tile_batch"), repr(options.tile_batch), options.tile_batch is None or (
+        isinstance(options.tile_batch, numbers.Integral) and options.tile_batch >= 1), "a whole number of at least 1")
+    check_flag(name("max_memory"), repr(options.max_memory), options.max_memory is None or (
+        isinstance(options.max_memory, numbers.Real) and 0 < options.max_memory < math.inf),
+        "a positive number of GiB")
+
+
+def _check_predict_image_arguments(scale: object, threshold: object, options: object, precision: object) -> None:
+    """predict_image's arguments, named as in Python: a typo must not run something else without a word."""
+    def real(value: object) -> bool:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+    check_flag("scale", repr(scale), scale is None or (real(scale) and 0 < scale < math.inf),
+               "None (the model's own) or a number above 0")
+    check_flag("threshold", repr(threshold), real(threshold) and 0 < threshold < 1, "a probability between 0 and 1")
+    if not isinstance(options, InferenceOptions):
+        raise UserError(f"options must be an InferenceOptions (utils.inference), got {options!r}")
+    check_options(options, python=True)
+    check_flag("precision", repr(precision), precision is None or isinstance(precision, Precision) or
+               precision in PRECISIONS, f"None, one of {', '.join(PRECISIONS)} or a utils.device.Precision")
 
 
 def memory_share(base_channels: int) -> float:
@@ -423,18 +449,22 @@ def predict_logits(
 
 def predict_image(model: nn.Module, image: Image.Image | np.ndarray | torch.Tensor, scale: float | None = None,
                   threshold: float = 0.5, options: InferenceOptions = WHOLE_IMAGE,
-                  precision: Precision | None = None) -> torch.Tensor:
+                  precision: Precision | str | None = None) -> torch.Tensor:
     """The class map (H, W) at the image's own size of one image a program holds (a notebook's): a PIL image, an
     HxW or HxWxC array, or a CxHxW tensor, read and resized as predict.py reads files.
 
     Runs on the model's device. scale: the model's own (model.scale, from its checkpoint) unless given, else 0.5;
-    precision: the device's default, as in predict.py. model.mask_values[i] is the mask value of class i.
+    precision: the device's default, as in predict.py, unless given ("fp32", "bf16", "fp16" or a Precision).
+    model.mask_values[i] is the mask value of class i.
     """
     parameter = next(model.parameters())
     if parameter.dtype != torch.float32:  # the precision is autocast's, around a float32 model
         raise ValueError(f"predict_image runs float32 models, not {parameter.dtype}: call model.float() first "
                          "(precision= chooses bf16 or fp16 autocast)")
+    _check_predict_image_arguments(scale, threshold, options, precision)
     device = parameter.device
+    if isinstance(precision, str):
+        precision = choose_precision(device, precision=precision)
     scale = inference_scale({"scale": getattr(model, "scale", None)}, scale)
     pixels = image_in_memory(image, getattr(model, "n_channels", 3))
     height, width = pixels.shape[:2]
