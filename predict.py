@@ -61,7 +61,7 @@ from utils.inference import (
     probabilities,
     settle_mask_threshold,
 )
-from utils.mask_writer import CSV_HEADER, EXTRA_OUTPUT_TAGS, MaskWriter, OutputOptions
+from utils.mask_writer import CSV_HEADER, EXTRA_OUTPUT_TAGS, MaskWriter, OutputOptions, written_by_predict
 from utils.progress import progress_bar
 
 MASK_FILE_SUFFIXES = (".png", ".gif", ".bmp", ".tif", ".tiff")  # lossless, so class values survive
@@ -93,6 +93,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip-existing", action="store_true",
                         help="leave out inputs whose outputs (mask, and --save-probs/--overlay files) exist, e.g. to "
                              "finish a run that was stopped; with --csv their rows are counted from the masks")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace files at the output names that predict.py did not write (a ground-truth mask, "
+                             "an image, an output of an earlier version of this tool, a .bmp mask); without it they "
+                             "are refused, and only predict.py's own earlier outputs are replaced")
     add_mask_threshold_argument(parser)
     parser.add_argument("--scale", "-s", type=float, default=None,
                         help="image downscaling before the model (default: the scale the model was trained at)")
@@ -265,6 +269,17 @@ def check_distinct(inputs: list[Path], outputs: list[list[Path]], masks: bool = 
                        if other.stem == source.stem else "predict them into different folders")
                 raise UserError(f"{other} and {source} would both write {file}: {fix}")
             seen[file_key] = source, file
+
+
+def check_not_replacing_others(written: list[list[Path]]) -> None:
+    """No existing file at an output name is replaced unless predict.py wrote it (its mark, or a <name>_OUT name):
+    `-o data/masks/` named for the image folder's twin would otherwise overwrite the ground truth."""
+    existing = [file for files in written for file in files if file.exists() and not file.is_dir()]
+    foreign = [file for file in existing if not OWN_OUTPUT_STEM.search(file.stem) and not written_by_predict(file)]
+    if foreign:
+        others = f" (and {counted(len(foreign) - 1, 'other file')} at output names)" if len(foreign) > 1 else ""
+        raise UserError(f"{foreign[0]} exists and was not written by predict.py{others}: a ground-truth mask or an "
+                        "image? Predict into another folder, or add --overwrite to replace them")
 
 
 def check_name_lengths(inputs: list[Path], outputs: list[list[Path]]) -> None:
@@ -477,6 +492,8 @@ def predict_inputs(args: argparse.Namespace, device: torch.device) -> int:
     written = [writer.output_files(target) for target in outputs]
     check_distinct(inputs, written, masks=not args.no_save)  # the overlays, ... too
     check_name_lengths(inputs, written)
+    if not args.overwrite:
+        check_not_replacing_others(written)
     earlier = len(csv_path.read_text(errors="replace").splitlines()) - 1 if csv_path and csv_path.exists() else 0
     if earlier > 0 and not args.skip_existing:  # said once every check passed: only a run that goes on replaces it
         print(f"note: {csv_path} is replaced: it held {earlier} rows of an earlier run, and this one lists only "

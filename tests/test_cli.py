@@ -18,6 +18,7 @@ from PIL import Image
 from unet import UNet
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
+from utils.mask_writer import written_by_predict
 
 REPO = Path(__file__).resolve().parents[1]
 ANY_WIDTH_FLAGS = ["--scale", "1", "--batch-size", "4", "--learning-rate", "1e-2", "--wandb", "disabled",
@@ -162,7 +163,8 @@ def test_predict_folder_streams_to_mirrored_names_with_probs_and_csv(trained: Pa
 
 def test_skip_existing_finishes_a_stopped_folder_run_with_the_same_masks_and_csv(trained: Path) -> None:
     """A run stopped after some masks: --skip-existing predicts the rest, leaves the finished masks alone, predicts
-    a mask again that is not one (as a file from elsewhere), and counts predictions.csv's rows from the files."""
+    a mask again that is not one (a file from elsewhere: with --overwrite), and counts predictions.csv's rows from
+    the files."""
     def outputs() -> tuple[dict[str, bytes], list[dict]]:  # masks and overlays, and the CSV's rows
         masks = {path.name: path.read_bytes() for path in (trained / "full").glob("*.png")}
         with open(trained / "full" / "predictions.csv", newline="") as file:
@@ -178,11 +180,46 @@ def test_skip_existing_finishes_a_stopped_folder_run_with_the_same_masks_and_csv
     (trained / "full" / names[2]).write_bytes(b"not a mask")  # unreadable: predicted again
     (trained / "full" / "predictions.csv").unlink()
     kept = {name: (trained / "full" / name).stat().st_mtime_ns for name in names[3:]}
-    result = run("predict.py", *flags, "--skip-existing", cwd=trained)
+    refused = run("predict.py", *flags, "--skip-existing", cwd=trained, check=False)  # not predict.py's: kept
+    assert refused.returncode == 2 and f"full/{names[2]} exists and was not written by predict.py" in refused.stderr
+    result = run("predict.py", *flags, "--skip-existing", "--overwrite", cwd=trained)
     assert f"--skip-existing: {len(names) - 3} of {len(names)} images already have their outputs; 3 to predict" \
         in result.stdout
     assert outputs() == (expected_masks, expected_rows)
     assert {name: (trained / "full" / name).stat().st_mtime_ns for name in names[3:]} == kept  # not rewritten
+
+
+def test_predict_never_replaces_a_file_it_did_not_write_without_overwrite(trained: Path, tmp_path: Path) -> None:
+    """Found by a review: `-o data/masks/` (the image folder's twin) replaced the ground-truth masks, and
+    `-o photo.png` a photo, without a word. predict.py's own earlier outputs (marked) are still replaced."""
+    images = sorted((trained / "data" / "imgs").iterdir())[:2]
+    truth = tmp_path / "masks"
+    truth.mkdir()
+    for image in images:
+        Image.fromarray(np.full((32, 48), 255, np.uint8)).save(truth / f"{image.stem}.png")
+    before = {path.name: path.read_bytes() for path in truth.iterdir()}
+    flags = ["-m", "checkpoints/best.pth", "--workers", "0", "--overlay"]
+    refused = run("predict.py", *flags, "-i", *images, "-o", truth, cwd=trained, check=False)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"error: {truth / images[0].stem}.png exists and was not written by predict.py (and 1 other file at output "
+        "names): a ground-truth mask or an image? Predict into another folder, or add --overwrite to replace them")
+    assert {path.name: path.read_bytes() for path in truth.iterdir()} == before  # nothing written, overlays neither
+    run("predict.py", *flags, "-i", *images, "-o", tmp_path / "out", cwd=trained)
+    run("predict.py", *flags, "-i", *images, "-o", tmp_path / "out", cwd=trained)  # its own: replaced
+    assert all(written_by_predict(path) for path in (tmp_path / "out").iterdir())
+    assert len(list((tmp_path / "out").iterdir())) == 4
+    run("predict.py", *flags, "-i", *images, "-o", truth, "--overwrite", cwd=trained)
+    assert {path.name: path.read_bytes() for path in truth.iterdir() if path.name in before} != before
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "photo.png")
+    refused = run("predict.py", *flags, "-i", images[0], "-o", tmp_path / "photo.png", cwd=trained, check=False)
+    assert refused.returncode == 2 and "photo.png exists and was not written by predict.py:" in refused.stderr
+    beside = tmp_path / "beside"  # <name>_OUT.png beside the input is predict.py's by its name (older versions')
+    beside.mkdir()
+    shutil.copy(images[0], beside / images[0].name)
+    Image.fromarray(np.zeros((32, 48), np.uint8)).save(beside / f"{images[0].stem}_OUT.png")
+    run("predict.py", *flags, "-i", beside / images[0].name, cwd=trained)
+    assert written_by_predict(beside / f"{images[0].stem}_OUT.png")
 
 
 def test_skip_existing_needs_the_masks_saved(trained: Path) -> None:

@@ -409,3 +409,28 @@ def test_16_bit_label_outputs_are_refused_in_8_bit_formats_before_predicting(tmp
             writer.check_format(tmp_path / f"x{suffix}")
     writer.close()
     MaskWriter([0, 300], None, 3, OutputOptions(save_mask=False), threads=1).check_format(tmp_path / "x.bmp")
+
+
+@pytest.mark.parametrize("suffix", [".png", ".gif", ".tif", ".tiff"])
+def test_every_mask_format_carries_the_mark_that_lets_a_later_run_replace_it(tmp_path: Path, suffix: str) -> None:
+    """predict.py replaces only files it wrote: the mark must survive each format's writer, and a plain file of
+    the same name (a ground-truth mask) must not read as marked."""
+    from utils.mask_writer import mask_save_options, written_by_predict
+
+    mask = np.array([[0, 255], [255, 0]], np.uint8)
+    Image.fromarray(mask).save(tmp_path / f"ours{suffix}", **mask_save_options(tmp_path / f"ours{suffix}"))
+    Image.fromarray(mask).save(tmp_path / f"theirs{suffix}")
+    assert written_by_predict(tmp_path / f"ours{suffix}")
+    assert np.array_equal(np.array(Image.open(tmp_path / f"ours{suffix}")), mask)  # the pixels unchanged
+    assert not written_by_predict(tmp_path / f"theirs{suffix}")
+
+
+def test_only_probabilities_as_save_probs_writes_them_count_as_predict_pys(tmp_path: Path) -> None:
+    from utils.mask_writer import written_by_predict
+
+    np.save(tmp_path / "a_probs.npy", np.zeros((2, 4, 4), np.float16))
+    np.save(tmp_path / "b_probs.npy", np.zeros((4, 4), np.uint8))  # someone's own array
+    (tmp_path / "c_probs.npy").write_bytes(b"text")
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "d.bmp")  # BMP: no room for the mark
+    assert [written_by_predict(tmp_path / name) for name in ("a_probs.npy", "b_probs.npy", "c_probs.npy", "d.bmp")] \
+        == [True, False, False, False]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, PngImagePlugin
 from tqdm import tqdm
 
 from .atomic_files import NAME_BYTES, atomic_path
@@ -39,12 +39,46 @@ def mask_save_options(target: Path) -> dict:
     and ~8% smaller (bench/README.md), the pixels unchanged. GIFs keep their palette as it is: Pillow's default
     renumbers it to the colours used, so that index 2 of a mask became 0 and an all-object 0/255 mask became 0s."""
     suffix = target.suffix.lower()
-    options = {"format": Image.registered_extensions()[suffix]}  # predict.py allows only MASK_FILE_SUFFIXES
+    options = {"format": Image.registered_extensions()[suffix], **marked(suffix)}  # only MASK_FILE_SUFFIXES here
     if suffix == ".png":
         options["compress_type"] = zlib.Z_RLE
     elif suffix == ".gif":
         options["optimize"] = False
     return options
+
+
+# Written into every mask, overlay and view predict.py saves (BMP has no room for it), so that a later run
+# replaces its own outputs but not a file that only has the same name: a ground-truth mask, a photo.
+OUTPUT_MARK = "predict.py (U-Net segmentation)"
+TIFF_SOFTWARE_TAG = 305
+
+
+def marked(suffix: str) -> dict:
+    """Pillow's save options that carry OUTPUT_MARK in a file of this suffix."""
+    if suffix == ".png":
+        info = PngImagePlugin.PngInfo()
+        info.add_text("Software", OUTPUT_MARK)
+        return {"pnginfo": info}
+    if suffix == ".gif":
+        return {"comment": OUTPUT_MARK}
+    if suffix in (".tif", ".tiff"):
+        return {"tiffinfo": {TIFF_SOFTWARE_TAG: OUTPUT_MARK}}
+    return {}
+
+
+def written_by_predict(path: Path) -> bool:
+    """Whether an existing file at an output name is one predict.py wrote, and may be replaced: an image with
+    OUTPUT_MARK, or probabilities as --save-probs writes them (float16, classes x H x W; .npy has no room)."""
+    try:
+        if path.suffix.lower() == ".npy":
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+            return array.dtype == np.float16 and array.ndim == 3
+        with Image.open(path) as image:  # the header only: the mark comes before the pixels
+            found = [image.info.get("Software"), image.info.get("comment")]
+            found += [image.tag_v2.get(TIFF_SOFTWARE_TAG)] if hasattr(image, "tag_v2") else []
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return False
+    return any(mark in (OUTPUT_MARK, OUTPUT_MARK.encode()) for mark in found)
 
 
 EIGHT_BIT_FORMATS = (".bmp", ".gif")
@@ -156,7 +190,7 @@ class MaskWriter:
         overlay = overlay_mask(image, class_indices, self.colours)
         if self.options.overlay:
             with atomic_path(overlay_path(target)) as tmp:
-                overlay.save(tmp, format="PNG")
+                overlay.save(tmp, format="PNG", **marked(".png"))
         if self.options.viz:
             picture = Image.fromarray(np.squeeze(image, -1) if image.shape[-1] == 1 else image)
             view = side_by_side([picture, Image.fromarray(self.colours[class_indices]), overlay])
@@ -164,7 +198,7 @@ class MaskWriter:
                 view.show(title=str(source))
             else:
                 with atomic_path(viz_path(target)) as tmp:
-                    view.save(tmp, format="PNG")
+                    view.save(tmp, format="PNG", **marked(".png"))
                 tqdm.write(f"no display: visualisation of {source} saved to {viz_path(target)}")
 
     def close(self) -> None:
