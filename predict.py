@@ -10,6 +10,7 @@ and the masks are encoded and written by background threads.
 """
 
 import argparse
+import csv
 import glob
 import os
 import re
@@ -441,6 +442,17 @@ def already_predicted(inputs: list[Path], outputs: list[Path], writer: MaskWrite
     return done
 
 
+def rows_replaced(csv_path: Path | None, kept_for: list[Path]) -> int:
+    """The rows of an existing predictions.csv that this run's file will not hold: all of them, or with
+    --skip-existing (kept_for: the inputs, whose rows it writes again) those of other images."""
+    if csv_path is None or not csv_path.exists():
+        return 0
+    with open(csv_path, newline="", errors="replace") as file:
+        images = [row.get("image") for row in csv.DictReader(file)]
+    inputs = {str(path) for path in kept_for}
+    return sum(image not in inputs for image in images)
+
+
 def csv_location(requested: str | None, outputs: list[str] | None, targets: list[Path]) -> Path | None:
     """--csv FILE as given; bare --csv: predictions.csv beside the (first) mask when -o is given, else here."""
     if requested is None:
@@ -494,9 +506,10 @@ def predict_inputs(args: argparse.Namespace, device: torch.device) -> int:
     check_name_lengths(inputs, written)
     if not args.overwrite:
         check_not_replacing_others(written)
-    earlier = len(csv_path.read_text(errors="replace").splitlines()) - 1 if csv_path and csv_path.exists() else 0
-    if earlier > 0 and not args.skip_existing:  # said once every check passed: only a run that goes on replaces it
-        print(f"note: {csv_path} is replaced: it held {earlier} rows of an earlier run, and this one lists only "
+    lost = rows_replaced(csv_path, inputs if args.skip_existing else [])
+    if lost:  # said once every check passed: only a run that goes on replaces it
+        whose = "images not among this run's inputs" if args.skip_existing else "an earlier run"
+        print(f"note: {csv_path} is replaced: it held {counted(lost, 'row')} of {whose}, and this one lists only "
               "its own inputs (another --csv name keeps both)", file=sys.stderr)
     done = already_predicted(inputs, outputs, writer, csv_path is not None) if args.skip_existing else []
     todo = sorted(set(range(len(inputs))) - set(done))

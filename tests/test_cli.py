@@ -222,6 +222,20 @@ def test_predict_never_replaces_a_file_it_did_not_write_without_overwrite(traine
     assert written_by_predict(beside / f"{images[0].stem}_OUT.png")
 
 
+def test_skip_existing_says_when_predictions_csv_loses_rows_of_other_images(trained: Path, tmp_path: Path) -> None:
+    """Found by a review: a --skip-existing run on other images into the same folder replaced predictions.csv's
+    rows of the first run without the note a plain run gives."""
+    images = sorted((trained / "data" / "imgs").iterdir())
+    flags = ["-m", "checkpoints/best.pth", "--workers", "0", "-o", tmp_path / "ab", "--csv"]
+    run("predict.py", *flags, "-i", *images[:3], cwd=trained)
+    finished = run("predict.py", *flags, "-i", *images[:3], "--skip-existing", cwd=trained)
+    assert "is replaced" not in finished.stderr  # the same inputs: every row written again
+    other = run("predict.py", *flags, "-i", *images[3:5], "--skip-existing", cwd=trained)
+    assert (f"note: {tmp_path / 'ab' / 'predictions.csv'} is replaced: it held 3 rows of images not among this "
+            "run's inputs, and this one lists only its own inputs (another --csv name keeps both)") in other.stderr
+    assert len((tmp_path / "ab" / "predictions.csv").read_text().splitlines()) == 3
+
+
 def test_skip_existing_needs_the_masks_saved(trained: Path) -> None:
     result = run("predict.py", "-m", "checkpoints/last.pth", "-i", "data/imgs", "--no-save", "--skip-existing",
                  cwd=trained, check=False)
