@@ -20,7 +20,6 @@ from utils.data_loading import (
     UPRIGHT_FIX,
     SegmentationDataset,
     add_image_limit_argument,
-    check_model_input_size,
     file_orientation,
     image_pixel_limit,
     list_pairs,
@@ -88,8 +87,6 @@ def evaluate(
     batches = progress_bar(loader, desc="evaluation", unit="batch", leave=bar_stays, disable=not progress)
     skipped: list[str] = []
     for part in (part for batch in batches for part in readable_parts(batch, skipped)):
-        height, width = part["image"].shape[-2:]
-        check_model_input_size(width, height, 1.0, f"{part['name'][0]}, as the model sees it after --scale,")
         masks = part["mask"].to(device, non_blocking=True).long()  # int8 from the loader
         logits = predict_logits(model, part["image"], device, precision, output_size=tuple(masks.shape[-2:]),
                                 options=options, notify=notify)

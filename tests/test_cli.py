@@ -842,9 +842,15 @@ def test_evaluate_names_an_image_too_small_for_the_unet(tmp_path: Path) -> None:
     result = run("evaluate.py", "-m", "model.pth", "--imgs", "imgs", "--masks", "masks", "--scale", "1",
                  "--workers", "0", cwd=tmp_path, check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1] == ("error: speck, as the model sees it after --scale, is 10x10: the "
-                                                      "U-Net needs at least 16 px a side (four halvings): leave it "
-                                                      "out or enlarge it")
+    assert result.stderr.strip().splitlines()[-1] == ("error: imgs/speck.png is 10x10: the U-Net needs at least 16 px "
+                                                      "a side (four halvings): leave it out or enlarge it")
+    (tmp_path / "imgs" / "speck.png").unlink()
+    (tmp_path / "masks" / "speck.png").unlink()
+    result = run("evaluate.py", "-m", "model.pth", "--imgs", "imgs", "--masks", "masks", "--scale", "0.2",
+                 "--workers", "0", cwd=tmp_path, check=False)  # found by a review: no --scale that would do
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == (
+        "error: imgs/cell0.png is 36x40, only 7x8 at --scale 0.2: the U-Net needs at least 16 px a side (four "
+        "halvings): use --scale 0.45 or more")
 
 
 def test_evaluate_reads_0_255_masks_for_a_reference_checkpoint_without_mask_values(tmp_path: Path) -> None:

@@ -798,6 +798,8 @@ class SegmentationDataset(Dataset):
         pair = self.pairs[index]
         try:
             image_tensor, (width, height) = load_scaled_image(pair.image, self.scale, self.channels)
+            if self.crop is None:  # a window pads what is smaller
+                check_model_input_size(width, height, self.scale, pair.image)
             mask = read_mask(pair.mask)
         except UserError as error:
             if self.skip_unreadable:
