@@ -185,7 +185,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_mask_threshold_argument(parser)
     parser.add_argument("--batch-size", "-b", type=int, default=None,
                         help="images per batch; a batch of mixed sizes is split by size (default: as predict.py, "
-                             "16 on a GPU, on a CPU as many as fill 512x512 pixels, at most 64)")
+                             "16 on a CUDA GPU, elsewhere as many as fill 512x512 pixels, at most 64)")
     parser.add_argument("--workers", type=int, default=2, help="data loading processes (default 2)")
     add_image_limit_argument(parser)
     add_inference_arguments(parser)

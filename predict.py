@@ -109,14 +109,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_image_limit_argument(parser)
     speed = parser.add_argument_group("throughput")
     speed.add_argument("--batch-size", "-b", type=int, default=None,
-                       help="images per forward pass (same-size images are batched; default: 16 on a GPU, "
-                            "within --max-memory; on a CPU as many as fill 512x512 pixels, at most 64: 1 for "
+                       help="images per forward pass (same-size images are batched; default: 16 on a CUDA GPU, "
+                            "within --max-memory; elsewhere as many as fill 512x512 pixels, at most 64: 1 for "
                             "larger images, 64 for 32x32 tiles)")
     speed.add_argument("--workers", type=int, default=None,
-                       help="image decoding processes (default: all cores but one, at most 8, on a GPU; 1 on a "
-                            "CPU; 0 for a single image)")
+                       help="image decoding processes (default: all cores but one, at most 8, on a CUDA GPU; 1 "
+                            "otherwise; 0 for a single image)")
     speed.add_argument("--writers", type=int, default=None,
-                       help="threads encoding and writing masks (default: 8 on a GPU, 1 on a CPU)")
+                       help="threads encoding and writing masks (default: 8 on a CUDA GPU, 1 otherwise)")
     speed.add_argument("--compile", choices=COMPILE_CHOICES, default="auto",
                        help="torch.compile the model; auto = on with CUDA for 1000 images or more (compiling "
                             "takes ~20 s the first time, seconds later), off on CPUs, where it was slower (default: "

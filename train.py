@@ -198,7 +198,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                            "(each window decodes its image again; default: %(default)s)")
     data.add_argument("--workers", type=int, default=None,
                       help="data loading processes per training process (default: all cores but one, at most "
-                           "16, with a GPU; one per 8 cores on a CPU)")
+                           "16, with a CUDA GPU; one per 8 cores otherwise)")
     add_image_limit_argument(data)
     model = parser.add_argument_group("model")
     model.add_argument("--classes", "-c", type=int, default=None,
@@ -229,9 +229,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--epochs", "-e", type=int, default=5, help="number of epochs (default: %(default)s)")
     optim.add_argument("--batch-size", "-b", type=int, default=None,
-                       help="images per step and process (default: 4 on a CPU, 16 for images of 32x32 or "
-                            "smaller, 8 up to 45x45; on a GPU the largest power of two up to 16 that fits its free "
-                            "memory)")
+                       help="images per step and process (default: on a CUDA GPU the largest power of two up to "
+                            "16 that fits its free memory; elsewhere 4, 16 for images of up to 1,024 pixels after "
+                            "--scale (32x32) and 8 up to 2,048)")
     optim.add_argument("--learning-rate", "-l", type=float, default=1e-4,
                        help="peak learning rate of AdamW, decayed by a cosine (default: %(default)s)")
     optim.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (default: %(default)s)")
