@@ -287,6 +287,9 @@ def test_predict_image_takes_a_pil_image_an_array_or_a_tensor_as_predict_reads_t
         predict_image(copy.deepcopy(model).double(), pixels)
     with pytest.raises(UserError, match="the ndarray image is 20x12: the U-Net needs at least 16 px"):
         predict_image(model, pixels[:12, :20], scale=1.0)
+    with pytest.raises(UserError, match=r"cannot read the PIL image \(La pixels: .*\): convert it to a mode such as "
+                                        "RGB or L first"):  # found by a review: "the Image image", "convert it to PNG"
+        predict_image(model, Image.new("La", (32, 32)))
 
 
 @pytest.mark.parametrize(("arguments", "complaint"), [

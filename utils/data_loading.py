@@ -290,7 +290,8 @@ def _as_array(path: Path | str, image: Image.Image, mode: str | None = None) -> 
     try:
         return np.asarray(image.convert(mode) if mode else image)
     except Exception as error:  # noqa: BLE001 - see _open
-        raise UserError(f"cannot read {path} ({image.mode} pixels: {_reason(error)}): convert it to PNG") from None
+        fix = "convert it to PNG" if isinstance(path, Path) else "convert it to a mode such as RGB or L first"
+        raise UserError(f"cannot read {path} ({image.mode} pixels: {_reason(error)}): {fix}") from None
 
 
 EXIF_ORIENTATION = 0x0112  # 1: stored upright; 2-8: viewers turn or mirror the stored pixels to show the image
@@ -393,10 +394,15 @@ def read_image(path: Path, channels: int = 3, reduce_to: tuple[int, int] | None 
     return _model_pixels(array, channels, path, mode)
 
 
+def in_memory_name(image: object) -> str:
+    """How messages name an image a program holds, where a file's would name the file."""
+    return "the PIL image" if isinstance(image, Image.Image) else f"the {type(image).__name__} image"
+
+
 def image_in_memory(image: Image.Image | np.ndarray | torch.Tensor, channels: int = 3) -> np.ndarray:
     """read_image for an image a program already holds: a PIL image, an HxW or HxWxC array, or a CxHxW tensor;
     its pixels are taken as they are, with the rules of files (16-bit and float stretched, palettes converted)."""
-    source = f"the {type(image).__name__} image"
+    source = in_memory_name(image)
     mode = None
     if isinstance(image, Image.Image):
         mode = image.mode

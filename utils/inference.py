@@ -31,6 +31,7 @@ from .data_loading import (
     image_in_memory,
     image_size,
     image_to_tensor,
+    in_memory_name,
     normalize_images,
     scaled_size,
 )
@@ -468,7 +469,7 @@ def predict_image(model: nn.Module, image: Image.Image | np.ndarray | torch.Tens
     scale = inference_scale({"scale": getattr(model, "scale", None)}, scale)
     pixels = image_in_memory(image, getattr(model, "n_channels", 3))
     height, width = pixels.shape[:2]
-    source = f"the {type(image).__name__} image"
+    source = in_memory_name(image)
     check_model_input_size(width, height, scale, source)
     scaled = image_to_tensor(pixels, scaled_size(width, height, scale, source))
     logits = predict_logits(model, scaled[None], device, precision or choose_precision(device), (height, width),
