@@ -437,8 +437,8 @@ def test_scaled_mask_is_resized_nearest_without_new_classes(tmp_path):
     write_image(tmp_path / "imgs" / "a.png", random_rgb(0))
     write_image(tmp_path / "masks" / "a.png", disc_mask(value=20))  # values 0 and 20, never 10
     pairs = list_pairs(tmp_path / "imgs", tmp_path / "masks")
-    mask = SegmentationDataset(pairs, [0, 10, 20], scale=0.3)[0]["mask"]
-    assert mask.shape == (int(0.3 * HEIGHT), int(0.3 * WIDTH))
+    mask = SegmentationDataset(pairs, [0, 10, 20], scale=0.5)[0]["mask"]
+    assert mask.shape == (int(0.5 * HEIGHT), int(0.5 * WIDTH))
     assert set(mask.unique().tolist()) == {0, 2}
 
 
@@ -589,12 +589,13 @@ def test_mixed_sizes_are_padded_with_ignored_pixels_and_given_back_unpadded(tmp_
     from utils.data_loading import collate_skipping, same_size_parts
     from utils.mask_encoding import IGNORE_CLASS
 
-    dataset = SegmentationDataset(mixed_size_folder(tmp_path), [0, 1], scale=0.5, scale_masks=False)
+    # scale 0.55: 53x37 -> 29x20 and 30x48 -> 16x26, each at least the U-Net's 16 px a side (checked on reading)
+    dataset = SegmentationDataset(mixed_size_folder(tmp_path), [0, 1], scale=0.55, scale_masks=False)
     items = [dataset[index] for index in range(4)]
     batch = collate_skipping(items)
-    assert batch["image"].shape == (4, 3, 24, 26) and batch["mask"].shape == (4, 48, 53)  # the largest of each
-    assert batch["sizes"] == [((18, 26), (37, 53)), ((24, 15), (48, 30)), ((24, 15), (48, 30)), ((18, 26), (37, 53))]
-    assert (batch["image"][0, :, 18:] == 0).all() and (batch["image"][1, :, :, 15:] == 0).all()
+    assert batch["image"].shape == (4, 3, 26, 29) and batch["mask"].shape == (4, 48, 53)  # the largest of each
+    assert batch["sizes"] == [((20, 29), (37, 53)), ((26, 16), (48, 30)), ((26, 16), (48, 30)), ((20, 29), (37, 53))]
+    assert (batch["image"][0, :, 20:] == 0).all() and (batch["image"][1, :, :, 16:] == 0).all()
     assert (batch["mask"][0, 37:] == IGNORE_CLASS).all() and (batch["mask"][1, :, 30:] == IGNORE_CLASS).all()
     assert (batch["mask"][0, :37, :53] != IGNORE_CLASS).all()
 
@@ -605,7 +606,7 @@ def test_mixed_sizes_are_padded_with_ignored_pixels_and_given_back_unpadded(tmp_
         assert torch.equal(image, item["image"]) and torch.equal(mask, item["mask"])
 
     same = collate_skipping(items[1:3])  # one size: a plain batch, nothing padded
-    assert "sizes" not in same and same["image"].shape == (2, 3, 24, 15)
+    assert "sizes" not in same and same["image"].shape == (2, 3, 26, 16)
     assert list(same_size_parts(same)) == [same]
 
 
