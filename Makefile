@@ -32,7 +32,7 @@ demo: install
 	$(PY) train.py --epochs $(DEMO_EPOCHS) --batch-size 2 --scale 0.25 --learning-rate 5e-4 --amp --overwrite \
 		--validation 20 --checkpoint-dir $(DEMO_DIR) --wandb offline
 	$(PY) evaluate.py -m $(DEMO_DIR)/best.pth --output $(DEMO_DIR)/evaluation.csv
-	$(PY) predict.py -m $(DEMO_DIR)/best.pth -i "$$(ls data/imgs/* | head -n 1)" -o $(DEMO_DIR)/predictions/ --overlay
+	$(PY) predict.py -m $(DEMO_DIR)/best.pth -i "$$(ls data/imgs/* | head -n 1)" -o $(DEMO_DIR)/predictions/ --overlay --overwrite
 	@echo "demo done: see $(DEMO_DIR)/ (training_curves.png, metrics.csv, evaluation.csv, predictions/)"
 
 # --no-loadscope-reorder: xdist would otherwise hand out the files with the most tests first, and the one-test

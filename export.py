@@ -142,8 +142,9 @@ def export_metadata(model: nn.Module, checkpoint: dict[str, Any], scale: float) 
         "input_dtype": "float32",
         "input_colour": {1: "L", 3: "RGB", 4: "RGB+band"}.get(model.n_channels),  # the fourth as stored, not alpha
         "input_divisor": 255,
-        "input_resize": "bicubic with antialiasing (as PIL's Image.BICUBIC); predict.py decodes a JPEG at reduced "
-                        "size first when scale < 1 (PIL's Image.draft to the scaled size), a small change of pixels",
+        "input_resize": "bicubic with antialiasing (torch's uint8 kernel; PIL's Image.BICUBIC differs by 1 in a "
+                        "few pixels); predict.py decodes a JPEG at reduced size first when scale < 1 (PIL's "
+                        "Image.draft to the scaled size), a small change of pixels",
         "input_from_16_bit_or_float": "each image's own range (min to max) stretched to 0..255 first; float images "
                                       "already within 0..1 only multiplied by 255",
         "output": "logits",

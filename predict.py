@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from utils.atomic_files import NAME_MAX
+from utils.atomic_files import NAME_BYTES, NAME_MAX
 from utils.checkpoint import inference_scale, load_model
 from utils.data_loading import (
     IMAGE_SUFFIXES,
@@ -279,8 +279,9 @@ def check_not_replacing_others(written: list[list[Path]]) -> None:
     foreign = [file for file in existing if not OWN_OUTPUT_STEM.search(file.stem) and not written_by_predict(file)]
     if foreign:
         others = f" (and {counted(len(foreign) - 1, 'other file')} at output names)" if len(foreign) > 1 else ""
-        raise UserError(f"{foreign[0]} exists and was not written by predict.py{others}: a ground-truth mask or an "
-                        "image? Predict into another folder, or add --overwrite to replace them")
+        raise UserError(f"{foreign[0]} exists without the mark of predict.py's outputs{others}: a ground-truth mask "
+                        "or an image? Predict into another folder, or add --overwrite to replace them (needed once "
+                        "for outputs of versions before 2026-11-29, and for .bmp masks)")
 
 
 def check_name_lengths(inputs: list[Path], outputs: list[list[Path]]) -> None:
@@ -447,10 +448,10 @@ def rows_replaced(csv_path: Path | None, kept_for: list[Path]) -> int:
     --skip-existing (kept_for: the inputs, whose rows it writes again) those of other images."""
     if csv_path is None or not csv_path.exists():
         return 0
-    with open(csv_path, newline="", errors="replace") as file:
-        images = [row.get("image") for row in csv.DictReader(file)]
-    inputs = {str(path) for path in kept_for}
-    return sum(image not in inputs for image in images)
+    with open(csv_path, newline="", encoding="utf-8", errors=NAME_BYTES) as file:  # as MaskWriter writes it
+        images = [row.get("image") or "" for row in csv.DictReader(file)]
+    inputs = {where(path) for path in kept_for}
+    return sum(where(Path(image)) not in inputs for image in images)
 
 
 def csv_location(requested: str | None, outputs: list[str] | None, targets: list[Path]) -> Path | None:
@@ -504,15 +505,15 @@ def predict_inputs(args: argparse.Namespace, device: torch.device) -> int:
     written = [writer.output_files(target) for target in outputs]
     check_distinct(inputs, written, masks=not args.no_save)  # the overlays, ... too
     check_name_lengths(inputs, written)
-    if not args.overwrite:
-        check_not_replacing_others(written)
+    done = already_predicted(inputs, outputs, writer, csv_path is not None) if args.skip_existing else []
+    todo = sorted(set(range(len(inputs))) - set(done))
+    if not args.overwrite:  # the outputs to be written: --skip-existing leaves the others as they are
+        check_not_replacing_others([written[index] for index in todo])
     lost = rows_replaced(csv_path, inputs if args.skip_existing else [])
     if lost:  # said once every check passed: only a run that goes on replaces it
         whose = "images not among this run's inputs" if args.skip_existing else "an earlier run"
         print(f"note: {csv_path} is replaced: it held {counted(lost, 'row')} of {whose}, and this one lists only "
               "its own inputs (another --csv name keeps both)", file=sys.stderr)
-    done = already_predicted(inputs, outputs, writer, csv_path is not None) if args.skip_existing else []
-    todo = sorted(set(range(len(inputs))) - set(done))
     if args.skip_existing:
         print(f"--skip-existing: {len(done)} of {len(inputs)} images already have their outputs; "
               f"{len(todo)} to predict")

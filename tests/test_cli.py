@@ -181,7 +181,8 @@ def test_skip_existing_finishes_a_stopped_folder_run_with_the_same_masks_and_csv
     (trained / "full" / "predictions.csv").unlink()
     kept = {name: (trained / "full" / name).stat().st_mtime_ns for name in names[3:]}
     refused = run("predict.py", *flags, "--skip-existing", cwd=trained, check=False)  # not predict.py's: kept
-    assert refused.returncode == 2 and f"full/{names[2]} exists and was not written by predict.py" in refused.stderr
+    assert refused.returncode == 2
+    assert f"full/{names[2]} exists without the mark of predict.py's outputs" in refused.stderr
     result = run("predict.py", *flags, "--skip-existing", "--overwrite", cwd=trained)
     assert f"--skip-existing: {len(names) - 3} of {len(names)} images already have their outputs; 3 to predict" \
         in result.stdout
@@ -202,8 +203,9 @@ def test_predict_never_replaces_a_file_it_did_not_write_without_overwrite(traine
     refused = run("predict.py", *flags, "-i", *images, "-o", truth, cwd=trained, check=False)
     assert refused.returncode == 2
     assert refused.stderr.strip().splitlines()[-1] == (
-        f"error: {truth / images[0].stem}.png exists and was not written by predict.py (and 1 other file at output "
-        "names): a ground-truth mask or an image? Predict into another folder, or add --overwrite to replace them")
+        f"error: {truth / images[0].stem}.png exists without the mark of predict.py's outputs (and 1 other file at "
+        "output names): a ground-truth mask or an image? Predict into another folder, or add --overwrite to replace "
+        "them (needed once for outputs of versions before 2026-11-29, and for .bmp masks)")
     assert {path.name: path.read_bytes() for path in truth.iterdir()} == before  # nothing written, overlays neither
     run("predict.py", *flags, "-i", *images, "-o", tmp_path / "out", cwd=trained)
     run("predict.py", *flags, "-i", *images, "-o", tmp_path / "out", cwd=trained)  # its own: replaced
@@ -213,13 +215,30 @@ def test_predict_never_replaces_a_file_it_did_not_write_without_overwrite(traine
     assert {path.name: path.read_bytes() for path in truth.iterdir() if path.name in before} != before
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "photo.png")
     refused = run("predict.py", *flags, "-i", images[0], "-o", tmp_path / "photo.png", cwd=trained, check=False)
-    assert refused.returncode == 2 and "photo.png exists and was not written by predict.py:" in refused.stderr
+    assert refused.returncode == 2 and "photo.png exists without the mark of predict.py's outputs:" in refused.stderr
     beside = tmp_path / "beside"  # <name>_OUT.png beside the input is predict.py's by its name (older versions')
     beside.mkdir()
     shutil.copy(images[0], beside / images[0].name)
     Image.fromarray(np.zeros((32, 48), np.uint8)).save(beside / f"{images[0].stem}_OUT.png")
     run("predict.py", *flags, "-i", beside / images[0].name, cwd=trained)
     assert written_by_predict(beside / f"{images[0].stem}_OUT.png")
+
+
+def test_skip_existing_finishes_a_run_whose_outputs_carry_no_mark(trained: Path, tmp_path: Path) -> None:
+    """Found by the code review: the outputs --skip-existing leaves alone were checked for the mark too, so a run
+    of an earlier version (or of .bmp masks) could not be finished without --overwrite."""
+    images = sorted((trained / "data" / "imgs").iterdir())[:3]
+    targets = [tmp_path / f"{image.stem}.bmp" for image in images]
+    flags = ["-m", "checkpoints/best.pth", "--workers", "0", "-i", *images, "-o", *targets]
+    run("predict.py", *flags, cwd=trained)
+    targets[1].unlink()
+    kept = {target: target.read_bytes() for target in (targets[0], targets[2])}
+    result = run("predict.py", *flags, "--skip-existing", cwd=trained)
+    assert "2 of 3 images already have their outputs; 1 to predict" in result.stdout
+    assert targets[1].exists() and all(target.read_bytes() == data for target, data in kept.items())
+    refused = run("predict.py", *flags, cwd=trained, check=False)  # a plain run would replace them: said first
+    assert refused.returncode == 2 and "exists without the mark of predict.py's outputs (and 2 other files" \
+        in refused.stderr
 
 
 def test_skip_existing_says_when_predictions_csv_loses_rows_of_other_images(trained: Path, tmp_path: Path) -> None:
@@ -230,6 +249,9 @@ def test_skip_existing_says_when_predictions_csv_loses_rows_of_other_images(trai
     run("predict.py", *flags, "-i", *images[:3], cwd=trained)
     finished = run("predict.py", *flags, "-i", *images[:3], "--skip-existing", cwd=trained)
     assert "is replaced" not in finished.stderr  # the same inputs: every row written again
+    relative = run("predict.py", *flags, "-i", *[image.relative_to(trained) for image in images[:3]],
+                   "--skip-existing", cwd=trained)
+    assert "is replaced" not in relative.stderr  # the same files, named another way (found by the code review)
     other = run("predict.py", *flags, "-i", *images[3:5], "--skip-existing", cwd=trained)
     assert (f"note: {tmp_path / 'ab' / 'predictions.csv'} is replaced: it held 3 rows of images not among this "
             "run's inputs, and this one lists only its own inputs (another --csv name keeps both)") in other.stderr

@@ -312,9 +312,14 @@ def test_predict_image_names_a_wrong_argument_instead_of_running_something_else(
         predict_image(small_unet(), np.zeros((32, 32, 3), np.uint8), **arguments)
 
 
-def test_predict_image_takes_the_precision_by_name() -> None:
+def test_predict_image_takes_the_precision_by_name_and_numpy_numbers() -> None:
     model, pixels = small_unet(), np.random.default_rng(1).integers(0, 256, (32, 48, 3), dtype=np.uint8)
     assert torch.equal(predict_image(model, pixels, precision="fp32"), predict_image(model, pixels, precision=FP32))
+    numpy_options = InferenceOptions(tile=np.int64(64), overlap=np.float32(0.5), tile_batch=np.int64(2))
+    assert torch.equal(predict_image(model, pixels, precision=FP32, options=numpy_options),
+                       predict_image(model, pixels, precision=FP32, options=InferenceOptions(64, 0.5, tile_batch=2)))
+    with pytest.raises(UserError, match="options.overlap must be .*, got False"):
+        predict_image(model, pixels, options=InferenceOptions(overlap=False))
 
 
 def test_a_model_in_training_mode_predicts_in_eval_mode_and_is_given_back_as_it_was() -> None:

@@ -176,35 +176,36 @@ def inference_options(args: argparse.Namespace) -> InferenceOptions:
 MAX_OVERLAP = 0.9  # tiles 10x denser than side by side on each axis: ~100 predictions of each pixel (x8 with d4)
 
 
+def _number(value: object, whole: bool = False) -> bool:
+    """A number as Python or numpy holds it, and not a bool (True is no tile size or overlap)."""
+    return isinstance(value, numbers.Integral if whole else numbers.Real) and not isinstance(value, bool)
+
+
 def check_options(options: InferenceOptions, python: bool = False) -> None:
     """The options' ranges, named as flags for the CLIs, or as fields (options.tta) for predict_image's callers."""
     def name(field: str) -> str:
         return f"options.{field}" if python else f"--{field.replace('_', '-')}"
 
-    tile = options.tile
+    tile, overlap, tile_batch, max_memory = options.tile, options.overlap, options.tile_batch, options.max_memory
     check_flag(name("tile"), repr(tile), tile in ("auto", "none") or (
-        isinstance(tile, int) and not isinstance(tile, bool) and tile >= MIN_TILE and tile % TILE_MULTIPLE == 0),
+        _number(tile, whole=True) and tile >= MIN_TILE and tile % TILE_MULTIPLE == 0),
         f"auto, none or a size in pixels, a multiple of {TILE_MULTIPLE} of at least {MIN_TILE}")
-    check_flag(name("overlap"), repr(options.overlap), isinstance(options.overlap, numbers.Real) and
-               0 <= options.overlap <= MAX_OVERLAP,
+    check_flag(name("overlap"), repr(overlap), _number(overlap) and 0 <= overlap <= MAX_OVERLAP,
                f"a fraction of the tile from 0 to {MAX_OVERLAP} (usually 0.25-0.5): above it each pixel would be "
                "predicted hundreds of times, for minutes per image")
     check_flag(name("tta"), repr(options.tta), options.tta in TTA_CHOICES, f"one of {', '.join(TTA_CHOICES)}")
-    check_flag(name("tile_batch"), repr(options.tile_batch), options.tile_batch is None or (
-        isinstance(options.tile_batch, numbers.Integral) and options.tile_batch >= 1), "a whole number of at least 1")
-    check_flag(name("max_memory"), repr(options.max_memory), options.max_memory is None or (
-        isinstance(options.max_memory, numbers.Real) and 0 < options.max_memory < math.inf),
-        "a positive number of GiB")
+    check_flag(name("tile_batch"), repr(tile_batch), tile_batch is None or (
+        _number(tile_batch, whole=True) and tile_batch >= 1), "a whole number of at least 1")
+    check_flag(name("max_memory"), repr(max_memory), max_memory is None or (
+        _number(max_memory) and 0 < max_memory < math.inf), "a positive number of GiB")
 
 
 def _check_predict_image_arguments(scale: object, threshold: object, options: object, precision: object) -> None:
     """predict_image's arguments, named as in Python: a typo must not run something else without a word."""
-    def real(value: object) -> bool:
-        return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-    check_flag("scale", repr(scale), scale is None or (real(scale) and 0 < scale < math.inf),
+    check_flag("scale", repr(scale), scale is None or (_number(scale) and 0 < scale < math.inf),
                "None (the model's own) or a number above 0")
-    check_flag("threshold", repr(threshold), real(threshold) and 0 < threshold < 1, "a probability between 0 and 1")
+    check_flag("threshold", repr(threshold), _number(threshold) and 0 < threshold < 1,
+               "a probability between 0 and 1")
     if not isinstance(options, InferenceOptions):
         raise UserError(f"options must be an InferenceOptions (utils.inference), got {options!r}")
     check_options(options, python=True)
