@@ -124,6 +124,28 @@ def test_binary_decode_writes_0_255_gray_image():
     assert np.asarray(image).tolist() == [[0, 255], [255, 0]]
 
 
+def test_binary_palette_masks_with_a_void_border_keep_their_palette(tmp_path):
+    """Found by a VOC-style review: 0/1 palette masks with 255 ignored were written as a near-black grayscale 0/1
+    PNG without their palette. 0/1 masks whose 255 is not ignored (Carvana's GIFs) stay 0/255 grayscale."""
+    from PIL import Image
+
+    from utils.mask_writer import MaskWriter, OutputOptions
+
+    palette = [0, 0, 0, 128, 0, 0] + [0, 0, 0] * 253 + [224, 224, 192]  # VOC's first colours and its void
+    classes = np.array([[0, 1], [1, 0]])
+    image = decode_mask(classes, [0, 1], palette, ignore_value=255)
+    assert image.mode == "P" and np.asarray(image).tolist() == [[0, 1], [1, 0]]
+    assert image.getpalette()[:6] == [0, 0, 0, 128, 0, 0]
+    plain = decode_mask(classes, [0, 1], palette)
+    assert plain.mode == "L" and np.asarray(plain).tolist() == [[0, 255], [255, 0]]
+    writer = MaskWriter([0, 1], palette, 3, OutputOptions(), threads=1, ignore_value=255)
+    writer.submit(0, tmp_path / "x.jpg", tmp_path / "x.png", writer.table[classes], [0.5, 0.5])
+    writer.close()
+    written = Image.open(tmp_path / "x.png")
+    assert written.mode == "P" and written.getpalette()[:6] == [0, 0, 0, 128, 0, 0]
+    assert np.asarray(written).tolist() == [[0, 1], [1, 0]]
+
+
 def test_scalar_decode_writes_the_mask_values(tmp_path):
     image = decode_mask(INDICES, [0, 10, 20])
     assert image.mode == "L"

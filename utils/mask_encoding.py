@@ -232,6 +232,11 @@ def unwritable_values(mask_values: Sequence[MaskValue]) -> list[int]:
     return [] if is_colour(mask_values) else [int(v) for v in mask_values if not 0 <= v < MAX_CLASSES]
 
 
+def written_as_0_255(mask_values: Sequence[MaskValue], ignore_value: int | None = None) -> bool:
+    """Whether 0/1 masks are written 0/255, to be visible: not where 255 is the masks' "not labelled"."""
+    return not is_colour(mask_values) and set(mask_values) <= {0, 1} and ignore_value != 255
+
+
 def encoding_table(mask_values: Sequence[MaskValue], ignore_value: int | None = None) -> np.ndarray:
     """Class index -> the pixel value written for it: table[class_indices] is the mask in the training encoding.
 
@@ -246,24 +251,24 @@ def encoding_table(mask_values: Sequence[MaskValue], ignore_value: int | None = 
     if outside := unwritable_values(mask_values):
         raise UserError(f"the model's mask values {short_values(mask_values)} include {outside[0]}, which no 8- or "
                         "16-bit mask image can hold: train on masks with labels from 0 to 65535 to predict mask files")
-    if set(mask_values) <= {0, 1} and ignore_value != 255:
+    if written_as_0_255(mask_values, ignore_value):
         return (values * 255).astype(np.uint8)
     return values.astype(np.uint8 if values.max(initial=0) <= 255 else np.uint16)
 
 
-def mask_image(
-    encoded: np.ndarray, mask_values: Sequence[MaskValue], palette: Sequence[int] | None = None
-) -> Image.Image:
-    """An encoded mask (encoding_table applied) as an image; palette masks keep their palette."""
-    if palette and encoded.ndim == 2 and encoded.dtype == np.uint8 and not set(mask_values) <= {0, 1}:
+def mask_image(encoded: np.ndarray, mask_values: Sequence[MaskValue], palette: Sequence[int] | None = None,
+               ignore_value: int | None = None) -> Image.Image:
+    """An encoded mask (encoding_table applied, with this ignore_value) as an image; palette masks keep their
+    palette, 0/1 ones too where they stay 0/1 (255 ignored, as in VOC's masks of one class and a void border)."""
+    if palette and encoded.ndim == 2 and encoded.dtype == np.uint8 and not written_as_0_255(mask_values,
+                                                                                             ignore_value):
         image = Image.fromarray(encoded, mode="P")
         image.putpalette(full_palette(palette, mask_values))
         return image
     return Image.fromarray(encoded)
 
 
-def decode_mask(
-    class_indices: np.ndarray, mask_values: Sequence[MaskValue], palette: Sequence[int] | None = None
-) -> Image.Image:
+def decode_mask(class_indices: np.ndarray, mask_values: Sequence[MaskValue], palette: Sequence[int] | None = None,
+                ignore_value: int | None = None) -> Image.Image:
     """Class indices -> an image in the training masks' encoding (see encoding_table)."""
-    return mask_image(encoding_table(mask_values)[class_indices], mask_values, palette)
+    return mask_image(encoding_table(mask_values, ignore_value)[class_indices], mask_values, palette, ignore_value)

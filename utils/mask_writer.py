@@ -113,6 +113,7 @@ class MaskWriter:
         self.n_classes = max(len(mask_values), 2)
         # what the masks hold, per class; none without mask files (labels beyond 16 bits still get the rest)
         self.table = encoding_table(mask_values, ignore_value) if options.save_mask else None
+        self.ignore_value = ignore_value
         self.colours = class_colours(self.n_classes, mask_values)
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mask-writer")
         self.pending: deque[Future] = deque()
@@ -174,8 +175,9 @@ class MaskWriter:
             if options.save_mask or options.save_probs or options.overlay or options.viz == "save":
                 target.parent.mkdir(parents=True, exist_ok=True)
             if options.save_mask:
+                image = mask_image(encoded, self.mask_values, self.palette, self.ignore_value)
                 with atomic_path(target) as tmp:
-                    mask_image(encoded, self.mask_values, self.palette).save(tmp, **mask_save_options(target))
+                    image.save(tmp, **mask_save_options(target))
             if options.save_probs:
                 with atomic_path(probs_path(target)) as tmp, open(tmp, "wb") as file:
                     np.save(file, probs)
