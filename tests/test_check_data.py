@@ -733,6 +733,22 @@ def test_palette_masks_that_number_their_colours_differently_are_refused(tmp_pat
     assert fine.palette_conflicts == [] and fine.mask_values == [0, 1, 2]
 
 
+def test_an_ignored_palette_index_may_have_another_colour_in_some_files(tmp_path: Path) -> None:
+    """Found by a VOC-style review: one mask's void index (255) recoloured white refused the data set with
+    --ignore-index 255, "one index would be two classes", though that index is no class."""
+    void = 255
+    palette = [*BLACK, *RED] + [0, 0, 0] * 253
+    for index, colour in enumerate(((224, 224, 192), (255, 255, 255))):
+        mask = box_mask().astype(np.uint8)
+        mask[0] = void  # a border row
+        write_image(tmp_path / "imgs" / f"v{index}.png", noisy_rgb(index))
+        write_image(tmp_path / "masks" / f"v{index}.png", mask, mode="P", palette=[*palette, *colour])
+    assert check_dataset(tmp_path / "imgs", tmp_path / "masks", workers=1).palette_conflicts == [
+        "v1.png shows index 255 as (255, 255, 255), v0.png as (224, 224, 192)"]  # not ignored: two classes
+    check = check_dataset(tmp_path / "imgs", tmp_path / "masks", ignore_value=void, workers=1)
+    assert check.palette_conflicts == [] and check.mask_values == [0, 1] and not check.problems
+
+
 def test_binary_masks_saved_as_0_1_and_as_0_255_are_not_taken_for_three_classes(tmp_path: Path) -> None:
     for index in range(4):
         write_image(tmp_path / "imgs" / f"m{index}.png", noisy_rgb(index))

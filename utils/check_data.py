@@ -627,7 +627,8 @@ def check_dataset(
     if ignore_value is not None and colour_mask is not None:
         raise UserError(f"--ignore-index {ignore_value} names a label value, but {colour_mask} is an RGB colour "
                         "mask, whose classes are colours: leave --ignore-index out")
-    check.palette_conflicts = _palette_conflicts([(pair.mask.name, mask) for pair, mask in usable])
+    if binarize is None:  # binarized, an index is a class by its value alone, whatever its colour
+        check.palette_conflicts = _palette_conflicts([(pair.mask.name, mask) for pair, mask in usable], ignore_value)
     if binarize is None and ignore_value not in (1, 255):
         check.mixed_binary = _mixed_binary([(pair.mask.name, mask) for pair, mask in usable])
     per_file = {pair.mask.name: _effective_counts(mask, binarize, ignore_value) for pair, mask in usable}
@@ -669,16 +670,17 @@ def _merged_palette(masks: list[dict]) -> list[int] | None:
     return merged
 
 
-def _palette_conflicts(masks: list[tuple[str, dict]]) -> list[str]:
+def _palette_conflicts(masks: list[tuple[str, dict]], ignore_value: int | None = None) -> list[str]:
     """Palette masks are read as their indices: an index shown as one colour in one file and another colour in
-    another (Pillow numbers a GIF's palette per file) would make two classes one."""
+    another (Pillow numbers a GIF's palette per file) would make two classes one. The ignored index is no class:
+    its colour may differ (VOC's void border recoloured in one file)."""
     first_seen: dict[int, tuple[tuple[int, ...], str]] = {}
     conflicts = []
     for name, mask in masks:
         palette = mask.get("palette") or []
         for index in mask["values"] if mask["encoding"] == "palette" else []:
             colour = tuple(palette[3 * index: 3 * index + 3])
-            if len(colour) < 3:
+            if len(colour) < 3 or index == ignore_value:
                 continue  # an index beyond the palette: shown black, nothing to compare
             seen = first_seen.setdefault(index, (colour, name))
             if seen[0] != colour:
