@@ -872,6 +872,11 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
         raise UserError(data.unwritable_values_error())
     mask_values: list[MaskValue] = data.mask_values
     loaded_classes = weights["model_args"]["n_classes"] if weights is not None else None
+    left_out = (weights.get("args") or {}).get("ignore_index") if weights is not None else None
+    if left_out is not None and args.ignore_index is None and left_out in mask_values:
+        say(f"note: {args.load} left mask value {left_out} out of training (--ignore-index {left_out}), and these "
+            f"masks hold it: add --ignore-index {left_out} to leave it out again; without it, it is a class",
+            file=sys.stderr)
     if loaded_classes is not None and len(mask_values) > max(loaded_classes, 2):  # more than its outputs can tell
         outputs = f"{loaded_classes} classes" if loaded_classes > 1 else "1 class (foreground or not)"
         raise UserError(f"the masks hold {len(mask_values)} distinct values {short_values(mask_values)} but "

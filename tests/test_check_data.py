@@ -749,6 +749,30 @@ def test_an_ignored_palette_index_may_have_another_colour_in_some_files(tmp_path
     assert check.palette_conflicts == [] and check.mask_values == [0, 1] and not check.problems
 
 
+def test_a_void_border_of_255_gets_the_ignore_index_hint(tmp_path: Path) -> None:
+    """Found by a VOC-style review: 255 borders around classes 1 and 2 trained as a class with only a class-weights
+    hint, though they are VOC's and Cityscapes' "unlabelled"."""
+    for index in range(3):
+        mask = np.zeros((32, 48), np.uint8)  # noisy_rgb's size
+        mask[5:28, 5:22], mask[5:28, 26:44] = 1, 2
+        edges = np.zeros_like(mask, bool)
+        edges[1:] |= mask[1:] != mask[:-1]
+        edges[:, 1:] |= mask[:, 1:] != mask[:, :-1]
+        mask[edges] = 255  # a one-pixel border along every edge
+        write_image(tmp_path / "imgs" / f"v{index}.png", noisy_rgb(index))
+        write_image(tmp_path / "masks" / f"v{index}.png", mask)
+    hint = "mask value 255 sits apart from the others (0-2) and lies along edges, as the 'void' label of VOC and " \
+           "Cityscapes does: if it marks unlabelled pixels, pass --ignore-index 255 (without it, it trains as a class)"
+    assert hint in check_dataset(tmp_path / "imgs", tmp_path / "masks", workers=1).suggestions()
+    assert hint not in check_dataset(tmp_path / "imgs", tmp_path / "masks", ignore_value=255, workers=1).suggestions()
+    for index in range(3):  # 255 as a class of its own regions: no hint
+        mask = np.zeros((32, 48), np.uint8)  # noisy_rgb's size
+        mask[5:28, 5:22], mask[5:28, 26:44] = 1, 255
+        write_image(tmp_path / "masks" / f"v{index}.png", mask)
+    assert not any("void" in line for line in check_dataset(tmp_path / "imgs", tmp_path / "masks",
+                                                             workers=1).suggestions())
+
+
 def test_binary_masks_saved_as_0_1_and_as_0_255_are_not_taken_for_three_classes(tmp_path: Path) -> None:
     for index in range(4):
         write_image(tmp_path / "imgs" / f"m{index}.png", noisy_rgb(index))

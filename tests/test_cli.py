@@ -16,7 +16,7 @@ from conftest import NARROW_UNET, run_script
 from PIL import Image
 
 from unet import UNet
-from utils.checkpoint import load_checkpoint
+from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.errors import UserError
 from utils.mask_writer import written_by_predict
 
@@ -732,6 +732,30 @@ def test_load_of_a_model_with_fewer_classes_than_the_masks_says_what_works(tmp_p
     with pytest.raises(UserError, match=r"one.pth predicts 1 class \(foreground or not\), and --load keeps its output "
                                         r"layer: train a new model \(leave out --load\), or use masks of at most 2"):
         train.main(train.get_args_parser().parse_args([*flags, "--classes", "1"]))
+
+
+def test_load_of_a_model_that_ignored_a_value_the_masks_hold_says_how_to_keep_ignoring_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Found by a VOC-style review: fine-tuning a model trained with --ignore-index 255 on masks with a 255 void
+    border, without the flag, trained the border as a class, and no line said so."""
+    import train
+
+    write_carvana_like(tmp_path / "data", 2)
+    for mask in (tmp_path / "data" / "masks").iterdir():
+        values = np.zeros((32, 48), np.uint8)
+        values[:, 10:20], values[:, 20:22] = 7, 255  # a class and its void border
+        Image.fromarray(values).save(mask.with_suffix(".png"))
+        mask.unlink()
+    save_checkpoint(tmp_path / "voc.pth", UNet(3, 3, base_channels=16), [0, 7, 8], args={"ignore_index": 255})
+    flags = ["--imgs", str(tmp_path / "data" / "imgs"), "--masks", str(tmp_path / "data" / "masks"), *TRAIN_FLAGS,
+             "--load", str(tmp_path / "voc.pth")]
+    train.main(train.get_args_parser().parse_args([*flags, "--checkpoint-dir", str(tmp_path / "a")]))
+    assert (f"note: {tmp_path / 'voc.pth'} left mask value 255 out of training (--ignore-index 255), and these masks "
+            "hold it: add --ignore-index 255 to leave it out again; without it, it is a class"
+            ) in capsys.readouterr().err
+    train.main(train.get_args_parser().parse_args([*flags, "--ignore-index", "255",
+                                                   "--checkpoint-dir", str(tmp_path / "b")]))
+    assert "left mask value 255 out" not in capsys.readouterr().err
 
 
 def test_a_class_without_a_mask_value_is_predicted_and_written(tmp_path: Path) -> None:

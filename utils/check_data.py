@@ -82,6 +82,9 @@ INSTANCE_LABEL_HINT = 16  # more distinct values than this in label masks usuall
 STRAY_FRACTION = 0.005
 STRAY_TOTAL = 0.05
 STRAY_INTERIOR = 0.2
+# 255 as VOC's and Cityscapes' "void": the other labels all at most VOID_APART, and under VOID_INTERIOR of its
+# pixels inside a region of it (a border a few pixels wide; a class's regions are mostly interior).
+VOID_LABEL, VOID_APART, VOID_INTERIOR = 255, 127, 0.8
 INTERIOR_BLOCK_ROWS = 512  # rows per block when counting interior pixels: bounded memory on very large masks
 
 
@@ -444,6 +447,19 @@ class DataCheck:
         return totals
 
     @property
+    def looks_like_void(self) -> bool:
+        """255 beside labels far below it (0-20), mostly along their edges: VOC's and Cityscapes' unlabelled pixels,
+        trained as a class unless --ignore-index says otherwise."""
+        values = self.mask_values
+        if self.ignore_value is not None or self.binarize is not None or VOID_LABEL not in values or len(values) < 3:
+            return False
+        if any(isinstance(value, (list, tuple)) or value > VOID_APART for value in values if value != VOID_LABEL):
+            return False
+        index = values.index(VOID_LABEL)
+        pixels = self.class_pixels[index]
+        return bool(pixels) and self.class_interior[index] < VOID_INTERIOR * pixels
+
+    @property
     def inferred_classes(self) -> int:
         """One class per mask value; at least two (background and foreground)."""
         return max(len(self.mask_values), 2)
@@ -479,6 +495,12 @@ class DataCheck:
                          f"(resized or noisy masks?): {self.stray_values_fix()}")
         elif self.instance_labels:
             hints.append(f"{len(self.mask_values)} distinct mask values {INSTANCE_LABELS_FIX}")
+        if self.looks_like_void:
+            others = [value for value in self.mask_values if value != VOID_LABEL]
+            hints.append(f"mask value {VOID_LABEL} sits apart from the others ({_short_value(min(others))}-"
+                         f"{_short_value(max(others))}) and lies along edges, as the 'void' label of VOC and "
+                         f"Cityscapes does: if it marks unlabelled pixels, pass --ignore-index {VOID_LABEL} (without "
+                         "it, it trains as a class)")
         if self.ignore_value is not None and not self.ignored_pixels:
             hints.append(f"--ignore-index {self.ignore_value}: no mask holds that value, so nothing is left out; "
                          "check the value (VOC-style borders are 255)")
