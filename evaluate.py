@@ -242,10 +242,15 @@ def score_folders(args: argparse.Namespace, device: torch.device) -> dict:
     if min(result["images_per_class"][1:], default=result["images"]) < result["images"]:
         print("Dice, IoU: means over images, where an image without the class in mask and prediction scores 1; "
               "pooled: over all pixels of all images together (the fairer score of a class few images hold)")
-    unseen = [str(c) for c in range(1, len(result["images_per_class"])) if not result["seen_per_class"][c]]
+    unseen = [c for c in range(1, len(result["images_per_class"])) if not result["seen_per_class"][c]]
     if unseen and len(unseen) < len(result["images_per_class"]) - 1:
-        named = f"class {unseen[0]}" if len(unseen) == 1 else f"{len(unseen)} classes {short_values(unseen)}"
-        print(f"{named}: in no mask and never predicted, left out of the mean foreground Dice and IoU")
+        named = (f"class {unseen[0]} (mask value {model.mask_values[unseen[0]]})" if len(unseen) == 1 else
+                 f"{len(unseen)} classes {short_values(unseen)} (mask values "
+                 f"{short_values([model.mask_values[c] for c in unseen])})")
+        print(f"{named}: in no mask and never predicted, left out of the mean foreground Dice and IoU, and empty in "
+              f"{args.output.name}")
+        for row in result["rows"]:  # their free 1s would read as scores
+            row.update({f"{score}_{c}": None for c in unseen for score in ("dice", "iou")})
     if model.ignore_value == 255 and list(model.mask_values) == [0, 1] and result["images_per_class"][1] == 0:
         print("note: no mask holds the object value 1, and the model was trained ignoring 255: masks that mark "
               "objects with 255 had them ignored, not scored; save such masks as 0/1", file=sys.stderr)

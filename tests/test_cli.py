@@ -1016,8 +1016,13 @@ def test_evaluate_names_many_unscored_classes_in_one_short_line(tmp_path: Path) 
     torch.save({**model.state_dict(), "mask_values": [0, 255, *range(1, 11)]}, tmp_path / "model.pth")
     result = run("evaluate.py", "-m", "model.pth", "--imgs", "imgs", "--masks", "masks", "--scale", "1",
                  "--workers", "0", cwd=tmp_path)
-    assert ("10 classes [2, 3, 4, 5, 6, 7, 8, 9, ...]: in no mask and never predicted, left out of the mean "
-            "foreground Dice and IoU") in result.stdout
+    assert ("10 classes [2, 3, 4, 5, 6, 7, 8, 9, ...] (mask values [1, 2, 3, 4, 5, 6, 7, 8, ...]): in no mask and "
+            "never predicted, left out of the mean foreground Dice and IoU, and empty in evaluation.csv"
+            ) in result.stdout
+    with open(tmp_path / "evaluation.csv", newline="") as file:  # found by a VOC-style review: their free 1s read
+        rows = list(csv.DictReader(file))                        # as scores
+    assert rows and all(row[f"{score}_{c}"] == "" for row in rows for c in range(2, 12) for score in ("dice", "iou"))
+    assert all(row["dice_1"] != "" for row in rows)
 
 
 def test_a_four_channel_model_trains_predicts_and_evaluates_on_rgb_plus_near_infrared(tmp_path: Path) -> None:
