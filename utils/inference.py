@@ -83,9 +83,14 @@ def parse_tile(text: str) -> int | str:
         size = int(text)
     except ValueError:
         raise UserError(f"--tile must be auto, none or a size in pixels, got {text!r}") from None
-    if size < MIN_TILE or size % TILE_MULTIPLE:
+    if not tile_size_ok(size):
         raise UserError(f"--tile {size}: use a multiple of {TILE_MULTIPLE} of at least {MIN_TILE} (e.g. 512)")
     return size
+
+
+def tile_size_ok(tile: object) -> bool:
+    """auto, none, or a whole number of pixels the U-Net halves four times, of at least MIN_TILE."""
+    return tile in ("auto", "none") or (_number(tile, whole=True) and tile >= MIN_TILE and tile % TILE_MULTIPLE == 0)
 
 
 def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
@@ -187,9 +192,8 @@ def check_options(options: InferenceOptions, python: bool = False) -> None:
         return f"options.{field}" if python else f"--{field.replace('_', '-')}"
 
     tile, overlap, tile_batch, max_memory = options.tile, options.overlap, options.tile_batch, options.max_memory
-    check_flag(name("tile"), repr(tile), tile in ("auto", "none") or (
-        _number(tile, whole=True) and tile >= MIN_TILE and tile % TILE_MULTIPLE == 0),
-        f"auto, none or a size in pixels, a multiple of {TILE_MULTIPLE} of at least {MIN_TILE}")
+    check_flag(name("tile"), repr(tile), tile_size_ok(tile),
+               f"auto, none or a size in pixels, a multiple of {TILE_MULTIPLE} of at least {MIN_TILE}")
     check_flag(name("overlap"), repr(overlap), _number(overlap) and 0 <= overlap <= MAX_OVERLAP,
                f"a fraction of the tile from 0 to {MAX_OVERLAP} (usually 0.25-0.5): above it each pixel would be "
                "predicted hundreds of times, for minutes per image")
