@@ -24,6 +24,7 @@ from torch import nn
 
 from utils.atomic_files import atomic_path
 from utils.checkpoint import inference_scale, load_model
+from utils.data_loading import where
 from utils.errors import UserError, check_output_file, counted, run_cli
 from utils.mask_encoding import MaskValue, encoding_table
 
@@ -208,7 +209,7 @@ def describe(output: Path, export_format: str, opset: int, metadata: dict[str, A
 def main(args: argparse.Namespace) -> int:
     output = Path(args.output)
     export_format = choose_format(output, args.format)
-    if output.resolve() == Path(args.model).resolve():
+    if where(output) == where(Path(args.model)):
         raise UserError(f"--output {output} is the checkpoint itself: pick another file name")
     if export_format == "onnx":
         require_onnx_exporter(args.opset)

@@ -38,6 +38,7 @@ from utils.data_loading import (
     is_hidden,
     is_image_file,
     unread_format_note,
+    where,
 )
 from utils.device import (
     COMPILE_CHOICES,
@@ -182,9 +183,10 @@ def output_paths(inputs: list[Path], outputs: list[str] | None) -> list[Path]:
         targets = [path.with_name(f"{path.stem}{DEFAULT_OUTPUT_TAG}.png") for path in inputs]
         check_distinct(inputs, [[target] for target in targets])
         return targets
-    if len(outputs) == 1 and (Path(outputs[0]).is_dir() or outputs[0].endswith(("/", os.sep)) or len(inputs) > 1):
+    named_folder = len(outputs) == 1 and (Path(outputs[0]).is_dir() or outputs[0].endswith(("/", os.sep)))
+    if named_folder or (len(outputs) == 1 and len(inputs) > 1):
         folder = Path(outputs[0])
-        if folder.suffix.lower() in IMAGE_SUFFIXES:
+        if not named_folder and folder.suffix.lower() in IMAGE_SUFFIXES:
             raise UserError(f"{len(inputs)} inputs but one output file {folder}: give a folder or one file each")
         make_folder(folder, "--output")
         targets = [folder / f"{path.stem}.png" for path in inputs]
@@ -207,14 +209,6 @@ def output_paths(inputs: list[Path], outputs: list[str] | None) -> list[Path]:
     for folder in {target.parent for target in targets}:  # a file in the way is said now, not after predicting
         make_folder(folder, "--output")
     return targets
-
-
-def where(path: Path) -> Path:
-    """The file a path names, through links; a link loop is its own (reading it says what is wrong, in one line)."""
-    try:
-        return path.resolve()
-    except (RuntimeError, OSError):  # a symlink loop: RuntimeError before Python 3.13
-        return path.absolute()
 
 
 def case_insensitive(folder: Path) -> bool:

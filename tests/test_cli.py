@@ -622,6 +622,11 @@ def test_predict_inputs_expand_folders_and_globs_and_outputs_pair_up(tmp_path: P
         predict.output_paths(inputs, [str(tmp_path / "taken") + "/"])
     with pytest.raises(UserError, match="2 inputs but 3 outputs"):
         predict.output_paths(inputs, ["x.png", "y.png", "z.png"])
+    with pytest.raises(UserError, match=r"2 inputs but one output file .*m.png: give a folder or one file each"):
+        predict.output_paths(inputs, [str(tmp_path / "m.png")])
+    (tmp_path / "masks.png").mkdir()  # found by a review: a folder named like an image was taken for a file
+    for named in (str(tmp_path / "masks.png"), str(tmp_path / "masks.png") + "/", str(tmp_path / "new.png") + "/"):
+        assert predict.output_paths(inputs[:1], [named]) == [Path(named) / "a.png"]
     with pytest.raises(UserError, match=r"end it in \.png"):
         predict.output_paths(inputs[:1], ["mask"])
     with pytest.raises(UserError, match=r"output m.jpg: masks are written as .png, .gif, .bmp, .tif, .tiff files, "
@@ -1713,6 +1718,12 @@ def test_every_script_takes_workers_binarize_and_folders_alike(tmp_path: Path) -
         train.check_args(train.get_args_parser().parse_args(["--imgs", str(tmp_path / "a_file")]))
     assert str(error.value) == f"imgs folder {tmp_path / 'a_file'} is a file, not a folder: pass --imgs DIR " \
                                "(see download_data.sh)"
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")  # found by a review: a traceback in evaluate.py
+    for script in ("evaluate.py", "-m utils.check_data"):
+        result = run(script, *(["-m", "m.pth"] if script == "evaluate.py" else []), "--imgs", "loop", "--masks",
+                     "loop", cwd=tmp_path, check=False)
+        assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == (
+            "error: imgs folder loop is a link that leads back to itself: pass --imgs DIR (see download_data.sh)")
 
 
 def test_extra_classes_get_unused_labels_quickly() -> None:

@@ -508,7 +508,9 @@ def image_size(path: Path) -> tuple[int, int]:
 def require_folder(folder: Path, role: str) -> None:
     """Said before anything else about a run (its checkpoint folder, its resume), so a typo is the first error."""
     if not Path(folder).is_dir():
-        what = "is a file, not a folder" if Path(folder).exists() else "does not exist"
+        what = ("is a file, not a folder" if Path(folder).exists() else
+                "is a link that leads back to itself" if Path(folder).is_symlink() and where(Path(folder)) ==
+                Path(folder).absolute() else "does not exist")
         raise UserError(f"{role} folder {folder} {what}: pass --{role} DIR (see download_data.sh)")
 
 
@@ -580,10 +582,18 @@ class Pairing(NamedTuple):
     unread: list[Path]  # in either folder: files of UNREAD_IMAGE_SUFFIXES
 
 
+def where(path: Path) -> Path:
+    """The file a path names, through links; a link loop is its own (reading it says what is wrong, in one line)."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError):  # a symlink loop: RuntimeError before Python 3.13
+        return path.absolute()
+
+
 def pair_files(images_dir: Path, masks_dir: Path, mask_suffix: str | None = None) -> Pairing:
     """Pair every image with its mask, listing each folder once; the unpaired files are returned by name."""
     # One folder for both (x.jpg beside x_mask.png): without a suffix every file would be its own mask.
-    one_folder = Path(images_dir).resolve() == Path(masks_dir).resolve()
+    one_folder = where(Path(images_dir)) == where(Path(masks_dir))
     images, unread = _files_by_stem(Path(images_dir), "imgs", one_folder)
     masks, unread_masks = _files_by_stem(Path(masks_dir), "masks", one_folder)
     if not one_folder:
