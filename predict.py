@@ -126,6 +126,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def literal_folders(pattern: str) -> str:
+    """The pattern with its longest leading part that is an existing folder escaped: 'data [v2]/*.jpg' is the
+    JPEGs of that folder, not of 'data v' (glob reads [v2] as one character of v or 2)."""
+    parts = Path(pattern).parts
+    for cut in range(len(parts) - 1, 0, -1):
+        folder = Path(*parts[:cut])
+        if any(mark in str(folder) for mark in "*?[") and folder.is_dir():
+            return str(Path(glob.escape(str(folder)), *parts[cut:]))
+    return pattern
+
+
 def expand_inputs(inputs: list[str], keep_repeats: bool = False) -> tuple[list[Path], int]:
     """Files as given; folders and glob patterns expanded to the image files they hold, sorted, leaving out the
     files an earlier run without --output wrote there (x_OUT.png, ...). A file named twice is kept once, unless
@@ -144,7 +155,7 @@ def expand_inputs(inputs: list[str], keep_repeats: bool = False) -> tuple[list[P
             paths.append(path)  # named explicitly: predicted whatever its name
             continue
         else:
-            listed = sorted(Path(p) for p in glob.glob(item, recursive=True))  # DIR/**/*.jpg: subfolders too
+            listed = sorted(Path(p) for p in glob.glob(literal_folders(item), recursive=True))  # DIR/**/*.jpg too
         found = [p for p in listed if is_image_file(p)]
         unread_here = [p for p in listed if p.suffix.lower() in UNREAD_IMAGE_SUFFIXES and p.is_file()]
         unread += unread_here

@@ -624,6 +624,12 @@ def test_predict_inputs_expand_folders_and_globs_and_outputs_pair_up(tmp_path: P
         predict.output_paths(inputs, ["x.png", "y.png", "z.png"])
     with pytest.raises(UserError, match=r"2 inputs but one output file .*m.png: give a folder or one file each"):
         predict.output_paths(inputs, [str(tmp_path / "m.png")])
+    (tmp_path / "data [v2]").mkdir()  # found by a review: [v2] was a character class, so 'data v' was predicted
+    (tmp_path / "data v").mkdir()
+    (tmp_path / "data [v2]" / "mine.jpg").write_bytes(b"")
+    (tmp_path / "data v" / "other.jpg").write_bytes(b"")
+    assert predict.expand_inputs([str(tmp_path / "data [v2]" / "*.jpg")])[0] == [tmp_path / "data [v2]" / "mine.jpg"]
+    assert predict.expand_inputs([str(tmp_path / "data [v]" / "*.jpg")])[0] == [tmp_path / "data v" / "other.jpg"]
     (tmp_path / "masks.png").mkdir()  # found by a review: a folder named like an image was taken for a file
     for named in (str(tmp_path / "masks.png"), str(tmp_path / "masks.png") + "/", str(tmp_path / "new.png") + "/"):
         assert predict.output_paths(inputs[:1], [named]) == [Path(named) / "a.png"]
