@@ -8,7 +8,7 @@
 set -euo pipefail
 caller=$PWD
 case "${PYTHON:-}" in */*) [ "${PYTHON#/}" = "$PYTHON" ] && PYTHON="$caller/$PYTHON" ;; esac  # relative: the caller's
-cd "$(dirname "$0")"
+cd "$(dirname "$(readlink -f "$0" 2>/dev/null || echo "$0")")"  # through a link to it too: its own folder
 PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 
 if [ "${1:-}" = "--synthetic" ]; then
@@ -17,7 +17,8 @@ if [ "${1:-}" = "--synthetic" ]; then
     case "${1:-}" in  # N is optional: the next word is N unless it is a flag (-5 is a count, refused as one)
         -[0-9]*|[!-]*) count=$1; shift ;;
     esac
-    from_caller() { case "$1" in /*|"") echo "$1" ;; *) echo "$caller/$1" ;; esac; }
+    # relative: the caller's; ~ (quoted, or after --out=, where the shell leaves it): the home folder
+    from_caller() { case "$1" in /*|"") echo "$1" ;; "~"|"~/"*) echo "$HOME${1#\~}" ;; *) echo "$caller/$1" ;; esac; }
     args=()
     while [ $# -gt 0 ]; do  # --out DIR is in the caller's folder (this script runs from its own)
         case "$1" in

@@ -1732,6 +1732,21 @@ def test_every_script_takes_workers_binarize_and_folders_alike(tmp_path: Path) -
             "error: imgs folder loop is a link that leads back to itself: pass --imgs DIR (see download_data.sh)")
 
 
+def test_a_quoted_tilde_in_a_path_is_the_home_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a review: '~/x' in quotes, or after --out=, reached the scripts unexpanded, so they read and wrote a
+    folder named '~' in the current one, while their messages looked like the home folder."""
+    home = tmp_path / "home"
+    write_cells(home, 2)
+    torch.save({**UNet(3, 2, base_channels=4).state_dict(), "mask_values": [0, 255]}, home / "m.pth")
+    monkeypatch.setenv("HOME", str(home))
+    (tmp_path / "here").mkdir()
+    run("predict.py", "-m", "~/m.pth", "-i", "~/imgs", "-o", "~/out/", "--scale", "1", cwd=tmp_path / "here")
+    run("evaluate.py", "-m", "~/m.pth", "--imgs", "~/imgs", "--masks", "~/masks", "-o", "~/e.csv", "--scale", "1",
+        "--workers", "0", cwd=tmp_path / "here")
+    assert len(list((home / "out").iterdir())) == 2 and (home / "e.csv").exists()
+    assert list((tmp_path / "here").iterdir()) == []
+
+
 def test_extra_classes_get_unused_labels_quickly() -> None:
     from utils.mask_encoding import complete_mask_values
 

@@ -149,7 +149,17 @@ def test_synthetic_out_is_read_from_the_callers_folder(workspace: dict, tmp_path
                             env={**workspace["env"], "PYTHONSAFEPATH": "1"}, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith(f"wrote 1 images to {workspace['root'] / 'data' / 'imgs'}")
+    assert result.stdout.startswith(f"wrote 1 image to {workspace['root'] / 'data' / 'imgs'}")
+    # found by a review: a quoted ~ (or --out=~/x) made a folder named ~ here; the script run through a link to
+    # it found no utils
+    (tmp_path / "links").mkdir()
+    (tmp_path / "links" / "get.sh").symlink_to(workspace["root"] / "download_data.sh")
+    result = subprocess.run(["bash", str(tmp_path / "links" / "get.sh"), "--synthetic", "1", "--width", "24",
+                             "--height", "16", "--workers", "1", "--out=~/syn"], cwd=caller,
+                            env={**workspace["env"], "HOME": str(tmp_path / "home")}, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert len(list((tmp_path / "home" / "syn" / "imgs").iterdir())) == 1 and not (caller / "~").exists()
     result = subprocess.run([*script, "1", "--ou", "abbreviated"], cwd=caller, env=workspace["env"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "unrecognized arguments: --ou abbreviated" in result.stderr

@@ -53,7 +53,7 @@ def run_cli(main: Callable[[argparse.Namespace], object], parser: argparse.Argum
     if not debug:  # Pillow's own notes on a damaged file ("Truncated File Read", ...): the CLIs report it
         warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL(\.|$)")
     try:
-        code = main(parser.parse_args())
+        code = main(home_expanded(parser.parse_args()))
         sys.stdout.flush()  # a reader gone (`| head`) is met here, not as Python shuts down
         sys.exit(code if isinstance(code, int) else 0)  # in the try: a Ctrl-C just as main returns is one line too
     except BrokenPipeError:
@@ -77,6 +77,19 @@ def run_cli(main: Callable[[argparse.Namespace], object], parser: argparse.Argum
         sys.unraisablehook = lambda _: None
         print("interrupted", file=sys.stderr)
         sys.exit(INTERRUPTED_CODE)
+
+
+def home_expanded(args: argparse.Namespace) -> argparse.Namespace:
+    """Paths typed as '~/x' in quotes or after '=' (--out=~/x), where the shell leaves the ~: the home folder, as
+    meant, not a folder named '~' in the current one (which a later `rm -r ~/x` would not be)."""
+    def expanded(value: object) -> object:
+        if isinstance(value, (str, Path)) and str(value).startswith("~"):
+            return type(value)(os.path.expanduser(value))
+        return [expanded(item) for item in value] if isinstance(value, list) else value
+
+    for name, value in vars(args).items():
+        setattr(args, name, expanded(value))
+    return args
 
 
 def _output_closed() -> bool:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from .errors import UserError, check_flag, make_folder, run_cli
+from .errors import UserError, check_flag, counted, make_folder, run_cli
 
 VIEWS = 16  # Carvana photographs every car from 16 angles, 22.5 degrees apart
 MASK_PALETTE = (0, 0, 0, 255, 255, 255)  # index 0 black background, 1 white car, as in the real GIFs
@@ -210,7 +210,8 @@ def main(args: argparse.Namespace) -> int:
     for folder in (imgs, masks):
         make_folder(folder, "--out")
     make_synthetic_carvana(args.out, args.count, args.width, args.height, args.seed, args.workers)
-    print(f"wrote {args.count} images to {imgs} and {args.count} masks to {masks} ({args.width}x{args.height})")
+    print(f"wrote {counted(args.count, 'image')} to {imgs} and {counted(args.count, 'mask')} to {masks} "
+          f"({args.width}x{args.height})")
     return 0
 
 
