@@ -425,6 +425,29 @@ def test_wandb_offline_run_is_written_locally(tmp_path: Path, monkeypatch: pytes
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
 
 
+def test_wandb_with_names_that_are_not_utf8(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture) -> None:
+    """Found by a review: a data folder named in Latin-1 bytes turned wandb off, after some 80 lines of logging
+    tracebacks. The config is now shown with U+FFFD; a run folder wandb cannot name files in is said in one line."""
+    from utils.run_log import RunLog
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_SERVICE", os.environ.get("WANDB_SERVICE", ""))  # put back as it was afterwards
+    latin = os.fsdecode(b"caf\xe9")
+    for folder in ("run", latin):
+        (tmp_path / folder).mkdir()  # as train.py makes it
+    log = RunLog(tmp_path / "run", {"imgs": str(tmp_path / latin / "imgs")}, "offline")
+    assert log.wandb_run is not None and log.wandb_run.config["imgs"].endswith("caf\ufffd/imgs")
+    log.close()
+    assert "warning" not in capsys.readouterr().err
+    log = RunLog(tmp_path / latin, {}, "offline")
+    assert log.wandb_run is None
+    log.close()
+    err = capsys.readouterr().err
+    assert err.strip() == (f"warning: wandb cannot write in {tmp_path}/caf\ufffd, whose name is not UTF-8; continuing "
+                           "without it (rename the folder to log with wandb)"), err
+
+
 def test_wandb_records_how_the_run_ended(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Found by a review: a run stopped by a signal was recorded in wandb as a clean exit (code 0)."""
     from utils import run_log

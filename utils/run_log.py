@@ -106,13 +106,18 @@ class RunLog:
         run_id = continues if mode == "online" else None
         if continues and mode != "online":
             config = {**config, "continues_wandb_run": continues}
+        folder = str(self.run_dir.resolve())
+        if not _utf8(folder):  # wandb writes its files there, and cannot name them: it would fail, in many lines
+            print(f"warning: wandb cannot write in {_shown(folder)}, whose name is not UTF-8; continuing without it "
+                  "(rename the folder to log with wandb)", file=sys.stderr)
+            return None
         try:
             import wandb
 
             return wandb.init(
                 # Absolute: a process started from one already running wandb (a notebook, a test) inherits its
                 # WANDB_SERVICE, and that service would resolve a relative folder against its own directory.
-                project="U-Net", config=config, mode=mode, dir=str(self.run_dir.resolve()), id=run_id,
+                project="U-Net", config=_shown(config), mode=mode, dir=folder, id=run_id,
                 resume="allow", settings=wandb.Settings(init_timeout=60, silent=True),
             )
         except Exception as error:  # noqa: BLE001 - logging must never stop training
@@ -223,3 +228,22 @@ def finite_histogram(values: np.ndarray, bins: int = 64) -> tuple[np.ndarray, np
         pad = max(abs(low) * 1e-3, 0.5)
         low, high = low - pad, high + pad
     return np.histogram(values, bins=bins, range=(low, high))
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:  # a file name's bytes that are not UTF-8, kept by Python as surrogates
+        return False
+
+
+def _shown(value: Any) -> Any:
+    """Strings (nested in dicts and lists too) with names that are not UTF-8 shown with U+FFFD, as wandb needs."""
+    if isinstance(value, str) and not _utf8(value):
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    if isinstance(value, dict):
+        return {key: _shown(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_shown(item) for item in value]
+    return value
