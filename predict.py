@@ -450,13 +450,14 @@ def already_predicted(inputs: list[Path], outputs: list[Path], writer: MaskWrite
 
 def rows_replaced(csv_path: Path | None, kept_for: list[Path]) -> int:
     """The rows of an existing predictions.csv that this run's file will not hold: all of them, or with
-    --skip-existing (kept_for: the inputs, whose rows it writes again) those of other images."""
+    --skip-existing (kept_for: this run's masks, whose rows it writes again) those of other masks. By the masks'
+    names: the file's paths are as typed in the folder the earlier run started in, which may not be this one."""
     if csv_path is None or not csv_path.exists():
         return 0
     with open(csv_path, newline="", encoding="utf-8", errors=NAME_BYTES) as file:  # as MaskWriter writes it
-        images = [row.get("image") or "" for row in csv.DictReader(file)]
-    inputs = {where(path) for path in kept_for}
-    return sum(where(Path(image)) not in inputs for image in images)
+        masks = [Path(row.get("mask") or "").name for row in csv.DictReader(file)]
+    ours = {path.name for path in kept_for}
+    return sum(mask not in ours for mask in masks)
 
 
 def csv_location(requested: str | None, outputs: list[str] | None, targets: list[Path]) -> Path | None:
@@ -514,7 +515,7 @@ def predict_inputs(args: argparse.Namespace, device: torch.device) -> int:
     todo = sorted(set(range(len(inputs))) - set(done))
     if not args.overwrite:  # the outputs to be written: --skip-existing leaves the others as they are
         check_not_replacing_others([written[index] for index in todo])
-    lost = rows_replaced(csv_path, inputs if args.skip_existing else [])
+    lost = rows_replaced(csv_path, outputs if args.skip_existing else [])
     if lost:  # said once every check passed: only a run that goes on replaces it
         whose = "images not among this run's inputs" if args.skip_existing else "an earlier run"
         print(f"note: {csv_path} is replaced: it held {counted(lost, 'row')} of {whose}, and this one lists only "

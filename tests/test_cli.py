@@ -252,6 +252,16 @@ def test_skip_existing_says_when_predictions_csv_loses_rows_of_other_images(trai
     relative = run("predict.py", *flags, "-i", *[image.relative_to(trained) for image in images[:3]],
                    "--skip-existing", cwd=trained)
     assert "is replaced" not in relative.stderr  # the same files, named another way (found by the code review)
+    names = [str(image.relative_to(trained)) for image in images[:3]]  # paths as typed, from another folder next
+    run("predict.py", "-m", "checkpoints/best.pth", "--workers", "0", "-o", "rel/", "--csv", "-i", *names,
+        cwd=trained)
+    (trained / "elsewhere").mkdir(exist_ok=True)
+    moved = run("predict.py", "-m", "../checkpoints/best.pth", "--workers", "0", "-o", "../rel/", "--csv",
+                "--skip-existing", "-i", *[f"../{name}" for name in names], cwd=trained / "elsewhere")
+    assert "3 of 3 images already have their outputs" in moved.stdout
+    assert "is replaced" not in moved.stderr  # nor from another folder (found by a review)
+    for folder in ("rel", "elsewhere"):  # the shared trained folder as the other tests expect it
+        shutil.rmtree(trained / folder)
     other = run("predict.py", *flags, "-i", *images[3:5], "--skip-existing", cwd=trained)
     assert (f"note: {tmp_path / 'ab' / 'predictions.csv'} is replaced: it held 3 rows of images not among this "
             "run's inputs, and this one lists only its own inputs (another --csv name keeps both)") in other.stderr
