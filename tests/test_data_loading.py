@@ -482,6 +482,13 @@ def test_scale_that_shrinks_to_nothing_raises_user_error(carvana_folder):
         SegmentationDataset(pairs, [0, 1], scale=0.01)[0]
 
 
+def test_a_scale_that_shrinks_an_image_below_the_unet_is_refused_before_the_resize(tmp_path):
+    """Found by a review: resized to 1x1, torch's antialiased bicubic failed with an internal assertion."""
+    write_image(tmp_path / "a.png", random_rgb(0, 64, 64))
+    with pytest.raises(UserError, match=r"a.png is 64x64, only 1x1 at --scale 0.02: the U-Net needs at least 16 px"):
+        load_scaled_image(tmp_path / "a.png", 0.02)
+
+
 def test_a_scale_beyond_the_pixel_limit_is_refused_before_any_resize(tmp_path):
     """Found by a review: a checkpoint's scale of 1e9 (or --scale 1e9) crashed in the resize's allocation."""
     from utils.data_loading import scaled_size, set_image_pixel_limit

@@ -704,7 +704,8 @@ def check_model_input_size(width: int, height: int, scale: float, source: Path |
 
 
 def load_scaled_image(path: Path, scale: float, channels: int = 3) -> tuple[torch.Tensor, tuple[int, int]]:
-    """The model's view of an image file: uint8 CxH'xW' at int(scale * side), and the file's own (width, height).
+    """The model's view of an image file: uint8 CxH'xW' at int(scale * side), and the file's own (width, height);
+    an image the U-Net cannot take at that size is refused (check_model_input_size).
 
     The one image-reading path of training, validation, evaluation and prediction, so that all see the
     same pixels. A scaled-down JPEG is decoded at reduced size by libjpeg, then resized the rest of the way.
@@ -719,6 +720,7 @@ def load_scaled_image(path: Path, scale: float, channels: int = 3) -> tuple[torc
         reduce_to = scaled_size(*size, scale, path) if size else None
     image = read_image(path, channels, reduce_to)
     size = size or (image.shape[1], image.shape[0])
+    check_model_input_size(*size, scale, path)  # before resizing: to 1x1, torch's antialiased bicubic fails
     return image_to_tensor(image, scaled_size(*size, scale, path)), size
 
 
@@ -814,8 +816,6 @@ class SegmentationDataset(Dataset):
         pair = self.pairs[index]
         try:
             image_tensor, (width, height) = load_scaled_image(pair.image, self.scale, self.channels)
-            if self.crop is None:  # a window pads what is smaller
-                check_model_input_size(width, height, self.scale, pair.image)
             mask = read_mask(pair.mask)
         except UserError as error:
             if self.skip_unreadable:
@@ -874,7 +874,6 @@ class ImageFiles(Dataset):
         path = self.paths[index]
         try:
             image, (width, height) = load_scaled_image(path, self.scale, self.channels)
-            check_model_input_size(width, height, self.scale, path)
             orientation = file_orientation(path)  # the header again: the tag, not the pixels
         except UserError as error:
             return {"index": index, "error": str(error)}
