@@ -992,3 +992,38 @@ def test_resume_keeps_a_runs_full_precision_unless_typed(tmp_path: pathlib.Path)
     resumed["args"]["precision"] = "bf16"  # a GPU's choice: a CPU resume picks its own
     args = train.get_args_parser().parse_args(["--resume", "auto"])
     assert train.keep_run_settings(args, resumed, last) == [] and args.precision == "auto"
+
+
+def test_a_tiny_file_declaring_a_huge_model_is_refused_before_any_allocation(tmp_path) -> None:
+    """Found by a review of untrusted files: tensors saved as torch.zeros(()).expand(shape) store one value, so a
+    37 KB file declaring n_channels 10**8 (or the widest U-Net) made every script allocate gigabytes and fail with
+    an allocation traceback."""
+    model = UNet(3, 2, base_channels=8)
+    state = {key: (torch.zeros((), dtype=value.dtype).expand(value.shape) if key == "inc.double_conv.0.weight"
+                   else value) for key, value in model.state_dict().items()}
+    torch.save({"model": state, "model_args": {"n_channels": 3, "n_classes": 2, "bilinear": False,
+                                               "base_channels": 8}, "mask_values": [0, 1]}, tmp_path / "tiny.pth")
+    with pytest.raises(UserError, match=r"'inc.double_conv.0.weight' holds fewer values than its shape \[8, 3, 3, 3\] "
+                                        r"\(one value repeated\): it was not saved from a trained model"):
+        load_model(tmp_path / "tiny.pth", torch.device("cpu"))
+    save_checkpoint(tmp_path / "many.pth", UNet(3, 2, base_channels=8), [0, 1])
+    checkpoint = torch.load(tmp_path / "many.pth", weights_only=True)
+    checkpoint["model_args"]["n_classes"] = 50_000_000
+    torch.save(checkpoint, tmp_path / "many.pth")
+    with pytest.raises(UserError, match="model_args n_classes is 50000000, more than the 65536 mask values"):
+        load_model(tmp_path / "many.pth", torch.device("cpu"))
+
+
+@pytest.mark.parametrize(("entry", "value", "complaint"), [
+    ("scale", float("inf"), "scale is inf, not a positive number"),
+    ("mask_values", [0, 10**40], "mask_values is .*, not a list of labels"),
+])
+def test_metadata_that_would_fail_later_is_refused_when_read(tmp_path, entry: str, value, complaint: str) -> None:
+    """Found by a review of untrusted files: scale inf was an OverflowError in every reader (and written into
+    exports), a label of 10**40 one in the mask encoding."""
+    save_checkpoint(tmp_path / "m.pth", UNet(3, 2, base_channels=8), [0, 1], scale=0.5)
+    checkpoint = torch.load(tmp_path / "m.pth", weights_only=True)
+    checkpoint[entry] = value
+    torch.save(checkpoint, tmp_path / "m.pth")
+    with pytest.raises(UserError, match=complaint):
+        load_model(tmp_path / "m.pth", torch.device("cpu"))

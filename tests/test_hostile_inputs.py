@@ -647,3 +647,26 @@ def test_hostile_files_at_volume_end_as_usable_pairs_report_lines_or_one_line_er
     assert all(tally[kind] >= EXAMPLES_PER_KIND // 2 for kind in KINDS), tally  # small spaces may run out early
     assert sum("train.main" in verdict for verdict in outcomes.elements()) == len(TRAINED_KINDS)
     assert any("skipped" in verdict for verdict in outcomes) and any("reported" in verdict for verdict in outcomes)
+
+
+def test_array_images_and_masks_keep_to_the_pixel_limit_and_hold_their_pixels(tmp_path) -> None:
+    """Found by a review of untrusted files: a 1.5 KB .pt of torch.zeros(()).expand(100000, 100000, 3) (and a
+    .npy whose header declares 20000x20000) went past --max-image-pixels, which only image headers met, and
+    ended in allocation tracebacks."""
+    from utils.data_loading import image_size, read_image, read_mask
+
+    torch.save(torch.zeros((), dtype=torch.uint8).expand(100000, 100000, 3), tmp_path / "bomb.pt")
+    torch.save(torch.zeros((), dtype=torch.uint8).expand(64, 48, 3), tmp_path / "repeated.pt")
+    np.lib.format.open_memmap(tmp_path / "huge.npy", mode="w+", dtype=np.uint8, shape=(20000, 20000))
+    for read in (read_image, read_mask, image_size):
+        with pytest.raises(UserError, match=r"bomb.pt declares 10,000,000,000 pixels \(100000x100000x3\), more than "
+                                            r"the safety limit of 89,478,485: if the file is trusted, raise it"):
+            read(tmp_path / "bomb.pt")
+        with pytest.raises(UserError, match=r"huge.npy declares 400,000,000 pixels \(20000x20000\)"):
+            read(tmp_path / "huge.npy")
+        with pytest.raises(UserError, match=r"repeated.pt holds a tensor of shape \[64, 48, 3\] whose data is "
+                                            r"smaller than that \(one value repeated\)"):
+            read(tmp_path / "repeated.pt")
+    torch.save(torch.arange(64 * 48 * 3, dtype=torch.int32).reshape(64, 48, 3).permute(2, 0, 1) % 256,
+               tmp_path / "channels_first.pt")  # a view of all its data: read as before
+    assert read_image(tmp_path / "channels_first.pt").shape == (64, 48, 3)

@@ -31,9 +31,10 @@ from unet import CLASSIC_BASE_CHANNELS, MAX_BASE_CHANNELS, UNet
 from .atomic_files import TEMPORARY_NAME, atomic_path
 from .device import memory_format
 from .errors import UserError, check_flag, counted
-from .mask_encoding import MaskValue, complete_mask_values, full_palette
+from .mask_encoding import MAX_CLASSES, MaskValue, complete_mask_values, full_palette
 
 FORMAT_VERSION = 1
+INT64_MAX = 2**63 - 1  # the largest label an array of masks holds
 
 
 def unwrap_model(model: nn.Module) -> UNet:
@@ -303,6 +304,9 @@ def check_model_args(args: Any, source: Path | str) -> dict[str, Any]:
     for name in ("n_channels", "n_classes", "base_channels"):
         if type(args[name]) is not int or args[name] < 1:
             raise UserError(f"{source}: model_args {name} is {_clipped(args[name])}, not a positive integer: {fix}")
+    if args["n_classes"] > MAX_CLASSES:
+        raise UserError(f"{source}: model_args n_classes is {args['n_classes']}, more than the {MAX_CLASSES} mask "
+                        f"values a 16-bit mask holds: {fix}")
     if args["base_channels"] > MAX_BASE_CHANNELS:
         raise UserError(f"{source}: model_args base_channels is {args['base_channels']}, more than the "
                         f"{MAX_BASE_CHANNELS} a U-Net is built with: {fix}")
@@ -336,6 +340,9 @@ def check_state_dict(state_dict: Any, args: dict[str, Any], source: Path | str) 
         if tuple(value.shape) != shape:
             raise UserError(f"{prefix} '{key}' has shape {list(value.shape)}, the layout needs {list(shape)}: the "
                             "weights come from a differently built U-Net; use a checkpoint of this layout")
+        if value.untyped_storage().nbytes() < value.numel() * value.element_size():  # expand()ed: a tiny file
+            raise UserError(f"{prefix} '{key}' holds fewer values than its shape {list(shape)} (one value repeated): "
+                            "it was not saved from a trained model; use a checkpoint written by training")
         if value.dtype.is_floating_point != dtype.is_floating_point or value.is_complex() or value.dtype == torch.bool:
             kind = "floating-point" if dtype.is_floating_point else "integer"
             raise UserError(f"{prefix} '{key}' holds {value.dtype} values where {kind} ones belong: re-save the "
@@ -379,8 +386,9 @@ def _check_metadata(checkpoint: dict[str, Any], source: Path | str) -> None:
                         "(whole numbers 0 to 255): fix or drop the entry")
     scalar = (int, float)
     scale = checkpoint.get("scale")
-    if scale is not None and (not isinstance(scale, scalar) or isinstance(scale, bool) or not scale > 0):
-        raise UserError(f"{source}: scale is {scale!r}, not a positive number: pass --scale")
+    if scale is not None and (not isinstance(scale, scalar) or isinstance(scale, bool) or not 0 < scale < math.inf):
+        raise UserError(f"{source}: scale is {scale!r}, not a positive number: fix or drop the entry, or pass "
+                        "--scale")
     loss = checkpoint.get("epoch_loss")  # NaN or infinite too: an uninterrupted run records that as well
     if loss is not None and (not isinstance(loss, (int, float)) or isinstance(loss, bool)):
         raise UserError(f"{source}: epoch_loss is {_clipped(loss)}, not the loss sum of the epoch's batches so far "
@@ -420,7 +428,7 @@ def _checked_mask_values(values: Any, source: Path | str) -> list[MaskValue] | N
             checked = [[_whole(c, 255) for c in v] for v in values]
             checked = checked if all(c is not None for v in checked for c in v) else None
         else:
-            checked = [_whole(v, math.inf, -math.inf) for v in values]
+            checked = [_whole(v, INT64_MAX, -INT64_MAX - 1) for v in values]  # numpy and torch hold them
             checked = checked if None not in checked else None
     if checked is None:
         raise UserError(f"{source}: mask_values is {_clipped(values)}, not a list of labels (whole numbers) or of "

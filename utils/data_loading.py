@@ -192,12 +192,18 @@ def open_image(path: Path) -> Image.Image:
 
 
 def _read_array(path: Path) -> np.ndarray:
+    """A .npy or .pt image or mask, within the pixel limit as its header declares it (read before the values)."""
     try:
         if path.suffix.lower() == ".npy":
+            _check_array_pixels(path, np.load(path, mmap_mode="r", allow_pickle=False).shape)
             return np.load(path, allow_pickle=False)
         tensor = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(tensor, torch.Tensor):
             raise UserError(f"{path} does not hold a single tensor: save it with torch.save(tensor, path)")
+        _check_array_pixels(path, tuple(tensor.shape))
+        if tensor.untyped_storage().nbytes() < tensor.numel() * tensor.element_size():  # expand()ed: no pixels
+            raise UserError(f"{path} holds a tensor of shape {list(tensor.shape)} whose data is smaller than that "
+                            "(one value repeated): save the pixels themselves, torch.save(tensor.clone(), path)")
         return (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()
     except UserError:
         raise
@@ -205,6 +211,15 @@ def _read_array(path: Path) -> np.ndarray:
         raise UserError(f"{path} does not exist") from None
     except Exception as error:  # noqa: BLE001 - numpy and torch raise a dozen types on bad files
         raise _unreadable(path, error) from None
+
+
+def _check_array_pixels(path: Path, shape: tuple[int, ...]) -> None:
+    """--max-image-pixels for arrays too: height x width of an HxW(xC) or CxHxW shape, as image headers are."""
+    sides = shape[1:3] if _channels_first(shape) else shape[:2]
+    if len(shape) in (2, 3) and math.prod(sides) > Image.MAX_IMAGE_PIXELS:
+        raise PixelLimitError(f"{path} declares {math.prod(sides):,} pixels ({'x'.join(map(str, shape))}), more than "
+                              f"the safety limit of {Image.MAX_IMAGE_PIXELS:,}: if the file is trusted, raise it with "
+                              "--max-image-pixels")
 
 
 def _check_values(path: Path | str, array: np.ndarray) -> None:
@@ -491,8 +506,11 @@ def image_size(path: Path) -> tuple[int, int]:
     """(width, height) as stored, from the header (a .npy's shape, without reading its values; a .pt is read)."""
     if path.suffix.lower() in (".npy", ".pt"):
         try:
-            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape if path.suffix.lower() == ".npy" \
-                else _read_array(path).shape
+            if path.suffix.lower() == ".npy":
+                shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+                _check_array_pixels(path, shape)
+            else:
+                shape = _read_array(path).shape
         except UserError:
             raise
         except Exception as error:  # noqa: BLE001 - numpy raises a dozen types on bad files
