@@ -463,6 +463,10 @@ def keep_run_settings(args: argparse.Namespace, resumed: dict, resume_file: Path
     kept["binarize"] = binarize_threshold(kept["binarize"])  # older checkpoints stored True/False
     kept["crop"] = tuple(kept["crop"]) if kept["crop"] is not None else None
     parser = get_args_parser()
+    for name in kept:
+        if name in saved_args and not _fits_flag(parser, name, kept[name]):
+            raise UserError(f"{resume_file}: its args['{name}'] is {kept[name]!r}, not a value of "
+                            f"--{name.replace('_', '-')}: the file was edited or damaged; start a new run")
     typed = getattr(args, "typed", None)  # None: a Namespace made otherwise; then a flag at its default is untyped
     lines = []
     for name, value in kept.items():
@@ -495,6 +499,26 @@ def keep_run_settings(args: argparse.Namespace, resumed: dict, resume_file: Path
 
 def _whole(value: object) -> bool:
     return type(value) is int
+
+
+def _fits_flag(parser: argparse.ArgumentParser, name: str, value: object) -> bool:
+    """Whether a setting read from a checkpoint is of the kind its flag gives (check_args then checks the range):
+    a hand-edited 'abc' or 1e9 must be one line, not a traceback in the optimizer."""
+    action = next(action for action in parser._actions if action.dest == name)
+    if value is None:
+        return action.default is None
+    if action.choices is not None:
+        return value in action.choices
+    if action.type is int:
+        return type(value) is int
+    if action.type is float:
+        return type(value) in (int, float)
+    if action.type is parse_crop:
+        try:
+            return isinstance(value, tuple) and len(value) == 2 and parse_crop(f"{value[0]}x{value[1]}") == value
+        except UserError:
+            return False
+    return True  # --binarize, --ignore-index, --class-weights: checked where the checkpoint is read
 
 
 def _save_every(value: object) -> bool:
@@ -814,6 +838,11 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
         check_training_state(resumed, resume_file)
         for line in keep_run_settings(args, resumed, resume_file):
             say(line, file=sys.stderr)
+        try:
+            check_args(args)  # the run's own settings, in range too
+        except UserError as error:
+            raise UserError(f"{resume_file} holds a setting out of range ({error}): the file was edited or "
+                            "damaged; start a new run") from None
         if args.load:
             say(f"note: {resume_file} continues with its own weights; --load {args.load} is ignored",
                 file=sys.stderr)

@@ -802,6 +802,29 @@ def test_load_of_a_model_that_ignored_a_value_the_masks_hold_says_how_to_keep_ig
     assert "left mask value 255 out" not in capsys.readouterr().err
 
 
+def test_a_resumed_runs_hand_edited_settings_are_one_line(tmp_path: Path) -> None:
+    """Found by a review of untrusted files: the settings --resume takes from the checkpoint were never checked,
+    so learning_rate nan, weight_decay 'abc', augment 'xx', seed 2**80 or crops_per_image 10**9 ended in
+    tracebacks (the last after trying to allocate 24 GB)."""
+    import train
+
+    write_carvana_like(tmp_path / "data", 2)
+    flags = ["--imgs", str(tmp_path / "data" / "imgs"), "--masks", str(tmp_path / "data" / "masks"), *TRAIN_FLAGS,
+             "--epochs", "1", "--checkpoint-dir", str(tmp_path / "run")]
+    train.main(train.get_args_parser().parse_args(flags))
+    original = torch.load(tmp_path / "run" / "last.pth", weights_only=True)
+    for name, value, complaint in (
+            ("learning_rate", float("nan"), r"holds a setting out of range \(--learning-rate must be above 0, e.g. "
+                                            r"1e-4, got nan\): the file was edited or damaged; start a new run"),
+            ("weight_decay", "abc", r"its args\['weight_decay'\] is 'abc', not a value of --weight-decay"),
+            ("augment", "xx", r"its args\['augment'\] is 'xx', not a value of --augment"),
+            ("seed", 2**80, r"--seed must be a whole number from 0 to 4294967295"),
+            ("crop", [10**6, 10**6 + 1], r"its args\['crop'\] is \(1000000, 1000001\), not a value of --crop")):
+        torch.save({**original, "args": {**original["args"], name: value}}, tmp_path / "run" / "last.pth")
+        with pytest.raises(UserError, match=complaint):
+            train.main(train.get_args_parser().parse_args([*flags, "--epochs", "2", "--resume", "auto"]))
+
+
 def test_a_class_without_a_mask_value_is_predicted_and_written(tmp_path: Path) -> None:
     """Found by a review: a model of 3 classes saved with 2 mask values (a --classes 3 run on 0/255 masks, before
     train.py completed them) crashed predict.py with an IndexError as soon as it predicted class 2."""
