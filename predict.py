@@ -281,7 +281,9 @@ def check_not_replacing_others(written: list[list[Path]]) -> None:
     """No existing file at an output name is replaced unless predict.py wrote it (its mark, or a <name>_OUT name):
     `-o data/masks/` named for the image folder's twin would otherwise overwrite the ground truth."""
     existing = [file for files in written for file in files if file.exists() and not file.is_dir()]
-    foreign = [file for file in existing if not OWN_OUTPUT_STEM.search(file.stem) and not written_by_predict(file)]
+    # by its name only where it is no link: a downloaded folder's x_OUT.png linking to a file elsewhere
+    foreign = [file for file in existing if not (OWN_OUTPUT_STEM.search(file.stem) and not file.is_symlink())
+               and not written_by_predict(file)]
     if foreign:
         others = f" (and {counted(len(foreign) - 1, 'other file')} at output names)" if len(foreign) > 1 else ""
         raise UserError(f"{foreign[0]} exists without the mark of predict.py's outputs{others}: a ground-truth mask "

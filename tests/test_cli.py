@@ -222,6 +222,14 @@ def test_predict_never_replaces_a_file_it_did_not_write_without_overwrite(traine
     Image.fromarray(np.zeros((32, 48), np.uint8)).save(beside / f"{images[0].stem}_OUT.png")
     run("predict.py", *flags, "-i", beside / images[0].name, cwd=trained)
     assert written_by_predict(beside / f"{images[0].stem}_OUT.png")
+    # found by a review of untrusted files: a downloaded folder's x_OUT.png linking to a file elsewhere had that
+    # file replaced (outputs are written through links), the name taken for predict.py's
+    (tmp_path / "precious.txt").write_text("precious")
+    (beside / f"{images[0].stem}_OUT.png").unlink()
+    (beside / f"{images[0].stem}_OUT.png").symlink_to(tmp_path / "precious.txt")
+    refused = run("predict.py", *flags, "-i", beside / images[0].name, cwd=trained, check=False)
+    assert refused.returncode == 2 and "_OUT.png exists without the mark of predict.py's outputs" in refused.stderr
+    assert (tmp_path / "precious.txt").read_text() == "precious"
 
 
 def test_skip_existing_finishes_a_run_whose_outputs_carry_no_mark(trained: Path, tmp_path: Path) -> None:
