@@ -1006,6 +1006,11 @@ def test_a_tiny_file_declaring_a_huge_model_is_refused_before_any_allocation(tmp
     with pytest.raises(UserError, match=r"'inc.double_conv.0.weight' holds fewer values than its shape \[8, 3, 3, 3\] "
                                         r"\(one value repeated\): it was not saved from a trained model"):
         load_model(tmp_path / "tiny.pth", torch.device("cpu"))
+    sparse = {**model.state_dict(), "outc.conv.bias": model.state_dict()["outc.conv.bias"].to_sparse()}
+    torch.save({**sparse, "mask_values": [0, 1]}, tmp_path / "sparse.pth")  # found by the code review: a traceback
+    with pytest.warns(UserWarning, match="sparse"), pytest.raises(  # (torch's own note on loading one)
+            UserError, match=r"'outc.conv.bias' is a sparse tensor \(torch.sparse_coo\): re-save the weights dense"):
+        load_model(tmp_path / "sparse.pth", torch.device("cpu"))
     save_checkpoint(tmp_path / "many.pth", UNet(3, 2, base_channels=8), [0, 1])
     checkpoint = torch.load(tmp_path / "many.pth", weights_only=True)
     checkpoint["model_args"]["n_classes"] = 50_000_000

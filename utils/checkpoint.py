@@ -29,6 +29,7 @@ from torch import nn
 from unet import CLASSIC_BASE_CHANNELS, MAX_BASE_CHANNELS, UNet
 
 from .atomic_files import TEMPORARY_NAME, atomic_path
+from .data_loading import repeats_values
 from .device import memory_format
 from .errors import UserError, check_flag, counted
 from .mask_encoding import MAX_CLASSES, MaskValue, complete_mask_values, full_palette
@@ -340,7 +341,10 @@ def check_state_dict(state_dict: Any, args: dict[str, Any], source: Path | str) 
         if tuple(value.shape) != shape:
             raise UserError(f"{prefix} '{key}' has shape {list(value.shape)}, the layout needs {list(shape)}: the "
                             "weights come from a differently built U-Net; use a checkpoint of this layout")
-        if value.untyped_storage().nbytes() < value.numel() * value.element_size():  # expand()ed: a tiny file
+        if value.layout != torch.strided:
+            raise UserError(f"{prefix} '{key}' is a sparse tensor ({value.layout}): re-save the weights dense "
+                            "(tensor.to_dense())")
+        if repeats_values(value):
             raise UserError(f"{prefix} '{key}' holds fewer values than its shape {list(shape)} (one value repeated): "
                             "it was not saved from a trained model; use a checkpoint written by training")
         if value.dtype.is_floating_point != dtype.is_floating_point or value.is_complex() or value.dtype == torch.bool:

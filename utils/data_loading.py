@@ -201,7 +201,7 @@ def _read_array(path: Path) -> np.ndarray:
         if not isinstance(tensor, torch.Tensor):
             raise UserError(f"{path} does not hold a single tensor: save it with torch.save(tensor, path)")
         _check_array_pixels(path, tuple(tensor.shape))
-        if tensor.untyped_storage().nbytes() < tensor.numel() * tensor.element_size():  # expand()ed: no pixels
+        if repeats_values(tensor):
             raise UserError(f"{path} holds a tensor of shape {list(tensor.shape)} whose data is smaller than that "
                             "(one value repeated): save the pixels themselves, torch.save(tensor.clone(), path)")
         return (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()
@@ -211,6 +211,13 @@ def _read_array(path: Path) -> np.ndarray:
         raise UserError(f"{path} does not exist") from None
     except Exception as error:  # noqa: BLE001 - numpy and torch raise a dozen types on bad files
         raise _unreadable(path, error) from None
+
+
+def repeats_values(tensor: torch.Tensor) -> bool:
+    """A tensor whose stored values are fewer than its shape holds (torch.zeros(()).expand(...)): a file of a few
+    KB that becomes gigabytes once copied, so no image or model is read from one."""
+    return tensor.layout == torch.strided and \
+        tensor.untyped_storage().nbytes() < tensor.numel() * tensor.element_size()
 
 
 def _check_array_pixels(path: Path, shape: tuple[int, ...]) -> None:
