@@ -452,14 +452,24 @@ def already_predicted(inputs: list[Path], outputs: list[Path], writer: MaskWrite
 
 def rows_replaced(csv_path: Path | None, kept_for: list[Path]) -> int:
     """The rows of an existing predictions.csv that this run's file will not hold: all of them, or with
-    --skip-existing (kept_for: this run's masks, whose rows it writes again) those of other masks. By the masks'
-    names: the file's paths are as typed in the folder the earlier run started in, which may not be this one."""
+    --skip-existing (kept_for: this run's masks, whose rows it writes again) those of other masks. A row's path is
+    as typed where the earlier run started, which may be another folder: a relative one is this run's mask when
+    its folders and name (the ".." left out) end that mask's absolute path."""
     if csv_path is None or not csv_path.exists():
         return 0
     with open(csv_path, newline="", encoding="utf-8", errors=NAME_BYTES) as file:  # as MaskWriter writes it
-        masks = [Path(row.get("mask") or "").name for row in csv.DictReader(file)]
-    ours = {path.name for path in kept_for}
-    return sum(mask not in ours for mask in masks)
+        masks = [Path(row.get("mask") or "") for row in csv.DictReader(file)]
+    ours: dict[str, list[tuple[str, ...]]] = {}
+    for path in kept_for:
+        ours.setdefault(path.name, []).append(where(path).parts)
+
+    def is_ours(mask: Path) -> bool:
+        if mask.is_absolute():
+            return where(mask).parts in ours.get(mask.name, [])
+        tail = tuple(part for part in mask.parts if part not in ("..", "."))
+        return any(parts[-len(tail):] == tail for parts in ours.get(mask.name, [])) if tail else False
+
+    return sum(not is_ours(mask) for mask in masks)
 
 
 def csv_location(requested: str | None, outputs: list[str] | None, targets: list[Path]) -> Path | None:

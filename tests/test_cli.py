@@ -270,6 +270,14 @@ def test_skip_existing_says_when_predictions_csv_loses_rows_of_other_images(trai
     assert "is replaced" not in moved.stderr  # nor from another folder (found by a review)
     for folder in ("rel", "elsewhere"):  # the shared trained folder as the other tests expect it
         shutil.rmtree(trained / folder)
+    for folder in ("a", "b"):  # found by the code review: x_OUT.png of two folders are two masks, two rows
+        (tmp_path / folder).mkdir()
+        shutil.copy(images[0], tmp_path / folder / f"x{images[0].suffix}")
+    beside = ["-m", "checkpoints/best.pth", "--workers", "0", "--csv", str(tmp_path / "two.csv")]
+    run("predict.py", *beside, "-i", tmp_path / "a", tmp_path / "b", cwd=trained)
+    one = run("predict.py", *beside, "-i", tmp_path / "a", "--skip-existing", cwd=trained)
+    assert f"note: {tmp_path / 'two.csv'} is replaced: it held 1 row of images not among this run's inputs" \
+        in one.stderr
     other = run("predict.py", *flags, "-i", *images[3:5], "--skip-existing", cwd=trained)
     assert (f"note: {tmp_path / 'ab' / 'predictions.csv'} is replaced: it held 3 rows of images not among this "
             "run's inputs, and this one lists only its own inputs (another --csv name keeps both)") in other.stderr
