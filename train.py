@@ -445,6 +445,13 @@ def run_data_folders(args: argparse.Namespace, resumed: dict | None, resume_file
     return [f"note: {resume_file} reads {' and '.join(taken)}, as its run did (pass --imgs/--masks to read others)"]
 
 
+# What a resumed run keeps of its own whatever is typed, besides its architecture and scale (keep_run_settings).
+RUN_SETTINGS = ("binarize", "ignore_index", "class_weights", "batch_size", "validation", "crop", "crops_per_image",
+                "crop_foreground", "augment", "seed", "grad_clip", "batchnorm_images", "learning_rate",
+                "weight_decay")
+KEPT_ARCHITECTURE = ("classes", "channels", "bilinear", "base_channels", "scale")
+
+
 def keep_run_settings(args: argparse.Namespace, resumed: dict, resume_file: Path) -> list[str]:
     """A resumed run keeps its architecture, reads its data as it did (the saved position in the epoch depends
     on the batch size) and goes on with its optimizer's settings (they are in its saved state); a flag given
@@ -456,10 +463,7 @@ def keep_run_settings(args: argparse.Namespace, resumed: dict, resume_file: Path
     kept = {"classes": architecture["n_classes"], "channels": architecture["n_channels"],
             "bilinear": architecture["bilinear"], "base_channels": architecture["base_channels"],
             "scale": resumed.get("scale", args.scale),
-            **{name: saved_args.get(name, getattr(args, name))
-               for name in ("binarize", "ignore_index", "class_weights", "batch_size", "validation", "crop",
-                            "crops_per_image", "crop_foreground", "augment", "seed", "grad_clip",
-                            "batchnorm_images", "learning_rate", "weight_decay")}}
+            **{name: saved_args.get(name, getattr(args, name)) for name in RUN_SETTINGS}}
     kept["binarize"] = binarize_threshold(kept["binarize"])  # older checkpoints stored True/False
     kept["crop"] = tuple(kept["crop"]) if kept["crop"] is not None else None
     parser = get_args_parser()
@@ -841,6 +845,12 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
         try:
             check_args(args)  # the run's own settings, in range too
         except UserError as error:
+            flag = str(error).split(" ", 1)[0]
+            name = flag.removeprefix("--").replace("-", "_")
+            from_run = name in KEPT_ARCHITECTURE or name in RUN_SETTINGS and name in resumed.get("args", {})
+            if name in (getattr(args, "typed", None) or ()) and not from_run:
+                raise UserError(f"{error}: {resume_file} goes on with its own settings (the notes above), so leave "
+                                f"{flag} out, or start a new run") from None
             raise UserError(f"{resume_file} holds a setting out of range ({error}): the file was edited or "
                             "damaged; start a new run") from None
         if args.load:

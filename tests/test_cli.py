@@ -839,6 +839,15 @@ def test_a_resumed_runs_hand_edited_settings_are_one_line(tmp_path: Path) -> Non
         torch.save({**original, "args": {**original["args"], name: value}}, tmp_path / "run" / "last.pth")
         with pytest.raises(UserError, match=complaint):
             train.main(train.get_args_parser().parse_args([*flags, "--epochs", "2", "--resume", "auto"]))
+    # a typed flag at odds with the run's settings is the flag's fault, not the file's (found by the code review):
+    # a run saved before --crops-per-image existed, resumed with --crop 32 --crops-per-image 2
+    older = {name: value for name, value in original["args"].items() if name != "crops_per_image"}
+    torch.save({**original, "args": older}, tmp_path / "run" / "last.pth")
+    with pytest.raises(UserError) as error:
+        train.main(train.get_args_parser().parse_args([*flags, "--epochs", "2", "--resume", "auto", "--crop", "32",
+                                                       "--crops-per-image", "2"]))
+    assert str(error.value).endswith(f"{tmp_path / 'run' / 'last.pth'} goes on with its own settings (the notes "
+                                     "above), so leave --crops-per-image out, or start a new run")
 
 
 def test_a_class_without_a_mask_value_is_predicted_and_written(tmp_path: Path) -> None:
