@@ -501,6 +501,22 @@ def keep_run_settings(args: argparse.Namespace, resumed: dict, resume_file: Path
     return lines
 
 
+def check_resumed_settings(args: argparse.Namespace, resumed: dict, resume_file: Path) -> None:
+    """check_args again once the run's settings are in: one out of range is the file's (edited, damaged), one at
+    odds with them is the typed flag's (--crops-per-image 2 for a run without --crop)."""
+    try:
+        check_args(args)
+    except UserError as error:
+        flag = str(error).split(" ", 1)[0]
+        name = flag.removeprefix("--").replace("-", "_")
+        from_run = name in KEPT_ARCHITECTURE or name in RUN_SETTINGS and name in resumed.get("args", {})
+        if name in (getattr(args, "typed", None) or ()) and not from_run:
+            raise UserError(f"{error}: {resume_file} goes on with its own settings (the notes above), so leave "
+                            f"{flag} out, or start a new run") from None
+        raise UserError(f"{resume_file} holds a setting out of range ({error}): the file was edited or damaged; "
+                        "start a new run") from None
+
+
 def _whole(value: object) -> bool:
     return type(value) is int
 
@@ -842,17 +858,7 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
         check_training_state(resumed, resume_file)
         for line in keep_run_settings(args, resumed, resume_file):
             say(line, file=sys.stderr)
-        try:
-            check_args(args)  # the run's own settings, in range too
-        except UserError as error:
-            flag = str(error).split(" ", 1)[0]
-            name = flag.removeprefix("--").replace("-", "_")
-            from_run = name in KEPT_ARCHITECTURE or name in RUN_SETTINGS and name in resumed.get("args", {})
-            if name in (getattr(args, "typed", None) or ()) and not from_run:
-                raise UserError(f"{error}: {resume_file} goes on with its own settings (the notes above), so leave "
-                                f"{flag} out, or start a new run") from None
-            raise UserError(f"{resume_file} holds a setting out of range ({error}): the file was edited or "
-                            "damaged; start a new run") from None
+        check_resumed_settings(args, resumed, resume_file)
         if args.load:
             say(f"note: {resume_file} continues with its own weights; --load {args.load} is ignored",
                 file=sys.stderr)
