@@ -761,8 +761,9 @@ def test_a_void_border_of_255_gets_the_ignore_index_hint(tmp_path: Path) -> None
         mask[edges] = 255  # a one-pixel border along every edge
         write_image(tmp_path / "imgs" / f"v{index}.png", noisy_rgb(index))
         write_image(tmp_path / "masks" / f"v{index}.png", mask)
-    hint = "mask value 255 sits apart from the others (0-2) and lies along edges, as the 'void' label of VOC and " \
-           "Cityscapes does: if it marks unlabelled pixels, pass --ignore-index 255 (without it, it trains as a class)"
+    hint = "mask value 255 sits apart from the others (0-2) and forms thin lines or specks, as the 'void' label of " \
+           "VOC and Cityscapes does: if it marks unlabelled pixels, pass --ignore-index 255 (without it, it trains " \
+           "as a class)"
     assert hint in check_dataset(tmp_path / "imgs", tmp_path / "masks", workers=1).suggestions()
     assert hint not in check_dataset(tmp_path / "imgs", tmp_path / "masks", ignore_value=255, workers=1).suggestions()
     for index in range(3):  # 255 as a class of its own regions: no hint

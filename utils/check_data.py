@@ -498,7 +498,7 @@ class DataCheck:
         if self.looks_like_void:
             others = [value for value in self.mask_values if value != VOID_LABEL]
             hints.append(f"mask value {VOID_LABEL} sits apart from the others ({_short_value(min(others))}-"
-                         f"{_short_value(max(others))}) and lies along edges, as the 'void' label of VOC and "
+                         f"{_short_value(max(others))}) and forms thin lines or specks, as the 'void' label of VOC and "
                          f"Cityscapes does: if it marks unlabelled pixels, pass --ignore-index {VOID_LABEL} (without "
                          "it, it trains as a class)")
         if self.ignore_value is not None and not self.ignored_pixels:
