@@ -157,6 +157,25 @@ def is_scores_file(head: str) -> bool:
     return text.startswith("name,dice,iou") or text.startswith("[") and ('"dice"' in text or text.rstrip() == "[]")
 
 
+def left_out_classes(result: dict) -> list[int]:
+    """The foreground classes in no mask and never predicted, where some other one was (as scored_classes)."""
+    unseen = [c for c in range(1, len(result["seen_per_class"])) if not result["seen_per_class"][c]]
+    return unseen if len(unseen) < len(result["seen_per_class"]) - 1 else []
+
+
+def print_class_table(result: dict, mask_values: list, left_out: list[int]) -> None:
+    """Per class: its mask value, the means over images and the pooled scores; "-" for a class left out, whose
+    free 1s are no score."""
+    print(f"{'class':>5}  {'mask value':>14}  {'Dice':>7}  {'IoU':>7}  {'pooled Dice':>11}  {'pooled IoU':>10}  "
+          f"{'in images':>9}")
+    per_class = zip(result["dice_per_class"], result["iou_per_class"], result["dice_pooled_per_class"],
+                    result["iou_pooled_per_class"], result["images_per_class"])
+    for index, (dice, iou, pooled_dice, pooled_iou, holding) in enumerate(per_class):
+        scores = [f"{'-':>7}", f"{'-':>7}", f"{'-':>11}", f"{'-':>10}"] if index in left_out else \
+            [f"{dice:7.4f}", f"{iou:7.4f}", f"{pooled_dice:11.4f}", f"{pooled_iou:10.4f}"]
+        print(f"{index:>5}  {str(mask_values[index]):>14}  {'  '.join(scores)}  {holding:>9}")
+
+
 def write_rows(rows: list[dict], path: Path) -> None:
     """Per-image scores as CSV, or JSON when the file name ends in .json."""
     try:
@@ -230,20 +249,14 @@ def score_folders(args: argparse.Namespace, device: torch.device) -> dict:
     extras = "".join(f", {name} {value}" for name, value in (("tiles", options.tile), ("TTA", options.tta))
                      if value not in ("auto", "none"))
     print(f"{result['images']} images, model {args.model}, scale {scale}, {precision.name} on {device}{extras}")
-    print(f"{'class':>5}  {'mask value':>14}  {'Dice':>7}  {'IoU':>7}  {'pooled Dice':>11}  {'pooled IoU':>10}  "
-          f"{'in images':>9}")
-    per_class = zip(result["dice_per_class"], result["iou_per_class"], result["dice_pooled_per_class"],
-                    result["iou_pooled_per_class"], result["images_per_class"])
-    for index, (dice, iou, pooled_dice, pooled_iou, holding) in enumerate(per_class):
-        print(f"{index:>5}  {str(model.mask_values[index]):>14}  {dice:7.4f}  {iou:7.4f}  {pooled_dice:11.4f}  "
-              f"{pooled_iou:10.4f}  {holding:>9}")
+    unseen = left_out_classes(result)
+    print_class_table(result, model.mask_values, unseen)
     print(f"mean foreground Dice {result['dice']:.4f}  IoU {result['iou']:.4f} (means over images; pooled over all "
           f"pixels: Dice {result['dice_pooled']:.4f}  IoU {result['iou_pooled']:.4f})")
     if min(result["images_per_class"][1:], default=result["images"]) < result["images"]:
         print("Dice, IoU: means over images, where an image without the class in mask and prediction scores 1; "
               "pooled: over all pixels of all images together (the fairer score of a class few images hold)")
-    unseen = [c for c in range(1, len(result["images_per_class"])) if not result["seen_per_class"][c]]
-    if unseen and len(unseen) < len(result["images_per_class"]) - 1:
+    if unseen:
         named = (f"class {unseen[0]} (mask value {model.mask_values[unseen[0]]})" if len(unseen) == 1 else
                  f"{len(unseen)} classes {short_values(unseen)} (mask values "
                  f"{short_values([model.mask_values[c] for c in unseen])})")

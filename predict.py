@@ -286,9 +286,9 @@ def check_not_replacing_others(written: list[list[Path]]) -> None:
                and not written_by_predict(file)]
     if foreign:
         others = f" (and {counted(len(foreign) - 1, 'other file')} at output names)" if len(foreign) > 1 else ""
-        raise UserError(f"{foreign[0]} exists without the mark of predict.py's outputs{others}: a ground-truth mask "
-                        "or an image? Predict into another folder, or add --overwrite to replace them (needed once "
-                        "for outputs of versions before 2026-11-29, and for .bmp masks)")
+        raise UserError(f"{foreign[0]} exists without the mark of predict.py's outputs{others}: a ground-truth "
+                        "mask, an image, or an output of a version before 2026-11-29? Predict into another folder, "
+                        "or add --overwrite to replace them (as for .bmp masks, which have no room for the mark)")
 
 
 def check_name_lengths(inputs: list[Path], outputs: list[list[Path]]) -> None:

@@ -204,8 +204,8 @@ def test_predict_never_replaces_a_file_it_did_not_write_without_overwrite(traine
     assert refused.returncode == 2
     assert refused.stderr.strip().splitlines()[-1] == (
         f"error: {truth / images[0].stem}.png exists without the mark of predict.py's outputs (and 1 other file at "
-        "output names): a ground-truth mask or an image? Predict into another folder, or add --overwrite to replace "
-        "them (needed once for outputs of versions before 2026-11-29, and for .bmp masks)")
+        "output names): a ground-truth mask, an image, or an output of a version before 2026-11-29? Predict into "
+        "another folder, or add --overwrite to replace them (as for .bmp masks, which have no room for the mark)")
     assert {path.name: path.read_bytes() for path in truth.iterdir()} == before  # nothing written, overlays neither
     run("predict.py", *flags, "-i", *images, "-o", tmp_path / "out", cwd=trained)
     run("predict.py", *flags, "-i", *images, "-o", tmp_path / "out", cwd=trained)  # its own: replaced
@@ -1111,6 +1111,7 @@ def test_evaluate_names_many_unscored_classes_in_one_short_line(tmp_path: Path) 
     assert ("10 classes [2, 3, 4, 5, 6, 7, 8, 9, ...] (mask values [1, 2, 3, 4, 5, 6, 7, 8, ...]): in no mask and "
             "never predicted, left out of the mean foreground Dice and IoU, and empty in evaluation.csv"
             ) in result.stdout
+    assert "    2               1        -        -            -           -          0" in result.stdout.splitlines()
     with open(tmp_path / "evaluation.csv", newline="") as file:  # found by a VOC-style review: their free 1s read
         rows = list(csv.DictReader(file))                        # as scores
     assert rows and all(row[f"{score}_{c}"] == "" for row in rows for c in range(2, 12) for score in ("dice", "iou"))
