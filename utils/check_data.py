@@ -83,7 +83,8 @@ STRAY_FRACTION = 0.005
 STRAY_TOTAL = 0.05
 STRAY_INTERIOR = 0.2
 # 255 as VOC's and Cityscapes' "void": the other labels all at most VOID_APART, and under VOID_INTERIOR of its
-# pixels inside a region of it (a border a few pixels wide; a class's regions are mostly interior).
+# pixels inside a region of it (a border a few pixels wide; a class's regions are mostly interior, though a class
+# of specks is not, hence a hint with "if").
 VOID_LABEL, VOID_APART, VOID_INTERIOR = 255, 127, 0.8
 INTERIOR_BLOCK_ROWS = 512  # rows per block when counting interior pixels: bounded memory on very large masks
 
@@ -448,8 +449,9 @@ class DataCheck:
 
     @property
     def looks_like_void(self) -> bool:
-        """255 beside labels far below it (0-20), mostly along their edges: VOC's and Cityscapes' unlabelled pixels,
-        trained as a class unless --ignore-index says otherwise."""
+        """255 beside labels far below it (0-20), in thin lines or specks (few of its pixels inside a region of it,
+        as along the others' edges): VOC's and Cityscapes' unlabelled pixels, trained as a class unless
+        --ignore-index says otherwise."""
         values = self.mask_values
         if self.ignore_value is not None or self.binarize is not None or VOID_LABEL not in values or len(values) < 3:
             return False
