@@ -159,8 +159,8 @@ def is_scores_file(head: str) -> bool:
 
 def left_out_classes(result: dict) -> list[int]:
     """The foreground classes in no mask and never predicted, where some other one was (as scored_classes)."""
-    unseen = [c for c in range(1, len(result["seen_per_class"])) if not result["seen_per_class"][c]]
-    return unseen if len(unseen) < len(result["seen_per_class"]) - 1 else []
+    scored = scored_classes(result["seen_per_class"])
+    return [c for c in range(1, len(result["seen_per_class"])) if c not in scored]
 
 
 def print_class_table(result: dict, mask_values: list, left_out: list[int]) -> None:

@@ -450,26 +450,36 @@ def already_predicted(inputs: list[Path], outputs: list[Path], writer: MaskWrite
     return done
 
 
-def rows_replaced(csv_path: Path | None, kept_for: list[Path]) -> int:
+def rows_replaced(csv_path: Path | None, images: list[Path], masks: list[Path]) -> int:
     """The rows of an existing predictions.csv that this run's file will not hold: all of them, or with
-    --skip-existing (kept_for: this run's masks, whose rows it writes again) those of other masks. A row's path is
-    as typed where the earlier run started, which may be another folder: a relative one is this run's mask when
-    its folders and name (the ".." left out) end that mask's absolute path."""
+    --skip-existing (this run's images and masks, whose rows it writes again) those of other images. A row is
+    matched by its mask (by its image after a --no-save run), as typed where the earlier run started."""
     if csv_path is None or not csv_path.exists():
         return 0
     with open(csv_path, newline="", encoding="utf-8", errors=NAME_BYTES) as file:  # as MaskWriter writes it
-        masks = [Path(row.get("mask") or "") for row in csv.DictReader(file)]
-    ours: dict[str, list[tuple[str, ...]]] = {}
-    for path in kept_for:
-        ours.setdefault(path.name, []).append(where(path).parts)
+        rows = [(row.get("image") or "", row.get("mask") or "") for row in csv.DictReader(file)]
+    image_places, mask_places = _places(images), _places(masks)
+    return sum(not (_among(mask, mask_places) if mask else _among(image, image_places)) for image, mask in rows)
 
-    def is_ours(mask: Path) -> bool:
-        if mask.is_absolute():
-            return where(mask).parts in ours.get(mask.name, [])
-        tail = tuple(part for part in mask.parts if part not in ("..", "."))
-        return any(parts[-len(tail):] == tail for parts in ours.get(mask.name, [])) if tail else False
 
-    return sum(not is_ours(mask) for mask in masks)
+def _places(paths: list[Path]) -> dict[str, set[tuple[str, ...]]]:
+    """Per file name, the absolute paths (as typed and through links, in parts) of these files."""
+    places: dict[str, set[tuple[str, ...]]] = {}
+    for path in paths:
+        places.setdefault(path.name, set()).update({where(path).parts, path.absolute().parts})
+    return places
+
+
+def _among(typed: str, places: dict[str, set[tuple[str, ...]]]) -> bool:
+    """Whether a path typed where an earlier run started names one of these files: the same file from here, or
+    (a relative path typed in another folder) one whose path ends in its folders and name."""
+    path = Path(typed)
+    if not typed or path.name not in places:
+        return False
+    if where(path).parts in places[path.name] or path.absolute().parts in places[path.name]:
+        return True
+    tail = tuple(part for part in Path(os.path.normpath(typed)).parts if part != "..")
+    return not path.is_absolute() and any(parts[-len(tail):] == tail for parts in places[path.name])
 
 
 def csv_location(requested: str | None, outputs: list[str] | None, targets: list[Path]) -> Path | None:
@@ -527,7 +537,7 @@ def predict_inputs(args: argparse.Namespace, device: torch.device) -> int:
     todo = sorted(set(range(len(inputs))) - set(done))
     if not args.overwrite:  # the outputs to be written: --skip-existing leaves the others as they are
         check_not_replacing_others([written[index] for index in todo])
-    lost = rows_replaced(csv_path, outputs if args.skip_existing else [])
+    lost = rows_replaced(csv_path, inputs if args.skip_existing else [], outputs if args.skip_existing else [])
     if lost:  # said once every check passed: only a run that goes on replaces it
         whose = "images not among this run's inputs" if args.skip_existing else "an earlier run"
         print(f"note: {csv_path} is replaced: it held {counted(lost, 'row')} of {whose}, and this one lists only "

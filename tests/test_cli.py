@@ -278,6 +278,15 @@ def test_skip_existing_says_when_predictions_csv_loses_rows_of_other_images(trai
     one = run("predict.py", *beside, "-i", tmp_path / "a", "--skip-existing", cwd=trained)
     assert f"note: {tmp_path / 'two.csv'} is replaced: it held 1 row of images not among this run's inputs" \
         in one.stderr
+    # found by the last code review: a folder through a link, a ".." in a typed path, a --no-save run's rows
+    (tmp_path / "link").symlink_to(tmp_path / "a")
+    for typed, extra in ((tmp_path / "link" / f"x{images[0].suffix}", []),
+                         (tmp_path / "b" / ".." / "a" / f"x{images[0].suffix}", []),
+                         (tmp_path / "a" / f"x{images[0].suffix}", ["--no-save"])):
+        once = [*beside[:-1], str(tmp_path / "once.csv"), "-i", typed, *extra]
+        run("predict.py", *once, "--overwrite", cwd=trained)
+        again = run("predict.py", *once[:-len(extra) or None], "--skip-existing", cwd=trained)
+        assert "is replaced" not in again.stderr, (typed, extra)
     other = run("predict.py", *flags, "-i", *images[3:5], "--skip-existing", cwd=trained)
     assert (f"note: {tmp_path / 'ab' / 'predictions.csv'} is replaced: it held 3 rows of images not among this "
             "run's inputs, and this one lists only its own inputs (another --csv name keeps both)") in other.stderr
