@@ -996,7 +996,7 @@ def test_evaluate_names_an_image_too_small_for_the_unet(tmp_path: Path) -> None:
     result = run("evaluate.py", "-m", "model.pth", "--imgs", "imgs", "--masks", "masks", "--scale", "0.2",
                  "--workers", "0", cwd=tmp_path, check=False)  # found by a review: no --scale that would do
     assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == (
-        "error: imgs/cell0.png is 36x40, only 7x8 at --scale 0.2: the U-Net needs at least 16 px a side (four "
+        "error: imgs/cell0.png is 36x40, only 7x8 at scale 0.2: the U-Net needs at least 16 px a side (four "
         "halvings): use --scale 0.45 or more")
 
 

@@ -95,7 +95,7 @@ def test_an_error_found_deep_inside_a_benchmark_is_one_line(tmp_path: Path, monk
         runpy.run_path(str(REPO / "bench" / "train_speed.py"), run_name="__main__")
     assert stopped.value.code == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last.startswith("error: ") and "is 16x16, only 1x1 at --scale 0.1: the U-Net needs at least 16 px" in last
+    assert last.startswith("error: ") and "is 16x16, only 1x1 at scale 0.1: the U-Net needs at least 16 px" in last
 
 
 @pytest.mark.parametrize(("argv", "rule"), [

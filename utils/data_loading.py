@@ -665,11 +665,11 @@ def scaled_size(width: int, height: int, scale: float, source: Path | str = "ima
     """The reference's rule: int(scale * side), which must stay positive."""
     new_width, new_height = int(scale * width), int(scale * height)
     if new_width <= 0 or new_height <= 0:
-        raise UserError(f"--scale {scale} shrinks {source} ({width}x{height}) to nothing: use a larger scale")
+        raise UserError(f"scale {scale} shrinks {source} ({width}x{height}) to nothing: use a larger --scale")
     # Growing past the decoders' limit (an array file is not decoded, so its own size may be beyond it)
     if new_width * new_height > max(Image.MAX_IMAGE_PIXELS, width * height):
-        raise UserError(f"--scale {scale:g} makes {source} ({width}x{height}) {new_width}x{new_height}, more than "
-                        f"--max-image-pixels ({Image.MAX_IMAGE_PIXELS:,}) allows: use a smaller scale, or raise "
+        raise UserError(f"scale {scale:g} makes {source} ({width}x{height}) {new_width}x{new_height}, more than "
+                        f"--max-image-pixels ({Image.MAX_IMAGE_PIXELS:,}) allows: use a smaller --scale, or raise "
                         "the limit for trusted files")
     return new_width, new_height
 
@@ -723,7 +723,7 @@ def check_model_input_size(width: int, height: int, scale: float, source: Path |
         smallest = min(width, height)
         fix = (f"use --scale {math.ceil(100 * MIN_SIDE / smallest) / 100:g} or more" if smallest >= MIN_SIDE
                else "leave it out or enlarge it")
-        scaled = f", only {new_width}x{new_height} at --scale {scale:g}" if scale != 1 else ""
+        scaled = f", only {new_width}x{new_height} at scale {scale:g}" if scale != 1 else ""  # typed, or the model's
         raise UserError(f"{source} is {width}x{height}{scaled}: the U-Net needs at least {MIN_SIDE} px a side (four "
                         f"halvings): {fix}")
 
