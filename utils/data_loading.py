@@ -195,7 +195,7 @@ def _read_array(path: Path) -> np.ndarray:
     """A .npy or .pt image or mask, within the pixel limit as its header declares it (read before the values)."""
     try:
         if path.suffix.lower() == ".npy":
-            _check_array_pixels(path, np.load(path, mmap_mode="r", allow_pickle=False).shape)
+            _npy_shape(path)
             return np.load(path, allow_pickle=False)
         tensor = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(tensor, torch.Tensor):
@@ -218,6 +218,13 @@ def repeats_values(tensor: torch.Tensor) -> bool:
     KB that becomes gigabytes once copied, so no image or model is read from one."""
     return tensor.layout == torch.strided and \
         tensor.untyped_storage().nbytes() < tensor.numel() * tensor.element_size()
+
+
+def _npy_shape(path: Path) -> tuple[int, ...]:
+    """A .npy's shape from its header (its values not read), within the pixel limit."""
+    shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+    _check_array_pixels(path, shape)
+    return shape
 
 
 def _check_array_pixels(path: Path, shape: tuple[int, ...]) -> None:
@@ -513,11 +520,7 @@ def image_size(path: Path) -> tuple[int, int]:
     """(width, height) as stored, from the header (a .npy's shape, without reading its values; a .pt is read)."""
     if path.suffix.lower() in (".npy", ".pt"):
         try:
-            if path.suffix.lower() == ".npy":
-                shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
-                _check_array_pixels(path, shape)
-            else:
-                shape = _read_array(path).shape
+            shape = _npy_shape(path) if path.suffix.lower() == ".npy" else _read_array(path).shape
         except UserError:
             raise
         except Exception as error:  # noqa: BLE001 - numpy raises a dozen types on bad files
