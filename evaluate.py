@@ -72,8 +72,8 @@ def evaluate(
     for it, which lifts the mean of a class most images lack: the pooled scores (all pixels of all images
     together) and the number of images whose mask holds each class are given beside them.
     options: tiles and test-time augmentation (evaluate.py); validation during training uses the whole-image
-    default. bar_stays: evaluate.py's progress bar stays when done (and is written to logs); validation's
-    vanishes, its epoch's line said after it.
+    default (tile="auto" under --crop). bar_stays: evaluate.py's progress bar stays when done (and is written to
+    logs); validation's vanishes, its epoch's line said after it.
     """
     was_training = model.training
     model.eval()

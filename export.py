@@ -26,6 +26,7 @@ from utils.atomic_files import atomic_path
 from utils.checkpoint import inference_scale, load_model
 from utils.data_loading import where
 from utils.errors import UserError, check_output_file, counted, run_cli
+from utils.inference import DEFAULT_MASK_THRESHOLD
 from utils.mask_encoding import MaskValue, encoding_table
 
 FORMATS = ("onnx", "torchscript")
@@ -150,7 +151,7 @@ def export_metadata(model: nn.Module, checkpoint: dict[str, Any], scale: float) 
                                       "already within 0..1 only multiplied by 255",
         "output": "logits",
         "activation": "sigmoid" if one_class else "softmax",
-        "decision": "sigmoid > 0.5" if one_class else "argmax",
+        "decision": f"sigmoid > {DEFAULT_MASK_THRESHOLD}" if one_class else "argmax",
         "usage": "resize the image to int(scale * side) (see input_resize), divide uint8 pixels by input_divisor "
                  "(16-bit and float images: see input_from_16_bit_or_float); resize logits bilinearly to the image "
                  "size, take the decision; class i is the value mask_values[i] of the training masks, and "

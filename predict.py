@@ -42,6 +42,7 @@ from utils.data_loading import (
 )
 from utils.device import (
     COMPILE_CHOICES,
+    COMPILE_MIN_IMAGES,
     add_device_arguments,
     choose_device,
     choose_precision,
@@ -119,9 +120,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     speed.add_argument("--writers", type=int, default=None,
                        help="threads encoding and writing masks (default: 8 on a CUDA GPU, 1 otherwise)")
     speed.add_argument("--compile", choices=COMPILE_CHOICES, default="auto",
-                       help="torch.compile the model; auto = on with CUDA for 1000 images or more (compiling "
-                            "takes ~20 s the first time, seconds later), off on CPUs, where it was slower (default: "
-                            "%(default)s)")
+                       help=f"torch.compile the model; auto = on with CUDA for {COMPILE_MIN_IMAGES} images or more "
+                            "(compiling takes ~20 s the first time, seconds later), off on CPUs, where it was slower "
+                            "(default: %(default)s)")
     add_device_arguments(parser)
     return parser
 
@@ -604,9 +605,9 @@ def predict_inputs(args: argparse.Namespace, device: torch.device) -> int:
         print(f"mask of {inputs[0]} saved to {outputs[0]}")
     elif len(todo) > len(failed) and not args.no_save:  # found by a review: a folder's run did not say where
         folders = sorted({str(outputs[index].parent) for index in todo})
-        where = folders[0] if len(folders) == 1 else f"{len(folders)} folders ({folders[0]}, ...)"
+        saved_in = folders[0] if len(folders) == 1 else f"{len(folders)} folders ({folders[0]}, ...)"
         saved = len(todo) - len(failed)
-        print(f"{'mask' if saved == 1 else 'masks'} of {counted(saved, 'image')} saved in {where}")
+        print(f"{'mask' if saved == 1 else 'masks'} of {counted(saved, 'image')} saved in {saved_in}")
     if failed:
         others = "; the others were predicted" if len(failed) < len(todo) else ""
         print(f"error: {len(failed)} of {len(todo)} images could not be predicted (listed above as skipped){others}",

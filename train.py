@@ -217,7 +217,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     model.add_argument("--checkpointing", action="store_true",
                        help="activation checkpointing: less memory, about 30%% more compute")
     model.add_argument("--compile", choices=COMPILE_CHOICES, default="auto",
-                       help="torch.compile the model; auto = on with CUDA for runs of 15000 training images or "
+                       help="torch.compile the model; auto = on with CUDA for runs of "
+                            f"{COMPILE_MIN_TRAINING_IMAGES} training images or "
                             "more (epochs x images), off on CPUs (default: %(default)s)")
     model.add_argument("--batchnorm-images", type=int, default=0, metavar="N",
                        help="at the end of each epoch, before validation and saving, recompute BatchNorm's "
@@ -449,7 +450,8 @@ def run_data_folders(args: argparse.Namespace, resumed: dict | None, resume_file
 RUN_SETTINGS = ("binarize", "ignore_index", "class_weights", "batch_size", "validation", "crop", "crops_per_image",
                 "crop_foreground", "augment", "seed", "grad_clip", "batchnorm_images", "learning_rate",
                 "weight_decay")
-KEPT_ARCHITECTURE = ("classes", "channels", "bilinear", "base_channels", "scale")
+ARCHITECTURE_FLAGS = {"classes": "n_classes", "channels": "n_channels", "bilinear": "bilinear",
+                      "base_channels": "base_channels"}  # flag -> its model_args key
 
 
 def keep_run_settings(args: argparse.Namespace, resumed: dict, resume_file: Path) -> list[str]:
@@ -460,8 +462,7 @@ def keep_run_settings(args: argparse.Namespace, resumed: dict, resume_file: Path
     did)."""
     architecture = resumed["model_args"]
     saved_args = resumed.get("args", {})
-    kept = {"classes": architecture["n_classes"], "channels": architecture["n_channels"],
-            "bilinear": architecture["bilinear"], "base_channels": architecture["base_channels"],
+    kept = {**{name: architecture[key] for name, key in ARCHITECTURE_FLAGS.items()},
             "scale": resumed.get("scale", args.scale),
             **{name: saved_args.get(name, getattr(args, name)) for name in RUN_SETTINGS}}
     kept["binarize"] = binarize_threshold(kept["binarize"])  # older checkpoints stored True/False
@@ -482,8 +483,8 @@ def keep_run_settings(args: argparse.Namespace, resumed: dict, resume_file: Path
         setattr(args, name, value)
     # --epochs (raised to train longer), --max-bad-steps, --save-every and --keep-epochs may change; left out,
     # the run goes on with its own (each checked: a hand-edited value is left out, not an error about a flag)
-    for name, said, valid in (("epochs", "{flag} {value} (give {flag} to train longer or shorter)", _whole),
-                              ("max_bad_steps", "{flag} {value} (give {flag} to change it)", _whole),
+    for name, said, valid in (("epochs", "{flag} {value} (give {flag} to train longer or shorter)", _is_int),
+                              ("max_bad_steps", "{flag} {value} (give {flag} to change it)", _is_int),
                               # full precision chosen for the run; the others follow the machine (auto)
                               ("precision", "{flag} {value} (give {flag} auto or --amp to change it)",
                                lambda value: value == "fp32"),
@@ -509,7 +510,8 @@ def check_resumed_settings(args: argparse.Namespace, resumed: dict, resume_file:
     except UserError as error:
         flag = str(error).split(" ", 1)[0]
         name = flag.removeprefix("--").replace("-", "_")
-        from_run = name in KEPT_ARCHITECTURE or name in RUN_SETTINGS and name in resumed.get("args", {})
+        from_run = (name in ARCHITECTURE_FLAGS or name == "scale"
+                    or name in RUN_SETTINGS and name in resumed.get("args", {}))
         if name in (getattr(args, "typed", None) or ()) and not from_run:
             raise UserError(f"{error}: {resume_file} goes on with its own settings (the notes above), so leave "
                             f"{flag} out, or start a new run") from None
@@ -517,7 +519,7 @@ def check_resumed_settings(args: argparse.Namespace, resumed: dict, resume_file:
                         "start a new run") from None
 
 
-def _whole(value: object) -> bool:
+def _is_int(value: object) -> bool:
     return type(value) is int
 
 
@@ -873,9 +875,8 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     classes_given = args.classes is not None
     weights = load_checkpoint(args.load, flag="--load") if args.load and resumed is None else None
     if weights is not None:  # start from these weights: their architecture decides how images are read
-        for name, key, held in (("channels", "n_channels", lambda n: f"{n}-channel images"),
-                                ("base_channels", "base_channels", described_width)):
-            stored, given = weights["model_args"][key], getattr(args, name)
+        for name, held in (("channels", lambda n: f"{n}-channel images"), ("base_channels", described_width)):
+            stored, given = weights["model_args"][ARCHITECTURE_FLAGS[name]], getattr(args, name)
             flag = "--" + name.replace("_", "-")
             if given not in (None, stored):
                 raise UserError(f"{flag} is {given} but {args.load} holds a model of {held(stored)}: leave out "

@@ -22,7 +22,7 @@ from PIL import Image
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from unet import CLASSIC_BASE_CHANNELS
+from unet import CLASSIC_BASE_CHANNELS, MIN_SIDE
 
 from .checkpoint import check_scale_flag, inference_scale
 from .data_loading import (
@@ -56,7 +56,7 @@ MAX_TILE_BATCH = 16
 # (2-core EPYC, fp32 random weights, 2026-11-27; bench/README.md, "Tiled inference").
 CPU_TILE_BATCH_PIXELS = 256 * 256
 MIN_TILE = 64
-TILE_MULTIPLE = 16  # the U-Net halves the size four times
+TILE_MULTIPLE = MIN_SIDE  # the U-Net halves the size four times: tiles of a multiple of 16 pad nowhere
 
 
 @dataclass(frozen=True)
@@ -433,9 +433,9 @@ def predict_logits(
     (load_scaled_image gives the original size in PIL's (width, height): reverse it).
 
     options chooses whole-image or tiled inference and test-time augmentation; the default is the plain
-    whole-image forward pass that validation uses. notify receives a line when memory forces tiles. The model
-    runs in eval mode, and is put back in the mode it was in: in training mode, BatchNorm would use each batch's
-    statistics (a different prediction) and overwrite its running ones.
+    whole-image forward pass (validation's, except under --crop). notify receives a line when memory forces tiles.
+    The model runs in eval mode, and is put back in the mode it was in: in training mode, BatchNorm would use each
+    batch's statistics (a different prediction) and overwrite its running ones.
     """
     run = _Runner(model, device, precision, options, notify)
     symmetries = _d4(options.tta)
@@ -454,7 +454,7 @@ def predict_logits(
 
 
 def predict_image(model: nn.Module, image: Image.Image | np.ndarray | torch.Tensor, scale: float | None = None,
-                  threshold: float = 0.5, options: InferenceOptions = WHOLE_IMAGE,
+                  threshold: float = DEFAULT_MASK_THRESHOLD, options: InferenceOptions = WHOLE_IMAGE,
                   precision: Precision | str | None = None) -> torch.Tensor:
     """The class map (H, W) at the image's own size of one image a program holds (a notebook's): a PIL image, an
     HxW or HxWxC array, or a CxHxW tensor, read and resized as predict.py reads files.
@@ -494,7 +494,7 @@ def notify_once(write: Callable[[str], None]) -> Callable[[str], None]:
     return notify
 
 
-def logits_to_classes(logits: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+def logits_to_classes(logits: torch.Tensor, threshold: float = DEFAULT_MASK_THRESHOLD) -> torch.Tensor:
     """(B, C, H, W) logits -> (B, H, W) class indices: sigmoid > threshold for one channel, else argmax."""
     if logits.size(1) == 1:
         return (torch.sigmoid(logits[:, 0]) > threshold).long()
