@@ -525,6 +525,9 @@ def test_half_precision_weights_load(ckpt_dir, two_class_weights):
     weights = {key: value.half() if value.is_floating_point() else value for key, value in two_class_weights.items()}
     model = model_from_checkpoint(load_checkpoint(write_reference_file(ckpt_dir / "half.pth", weights)))
     assert model.outc.conv.weight.dtype == torch.float32
+    loaded = model.state_dict()
+    assert loaded.keys() == weights.keys()
+    assert all(torch.equal(loaded[key], value.to(loaded[key].dtype)) for key, value in weights.items())
 
 
 @pytest.mark.parametrize("prefix", ["module.", "_orig_mod.", "module._orig_mod."])

@@ -184,13 +184,27 @@ def test_use_checkpointing_false_restores_plain_behaviour(checkpointing_runs):
 
 
 def test_checkpointing_is_inactive_in_eval_mode():
+    """Recomputing saves memory only when a backward pass follows a training forward pass."""
     torch.manual_seed(0)
     model = UNet(n_channels=1, n_classes=1, bilinear=True).eval()
     x = torch.rand(1, 1, 19, 23)
     with torch.no_grad():
         plain = model(x)
-        checkpointed = model.use_checkpointing()(x)
-    assert torch.equal(plain, checkpointed)
+    calls = []
+    checkpointed_forward = model._checkpointed_forward
+    model._checkpointed_forward = lambda inputs: calls.append(model.training) or checkpointed_forward(inputs)
+    model.use_checkpointing()
+    with torch.no_grad():
+        assert torch.equal(model(x), plain)
+    assert torch.equal(model(x), plain)  # eval mode with gradients (e.g. a saliency map): no recomputing either
+    assert calls == []
+    model.train()
+    batch = torch.rand(2, 1, 32, 32)  # BatchNorm trains on more than one value per channel
+    with torch.no_grad():
+        model(batch)
+    assert calls == []
+    model(batch).sum().backward()
+    assert calls == [True]
 
 
 @pytest.mark.parametrize("bilinear", [False, True])

@@ -26,8 +26,12 @@ def test_colour_masks_keep_their_own_colours() -> None:
 
 
 def test_side_by_side_puts_panels_in_a_row() -> None:
-    view = side_by_side([Image.new("RGB", (10, 6)), Image.new("L", (7, 6))], gap=2)
+    view = side_by_side([Image.new("RGB", (10, 6), (200, 0, 0)), Image.new("L", (7, 4), 90)], gap=2)
     assert view.size == (19, 6)
+    pixels = np.asarray(view)
+    assert (pixels[:, :10] == (200, 0, 0)).all()
+    assert (pixels[:, 10:12] == 255).all()  # the gap, white
+    assert (pixels[:4, 12:] == 90).all() and (pixels[4:, 12:] == 255).all()  # a shorter panel sits at the top
 
 
 def test_training_curves_png_handles_missing_and_nan_values(tmp_path: Path) -> None:
@@ -40,6 +44,11 @@ def test_training_curves_png_handles_missing_and_nan_values(tmp_path: Path) -> N
     assert image.shape == (600, 640, 3)
     loss_red = (image[:200, :, 0] > 150) & (image[:200, :, 1] < 80)
     assert loss_red.sum() > 50  # the loss line is drawn in its panel
+    dice_blue = (image[:, :, 2] > 150) & (image[:, :, 0] < 80)
+    rows, columns = np.nonzero(dice_blue)
+    # one finite Dice (epoch 3): a single dot, no line, at its panel's lower left (a lone value sits on the axes)
+    assert 5 <= len(rows) <= 25
+    assert 369 <= rows.min() <= rows.max() <= 373 and 26 <= columns.min() <= columns.max() <= 30
 
 
 def test_a_full_disk_while_logging_an_epoch_warns_and_training_goes_on(tmp_path: Path, monkeypatch, capsys) -> None:
