@@ -31,7 +31,7 @@ from unet import CLASSIC_BASE_CHANNELS, LONE_IMAGE_MIN_SIDE, MAX_BASE_CHANNELS, 
 from utils.augmentation import AUGMENT_PRESETS, train_augmentation
 from utils.batch_cache import BatchCache
 from utils.batchnorm import calibration_keys, recalibrate_batchnorm
-from utils.check_data import INSTANCE_LABELS_FIX, check_dataset
+from utils.check_data import INSTANCE_LABELS_FIX, DataCheck, check_dataset
 from utils.checkpoint import (
     CheckpointWriter,
     check_training_state,
@@ -832,13 +832,8 @@ def main(args: argparse.Namespace) -> dict:
             close_world(world)
 
 
-def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
-    choose_precision(device, args.amp, args.precision)  # a flag this device cannot follow: said first
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    if args.sync_batchnorm and device.type != "cuda":
-        raise UserError("--sync-batchnorm needs CUDA GPUs (PyTorch syncs BatchNorm on GPUs only): leave it out on CPUs")
-    say = print if world.is_main else (lambda *_, **__: None)
+def prepare_checkpoint_dir(args: argparse.Namespace, world: World, say: Callable[..., None]) -> None:
+    """Rank 0 checks the folder and tidies what a killed run left; the others wait for it."""
     if world.is_main:
         check_writable_folder(args.checkpoint_dir, "--checkpoint-dir")  # fail now, not after an epoch
         settle_earlier_run(args.checkpoint_dir, say)  # an --overwrite run killed before it settled it
@@ -849,9 +844,14 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     # then stops them with "another process stopped first", not with advice about the run they see in it.
     barrier(world)
 
+
+def open_resumed_run(args: argparse.Namespace, world: World, say: Callable[..., None]
+                     ) -> tuple[Path | None, dict | None, bool]:
+    """The checkpoint to resume (or None), checked, with the run's own settings put into args (each flag they
+    override said); and whether this run replaces another in the folder (a forgotten --resume is refused)."""
     resume_file = resume_path(args.resume, args.checkpoint_dir)
     resumed = load_checkpoint(resume_file, flag="--resume") if resume_file else None  # a missing file: said first
-    replaces_a_run = check_run_folder(args.checkpoint_dir, resume_file, args.overwrite)  # a forgotten --resume
+    replaces_a_run = check_run_folder(args.checkpoint_dir, resume_file, args.overwrite)
     if resume_file is None and args.resume == "auto":
         say(f"no {args.checkpoint_dir / 'last.pth'} yet: starting a new run")
     for line in run_data_folders(args, resumed, resume_file):
@@ -864,17 +864,20 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
         if args.load:
             say(f"note: {resume_file} continues with its own weights; --load {args.load} is ignored",
                 file=sys.stderr)
-    precision = choose_precision(device, args.amp, args.precision)  # a resumed fp32 run's, unless --amp now
     resume_point = (str(resume_file), resumed["epoch"], resumed["step"], resumed.get("epoch_batches", 0)) \
         if resumed is not None else None
     check_same_everywhere(world, resume_point,
                           f"resumes {resume_file} at epoch {resumed['epoch']}, step {resumed['step']}"
                           if resumed is not None else "finds no checkpoint to resume",
                           "every node needs the same --checkpoint-dir: put it on a file system they all share")
+    return resume_file, resumed, replaces_a_run
 
-    classes_given = args.classes is not None
+
+def start_weights(args: argparse.Namespace, resumed: dict | None) -> dict | None:
+    """--load's checkpoint (a resume has weights of its own). Its architecture decides how images are read, so its
+    channels and width fill args (a flag at odds with it is refused); otherwise the defaults do."""
     weights = load_checkpoint(args.load, flag="--load") if args.load and resumed is None else None
-    if weights is not None:  # start from these weights: their architecture decides how images are read
+    if weights is not None:
         for name, held in (("channels", lambda n: f"{n}-channel images"), ("base_channels", described_width)):
             stored, given = weights["model_args"][ARCHITECTURE_FLAGS[name]], getattr(args, name)
             flag = "--" + name.replace("_", "-")
@@ -885,10 +888,13 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
         args.classes = args.classes or weights["model_args"]["n_classes"]
     args.channels = args.channels or 3
     args.base_channels = args.base_channels or CLASSIC_BASE_CHANNELS
+    return weights
 
-    # Data: pair and check the files (decoded once, cached; rank 0 first so the others read its cache),
-    # settle the classes, split, wrap in loaders that give each process its share.
-    workers = args.workers if args.workers is not None else default_workers(device, world)
+
+def checked_data(args: argparse.Namespace, world: World, workers: int, classes_given: bool, resumed: dict | None,
+                 weights: dict | None, say: Callable[..., None]) -> DataCheck:
+    """The files paired and checked (decoded once and cached; rank 0 first, so that the others read its cache),
+    the report printed; anything training cannot use is refused here, before a model is built."""
     if not world.is_main:
         barrier(world)
     data = check_dataset(args.imgs, args.masks, args.mask_suffix, args.binarize, args.ignore_index,
@@ -916,7 +922,14 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
         raise UserError(data.one_value_error())
     if data.unwritable_values:
         raise UserError(data.unwritable_values_error())
-    mask_values: list[MaskValue] = data.mask_values
+    return data
+
+
+def settled_mask_values(args: argparse.Namespace, found: list[MaskValue], weights: dict | None, resumed: dict | None,
+                        resume_file: Path | None, say: Callable[..., None]) -> list[MaskValue]:
+    """The mask value of each class, in the order of the model's outputs, and args.classes settled: a resumed run
+    keeps its own, --load keeps the loaded model's order, classes the masks never show get values of their own."""
+    mask_values = found
     loaded_classes = weights["model_args"]["n_classes"] if weights is not None else None
     left_out = (weights.get("args") or {}).get("ignore_index") if weights is not None else None
     if left_out is not None and args.ignore_index is None and left_out in mask_values:
@@ -941,15 +954,112 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
         args.classes = max(len(mask_values), 2)
     check_classes(mask_values, args.classes)
     if len(mask_values) < max(args.classes, 2):  # classes the masks never show: the model still needs their values
-        found = len(mask_values)
+        count = len(mask_values)
         mask_values = complete_mask_values(mask_values, args.classes, avoid=args.ignore_index)
         if unwritable_values(mask_values):  # --ignore-index took one of the 65536 labels
             raise UserError(f"--classes {args.classes} leaves a class without a label a mask file can hold (0 to "
                             f"65535, but for --ignore-index {args.ignore_index}): use --classes {args.classes - 1}")
-        extra = mask_values[found:]
-        which = (f"class {found} never appears in them; predict.py writes it as {extra[0]}" if len(extra) == 1 else
-                 f"classes {found} to {len(mask_values) - 1} never appear in them; predict.py writes them as {extra}")
-        say(f"note: --classes {args.classes} but the masks hold {found} values: {which}", file=sys.stderr)
+        extra = mask_values[count:]
+        which = (f"class {count} never appears in them; predict.py writes it as {extra[0]}" if len(extra) == 1 else
+                 f"classes {count} to {len(mask_values) - 1} never appear in them; predict.py writes them as {extra}")
+        say(f"note: --classes {args.classes} but the masks hold {count} values: {which}", file=sys.stderr)
+    return mask_values
+
+
+def held_out_only_warning(data: DataCheck, train_pixels: list[int], val_pixels: list[int], training_images: int,
+                          resumed: bool) -> str | None:
+    """Mask values that only validation images show: the model cannot learn them, and their scores will say so."""
+    held_out_only = [value for value, trained, held_out in zip(data.mask_values, train_pixels, val_pixels)
+                     if held_out and not trained]
+    if not held_out_only:
+        return None
+    if data.instance_labels:
+        fix = f": they {INSTANCE_LABELS_FIX}"
+    elif not resumed:
+        fix = ": another --seed splits the images otherwise"
+    else:
+        fix = ""
+    many = len(held_out_only) > 1
+    listed = ", ".join(shown(value) for value in held_out_only[:5]) + (", ..." if len(held_out_only) > 5 else "")
+    return (f"warning: mask value{'s' if many else ''} {listed} appear{'' if many else 's'} only in validation "
+            f"images, in none of the {training_images} training images, so the model cannot learn "
+            f"{'them' if many else 'it'}{fix}")
+
+
+def cannot_train_alone(size: tuple[int, int]) -> bool:
+    """Under 32 px on both sides the deepest map is 1x1: BatchNorm cannot train on a batch of one such image."""
+    return max(size) < LONE_IMAGE_MIN_SIDE
+
+
+def calibration_loader(train_set: Dataset, train_sizes: list[tuple[int, int]], args: argparse.Namespace,
+                       device: torch.device, workers: int) -> BatchCache | None:
+    """The same few training images, augmented the same way, for each epoch's BatchNorm statistics
+    (--batchnorm-images; kept in memory after the first pass, as the validation batches are)."""
+    items = calibration_keys(len(train_set), args.batchnorm_images, args.batch_size, args.seed)
+    sizes = [train_sizes[index] for index, _ in items]
+    batches = [batch for batch in same_size_batches(range(len(items)), sizes, args.batch_size)
+               if len(batch) > 1 or not cannot_train_alone(sizes[batch[0]])]
+    if not batches:
+        return None
+    return BatchCache(make_loader(Subset(SeededItems(train_set), items), args.batch_size, device,
+                                  min(workers, len(items)), batches=batches, stops_gracefully=True))
+
+
+def build_model(args: argparse.Namespace, weights: dict | None, world: World, device: torch.device) -> nn.Module:
+    """--load's model (its output layer replaced when --classes differs) or a new one, on the device."""
+    if weights is not None:
+        model = model_from_checkpoint(weights, n_classes=args.classes, bilinear=args.bilinear or None)
+        args.bilinear = model.bilinear
+    else:
+        model = UNet(args.channels, args.classes, args.bilinear, args.base_channels)
+    model.use_checkpointing(args.checkpointing)
+    if args.sync_batchnorm and world.distributed:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model.to(device, memory_format=memory_format(device))
+
+
+def batches_to_skip(args: argparse.Namespace, resumed: dict, resume_file: Path, world: World, order: EpochOrder,
+                    training_images: int, say: Callable[..., None]) -> int:
+    """The batches of the resumed epoch trained before its save (--save-every, a signal); 0 when the epoch's
+    order is not the one they were drawn from, and the epoch starts over (said)."""
+    start_epoch = resumed["epoch"] + 1
+    skip_batches = resumed.get("epoch_batches", 0)
+    processes = resumed.get("processes", world.size)  # unknown before 2026-11-27 (9th session): as now
+    if processes != world.size:  # each process's share of an epoch depends on their number
+        starts_over = (f"; epoch {start_epoch} starts over instead of going on after batch {skip_batches}"
+                       if skip_batches else "")
+        say(f"note: {resume_file} was trained by {counted(processes, 'process', 'processes')}, now "
+            f"{world.size}: the global batch is {args.batch_size * world.size} images (was "
+            f"{args.batch_size * processes}; --batch-size is per process){starts_over}", file=sys.stderr)
+        return 0
+    if skip_batches and resumed.get("training_images", training_images) != training_images:
+        say(f"note: the training set changed size, so epoch {start_epoch} starts over instead of going on "
+            f"after batch {skip_batches}", file=sys.stderr)
+        return 0  # the epoch's order is a shuffle of the old set: its first batches are not these
+    if skip_batches and order.sizes is not None and not resumed.get("batched_by_size"):
+        say(f"note: {resume_file} was saved before batches were formed by image size, so epoch {start_epoch} "
+            f"starts over instead of going on after batch {skip_batches}", file=sys.stderr)
+        return 0
+    return skip_batches
+
+
+def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
+    choose_precision(device, args.amp, args.precision)  # a flag this device cannot follow: said first
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    if args.sync_batchnorm and device.type != "cuda":
+        raise UserError("--sync-batchnorm needs CUDA GPUs (PyTorch syncs BatchNorm on GPUs only): leave it out on CPUs")
+    say = print if world.is_main else (lambda *_, **__: None)
+    prepare_checkpoint_dir(args, world, say)
+    resume_file, resumed, replaces_a_run = open_resumed_run(args, world, say)
+    precision = choose_precision(device, args.amp, args.precision)  # a resumed fp32 run's, unless --amp now
+    classes_given = args.classes is not None
+    weights = start_weights(args, resumed)
+
+    # Data: the files checked, the classes settled, the split, the loaders that give each process its share.
+    workers = args.workers if args.workers is not None else default_workers(device, world)
+    data = checked_data(args, world, workers, classes_given, resumed, weights, say)
+    mask_values = settled_mask_values(args, data.mask_values, weights, resumed, resume_file, say)
     largest = scaled_size(*max(data.image_sizes, key=lambda size: size[0] * size[1]), args.scale)
     if args.batch_size is None:
         scaled_width, scaled_height = args.crop or largest
@@ -964,21 +1074,9 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
         train_pairs, val_pairs = split_pairs(data.pairs, args.validation, args.seed)
     # From the training split only: held-out images must not set the weights of the classes they show.
     train_pixels = data.class_pixels_of(train_pairs)
-    val_pixels = data.class_pixels_of(val_pairs)
-    held_out_only = [value for value, trained, held_out in zip(data.mask_values, train_pixels, val_pixels)
-                     if held_out and not trained]
-    if held_out_only:
-        if data.instance_labels:
-            fix = f": they {INSTANCE_LABELS_FIX}"
-        elif resumed is None:
-            fix = ": another --seed splits the images otherwise"
-        else:
-            fix = ""
-        listed = ", ".join(shown(value) for value in held_out_only[:5]) + (", ..." if len(held_out_only) > 5 else "")
-        say(f"warning: mask value{'s' if len(held_out_only) > 1 else ''} {listed} appear"
-            f"{'' if len(held_out_only) > 1 else 's'} only in validation images, in none of the {len(train_pairs)} "
-            f"training images, so the model cannot learn {'them' if len(held_out_only) > 1 else 'it'}{fix}",
-            file=sys.stderr)
+    if warning := held_out_only_warning(data, train_pixels, data.class_pixels_of(val_pairs), len(train_pairs),
+                                        resumed is not None):
+        say(warning, file=sys.stderr)
     class_weights = parse_class_weights(args.class_weights, args.classes,
                                         pixels_per_class(mask_values, data.mask_values, train_pixels))
     if class_weights is not None:
@@ -1010,9 +1108,6 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     # One global shuffle per epoch, dealt round-robin (the union of the processes' batches is the batch a
     # single process with world.size times the batch size would take), augmentation seeded per item; batches
     # of one image size each where the sizes allow (utils/sampling.py).
-    def cannot_train_alone(size: tuple[int, int]) -> bool:  # under 32 px both sides: a 1x1 deepest map
-        return max(size) < LONE_IMAGE_MIN_SIDE
-
     tiny = [index for index, size in enumerate(train_sizes) if cannot_train_alone(size)]
     if tiny and (args.batch_size == 1 or len(train_set) <= world.size):  # one image per process at most
         (width, height), name = train_sizes[tiny[0]], train_pairs[tiny[0] % len(train_pairs)].image.name
@@ -1033,29 +1128,10 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     val_loader = BatchCache(make_loader(val_set, args.batch_size, device, min(side_workers, len(val_set)),
                                         batches=val_batches, stops_gracefully=True)) \
         if val_pairs else None  # decoded once if it fits
-    # The same few training images, augmented the same way, for each epoch's BatchNorm statistics (kept in memory
-    # after the first pass, as the validation batches are).
-    calibration_items = calibration_keys(len(train_set), args.batchnorm_images, args.batch_size, args.seed)
-    calibration_set = Subset(SeededItems(train_set), calibration_items)
-    calibration_sizes = [train_sizes[index] for index, _ in calibration_items]
-    calibration_batches = [batch for batch in same_size_batches(range(len(calibration_items)), calibration_sizes,
-                                                                args.batch_size)
-                           if len(batch) > 1 or not cannot_train_alone(calibration_sizes[batch[0]])]
-    calibration = BatchCache(make_loader(calibration_set, args.batch_size, device,
-                                         min(side_workers, len(calibration_set)), batches=calibration_batches,
-                                         stops_gracefully=True)) \
-        if calibration_batches else None
+    calibration = calibration_loader(train_set, train_sizes, args, device, side_workers)
 
     # Model, optimizer, schedule (cosine decay over all steps), gradient scaler for fp16.
-    if weights is not None:
-        model = model_from_checkpoint(weights, n_classes=args.classes, bilinear=args.bilinear or None)
-        args.bilinear = model.bilinear
-    else:
-        model = UNet(args.channels, args.classes, args.bilinear, args.base_channels)
-    model.use_checkpointing(args.checkpointing)
-    if args.sync_batchnorm and world.distributed:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model.to(device, memory_format=memory_format(device))
+    model = build_model(args, weights, world, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay,
                                   fused=device.type in ("cuda", "cpu"))  # one kernel for all parameters
     total_steps = args.epochs * order.batches_per_epoch
@@ -1074,23 +1150,7 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
         start_epoch, step, best_dice = resumed["epoch"] + 1, resumed["step"], resumed["best_dice"]
         if not replaces_a_run:  # going on in its own folder, maybe from an earlier point (epoch_N.pth, --overwrite)
             best_dice = keep_better_best(args.checkpoint_dir / "best.pth", resume_file, best_dice, say)
-        skip_batches = resumed.get("epoch_batches", 0)  # saved in the middle of an epoch (--save-every, a signal)
-        processes = resumed.get("processes", world.size)  # unknown before 2026-11-27 (9th session): as now
-        if processes != world.size:  # each process's share of an epoch depends on their number
-            starts_over = (f"; epoch {start_epoch} starts over instead of going on after batch {skip_batches}"
-                           if skip_batches else "")
-            say(f"note: {resume_file} was trained by {counted(processes, 'process', 'processes')}, now "
-                f"{world.size}: the global batch is {args.batch_size * world.size} images (was "
-                f"{args.batch_size * processes}; --batch-size is per process){starts_over}", file=sys.stderr)
-            skip_batches = 0
-        elif skip_batches and resumed.get("training_images", len(train_pairs)) != len(train_pairs):
-            say(f"note: the training set changed size, so epoch {start_epoch} starts over instead of going on "
-                f"after batch {skip_batches}", file=sys.stderr)
-            skip_batches = 0  # the epoch's order is a shuffle of the old set: its first batches are not these
-        elif skip_batches and order.sizes is not None and not resumed.get("batched_by_size"):
-            say(f"note: {resume_file} was saved before batches were formed by image size, so epoch {start_epoch} "
-                f"starts over instead of going on after batch {skip_batches}", file=sys.stderr)
-            skip_batches = 0
+        skip_batches = batches_to_skip(args, resumed, resume_file, world, order, len(train_pairs), say)
         # The cosine ends with the last step still to train: --epochs may have been raised, the data may have grown.
         steps_left = max(0, (args.epochs - start_epoch + 1) * order.batches_per_epoch - skip_batches)
         if scheduler.last_epoch + steps_left != scheduler.T_max:
