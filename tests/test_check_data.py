@@ -1022,6 +1022,10 @@ def test_the_cache_forgets_files_gone_and_is_read_once_per_check(tmp_path, monke
     check_dataset(other, masks, workers=1)
     check_dataset(other / ".." / "other_imgs", masks, workers=1)  # another spelling of the same folder
     assert scanned == []
+    for folder in (imgs, masks):  # files only removed, nothing new to scan: their entries go all the same
+        (folder / "s1.png").unlink()
+    check_dataset(imgs, masks, workers=1)
+    assert "mask:s1.png" not in json.loads((masks / CACHE_NAME).read_text())["files"]
 
 
 def test_mostly_empty_masks_get_their_hint_beside_other_hints(tmp_path) -> None:

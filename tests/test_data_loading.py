@@ -459,6 +459,9 @@ def test_one_channel_dataset_gives_one_channel_images(carvana_folder):
     pairs = list_pairs(carvana_folder / "imgs", carvana_folder / "masks")
     image = SegmentationDataset(pairs, [0, 1], scale=0.5, channels=1)[0]["image"]
     assert image.dtype == torch.uint8 and image.shape == (1, int(0.5 * HEIGHT), int(0.5 * WIDTH))
+    whole = SegmentationDataset(pairs, [0, 1], scale=1, channels=1)[0]["image"]
+    with Image.open(pairs[0].image) as colour:  # the luminance, not one of the colour channels
+        np.testing.assert_array_equal(whole[0].numpy(), np.asarray(colour.convert("L")))
 
 
 def test_image_mask_size_mismatch_raises_user_error_naming_both(tmp_path):

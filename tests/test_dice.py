@@ -168,6 +168,27 @@ def test_cross_entropy_term_is_the_weighted_mean_over_pixels_not_ignored(weighte
     assert segmentation_loss(logits, masks, weights).item() == pytest.approx(expected.item(), rel=1e-6)
 
 
+@pytest.mark.parametrize("weighted", [False, True])
+def test_binary_term_weighs_each_pixel_and_averages_over_pixels_not_ignored(weighted):
+    """One output channel: BCE with a weight per pixel (its class's), divided by the pixels not ignored (as
+    PyTorch's mean of weighted BCE divides by the pixel count); ignored pixels count in neither term."""
+    from utils.mask_encoding import IGNORE_CLASS
+
+    torch.manual_seed(2)
+    logits = torch.randn(2, 1, 6, 5)
+    masks = torch.randint(0, 2, (2, 6, 5))
+    masks[1, :3] = IGNORE_CLASS
+    weights = torch.tensor([0.5, 3.0]) if weighted else None
+    valid = masks != IGNORE_CLASS
+    target = masks.clamp(min=0).float()
+    per_pixel = F.binary_cross_entropy_with_logits(logits[:, 0], target, reduction="none")
+    if weighted:
+        per_pixel = per_pixel * weights[masks.clamp(min=0)]
+    bce = per_pixel[valid].sum() / valid.sum()
+    expected = bce + 1 - _manual_dice(torch.sigmoid(logits[:, 0]) * valid, target * valid)
+    assert segmentation_loss(logits, masks, weights).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
 @pytest.mark.parametrize("n_classes", [1, 3])
 def test_a_batch_with_every_pixel_ignored_gives_a_finite_loss_and_zero_gradients(n_classes):
     from utils.mask_encoding import IGNORE_CLASS

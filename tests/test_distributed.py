@@ -36,9 +36,15 @@ def write_discs(folder: Path, count: int, size: tuple[int, int] = (40, 32)) -> N
         Image.fromarray(mask).save(folder / "masks" / f"s{i}.png")
 
 
-def train(cwd: Path, *args: str, processes: int = 1) -> subprocess.CompletedProcess:
+def train(cwd: Path, *args: str, processes: int = 1, writes: Path | None = None) -> subprocess.CompletedProcess:
+    """train.py in cwd, under torchrun for several processes; writes: a file recording each checkpoint written,
+    with the rank that wrote it (tests/spies/sitecustomize.py)."""
     launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"] if processes > 1 else []
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if writes is not None:
+        spies = str(REPO / "tests" / "spies")
+        env.update(UNET_TEST_WRITES=str(writes), UNET_TEST_REPO=str(REPO),
+                   PYTHONPATH=os.pathsep.join(filter(None, [spies, os.environ.get("PYTHONPATH")])))
     result = subprocess.run([sys.executable, *launcher, str(REPO / "train.py"), *args], cwd=cwd, env=env,
                             capture_output=True, text=True, timeout=600)
     if result.returncode != 0:
@@ -57,7 +63,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("ddp")
     write_discs(root / "data", 10)
     data = ["--imgs", "data/imgs", "--masks", "data/masks"]
-    ddp = train(root, *data, *FLAGS, "--batch-size", "2", "--checkpoint-dir", "ddp", processes=2)
+    ddp = train(root, *data, *FLAGS, "--batch-size", "2", "--checkpoint-dir", "ddp", processes=2,
+                writes=root / "ddp.writes")
     root.joinpath("ddp.log").write_text(ddp.stdout)
     root.joinpath("ddp.err").write_text(ddp.stderr)  # rank 0's progress bars
     train(root, *data, *FLAGS, "--batch-size", "4", "--checkpoint-dir", "single")
@@ -73,6 +80,8 @@ def test_both_ranks_train_their_half_of_every_batch(runs: Path) -> None:
 
 
 def test_only_rank_0_writes_one_set_of_checkpoints(runs: Path) -> None:
+    writes = runs.joinpath("ddp.writes").read_text().splitlines()
+    assert writes == ["0 last.pth"] * 2  # one save per epoch, by rank 0 only (best.pth is a copy of it)
     assert sorted(path.name for path in (runs / "ddp").iterdir()) == sorted(
         path.name for path in (runs / "single").iterdir())
     assert {"last.pth", "metrics.csv"} <= {path.name for path in (runs / "ddp").iterdir()}

@@ -256,10 +256,11 @@ def test_an_export_replaces_an_earlier_export_but_never_a_checkpoint(colour_chec
         run_export("-m", colour_checkpoint, "-o", checkpoint)
     assert checkpoint.read_bytes() == before
     export = tmp_path / "unet.pt"
-    run_export("-m", colour_checkpoint, "-o", export)
-    first = export.stat().st_mtime_ns
+    run_export("-m", colour_checkpoint, "-o", export, "--scale", "0.5")
     run_export("-m", colour_checkpoint, "-o", export)  # an export again: replaced
-    assert export.stat().st_mtime_ns >= first and torch.jit.load(export) is not None
+    extra = {"metadata.json": ""}
+    torch.jit.load(export, _extra_files=extra)
+    assert json.loads(extra["metadata.json"])["scale"] == 0.25  # the checkpoint's, not the first export's 0.5
 
 
 def test_only_an_earlier_export_is_replaced_and_a_failed_start_leaves_no_folder(

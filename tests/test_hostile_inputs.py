@@ -387,7 +387,8 @@ def test_webp_and_jfif_images_pair_and_a_broken_link_is_reported_not_skipped(tmp
 # --- histograms of a diverged model ---------------------------------------------------------------------------------
 
 
-def test_histograms_leave_out_nan_and_inf_and_bin_extreme_finite_values() -> None:
+def test_histograms_bin_extreme_and_constant_finite_values() -> None:
+    """NaN and inf are left out before (the wandb test below); the finite values, however extreme, all count."""
     counts, edges = finite_histogram(np.array([-3e38, 3e38, 0.0]))
     assert counts.sum() == 3 and np.isfinite(edges).all()
     counts, edges = finite_histogram(np.array([1e17, 1e17]))  # constant: numpy's own +-0.5 vanishes here

@@ -21,8 +21,12 @@ def test_a_resumed_epoch_sees_the_same_items_and_seeds_as_the_rest_of_the_uninte
     resumed = EpochBatches(EpochOrder(10, 3, seed=7, world=World()), first_epoch=2, last_epoch=2, skip_batches=2)
     assert list(resumed) == batches[2:] and resumed.items_skipped_in(2) == 6
     assert order.batches(3) != batches  # a new shuffle and new seeds each epoch
+    seeds = {epoch: {seed for _, seed in flat(order.batches(epoch))} for epoch in (2, 3)}
+    assert len(seeds[2]) == len(seeds[3]) == 10 and not seeds[2] & seeds[3]
     dealt = [EpochOrder(10, 3, seed=7, world=World(rank=r, size=2)).batches(2) for r in range(2)]
     assert sorted(index for part in dealt for index, _ in flat(part)) == list(range(10))  # each once: 10 = 2 x 5
+    # the processes' items are augmented each with a seed of its own, also at the same place in their shares
+    assert not {seed for _, seed in flat(dealt[0])} & {seed for _, seed in flat(dealt[1])}
 
 
 def test_the_stream_of_all_epochs_is_each_epoch_s_batches_in_turn() -> None:
@@ -78,6 +82,10 @@ def test_several_sizes_come_in_batches_of_one_size_but_for_the_leftovers(process
     assert order.global_batches(1) == order.global_batches(1) and order.global_batches(1) != order.global_batches(2)
     if processes == 1:
         assert order.global_batches(1) != sorted(order.global_batches(1), key=lambda batch: MIXED[batch[0]])
+    if order.one_size_batches and order.shared_batches:  # the leftovers do not always come last
+        def one_size(batch: list[int]) -> bool:  # leftovers of a size are fewer than a batch
+            return len(batch) == width and len({MIXED[index] for index in batch}) == 1
+        assert any(one_size(order.global_batches(epoch)[-1]) for epoch in range(1, 11))
 
 
 def test_a_resumed_epoch_of_several_sizes_goes_on_with_the_same_batches_and_seeds() -> None:

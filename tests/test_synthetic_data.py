@@ -31,8 +31,11 @@ def test_files_follow_carvana_naming_and_encoding(tmp_path: Path) -> None:
 def test_same_seed_same_files(tmp_path: Path) -> None:
     make_synthetic_carvana(tmp_path / "a", count=2, width=64, height=48, seed=3, workers=1)
     make_synthetic_carvana(tmp_path / "b", count=2, width=64, height=48, seed=3, workers=2)
-    for path in sorted((tmp_path / "a" / "imgs").iterdir()):
-        assert path.read_bytes() == (tmp_path / "b" / "imgs" / path.name).read_bytes()
+    for folder in ("imgs", "masks"):
+        files = sorted((tmp_path / "a" / folder).iterdir())
+        assert len(files) == 2
+        for path in files:
+            assert path.read_bytes() == (tmp_path / "b" / folder / path.name).read_bytes()
 
 
 def test_pipeline_detects_mask_suffix_and_values(tmp_path: Path) -> None:
