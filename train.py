@@ -51,7 +51,7 @@ from utils.data_loading import (
     check_workers_flag,
     image_pixel_limit,
     make_loader,
-    normalize_images,
+    model_input,
     parse_crop,
     require_folder,
     scaled_size,
@@ -756,8 +756,7 @@ def train_one_epoch(
                                     f"({'; '.join(batch['skipped'])}): replace or remove that file and run again")
                 batch, loss_weight = last_batch, 0.0  # every rank must step together: a step that adds nothing
             last_batch = batch
-            images = normalize_images(batch["image"].to(device, non_blocking=True))
-            images = images.contiguous(memory_format=memory_format(device))
+            images = model_input(batch["image"], device)
             masks = batch["mask"].to(device, non_blocking=True).long()  # int8 from the loader: 1/8 of the bytes
             loss, logits = train_step(model, images, masks, optimizer, scaler, precision, args.grad_clip,
                                       class_weights, loss_weight, control.guard)

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import update_bn
 
-from .data_loading import normalize_images
-from .device import Precision, memory_format
+from .data_loading import model_input
+from .device import Precision
 from .sampling import item_seed
 
 
@@ -44,8 +44,7 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[dict], device: tor
         for batch in batches:
             if "image" in batch:  # a batch whose files all failed has none
                 seen += batch["image"].shape[0]
-                images = normalize_images(batch["image"].to(device, non_blocking=True))
-                yield images.contiguous(memory_format=memory_format(device))
+                yield model_input(batch["image"], device)
 
     with precision.autocast():  # the precision the statistics are used in
         update_bn(inputs(), model)

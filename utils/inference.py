@@ -32,10 +32,10 @@ from .data_loading import (
     image_size,
     image_to_tensor,
     in_memory_name,
-    normalize_images,
+    model_input,
     scaled_size,
 )
-from .device import PRECISIONS, Precision, choose_precision, memory_format, return_freed_memory
+from .device import PRECISIONS, Precision, choose_precision, return_freed_memory
 from .errors import UserError, check_flag
 from .progress import progress_bar
 from .tiling import sliding_window, tile_starts
@@ -293,7 +293,7 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 def model_logits(model: nn.Module, images: torch.Tensor, device: torch.device, precision: Precision) -> torch.Tensor:
     """uint8 (B, C, H, W) -> fp32 logits at the same size: normalised on the device, channels_last, autocast."""
-    inputs = normalize_images(images.to(device, non_blocking=True)).contiguous(memory_format=memory_format(device))
+    inputs = model_input(images, device)
     with precision.autocast():
         return model(inputs).float()
 
