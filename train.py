@@ -41,6 +41,7 @@ from utils.checkpoint import (
     remove_unfinished_saves,
     restore_rng_state,
     rng_state,
+    saved_score,
     unwrap_model,
 )
 from utils.data_loading import (
@@ -558,13 +559,10 @@ def keep_better_best(best_file: Path, resume_file: Path, best_dice: float, say: 
     better best.pth of the later epochs it drops: best.pth is replaced only when this run scores higher."""
     if not best_file.exists() or os.path.samefile(best_file, resume_file):
         return best_dice
-    try:
-        kept = torch.load(best_file, map_location="cpu", weights_only=True, mmap=True)
-        dice, epoch = float(kept.get("val_dice")), kept.get("epoch")
-    except Exception:  # noqa: BLE001 - an unreadable best.pth is replaced as before
+    score = saved_score(best_file)
+    if score is None or not score[0] > best_dice:  # an unreadable best.pth is replaced as before
         return best_dice
-    if not dice > best_dice:
-        return best_dice
+    dice, epoch = score
     say(f"note: {best_file} (validation Dice {dice:.4f}, epoch {epoch}) is kept until this run scores higher",
         file=sys.stderr)
     return dice

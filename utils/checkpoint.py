@@ -505,6 +505,16 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu", 
     return checkpoint_from_data(_read(path, map_location), path)
 
 
+def saved_score(path: Path | str) -> tuple[float, int | None] | None:
+    """A training checkpoint's validation Dice and epoch, its tensors left on disk (mmap); None when the file is
+    unreadable or holds no score."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return float(saved.get("val_dice")), saved.get("epoch")
+    except Exception:  # noqa: BLE001 - whatever the file is, it has no score to keep
+        return None
+
+
 def checkpoint_from_data(data: object, source: Path | str) -> dict[str, Any]:
     """load_checkpoint's checks and shape for what a checkpoint file held (or a dict a program loaded itself);
     source names it in messages. The given dict is left as it was."""
