@@ -1,4 +1,4 @@
-"""Dice and IoU of a model on image/mask folders: the function used during training, and a CLI.
+"""Dice and IoU of a model on image/mask folders (the scoring itself is utils/scoring.py, which validation uses).
 
     python evaluate.py -m checkpoints/best.pth --imgs data/imgs --masks data/masks
 """
@@ -7,15 +7,12 @@ import argparse
 import csv
 import json
 import sys
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
-from torch import nn
-from tqdm import tqdm
 
 from utils.atomic_files import NAME_BYTES, atomic_path
-from utils.checkpoint import inference_scale, load_model, unwrap_model
+from utils.checkpoint import inference_scale, load_model
 from utils.data_loading import (
     UPRIGHT_FIX,
     SegmentationDataset,
@@ -24,143 +21,31 @@ from utils.data_loading import (
     image_pixel_limit,
     list_pairs,
     make_loader,
-    same_size_parts,
 )
 from utils.device import (
-    Precision,
     add_device_arguments,
     choose_device,
     choose_precision,
     freed_memory_kept,
 )
-from utils.dice_score import per_class_counts, scores_from_counts
 from utils.errors import UserError, check_output_file, run_cli
 from utils.inference import (
-    DEFAULT_MASK_THRESHOLD,
-    WHOLE_IMAGE,
-    InferenceOptions,
     add_inference_arguments,
     add_mask_threshold_argument,
     check_prediction_flags,
     default_prediction_batch,
     fuse_batchnorm,
     inference_options,
-    logits_to_classes,
-    notify_once,
-    predict_logits,
     settle_mask_threshold,
 )
 from utils.mask_encoding import binarize_threshold, short_values
-from utils.progress import progress_bar
-
-
-def evaluate(
-    model: nn.Module,
-    loader: Iterable[dict],
-    device: torch.device,
-    precision: Precision,
-    threshold: float = DEFAULT_MASK_THRESHOLD,
-    progress: bool = True,
-    options: InferenceOptions = WHOLE_IMAGE,
-    bar_stays: bool = False,
-) -> dict:
-    """Per-image and mean Dice/IoU, comparing at the masks' resolution (logits are resized to it).
-
-    "dice" and "iou" are means over images of the mean over foreground classes (class 0 is background),
-    as in the reference, leaving out classes that no mask holds and the model never predicted; the per-class
-    lists include every class and the background. An image without a class in its mask or prediction scores 1
-    for it, which lifts the mean of a class most images lack: the pooled scores (all pixels of all images
-    together) and the number of images whose mask holds each class are given beside them.
-    options: tiles and test-time augmentation (evaluate.py); validation during training uses the whole-image
-    default (tile="auto" under --crop). bar_stays: evaluate.py's progress bar stays when done (and is written to
-    logs); validation's vanishes, its epoch's line said after it.
-    """
-    was_training = model.training
-    model.eval()
-    n_classes = max(unwrap_model(model).n_classes, 2)
-    rows: list[dict] = []
-    dice_sum = torch.zeros(n_classes, dtype=torch.float64)
-    notify = notify_once(tqdm.write)
-    iou_sum = torch.zeros(n_classes, dtype=torch.float64)
-    pooled_counts = [torch.zeros(n_classes, dtype=torch.float64) for _ in range(3)]  # intersection, predicted, true
-    images_with = torch.zeros(n_classes, dtype=torch.int64)  # images whose mask holds the class
-    batches = progress_bar(loader, desc="evaluation", unit="batch", leave=bar_stays, disable=not progress)
-    skipped: list[str] = []
-    for part in (part for batch in batches for part in readable_parts(batch, skipped)):
-        masks = part["mask"].to(device, non_blocking=True).long()  # int8 from the loader
-        logits = predict_logits(model, part["image"], device, precision, output_size=tuple(masks.shape[-2:]),
-                                options=options, notify=notify)
-        counts = [count.cpu().double() for count in per_class_counts(logits_to_classes(logits, threshold), masks,
-                                                                      n_classes)]
-        dice, iou = scores_from_counts(*counts)
-        dice_sum += dice.sum(0)
-        iou_sum += iou.sum(0)
-        for pooled, count in zip(pooled_counts, counts):
-            pooled += count.sum(0)
-        images_with += (counts[2] > 0).sum(0)
-        for name, image_dice, image_iou in zip(part["name"], dice, iou):
-            rows.append({"name": name, "dice": None, "iou": None,  # the means, below: they need every image
-                         **{f"dice_{c}": image_dice[c].item() for c in range(n_classes)},
-                         **{f"iou_{c}": image_iou[c].item() for c in range(n_classes)}})
-    model.train(was_training)
-    count = max(len(rows), 1)
-    pooled_dice, pooled_iou = scores_from_counts(*pooled_counts)
-    seen = [bool(pooled_counts[1][c] + pooled_counts[2][c] > 0) for c in range(n_classes)]
-    set_image_means(rows, seen)
-    scored = scored_classes(seen)
-    return {
-        "dice": sum(r["dice"] for r in rows) / count,
-        "iou": sum(r["iou"] for r in rows) / count,
-        "dice_pooled": pooled_dice[scored].mean().item(),  # the same classes' pooled scores, averaged
-        "iou_pooled": pooled_iou[scored].mean().item(),
-        "dice_per_class": (dice_sum / count).tolist(),
-        "iou_per_class": (iou_sum / count).tolist(),
-        "dice_pooled_per_class": pooled_dice.tolist(),
-        "iou_pooled_per_class": pooled_iou.tolist(),
-        "images_per_class": images_with.tolist(),
-        "seen_per_class": seen,  # in a mask or a prediction (the foreground ones are in the means)
-        "images": len(rows),
-        "rows": rows,
-        "skipped": skipped,
-    }
-
-
-def scored_classes(seen: list[bool]) -> list[int]:
-    """The foreground classes in the means: those seen, or all of them where none was."""
-    return [c for c in range(1, len(seen)) if seen[c]] or list(range(1, len(seen)))
-
-
-def set_image_means(rows: list[dict], seen: list[bool]) -> None:
-    """Each row's "dice" and "iou": the mean over the foreground classes seen (in some mask or prediction: seen[c])
-    of the images scored together. A class no mask holds and the model never predicted (an extra --classes) has
-    nothing to score, and its free 1s would lift every image's mean; where no foreground class was seen at all,
-    all count (each scores 1). Under torchrun, train.py passes the classes seen by all the processes."""
-    scored = scored_classes(seen)
-    for row in rows:
-        row["dice"] = sum(row[f"dice_{c}"] for c in scored) / len(scored)
-        row["iou"] = sum(row[f"iou_{c}"] for c in scored) / len(scored)
-
-
-def readable_parts(batch: dict, skipped: list[str]) -> Iterator[dict]:
-    """same_size_parts of the images that loaded; why the others did not (a file that broke after the data check,
-    in a dataset made with skip_unreadable) is reported and added to skipped."""
-    for reason in batch.get("skipped", []):
-        tqdm.write(f"warning: not scored: {reason}", file=sys.stderr)
-    skipped += batch.get("skipped", [])
-    if "image" in batch:
-        yield from same_size_parts(batch)
+from utils.scoring import evaluate, left_out_classes
 
 
 def is_scores_file(head: str) -> bool:
     """The start of a file write_rows wrote (an earlier evaluation's, which --output may replace)."""
     text = head.lstrip()
     return text.startswith("name,dice,iou") or text.startswith("[") and ('"dice"' in text or text.rstrip() == "[]")
-
-
-def left_out_classes(result: dict) -> list[int]:
-    """The foreground classes in no mask and never predicted, where some other one was (as scored_classes)."""
-    scored = scored_classes(result["seen_per_class"])
-    return [c for c in range(1, len(result["seen_per_class"])) if c not in scored]
 
 
 def print_class_table(result: dict, mask_values: list, left_out: list[int]) -> None:

@@ -26,7 +26,6 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, Subset
 from tqdm import tqdm
 
-from evaluate import evaluate, set_image_means
 from unet import CLASSIC_BASE_CHANNELS, LONE_IMAGE_MIN_SIDE, MAX_BASE_CHANNELS, UNet
 from utils.augmentation import AUGMENT_PRESETS, train_augmentation
 from utils.batch_cache import BatchCache
@@ -100,6 +99,7 @@ from utils.run_folder import check_run_folder, resume_path, set_aside_earlier_ru
 from utils.run_lock import RunLock
 from utils.run_log import WANDB_MODES, RunLog, check_wandb_environment, default_wandb_mode
 from utils.sampling import EpochBatches, EpochOrder, RepeatedItems, SeededItems, same_size_batches
+from utils.scoring import evaluate, set_image_means
 from utils.signals import GracefulStop
 
 DEFAULT_AUGMENT = "light"  # chosen by the held-out Dice measured in the README

@@ -5,7 +5,7 @@
 
 For each seed and N, trains with train.py's defaults on the data set of bench/heldout_dice.py (all of its
 training images, --validation 0; nuclei: --binarize, scale 1, batch 8, lr 1e-3, 10 epochs; carvana: scale 0.5,
-5 epochs) with --keep-epochs, then scores every epoch's checkpoint on the held-out images (evaluate.evaluate,
+5 epochs) with --keep-epochs, then scores every epoch's checkpoint on the held-out images (utils.scoring.evaluate,
 fp32, the masks' resolution). Prints one line per run: the held-out Dice after each epoch and the mean seconds
 per epoch.
 """

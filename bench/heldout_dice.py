@@ -25,12 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import train  # noqa: E402
 from bench.arguments import base_channels  # noqa: E402
-from evaluate import evaluate  # noqa: E402
 from utils.checkpoint import load_model  # noqa: E402
 from utils.data_loading import SegmentationDataset, list_pairs, make_loader  # noqa: E402
 from utils.device import choose_precision  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
 from utils.inference import TTA_CHOICES, InferenceOptions  # noqa: E402
+from utils.scoring import evaluate  # noqa: E402
 from utils.synthetic_data import make_synthetic_carvana  # noqa: E402
 
 # Per data set: the training flags of the comparison (the same for every preset).

@@ -6,7 +6,7 @@
 For each data set, train.py runs with its defaults (only the data flags and --epochs given) and its wall time T
 is measured; then the reference recipe (bench/reference_recipe.py: RMSprop lr 1e-5, batch 1, no augmentation,
 ReduceLROnPlateau) trains with T seconds as its budget. Both models are scored with the same function
-(evaluate.evaluate, fp32, at the masks' native resolution) on images neither trained on:
+(utils.scoring.evaluate, fp32, at the masks' native resolution) on images neither trained on:
 - carvana: the synthetic Carvana-format set, cars 1-2 (32 views) train, car 3 (16 views) is held out;
 - nuclei: the real 2018 Data Science Bowl image in the stardist wheel, top three quarters (96 px tiles) train,
   bottom quarter held out; masks binarised (nucleus / background) and images made 8-bit RGB for both recipes.

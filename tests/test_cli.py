@@ -961,9 +961,9 @@ def test_images_of_different_sizes_train_in_batches_of_one_size_without_padding(
 
 def test_images_of_different_sizes_score_in_batches_as_one_at_a_time(tmp_path: Path) -> None:
     """Each image is scored as it is predicted, alone: no other image's padding around it."""
-    from evaluate import evaluate
     from utils.data_loading import SegmentationDataset, list_pairs, make_loader
     from utils.device import choose_precision
+    from utils.scoring import evaluate
 
     write_cells(tmp_path, 8)
     torch.manual_seed(0)

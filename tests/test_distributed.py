@@ -215,7 +215,7 @@ def _reduce_a_shard(rank: int, store: str, shards: list[dict], results: dict) ->
 def test_the_validation_dice_under_torchrun_scores_the_classes_any_process_saw(tmp_path: Path) -> None:
     """Found by a review: each process left out the classes its own shard lacked, so a 3-class run scored 0.5 on one
     process and 0.0 on two, with the same images and model."""
-    from evaluate import set_image_means
+    from utils.scoring import set_image_means
 
     def row(dice_1: float, dice_2: float) -> dict:  # one image's per-class scores, as evaluate() gives them
         return {"name": "x", "dice": None, "iou": None, "dice_0": 1.0, "dice_1": dice_1, "dice_2": dice_2,

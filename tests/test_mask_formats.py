@@ -12,7 +12,6 @@ from PIL import Image
 
 import predict
 import train
-from evaluate import evaluate
 from unet import UNet
 from utils.check_data import check_dataset
 from utils.checkpoint import load_checkpoint
@@ -21,6 +20,7 @@ from utils.device import choose_precision
 from utils.dice_score import class_weights_from_pixels
 from utils.errors import UserError
 from utils.mask_encoding import IGNORE_CLASS
+from utils.scoring import evaluate
 
 HEIGHT, WIDTH = 32, 48
 # What each class looks like in the images: dark background, red class 1, green class 2.
