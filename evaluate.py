@@ -101,7 +101,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> dict:
     device = choose_device(args.device)
-    # process-wide settings are the run's only: a notebook that calls main() gets its own back
+    # the pixel limit and the allocator setting are the run's only: a notebook that calls main() gets its own back
     with image_pixel_limit(args.max_image_pixels), freed_memory_kept(device):
         return score_folders(args, device)
 

@@ -494,7 +494,8 @@ def csv_location(requested: str | None, outputs: list[str] | None, targets: list
 
 def main(args: argparse.Namespace) -> int:
     device = choose_device(args.device)
-    # process-wide settings are the run's only: a notebook that calls main() gets its own back
+    # the pixel limit and the allocator setting are the run's only: a notebook that calls main() gets its own back
+    # (--compile auto's fallback to eager stays set)
     with image_pixel_limit(args.max_image_pixels), freed_memory_kept(device):
         return predict_inputs(args, device)
 

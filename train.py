@@ -818,7 +818,8 @@ def main(args: argparse.Namespace) -> dict:
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
-    # process-wide settings are the run's only: a notebook that calls main() gets its own back
+    # the pixel limit and the allocator setting are the run's only: a notebook that calls main() gets its own back
+    # (the seeds above, cudnn.benchmark and --compile auto's fallback to eager stay set, as in any training script)
     with image_pixel_limit(args.max_image_pixels):
         device = choose_device(args.device)
         world = init_world(device)
