@@ -304,19 +304,16 @@ def check_args(args: argparse.Namespace) -> None:
     check_workers_flag(args.workers)
     check_binarize_flag(args.binarize)
     parse_save_every(args.save_every)
-    args.wandb = args.wandb or default_wandb_mode()  # settled once: the mode used is the one recorded
-    if args.wandb != "disabled":
+    if (args.wandb or default_wandb_mode()) != "disabled":
         check_wandb_environment()
     for flag, value, default in (("--crops-per-image", args.crops_per_image, 1),
                                  ("--crop-foreground", args.crop_foreground, DEFAULT_CROP_FOREGROUND)):
         if value != default and args.crop is None:
             raise UserError(f"{flag} {value} needs --crop (e.g. --crop 512): without it every image is seen whole")
-    if args.resume is None:  # with --resume the folders left out are the run's, known once its checkpoint is read
-        for role, folder in DATA_FOLDERS:
-            setattr(args, role, getattr(args, role) or folder)
-    for role, _ in DATA_FOLDERS:
-        if getattr(args, role) is not None:
-            require_folder(getattr(args, role), role)  # a typo is said first, before anything about a run
+    for role, default in DATA_FOLDERS:  # a typo is said first, before anything about a run
+        folder = getattr(args, role) or (default if args.resume is None else None)  # else the run's: known later
+        if folder is not None:
+            require_folder(folder, role)
 
 
 def parse_save_every(text: str | None) -> tuple[int | None, float | None]:
@@ -815,6 +812,7 @@ def reduce_scores(scores: dict, world: World, device: torch.device) -> dict:
 
 def main(args: argparse.Namespace) -> dict:
     check_args(args)
+    args.wandb = args.wandb or default_wandb_mode()  # settled once: the mode used is the one recorded
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
