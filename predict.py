@@ -21,7 +21,6 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -58,13 +57,11 @@ from utils.inference import (
     default_prediction_batch,
     fuse_batchnorm,
     inference_options,
-    logits_to_classes,
     notify_once,
     predict_logits,
-    probabilities,
     settle_mask_threshold,
 )
-from utils.mask_writer import CSV_HEADER, EXTRA_OUTPUT_TAGS, MaskWriter, OutputOptions, written_by_predict
+from utils.mask_writer import CSV_HEADER, EXTRA_OUTPUT_TAGS, MaskEncoder, MaskWriter, OutputOptions, written_by_predict
 from utils.progress import progress_bar
 
 MASK_FILE_SUFFIXES = (".png", ".gif", ".bmp", ".tif", ".tiff")  # lossless, so class values survive
@@ -331,61 +328,6 @@ def collate_by_size(items: list[dict]) -> dict:
         group["images"] = torch.stack(group["images"])
     return {"groups": list(groups.values()), "errors": [item["error"] for item in items if "error" in item],
             "count": len(items), "turned": [item["index"] for item in items if item.get("orientation", 1) != 1]}
-
-
-def class_counts(classes: torch.Tensor, n_classes: int, method: str | None = None) -> torch.Tensor:
-    """(B, H, W) class indices -> (B, n_classes) pixel counts (int64), without a host sync.
-
-    method (default: by device): "sums", one comparison and sum per class, on GPUs for up to 32 classes, where
-    a scatter of millions of ones into a few counters makes the atomic adds wait for each other (2 counters per
-    image for Carvana); "scatter" on CPUs (3.3-3.5 ms per 1918x1280 mask for any number of classes; the sums
-    take 2.7 ms for 2 classes, 8-10 for 5, ~60 for 40: bench/mask_output_cost.py) and on GPUs beyond 32 classes.
-    (torch.bincount would sync on a GPU: its output's length depends on the data.)
-    """
-    flat = classes.flatten(1)
-    if method is None:
-        method = "sums" if flat.device.type != "cpu" and n_classes <= 32 else "scatter"
-    if method == "sums":
-        return torch.stack([(flat == c).sum(1) for c in range(n_classes)], 1)
-    counts = torch.zeros(len(flat), n_classes, dtype=torch.int64, device=flat.device)
-    return counts.scatter_add_(1, flat, torch.ones((), dtype=torch.int64, device=flat.device).expand_as(flat))
-
-
-class MaskEncoder:
-    """Logits -> encoded masks, class fractions (and indices, probabilities) on the device, copied to pinned host
-    memory without waiting: the GPU goes on with the next batch while the CPU hands these to the writer."""
-
-    def __init__(self, table: np.ndarray | None, n_classes: int, device: torch.device, class_indices: bool,
-                 probs: bool, threshold: float):
-        """table: class index -> the value written (the writer's encoding_table); None without mask files
-        (--no-save), where the class indices stand in: no refusal of labels that no mask image can hold when only
-        probabilities, overlays or the CSV are written."""
-        stored = table if table is not None else np.arange(n_classes, dtype=np.int32)
-        self.stored_dtype = stored.dtype  # uint16 tables go to the device as int32: CUDA indexes no uint16
-        self.table = torch.from_numpy(stored.astype(np.int32) if stored.dtype == np.uint16 else stored).to(device)
-        self.n_classes, self.device = n_classes, device
-        self.class_indices, self.probs, self.threshold = class_indices, probs, threshold
-
-    def _to_host(self, tensor: torch.Tensor) -> torch.Tensor:
-        if self.device.type != "cuda":
-            return tensor.cpu()  # a no-op on the CPU; MPS copies synchronously
-        host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
-        return host.copy_(tensor, non_blocking=True)
-
-    def __call__(self, logits: torch.Tensor, indices: list[int]) -> dict:
-        classes = logits_to_classes(logits, self.threshold)
-        result = {"indices": indices, "pixels": classes[0].numel(),
-                  "counts": self._to_host(class_counts(classes, self.n_classes)),
-                  "encoded": self._to_host(self.table[classes])}
-        if self.class_indices:
-            result["classes"] = self._to_host(classes.to(torch.uint8 if self.n_classes <= 256 else torch.int32))
-        if self.probs:
-            result["probs"] = self._to_host(probabilities(logits).half())
-        if self.device.type == "cuda":
-            result["done"] = torch.cuda.Event()
-            result["done"].record()
-        result["stored_dtype"] = self.stored_dtype
-        return result
 
 
 @dataclass

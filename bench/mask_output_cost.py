@@ -6,7 +6,7 @@
 Masks are synthetic Carvana masks at 1918x1280 (utils/synthetic_data.py): binary 0/255, a 5-label version
 and a colour-coded version of the same shapes. Times are medians of --repeat calls, in milliseconds per mask
 (class counting: per batch of --batch masks). The PNG rows say which zlib strategy predict.py's writer uses
-(utils/mask_writer.py); the counting rows which method predict.class_counts picks per device.
+(utils/mask_writer.py); the counting rows which method class_counts (utils/mask_writer.py) picks per device.
 """
 
 import argparse
@@ -27,8 +27,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.arguments import at_least  # noqa: E402
-from predict import class_counts  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
+from utils.mask_writer import class_counts  # noqa: E402
 from utils.synthetic_data import _render  # noqa: E402
 
 PNG_SETTINGS = {"Pillow default (level 6)": {}, "zlib Z_RLE (ours)": {"compress_type": zlib.Z_RLE},

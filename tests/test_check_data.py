@@ -478,7 +478,6 @@ def test_class_pixel_counts_and_fractions_follow_binarize_and_ignore_value(
     assert check.mask_values == values
     assert check.class_pixels == pixels
     assert check.class_fractions == pytest.approx([p / sum(pixels) for p in pixels])
-    assert check.inferred_classes == len(values)
 
 
 def test_report_shows_fractions_without_the_ignored_value(counted_masks) -> None:

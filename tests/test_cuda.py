@@ -109,7 +109,7 @@ def test_predict_folder_on_cuda(tmp_path) -> None:
 
 
 def test_class_counts_on_cuda_match_the_cpu() -> None:
-    from predict import class_counts
+    from utils.mask_writer import class_counts
 
     for n_classes in (2, 40):  # per-class sums, then the scatter
         classes = torch.randint(0, n_classes, (4, 96, 128), generator=torch.Generator().manual_seed(n_classes))
@@ -153,9 +153,9 @@ def test_a_training_step_makes_no_host_sync(n_classes) -> None:
 
 def test_a_prediction_batch_is_queued_without_a_host_sync() -> None:
     """predict.py copies a batch's masks back while the next batch computes: queuing one must not wait."""
-    from predict import MaskEncoder
     from utils.inference import InferenceOptions, fuse_batchnorm, predict_logits
     from utils.mask_encoding import encoding_table
+    from utils.mask_writer import MaskEncoder
 
     device = torch.device("cuda")
     model = fuse_batchnorm(UNet(3, 2)).to(device, memory_format=memory_format(device))

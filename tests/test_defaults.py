@@ -196,7 +196,7 @@ def test_prediction_summary_on_a_cpu_leaves_the_gpu_out():
 @pytest.mark.parametrize("method", [None, "sums", "scatter"])
 @pytest.mark.parametrize("n_classes", [2, 5])
 def test_class_counts_agree_with_numpy_whatever_the_method(method, n_classes):
-    from predict import class_counts
+    from utils.mask_writer import class_counts
 
     classes = torch.randint(0, n_classes, (3, 17, 23), generator=torch.Generator().manual_seed(n_classes))
     classes[1] = 0  # an image with one class only: the other counts are zero, not missing

@@ -4,7 +4,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from utils.dice_score import dice_coeff, dice_loss, multiclass_dice_coeff, per_class_scores, segmentation_loss
+from utils.dice_score import (
+    dice_coeff,
+    dice_loss,
+    multiclass_dice_coeff,
+    per_class_counts,
+    scores_from_counts,
+    segmentation_loss,
+)
 
 EPS = 1e-6
 
@@ -90,7 +97,7 @@ def test_per_class_dice_and_iou_by_hand():
                          [[2, 2, 2], [2, 2, 2], [2, 2, 2]]])
     true = torch.tensor([[[0, 0, 1], [0, 0, 1], [0, 0, 0]],
                          [[0, 0, 0], [0, 0, 0], [0, 0, 0]]])
-    dice, iou = per_class_scores(pred, true, n_classes=3)
+    dice, iou = scores_from_counts(*per_class_counts(pred, true, n_classes=3))
     assert dice.shape == iou.shape == (2, 3)
     # image 0: class 0 pred 6 / true 7 / both 6, class 1 pred 3 / true 2 / both 2, class 2 absent -> 1
     # image 1: class 0 and class 2 disjoint -> 0, class 1 absent everywhere -> 1
@@ -102,7 +109,7 @@ def test_per_class_dice_and_iou_by_hand():
 
 def test_per_class_scores_are_one_for_a_perfect_prediction():
     classes = torch.tensor([[[0, 1, 2], [2, 1, 0]]])
-    dice, iou = per_class_scores(classes, classes, n_classes=4)
+    dice, iou = scores_from_counts(*per_class_counts(classes, classes, n_classes=4))
     assert torch.equal(dice, torch.ones(1, 4)) and torch.equal(iou, torch.ones(1, 4))
 
 

@@ -462,11 +462,6 @@ class DataCheck:
         return bool(pixels) and self.class_interior[index] < VOID_INTERIOR * pixels
 
     @property
-    def inferred_classes(self) -> int:
-        """One class per mask value; at least two (background and foreground)."""
-        return max(len(self.mask_values), 2)
-
-    @property
     def class_fractions(self) -> list[float]:
         total = sum(self.class_pixels) or 1
         return [count / total for count in self.class_pixels]

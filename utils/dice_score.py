@@ -74,12 +74,6 @@ def scores_from_counts(intersection: Tensor, predicted: Tensor, true: Tensor) ->
     return dice, iou
 
 
-def per_class_scores(pred: Tensor, target: Tensor, n_classes: int) -> tuple[Tensor, Tensor]:
-    """Per-image, per-class Dice and IoU of hard class-index maps (B, H, W) -> two (B, C) tensors
-    (per_class_counts, scores_from_counts)."""
-    return scores_from_counts(*per_class_counts(pred, target, n_classes))
-
-
 def class_weights_from_pixels(class_pixels: list[int]) -> list[float]:
     """Median-frequency balancing: weight = median class frequency / class frequency, within [0.1, 10]."""
     present = [count for count in class_pixels if count > 0]
