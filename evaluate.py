@@ -131,10 +131,17 @@ def score_folders(args: argparse.Namespace, device: torch.device) -> dict:
     loader = make_loader(dataset, batch_size, device, min(args.workers, len(pairs)))
     check_output_file(args.output, "--output", (".csv", ".json"), ours=is_scores_file)  # before the evaluation
     result = evaluate(model, loader, device, precision, threshold, options=options, bar_stays=True)
+    unseen = left_out_classes(result)
+    for row in result["rows"]:  # their free 1s would read as scores
+        row.update({f"{score}_{c}": None for c in unseen for score in ("dice", "iou")})
+    try:  # the scores file first: the work is kept whatever happens to the printed table (a log on a full disk)
+        write_rows(result["rows"], args.output)
+        unwritten = None
+    except UserError as error:
+        unwritten = error  # said after the table, which holds the scores
     extras = "".join(f", {name} {value}" for name, value in (("tiles", options.tile), ("TTA", options.tta))
                      if value not in ("auto", "none"))
     print(f"{result['images']} images, model {args.model}, scale {scale}, {precision.name} on {device}{extras}")
-    unseen = left_out_classes(result)
     print_class_table(result, model.mask_values, unseen)
     print(f"mean foreground Dice {result['dice']:.4f}  IoU {result['iou']:.4f} (means over images; pooled over all "
           f"pixels: Dice {result['dice_pooled']:.4f}  IoU {result['iou_pooled']:.4f})")
@@ -147,8 +154,6 @@ def score_folders(args: argparse.Namespace, device: torch.device) -> dict:
                  f"{short_values([model.mask_values[c] for c in unseen])})")
         print(f"{named}: in no mask and never predicted, left out of the mean foreground Dice and IoU, and empty in "
               f"{args.output.name}")
-        for row in result["rows"]:  # their free 1s would read as scores
-            row.update({f"{score}_{c}": None for c in unseen for score in ("dice", "iou")})
     if model.ignore_value == 255 and list(model.mask_values) == [0, 1] and result["images_per_class"][1] == 0:
         print("note: no mask holds the object value 1, and the model was trained ignoring 255: masks that mark "
               "objects with 255 had them ignored, not scored; save such masks as 0/1", file=sys.stderr)
@@ -158,7 +163,8 @@ def score_folders(args: argparse.Namespace, device: torch.device) -> dict:
         print(f"note: {len(turned)} of the images carry an EXIF orientation ({names}): they are scored as stored, "
               f"while viewers show them turned or mirrored; if their masks were drawn on the upright view, "
               f"{UPRIGHT_FIX}", file=sys.stderr)
-    write_rows(result["rows"], args.output)
+    if unwritten is not None:
+        raise unwritten
     print(f"per-image scores written to {args.output}")
     return result
 

@@ -336,6 +336,22 @@ def test_evaluate_cli_prints_scores_and_writes_rows(trained: Path) -> None:
     assert mean == pytest.approx(sum(row["dice"] for row in rows) / 10, abs=1e-4)
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_evaluate_keeps_its_scores_when_its_printed_output_cannot_be_written(trained: Path) -> None:
+    """Found by a review: with stdout on a full disk, the table's print failed first, and the scores file was
+    never written: the whole evaluation was lost."""
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, str(REPO / "evaluate.py"), "-m", "checkpoints/best.pth", "-o",
+                                 "kept.csv", "--workers", "0"], cwd=trained, stdout=full, stderr=subprocess.PIPE,
+                                text=True, timeout=600)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1].startswith("error: cannot write to the standard output (No space left")
+    try:
+        assert len((trained / "kept.csv").read_text().splitlines()) == 11  # the header and 10 images
+    finally:
+        (trained / "kept.csv").unlink()  # the fixture is shared
+
+
 def test_classes_1_trains_with_sigmoid_and_predicts_binary(tmp_path: Path) -> None:
     write_carvana_like(tmp_path / "data", 6)
     run("train.py", "--classes", "1", "--epochs", "1", "--validation", "20", *TRAIN_FLAGS, cwd=tmp_path)

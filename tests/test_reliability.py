@@ -2,6 +2,7 @@
 (CPU, fp32); SIGTERM stops cleanly with last.pth saved; non-finite steps are skipped without changing anything."""
 
 import csv
+import io
 import os
 import random
 import shutil
@@ -603,6 +604,53 @@ def test_a_ctrl_c_is_one_line_and_what_breaks_in_threads_after_it_prints_nothing
     helper.start()
     helper.join()
     assert capsys.readouterr().err == "interrupted\n"
+
+
+def test_output_that_cannot_be_written_is_one_line_and_the_streams_are_put_back(
+        capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a review: `evaluate.py > log` on a full disk ended in a traceback from a print."""
+    import argparse
+    import errno
+
+    from utils.errors import run_cli
+
+    class FullDisk(io.StringIO):
+        def write(self, text: str) -> int:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def printing_main(args: argparse.Namespace) -> int:
+        print("a table")
+        return 0
+
+    full = FullDisk()
+    monkeypatch.setattr(sys, "argv", ["evaluate.py"])
+    monkeypatch.setattr(sys, "stdout", full)
+    with pytest.raises(SystemExit) as stop:
+        run_cli(printing_main, argparse.ArgumentParser())
+    assert stop.value.code == 2 and sys.stdout is full
+    assert capsys.readouterr().err == ("error: cannot write to the standard output (No space left on device): free "
+                                       "disk space where it is redirected, or redirect it elsewhere\n")
+
+
+def test_an_error_of_a_loader_worker_is_said_without_its_class_name(
+        capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a review: a PixelLimitError re-raised by a DataLoader worker printed as
+    "error: utils.data_loading.PixelLimitError: ..." (only "UserError: " was taken off)."""
+    import argparse
+
+    from utils.data_loading import PixelLimitError
+    from utils.errors import run_cli
+
+    def failing_main(args: argparse.Namespace) -> int:  # the message as torch's worker re-raise folds it
+        raise PixelLimitError("Caught PixelLimitError in DataLoader worker process 0.\nOriginal Traceback (most "
+                              "recent call last):\n  File \"x.py\", line 1\nutils.data_loading.PixelLimitError: "
+                              "a.jpg declares 6,144 pixels: raise --max-image-pixels")
+
+    monkeypatch.setattr(sys, "argv", ["evaluate.py"])
+    with pytest.raises(SystemExit) as stop:
+        run_cli(failing_main, argparse.ArgumentParser())
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == "error: a.jpg declares 6,144 pixels: raise --max-image-pixels\n"
 
 
 def test_a_loader_worker_drops_only_the_broken_handover_of_a_stopped_main_process(

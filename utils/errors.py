@@ -3,12 +3,14 @@
 import argparse
 import contextlib
 import os
+import re
 import select
 import sys
 import threading
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 
 class UserError(Exception):
@@ -43,6 +45,39 @@ def exit_code_of(error: BaseException | None) -> int:
     return 1
 
 
+class _Output:
+    """sys.stdout during a CLI run: a write that fails (a log redirected to a full disk) is a UserError, said in
+    one line, instead of a traceback from whichever print met it. A closed pipe (`| head`) stays itself."""
+
+    def __init__(self, stream: TextIO):
+        self.stream = stream
+
+    def _failed(self, error: OSError) -> UserError:
+        with contextlib.suppress(AttributeError, OSError, ValueError):  # what is left is not flushed at exit, failing
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self.stream.fileno())
+        return UserError(f"cannot write to the standard output ({error.strerror or error}): free disk space where "
+                         "it is redirected, or redirect it elsewhere")
+
+    def write(self, text: str) -> int:
+        try:
+            return self.stream.write(text)
+        except BrokenPipeError:
+            raise
+        except OSError as error:
+            raise self._failed(error) from None
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as error:
+            raise self._failed(error) from None
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.stream, name)
+
+
 def run_cli(main: Callable[[argparse.Namespace], object], parser: argparse.ArgumentParser) -> None:
     """Parse the arguments and run main(args); a UserError (also one from a DataLoader worker) is one line."""
     parser.add_argument("--debug", action="store_true", help="show the full Python traceback of errors")
@@ -52,6 +87,15 @@ def run_cli(main: Callable[[argparse.Namespace], object], parser: argparse.Argum
             stream.reconfigure(errors="backslashreplace")
     if not debug:  # Pillow's own notes on a damaged file ("Truncated File Read", ...): the CLIs report it
         warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL(\.|$)")
+    stdout = sys.stdout
+    sys.stdout = _Output(stdout)
+    try:
+        _run(main, parser, debug)
+    finally:
+        sys.stdout = stdout
+
+
+def _run(main: Callable[[argparse.Namespace], object], parser: argparse.ArgumentParser, debug: bool) -> None:
     try:
         code = main(home_expanded(parser.parse_args()))
         sys.stdout.flush()  # a reader gone (`| head`) is met here, not as Python shuts down
@@ -65,9 +109,10 @@ def run_cli(main: Callable[[argparse.Namespace], object], parser: argparse.Argum
     except UserError as error:
         if debug:
             raise
-        # DataLoader workers re-raise with the worker's traceback folded into the message: keep the last line.
+        # DataLoader workers re-raise with the worker's traceback folded into the message: keep the last line,
+        # without the error's qualified class name in front of it (utils.data_loading.PixelLimitError: ...)
         message = str(error).strip().splitlines()[-1]
-        message = message.split("UserError: ", 1)[-1]
+        message = re.sub(rf"^(?:[\w.]+\.)?(?:UserError|{re.escape(type(error).__name__)}): ", "", message)
         print(f"error: {message}", file=sys.stderr)
         sys.exit(USER_ERROR_CODE)
     except KeyboardInterrupt:
