@@ -6,6 +6,7 @@
 import argparse
 import csv
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from utils.device import (
     choose_precision,
     freed_memory_kept,
 )
-from utils.errors import UserError, check_output_file, run_cli
+from utils.errors import UserError, check_output_file, counted, run_cli
 from utils.inference import (
     add_inference_arguments,
     add_mask_threshold_argument,
@@ -41,11 +42,14 @@ from utils.inference import (
 from utils.mask_encoding import binarize_threshold, short_values
 from utils.scoring import evaluate, left_out_classes
 
+SCORES_JSON_START = re.compile(r'\[\s*(\]\s*$|\{\s*"name":\s*"(?:[^"\\]|\\.)*",\s*"dice":)')  # as write_rows writes
+
 
 def is_scores_file(head: str) -> bool:
-    """The start of a file write_rows wrote (an earlier evaluation's, which --output may replace)."""
+    """The start of a file write_rows wrote (an earlier evaluation's, which --output may replace): a CSV of its
+    header, or a JSON list whose first row starts with "name" and "dice" (or an empty list, which holds nothing)."""
     text = head.lstrip()
-    return text.startswith("name,dice,iou") or text.startswith("[") and ('"dice"' in text or text.rstrip() == "[]")
+    return text.startswith("name,dice,iou") or SCORES_JSON_START.match(text) is not None
 
 
 def print_class_table(result: dict, mask_values: list, left_out: list[int]) -> None:
@@ -154,6 +158,11 @@ def score_folders(args: argparse.Namespace, device: torch.device) -> dict:
                  f"{short_values([model.mask_values[c] for c in unseen])})")
         print(f"{named}: in no mask and never predicted, left out of the mean foreground Dice and IoU, and empty in "
               f"{args.output.name}")
+    if result["unscored"]:
+        names = ", ".join(result["unscored"][:3]) + (", ..." if len(result["unscored"]) > 3 else "")
+        print(f"note: {counted(len(result['unscored']), 'mask')} of the images hold only pixels of --ignore-index "
+              f"{model.ignore_value} ({names}): nothing in them to score, so they are left out of the means and of "
+              f"{args.output.name}", file=sys.stderr)
     if model.ignore_value == 255 and list(model.mask_values) == [0, 1] and result["images_per_class"][1] == 0:
         print("note: no mask holds the object value 1, and the model was trained ignoring 255: masks that mark "
               "objects with 255 had them ignored, not scored; save such masks as 0/1", file=sys.stderr)

@@ -530,6 +530,21 @@ def test_half_precision_weights_load(ckpt_dir, two_class_weights):
     assert all(torch.equal(loaded[key], value.to(loaded[key].dtype)) for key, value in weights.items())
 
 
+def test_weights_saved_under_state_dict_load_and_a_unet_inside_another_module_is_named(ckpt_dir, two_class_weights):
+    """Found by a review: {"state_dict": ..., "epoch": ...}, as many training scripts save, was "not a U-Net
+    checkpoint"; so was a Lightning-style module holding the U-Net as self.model, without the fix."""
+    path = ckpt_dir / "state_dict.pth"
+    torch.save({"state_dict": two_class_weights, "epoch": 7}, path)
+    model = model_from_checkpoint(load_checkpoint(path))
+    assert all(torch.equal(model.state_dict()[key], value) for key, value in two_class_weights.items())
+    nested = ckpt_dir / "nested.pth"
+    torch.save({"state_dict": {f"model.{key}": value for key, value in two_class_weights.items()}}, nested)
+    with pytest.raises(UserError, match=r"nested\.pth holds a U-Net inside another module \(its weights are named "
+                                        r"'model\.inc\.\.\.'\): save that part's own state_dict \(e\.g\. "
+                                        r"torch\.save\(module\.model\.state_dict\(\), 'unet\.pth'\)\)"):
+        load_checkpoint(nested)
+
+
 @pytest.mark.parametrize("prefix", ["module.", "_orig_mod.", "module._orig_mod."])
 def test_weights_saved_from_a_ddp_or_compiled_model_load(ckpt_dir, two_class_weights, prefix):
     """Users save model.state_dict() of the wrapper they trained: the same weights under prefixed names."""

@@ -352,6 +352,32 @@ def test_evaluate_keeps_its_scores_when_its_printed_output_cannot_be_written(tra
         (trained / "kept.csv").unlink()  # the fixture is shared
 
 
+def test_evaluate_replaces_only_its_own_json_and_refuses_a_link_to_nowhere_first(trained: Path) -> None:
+    """Found by a review: any JSON list that held "dice" somewhere (a hand-made summary) was replaced as if it were
+    an earlier evaluation's; a link to a missing folder failed only after the whole evaluation."""
+    flags = ["-m", "checkpoints/best.pth", "--workers", "0"]
+    summary = trained / "summary.json"
+    summary.write_text('[{"run": "baseline", "dice": 0.91, "notes": "hand-made"}]')
+    link = trained / "scores_link.csv"
+    link.symlink_to(trained / "missing_folder" / "scores.csv")
+    try:
+        result = run("evaluate.py", *flags, "-o", summary, cwd=trained, check=False)
+        assert result.returncode == 2 and "summary.json exists and was not written by this tool" in result.stderr
+        assert summary.read_text().startswith('[{"run": "baseline"')
+        result = run("evaluate.py", *flags, "-o", link, cwd=trained, check=False)
+        assert result.returncode == 2 and "evaluation:" not in result.stderr  # before the work
+        assert result.stderr.strip().endswith(f"scores_link.csv is a link to {trained / 'missing_folder'}/scores.csv, "
+                                              "whose folder does not exist: mend the link, or give another file name")
+        own = trained / "own.json"
+        run("evaluate.py", *flags, "-o", own, cwd=trained)
+        own.write_text(own.read_text().replace('"dice": ', '"dice":  ', 1))  # still its own layout
+        run("evaluate.py", *flags, "-o", own, cwd=trained)  # an earlier evaluation's: replaced
+        assert len(json.loads(own.read_text())) == 10 and '"dice":  ' not in own.read_text()
+    finally:
+        for path in (summary, link, trained / "own.json"):
+            path.unlink(missing_ok=True)  # the fixture is shared
+
+
 def test_classes_1_trains_with_sigmoid_and_predicts_binary(tmp_path: Path) -> None:
     write_carvana_like(tmp_path / "data", 6)
     run("train.py", "--classes", "1", "--epochs", "1", "--validation", "20", *TRAIN_FLAGS, cwd=tmp_path)

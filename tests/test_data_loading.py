@@ -297,6 +297,21 @@ def test_explicit_mask_suffix_overrides_detection(tmp_path):
     assert [p.mask.name for p in detected] == ["a_mask.png", "b_mask.png", "c_mask.png"]
 
 
+def test_a_typed_mask_suffix_that_pairs_nothing_is_told_the_one_that_does(tmp_path):
+    """Found by a review: --mask-suffix _mask.gif (with the extension) or mask (without the underscore) were told
+    "pass --mask-suffix", which they had done."""
+    _touch_images(tmp_path / "imgs", ["a.png", "b.png"])
+    _touch_images(tmp_path / "masks", ["a_mask.png", "b_mask.png"])
+    with pytest.raises(UserError, match=r"has no 'a_mask\.png\.\*'\): --mask-suffix is the part of the name before "
+                                        r"the extension: try --mask-suffix '_mask'$"):
+        list_pairs(tmp_path / "imgs", tmp_path / "masks", mask_suffix="_mask.png")
+    with pytest.raises(UserError, match=r"the masks pair with --mask-suffix '_mask' \(or leave the flag out"):
+        list_pairs(tmp_path / "imgs", tmp_path / "masks", mask_suffix="mask")
+    _touch_images(tmp_path / "other_masks", ["c_mask.png"])  # no suffix pairs these
+    with pytest.raises(UserError, match=r"check the folders and --mask-suffix, or leave the flag out to detect it$"):
+        list_pairs(tmp_path / "imgs", tmp_path / "other_masks", mask_suffix="_x")
+
+
 def test_a_copy_of_the_images_beside_the_masks_is_not_taken_for_them(tmp_path):
     """Found by a review: masks/ held x_mask.gif and a PNG copy of each photo x.png; the empty suffix won the tie
     and the photos were trained as 4280 colour classes."""

@@ -329,6 +329,25 @@ def test_evaluate_leaves_ignored_pixels_out_of_the_dice(tmp_path: Path) -> None:
     assert control_scores["dice"] < 1
 
 
+def test_an_image_whose_mask_is_all_ignored_is_in_no_mean(tmp_path: Path) -> None:
+    """Found by a review: a mask entirely --ignore-index scored a perfect 1 (nothing to find, nothing found) and
+    lifted the mean, though nothing in it was scored."""
+    classes = class_map(0, 2)
+    looks = classes.copy()
+    looks[:, -6:] = 1  # a red strip that is not an object: an imperfect score
+    write_image(tmp_path / "imgs" / "scored.png", image_of(looks, seed=0))
+    write_image(tmp_path / "masks" / "scored.png", classes.astype(np.uint8))
+    write_image(tmp_path / "imgs" / "void.png", image_of(classes, seed=1))
+    write_image(tmp_path / "masks" / "void.png", np.full(classes.shape, 255, np.uint8))
+    model, cpu = PaintsRedAsForeground(), torch.device("cpu")
+    check = check_dataset(tmp_path / "imgs", tmp_path / "masks", ignore_value=255, workers=1)
+    data = SegmentationDataset(check.pairs, check.mask_values, scale_masks=False, ignore_value=255)
+    scores = evaluate(model, make_loader(data, 2, cpu, 0), cpu, choose_precision(cpu), progress=False)
+    assert scores["unscored"] == ["void"] and scores["images"] == 1
+    assert [row["name"] for row in scores["rows"]] == ["scored"]
+    assert scores["dice"] == pytest.approx(scores["rows"][0]["dice"]) and scores["dice"] < 0.9
+
+
 # --- the class count and the class weights ---------------------------------------------------------------------------
 
 

@@ -266,6 +266,12 @@ def infer_model_args(state_dict: dict[str, torch.Tensor], source: Path | str) ->
         if wrapped is not None:
             raise UserError(f"{source} holds the weights of a wrapped model ('{wrapped}'): save the plain "
                             "UNet's state_dict (model.module or model._orig_mod)") from None
+        nested = next((str(key)[:-len("inc.double_conv.0.weight")] for key in state_dict
+                       if str(key).endswith(".inc.double_conv.0.weight")), None)
+        if nested is not None:  # the U-Net as a part of a larger module (a Lightning module's self.model, say)
+            raise UserError(f"{source} holds a U-Net inside another module (its weights are named '{nested}inc...'): "
+                            f"save that part's own state_dict (e.g. torch.save(module.{nested.rstrip('.')}"
+                            ".state_dict(), 'unet.pth'))") from None
         raise UserError(f"{source} is not a U-Net checkpoint (no inc/outc weights)") from None
 
 
@@ -527,7 +533,8 @@ def checkpoint_from_data(data: object, source: Path | str) -> dict[str, Any]:
             width = _inferred_width(checkpoint["model"])
             checkpoint["model_args"] = {**args, "base_channels": width} if width else args
     else:  # a reference-style plain state_dict, maybe with mask_values, or one saved as {"model": ..., "epoch": ...}
-        weights = data["model"] if isinstance(data.get("model"), dict) else data
+        # the weights under "model", or under "state_dict" as many training scripts (and Lightning) save them
+        weights = next((data[key] for key in ("model", "state_dict") if isinstance(data.get(key), dict)), data)
         state_dict = unwrapped({k: v for k, v in weights.items() if k != "mask_values"})
         checkpoint = {"model": state_dict, "model_args": infer_model_args(state_dict, source)}
         if "mask_values" in data:

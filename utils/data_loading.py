@@ -619,6 +619,20 @@ def where(path: Path) -> Path:
         return path.absolute()
 
 
+def _typed_suffix_fix(typed: str, image_stems: list[str], mask_stems: set[str]) -> str:
+    """What to pass instead of a --mask-suffix that pairs nothing: the suffix without its extension
+    (_mask.gif -> _mask), or the suffix the names show."""
+    extension = Path(typed).suffix
+    if extension.lower() in IMAGE_SUFFIXES and typed != extension:
+        without = typed[:-len(extension)]
+        return f"--mask-suffix is the part of the name before the extension: try --mask-suffix '{without}'"
+    fits = next((suffix for suffix in MASK_SUFFIX_CANDIDATES
+                 if any(stem + suffix in mask_stems for stem in image_stems)), None)
+    if fits is not None:
+        return f"the masks pair with --mask-suffix '{fits}' (or leave the flag out to detect it)"
+    return "check the folders and --mask-suffix, or leave the flag out to detect it"
+
+
 def pair_files(images_dir: Path, masks_dir: Path, mask_suffix: str | None = None) -> Pairing:
     """Pair every image with its mask, listing each folder once; the unpaired files are returned by name."""
     # One folder for both (x.jpg beside x_mask.png): without a suffix every file would be its own mask.
@@ -630,19 +644,20 @@ def pair_files(images_dir: Path, masks_dir: Path, mask_suffix: str | None = None
     if one_folder and mask_suffix == "":
         raise UserError(f"images and masks are both in {images_dir}, so masks need a name suffix (x.jpg, x_mask.png): "
                         "pass it with --mask-suffix, or move the masks to a folder of their own")
-    if mask_suffix is not None:
+    typed = mask_suffix is not None
+    if typed:
         mask_suffix = unicodedata.normalize("NFC", mask_suffix)  # spelled as the names are (_files_by_stem)
-    if mask_suffix is None:
+    else:
         candidates = tuple(s for s in MASK_SUFFIX_CANDIDATES if s) if one_folder else MASK_SUFFIX_CANDIDATES
         mask_suffix = detect_mask_suffix(list(images), set(masks), candidates, masks_dir)
     pairs = [Pair(stem, image, masks[stem + mask_suffix])
              for stem, image in images.items() if stem + mask_suffix in masks]
     if not pairs:
         example = next(iter(images.values())).name
-        raise UserError(
-            f"no image in {images_dir} has a mask in {masks_dir} (e.g. {example} has no "
-            f"'{Path(example).stem}{mask_suffix}.*'): check the folders or pass --mask-suffix"
-        )
+        raise UserError(f"no image in {images_dir} has a mask in {masks_dir} (e.g. {example} has no "
+                        f"'{Path(example).stem}{mask_suffix}.*'): "
+                        + (_typed_suffix_fix(mask_suffix, list(images), set(masks)) if typed
+                           else "check the folders or pass --mask-suffix"))
     paired_images, paired_masks = {pair.image for pair in pairs}, {pair.mask for pair in pairs}
     # In one folder (suffix "_mask"), the names with the suffix are the masks and the others the images.
     lonely_images = [p.name for stem, p in images.items() if p not in paired_images and p not in paired_masks

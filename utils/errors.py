@@ -199,3 +199,9 @@ def check_output_file(path: Path, flag: str, suffixes: tuple[str, ...] = (),
             raise UserError(f"{flag} {path} exists and was not written by this tool: give another file name, or "
                             "move that file away first")
     check_writable_folder(path.parent, flag)
+    if path.is_symlink():  # written through (atomic_path): the folder that matters is the target's
+        target = Path(os.path.realpath(path))
+        if not target.parent.is_dir():
+            raise UserError(f"{flag} {path} is a link to {target}, whose folder does not exist: mend the link, or "
+                            "give another file name")
+        check_writable_folder(target.parent, flag)

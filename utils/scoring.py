@@ -39,7 +39,8 @@ def evaluate(
     as in the reference, leaving out classes that no mask holds and the model never predicted; the per-class
     lists include every class and the background. An image without a class in its mask or prediction scores 1
     for it, which lifts the mean of a class most images lack: the pooled scores (all pixels of all images
-    together) and the number of images whose mask holds each class are given beside them.
+    together) and the number of images whose mask holds each class are given beside them. An image whose mask
+    is all --ignore-index has nothing to score: it is in no mean and no row, and is named in "unscored".
     options: tiles and test-time augmentation (evaluate.py); validation during training uses the whole-image
     default (tile="auto" under --crop). bar_stays: evaluate.py's progress bar stays when done (and is written to
     logs); validation's vanishes, its epoch's line said after it.
@@ -55,6 +56,7 @@ def evaluate(
     images_with = torch.zeros(n_classes, dtype=torch.int64)  # images whose mask holds the class
     batches = progress_bar(loader, desc="evaluation", unit="batch", leave=bar_stays, disable=not progress)
     skipped: list[str] = []
+    unscored: list[str] = []
     for part in (part for batch in batches for part in readable_parts(batch, skipped)):
         masks = part["mask"].to(device, non_blocking=True).long()  # int8 from the loader
         logits = predict_logits(model, part["image"], device, precision, output_size=tuple(masks.shape[-2:]),
@@ -62,12 +64,15 @@ def evaluate(
         counts = [count.cpu().double() for count in per_class_counts(logits_to_classes(logits, threshold), masks,
                                                                       n_classes)]
         dice, iou = scores_from_counts(*counts)
+        scored = counts[2].sum(1) > 0  # an image whose mask is all --ignore-index has nothing to score
+        unscored += [name for name, has_pixels in zip(part["name"], scored.tolist()) if not has_pixels]
+        dice, iou, names = dice[scored], iou[scored], [name for name, has in zip(part["name"], scored) if has]
         dice_sum += dice.sum(0)
         iou_sum += iou.sum(0)
         for pooled, count in zip(pooled_counts, counts):
             pooled += count.sum(0)
         images_with += (counts[2] > 0).sum(0)
-        for name, image_dice, image_iou in zip(part["name"], dice, iou):
+        for name, image_dice, image_iou in zip(names, dice, iou):
             rows.append({"name": name, "dice": None, "iou": None,  # the means, below: they need every image
                          **{f"dice_{c}": image_dice[c].item() for c in range(n_classes)},
                          **{f"iou_{c}": image_iou[c].item() for c in range(n_classes)}})
@@ -91,6 +96,7 @@ def evaluate(
         "images": len(rows),
         "rows": rows,
         "skipped": skipped,
+        "unscored": unscored,  # every pixel ignored: in no mean, no row
     }
 
 
