@@ -19,6 +19,7 @@ from unet import UNet
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.errors import UserError
 from utils.mask_writer import written_by_predict
+from utils.plotting import class_colours
 
 REPO = Path(__file__).resolve().parents[1]
 ANY_WIDTH_FLAGS = ["--scale", "1", "--batch-size", "4", "--learning-rate", "1e-2", "--wandb", "disabled",
@@ -88,6 +89,12 @@ def test_predict_writes_binary_mask_at_original_size(trained: Path) -> None:
     assert set(np.unique(mask)) <= {0, 255}
     overlay = Image.open(trained / "out_overlay.png")
     assert overlay.size == (48, 32) and overlay.mode == "RGB"
+    pixels, shown = np.asarray(Image.open(image).convert("RGB")).astype(float), np.asarray(overlay).astype(float)
+    foreground = mask == 255
+    assert foreground.any() and (~foreground).any()
+    assert np.array_equal(shown[~foreground], pixels[~foreground])  # the image itself around the objects
+    colour = np.array(class_colours(2)[1], float)
+    np.testing.assert_allclose(shown[foreground], np.round(0.5 * pixels[foreground] + 0.5 * colour), atol=1)
 
 
 def test_csv_outputs_replace_only_their_own_files_and_a_file_in_the_way_is_said_first(trained: Path) -> None:

@@ -348,6 +348,24 @@ def test_an_image_whose_mask_is_all_ignored_is_in_no_mean(tmp_path: Path) -> Non
     assert scores["dice"] == pytest.approx(scores["rows"][0]["dice"]) and scores["dice"] < 0.9
 
 
+def test_a_file_that_breaks_after_the_check_is_neither_an_image_nor_a_zero_in_the_scores(tmp_path: Path) -> None:
+    """Validation and evaluate.py skip a file that cannot be read any more: the means are those of the others."""
+    looks = class_map(0, 2)
+    looks[:, -6:] = 1  # an imperfect score, so that counting the broken file would change it
+    for name in ("good", "broken"):
+        write_image(tmp_path / "imgs" / f"{name}.png", image_of(looks, seed=0))
+        write_image(tmp_path / "masks" / f"{name}.png", class_map(0, 2).astype(np.uint8))
+    check = check_dataset(tmp_path / "imgs", tmp_path / "masks", workers=1)
+    (tmp_path / "masks" / "broken.png").write_bytes(b"not a PNG any more")
+    data = SegmentationDataset(check.pairs, check.mask_values, scale_masks=False, skip_unreadable=True)
+    cpu = torch.device("cpu")
+    scores = evaluate(PaintsRedAsForeground(), make_loader(data, 2, cpu, 0), cpu, choose_precision(cpu),
+                      progress=False)
+    assert scores["images"] == 1 and len(scores["skipped"]) == 1 and "broken.png" in scores["skipped"][0]
+    assert [row["name"] for row in scores["rows"]] == ["good"]
+    assert scores["dice"] == pytest.approx(scores["rows"][0]["dice"]) and 0.5 < scores["dice"] < 0.95
+
+
 # --- the class count and the class weights ---------------------------------------------------------------------------
 
 
