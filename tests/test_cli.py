@@ -429,15 +429,20 @@ def test_tiny_datasets_do_not_crash(tmp_path: Path) -> None:
     assert {p.name for p in (tmp_path / "noval").glob("*.pth")} == {"last.pth"}
 
 
-def test_reference_state_dict_with_mask_values_loads_in_predict(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("mask_values", "written"), [([0, 1], 255), ([0, 7], 7)])
+def test_reference_state_dict_with_mask_values_loads_in_predict(tmp_path: Path, mask_values: list[int],
+                                                                written: int) -> None:
+    """Class 1 everywhere (the output layer's bias decides): written as its mask value (0/1 masks as 0/255)."""
     torch.manual_seed(0)
     state = UNet(3, 2, bilinear=True).state_dict()
-    state["mask_values"] = [0, 1]
+    state["outc.conv.weight"].zero_()
+    state["outc.conv.bias"].copy_(torch.tensor([-10.0, 10.0]))
+    state["mask_values"] = mask_values
     torch.save(state, tmp_path / "MODEL.pth")  # what reference users already have
     Image.fromarray(np.full((40, 56, 3), 128, np.uint8)).save(tmp_path / "img.jpg")
     run("predict.py", "-i", "img.jpg", "-o", "out.png", "--scale", "0.5", cwd=tmp_path)  # default -m MODEL.pth
     mask = np.asarray(Image.open(tmp_path / "out.png"))
-    assert mask.shape == (40, 56) and set(np.unique(mask)) <= {0, 255}
+    assert mask.shape == (40, 56) and (mask == written).all()
 
 
 @pytest.mark.parametrize(
@@ -1687,8 +1692,11 @@ def test_a_resume_by_another_number_of_processes_starts_its_epoch_over(tmp_path:
     assert load_checkpoint(tmp_path / "again" / "last.pth")["step"] == 1 + 3  # the whole epoch: 3 batches of 2
 
 
-def test_fine_tuning_loaded_weights_keeps_the_meaning_of_their_classes(tmp_path: Path) -> None:
+def test_fine_tuning_loaded_weights_keeps_the_meaning_of_their_classes(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """A 0/1/2 model fine-tuned on masks holding 0 and 2 only: value 2 stays class 2 (it became class 1)."""
+    import train
+
     write_carvana_like(tmp_path / "data", 6)
     for mask in (tmp_path / "data" / "masks").iterdir():  # 0 background, 1 and 2 in halves of the disc
         values = np.asarray(Image.open(mask)).copy()
@@ -1709,6 +1717,18 @@ def test_fine_tuning_loaded_weights_keeps_the_meaning_of_their_classes(tmp_path:
     assert "mask values [0, 1, 2], 3 classes" in result.stdout
     tuned = load_checkpoint(tmp_path / "tuned" / "last.pth")
     assert tuned["mask_values"] == [0, 1, 2] and tuned["model_args"]["n_classes"] == 3
+    trained_on: set[int] = set()  # the class indices the training steps see, not only the metadata saved
+    real_step = train.train_step
+
+    def recording_step(model, images, masks, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        trained_on.update(masks[masks >= 0].unique().tolist())
+        return real_step(model, images, masks, *args, **kwargs)
+
+    monkeypatch.setattr(train, "train_step", recording_step)
+    monkeypatch.chdir(tmp_path)
+    train.main(train.get_args_parser().parse_args([*flags, "--imgs", "only2/imgs", "--masks", "only2/masks",
+                                                   "--load", "three/last.pth", "--checkpoint-dir", "again"]))
+    assert trained_on == {0, 2}  # value 2 is class 2
 
 
 def test_binary_masks_in_two_encodings_are_refused_unless_classes_say_otherwise(tmp_path: Path) -> None:

@@ -145,6 +145,26 @@ def test_flip_tta_averages_the_probabilities_of_both_views() -> None:
     torch.testing.assert_close(torch.sigmoid(logits[0, 0]), expected.expand(4, 9), rtol=1e-5, atol=1e-6)
 
 
+class TopLeftCorner(nn.Module):
+    """Foreground only at the top-left pixel of what it is given: each of the 8 d4 views puts it in a corner."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        logits = torch.full((images.shape[0], 1, *images.shape[-2:]), -4.0)
+        logits[..., 0, 0] = 4.0
+        return logits
+
+
+def test_d4_tta_averages_all_eight_views() -> None:
+    logits = predict_logits(TopLeftCorner(), torch.zeros(1, 3, 6, 10, dtype=torch.uint8), CPU, FP32,
+                            options=InferenceOptions(tta="d4"))
+    probs = torch.sigmoid(logits[0, 0])
+    high, low = torch.sigmoid(torch.tensor(4.0)), torch.sigmoid(torch.tensor(-4.0))
+    corner = (2 * high + 6 * low) / 8  # each corner is the top left of two of the eight views (flip only: two)
+    for row, column in ((0, 0), (0, -1), (-1, 0), (-1, -1)):
+        torch.testing.assert_close(probs[row, column], corner, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(probs[2, 4], low, rtol=1e-5, atol=1e-6)
+
+
 class OutOfMemoryAbove(nn.Module):
     """Wraps a model; raises CUDA's out-of-memory error for inputs above a pixel count, as a small GPU would."""
 

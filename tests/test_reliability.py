@@ -319,10 +319,12 @@ def test_a_failed_save_warns_keeps_training_and_the_previous_file(data: Path, tm
     from utils import checkpoint as checkpoint_module
     from utils.errors import UserError
 
-    real_write, writes = checkpoint_module.write_checkpoint, []
+    real_write, writes, kept_after_failure = checkpoint_module.write_checkpoint, [], []
 
     def disk_full_once(path, payload):  # noqa: ANN001
         writes.append(path)
+        if len(writes) == 3:  # the next save: what the failed one left
+            kept_after_failure.append(load_checkpoint(path)["epoch"])
         if len(writes) == 2:
             raise UserError(f"cannot write checkpoint {path} (No space left on device): free disk space or pick "
                             "another --checkpoint-dir")
@@ -337,6 +339,7 @@ def test_a_failed_save_warns_keeps_training_and_the_previous_file(data: Path, tm
     warning = "No space left on device): free disk space or pick another --checkpoint-dir; training goes on, " \
               "the previous last.pth is kept"
     assert warning in capfd.readouterr().err
+    assert kept_after_failure == [1]  # the previous last.pth, still there once the failure was reported
     assert load_checkpoint(tmp_path / "last.pth")["epoch"] == 3
 
 
