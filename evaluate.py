@@ -35,6 +35,7 @@ from utils.inference import (
     add_mask_threshold_argument,
     check_prediction_flags,
     default_prediction_batch,
+    default_prediction_workers,
     fuse_batchnorm,
     inference_options,
     settle_mask_threshold,
@@ -94,7 +95,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", "-b", type=int, default=None,
                         help="images per batch; a batch of mixed sizes is split by size (default: as predict.py, "
                              "16 on a CUDA GPU, elsewhere as many as fill 512x512 pixels, at most 64)")
-    parser.add_argument("--workers", type=int, default=2, help="data loading processes (default 2)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="image decoding processes (default: all cores but one, at most 8, on a CUDA GPU; 1 "
+                             "otherwise)")
     add_image_limit_argument(parser)
     add_inference_arguments(parser)
     add_device_arguments(parser)
@@ -132,7 +135,9 @@ def score_folders(args: argparse.Namespace, device: torch.device) -> dict:
                                   binarize=binarize_threshold(trained_with.get("binarize")),
                                   ignore_value=model.ignore_value, either_binary=True)
     batch_size = args.batch_size or default_prediction_batch(device, [pair.image for pair in pairs], scale)
-    loader = make_loader(dataset, batch_size, device, min(args.workers, len(pairs)))
+    workers = (min(args.workers, len(pairs)) if args.workers is not None
+               else default_prediction_workers(device, len(pairs)))
+    loader = make_loader(dataset, batch_size, device, workers)
     check_output_file(args.output, "--output", (".csv", ".json"), ours=is_scores_file)  # before the evaluation
     result = evaluate(model, loader, device, precision, threshold, options=options, bar_stays=True)
     unseen = left_out_classes(result)

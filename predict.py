@@ -55,6 +55,7 @@ from utils.inference import (
     add_mask_threshold_argument,
     check_prediction_flags,
     default_prediction_batch,
+    default_prediction_workers,
     fuse_batchnorm,
     inference_options,
     notify_once,
@@ -304,14 +305,6 @@ def has_display() -> bool:
     return sys.platform in ("darwin", "win32") or bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
-def default_workers(device: torch.device, count: int) -> int:
-    """Decoding keeps up with a GPU given several cores; on a CPU one worker overlaps it with the model."""
-    if count < 2:
-        return 0
-    cores = os.cpu_count() or 1
-    return max(1, min(8, cores - 1)) if device.type == "cuda" else int(cores > 1)
-
-
 def collate_by_size(items: list[dict]) -> dict:
     """In the worker: stack the images of one size into a batch, wherever they stand among the --batch-size files
     (a folder of mixed sizes in any order still fills its batches; each image keeps its index, so outputs and
@@ -489,7 +482,8 @@ def predict_inputs(args: argparse.Namespace, device: torch.device) -> int:
     if args.skip_existing:
         print(f"--skip-existing: {len(done)} of {len(inputs)} images already have their outputs; "
               f"{len(todo)} to predict")
-    workers = min(args.workers, len(todo)) if args.workers is not None else default_workers(device, len(todo))
+    workers = (min(args.workers, len(todo)) if args.workers is not None
+               else default_prediction_workers(device, len(todo)))
     net = compile_model(model, args.compile) if should_compile(args.compile, device, len(todo)) else model
     batch_size = args.batch_size or default_prediction_batch(device, [inputs[index] for index in todo], scale)
     loader = WorkerLoader(ImageFiles(inputs, scale, model.n_channels, todo), batch_size=batch_size,

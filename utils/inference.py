@@ -121,6 +121,15 @@ MAX_CPU_BATCH = 64
 SIZES_LOOKED_AT = 256  # image headers read to choose it: a folder of 100,000 tiles is not read twice
 
 
+def default_prediction_workers(device: torch.device, count: int) -> int:
+    """predict.py's and evaluate.py's --workers when left out: decoding keeps up with a GPU given several cores;
+    on a CPU one worker overlaps it with the model (more would take the model's cores); none for one image."""
+    if count < 2:
+        return 0
+    cores = os.cpu_count() or 1
+    return max(1, min(8, cores - 1)) if device.type == "cuda" else int(cores > 1)
+
+
 def default_prediction_batch(device: torch.device, images: Sequence[Path], scale: float) -> int:
     """predict.py's and evaluate.py's --batch-size when left out: 16 on a GPU (within --max-memory); on a CPU
     as many images of the largest size among SIZES_LOOKED_AT of them, spread over the list, as fill CPU_BATCH_PIXELS
