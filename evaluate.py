@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from utils.atomic_files import NAME_BYTES, atomic_path
+from utils.atomic_files import NAME_BYTES, atomic_path, check_output_file
 from utils.checkpoint import inference_scale, load_model
 from utils.data_loading import (
     UPRIGHT_FIX,
@@ -29,7 +29,7 @@ from utils.device import (
     choose_precision,
     freed_memory_kept,
 )
-from utils.errors import UserError, check_output_file, counted, run_cli
+from utils.errors import UserError, counted, run_cli
 from utils.inference import (
     add_inference_arguments,
     add_mask_threshold_argument,

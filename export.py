@@ -22,10 +22,10 @@ from typing import Any, BinaryIO
 import torch
 from torch import nn
 
-from utils.atomic_files import atomic_path
+from utils.atomic_files import atomic_path, check_output_file
 from utils.checkpoint import inference_scale, load_model
 from utils.data_loading import where
-from utils.errors import UserError, check_output_file, counted, run_cli
+from utils.errors import UserError, counted, run_cli
 from utils.inference import DEFAULT_MASK_THRESHOLD
 from utils.mask_encoding import MaskValue, encoding_table
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from utils.atomic_files import NAME_BYTES, NAME_MAX
+from utils.atomic_files import NAME_BYTES, NAME_MAX, check_output_file, make_folder
 from utils.checkpoint import inference_scale, load_model
 from utils.data_loading import (
     IMAGE_SUFFIXES,
@@ -49,7 +49,7 @@ from utils.device import (
     freed_memory_kept,
     should_compile,
 )
-from utils.errors import UserError, check_flag, check_output_file, counted, make_folder, run_cli
+from utils.errors import UserError, check_flag, counted, run_cli
 from utils.inference import (
     add_inference_arguments,
     add_mask_threshold_argument,

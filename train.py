@@ -27,6 +27,7 @@ from torch.utils.data import Dataset, Subset
 from tqdm import tqdm
 
 from unet import CLASSIC_BASE_CHANNELS, LONE_IMAGE_MIN_SIDE, MAX_BASE_CHANNELS, UNet
+from utils.atomic_files import check_writable_folder
 from utils.augmentation import AUGMENT_PRESETS, train_augmentation
 from utils.batch_cache import BatchCache
 from utils.batchnorm import calibration_keys, recalibrate_batchnorm
@@ -80,7 +81,7 @@ from utils.distributed import (
     init_world,
     smallest_everywhere,
 )
-from utils.errors import UserError, check_flag, check_writable_folder, counted, exit_code_of, run_cli
+from utils.errors import UserError, check_flag, counted, exit_code_of, run_cli
 from utils.inference import WHOLE_IMAGE, InferenceOptions, is_out_of_memory, logits_to_classes, memory_share
 from utils.mask_encoding import (
     MAX_CLASSES,

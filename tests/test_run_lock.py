@@ -137,7 +137,7 @@ def test_a_file_given_as_the_folder_is_named_as_one(tmp_path):
 def test_the_checkpoint_folder_is_made_and_tried_with_a_write_before_the_data(tmp_path, monkeypatch):
     from pathlib import Path
 
-    from utils.errors import check_writable_folder
+    from utils.atomic_files import check_writable_folder
 
     (tmp_path / "file").write_text("not a folder")
     with pytest.raises(UserError, match=r"cannot make the folder .*file/run for --checkpoint-dir "

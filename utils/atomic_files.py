@@ -1,4 +1,5 @@
-"""Output files written whole or not at all: checkpoints, exports, masks, CSVs and plots.
+"""Output files: their folders checked before the work, and each file written whole or not at all (checkpoints,
+exports, masks, CSVs and plots).
 
 Each is written to a hidden temporary file beside its target (the same file system, so the final rename is
 atomic) and renamed over the target only once complete. A crash, a kill or a full disk at any instant leaves the
@@ -9,8 +10,10 @@ import contextlib
 import hashlib
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from .errors import UserError
 
 # What temporary_path names: ".<target name>.<pid>.tmp".
 TEMPORARY_NAME = re.compile(r"^\.(?P<target>.+)\.\d+\.tmp$")
@@ -54,3 +57,63 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
         raise
+
+
+def make_folder(folder: Path, flag: str) -> None:
+    """Create an output folder before the work that fills it, so a bad path fails first, in one line."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a file of that name on the way, a broken link, no permission, a read-only disk
+        on_the_way = (folder, *folder.parents)
+        # A link to an unmounted disk, say: its target is not made here, on whatever disk holds that path now.
+        broken = next((path for path in on_the_way if path.is_symlink() and not path.exists()), None)
+        if broken is not None:
+            raise UserError(f"cannot make the folder {folder} for {flag} ({broken} is a link to "
+                            f"{os.path.realpath(broken)}, which does not exist): mend the link or pick another "
+                            "path") from None
+        in_the_way = next((path for path in on_the_way if path.exists() and not path.is_dir()), None)
+        reason = f"{in_the_way} is a file, not a folder" if in_the_way is not None else error.strerror
+        raise UserError(f"cannot make the folder {folder} for {flag} ({reason}): pick another path") from None
+
+
+def check_writable_folder(folder: Path, flag: str) -> None:
+    """Make the folder and write a small file in it: a folder may exist and still refuse files (permissions, a
+    read-only or full disk), and that should stop the run before its work, not after."""
+    make_folder(folder, flag)
+    probe = folder / f".write_test.{os.getpid()}"
+    try:
+        probe.write_bytes(b"0" * 4096)
+        probe.unlink()
+    except OSError as error:
+        with contextlib.suppress(OSError):  # never made (a read-only disk says so to unlink too)
+            probe.unlink()
+        raise UserError(f"cannot write to the folder {folder} of {flag} ({error.strerror or error}): pick another "
+                        "folder, or free disk space") from None
+
+
+def check_output_file(path: Path, flag: str, suffixes: tuple[str, ...] = (),
+                      ours: Callable[[str], bool] | None = None) -> None:
+    """An output file's folder is writable (made now), the name is not a folder and, where suffixes are given,
+    ends in one of them (so that a slip like --csv model.pth cannot overwrite a checkpoint or an image): checked
+    before the work. With ours (a test of the file's first 4 KiB), an existing file is replaced only when it is
+    one this tool wrote: never a training run's metrics.csv that a slip names."""
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a folder: give a file name")
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise UserError(f"{flag} {path}: give a file name ending in {' or '.join(suffixes)}")
+    if ours is not None and path.exists():
+        try:
+            with open(path, errors="replace") as file:
+                head = file.read(4096)
+        except OSError:
+            head = ""
+        if not ours(head):
+            raise UserError(f"{flag} {path} exists and was not written by this tool: give another file name, or "
+                            "move that file away first")
+    check_writable_folder(path.parent, flag)
+    if path.is_symlink():  # written through (atomic_path): the folder that matters is the target's
+        target = Path(os.path.realpath(path))
+        if not target.parent.is_dir():
+            raise UserError(f"{flag} {path} is a link to {target}, whose folder does not exist: mend the link, or "
+                            "give another file name")
+        check_writable_folder(target.parent, flag)

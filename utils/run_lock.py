@@ -18,7 +18,8 @@ from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 
-from .errors import UserError, make_folder
+from .atomic_files import make_folder
+from .errors import UserError
 
 try:
     import fcntl

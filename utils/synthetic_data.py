@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from .errors import UserError, check_flag, counted, make_folder, run_cli
+from .atomic_files import make_folder
+from .errors import UserError, check_flag, counted, run_cli
 
 VIEWS = 16  # Carvana photographs every car from 16 angles, 22.5 degrees apart
 MASK_PALETTE = (0, 0, 0, 255, 255, 255)  # index 0 black background, 1 white car, as in the real GIFs
