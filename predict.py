@@ -18,8 +18,10 @@ import sys
 import tempfile
 import time
 import unicodedata
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from tqdm import tqdm
@@ -435,6 +437,78 @@ def main(args: argparse.Namespace) -> int:
         return predict_inputs(args, device)
 
 
+def inputs_to_predict(args: argparse.Namespace, inputs: list[Path], outputs: list[Path], writer: MaskWriter,
+                      csv_path: Path | None) -> list[int]:
+    """The indices of the inputs to predict, once every output is known to be writable and to replace nothing it
+    should not (checked before any work); those --skip-existing finds done are left out."""
+    for target in {target.suffix.lower(): target for target in outputs}.values():  # one of each format
+        writer.check_format(target)
+    written = [writer.output_files(target) for target in outputs]
+    check_distinct(inputs, written, masks=not args.no_save)  # the overlays, ... too
+    check_name_lengths(inputs, written)
+    done = already_predicted(inputs, outputs, writer, csv_path is not None) if args.skip_existing else []
+    todo = sorted(set(range(len(inputs))) - set(done))
+    if not args.overwrite:  # the outputs to be written: --skip-existing leaves the others as they are
+        check_not_replacing_others([written[index] for index in todo])
+    lost = rows_replaced(csv_path, inputs if args.skip_existing else [], outputs if args.skip_existing else [])
+    if lost:  # said once every check passed: only a run that goes on replaces it
+        whose = "images not among this run's inputs" if args.skip_existing else "an earlier run"
+        print(f"note: {csv_path} is replaced: it held {counted(lost, 'row')} of {whose}, and this one lists only "
+              "its own inputs (another --csv name keeps both)", file=sys.stderr)
+    if args.skip_existing:
+        print(f"--skip-existing: {len(done)} of {len(inputs)} images already have their outputs; "
+              f"{len(todo)} to predict")
+    return todo
+
+
+class PredictionRun(NamedTuple):
+    failed: list[str]  # why each unreadable input was skipped
+    turned: list[int]  # inputs with an EXIF orientation: viewers show them turned, the masks are not
+    waits: LoopWaits
+    first_batch: tuple[float, int] | None  # (seconds, images) when the first batch was under way
+
+
+def predict_batches(loader: Iterable[dict], total: int, logits_of: Callable[[torch.Tensor, tuple[int, int]],
+                    torch.Tensor], encode: MaskEncoder, writer: MaskWriter, inputs: list[Path],
+                    outputs: list[Path]) -> PredictionRun:
+    """The loop: each batch's image groups predicted and encoded on the device, handed to the writer threads one
+    batch late (its results are copied to the host while the next batch computes); the writers are always
+    closed, so that every mask begun is written whole."""
+    failed: list[str] = []
+    turned: list[int] = []
+    waits = LoopWaits()
+    waiting = None
+    first_batch = None
+    started = time.perf_counter()
+    with progress_bar(total=total, desc="predict", unit="img", disable=total < 2) as bar:
+        try:
+            batches = iter(loader)
+            while True:
+                asked = time.perf_counter()
+                batch = next(batches, None)
+                waits.decoding += time.perf_counter() - asked
+                if batch is None:
+                    break
+                for error in batch["errors"]:
+                    bar.write(f"skipped: {error}")
+                failed += batch["errors"]
+                turned += batch["turned"]
+                for group in batch["groups"]:
+                    ready = encode(logits_of(group["images"], group["size"]), group["indices"])
+                    if waiting is not None:
+                        hand_over(waiting, writer, inputs, outputs, waits)
+                    waiting = ready
+                bar.update(batch["count"])
+                first_batch = first_batch or (time.perf_counter() - started, batch["count"] - len(batch["errors"]))
+            if waiting is not None:
+                hand_over(waiting, writer, inputs, outputs, waits)
+        finally:
+            closing = time.perf_counter()
+            writer.close()
+            waits.writing += time.perf_counter() - closing
+    return PredictionRun(failed, turned, waits, first_batch)
+
+
 def predict_inputs(args: argparse.Namespace, device: torch.device) -> int:
     """predict.py's run: every input predicted and written; 1 when some could not be read, else 0."""
     precision = choose_precision(device, args.amp, args.precision)
@@ -465,23 +539,7 @@ def predict_inputs(args: argparse.Namespace, device: torch.device) -> int:
     writer = MaskWriter(model.mask_values, model.mask_palette, model.n_channels,
                         OutputOptions(not args.no_save, args.save_probs, args.overlay, viz), threads=writers,
                         ignore_value=model.ignore_value)
-    for target in {target.suffix.lower(): target for target in outputs}.values():  # one of each format
-        writer.check_format(target)
-    written = [writer.output_files(target) for target in outputs]
-    check_distinct(inputs, written, masks=not args.no_save)  # the overlays, ... too
-    check_name_lengths(inputs, written)
-    done = already_predicted(inputs, outputs, writer, csv_path is not None) if args.skip_existing else []
-    todo = sorted(set(range(len(inputs))) - set(done))
-    if not args.overwrite:  # the outputs to be written: --skip-existing leaves the others as they are
-        check_not_replacing_others([written[index] for index in todo])
-    lost = rows_replaced(csv_path, inputs if args.skip_existing else [], outputs if args.skip_existing else [])
-    if lost:  # said once every check passed: only a run that goes on replaces it
-        whose = "images not among this run's inputs" if args.skip_existing else "an earlier run"
-        print(f"note: {csv_path} is replaced: it held {counted(lost, 'row')} of {whose}, and this one lists only "
-              "its own inputs (another --csv name keeps both)", file=sys.stderr)
-    if args.skip_existing:
-        print(f"--skip-existing: {len(done)} of {len(inputs)} images already have their outputs; "
-              f"{len(todo)} to predict")
+    todo = inputs_to_predict(args, inputs, outputs, writer, csv_path)
     workers = (min(args.workers, len(todo)) if args.workers is not None
                else default_prediction_workers(device, len(todo)))
     net = compile_model(model, args.compile) if should_compile(args.compile, device, len(todo)) else model
@@ -492,43 +550,14 @@ def predict_inputs(args: argparse.Namespace, device: torch.device) -> int:
     notify = notify_once(tqdm.write)
     encode = MaskEncoder(writer.table, max(model.n_classes, 2), device, writer.needs_class_indices,
                          args.save_probs, threshold)
-    failed: list[str] = []
-    turned: list[int] = []  # inputs with an EXIF orientation: viewers show them turned, the masks are not
-    waits = LoopWaits()
-    waiting = None  # the previous batch: its results are copied to the host while the next batch computes
-    first_batch = None  # (seconds, images) when the first batch was under way
     started = time.perf_counter()
-    with progress_bar(total=len(todo), desc="predict", unit="img", disable=len(todo) < 2) as bar:
-        try:
-            batches = iter(loader)
-            while True:
-                asked = time.perf_counter()
-                batch = next(batches, None)
-                waits.decoding += time.perf_counter() - asked
-                if batch is None:
-                    break
-                for error in batch["errors"]:
-                    bar.write(f"skipped: {error}")
-                failed += batch["errors"]
-                turned += batch["turned"]
-                for group in batch["groups"]:
-                    logits = predict_logits(net, group["images"], device, precision, output_size=group["size"],
-                                            options=options, notify=notify)
-                    ready = encode(logits, group["indices"])
-                    if waiting is not None:
-                        hand_over(waiting, writer, inputs, outputs, waits)
-                    waiting = ready
-                bar.update(batch["count"])
-                first_batch = first_batch or (time.perf_counter() - started, batch["count"] - len(batch["errors"]))
-            if waiting is not None:
-                hand_over(waiting, writer, inputs, outputs, waits)
-        finally:
-            closing = time.perf_counter()
-            writer.close()
-            waits.writing += time.perf_counter() - closing
+    run = predict_batches(loader, len(todo), lambda images, size: predict_logits(
+        net, images, device, precision, output_size=size, options=options, notify=notify), encode, writer,
+        inputs, outputs)
+    failed, turned = run.failed, run.turned
     if len(todo) > 1:
-        print(speed_summary(len(todo) - len(failed), time.perf_counter() - started, waits, on_gpu, workers, writers,
-                            os.cpu_count() or 1, first_batch))
+        print(speed_summary(len(todo) - len(failed), time.perf_counter() - started, run.waits, on_gpu, workers,
+                            writers, os.cpu_count() or 1, run.first_batch))
     if csv_path is not None:
         writer.write_csv(csv_path)
         print(f"per-image class fractions written to {csv_path}")
