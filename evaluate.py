@@ -140,6 +140,10 @@ def score_folders(args: argparse.Namespace, device: torch.device) -> dict:
     loader = make_loader(dataset, batch_size, device, workers)
     check_output_file(args.output, "--output", (".csv", ".json"), ours=is_scores_file)  # before the evaluation
     result = evaluate(model, loader, device, precision, threshold, options=options, bar_stays=True)
+    if result["images"] == 0 and result["unscored"]:  # all --ignore-index: a mean would be a 0 (or a free 1)
+        raise UserError(f"every mask in {args.masks} holds only pixels of --ignore-index {model.ignore_value} "
+                        f"(e.g. {result['unscored'][0]}), which {args.model} was trained to leave out: there is "
+                        "nothing to score; check the masks folder")
     unseen = left_out_classes(result)
     for row in result["rows"]:  # their free 1s would read as scores
         row.update({f"{score}_{c}": None for c in unseen for score in ("dice", "iou")})
@@ -165,7 +169,8 @@ def score_folders(args: argparse.Namespace, device: torch.device) -> dict:
               f"{args.output.name}")
     if result["unscored"]:
         names = ", ".join(result["unscored"][:3]) + (", ..." if len(result["unscored"]) > 3 else "")
-        print(f"note: {counted(len(result['unscored']), 'mask')} of the images hold only pixels of --ignore-index "
+        hold = "holds" if len(result["unscored"]) == 1 else "hold"
+        print(f"note: {counted(len(result['unscored']), 'mask')} of the images {hold} only pixels of --ignore-index "
               f"{model.ignore_value} ({names}): nothing in them to score, so they are left out of the means and of "
               f"{args.output.name}", file=sys.stderr)
     if model.ignore_value == 255 and list(model.mask_values) == [0, 1] and result["images_per_class"][1] == 0:

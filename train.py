@@ -799,16 +799,18 @@ def train_one_epoch(
 def reduce_scores(scores: dict, world: World, device: torch.device) -> dict:
     """Validation means over the images of every process (each scored its own shard), and the files skipped. The
     classes in the means are those some process saw, so that the score does not depend on the shards."""
-    count, skipped = scores["images"], len(scores["skipped"])
+    count, skipped, unscored = scores["images"], len(scores["skipped"]), scores["unscored"]
     if not world.distributed:
-        return {"dice": scores["dice"], "iou": scores["iou"], "images": count, "skipped": skipped}
+        return {"dice": scores["dice"], "iou": scores["iou"], "images": count, "skipped": skipped,
+                "unscored": len(unscored), "unscored_example": unscored[:1]}
     seen = all_reduce_sum(torch.tensor(scores["seen_per_class"], dtype=torch.float64, device=device), world)
     set_image_means(scores["rows"], (seen > 0).tolist())
     sums = torch.tensor([sum(row["dice"] for row in scores["rows"]), sum(row["iou"] for row in scores["rows"]),
-                         count, skipped], dtype=torch.float64, device=device)
+                         count, skipped, len(unscored)], dtype=torch.float64, device=device)
     all_reduce_sum(sums, world)
     return {"dice": (sums[0] / sums[2].clamp(min=1)).item(), "iou": (sums[1] / sums[2].clamp(min=1)).item(),
-            "images": int(sums[2].item()), "skipped": int(sums[3].item())}
+            "images": int(sums[2].item()), "skipped": int(sums[3].item()), "unscored": int(sums[4].item()),
+            "unscored_example": unscored[:1]}  # rank 0's, where it has one
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -1238,6 +1240,7 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
             tqdm.write(f"warning: {error}; {then}, the previous last.pth is kept", file=sys.stderr)
             failed_save[:] = [error]
 
+    told_unscored = False
     with GracefulStop(announce=world.is_main) as stop:  # under torchrun every rank gets the signal
         control = EpochControl(args, world, NonFiniteGuard(model, optimizer, device), stop,
                                lambda step, batches: save(epoch - 1, step, batches, []))
@@ -1270,6 +1273,14 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
                          then="and the run stops on the error below")
                     raise
                 val_dice = scores["dice"] if scores and scores["images"] else None
+                if scores and scores["unscored"] and not told_unscored:  # said once: the same images every epoch
+                    example = f" (e.g. {scores['unscored_example'][0]})" if scores["unscored_example"] else ""
+                    what = ("so no validation Dice is computed, and no best.pth kept" if val_dice is None
+                            else "left out of the validation Dice")
+                    hold = "holds" if scores["unscored"] == 1 else "hold"
+                    say(f"note: {counted(scores['unscored'], 'validation mask')} {hold} only pixels of --ignore-index "
+                        f"{args.ignore_index}{example}: nothing in them to score, {what}", file=sys.stderr)
+                    told_unscored = True
                 is_best = val_dice is not None and val_dice > best_dice
                 best_dice = max(best_dice, val_dice) if val_dice is not None else best_dice
                 seconds = time.perf_counter() - started

@@ -385,6 +385,41 @@ def test_evaluate_replaces_only_its_own_json_and_refuses_a_link_to_nowhere_first
             path.unlink(missing_ok=True)  # the fixture is shared
 
 
+def test_masks_that_are_all_ignored_are_no_score_in_evaluate_and_in_validation(tmp_path: Path) -> None:
+    """Found by a review: such masks scored a free 1 each; then, with all of them left out, evaluate.py printed a
+    mean Dice of 0.0000 and training dropped validation (and best.pth) without a word."""
+    write_carvana_like(tmp_path / "data", 8)
+    masks = sorted((tmp_path / "data" / "masks").iterdir())
+    for mask in masks:  # a 255 border: --ignore-index 255 has something to leave out everywhere
+        values = np.asarray(Image.open(mask)).copy()
+        values[:2] = 255
+        mask.unlink()
+        Image.fromarray(values).save(mask.with_suffix(".png"))
+    masks = sorted((tmp_path / "data" / "masks").iterdir())
+    for mask in masks[:2]:
+        Image.fromarray(np.full((32, 48), 255, np.uint8)).save(mask)
+    flags = ["--epochs", "1", "--validation", "25", "--ignore-index", "255", "--seed", "0", *TRAIN_FLAGS]
+    result = run("train.py", *flags, cwd=tmp_path)
+    held_out = load_checkpoint(tmp_path / "checkpoints" / "last.pth")["validation_images"]
+    void = [name for name in held_out if any(mask.name.startswith(name + "_") for mask in masks[:2])]
+    assert len(held_out) == 2 and len(void) == 1  # seed 0: one of the two, scored without the other
+    assert (f"note: 1 validation mask holds only pixels of --ignore-index 255 (e.g. {void[0]}): nothing in them to "
+            "score, left out of the validation Dice") in result.stderr
+    model = "checkpoints/last.pth"
+    shutil.copytree(tmp_path / "data", tmp_path / "void")
+    for mask in (tmp_path / "void" / "masks").glob("*.png"):
+        Image.fromarray(np.full((32, 48), 255, np.uint8)).save(mask)
+    refused = run("evaluate.py", "-m", model, "--imgs", "void/imgs", "--masks", "void/masks", "-o", "void.csv",
+                  cwd=tmp_path, check=False)
+    assert refused.returncode == 2 and "mean foreground Dice" not in refused.stdout
+    assert refused.stderr.strip().splitlines()[-1].startswith(
+        "error: every mask in void/masks holds only pixels of --ignore-index 255")
+    partly = run("evaluate.py", "-m", model, "--imgs", "data/imgs", "--masks", "data/masks", "-o", "some.csv",
+                 cwd=tmp_path)
+    assert "note: 2 masks of the images hold only pixels of --ignore-index 255" in partly.stderr
+    assert len((tmp_path / "some.csv").read_text().splitlines()) == 1 + 6  # the header and the 6 scored
+
+
 def test_classes_1_trains_with_sigmoid_and_predicts_binary(tmp_path: Path) -> None:
     write_carvana_like(tmp_path / "data", 6)
     run("train.py", "--classes", "1", "--epochs", "1", "--validation", "20", *TRAIN_FLAGS, cwd=tmp_path)

@@ -310,6 +310,14 @@ def test_a_typed_mask_suffix_that_pairs_nothing_is_told_the_one_that_does(tmp_pa
     _touch_images(tmp_path / "other_masks", ["c_mask.png"])  # no suffix pairs these
     with pytest.raises(UserError, match=r"check the folders and --mask-suffix, or leave the flag out to detect it$"):
         list_pairs(tmp_path / "imgs", tmp_path / "other_masks", mask_suffix="_x")
+    # found by the review of that change: only advice that pairs (no extension-less suffix that pairs nothing
+    # either, no empty suffix for images and masks in one folder)
+    _touch_images(tmp_path / "labels", ["a_label.png", "b_label.png"])
+    with pytest.raises(UserError, match=r"the masks pair with --mask-suffix '_label' \(or leave"):
+        list_pairs(tmp_path / "imgs", tmp_path / "labels", mask_suffix="_mask.png")
+    _touch_images(tmp_path / "one", ["x.png", "x_label.png"])
+    with pytest.raises(UserError, match=r"the masks pair with --mask-suffix '_label' \(or leave"):
+        list_pairs(tmp_path / "one", tmp_path / "one", mask_suffix="_mask")
 
 
 def test_a_copy_of_the_images_beside_the_masks_is_not_taken_for_them(tmp_path):

@@ -346,6 +346,12 @@ def test_an_image_whose_mask_is_all_ignored_is_in_no_mean(tmp_path: Path) -> Non
     assert scores["unscored"] == ["void"] and scores["images"] == 1
     assert [row["name"] for row in scores["rows"]] == ["scored"]
     assert scores["dice"] == pytest.approx(scores["rows"][0]["dice"]) and scores["dice"] < 0.9
+    # found by the review of that change: with nothing scored at all, the means are no score, not 0
+    void_only = SegmentationDataset([pair for pair in check.pairs if pair.name == "void"], check.mask_values,
+                                    scale_masks=False, ignore_value=255)
+    nothing = evaluate(model, make_loader(void_only, 1, cpu, 0), cpu, choose_precision(cpu), progress=False)
+    assert nothing["images"] == 0 and nothing["unscored"] == ["void"]
+    assert (nothing["dice"], nothing["iou"], nothing["dice_pooled"], nothing["iou_pooled"]) == (None,) * 4
 
 
 def test_a_file_that_breaks_after_the_check_is_neither_an_image_nor_a_zero_in_the_scores(tmp_path: Path) -> None:

@@ -619,17 +619,23 @@ def where(path: Path) -> Path:
         return path.absolute()
 
 
-def _typed_suffix_fix(typed: str, image_stems: list[str], mask_stems: set[str]) -> str:
+def _typed_suffix_fix(typed: str, image_stems: list[str], mask_stems: set[str], one_folder: bool) -> str:
     """What to pass instead of a --mask-suffix that pairs nothing: the suffix without its extension
-    (_mask.gif -> _mask), or the suffix the names show."""
+    (_mask.gif -> _mask), or the suffix the names show, where it pairs some images."""
+    def pairs(suffix: str) -> bool:  # in one folder, no suffix would pair each file with itself
+        return (bool(suffix) or not one_folder) and any(stem + suffix in mask_stems for stem in image_stems)
+
     extension = Path(typed).suffix
-    if extension.lower() in IMAGE_SUFFIXES and typed != extension:
-        without = typed[:-len(extension)]
-        return f"--mask-suffix is the part of the name before the extension: try --mask-suffix '{without}'"
-    fits = next((suffix for suffix in MASK_SUFFIX_CANDIDATES
-                 if any(stem + suffix in mask_stems for stem in image_stems)), None)
+    with_extension = extension.lower() in IMAGE_SUFFIXES and typed != extension
+    if with_extension and pairs(typed[:-len(extension)]):
+        return (f"--mask-suffix is the part of the name before the extension: try --mask-suffix "
+                f"'{typed[:-len(extension)]}'")
+    fits = next((suffix for suffix in MASK_SUFFIX_CANDIDATES if pairs(suffix)), None)
     if fits is not None:
         return f"the masks pair with --mask-suffix '{fits}' (or leave the flag out to detect it)"
+    if with_extension:
+        return ("--mask-suffix is the part of the name before the extension (_mask for x_mask.png): check it and the "
+                "folders")
     return "check the folders and --mask-suffix, or leave the flag out to detect it"
 
 
@@ -656,7 +662,7 @@ def pair_files(images_dir: Path, masks_dir: Path, mask_suffix: str | None = None
         example = next(iter(images.values())).name
         raise UserError(f"no image in {images_dir} has a mask in {masks_dir} (e.g. {example} has no "
                         f"'{Path(example).stem}{mask_suffix}.*'): "
-                        + (_typed_suffix_fix(mask_suffix, list(images), set(masks)) if typed
+                        + (_typed_suffix_fix(mask_suffix, list(images), set(masks), one_folder) if typed
                            else "check the folders or pass --mask-suffix"))
     paired_images, paired_masks = {pair.image for pair in pairs}, {pair.mask for pair in pairs}
     # In one folder (suffix "_mask"), the names with the suffix are the masks and the others the images.

@@ -40,7 +40,8 @@ def evaluate(
     lists include every class and the background. An image without a class in its mask or prediction scores 1
     for it, which lifts the mean of a class most images lack: the pooled scores (all pixels of all images
     together) and the number of images whose mask holds each class are given beside them. An image whose mask
-    is all --ignore-index has nothing to score: it is in no mean and no row, and is named in "unscored".
+    is all --ignore-index has nothing to score: it is in no mean and no row, and is named in "unscored"; with no
+    image scored, the means are None.
     options: tiles and test-time augmentation (evaluate.py); validation during training uses the whole-image
     default (tile="auto" under --crop). bar_stays: evaluate.py's progress bar stays when done (and is written to
     logs); validation's vanishes, its epoch's line said after it.
@@ -82,11 +83,12 @@ def evaluate(
     seen = [bool(pooled_counts[1][c] + pooled_counts[2][c] > 0) for c in range(n_classes)]
     set_image_means(rows, seen)
     scored = scored_classes(seen)
+    any_scored = bool(rows)  # else no score at all, not a 0 (or the free 1s of empty masks)
     return {
-        "dice": sum(r["dice"] for r in rows) / count,
-        "iou": sum(r["iou"] for r in rows) / count,
-        "dice_pooled": pooled_dice[scored].mean().item(),  # the same classes' pooled scores, averaged
-        "iou_pooled": pooled_iou[scored].mean().item(),
+        "dice": sum(r["dice"] for r in rows) / count if any_scored else None,
+        "iou": sum(r["iou"] for r in rows) / count if any_scored else None,
+        "dice_pooled": pooled_dice[scored].mean().item() if any_scored else None,  # the same classes', averaged
+        "iou_pooled": pooled_iou[scored].mean().item() if any_scored else None,
         "dice_per_class": (dice_sum / count).tolist(),
         "iou_per_class": (iou_sum / count).tolist(),
         "dice_pooled_per_class": pooled_dice.tolist(),
