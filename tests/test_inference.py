@@ -93,8 +93,11 @@ def test_tiled_equals_whole_for_a_per_pixel_model(overlap: float) -> None:
     images = torch.randint(0, 256, (2, 3, 90, 130), dtype=torch.uint8)
     model = pointwise_model()
     whole = predict_logits(model, images, CPU, FP32)
+    seen: list[tuple[int, int]] = []
+    model.register_forward_pre_hook(lambda _, inputs: seen.append(tuple(inputs[0].shape[-2:])))
     tiled = predict_logits(model, images, CPU, FP32, options=InferenceOptions(tile=64, overlap=overlap))
     torch.testing.assert_close(tiled, whole, rtol=1e-5, atol=1e-5)
+    assert seen and set(seen) == {(64, 64)}  # it was tiled
 
 
 class Terminal(io.StringIO):
@@ -336,8 +339,14 @@ def test_predict_image_takes_the_precision_by_name_and_numpy_numbers() -> None:
     model, pixels = small_unet(), np.random.default_rng(1).integers(0, 256, (32, 48, 3), dtype=np.uint8)
     assert torch.equal(predict_image(model, pixels, precision="fp32"), predict_image(model, pixels, precision=FP32))
     numpy_options = InferenceOptions(tile=np.int64(64), overlap=np.float32(0.5), tile_batch=np.int64(2))
-    assert torch.equal(predict_image(model, pixels, precision=FP32, options=numpy_options),
-                       predict_image(model, pixels, precision=FP32, options=InferenceOptions(64, 0.5, tile_batch=2)))
+    larger = np.random.default_rng(2).integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    seen: list[tuple[int, ...]] = []
+    model.register_forward_pre_hook(lambda _, inputs: seen.append(tuple(inputs[0].shape)))
+    python_options = InferenceOptions(64, 0.5, tile_batch=2)
+    assert torch.equal(predict_image(model, larger, 1.0, precision=FP32, options=numpy_options),
+                       predict_image(model, larger, 1.0, precision=FP32, options=python_options))
+    # found by a review: a numpy tile size passed the checks, and then the image ran whole, untiled
+    assert seen[:len(seen) // 2] == seen[len(seen) // 2:] and {shape[-2:] for shape in seen} == {(64, 64)}
     with pytest.raises(UserError, match="options.overlap must be .*, got False"):
         predict_image(model, pixels, options=InferenceOptions(overlap=False))
 

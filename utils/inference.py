@@ -8,6 +8,7 @@ into logits (log-probabilities), so thresholding, argmax and resizing work the s
 import argparse
 import contextlib
 import copy
+import dataclasses
 import math
 import numbers
 import os
@@ -211,6 +212,18 @@ def check_options(options: InferenceOptions, python: bool = False) -> None:
         _number(tile_batch, whole=True) and tile_batch >= 1), "a whole number of at least 1")
     check_flag(name("max_memory"), repr(max_memory), max_memory is None or (
         _number(max_memory) and 0 < max_memory < math.inf), "a positive number of GiB")
+
+
+def _plain_numbers(options: InferenceOptions) -> InferenceOptions:
+    """numpy numbers (np.int64(512) from a sweep) as Python's, which the tiling code tests for: checked, a numpy
+    tile size was taken, and then ran the whole image untiled."""
+    def plain(value: object) -> object:
+        if _number(value, whole=True):
+            return int(value)
+        return float(value) if _number(value) else value
+
+    return dataclasses.replace(options, tile=plain(options.tile), overlap=plain(options.overlap),
+                               tile_batch=plain(options.tile_batch), max_memory=plain(options.max_memory))
 
 
 def _check_predict_image_arguments(scale: object, threshold: object, options: object, precision: object) -> None:
@@ -477,6 +490,7 @@ def predict_image(model: nn.Module, image: Image.Image | np.ndarray | torch.Tens
         raise ValueError(f"predict_image runs float32 models, not {parameter.dtype}: call model.float() first "
                          "(precision= chooses bf16 or fp16 autocast)")
     _check_predict_image_arguments(scale, threshold, options, precision)
+    options = _plain_numbers(options)
     device = parameter.device
     if isinstance(precision, str):
         precision = choose_precision(device, precision=precision)
