@@ -177,12 +177,22 @@ def test_data_check_cli_takes_the_flag_and_its_help_names_the_default() -> None:
     assert "89,478,485" in flag.help and "0 or less is refused" in flag.help
 
 
-def test_a_loader_worker_process_applies_the_limit_set_before_the_loader_started(tmp_path) -> None:
+@pytest.mark.parametrize("start_method", ["fork", "forkserver"])
+def test_a_loader_worker_process_applies_the_limit_set_before_the_loader_started(tmp_path, start_method) -> None:
+    """Found by a review: a worker not forked from the main process (forkserver, Python 3.14's default on Linux;
+    spawn on macOS and Windows) had Pillow's default limit, not --max-image-pixels."""
+    import multiprocessing
+
     imgs, masks = write_good_pairs(tmp_path, count=2)  # 48x32 = 1,536 pixels each
     check = check_dataset(imgs, masks, workers=1)
     dataset = SegmentationDataset(check.pairs, check.mask_values, skip_unreadable=True)
     set_image_pixel_limit(1000)
-    batches = list(make_loader(dataset, batch_size=2, device=torch.device("cpu"), workers=1))
+    before = multiprocessing.get_start_method()
+    multiprocessing.set_start_method(start_method, force=True)
+    try:
+        batches = list(make_loader(dataset, batch_size=2, device=torch.device("cpu"), workers=1))
+    finally:
+        multiprocessing.set_start_method(before, force=True)
     assert len(batches[0]["skipped"]) == 2 and "image" not in batches[0]
     assert all("1,536 pixels, more than the safety limit of 1,000" in reason for reason in batches[0]["skipped"])
     set_image_pixel_limit(2000)

@@ -73,9 +73,9 @@ def add_image_limit_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def set_image_pixel_limit(value: int | None) -> None:
-    """Set the limit for this process and the loader workers it forks later; None restores Pillow's default.
+    """Set the limit for this process and the loader workers it starts later; None restores Pillow's default.
 
-    Set it before any loader starts: a worker keeps the value it was forked with.
+    Set it before a loader is made: its workers take the value it had then (WorkerLoader).
     """
     if value is not None and value < 1:
         raise UserError(f"--max-image-pixels must be a positive number of pixels, got {value}: the limit can be "
@@ -989,10 +989,13 @@ def _quiet_handover_breaks(args: threading.ExceptHookArgs, default: Callable = t
         default(args)
 
 
-def init_loader_worker(worker_id: int, stops_gracefully: bool = False) -> None:
+def init_loader_worker(worker_id: int, stops_gracefully: bool = False,
+                       pixel_limit: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> None:
     """Loader workers yield the cores to the training process (CPU training threads, GPU feeding) when both want
     them (idle cores still go to the workers), and leave a Ctrl-C to it; also a SIGTERM where it stops gracefully
-    on one (stops_gracefully: train.py)."""
+    on one (stops_gracefully: train.py). pixel_limit: the main process's --max-image-pixels when the loader was
+    made, which a worker started by forkserver or spawn (not forked from it) would not have."""
+    Image.MAX_IMAGE_PIXELS = pixel_limit
     leave_first_signal_to_main((signal.SIGINT, signal.SIGTERM) if stops_gracefully else (signal.SIGINT,))
     take_held_signals()  # held while the worker started (WorkerLoader)
     threading.excepthook = _quiet_handover_breaks
@@ -1027,7 +1030,8 @@ class WorkerLoader(DataLoader):
 
     def __init__(self, dataset: Dataset, *, stops_gracefully: bool = False, **options: Any) -> None:
         workers = options.get("num_workers", 0)
-        super().__init__(dataset, worker_init_fn=partial(init_loader_worker, stops_gracefully=stops_gracefully)
+        super().__init__(dataset, worker_init_fn=partial(init_loader_worker, stops_gracefully=stops_gracefully,
+                                                         pixel_limit=Image.MAX_IMAGE_PIXELS)
                          if workers > 0 else None, **options)
 
     def _get_iterator(self) -> Any:  # where the workers start, once (persistent) or for each pass
