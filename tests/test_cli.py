@@ -247,10 +247,10 @@ def test_skip_existing_finishes_a_run_whose_outputs_carry_no_mark(trained: Path,
     flags = ["-m", "checkpoints/best.pth", "--workers", "0", "-i", *images, "-o", *targets]
     run("predict.py", *flags, cwd=trained)
     targets[1].unlink()
-    kept = {target: target.read_bytes() for target in (targets[0], targets[2])}
+    kept = {target: target.stat().st_mtime_ns for target in (targets[0], targets[2])}
     result = run("predict.py", *flags, "--skip-existing", cwd=trained)
     assert "2 of 3 images already have their outputs; 1 to predict" in result.stdout
-    assert targets[1].exists() and all(target.read_bytes() == data for target, data in kept.items())
+    assert targets[1].exists() and all(target.stat().st_mtime_ns == when for target, when in kept.items())  # untouched
     refused = run("predict.py", *flags, cwd=trained, check=False)  # a plain run would replace them: said first
     assert refused.returncode == 2 and "exists without the mark of predict.py's outputs (and 2 other files" \
         in refused.stderr
@@ -1353,12 +1353,17 @@ def test_resume_of_a_checkpoint_without_the_split_draws_the_seeded_split(tmp_pat
     import train
     from utils.data_loading import list_pairs
 
-    write_carvana_like(tmp_path, 6)
+    write_carvana_like(tmp_path, 12)
     pairs = list_pairs(tmp_path / "imgs", tmp_path / "masks")
-    expected = train.split_pairs(pairs, 34, 0)
-    assert train.resumed_split(pairs, {}, tmp_path / "old.pth", 34, 0) == (*expected, [])
+    expected = train.split_pairs(pairs, 34, 7)
+    assert train.resumed_split(pairs, {}, tmp_path / "old.pth", 34, 7) == (*expected, [])
     same = {"validation_images": [pair.name for pair in expected[1]], "training_images": len(expected[0])}
-    assert train.resumed_split(pairs, same, tmp_path / "old.pth", 34, 0) == (*expected, [])  # nothing changed
+    assert train.resumed_split(pairs, same, tmp_path / "old.pth", 34, 7) == (*expected, [])  # nothing changed
+    # the seed's own draw: neither another seed's nor the files in order
+    held_out = [pair.name for pair in expected[1]]
+    assert held_out != [pair.name for pair in train.split_pairs(pairs, 34, 0)[1]]
+    assert len(held_out) == 4 and sorted(held_out) not in ([pair.name for pair in pairs[:4]],
+                                                          [pair.name for pair in pairs[-4:]])
 
 
 def test_out_of_memory_in_training_is_one_line_with_what_to_change_and_what_was_kept(

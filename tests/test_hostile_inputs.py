@@ -177,6 +177,30 @@ def test_data_check_cli_takes_the_flag_and_its_help_names_the_default() -> None:
     assert "89,478,485" in flag.help and "0 or less is refused" in flag.help
 
 
+def test_every_script_applies_its_max_image_pixels_flag(tmp_path) -> None:
+    """Found by a review: only the flag's parsing was tested; a script that dropped it went unnoticed."""
+    from conftest import run_script
+
+    from unet import UNet
+    from utils.checkpoint import save_checkpoint
+
+    imgs, masks = write_good_pairs(tmp_path, count=2)  # 48x32 = 1,536 pixels each
+    save_checkpoint(tmp_path / "m.pth", UNet(3, 2, base_channels=8), [0, 1])
+    limit = ["--max-image-pixels", "1000"]
+    refused = "1,536 pixels, more than the safety limit of 1,000"
+    check = run_script("-m utils.check_data", "--imgs", imgs, "--masks", masks, *limit, cwd=tmp_path)
+    assert refused in check.stdout + check.stderr
+    train = run_script("train.py", "--imgs", imgs, "--masks", masks, "--epochs", "1", "--wandb", "disabled",
+                       "--workers", "0", *NARROW_UNET, *limit, cwd=tmp_path)
+    assert train.returncode == 2 and refused in train.stdout + train.stderr
+    evaluate = run_script("evaluate.py", "-m", "m.pth", "--imgs", imgs, "--masks", masks, "--workers", "0", *limit,
+                          cwd=tmp_path)
+    assert evaluate.returncode == 2 and refused in evaluate.stderr
+    predict = run_script("predict.py", "-m", "m.pth", "-i", imgs / "good0.png", "-o", "out.png", *limit, cwd=tmp_path)
+    assert predict.returncode == 1 and refused in predict.stdout + predict.stderr
+    assert not (tmp_path / "out.png").exists()
+
+
 @pytest.mark.parametrize("start_method", ["fork", "forkserver"])
 def test_a_loader_worker_process_applies_the_limit_set_before_the_loader_started(tmp_path, start_method) -> None:
     """Found by a review: a worker not forked from the main process (forkserver, Python 3.14's default on Linux;
@@ -678,6 +702,6 @@ def test_array_images_and_masks_keep_to_the_pixel_limit_and_hold_their_pixels(tm
         with pytest.raises(UserError, match=r"repeated.pt holds a tensor of shape \[64, 48, 3\] whose data is "
                                             r"smaller than that \(one value repeated\)"):
             read(tmp_path / "repeated.pt")
-    torch.save(torch.arange(64 * 48 * 3, dtype=torch.int32).reshape(64, 48, 3).permute(2, 0, 1) % 256,
-               tmp_path / "channels_first.pt")  # a view of all its data: read as before
-    assert read_image(tmp_path / "channels_first.pt").shape == (64, 48, 3)
+    values = torch.arange(64 * 48 * 3, dtype=torch.int32).reshape(64, 48, 3) % 256
+    torch.save(values.permute(2, 0, 1), tmp_path / "channels_first.pt")  # a view of all its data: read as before
+    np.testing.assert_array_equal(read_image(tmp_path / "channels_first.pt"), values.numpy().astype(np.uint8))

@@ -257,12 +257,15 @@ def test_weights_may_be_a_loaded_dict_or_a_file_url_and_sizes_numpy_integers(tmp
     state = {**trained.state_dict(), "mask_values": [0, 1, 2]}
     torch.save(state, tmp_path / "plain.pth")
     x = torch.rand(1, 3, 32, 32)
-    for weights in (dict(state), (tmp_path / "plain.pth").as_uri()):
+    given = dict(state)
+    for weights in (given, (tmp_path / "plain.pth").as_uri()):
         model = hubconf.unet(weights=weights, n_classes=np.int64(3), bilinear=np.bool_(False)).eval()
         with torch.no_grad():
             torch.testing.assert_close(model(x), trained(x))
         assert model.mask_values == [0, 1, 2]
-    assert "mask_values" in state  # the caller's dict left as it was
+    # the caller's dict left as it was: the same keys, the same tensors, unchanged
+    assert given.keys() == state.keys() and all(given[key] is state[key] for key in state)
+    assert all(torch.equal(tensor, trained.state_dict()[key]) for key, tensor in given.items() if key != "mask_values")
     assert hubconf.unet(n_classes=np.int64(4)).n_classes == 4
     with pytest.raises(ValueError, match="weights= takes a checkpoint's path or URL, or a loaded state_dict, not a "
                                          "list"):
