@@ -222,8 +222,9 @@ def test_the_validation_dice_under_torchrun_scores_the_classes_any_process_saw(t
                 "iou_0": 1.0, "iou_1": dice_1, "iou_2": dice_2}
 
     first = {"rows": [row(0.0, 1.0), row(0.0, 1.0)], "seen_per_class": [True, True, False], "images": 2,
-             "skipped": []}  # class 1 in both masks, never found; class 2 in no mask here
-    second = {"rows": [row(1.0, 0.0)], "seen_per_class": [True, False, True], "images": 1, "skipped": []}
+             "skipped": [], "unscored": []}  # class 1 in both masks, never found; class 2 in no mask here
+    second = {"rows": [row(1.0, 0.0)], "seen_per_class": [True, False, True], "images": 1, "skipped": [],
+              "unscored": []}
     together = [row(0.0, 1.0), row(0.0, 1.0), row(1.0, 0.0)]
     set_image_means(together, [True, True, True])
     expected = sum(r["dice"] for r in together) / 3  # one process scoring all three images
