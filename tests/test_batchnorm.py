@@ -79,8 +79,10 @@ def test_train_recomputes_the_statistics_each_epoch_and_leaves_the_training_alon
             "--imgs", str(tmp_path / "imgs"), "--masks", str(tmp_path / "masks"), "--scale", "1", "--epochs", "2",
             "--batch-size", "2", "--validation", "20", "--workers", "0", "--wandb", "disabled",
             "--learning-rate", "1e-3", "--checkpoint-dir", str(tmp_path / images), "--batchnorm-images", images,
-            *NARROW_UNET]))
+            "--keep-epochs", *NARROW_UNET]))
         runs[images] = load_checkpoint(tmp_path / images / "last.pth")["model"]
+    # each epoch's: the first epoch's checkpoint holds statistics recomputed at its end too
+    assert load_checkpoint(tmp_path / "3" / "epoch_1.pth")["model"]["inc.double_conv.1.num_batches_tracked"] == 2
 
     kept, recomputed = runs["0"], runs["3"]
     assert kept["inc.double_conv.1.num_batches_tracked"] == 2 * 5  # 10 training images in batches of 2, 2 epochs

@@ -19,7 +19,7 @@ from unet import UNet
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.errors import UserError
 from utils.mask_writer import written_by_predict
-from utils.plotting import class_colours
+from utils.plotting import class_colours, overlay_mask
 
 REPO = Path(__file__).resolve().parents[1]
 ANY_WIDTH_FLAGS = ["--scale", "1", "--batch-size", "4", "--learning-rate", "1e-2", "--wandb", "disabled",
@@ -77,6 +77,9 @@ def test_train_writes_checkpoints_metrics_and_curves(trained: Path) -> None:
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
     assert all(0 <= float(r["val_dice"]) <= 1 for r in rows)
+    curves = np.asarray(Image.open(folder / "training_curves.png").convert("RGB"))
+    loss_red = (curves[:200, :, 0] > 150) & (curves[:200, :, 1] < 80)  # the loss panel's line (utils/plotting.py)
+    assert loss_red.sum() > 50
     best = load_checkpoint(folder / "best.pth")
     assert best["best_dice"] == max(float(r["val_dice"]) for r in rows) == pytest.approx(best["val_dice"])
 
@@ -141,6 +144,15 @@ def test_predict_several_inputs_viz_without_saving(trained: Path) -> None:
         viz = Image.open(image.with_name(f"{image.stem}_OUT_viz.png"))
         assert viz.height == 32 and viz.width > 3 * 48
         assert str(image) in result.stdout
+        # image | mask in class colours | overlay: the mask's classes read back from its colours
+        panels = np.asarray(viz.convert("RGB"))
+        gap = (viz.width - 3 * 48) // 2
+        picture, drawn, overlay = (panels[:, i * (48 + gap):i * (48 + gap) + 48] for i in range(3))
+        colours = class_colours(2)
+        assert np.array_equal(picture, np.asarray(Image.open(image).convert("RGB")))
+        classes = (drawn == colours[1]).all(-1).astype(np.int64)
+        assert np.array_equal(drawn, colours[classes])  # every pixel one class colour or the other
+        assert np.array_equal(overlay, np.asarray(overlay_mask(picture, classes, colours)))
         image.with_name(f"{image.stem}_OUT_viz.png").unlink()
 
 
@@ -164,6 +176,8 @@ def test_predict_folder_streams_to_mirrored_names_with_probs_and_csv(trained: Pa
         assert float(row["fraction_0"]) + float(row["fraction_1"]) == pytest.approx(1)
         probs = np.load(trained / "preds" / f"{Path(row['mask']).stem}_probs.npy")
         assert probs.shape == (2, 32, 48) and probs.dtype == np.float16
+        assert probs.min() >= 0 and probs.max() <= 1  # probabilities, not logits
+        np.testing.assert_allclose(probs.astype(np.float32).sum(0), 1, atol=2e-3)
         agree = (probs.argmax(0) == (mask == 255)).mean()
         assert agree > 0.99  # float16 rounding may flip pixels at exactly 0.5
 
@@ -1021,7 +1035,8 @@ def write_cells(folder: Path, count: int) -> None:
         Image.fromarray(mask * 255).save(folder / "masks" / f"cell{index}.png")
 
 
-def test_images_of_different_sizes_train_in_batches(tmp_path: Path) -> None:
+def test_images_of_different_sizes_train_and_validate_from_the_command_line(tmp_path: Path) -> None:
+    """The command as users type it, with its note; the batches themselves: the test below."""
     write_cells(tmp_path / "data", 8)
     result = run("train.py", "--epochs", "1", "--validation", "50", *TRAIN_FLAGS, cwd=tmp_path)
     assert "training images of 2 sizes: batched by size" in result.stdout
@@ -1540,6 +1555,22 @@ def test_crop_trains_on_windows_of_one_size_validates_whole_images_and_is_kept_o
         return real_step(model, images, masks, *args, **kwargs)
 
     monkeypatch.setattr(train, "train_step", recording_step)
+    real_evaluate, validated = train.evaluate, []
+
+    class Recorded:  # the validation loader, its batches' image sizes noted
+        def __init__(self, loader):  # noqa: ANN001
+            self.loader = loader
+
+        def __len__(self) -> int:
+            return len(self.loader)
+
+        def __iter__(self):  # noqa: ANN204
+            for batch in self.loader:
+                validated.append(tuple(batch["image"].shape[-2:]))
+                yield batch
+
+    monkeypatch.setattr(train, "evaluate", lambda model, loader, *args, **kwargs: real_evaluate(
+        model, Recorded(loader), *args, **kwargs))
     flags = ["--imgs", str(tmp_path / "imgs"), "--masks", str(tmp_path / "masks"), "--validation", "25",
              "--checkpoint-dir", str(tmp_path / "run"), *TRAIN_FLAGS, "--batch-size", "2"]
     result = train.main(train.get_args_parser().parse_args([*flags, "--epochs", "1", "--crop", "64x48"]))
@@ -1550,6 +1581,7 @@ def test_crop_trains_on_windows_of_one_size_validates_whole_images_and_is_kept_o
     assert (f"note: {small} of the 6 training images are smaller than --crop 64x48 after --scale on at least one "
             "side" in output.err) == (small > 0)
     assert shapes == [(48, 64)] * 3 and result["history"][-1]["val_dice"] is not None  # 6 training images
+    assert validated and set(validated) <= {(64, 96), (32, 48), (40, 36)}  # whole images, not 64x48 windows
 
     result = train.main(train.get_args_parser().parse_args([*flags, "--epochs", "2", "--resume", "auto",
                                                             "--crop", "128"]))
@@ -2022,6 +2054,7 @@ def test_a_folder_prediction_leaves_out_hidden_files(tmp_path: Path) -> None:
     image, and the run ended "1 of 2 images could not be predicted"."""
     write_cells(tmp_path, 1)
     (tmp_path / "imgs" / "._cell0.png").write_bytes(os.urandom(4096))
+    (tmp_path / "imgs" / ".hidden.png").write_bytes(os.urandom(4096))  # any hidden file, not only macOS's
     torch.save({**UNet(3, 2, base_channels=4).state_dict(), "mask_values": [0, 255]}, tmp_path / "m.pth")
     result = run("predict.py", "-m", "m.pth", "-i", "imgs", "-o", "out/", "--scale", "1", cwd=tmp_path)
     assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["cell0.png"] and "skipped" not in \

@@ -387,8 +387,16 @@ def test_classes_omitted_are_inferred_as_one_per_mask_value(tmp_path: Path, caps
     assert output.mode == "L" and values_of(output) <= {0, 1, 2, 3}
 
 
-def test_class_weights_auto_trains_and_prints_median_frequency_weights(tmp_path: Path, capsys) -> None:
+def test_class_weights_auto_trains_and_prints_median_frequency_weights(tmp_path: Path, capsys,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     maps = write_pairs(tmp_path, 2, lambda c: c.astype(np.uint8))
+    real_loss, weighed_with = train.segmentation_loss, []
+
+    def recording_loss(logits, masks, class_weights=None):  # noqa: ANN001, ANN202
+        weighed_with.append(None if class_weights is None else class_weights.tolist())
+        return real_loss(logits, masks, class_weights)
+
+    monkeypatch.setattr(train, "segmentation_loss", recording_loss)
     foreground = sum(int(m.sum()) for m in maps)
     background = 3 * HEIGHT * WIDTH - foreground
     expected = class_weights_from_pixels([background, foreground])
@@ -399,6 +407,7 @@ def test_class_weights_auto_trains_and_prints_median_frequency_weights(tmp_path:
     assert printed == [f"class weights (auto): {expected[0]:.3g}, {expected[1]:.3g}"]
     assert checkpoint["args"]["class_weights"] == "auto"
     assert checkpoint["epoch"] == 1 and checkpoint["step"] == 1
+    assert len(weighed_with) == 1 and weighed_with[0] == pytest.approx(expected)  # what the loss was given
     assert values_of(output) <= {0, 255}
 
 
