@@ -70,7 +70,8 @@ class BlurInsteadOfUNet(nn.Module):
 
     def __init__(self, unet: UNet):
         super().__init__()
-        self.mask_values, self.n_classes, self.n_channels = unet.mask_values, unet.n_classes, unet.n_channels
+        for name in ("mask_values", "mask_palette", "ignore_value", "n_classes", "n_channels", "scale"):
+            setattr(self, name, getattr(unet, name, None))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         smooth = F.avg_pool2d(images.mean(1, keepdim=True), 9, stride=1, padding=4)
@@ -132,9 +133,9 @@ def main(args: argparse.Namespace) -> None:
         torch.save({**model.state_dict(), "mask_values": [0, 1]}, checkpoint)  # a reference-style file
         subset = scratch / "in"
         subset.mkdir()
-        for number in range(args.count):  # links named apart, so that a file repeated is predicted again
+        for number in range(args.count):  # copies, not links: predict.py predicts a file reached twice once
             path = files[number % min(args.files, len(files))]
-            (subset / f"{number:05d}_{path.name}").symlink_to(path.resolve())
+            shutil.copyfile(path, subset / f"{number:05d}_{path.name}")
         flags = ["-m", str(checkpoint), "-i", str(subset), "-o", str(scratch / "ours"), "--scale", str(args.scale),
                  *(["--device", args.device] if args.device else []), *args.flags]
         reference = 0.0

@@ -133,3 +133,17 @@ def test_each_part_runs_through_and_tables_its_rows(part: str, tmp_path: Path) -
                for line in training)
     assert all(line.endswith("| measured | bench/predict_speed.py |") for line in prediction)
     assert result.stdout.count("| run |") == 2 and "finished" in result.stdout
+
+
+def test_predict_speed_repeats_files_and_runs_without_the_unet(tmp_path: Path) -> None:
+    """Found by a review of the bench scripts: gpu_check.sh's predict rows (--count above --files, and the blur in
+    place of the U-Net) both failed on the CPU: the repeats were links, which predict.py predicts once, and the
+    stand-in model lacked an attribute predict.py reads. The same paths, tiny, on the CPU."""
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "predict_speed.py"), "--count", "3", "--files", "2",
+                             "--reference-count", "0", "--width", "96", "--height", "64", "--scale", "1",
+                             "--device", "cpu", "--without-unet", "--", "--compile", "off"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    runs = [line for line in result.stdout.splitlines() if line.startswith("ours, run ")]
+    assert len(runs) == 2 and all("predicted 3 images" in line for line in runs)
+    assert "without the U-Net (a blur)" in result.stdout.splitlines()[-1]
