@@ -7,7 +7,6 @@ same pairs at --scale 0.5 (decode, resize, encode masks; no model), all with the
 """
 
 import argparse
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.arguments import at_least  # noqa: E402
+from bench.arguments import at_least, fresh_work_dir  # noqa: E402
 from utils.check_data import CACHE_NAME, check_dataset  # noqa: E402
 from utils.data_loading import SegmentationDataset, make_loader  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
@@ -34,7 +33,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> None:
     imgs, masks = args.work_dir / "imgs", args.work_dir / "masks"
     if not imgs.is_dir() or len(list(imgs.iterdir())) != args.count:
-        shutil.rmtree(args.work_dir, ignore_errors=True)
+        fresh_work_dir(args.work_dir)
         make_synthetic_carvana(args.work_dir, count=args.count, workers=args.workers)
     (masks / CACHE_NAME).unlink(missing_ok=True)
 

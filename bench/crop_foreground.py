@@ -12,7 +12,6 @@ held-out images are scored whole.
 """
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.arguments import fresh_work_dir  # noqa: E402
 from bench.heldout_dice import make_carvana_split, train_and_score  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
 
@@ -64,7 +64,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> None:
-    shutil.rmtree(args.work_dir, ignore_errors=True)
+    fresh_work_dir(args.work_dir)
     make_split = make_sparse_split if args.data == "sparse" else make_carvana_split
     train_dir, test_dir = make_split(args.work_dir)
     rows = []

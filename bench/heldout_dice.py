@@ -24,7 +24,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import train  # noqa: E402
-from bench.arguments import base_channels  # noqa: E402
+from bench.arguments import at_least, base_channels, fresh_work_dir  # noqa: E402
 from utils.checkpoint import load_model  # noqa: E402
 from utils.data_loading import SegmentationDataset, list_pairs, make_loader  # noqa: E402
 from utils.device import choose_precision  # noqa: E402
@@ -152,7 +152,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", nargs="+", choices=sorted(SETTINGS), default=sorted(SETTINGS), help="data sets")
     parser.add_argument("--presets", nargs="+", default=["none", "light", "strong"], help="augmentation presets")
     parser.add_argument("--seeds", type=int, default=1, help="training runs per preset (different seeds)")
-    parser.add_argument("--epochs", type=int, default=None, help="override the data sets' epoch counts")
+    parser.add_argument("--epochs", type=at_least(1), default=None, help="override the data sets' epoch counts")
     parser.add_argument("--base-channels", type=base_channels, default=None,
                         help="train.py --base-channels, the model's width (default: train.py's, 64)")
     parser.add_argument("--tta", nargs="+", choices=TTA_CHOICES, default=["none"],
@@ -162,7 +162,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> None:
-    shutil.rmtree(args.work_dir, ignore_errors=True)
+    fresh_work_dir(args.work_dir)
     rows = []
     for name in args.data:
         make_split = make_nuclei_split if name == "nuclei" else make_carvana_split
@@ -170,7 +170,7 @@ def main(args: argparse.Namespace) -> None:
         if name == "nuclei":
             print(f"nuclei: Otsu threshold baseline, held-out Dice {otsu_dice(test_dir):.4f}")
         for preset in args.presets:
-            flags = SETTINGS[name] + (["--epochs", str(args.epochs)] if args.epochs else []) + \
+            flags = SETTINGS[name] + (["--epochs", str(args.epochs)] if args.epochs is not None else []) + \
                 (["--base-channels", str(args.base_channels)] if args.base_channels else [])
             for seed in range(args.seeds):
                 result = train_and_score(train_dir, test_dir, flags, preset,
@@ -182,7 +182,7 @@ def main(args: argparse.Namespace) -> None:
     print("\n| data | --augment | seed | --tta | held-out Dice | training s |\n|---|---|---|---|---|---|")
     for name, preset, seed, mode, score, seconds in rows:
         print(f"| {name} | {preset} | {seed} | {mode} | {score:.4f} | {seconds:.0f} |")
-    epochs = f", --epochs {args.epochs} for all" if args.epochs else ""
+    epochs = f", --epochs {args.epochs} for all" if args.epochs is not None else ""
     width = f", --base-channels {args.base_channels}" if args.base_channels else ""
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, flags: {SETTINGS}{epochs}{width}")
 

@@ -27,6 +27,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.arguments import at_least  # noqa: E402
+from utils.device import choose_device  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
 from utils.mask_writer import class_counts  # noqa: E402
 from utils.synthetic_data import _render  # noqa: E402
@@ -125,7 +126,7 @@ def main(args: argparse.Namespace) -> None:
     print(f"\nclass counts (median of {args.repeat}), torch {torch.__version__}, {time.strftime('%Y-%m-%d')}:")
     print("| device | classes | masks per call | sums | scatter | predict.py uses |")
     print("|---|---|---|---|---|---|")
-    devices = [torch.device("cpu")] + ([torch.device(args.device)] if args.device != "cpu" else [])
+    devices = [torch.device("cpu")] + ([choose_device(args.device)] if args.device != "cpu" else [])
     for device in devices:
         counting_rows(masks["binary 0/255, car 0"], 1 if device.type == "cpu" else args.batch, device, args.repeat)
 

@@ -11,7 +11,8 @@ momentum 0.999), ReduceLROnPlateau on validation Dice, gradient clipping at 1.0,
 
 Left out: wandb (the reference logged weight and gradient histograms at every validation round) and the tqdm bars.
 Both only cost time, so the baseline here is slightly faster than the original, i.e. the comparison is conservative.
-Only the UNet (same architecture, `from unet import UNet`) and the Dice functions come from this repository.
+Only the UNet (same architecture, `from unet import UNet`), the Dice functions and the flags' argparse checks come from
+this repository.
 """
 
 import argparse
@@ -32,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset, random_split
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.arguments import at_least, percent, positive, scale_factor  # noqa: E402
 from unet import UNet  # noqa: E402
 from utils.dice_score import dice_coeff, dice_loss, multiclass_dice_coeff  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
@@ -237,20 +239,21 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Train a U-Net with the classic reference recipe and time it.")
     parser.add_argument("--imgs", type=Path, required=True, metavar="DIR", help="folder of input images")
     parser.add_argument("--masks", type=Path, required=True, metavar="DIR", help="folder of masks (id + suffix)")
-    parser.add_argument("--epochs", type=int, default=5, help="number of epochs (reference default: 5)")
-    parser.add_argument("--batch-size", type=int, default=1, help="batch size (reference default: 1)")
-    parser.add_argument("--scale", type=float, default=0.5, help="image downscaling factor in (0, 1]")
-    parser.add_argument("--lr", "--learning-rate", dest="lr", type=float, default=1e-5, help="RMSprop learning rate")
-    parser.add_argument("--val", type=float, default=10.0, help="percent of the data used for validation")
+    parser.add_argument("--epochs", type=at_least(1), default=5, help="number of epochs (reference default: 5)")
+    parser.add_argument("--batch-size", type=at_least(1), default=1, help="batch size (reference default: 1)")
+    parser.add_argument("--scale", type=scale_factor, default=0.5, help="image downscaling factor in (0, 1]")
+    parser.add_argument("--lr", "--learning-rate", dest="lr", type=positive, default=1e-5, help="RMSprop learning rate")
+    parser.add_argument("--val", type=percent, default=10.0, help="percent of the data used for validation")
     parser.add_argument("--amp", action="store_true", help="mixed precision (fp16 on CUDA, bf16 on CPU)")
-    parser.add_argument("--classes", type=int, default=2, help="number of output classes (1: binary with BCE)")
-    parser.add_argument("--budget", type=float, default=None, metavar="SECONDS",
+    parser.add_argument("--classes", type=at_least(1), default=2, help="number of output classes (1: binary with BCE)")
+    parser.add_argument("--budget", type=positive, default=None, metavar="SECONDS",
                         help="stop training after this many seconds of training wall time")
     parser.add_argument("--mask-suffix", default="_mask", help="mask file name = image id + this suffix + ext")
     parser.add_argument("--checkpoint-dir", type=Path, default=None, metavar="DIR",
                         help="where checkpoint_epochN.pth go (default: a temporary folder, deleted afterwards)")
-    parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: os.cpu_count())")
-    parser.add_argument("--seed", type=int, default=0, help="torch seed (the train/val split always uses 0)")
+    parser.add_argument("--workers", type=at_least(0), default=None,
+                        help="DataLoader workers (default: os.cpu_count())")
+    parser.add_argument("--seed", type=at_least(0), default=0, help="torch seed (the train/val split always uses 0)")
     return parser
 
 

@@ -81,7 +81,7 @@ def convolution_flops_per_image(args: argparse.Namespace) -> float:
     """FLOPs of one image's forward and backward pass (convolutions: all the model's matrix work), counted on meta
     tensors: shapes only, no memory and no compute."""
     height, width = int(args.height * args.scale), int(args.width * args.scale)
-    model = UNet(3, 2).to("meta")
+    model = UNet(3, 2, base_channels=args.base_channels).to("meta")
     images = torch.empty(1, 3, height, width, device="meta")
     masks = torch.zeros(1, height, width, dtype=torch.long, device="meta")
     with FlopCounterMode(display=False) as counter:

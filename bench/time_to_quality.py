@@ -13,7 +13,6 @@ ReduceLROnPlateau) trains with T seconds as its budget. Both models are scored w
 """
 
 import argparse
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import train  # noqa: E402
+from bench.arguments import at_least, fresh_work_dir  # noqa: E402
 from bench.heldout_dice import make_carvana_split, make_nuclei_split, model_scores  # noqa: E402
 from bench.reference_recipe import train_reference  # noqa: E402
 from utils.checkpoint import load_model  # noqa: E402
@@ -58,7 +58,7 @@ def compare(name: str, root: Path, epochs: int | None) -> dict:
     scale = DATA[name]["scale"]
     flags = ["--imgs", str(train_dir / "imgs"), "--masks", str(train_dir / "masks"), "--scale", str(scale),
              "--checkpoint-dir", str(root / "ours"), "--wandb", "disabled"]
-    flags += ["--epochs", str(epochs)] if epochs else []
+    flags += ["--epochs", str(epochs)] if epochs is not None else []
     started = time.perf_counter()
     train.main(train.get_args_parser().parse_args(flags))
     budget = time.perf_counter() - started
@@ -80,13 +80,13 @@ def compare(name: str, root: Path, epochs: int | None) -> dict:
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", nargs="+", choices=sorted(DATA), default=sorted(DATA), help="data sets")
-    parser.add_argument("--epochs", type=int, default=None, help="train.py --epochs (default: train.py's)")
+    parser.add_argument("--epochs", type=at_least(1), default=None, help="train.py --epochs (default: train.py's)")
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/unet_time_to_quality"), help="scratch folder")
     return parser
 
 
 def main(args: argparse.Namespace) -> None:
-    shutil.rmtree(args.work_dir, ignore_errors=True)
+    fresh_work_dir(args.work_dir)
     rows = [compare(name, args.work_dir / name, args.epochs) for name in args.data]
     print("\n| data | budget (s) | train.py defaults | reference recipe |\n|---|---|---|---|")
     for row in rows:

@@ -30,6 +30,7 @@ from bench.arguments import MIN_SIDE, at_least, base_channels, scale_factor  # n
 from bench.reference_recipe import train_reference  # noqa: E402
 from unet import CLASSIC_BASE_CHANNELS, UNet  # noqa: E402
 from utils.device import (  # noqa: E402
+    COMPILE_CHOICES,
     choose_device,
     choose_precision,
     keep_freed_memory_on_cpu,
@@ -42,8 +43,12 @@ from utils.synthetic_data import make_synthetic_carvana  # noqa: E402
 
 
 def dataset(args: argparse.Namespace) -> tuple[Path, Path]:
+    """--data as it is (a folder of the user's is never written to); else the synthetic set of --count pairs,
+    written once."""
     folder = args.data or Path("data") / f"bench_carvana_{args.count}_{args.width}x{args.height}"
     imgs, masks = folder / "imgs", folder / "masks"
+    if args.data is not None and imgs.is_dir() and any(imgs.iterdir()):
+        return imgs, masks
     if not (imgs.is_dir() and len(list(imgs.iterdir())) == args.count):
         print(f"writing {args.count} synthetic {args.width}x{args.height} pairs to {folder}", flush=True)
         make_synthetic_carvana(folder, count=args.count, width=args.width, height=args.height)
@@ -141,7 +146,8 @@ def add_step_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=at_least(1), default=None, help="default: the recipe's own")
     parser.add_argument("--precision", default="auto", help="train.py --precision (ours; default: %(default)s)")
     parser.add_argument("--amp", action="store_true", help="train.py --amp, or the reference's --amp")
-    parser.add_argument("--compile", default="auto", help="train.py --compile (default: %(default)s)")
+    parser.add_argument("--compile", choices=COMPILE_CHOICES, default="auto",
+                        help="train.py --compile (default: %(default)s)")
     parser.add_argument("--compile-mode", default=None,
                         help="--model-only: torch.compile's mode, e.g. max-autotune-no-cudagraphs or reduce-overhead "
                              "(default: torch's own), to see whether train.py should offer one")
@@ -169,7 +175,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-only", action="store_true", help="random tensors on the device, no data")
     parser.add_argument("--steps", type=at_least(1), default=6,
                         help="--model-only: steps per timed round (default: %(default)s)")
-    parser.add_argument("--data", type=Path, default=None, help="data folder (default: data/bench_carvana_...)")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="data folder with imgs/ and masks/, used as it is; an empty or missing one gets --count "
+                             "synthetic pairs (default: data/bench_carvana_...)")
     parser.add_argument("--count", type=at_least(1), default=320,
                         help="synthetic image/mask pairs (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=2, help="epochs, the first one warm-up (default: %(default)s)")

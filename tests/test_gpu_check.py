@@ -147,3 +147,19 @@ def test_predict_speed_repeats_files_and_runs_without_the_unet(tmp_path: Path) -
     runs = [line for line in result.stdout.splitlines() if line.startswith("ours, run ")]
     assert len(runs) == 2 and all("predicted 3 images" in line for line in runs)
     assert "without the U-Net (a blur)" in result.stdout.splitlines()[-1]
+
+
+def test_a_work_dir_of_the_users_is_refused_and_one_a_bench_made_is_emptied(tmp_path: Path) -> None:
+    """Found by a review: --work-dir was deleted without a look, a thesis.txt in it too (--work-dir . would have
+    taken the checkout)."""
+    from bench.arguments import fresh_work_dir
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("years of work")
+    with pytest.raises(UserError, match="holds files no bench script wrote, and would be deleted"):
+        fresh_work_dir(mine)
+    assert (mine / "thesis.txt").read_text() == "years of work"
+    scratch = fresh_work_dir(tmp_path / "scratch")  # new: made and marked
+    (scratch / "run_1").mkdir()
+    assert fresh_work_dir(scratch) == scratch and [path.name for path in scratch.iterdir()] == [".bench_work_dir"]
