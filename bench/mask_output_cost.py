@@ -118,6 +118,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> None:
+    other = choose_device(args.device) if args.device != "cpu" else None  # a device it cannot use: said first
     masks = carvana_masks(args.width, args.height)
     print(f"PNG writing, one thread, {args.width}x{args.height} (median of {args.repeat}):")
     png_rows(masks, args.repeat)
@@ -126,7 +127,7 @@ def main(args: argparse.Namespace) -> None:
     print(f"\nclass counts (median of {args.repeat}), torch {torch.__version__}, {time.strftime('%Y-%m-%d')}:")
     print("| device | classes | masks per call | sums | scatter | predict.py uses |")
     print("|---|---|---|---|---|---|")
-    devices = [torch.device("cpu")] + ([choose_device(args.device)] if args.device != "cpu" else [])
+    devices = [torch.device("cpu")] + ([other] if other is not None else [])
     for device in devices:
         counting_rows(masks["binary 0/255, car 0"], 1 if device.type == "cpu" else args.batch, device, args.repeat)
 

@@ -47,7 +47,10 @@ def dataset(args: argparse.Namespace) -> tuple[Path, Path]:
     written once."""
     folder = args.data or Path("data") / f"bench_carvana_{args.count}_{args.width}x{args.height}"
     imgs, masks = folder / "imgs", folder / "masks"
-    if args.data is not None and imgs.is_dir() and any(imgs.iterdir()):
+    if args.data is not None and folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        if not (imgs.is_dir() and masks.is_dir()):
+            raise UserError(f"--data {folder} has no imgs/ and masks/ folders: give the folder that holds them, or "
+                            "a new or empty one for synthetic pairs")
         return imgs, masks
     if not (imgs.is_dir() and len(list(imgs.iterdir())) == args.count):
         print(f"writing {args.count} synthetic {args.width}x{args.height} pairs to {folder}", flush=True)

@@ -201,6 +201,27 @@ def test_every_script_applies_its_max_image_pixels_flag(tmp_path) -> None:
     assert not (tmp_path / "out.png").exists()
 
 
+def test_a_program_that_sets_no_pixel_limit_gets_none_anywhere(tmp_path, monkeypatch) -> None:
+    """Found by a review: Image.MAX_IMAGE_PIXELS = None (a notebook's "no limit") made the data check's workers put
+    Pillow's default back, and every dataset item a TypeError."""
+    from PIL import Image
+
+    imgs, masks = write_good_pairs(tmp_path, count=2)
+    write_image(imgs / "big.png", noisy_rgb(9, 100, 120))  # 12,000 pixels
+    write_image(masks / "big.png", box_mask(100, 120))
+    set_image_pixel_limit(10_000)
+    assert len(check_dataset(imgs, masks, workers=2).unreadable) == 2  # the limit, in the scan's workers
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
+    for workers in (0, 2):
+        check = check_dataset(imgs, masks, workers=workers)
+        assert check.unreadable == [] and len(check.pairs) == 3
+    np.save(imgs / "array.npy", np.zeros((20, 30, 3), np.uint8))
+    dataset = SegmentationDataset(check.pairs, check.mask_values, scale=0.5)
+    assert all(dataset[index]["image"].dtype == torch.uint8 for index in range(len(dataset)))
+    from utils.data_loading import read_image
+    assert read_image(imgs / "array.npy").shape == (20, 30, 3)
+
+
 @pytest.mark.parametrize("start_method", ["fork", "forkserver"])
 def test_a_loader_worker_process_applies_the_limit_set_before_the_loader_started(tmp_path, start_method) -> None:
     """Found by a review: a worker not forked from the main process (forkserver, Python 3.14's default on Linux;

@@ -40,7 +40,6 @@ from .data_loading import (
     pair_files,
     read_image_data,
     read_mask,
-    set_image_pixel_limit,
     size_mismatch,
     unread_format_note,
 )
@@ -238,9 +237,10 @@ def _inspect_with_cache(paths: Sequence[Path], kind: str, workers: int | None, c
     return records, bool(stale or gone)  # type: ignore[return-value]
 
 
-def _start_scan_worker(pixel_limit: int) -> None:
-    """A scanning process: Pillow's limit as the main process has it; a Ctrl-C is the main process's to act on."""
-    set_image_pixel_limit(pixel_limit)
+def _start_scan_worker(pixel_limit: int | None) -> None:
+    """A scanning process: Pillow's limit as the main process has it (None too: a program's "no limit"); a
+    Ctrl-C is the main process's to act on."""
+    Image.MAX_IMAGE_PIXELS = pixel_limit
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     take_held_signals()
 

@@ -231,7 +231,8 @@ def _npy_shape(path: Path) -> tuple[int, ...]:
 def _check_array_pixels(path: Path, shape: tuple[int, ...]) -> None:
     """--max-image-pixels for arrays too: height x width of an HxW(xC) or CxHxW shape, as image headers are."""
     sides = shape[1:3] if _channels_first(shape) else shape[:2]
-    if len(shape) in (2, 3) and math.prod(sides) > Image.MAX_IMAGE_PIXELS:
+    limit = Image.MAX_IMAGE_PIXELS  # None: a program's own choice of no limit (the CLIs always set one)
+    if len(shape) in (2, 3) and limit is not None and math.prod(sides) > limit:
         raise PixelLimitError(f"{path} declares {math.prod(sides):,} pixels ({'x'.join(map(str, shape))}), more than "
                               f"the safety limit of {Image.MAX_IMAGE_PIXELS:,}: if the file is trusted, raise it with "
                               "--max-image-pixels")
@@ -692,7 +693,8 @@ def scaled_size(width: int, height: int, scale: float, source: Path | str = "ima
     if new_width <= 0 or new_height <= 0:
         raise UserError(f"scale {scale} shrinks {source} ({width}x{height}) to nothing: use a larger --scale")
     # Growing past the decoders' limit (an array file is not decoded, so its own size may be beyond it)
-    if new_width * new_height > max(Image.MAX_IMAGE_PIXELS, width * height):
+    limit = Image.MAX_IMAGE_PIXELS  # None: no limit, as a program may set it
+    if limit is not None and new_width * new_height > max(limit, width * height):
         raise UserError(f"scale {scale:g} makes {source} ({width}x{height}) {new_width}x{new_height}, more than "
                         f"--max-image-pixels ({Image.MAX_IMAGE_PIXELS:,}) allows: use a smaller --scale, or raise "
                         "the limit for trusted files")
