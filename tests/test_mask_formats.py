@@ -63,17 +63,50 @@ def train_args(root: Path, *flags: str):
 
 
 def train_and_predict(root: Path, *flags: str) -> tuple[dict, Image.Image]:
-    """Train one epoch, predict sample0.png; the checkpoint (without its 370 MB file) and the written mask."""
+    """Train one epoch, predict sample0.png; the checkpoint and the written mask (what the model learned decides
+    its pixels: assert_each_class_written_as checks the encoding of every class)."""
     train.main(train_args(root, *flags))
     checkpoint_file = root / "ck" / "last.pth"
     checkpoint = load_checkpoint(checkpoint_file)
     predict.main(predict.get_args_parser().parse_args(
         ["-m", str(checkpoint_file), "-i", str(root / "imgs" / "sample0.png"), "-o", str(root / "out.png")]))
+    state = torch.load(checkpoint_file, map_location="cpu", weights_only=True)
+    del state["optimizer"]  # most of the file; the weights and what they mean are kept for written_per_class
+    torch.save(state, root / "ck" / "weights.pth")
     checkpoint_file.unlink()  # a full training state per test would fill the temporary folder
     output = Image.open(root / "out.png")
     output.load()
     assert output.size == (WIDTH, HEIGHT)
     return checkpoint, output
+
+
+def written_per_class(root: Path, n_outputs: int) -> list[np.ndarray]:
+    """What predict.py writes for each class, whatever the training learned: the trained checkpoint with its
+    output layer set to give class k everywhere, for each k (a one-channel model: background, then object)."""
+    state = torch.load(root / "ck" / "weights.pth", map_location="cpu", weights_only=True)
+    written = []
+    for k in range(max(n_outputs, 2)):
+        state["model"]["outc.conv.weight"].zero_()
+        bias = torch.full((n_outputs,), -10.0)
+        if n_outputs == 1:
+            bias[0] = 10.0 if k == 1 else -10.0
+        else:
+            bias[k] = 10.0
+        state["model"]["outc.conv.bias"].copy_(bias)
+        torch.save(state, root / "ck" / f"class{k}.pth")
+        predict.main(predict.get_args_parser().parse_args(
+            ["-m", str(root / "ck" / f"class{k}.pth"), "-i", str(root / "imgs" / "sample0.png"), "-o",
+             str(root / f"class{k}.png"), "--overwrite"]))
+        (root / "ck" / f"class{k}.pth").unlink()
+        written.append(np.asarray(Image.open(root / f"class{k}.png")))
+    return written
+
+
+def assert_each_class_written_as(root: Path, n_outputs: int, values: list) -> None:
+    """Every pixel of class k's mask is values[k] (a colour for colour masks)."""
+    for k, mask in enumerate(written_per_class(root, n_outputs)):
+        expected = np.asarray(values[k])
+        assert (mask == expected).all(), f"class {k}: {np.unique(mask.reshape(-1, *expected.shape), axis=0)}"
 
 
 def values_of(image: Image.Image) -> set[int]:
@@ -98,6 +131,7 @@ def test_binary_0_1_png_masks_predict_0_255_grayscale(tmp_path: Path) -> None:
     assert checkpoint["mask_values"] == [0, 1]
     assert_classes_inferred(checkpoint, 2)
     assert output.mode == "L" and values_of(output) <= {0, 255}
+    assert_each_class_written_as(tmp_path, 2, [0, 255])
 
 
 def test_binary_0_255_png_masks_predict_0_255(tmp_path: Path) -> None:
@@ -106,6 +140,7 @@ def test_binary_0_255_png_masks_predict_0_255(tmp_path: Path) -> None:
     assert checkpoint["mask_values"] == [0, 255]
     assert_classes_inferred(checkpoint, 2)
     assert output.mode == "L" and values_of(output) <= {0, 255}
+    assert_each_class_written_as(tmp_path, 2, [0, 255])
 
 
 def test_two_arbitrary_values_predict_the_same_two_values(tmp_path: Path) -> None:
@@ -114,6 +149,7 @@ def test_two_arbitrary_values_predict_the_same_two_values(tmp_path: Path) -> Non
     assert checkpoint["mask_values"] == [3, 9]
     assert_classes_inferred(checkpoint, 2)
     assert output.mode == "L" and values_of(output) <= {3, 9}
+    assert_each_class_written_as(tmp_path, 2, [3, 9])
 
 
 def test_bool_npy_masks_predict_0_255(tmp_path: Path) -> None:
@@ -123,6 +159,7 @@ def test_bool_npy_masks_predict_0_255(tmp_path: Path) -> None:
     assert checkpoint["mask_values"] == [0, 1]
     assert_classes_inferred(checkpoint, 2)
     assert output.mode == "L" and values_of(output) <= {0, 255}
+    assert_each_class_written_as(tmp_path, 2, [0, 255])
 
 
 def test_voc_palette_masks_predict_palette_png_with_the_training_palette(tmp_path: Path) -> None:
@@ -135,6 +172,7 @@ def test_voc_palette_masks_predict_palette_png_with_the_training_palette(tmp_pat
     assert output.mode == "P"
     assert output.getpalette()[:9] == VOC_PALETTE
     assert values_of(output) <= {0, 1, 2}
+    assert_each_class_written_as(tmp_path, 3, [0, 1, 2])  # palette indices
 
 
 def test_rgb_colour_coded_masks_predict_rgb_with_the_training_colours(tmp_path: Path) -> None:
@@ -143,6 +181,7 @@ def test_rgb_colour_coded_masks_predict_rgb_with_the_training_colours(tmp_path: 
     assert checkpoint["mask_values"] == sorted(COLOURS) == [[0, 0, 0], [10, 200, 30], [250, 20, 120]]
     assert_classes_inferred(checkpoint, 3)
     assert output.mode == "RGB" and colours_of(output) <= {tuple(c) for c in COLOURS}
+    assert_each_class_written_as(tmp_path, 3, sorted(COLOURS))
 
 
 def test_rgb_colour_coded_masks_with_a_background_only_mask_still_train(tmp_path: Path) -> None:
@@ -162,6 +201,7 @@ def test_16_bit_tiff_labels_predict_16_bit_with_the_same_values(tmp_path: Path) 
     assert_classes_inferred(checkpoint, 3)
     assert output.mode == "I;16" and np.asarray(output).dtype == np.uint16
     assert values_of(output) <= {0, 300, 600}
+    assert_each_class_written_as(tmp_path, 3, [0, 300, 600])
 
 
 def test_sparse_8_bit_labels_predict_the_same_sparse_values(tmp_path: Path) -> None:
@@ -170,6 +210,7 @@ def test_sparse_8_bit_labels_predict_the_same_sparse_values(tmp_path: Path) -> N
     assert checkpoint["mask_values"] == [0, 10, 20]
     assert_classes_inferred(checkpoint, 3)
     assert output.mode == "L" and values_of(output) <= {0, 10, 20}
+    assert_each_class_written_as(tmp_path, 3, [0, 10, 20])
 
 
 def write_instance_labels(root: Path) -> None:
@@ -191,6 +232,7 @@ def test_instance_labels_with_binarize_train_foreground_vs_background(tmp_path: 
     assert_classes_inferred(checkpoint, 2)
     assert checkpoint["args"]["binarize"] == 0  # any nonzero value
     assert output.mode == "L" and values_of(output) <= {0, 255}
+    assert_each_class_written_as(tmp_path, 2, [0, 255])
 
 
 def test_instance_labels_without_binarize_and_two_classes_is_a_user_error(tmp_path: Path) -> None:
@@ -234,7 +276,8 @@ def test_ignore_index_255_border_is_not_a_class_and_becomes_ignore_class(tmp_pat
     assert checkpoint["mask_values"] == [0, 1]
     assert checkpoint["args"]["ignore_index"] == 255
     assert_classes_inferred(checkpoint, 2)
-    assert output.mode == "L" and values_of(output) <= {0, 255}
+    assert output.mode == "L" and values_of(output) <= {0, 1}
+    assert_each_class_written_as(tmp_path, 2, [0, 1])  # as the masks hold it: 255 is the ignored value, not the object
 
 
 class PaintsRedAsForeground(UNet):
@@ -425,6 +468,7 @@ def test_classes_1_on_0_255_masks_trains_one_channel_and_predicts_0_255(tmp_path
     assert checkpoint["mask_values"] == [0, 255]
     assert checkpoint["model_args"]["n_classes"] == 1
     assert output.mode == "L" and values_of(output) <= {0, 255}
+    assert_each_class_written_as(tmp_path, 1, [0, 255])
 
 
 def test_gif_outputs_keep_the_class_values(tmp_path: Path) -> None:
