@@ -27,6 +27,7 @@ from utils.device import (
     add_device_arguments,
     choose_device,
     choose_precision,
+    float32_default,
     freed_memory_kept,
 )
 from utils.errors import UserError, counted, run_cli
@@ -108,8 +109,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> dict:
     device = choose_device(args.device)
-    # the pixel limit and the allocator setting are the run's only: a notebook that calls main() gets its own back
-    with image_pixel_limit(args.max_image_pixels), freed_memory_kept(device):
+    # the pixel limit, the default dtype and the allocator setting are the run's only: a notebook that calls main()
+    # gets its own back
+    with image_pixel_limit(args.max_image_pixels), float32_default(), freed_memory_kept(device):
         return score_folders(args, device)
 
 

@@ -25,6 +25,7 @@ from torch import nn
 from utils.atomic_files import atomic_path, check_output_file
 from utils.checkpoint import inference_scale, load_model
 from utils.data_loading import where
+from utils.device import float32_default
 from utils.errors import UserError, counted, run_cli
 from utils.inference import DEFAULT_MASK_THRESHOLD
 from utils.mask_encoding import MaskValue, encoding_table
@@ -208,6 +209,13 @@ def describe(output: Path, export_format: str, opset: int, metadata: dict[str, A
 
 
 def main(args: argparse.Namespace) -> int:
+    with float32_default():  # the model and its example input float32, whatever a notebook's default dtype
+        return export_model(args)
+
+
+def export_model(args: argparse.Namespace) -> int:
+    """export.py's run: the checkpoint loaded, the model traced (TorchScript) or exported (ONNX) with its metadata,
+    and written whole."""
     output = Path(args.output)
     export_format = choose_format(output, args.format)
     if where(output) == where(Path(args.model)):

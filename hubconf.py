@@ -190,7 +190,8 @@ def unet(n_channels: int | None = None, n_classes: int | None = None, bilinear: 
         bilinear = bool(bilinear)
     if weights is None:
         return UNet(3 if n_channels is None else n_channels, 2 if n_classes is None else n_classes, bool(bilinear),
-                    CLASSIC_BASE_CHANNELS if base_channels is None else base_channels)
+                    CLASSIC_BASE_CHANNELS if base_channels is None else base_channels).float()  # whatever the
+        # notebook's torch.set_default_dtype: the code around the model (and its exports) runs float32
     checkpoint = _weights_checkpoint(weights, progress)
     stored = checkpoint["model_args"]
     for name, given in (("n_channels", n_channels), ("n_classes", n_classes), ("bilinear", bilinear),
@@ -205,8 +206,10 @@ def unet_carvana(pretrained: bool = False, scale: float = 0.5, progress: bool = 
     """The reference's U-Net for Carvana (3 channels, 2 classes, transposed-conv upsampling): untrained unless
     pretrained=True, which loads the published weights trained at scale 0.5 or 1.0 (downloaded once to torch.hub's
     cache, $TORCH_HOME/hub/checkpoints/; a copy put there by hand works offline)."""
+    if not isinstance(pretrained, (bool, np.bool_)):  # "no" would be true, and download
+        raise ValueError(f"pretrained must be True or False, got {pretrained!r}")
     if not pretrained:
-        return UNet(n_channels=3, n_classes=2, bilinear=False)
+        return UNet(n_channels=3, n_classes=2, bilinear=False).float()
     if isinstance(scale, bool) or scale not in CARVANA_WEIGHTS:  # True == 1.0, but is no scale
         raise ValueError(f"pretrained Carvana weights exist for scale {sorted(CARVANA_WEIGHTS)}, not {scale}")
     model = unet(3, 2, False, weights=CARVANA_WEIGHTS[scale], progress=progress)

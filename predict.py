@@ -48,6 +48,7 @@ from utils.device import (
     choose_device,
     choose_precision,
     compile_model,
+    float32_default,
     freed_memory_kept,
     should_compile,
 )
@@ -431,9 +432,9 @@ def csv_location(requested: str | None, outputs: list[str] | None, targets: list
 
 def main(args: argparse.Namespace) -> int:
     device = choose_device(args.device)
-    # the pixel limit and the allocator setting are the run's only: a notebook that calls main() gets its own back
-    # (--compile auto's fallback to eager stays set)
-    with image_pixel_limit(args.max_image_pixels), freed_memory_kept(device):
+    # the pixel limit, the default dtype and the allocator setting are the run's only: a notebook that calls main()
+    # gets its own back (--compile auto's fallback to eager stays set)
+    with image_pixel_limit(args.max_image_pixels), float32_default(), freed_memory_kept(device):
         return predict_inputs(args, device)
 
 

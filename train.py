@@ -66,6 +66,7 @@ from utils.device import (
     choose_device,
     choose_precision,
     compile_model,
+    float32_default,
     freed_memory_kept,
     memory_format,
     should_compile,
@@ -819,9 +820,10 @@ def main(args: argparse.Namespace) -> dict:
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
-    # the pixel limit and the allocator setting are the run's only: a notebook that calls main() gets its own back
-    # (the seeds above, cudnn.benchmark and --compile auto's fallback to eager stay set, as in any training script)
-    with image_pixel_limit(args.max_image_pixels):
+    # the pixel limit, the default dtype and the allocator setting are the run's only: a notebook that calls main()
+    # gets its own back (the seeds above, cudnn.benchmark and --compile auto's fallback to eager stay set, as in any
+    # training script)
+    with image_pixel_limit(args.max_image_pixels), float32_default():
         device = choose_device(args.device)
         world = init_world(device)
         try:

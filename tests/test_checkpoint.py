@@ -1052,3 +1052,40 @@ def test_metadata_that_would_fail_later_is_refused_when_read(tmp_path, entry: st
     torch.save(checkpoint, tmp_path / "m.pth")
     with pytest.raises(UserError, match=complaint):
         load_model(tmp_path / "m.pth", torch.device("cpu"))
+
+
+def test_save_checkpoint_takes_numpy_values_and_refuses_what_would_not_load(ckpt_dir) -> None:
+    """Found by a notebook review: save_checkpoint(..., list(np.unique(mask)), scale=np.float64(0.5)) wrote
+    mask_values as text and a numpy scale, and the file was then refused by every reader."""
+    net = UNet(3, 2, base_channels=4)
+    path = ckpt_dir / "numpy.pth"
+    save_checkpoint(path, net, list(np.unique(np.array([0, 255, 255], np.uint8))), scale=np.float64(0.5),
+                    args={"ignore_index": np.int64(7)})
+    model, checkpoint = load_model(path, "cpu")  # a device by name, too
+    assert model.mask_values == [0, 255] and type(model.mask_values[0]) is int
+    assert checkpoint["scale"] == 0.5 and type(checkpoint["scale"]) is float and model.ignore_value == 7
+    for values, extra, complaint in (([0, 0], {}, "repeats a value"),
+                                     ([0.0, 0.5], {}, "not a list of labels"),
+                                     ([0, 1, 2], {}, "lists 3 mask values for a model of 2 classes"),
+                                     ([0, 1], {"scale": 0}, "scale is 0, not a positive number")):
+        with pytest.raises(UserError, match=complaint):
+            save_checkpoint(ckpt_dir / "refused.pth", net, values, **extra)
+        assert not (ckpt_dir / "refused.pth").exists()
+
+
+def test_models_are_float32_whatever_default_dtype_a_notebook_set(ckpt_dir) -> None:
+    """Found by a notebook review: after torch.set_default_dtype(torch.float64), load_model and hub models were
+    float64, and predict.py, evaluate.py, train.py and export.py failed deep inside torch."""
+    import hubconf
+
+    save_checkpoint(ckpt_dir / "m.pth", UNet(3, 2, base_channels=4), [0, 1])
+    torch.set_default_dtype(torch.float64)
+    try:
+        model, _ = load_model(ckpt_dir / "m.pth", torch.device("cpu"))
+        assert next(model.parameters()).dtype == torch.float32
+        assert next(hubconf.unet(base_channels=4).parameters()).dtype == torch.float32
+        assert next(hubconf.unet_carvana().parameters()).dtype == torch.float32
+    finally:
+        torch.set_default_dtype(torch.float32)
+    with pytest.raises(ValueError, match="pretrained must be True or False, got 'no'"):
+        hubconf.unet_carvana(pretrained="no")

@@ -434,6 +434,23 @@ def test_masks_that_are_all_ignored_are_no_score_in_evaluate_and_in_validation(t
     assert len((tmp_path / "some.csv").read_text().splitlines()) == 1 + 6  # the header and the 6 scored
 
 
+def test_the_scripts_run_float32_under_a_notebook_s_float64_default_and_give_it_back(tmp_path: Path) -> None:
+    """Found by a notebook review: after torch.set_default_dtype(torch.float64), every script's main() failed deep
+    inside torch ("Input type (float) and bias type (double) should be the same")."""
+    write_carvana_like(tmp_path / "data", 6)
+    torch.set_default_dtype(torch.float64)
+    try:
+        run("train.py", "--epochs", "1", "--validation", "34", *TRAIN_FLAGS, cwd=tmp_path)
+        image = sorted((tmp_path / "data" / "imgs").iterdir())[0]
+        run("predict.py", "-m", "checkpoints/last.pth", "-i", image, "-o", "out.png", cwd=tmp_path)
+        run("evaluate.py", "-m", "checkpoints/last.pth", "--workers", "0", cwd=tmp_path)
+        run("export.py", "-m", "checkpoints/last.pth", "-o", "unet.pt", cwd=tmp_path)
+        assert torch.get_default_dtype() == torch.float64  # the notebook's own, back
+    finally:
+        torch.set_default_dtype(torch.float32)
+    assert (tmp_path / "out.png").is_file() and (tmp_path / "unet.pt").is_file()
+
+
 def test_classes_1_trains_with_sigmoid_and_predicts_binary(tmp_path: Path) -> None:
     write_carvana_like(tmp_path / "data", 6)
     run("train.py", "--classes", "1", "--epochs", "1", "--validation", "20", *TRAIN_FLAGS, cwd=tmp_path)

@@ -864,3 +864,21 @@ def test_forkserver_workers_hold_nothing_and_the_server_is_not_left_holding() ->
                                     multiprocessing_context=context))
         assert not {int(signal.SIGINT), int(signal.SIGTERM)} & set(item["held_on_arrival"].tolist())
         assert not item["sigint_default"]
+
+
+def test_reading_gif_masks_and_images_closes_their_files(tmp_path):
+    """Found by a notebook review: each GIF mask read (Carvana's) was left for the garbage collector to close, a
+    ResourceWarning per mask and epoch under warnings.simplefilter("always")."""
+    import gc
+    import warnings
+
+    for index in range(3):
+        Image.fromarray(disc_mask(HEIGHT, WIDTH) * 255).save(tmp_path / f"m{index}.gif")
+        Image.fromarray(random_rgb(index)).save(tmp_path / f"i{index}.gif")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        masks = [read_mask(tmp_path / f"m{index}.gif") for index in range(3)]
+        images = [read_image(tmp_path / f"i{index}.gif") for index in range(3)]
+        gc.collect()
+    assert [str(warning.message) for warning in caught if warning.category is ResourceWarning] == []
+    assert all(mask.shape == (HEIGHT, WIDTH) for mask in masks) and all(image.ndim == 3 for image in images)

@@ -351,6 +351,20 @@ def test_predict_image_takes_the_precision_by_name_and_numpy_numbers() -> None:
         predict_image(model, pixels, options=InferenceOptions(overlap=False))
 
 
+def test_predict_image_reads_the_scale_of_a_wrapped_model() -> None:
+    """Found by a notebook review: DataParallel hides model.scale, and the image was read at the default 0.5."""
+    model = nn.Conv2d(3, 2, 1).eval()  # class 1 where red is above half: read at another scale, noise differs
+    with torch.no_grad():
+        model.weight.zero_()
+        model.weight[1, 0] = 1.0
+        model.bias.copy_(torch.tensor([0.0, -0.5]))
+    model.scale = 1.0
+    pixels = np.random.default_rng(3).integers(0, 256, (32, 48, 3), dtype=np.uint8)
+    own = predict_image(model, pixels, precision=FP32)
+    assert not torch.equal(own, predict_image(model, pixels, 0.5, precision=FP32))
+    assert torch.equal(predict_image(nn.DataParallel(model), pixels, precision=FP32), own)
+
+
 def test_a_model_in_training_mode_predicts_in_eval_mode_and_is_given_back_as_it_was() -> None:
     """Found by a review: hub models come back in training mode, and predicting with one used (and overwrote)
     the batch's BatchNorm statistics: 68% of the pixels changed class, and the model for good."""

@@ -55,11 +55,14 @@ def model_args(model: nn.Module) -> dict[str, Any]:
 
 
 def _plain(value: Any) -> Any:
-    """Run arguments as the built-in types that weights_only loading accepts."""
+    """Run arguments and metadata as the built-in types that weights_only loading accepts: numpy and 0-d torch
+    numbers as Python's (np.unique of a mask gives numpy labels), anything else unknown as its text."""
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, (list, tuple, np.ndarray)):
         return [_plain(v) for v in value]
+    if isinstance(value, (np.generic, torch.Tensor)) and np.ndim(value) == 0:
+        return value.item()
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return str(value)
@@ -97,13 +100,25 @@ def checkpoint_payload(model: nn.Module, mask_values: list[MaskValue], **extra: 
 
     extra: scale, args, optimizer, scheduler, scaler (state_dicts), epoch, step, best_dice, rng, ...
     """
-    return {
+    payload = {
         "format": FORMAT_VERSION,
         "model": unwrap_model(model).state_dict(),
         "model_args": model_args(model),
         "mask_values": _plain(mask_values),
-        **{key: (_plain(value) if key == "args" else value) for key, value in extra.items()},
+        **{key: (_plain(value) if key in PLAIN_ENTRIES else value) for key, value in extra.items()},
     }
+    # what load_checkpoint would refuse, refused now: a file that cannot be read back is no save
+    _check_metadata(dict(payload), "the checkpoint to save")
+    n_classes = payload["model_args"]["n_classes"]
+    if payload["mask_values"] is not None and len(payload["mask_values"]) > max(n_classes, 2):
+        raise UserError(f"the checkpoint to save lists {len(payload['mask_values'])} mask values for a model of "
+                        f"{counted(n_classes, 'class', 'classes')}: give one value per class")
+    return payload
+
+
+# checkpoint entries of plain values (numbers, text, lists of them): numpy and torch numbers saved as Python's
+PLAIN_ENTRIES = ("args", "scale", "mask_palette", "epoch", "step", "epoch_batches", "best_dice", "val_dice",
+                 "epoch_loss", "training_images", "validation_images", "processes", "data_folders")
 
 
 def remove_unfinished_saves(folder: Path | str) -> list[tuple[str, int]]:
@@ -653,7 +668,7 @@ def model_from_checkpoint(
         raise UserError(f"{source} was trained {'with' if args['bilinear'] else 'without'} --bilinear: "
                         f"{'add' if args['bilinear'] else 'drop'} the flag")
     check_state_dict(checkpoint["model"], args, source)
-    model = UNet(**args)
+    model = UNet(**args).float()  # float32 whatever torch.set_default_dtype a notebook chose
     try:  # the checks above should leave nothing for strict loading to find
         model.load_state_dict(checkpoint["model"], strict=True)
     except RuntimeError as error:
@@ -675,9 +690,11 @@ def model_from_checkpoint(
 
 
 def load_model(
-    path: Path | str, device: torch.device, n_classes: int | None = None, bilinear: bool | None = None
+    path: Path | str, device: torch.device | str, n_classes: int | None = None, bilinear: bool | None = None
 ) -> tuple[UNet, dict[str, Any]]:
-    """A checkpoint's model on the device in eval mode, plus the checkpoint (for scale, args, ...)."""
+    """A checkpoint's model on the device ("cpu" or a torch.device) in eval mode, plus the checkpoint (for scale,
+    args, ...)."""
+    device = torch.device(device)
     checkpoint = load_checkpoint(path)
     model = model_from_checkpoint(checkpoint, n_classes=n_classes, bilinear=bilinear)
     model.to(device, memory_format=memory_format(device)).eval()

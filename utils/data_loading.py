@@ -374,8 +374,9 @@ def read_image_data(path: Path, reduce_to: tuple[int, int] | None = None) -> tup
     band (alpha, or one such as near-infrared) is kept for the model to read or leave (_model_pixels)."""
     data = _open(path, reduce_to)
     if isinstance(data, Image.Image):
-        mode = data.mode
-        array = _as_array(path, data, _read_mode(data))
+        with data:  # closed once decoded: GIF and TIFF keep their file open for other frames
+            mode = data.mode
+            array = _as_array(path, data, _read_mode(data))
     else:
         array = np.asarray(data)
         arrays = path.suffix.lower() in (".npy", ".pt")
@@ -497,11 +498,12 @@ def _refuse_alpha_drawn_mask(path: Path, pixels: np.ndarray) -> None:
 def read_mask(path: Path) -> np.ndarray:
     """Decode a mask to raw values: HxW (palette index, gray level, label) or HxWx3 colours."""
     data = _open(path, mask=True)
-    if isinstance(data, Image.Image) and data.mode in ("RGBA", "LA", "PA"):
-        _refuse_alpha_drawn_mask(path, _as_array(path, data))
     if isinstance(data, Image.Image):
-        convert = data.mode in ("RGBA", "LA", "PA", "CMYK", "YCbCr", "HSV")
-        array = _as_array(path, data, ("RGB" if data.mode != "LA" else "L") if convert else None)
+        with data:  # closed once decoded: a GIF (Carvana's masks) keeps its file open for other frames
+            if data.mode in ("RGBA", "LA", "PA"):
+                _refuse_alpha_drawn_mask(path, _as_array(path, data))
+            convert = data.mode in ("RGBA", "LA", "PA", "CMYK", "YCbCr", "HSV")
+            array = _as_array(path, data, ("RGB" if data.mode != "LA" else "L") if convert else None)
     else:
         array = np.asarray(data)
     _check_values(path, array)

@@ -33,6 +33,18 @@ def mps_available() -> bool:
     return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
 
 
+@contextlib.contextmanager
+def float32_default() -> Iterator[None]:
+    """The run's tensors float32 (the models, the loss's sums, the logits), whatever torch.set_default_dtype a
+    notebook chose before calling a script's main(); its default comes back afterwards."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
+
+
 def choose_device(requested: str | None = None) -> torch.device:
     """The requested device, else CUDA when present, else MPS, else CPU."""
     if requested:

@@ -358,7 +358,8 @@ class _Runner:
     def __init__(self, model: nn.Module, device: torch.device, precision: Precision, options: InferenceOptions,
                  notify: Callable[[str], None] | None):
         self.model, self.device, self.precision, self.options = model, device, precision, options
-        self.bytes_per_pixel = bytes_per_pixel(precision, getattr(model, "base_channels", CLASSIC_BASE_CHANNELS))
+        width = _through_wrappers(model, "base_channels", CLASSIC_BASE_CHANNELS)
+        self.bytes_per_pixel = bytes_per_pixel(precision, width)
         self.notify = notify or (lambda message: None)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -494,8 +495,8 @@ def predict_image(model: nn.Module, image: Image.Image | np.ndarray | torch.Tens
     device = parameter.device
     if isinstance(precision, str):
         precision = choose_precision(device, precision=precision)
-    scale = inference_scale({"scale": getattr(model, "scale", None)}, scale)
-    pixels = image_in_memory(image, getattr(model, "n_channels", 3))
+    scale = inference_scale({"scale": _through_wrappers(model, "scale", None)}, scale)
+    pixels = image_in_memory(image, _through_wrappers(model, "n_channels", 3))
     height, width = pixels.shape[:2]
     source = in_memory_name(image)
     check_model_input_size(width, height, scale, source)
@@ -503,6 +504,17 @@ def predict_image(model: nn.Module, image: Image.Image | np.ndarray | torch.Tens
     logits = predict_logits(model, scaled[None], device, precision or choose_precision(device), (height, width),
                             options)
     return logits_to_classes(logits, threshold)[0].cpu()
+
+
+def _through_wrappers(model: nn.Module, name: str, default: object) -> object:
+    """An attribute of the U-Net inside DataParallel/DDP (.module) or torch.compile (._orig_mod) wrappers: on
+    DataParallel, model.scale is missing, and an image would be read at 0.5 instead of the model's own scale."""
+    while not hasattr(model, name):
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            return default
+        model = inner
+    return getattr(model, name)
 
 
 def notify_once(write: Callable[[str], None]) -> Callable[[str], None]:
