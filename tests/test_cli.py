@@ -781,6 +781,10 @@ def test_predict_inputs_expand_folders_and_globs_and_outputs_pair_up(tmp_path: P
     assert predict.output_paths(inputs, None) == [tmp_path / "a_OUT.png", tmp_path / "b_OUT.png"]
     assert predict.output_paths(inputs, [str(tmp_path / "out")]) == [tmp_path / "out" / "a.png",
                                                                       tmp_path / "out" / "b.png"]
+    with pytest.raises(UserError, match="2 inputs but 3 outputs: give one output per input or a folder"):
+        predict.output_paths(inputs, ["x.png", "y.png", "z.png"])
+    with pytest.raises(UserError, match="3 inputs but 2 outputs"):  # fewer outputs too (untested before a review)
+        predict.output_paths([*inputs, tmp_path / "c.png"], ["x.png", "y.png"])
     with pytest.raises(UserError, match="would overwrite it"):
         predict.output_paths(inputs, [str(tmp_path)])  # b.png would be replaced by its own mask
     with pytest.raises(UserError, match="would both write"):

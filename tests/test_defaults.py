@@ -213,3 +213,21 @@ def test_class_counts_agree_with_numpy_whatever_the_method(method, n_classes):
 ])
 def test_validation_batches_with_crops_hold_the_pixels_of_a_training_batch(batch, crop, largest, expected) -> None:
     assert train.validation_batch_size(batch, crop, largest) == expected
+
+
+def test_amp_on_a_gpu_without_bf16_is_fp16_with_a_gradient_scaler(monkeypatch):
+    """Pre-Ampere GPUs (a T4, a V100): --amp is fp16, which needs the scaler against underflow."""
+    monkeypatch.setattr(device_module, "has_native_bf16", lambda device: False)
+    cuda = torch.device("cuda")
+    amp = choose_precision(cuda, amp=True)
+    assert amp.dtype == torch.float16 and amp.needs_grad_scaler
+    assert choose_precision(cuda).dtype is None  # no --amp: full precision there
+    monkeypatch.setattr(device_module, "has_native_bf16", lambda device: True)
+    assert choose_precision(cuda).dtype == torch.bfloat16 and not choose_precision(cuda).needs_grad_scaler
+
+
+def test_channels_last_on_cuda_and_cpu_only():
+    """Tensor cores and oneDNN want channels_last; MPS keeps the default layout."""
+    assert memory_format(torch.device("cuda")) is torch.channels_last
+    assert memory_format(CPU) is torch.channels_last
+    assert memory_format(torch.device("mps")) is torch.contiguous_format

@@ -75,6 +75,27 @@ def test_blending_a_constant_gives_the_constant_at_every_pixel(overlap: float) -
     assert torch.equal(blended, expected)  # exactly: the blend is accumulated in float64
 
 
+def test_where_tiles_overlap_the_nearer_centre_weighs_more() -> None:
+    """The Gaussian blend, not a plain average: each tile says its own number; a pixel near the second tile's
+    centre (and far from the first one's) gets mostly the second's; pixels halfway between them, half of each."""
+    calls: list[int] = []
+
+    def tile_number(crops: torch.Tensor) -> torch.Tensor:
+        numbers = torch.arange(len(calls), len(calls) + len(crops), dtype=torch.float32)
+        calls.extend(range(len(crops)))
+        return numbers[:, None, None, None].expand(len(crops), 1, *crops.shape[-2:])
+
+    blended = sliding_window(tile_number, torch.zeros(1, 64, 96), 64, overlap=0.5)[0]  # tiles at x 0 and 32
+    assert len(calls) == 2
+    assert blended[32, 20].item() == 0.0 and blended[32, 90].item() == 1.0  # one tile alone
+    # halfway (x 47.5, centres at 31.5 and 63.5): pixels 47 and 48 mirror each other
+    assert blended[32, 47].item() + blended[32, 48].item() == pytest.approx(1.0, abs=1e-6)
+    assert blended[32, 60].item() > 0.9  # 4 px from the second's centre, 28 px from the first's: its weight
+    weights = blend_weights(64, 64)
+    second, first = weights[32, 60 - 32].item(), weights[32, 60].item()
+    assert blended[32, 60].item() == pytest.approx(second / (first + second), abs=1e-6)
+
+
 def test_overlap_zero_puts_each_tile_s_own_logits_back() -> None:
     """Without overlap every pixel has exactly one tile: the weights must cancel out, borders included."""
     image = torch.arange(2 * 64 * 96, dtype=torch.float32).reshape(2, 64, 96)

@@ -528,5 +528,6 @@ def test_only_probabilities_as_save_probs_writes_them_count_as_predict_pys(tmp_p
     np.save(tmp_path / "b_probs.npy", np.zeros((4, 4), np.uint8))  # someone's own array
     (tmp_path / "c_probs.npy").write_bytes(b"text")
     Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "d.bmp")  # BMP: no room for the mark
-    assert [written_by_predict(tmp_path / name) for name in ("a_probs.npy", "b_probs.npy", "c_probs.npy", "d.bmp")] \
-        == [True, False, False, False]
+    np.save(tmp_path / "e_probs.npy", np.zeros((4, 4), np.float16))  # float16, but one map: not classes x H x W
+    names = ("a_probs.npy", "b_probs.npy", "c_probs.npy", "d.bmp", "e_probs.npy")
+    assert [written_by_predict(tmp_path / name) for name in names] == [True, False, False, False, False]

@@ -238,10 +238,11 @@ def test_an_unfinished_save_beside_a_linked_checkpoint_s_target_is_removed_too(t
     assert sorted(path.name for path in store.iterdir()) == [".other.pth.7.tmp", "last.pth"]
 
 
-def test_a_non_finite_step_changes_nothing_and_is_counted() -> None:
+@pytest.mark.parametrize("fused", [True, False])  # False: Apple MPS, whose AdamW has no fused kernel here
+def test_a_non_finite_step_changes_nothing_and_is_counted(fused: bool) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 1, 1))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=fused)
     guard = NonFiniteGuard(model, optimizer, torch.device("cpu"))
     before = {name: value.clone() for name, value in model.state_dict().items()}
 
@@ -697,3 +698,20 @@ def test_best_pth_of_a_linked_last_pth_keeps_its_epoch(tmp_path: Path) -> None:
         tmp.write_bytes(b"epoch 2")
     assert (run / "best.pth").read_bytes() == b"epoch 1" and not (run / "best.pth").is_symlink()
     assert (run / "last.pth").read_bytes() == b"epoch 2" and (run / "last.pth").is_symlink()
+
+
+def test_a_worker_leaves_the_first_signal_to_the_main_process_and_stops_at_the_second() -> None:
+    """The handler a loader worker installs: the first signal is the main process's to act on (it stops after its
+    step and saves), the second ends the worker (PyTorch's worker loop takes KeyboardInterrupt as its end)."""
+    from utils.signals import leave_first_signal_to_main
+
+    before = signal.getsignal(signal.SIGUSR1)
+    try:
+        leave_first_signal_to_main((signal.SIGUSR1,))
+        os.kill(os.getpid(), signal.SIGUSR1)  # Python runs the handler right after the call: nothing raised
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGUSR1)
+            for _ in range(1000):  # the handler runs between bytecodes, at the latest within this loop
+                pass
+    finally:
+        signal.signal(signal.SIGUSR1, before)

@@ -155,3 +155,12 @@ def test_the_checkpoint_folder_is_made_and_tried_with_a_write_before_the_data(tm
     with pytest.raises(UserError, match=r"cannot write to the folder .*new/run of --checkpoint-dir \(Read-only file "
                                         r"system\): pick another folder, or free disk space"):
         check_writable_folder(tmp_path / "new" / "run", "--checkpoint-dir")
+
+
+def test_a_longer_lock_left_behind_is_replaced_whole(tmp_path):
+    """A stale .lock from a host of a longer name: the new holder's details replace it, not overwrite its start
+    (the tail left behind would make it unreadable, and a refused second run could not name the holder)."""
+    stale = {"pid": 1, "host": "h" * 300, "started": "2026-01-01T00:00:00+00:00"}
+    (tmp_path / ".lock").write_text(json.dumps(stale))
+    with RunLock(tmp_path):
+        assert json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid()
