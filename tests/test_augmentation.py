@@ -113,6 +113,19 @@ def test_strong_preset_really_transforms():
     assert 0.25 * draws <= mirrored <= 0.75 * draws  # p=0.5 flips; deterministic for these seeds
 
 
+@pytest.mark.parametrize("preset", ["light", "strong"])
+def test_no_preset_turns_scenes_upside_down(preset):
+    """Vertical flips are left out on purpose (cars, roads and slides have an up): an object in the top half stays
+    in the top half under every draw (a 10-degree turn and a 5% shift move it a little, not across)."""
+    mask = torch.zeros(HEIGHT, WIDTH, dtype=torch.int64)
+    mask[2:HEIGHT // 3, 4:WIDTH - 4] = 1
+    image = coloured(mask, RGB_BY_CLASS)
+    augment = train_augmentation(preset)
+    for seed in range(40):
+        rows = (seeded(augment, image, mask, seed)[1] == 1).nonzero()[:, 0].float()
+        assert len(rows) and rows.mean().item() < HEIGHT / 2, seed
+
+
 def test_same_seed_gives_the_same_augmentation():
     mask = class_mask()
     image = coloured(mask, RGB_BY_CLASS)

@@ -46,6 +46,10 @@ def test_a_pass_too_large_for_the_budget_is_read_every_time() -> None:
     assert not cache.cached
     list(cache)
     assert loader.passes == 2
+    images_only = 3 * 2 * 3 * 8 * 8  # the masks count too: a budget the images alone fit is too small
+    too_small, exact = BatchCache(batches(), budget=images_only + 1), BatchCache(batches(), budget=3 * one_batch)
+    list(too_small), list(exact)
+    assert not too_small.cached and exact.cached
 
 
 def test_an_interrupted_pass_is_not_kept() -> None:

@@ -231,3 +231,15 @@ def test_channels_last_on_cuda_and_cpu_only():
     assert memory_format(torch.device("cuda")) is torch.channels_last
     assert memory_format(CPU) is torch.channels_last
     assert memory_format(torch.device("mps")) is torch.contiguous_format
+
+
+def test_under_torchrun_cuda_means_the_process_s_own_gpu(monkeypatch):
+    """torchrun starts one process per GPU: --device cuda (or the default) is cuda:LOCAL_RANK, not cuda:0 for all."""
+    from utils.device import choose_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    assert choose_device("cuda") == torch.device("cuda", 2)
+    assert choose_device(None) == torch.device("cuda", 2)
+    assert choose_device("cuda:1") == torch.device("cuda", 1)  # a GPU named is that GPU
