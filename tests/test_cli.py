@@ -156,6 +156,18 @@ def test_predict_several_inputs_viz_without_saving(trained: Path) -> None:
         image.with_name(f"{image.stem}_OUT_viz.png").unlink()
 
 
+def test_a_no_save_run_lists_no_mask_file_in_its_csv(trained: Path, tmp_path: Path) -> None:
+    """predictions.csv names each mask written; with --no-save none is, and its column is empty, not a path to
+    a file that does not exist."""
+    image = sorted((trained / "data" / "imgs").iterdir())[0]
+    run("predict.py", "-m", "checkpoints/last.pth", "-i", image, "-o", tmp_path / "m.png", "--no-save", "--csv",
+        tmp_path / "rows.csv", cwd=trained)
+    with open(tmp_path / "rows.csv", newline="") as file:
+        [row] = list(csv.DictReader(file))
+    assert row["image"] == str(image) and row["mask"] == "" and not (tmp_path / "m.png").exists()
+    assert float(row["fraction_0"]) + float(row["fraction_1"]) == pytest.approx(1, abs=1e-5)
+
+
 def test_predict_folder_streams_to_mirrored_names_with_probs_and_csv(trained: Path) -> None:
     images = sorted((trained / "data" / "imgs").iterdir())
     result = run("predict.py", "-m", "checkpoints/last.pth", "-i", "data/imgs", "-o", "preds/", "--batch-size", "3",

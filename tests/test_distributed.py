@@ -233,3 +233,24 @@ def test_the_validation_dice_under_torchrun_scores_the_classes_any_process_saw(t
                                           nprocs=2, start_method="fork")  # forked: no second import of torch
     assert expected == pytest.approx(0.5)
     assert results[0] == pytest.approx(expected) and results[1] == pytest.approx(expected)  # not 0.0
+
+
+def _smallest_of(rank: int, store: str, values: list[int], results: dict) -> None:
+    import torch.distributed as dist
+
+    from utils.distributed import World, smallest_everywhere
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        results[rank] = smallest_everywhere(values[rank], World(rank=rank, size=2), torch.device("cpu"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_setting_each_process_derives_is_the_smallest_of_them_everywhere(tmp_path: Path) -> None:
+    """The default batch size: a GPU with less free memory than the others decides it for all, or it would run
+    out of memory (and the processes' batches would differ in size)."""
+    results = torch.multiprocessing.Manager().dict()
+    torch.multiprocessing.start_processes(_smallest_of, args=(str(tmp_path / "store"), [16, 4], results), nprocs=2,
+                                          start_method="fork")
+    assert dict(results) == {0: 4, 1: 4}
