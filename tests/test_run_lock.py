@@ -164,3 +164,23 @@ def test_a_longer_lock_left_behind_is_replaced_whole(tmp_path):
     (tmp_path / ".lock").write_text(json.dumps(stale))
     with RunLock(tmp_path):
         assert json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid()
+
+
+def test_a_lock_file_removed_while_it_was_being_opened_is_not_taken(tmp_path, monkeypatch):
+    """A run ending removes .lock, then unlocks: a run that opened the file just before holds a file that is no
+    longer the lock. It opens .lock again, so that a third run meets the lock that is really held."""
+    import utils.run_lock as run_lock
+
+    real_open, opened = os.open, []
+
+    def open_then_removed(path, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        fd = real_open(path, *args, **kwargs)
+        opened.append(path)
+        if len(opened) == 1:
+            os.unlink(path)  # as the ending run's release() does, between this run's open and its lock
+        return fd
+
+    monkeypatch.setattr(run_lock.os, "open", open_then_removed)
+    with RunLock(tmp_path):
+        assert len(opened) == 2 and (tmp_path / ".lock").is_file()
+        assert json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid()
