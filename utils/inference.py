@@ -357,7 +357,8 @@ class _Runner:
 
     def __init__(self, model: nn.Module, device: torch.device, precision: Precision, options: InferenceOptions,
                  notify: Callable[[str], None] | None):
-        self.model, self.device, self.precision, self.options = model, device, precision, options
+        self.model, self.device, self.precision = model, device, precision
+        self.options = _plain_numbers(options)  # predict_logits' and predict_image's callers may pass numpy numbers
         width = _through_wrappers(model, "base_channels", CLASSIC_BASE_CHANNELS)
         self.bytes_per_pixel = bytes_per_pixel(precision, width)
         self.notify = notify or (lambda message: None)
@@ -491,7 +492,6 @@ def predict_image(model: nn.Module, image: Image.Image | np.ndarray | torch.Tens
         raise ValueError(f"predict_image runs float32 models, not {parameter.dtype}: call model.float() first "
                          "(precision= chooses bf16 or fp16 autocast)")
     _check_predict_image_arguments(scale, threshold, options, precision)
-    options = _plain_numbers(options)
     device = parameter.device
     if isinstance(precision, str):
         precision = choose_precision(device, precision=precision)
