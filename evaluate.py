@@ -36,9 +36,9 @@ from utils.inference import (
     add_mask_threshold_argument,
     check_prediction_flags,
     default_prediction_batch,
-    default_prediction_workers,
     fuse_batchnorm,
     inference_options,
+    prediction_workers,
     settle_mask_threshold,
 )
 from utils.mask_encoding import binarize_threshold, short_values
@@ -137,9 +137,7 @@ def score_folders(args: argparse.Namespace, device: torch.device) -> dict:
                                   binarize=binarize_threshold(trained_with.get("binarize")),
                                   ignore_value=model.ignore_value, either_binary=True)
     batch_size = args.batch_size or default_prediction_batch(device, [pair.image for pair in pairs], scale)
-    workers = (min(args.workers, len(pairs)) if args.workers is not None
-               else default_prediction_workers(device, len(pairs)))
-    loader = make_loader(dataset, batch_size, device, workers)
+    loader = make_loader(dataset, batch_size, device, prediction_workers(args.workers, device, len(pairs)))
     check_output_file(args.output, "--output", (".csv", ".json"), ours=is_scores_file)  # before the evaluation
     result = evaluate(model, loader, device, precision, threshold, options=options, bar_stays=True)
     if result["images"] == 0 and result["unscored"]:  # all --ignore-index: a mean would be a 0 (or a free 1)

@@ -58,11 +58,11 @@ from utils.inference import (
     add_mask_threshold_argument,
     check_prediction_flags,
     default_prediction_batch,
-    default_prediction_workers,
     fuse_batchnorm,
     inference_options,
     notify_once,
     predict_logits,
+    prediction_workers,
     settle_mask_threshold,
 )
 from utils.mask_writer import CSV_HEADER, EXTRA_OUTPUT_TAGS, MaskEncoder, MaskWriter, OutputOptions, written_by_predict
@@ -541,8 +541,7 @@ def predict_inputs(args: argparse.Namespace, device: torch.device) -> int:
                         OutputOptions(not args.no_save, args.save_probs, args.overlay, viz), threads=writers,
                         ignore_value=model.ignore_value)
     todo = inputs_to_predict(args, inputs, outputs, writer, csv_path)
-    workers = (min(args.workers, len(todo)) if args.workers is not None
-               else default_prediction_workers(device, len(todo)))
+    workers = prediction_workers(args.workers, device, len(todo))
     net = compile_model(model, args.compile) if should_compile(args.compile, device, len(todo)) else model
     batch_size = args.batch_size or default_prediction_batch(device, [inputs[index] for index in todo], scale)
     loader = WorkerLoader(ImageFiles(inputs, scale, model.n_channels, todo), batch_size=batch_size,

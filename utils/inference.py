@@ -122,9 +122,12 @@ MAX_CPU_BATCH = 64
 SIZES_LOOKED_AT = 256  # image headers read to choose it: a folder of 100,000 tiles is not read twice
 
 
-def default_prediction_workers(device: torch.device, count: int) -> int:
-    """predict.py's and evaluate.py's --workers when left out: decoding keeps up with a GPU given several cores;
-    on a CPU one worker overlaps it with the model (more would take the model's cores); none for one image."""
+def prediction_workers(requested: int | None, device: torch.device, count: int) -> int:
+    """predict.py's and evaluate.py's loader workers for count images: --workers as given (no more than the
+    images), else decoding keeps up with a GPU given several cores; on a CPU one worker overlaps it with the model
+    (more would take the model's cores); none for one image."""
+    if requested is not None:
+        return min(requested, count)
     if count < 2:
         return 0
     cores = os.cpu_count() or 1
