@@ -809,6 +809,17 @@ def test_save_replaces_an_existing_checkpoint(ckpt_dir, small_unet):
     assert [p.name for p in ckpt_dir.iterdir()] == ["last.pth"]
 
 
+def test_save_under_an_image_name_is_refused_and_the_image_kept(ckpt_dir, small_unet):
+    """A notebook slip (save_checkpoint("photo.png", ...)) must not replace the photo; .pt stays allowed."""
+    photo = ckpt_dir / "photo.PNG"
+    photo.write_bytes(b"\x89PNG not really")
+    with pytest.raises(UserError, match=r"photo\.PNG: that is an image's name; give a name ending in \.pth"):
+        save_checkpoint(photo, small_unet, [0, 1])
+    assert photo.read_bytes() == b"\x89PNG not really"
+    save_checkpoint(ckpt_dir / "model.pt", small_unet, [0, 1])
+    assert load_checkpoint(ckpt_dir / "model.pt")["mask_values"] == [0, 1]
+
+
 def test_save_onto_a_directory_raises_user_error_and_cleans_up(ckpt_dir, small_unet):
     target = ckpt_dir / "best.pth"
     target.mkdir()
