@@ -582,8 +582,10 @@ def test_wandb_offline_run_is_written_locally(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setenv("WANDB_SERVICE", os.environ.get("WANDB_SERVICE", ""))  # put back as it was afterwards
     (tmp_path / "parent").mkdir()
     monkeypatch.chdir(tmp_path / "parent")  # the service's own directory, not the one train.py runs in
+    hook = sys.excepthook
     RunLog(Path("."), {}, "offline").close()  # this process now runs a wandb service
     assert os.environ["WANDB_SERVICE"]
+    assert sys.excepthook is hook  # wandb's own is not left behind (a notebook calling train.main keeps its own)
     write_carvana_like(tmp_path / "data", 3)
     flags = [flag if flag != "disabled" else "offline" for flag in TRAIN_FLAGS]
     result = run("train.py", "--epochs", "1", "--validation", "34", *flags, cwd=tmp_path, real_process=True)

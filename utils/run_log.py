@@ -83,6 +83,7 @@ class RunLog:
         self.rows = self._previous_rows(start_epoch)
         self._write_csv()
         self.wandb_run = None
+        self._excepthook = sys.excepthook  # wandb.init replaces it, and its finish() does not give it back
         if wandb_mode != "disabled":
             self.wandb_run = self._start_wandb(config, wandb_mode, continues)
 
@@ -134,6 +135,7 @@ class RunLog:
             tqdm.write(f"warning: wandb logging failed ({error}); continuing without it", file=sys.stderr)
             _stop_quietly(self.wandb_run)  # (tqdm.write: on a line of its own, not glued to the progress bar)
             self.wandb_run = None
+            self._give_back_excepthook()
 
     def log_step(self, step: int, epoch: int, loss: float, lr: float) -> None:
         self._wandb_log(lambda: {"train loss": loss, "learning rate": lr, "step": step, "epoch": epoch})
@@ -165,6 +167,12 @@ class RunLog:
                 self.wandb_run.finish(exit_code=exit_code)
             except Exception as error:  # noqa: BLE001 - a failed upload must not fail a finished run
                 print(f"warning: wandb did not finish cleanly ({error})", file=sys.stderr)
+            self._give_back_excepthook()
+
+    def _give_back_excepthook(self) -> None:
+        """A notebook that runs train.main() keeps its own exception hook afterwards; one set since is left."""
+        if getattr(sys.excepthook, "__module__", "").startswith("wandb"):
+            sys.excepthook = self._excepthook
 
 
 def _stop_quietly(run: Any) -> None:
