@@ -3,6 +3,8 @@ server (no network)."""
 
 import http.server
 import io
+import os
+import subprocess
 import sys
 import threading
 import types
@@ -187,6 +189,31 @@ def test_weights_urls_that_fail_are_one_line_naming_the_url_and_cache_nothing(
         hubconf.unet(weights="https://example.invalid/runs/")
     assert hub_files(tmp_path) == ["checkpoints"]  # no partial file, no empty folder per URL
     hubconf.unet(weights=f"{url}/whole/run1-best.pth", progress=False)  # the address works once the file does
+
+
+def test_sigterm_during_a_download_ends_the_process_and_leaves_nothing_in_the_cache(tmp_path: Path) -> None:
+    """A scheduler or `timeout` stopping a download: the process ends as SIGTERM ends it (143), without the
+    partial file or the URL's folder, which a later call would otherwise find."""
+    child = f"""
+import signal, sys
+sys.path.insert(0, {str(REPO)!r})
+import hubconf
+
+def download(url, path, progress):  # the first megabyte has arrived when the signal comes
+    path.write_bytes(b"half a checkpoint")
+    print(path, flush=True)
+    signal.raise_signal(signal.SIGTERM)
+    print("still running", flush=True)
+
+hubconf._download = download
+hubconf.unet(weights="https://example.invalid/run1/best.pth", progress=False)
+"""
+    result = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True,
+                            env={**os.environ, "TORCH_HOME": str(tmp_path / "home")})
+    partial = Path(result.stdout.splitlines()[0])
+    assert result.returncode == 143 and "still running" not in result.stdout, (result.stdout, result.stderr)
+    assert partial.is_relative_to(tmp_path / "home" / "hub" / "checkpoints") and not partial.exists()
+    assert hub_files(tmp_path) == ["checkpoints"]
 
 
 def test_a_cached_copy_that_does_not_load_is_downloaded_again(weights_server: WeightsServer, tmp_path: Path,
