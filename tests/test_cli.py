@@ -876,6 +876,10 @@ def test_predict_outputs_that_differ_only_in_case_clash_where_the_disk_ignores_c
                                         r"which does not tell case apart: predict them into different folders"):
         predict.output_paths(inputs, [str(tmp_path / "out")])
     assert probed == [tmp_path / "out"]  # output folders only: nothing is written into an input's folder
+    accented = [tmp_path / "a" / "caf\u00e9.jpg", tmp_path / "b" / "cafe\u0301.png"]  # NFC, and macOS's NFD
+    with pytest.raises(UserError, match=r"caf.*\.jpg and .*cafe.*\.png would both write .*out/cafe\u0301\.png: "
+                                        r"predict them into different folders"):
+        predict.output_paths(accented, [str(tmp_path / "out")])
     (tmp_path / "out" / "X.PNG").write_bytes(b"")  # an input that its own mask, x.png, would replace
     with pytest.raises(UserError, match=r"the mask of .*X.PNG would overwrite it"):
         predict.output_paths([tmp_path / "out" / "X.PNG"], [str(tmp_path / "out" / "x.png")])
