@@ -30,7 +30,7 @@ from utils.device import (
     float32_default,
     freed_memory_kept,
 )
-from utils.errors import UserError, counted, run_cli
+from utils.errors import UserError, as_parsed, counted, run_cli
 from utils.inference import (
     add_inference_arguments,
     add_mask_threshold_argument,
@@ -108,6 +108,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> dict:
+    args = as_parsed(args, get_args_parser())
     device = choose_device(args.device)
     # the pixel limit, the default dtype and the allocator setting are the run's only: a notebook that calls main()
     # gets its own back

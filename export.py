@@ -26,7 +26,7 @@ from utils.atomic_files import atomic_path, check_output_file
 from utils.checkpoint import inference_scale, load_model
 from utils.data_loading import where
 from utils.device import float32_default
-from utils.errors import UserError, counted, run_cli
+from utils.errors import UserError, as_parsed, counted, run_cli
 from utils.inference import DEFAULT_MASK_THRESHOLD
 from utils.mask_encoding import MaskValue, encoding_table
 
@@ -209,6 +209,7 @@ def describe(output: Path, export_format: str, opset: int, metadata: dict[str, A
 
 
 def main(args: argparse.Namespace) -> int:
+    args = as_parsed(args, get_args_parser())
     with float32_default():  # the model and its example input float32, whatever a notebook's default dtype
         return export_model(args)
 

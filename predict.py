@@ -52,7 +52,7 @@ from utils.device import (
     freed_memory_kept,
     should_compile,
 )
-from utils.errors import UserError, check_flag, counted, run_cli
+from utils.errors import UserError, as_parsed, check_flag, counted, run_cli
 from utils.inference import (
     add_inference_arguments,
     add_mask_threshold_argument,
@@ -431,6 +431,7 @@ def csv_location(requested: str | None, outputs: list[str] | None, targets: list
 
 
 def main(args: argparse.Namespace) -> int:
+    args = as_parsed(args, get_args_parser())
     device = choose_device(args.device)
     # the pixel limit, the default dtype and the allocator setting are the run's only: a notebook that calls main()
     # gets its own back (--compile auto's fallback to eager stays set)

@@ -82,7 +82,7 @@ from utils.distributed import (
     init_world,
     smallest_everywhere,
 )
-from utils.errors import UserError, check_flag, counted, exit_code_of, run_cli
+from utils.errors import UserError, as_parsed, check_flag, counted, exit_code_of, run_cli
 from utils.inference import WHOLE_IMAGE, InferenceOptions, is_out_of_memory, logits_to_classes, memory_share
 from utils.mask_encoding import (
     MAX_CLASSES,
@@ -815,6 +815,7 @@ def reduce_scores(scores: dict, world: World, device: torch.device) -> dict:
 
 
 def main(args: argparse.Namespace) -> dict:
+    args = as_parsed(args, get_args_parser())
     check_args(args)
     args.wandb = args.wandb or default_wandb_mode()  # settled once: the mode used is the one recorded
     random.seed(args.seed)

@@ -463,6 +463,40 @@ def test_the_scripts_run_float32_under_a_notebook_s_float64_default_and_give_it_
     assert (tmp_path / "out.png").is_file() and (tmp_path / "unet.pt").is_file()
 
 
+def test_fields_a_notebook_sets_by_hand_as_text_are_read_as_the_flags_read_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Noticed in a notebook review: args.checkpoint_dir = "runs/a" after parse_args (a sweep's usual line) ended in
+    "AttributeError: 'str' object has no attribute 'mkdir'"; a list flag set to one file name, a number as text,
+    alike. They are now read as the flags read them, and a value the flag refuses is one line naming the field."""
+    import evaluate
+    import export
+    import predict
+    import train
+
+    write_carvana_like(tmp_path / "data", 6)
+    monkeypatch.chdir(tmp_path)
+    args = train.get_args_parser().parse_args(["--validation", "34", *TRAIN_FLAGS])
+    args.imgs, args.masks, args.checkpoint_dir, args.epochs = "data/imgs", "data/masks", "runs/a", "1"
+    train.main(args)
+    assert args.checkpoint_dir == Path("runs/a") and args.epochs == 1
+    assert load_checkpoint(tmp_path / "runs" / "a" / "last.pth")["epoch"] == 1
+    image = sorted((tmp_path / "data" / "imgs").iterdir())[0].name
+    args = predict.get_args_parser().parse_args(["-m", "x.pth", "-i", "x.png"])
+    args.model, args.input, args.output, args.tile = "runs/a/last.pth", Path("data/imgs", image), "out.png", "64"
+    predict.main(args)
+    assert args.input == [f"data/imgs/{image}"] and args.tile == 64 and (tmp_path / "out.png").is_file()
+    args = export.get_args_parser().parse_args(["-m", "x.pth", "-o", "x.pt"])
+    args.model, args.output = "runs/a/last.pth", "unet.pt"
+    export.main(args)
+    assert (tmp_path / "unet.pt").is_file()
+    args = evaluate.get_args_parser().parse_args([])
+    args.model, args.batch_size = "runs/a/last.pth", "two"
+    refused = (r"^args.batch_size = 'two' cannot be read as --batch-size reads it \(invalid literal for int\(\) "
+               r"with base 10: 'two'\): set it to what --batch-size takes$")
+    with pytest.raises(UserError, match=refused):
+        evaluate.main(args)
+
+
 def test_classes_1_trains_with_sigmoid_and_predicts_binary(tmp_path: Path) -> None:
     write_carvana_like(tmp_path / "data", 6)
     run("train.py", "--classes", "1", "--epochs", "1", "--validation", "20", *TRAIN_FLAGS, cwd=tmp_path)

@@ -137,6 +137,38 @@ def home_expanded(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
+def as_parsed(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """Fields a notebook set by hand after parse_args (args.checkpoint_dir = "runs/a", args.epochs = "5",
+    args.input = "a.jpg") given the values that parsing the same text gives, so that a str where the run reads a
+    Path or a list is not an AttributeError deep inside; a value the flag's own parsing refuses is one line."""
+    for action in parser._actions:
+        if action.dest == argparse.SUPPRESS or not hasattr(args, action.dest):
+            continue
+        value = getattr(args, action.dest)
+        listed = action.nargs in ("+", "*") or isinstance(action.nargs, int)
+        if listed and isinstance(value, (str, os.PathLike)):
+            value = [value]
+        if listed and isinstance(value, (list, tuple)):
+            value = [_parsed(action, item) for item in value]
+        else:
+            value = _parsed(action, value)
+        setattr(args, action.dest, value)
+    return args
+
+
+def _parsed(action: argparse.Action, value: object) -> object:
+    if action.type in (None, str):
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
+    if not isinstance(value, str):
+        return value
+    flag = max(action.option_strings, key=len) if action.option_strings else action.dest
+    try:
+        return action.type(value)
+    except (ValueError, TypeError, argparse.ArgumentTypeError) as error:
+        raise UserError(f"args.{action.dest} = {value!r} cannot be read as {flag} reads it ({error}): set it to "
+                        f"what {flag} takes") from None
+
+
 def _output_closed() -> bool:
     """Whether stdout is a pipe whose reader has gone (a BrokenPipeError from elsewhere is a real error)."""
     try:
