@@ -904,15 +904,15 @@ def checked_data(args: argparse.Namespace, world: World, workers: int, classes_g
     if world.is_main:
         barrier(world)
     say(data.report(args.channels))
-    if data.unresolved_jpeg_masks:
-        raise UserError(data.jpeg_mask_error())
+    if data.unresolved_lossy_masks:
+        raise UserError(data.lossy_mask_error())
     if data.size_mismatches:
         raise UserError(f"{len(data.size_mismatches)} image/mask pairs differ in size, e.g. "
                         f"{data.size_mismatches[0]}: {data.size_mismatch_fix()}")
     if data.palette_conflicts:
         raise UserError(data.palette_conflict_error())
-    if data.mixed_binary[0] and not classes_given:  # --classes 3 says that 1 and 255 are two classes
-        raise UserError(data.mixed_binary_error() + ", or --classes 3 if 1 and 255 are two classes")
+    if data.mixed_binary and not classes_given:  # --classes 3 says that 1 and 255 are two classes
+        raise UserError(f"{data.mixed_binary_error()}, or {data.mixed_binary_classes_fix()}")
     if data.stray_values and not classes_given and resumed is None:  # --classes N says that they are classes
         raise UserError(data.stray_values_error())
     check_scaled_sizes(data.pairs, data.sizes, args.scale)

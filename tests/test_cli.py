@@ -1885,7 +1885,8 @@ def test_binary_masks_in_two_encodings_are_refused_unless_classes_say_otherwise(
     flags = ["--epochs", "1", "--validation", "0", *TRAIN_FLAGS]
     result = run("train.py", *flags, cwd=tmp_path, check=False)
     assert result.returncode == 2 and "the masks mix two binary encodings, 3 with values 0/1" in result.stderr
-    assert "pass --binarize 0 (any nonzero value is the object), or --classes 3 if" in result.stderr
+    assert "pass --binarize 0 (any nonzero value is the object), or --classes 3 if 1 and 255 are two classes" \
+        in result.stderr
     result = run("train.py", *flags, "--binarize", "0", cwd=tmp_path)
     assert "mask values [0, 1], 2 classes" in result.stdout
 

@@ -60,11 +60,11 @@ from .mask_encoding import (
 from .signals import signals_held_for_new_processes, take_held_signals
 
 CACHE_NAME = ".unet_check_cache.json"
-CACHE_VERSION = 10  # 3: misnamed files and files over --max-image-pixels are unreadable; 4: JPEG masks noted;
+CACHE_VERSION = 11  # 3: misnamed files and files over --max-image-pixels are unreadable; 4: JPEG masks noted;
 # 5: EXIF orientation of images noted; 6: interior pixels of each mask value; 7: EXIF orientation of masks noted;
 # 8: RGBA images counted as 4 bands, and whether the fourth varies; 9: int16 and float masks named as such;
 # 10: entries of files outside the cache's folder (images) keyed by absolute path, and dropped once gone; label
-# masks named by their type and values
+# masks named by their type and values; 11: lossy WebP masks noted as JPEG ones are
 
 # a pair's fix (data_loading.size_mismatch) as said of all the mismatched pairs
 FIXES_OF_ALL = {TURNED_IMAGE_FIX: f"the masks were drawn on the images as viewers show them: {UPRIGHT_FIX}",
@@ -85,6 +85,10 @@ STRAY_INTERIOR = 0.2
 # pixels inside a region of it (a border a few pixels wide; a class's regions are mostly interior, though a class
 # of specks is not, hence a hint with "if").
 VOID_LABEL, VOID_APART, VOID_INTERIOR = 255, 127, 0.8
+BINARY_OBJECT_VALUES = (1, 255, 65535)  # a binary mask's object: 0/1 (or bool), 8-bit and 16-bit full scale
+NUMBER_WORDS = {2: "two", 3: "three"}
+GRAY_TINGE = 8  # a lossy file's gray pixels may differ this much between channels (WebP's subsampled colour)
+WEBP_CHUNKS_READ = 8  # the image's chunk comes after at most a few others (VP8X, ICCP, ALPH)
 INTERIOR_BLOCK_ROWS = 512  # rows per block when counting interior pixels: bounded memory on very large masks
 
 
@@ -123,7 +127,7 @@ def inspect_mask(path: Path) -> dict[str, Any]:
         with open_image(path) as header:  # header only: the pixels were decoded by read_mask
             mode = header.mode
             palette = header.getpalette() if mode == "P" else None
-            record["jpeg"] = header.format in ("JPEG", "MPO")  # lossy: edges blur into in-between values
+            record["lossy"] = lossy_format(path, header.format)  # edges blur into in-between values
         record["orientation"] = file_orientation(path)
     if mode == "P":
         record["encoding"] = "palette"
@@ -139,6 +143,26 @@ def inspect_mask(path: Path) -> dict[str, Any]:
     else:
         record["encoding"] = f"{mask.dtype.itemsize * 8}-bit labels"
     return record
+
+
+def lossy_format(path: Path, image_format: str | None) -> str | None:
+    """"JPEG", or "lossy WebP" for a WebP file holding a VP8 stream (Pillow's default when saving WebP) rather than
+    a lossless VP8L one; None for lossless formats. Either makes up values along a mask's edges."""
+    if image_format in ("JPEG", "MPO"):
+        return "JPEG"
+    if image_format != "WEBP":
+        return None
+    with open(path, "rb") as file:  # RIFF chunks from offset 12: the extended header, ICC, alpha, then the image
+        file.seek(12)
+        for _ in range(WEBP_CHUNKS_READ):
+            header = file.read(8)
+            if len(header) < 8:
+                return None
+            if header[:4] in (b"VP8 ", b"VP8L"):
+                return "lossy WebP" if header[:4] == b"VP8 " else None
+            size = int.from_bytes(header[4:], "little")
+            file.seek(size + size % 2, os.SEEK_CUR)
+    return None
 
 
 def _fits_16_bits(values: list[int]) -> bool:
@@ -292,15 +316,19 @@ class DataCheck:
     exif_turned: list[str] = field(default_factory=list)  # images with an EXIF orientation other than upright
     exif_turned_masks: list[str] = field(default_factory=list)  # masks with one
     empty_masks: list[str] = field(default_factory=list)
-    blurred_masks: list[str] = field(default_factory=list)  # JPEG masks with more than two values
+    blurred_masks: list[str] = field(default_factory=list)  # JPEG or lossy WebP masks with more than two values
     blurred_top: int = 0  # the largest value (or colour channel) in them, before --binarize
+    blurred_formats: list[str] = field(default_factory=list)  # "JPEG", "lossy WebP"
+    blurred_pixels: int = 0  # of the blurred masks of gray levels (colour ones not counted)
+    blurred_middle: int = 0  # of those, pixels far from both ends of their mask's values (a class in between?)
+    blurred_colour: bool = False  # some blurred masks have colours, which no threshold sorts into classes
     sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # per usable pair's name: (width, height)
     channels: dict[str, int] = field(default_factory=dict)  # per usable pair's name: its image's bands (1, 3, 4)
     fourth_bands: list[str] = field(default_factory=list)  # images whose fourth band is not one value throughout
     encodings: Counter = field(default_factory=Counter)
     palette: list[int] | None = None
     palette_conflicts: list[str] = field(default_factory=list)  # an index shown as another colour than elsewhere
-    mixed_binary: tuple[list[str], list[str]] = ([], [])  # masks holding 0/1 and masks holding 0/255
+    mixed_binary: dict[int, list[str]] = field(default_factory=dict)  # {1: 0/1 masks, 255: 0/255 ones, ...}
     class_interior: list[int] = field(default_factory=list)  # per mask value: pixels inside a region of it
     ignored_pixels: int = 0  # of ignore_value, in all usable masks
     counts_by_mask: dict[str, Counter] = field(default_factory=dict)  # per usable mask's name: pixels per value
@@ -333,8 +361,9 @@ class DataCheck:
 
     @property
     def problems(self) -> bool:
-        return bool(self.unreadable or self.size_mismatches or self.unresolved_jpeg_masks or self.palette_conflicts
-                    or self.mixed_binary[0] or self.too_small or self.one_value or self.unwritable_values)
+        return bool(self.unreadable or self.size_mismatches or self.unresolved_lossy_masks or self.palette_conflicts
+                    or self.mixed_binary or self.too_small or self.one_value or self.unwritable_values
+                    or self.stray_values)  # train.py stops on them unless --classes says they are classes
 
     @property
     def instance_labels(self) -> bool:
@@ -372,14 +401,21 @@ class DataCheck:
                 "be two classes; save the masks with one shared palette, or as RGB PNGs (each colour a class)")
 
     def mixed_binary_error(self) -> str:
-        ones, full = self.mixed_binary
-        return (f"the masks mix two binary encodings, {len(ones)} with values 0/1 (e.g. {ones[0]}) and {len(full)} "
-                f"with 0/255 (e.g. {full[0]}), so the objects would be two classes: pass --binarize 0 (any nonzero "
-                "value is the object)")
+        kinds = [f"{len(names)} with values 0/{value} (e.g. {names[0]})" for value, names in self.mixed_binary.items()]
+        count = NUMBER_WORDS[len(kinds)]
+        return (f"the masks mix {count} binary encodings, {and_joined(kinds)}, so the objects would be {count} "
+                "classes: pass --binarize 0 (any nonzero value is the object)")
+
+    def mixed_binary_classes_fix(self) -> str:
+        """train.py's other way out: the object values are classes indeed."""
+        count = len(self.mixed_binary)
+        return (f"--classes {count + 1} if {and_joined([str(value) for value in self.mixed_binary])} are "
+                f"{NUMBER_WORDS[count]} classes")
 
     @property
-    def unresolved_jpeg_masks(self) -> bool:
-        """JPEG masks whose compression made up values, and no --binarize T (T > 0) to sort them into two."""
+    def unresolved_lossy_masks(self) -> bool:
+        """JPEG or lossy WebP masks whose compression made up values, and no --binarize T (T > 0) to sort them
+        into two."""
         return bool(self.blurred_masks) and not (self.binarize or 0) > 0
 
     def size_mismatch_fix(self) -> str:
@@ -390,19 +426,24 @@ class DataCheck:
         fix = fixes.pop()
         return FIXES_OF_ALL.get(fix, fix)
 
-    def jpeg_mask_fix(self) -> str:
-        """Save as PNG, or a threshold halfway up the values found (0/255 masks: 127); none for masks too faint
-        (0/1 saved as JPEG) to tell the ringing from the objects."""
+    def lossy_mask_fix(self) -> str:
+        """Save as PNG, or a threshold halfway up the values found (0/255 masks: 127) where the masks look binary;
+        no threshold for masks too faint (0/1 saved as JPEG) to tell the ringing from the objects, colour masks, or
+        masks with many pixels far from both ends (a class in between, which a threshold would merge into one)."""
         top = self.blurred_top
-        if top < 16:
+        if top < 16 or self.blurred_colour or self.blurred_middle >= STRAY_TOTAL * self.blurred_pixels > 0:
             return "save the masks as PNG (lossless)"
         return (f"save the masks as PNG (lossless), or pass --binarize {top // 2} (values above {top // 2} are "
                 "foreground) if they show foreground on a dark background")
 
-    def jpeg_mask_error(self) -> str:
-        """The one line train.py stops with while unresolved_jpeg_masks."""
-        return (f"{len(self.blurred_masks)} masks are JPEG files whose lossy compression blurred the edges into "
-                f"in-between values, e.g. {self.blurred_masks[0]}: {self.jpeg_mask_fix()}")
+    def lossy_mask_error(self) -> str:
+        """The one line train.py stops with while unresolved_lossy_masks."""
+        return (f"{len(self.blurred_masks)} masks are {self.lossy_formats} files whose lossy compression blurred the "
+                f"edges into in-between values, e.g. {self.blurred_masks[0]}: {self.lossy_mask_fix()}")
+
+    @property
+    def lossy_formats(self) -> str:
+        return " and ".join(sorted(set(self.blurred_formats))) or "JPEG"
 
     @property
     def stray_values(self) -> list[MaskValue]:
@@ -483,10 +524,11 @@ class DataCheck:
             hints.append(f"leave out or enlarge the images under {MIN_SIDE} px a side (train.py stops on them)")
         if self.palette_conflicts:
             hints.append("save the palette masks with one shared palette, or as RGB PNGs")
-        if self.mixed_binary[0]:
-            hints.append("pass --binarize 0: 0/1 and 0/255 masks then both read as background/object")
-        if self.unresolved_jpeg_masks:
-            hints.append(self.jpeg_mask_fix())
+        if self.mixed_binary:
+            kinds = and_joined([f"0/{value}" for value in self.mixed_binary])
+            hints.append(f"pass --binarize 0: {kinds} masks then all read as background/object")
+        if self.unresolved_lossy_masks:
+            hints.append(self.lossy_mask_fix())
         elif self.stray_values:
             hints.append(f"{len(self.stray_values)} mask values each cover under {STRAY_FRACTION:.1%} of the pixels "
                          f"(resized or noisy masks?): {self.stray_values_fix()}")
@@ -549,7 +591,7 @@ class DataCheck:
             lines.append(f"  EXIF orientation: {len(self.exif_turned_masks)} masks are stored turned or mirrored and "
                          f"shown upright by viewers {_names(self.exif_turned_masks)}; they are read as stored")
         if self.blurred_masks:
-            lines.append(f"  JPEG masks with in-between values (lossy compression blurs edges): "
+            lines.append(f"  {self.lossy_formats} masks with in-between values (lossy compression blurs edges): "
                          f"{len(self.blurred_masks)} {_names(self.blurred_masks)}")
         lonely = ((self.lonely_images, "image", "a mask"), (self.lonely_masks, "mask", "an image"))
         for names, kind, other in lonely:
@@ -563,10 +605,9 @@ class DataCheck:
             lines.append(f"  unreadable: {len(self.unreadable) - 5} more files")
         for message in self.palette_conflicts[:5]:
             lines.append(f"  palette conflict: {message}")
-        if self.mixed_binary[0]:
-            ones, full = self.mixed_binary
-            lines.append(f"  mixed binary encodings: {len(ones)} masks hold 0/1 {_names(ones)}, {len(full)} hold "
-                         f"0/255 {_names(full)}")
+        if self.mixed_binary:
+            lines.append("  mixed binary encodings: " + ", ".join(f"{len(names)} masks hold 0/{value} {_names(names)}"
+                                                                 for value, names in self.mixed_binary.items()))
         if self.too_small:
             lines.append(f"  too small for the U-Net at any --scale (under {MIN_SIDE} px a side): "
                          f"{len(self.too_small)} {_names(self.too_small)}")
@@ -576,6 +617,11 @@ class DataCheck:
             lines.append(f"  size mismatch: {len(self.size_mismatches) - 5} more pairs")
         lines += [f"  suggestion: {hint}" for hint in self.suggestions(channels)]
         return "\n".join(lines)
+
+
+def and_joined(items: list[str]) -> str:
+    """"a, b and c"."""
+    return ", ".join(items[:-1]) + f" and {items[-1]}" if len(items) > 1 else "".join(items)
 
 
 def _channel_name(channels: int) -> str:
@@ -634,9 +680,20 @@ def check_dataset(
         if image.get("fourth_band_varies"):
             check.fourth_bands.append(pair.image.name)
         check.encodings[mask["encoding"]] += 1
-        if mask.get("jpeg") and len(mask["values"]) > 2:
+        if mask.get("lossy") and len(mask["values"]) > 2:
             check.blurred_masks.append(pair.mask.name)
-            check.blurred_top = max(check.blurred_top, int(np.max(mask["values"])))
+            check.blurred_formats.append(mask["lossy"])
+            top = int(np.max(mask["values"]))
+            check.blurred_top = max(check.blurred_top, top)
+            # gray levels: of a label mask, or of an RGB file whose colours are all gray but for the compression's
+            # tinge (WebP has no gray mode)
+            levels = [value[0] if isinstance(value, list) else value for value in mask["values"]]
+            if any(isinstance(value, list) and max(value) - min(value) > GRAY_TINGE for value in mask["values"]):
+                check.blurred_colour = True
+            else:
+                check.blurred_pixels += sum(mask["counts"])
+                check.blurred_middle += sum(count for level, count in zip(levels, mask["counts"])
+                                            if top / 8 < level < top * 7 / 8)
     check.pairs = [pair for pair, _ in usable]
     check.palette = _merged_palette([mask for _, mask in usable])
     if not usable:
@@ -648,7 +705,7 @@ def check_dataset(
                         "mask, whose classes are colours: leave --ignore-index out")
     if binarize is None:  # binarized, an index is a class by its value alone, whatever its colour
         check.palette_conflicts = _palette_conflicts([(pair.mask.name, mask) for pair, mask in usable], ignore_value)
-    if binarize is None and ignore_value not in (1, 255):
+    if binarize is None and ignore_value not in BINARY_OBJECT_VALUES:
         check.mixed_binary = _mixed_binary([(pair.mask.name, mask) for pair, mask in usable])
     per_file = {pair.mask.name: _effective_counts(mask, binarize, ignore_value) for pair, mask in usable}
     check.ignored_pixels = sum(count for _, mask in usable for value, count in zip(mask["values"], mask["counts"])
@@ -707,19 +764,20 @@ def _palette_conflicts(masks: list[tuple[str, dict]], ignore_value: int | None =
     return conflicts
 
 
-def _mixed_binary(masks: list[tuple[str, dict]]) -> tuple[list[str], list[str]]:
-    """Masks of 0/1 beside masks of 0/255 and none holding both: one object class saved two ways, not two
-    classes. Returns (0/1 files, 0/255 files), both empty when that is not the case."""
-    ones, full = [], []
+def _mixed_binary(masks: list[tuple[str, dict]]) -> dict[int, list[str]]:
+    """Binary masks whose object is 1 in some files, 255 (8-bit full scale) or 65535 (16-bit) in others, and no file
+    holding two of these: one object class saved two ways, not two classes. {object value: its files}, empty when
+    that is not the case (0/1 beside 0/2 may well be two classes, each in images of its own)."""
+    files: dict[int, list[str]] = {}
     for name, mask in masks:
-        values = set(mask["values"]) if mask["encoding"] != "colour" else {None}
-        if not values <= {0, 1, 255} or {1, 255} <= values:
-            return [], []
-        if 1 in values:
-            ones.append(name)
-        elif 255 in values:
-            full.append(name)
-    return (ones, full) if ones and full else ([], [])
+        if mask["encoding"] == "colour":
+            return {}
+        objects = set(mask["values"]) - {0}
+        if not objects <= set(BINARY_OBJECT_VALUES) or len(objects) > 1:
+            return {}
+        for value in objects:
+            files.setdefault(value, []).append(name)
+    return dict(sorted(files.items())) if len(files) > 1 else {}
 
 
 def _hashable(value: MaskValue) -> int | tuple[int, ...]:
