@@ -8,9 +8,7 @@ import contextlib
 import hashlib
 import http.client
 import os
-import signal
 import sys
-import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,6 +59,7 @@ with _own_packages():
     from utils.checkpoint import checkpoint_from_data, load_checkpoint, model_from_checkpoint
     from utils.errors import UserError
     from utils.progress import progress_bar
+    from utils.signals import sigterm_as_exit
 
 dependencies = ["torch", "torchvision", "numpy", "PIL"]
 
@@ -94,7 +93,7 @@ def _cached_checkpoint(url: str, progress: bool = True) -> dict[str, Any]:
             print(f"note: downloading {url} again: the cached copy is not usable ({error})", file=sys.stderr)
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        with atomic_path(target) as partial, _cleanup_on_sigterm():  # renamed into place only when checked
+        with atomic_path(target) as partial, sigterm_as_exit():  # renamed into place only when checked
             _download(url, partial, progress)
             try:
                 checkpoint = load_checkpoint(partial, flag="weights=")
@@ -129,25 +128,6 @@ def _download(url: str, path: Path, progress: bool) -> None:
                 bar.update(len(chunk))
     if expected is not None and received != expected:
         raise OSError(f"the connection closed after {received} of {expected} bytes")
-
-
-@contextlib.contextmanager
-def _cleanup_on_sigterm() -> Iterator[None]:
-    """SIGTERM (a scheduler, `timeout`) during the download ends the process as usual, after the partial file is
-    removed; only where the signal is not handled already, and only in the main thread (where Python allows)."""
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-        yield
-        return
-
-    def stop(number: int, frame: object) -> None:
-        raise SystemExit(128 + number)
-
-    signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _weights_checkpoint(weights: str | os.PathLike | dict, progress: bool) -> dict[str, Any]:

@@ -102,7 +102,7 @@ from utils.run_lock import RunLock
 from utils.run_log import WANDB_MODES, RunLog, check_wandb_environment, default_wandb_mode
 from utils.sampling import EpochBatches, EpochOrder, RepeatedItems, SeededItems, same_size_batches
 from utils.scoring import evaluate, set_image_means
-from utils.signals import GracefulStop
+from utils.signals import GracefulStop, sigterm_as_exit
 
 DEFAULT_AUGMENT = "light"  # chosen by the held-out Dice measured in the README
 # Share of --crop windows centred on an object: nnU-Net's 1/3; measured here (README): +0.034 held-out Dice on
@@ -1206,12 +1206,19 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
                   "left over, padded to the largest; the padding counts in no loss or score)"
                   if order.shared_batches else "")
         say(f"training images of {len(set(order.sizes))} sizes: batched by size{shared}")
-    # only now: a run that failed to start moves nothing; one that fails before its first save puts them back
-    set_aside = set_aside_earlier_run(args.checkpoint_dir, say) if replaces_a_run and args.overwrite and \
-        world.is_main else None
+    # only now: a run that failed to start moves nothing; one that fails before its first save puts them back,
+    # also when stopped while wandb starts (up to a minute online), before the loop's own handling of signals
     earlier_wandb_run = resumed.get("wandb_run") if resumed is not None else None
-    run_log = RunLog(args.checkpoint_dir, vars(args), args.wandb, start_epoch,
-                     continues=earlier_wandb_run) if world.is_main else None
+    with sigterm_as_exit():
+        set_aside = set_aside_earlier_run(args.checkpoint_dir, say) if replaces_a_run and args.overwrite and \
+            world.is_main else None
+        try:
+            run_log = RunLog(args.checkpoint_dir, vars(args), args.wandb, start_epoch,
+                             continues=earlier_wandb_run) if world.is_main else None
+        except BaseException:
+            if set_aside is not None:
+                settle_earlier_run(args.checkpoint_dir, say)
+            raise
     val_dice = result = None
     checkpoints = CheckpointWriter(background=device.type == "cuda")  # the GPU trains on while a file is written
     last_file = args.checkpoint_dir / "last.pth"

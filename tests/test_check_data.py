@@ -845,9 +845,9 @@ def test_binary_masks_saved_8_bit_and_16_bit_are_one_class_and_0_1_beside_0_2_ar
         write_image(tmp_path / "masks" / f"m{index}.png", box_mask().astype(np.uint16) * (255 if index < 2 else 65535))
     check = check_dataset(tmp_path / "imgs", tmp_path / "masks", workers=1)
     assert check.mixed_binary == {255: ["m0.png", "m1.png"], 65535: ["m2.png", "m3.png"]} and check.problems
-    assert check.mixed_binary_error() == ("the masks mix two binary encodings, 2 with values 0/255 (e.g. m0.png) and 2 "
-                                          "with values 0/65535 (e.g. m2.png), so the objects would be two classes: pass "
-                                          "--binarize 0 (any nonzero value is the object)")
+    assert check.mixed_binary_error() == ("the masks mix two binary encodings, 2 with values 0/255 (e.g. m0.png) and "
+                                          "2 with values 0/65535 (e.g. m2.png), so the objects would be two classes: "
+                                          "pass --binarize 0 (any nonzero value is the object)")
     assert check.mixed_binary_classes_fix() == "--classes 3 if 255 and 65535 are two classes"
     assert "suggestion: pass --binarize 0: 0/255 and 0/65535 masks then all read as background/object" in check.report()
     write_image(tmp_path / "masks" / "m0.png", box_mask())  # now 0/1, 0/255 and 0/65535

@@ -53,6 +53,7 @@ def environment() -> dict:
 #   sigterm-step N  SIGTERM to itself once the run's N-th training step has run, as `kill` or a scheduler sends it
 #   group:SIGNAL:METHOD N  SIGNAL to its whole process group once step N has run (loader workers started by METHOD
 #                   included), from another process, as Ctrl-C (SIGINT), torchrun or a batch scheduler (SIGTERM) do
+#   wandb-start:SIGNAL 0  SIGNAL to itself as wandb starts (the run's log is made), before any step
 SIGNALLING_TRAIN = """
 import io, multiprocessing, os, signal, subprocess, sys
 import torch
@@ -76,6 +77,13 @@ if when == "mid-save":
             os.kill(os.getpid(), signal.SIGKILL)
         real_save(payload, file, *args, **kwargs)
     checkpoint.torch.save = save
+elif when.startswith("wandb-start:"):
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # a test runner's process may ignore it
+    real_log = train.RunLog
+    def starting_wandb(*args, **kwargs):
+        signal.raise_signal(getattr(signal, when.split(":")[1]))
+        return real_log(*args, **kwargs)
+    train.RunLog = starting_wandb
 elif when == "after-save":
     real_write = checkpoint.write_checkpoint
     def write(path, payload):
@@ -423,6 +431,24 @@ def test_a_new_run_does_not_replace_an_earlier_run_unless_told_to(data: Path, tm
     result = train.main(train.get_args_parser().parse_args([*no_validation, "--overwrite"]))
     assert result["step"] == 4 and load_checkpoint(run / "last.pth")["epoch"] == 1  # 8 images, batches of 2
     assert not (run / "best.pth").exists() and not (run / ".earlier_run").exists()
+
+
+@pytest.mark.parametrize(("name", "code"), [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_stop_while_wandb_starts_puts_the_earlier_run_back(name: str, code: int, data: Path, tmp_path: Path) -> None:
+    """Found by a review: Ctrl-C or SIGTERM in the seconds an --overwrite run's wandb takes to start (up to a minute
+    online) left the earlier run's checkpoints hidden in .earlier_run, and predict.py found no best.pth."""
+    from unet import UNet
+    from utils.checkpoint import save_checkpoint
+
+    run = tmp_path / "run"
+    save_checkpoint(run / "last.pth", UNet(3, 2, base_channels=8), [0, 1], epoch=3)
+    os.link(run / "last.pth", run / "best.pth")
+    (run / "metrics.csv").write_text("epoch,step,train_loss\n1,4,0.5\n2,8,0.4\n3,12,0.3\n")
+    before = {path.name: path.read_bytes() for path in run.iterdir()}
+    result = killed_run(f"wandb-start:{name}", 0, data, run, "--overwrite")
+    assert result.returncode == code, result.stderr[-3000:]
+    assert "the earlier run's best.pth, last.pth, metrics.csv put back" in result.stderr
+    assert {path.name: path.read_bytes() for path in run.iterdir()} == before
 
 
 def test_a_validation_file_broken_during_the_run_is_left_out_of_the_scores(data: Path, tmp_path: Path,

@@ -48,6 +48,27 @@ class GracefulStop:
         return 128 + self.signal_number
 
 
+@contextlib.contextmanager
+def sigterm_as_exit() -> Iterator[None]:
+    """SIGTERM (a scheduler, `timeout`) ends the process as usual, exit code 143, but as a SystemExit raised in the
+    main thread, so that the work in progress is cleaned up or put back on the way out (a partial download, an
+    earlier run set aside); only where the signal is not handled already, and only in the main thread (where
+    Python allows)."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def stop(number: int, frame: FrameType | None) -> None:
+        raise SystemExit(128 + number)
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def leave_first_signal_to_main(signals: tuple[signal.Signals, ...] = (signal.SIGINT,)) -> None:
     """In a loader worker: a Ctrl-C (SIGINT) reaches every process of the terminal's group, and the main process
     decides: training stops after its step and saves, prediction stops. A forked worker would otherwise print
