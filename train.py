@@ -97,7 +97,13 @@ from utils.mask_encoding import (
 )
 from utils.nan_guard import NonFiniteGuard
 from utils.progress import progress_bar
-from utils.run_folder import check_run_folder, resume_path, set_aside_earlier_run, settle_earlier_run
+from utils.run_folder import (
+    check_later_epochs_kept,
+    check_run_folder,
+    resume_path,
+    set_aside_earlier_run,
+    settle_earlier_run,
+)
 from utils.run_lock import RunLock
 from utils.run_log import WANDB_MODES, RunLog, check_wandb_environment, default_wandb_mode
 from utils.sampling import EpochBatches, EpochOrder, RepeatedItems, SeededItems, same_size_batches
@@ -863,6 +869,8 @@ def open_resumed_run(args: argparse.Namespace, world: World, say: Callable[..., 
         for line in keep_run_settings(args, resumed, resume_file):
             say(line, file=sys.stderr)
         check_resumed_settings(args, resumed, resume_file)
+        if args.keep_epochs and not replaces_a_run:  # in its own folder (elsewhere the folder's files are set aside)
+            check_later_epochs_kept(args.checkpoint_dir, resume_file, resumed["epoch"])
         if args.load:
             say(f"note: {resume_file} continues with its own weights; --load {args.load} is ignored",
                 file=sys.stderr)

@@ -530,6 +530,19 @@ def test_resume_continues_step_count_and_matches_uninterrupted_run(tmp_path: Pat
     assert "checkpoints in" not in result.stdout
     assert files == {name: (tmp_path / "split" / name).read_bytes() for name in files}
 
+    # going back to epoch 1 of the run kept with --keep-epochs: its epoch_2.pth is the only copy of the epoch the new
+    # branch abandons, and --overwrite (consent to replace last.pth) does not cover it (found by a review)
+    kept = (tmp_path / "straight" / "epoch_2.pth").read_bytes()
+    back = ["--checkpoint-dir", "straight", "--resume", "straight/epoch_1.pth", "--overwrite", *flags[2:]]
+    result = run("train.py", *back, cwd=tmp_path, check=False)
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == (
+        "error: straight/epoch_1.pth is at epoch 1, and straight holds epoch_2.pth of later epochs, which "
+        "--keep-epochs would replace as this run reaches them: move them elsewhere to keep them, pass "
+        "--no-keep-epochs, or give --checkpoint-dir another folder")
+    run("train.py", *back, "--no-keep-epochs", cwd=tmp_path)
+    assert load_checkpoint(tmp_path / "straight" / "last.pth")["epoch"] == 2
+    assert (tmp_path / "straight" / "epoch_2.pth").read_bytes() == kept
+
 
 def test_tiny_datasets_do_not_crash(tmp_path: Path) -> None:
     write_carvana_like(tmp_path / "data", 2)

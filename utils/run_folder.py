@@ -60,6 +60,18 @@ def check_run_folder(folder: Path, resume_file: Path | None, overwrite: bool) ->
     return False
 
 
+def check_later_epochs_kept(folder: Path, resume_file: Path, epochs_done: int) -> None:
+    """A run going on in its folder with --keep-epochs writes epoch_N.pth for each epoch after epochs_done: where
+    such files exist (the run went further before, and this one goes back), they are the only copies of the epochs
+    this run abandons, which --overwrite (consent to replace last.pth) does not cover."""
+    later = sorted((path for path in folder.glob("epoch_*.pth") if epoch_number(path) > epochs_done), key=epoch_number)
+    if later:
+        names = ", ".join(path.name for path in later[:3]) + (", ..." if len(later) > 3 else "")
+        raise UserError(f"{resume_file} is at epoch {epochs_done}, and {folder} holds {names} of later epochs, which "
+                        "--keep-epochs would replace as this run reaches them: move them elsewhere to keep them, "
+                        "pass --no-keep-epochs, or give --checkpoint-dir another folder")
+
+
 def _check_no_earlier_run(folder: Path, starting_from: Path | None) -> None:
     found = earlier_run_files(folder)
     if not found:
