@@ -1,6 +1,7 @@
 """Decoding images and masks of every supported format, pairing folders, and dataset items."""
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -399,6 +400,27 @@ def test_no_pairs_raises_user_error_naming_the_folder(tmp_path):
         list_pairs(tmp_path / "imgs", tmp_path / "masks")
     assert str(tmp_path / "imgs") in str(error.value)
     assert str(tmp_path / "masks") in str(error.value)
+
+
+def test_masks_named_with_another_first_or_last_word_are_told_to_be_renamed(tmp_path):
+    """Found by a review: img_000.png beside mask_000.png was told to pass --mask-suffix, which cannot pair them."""
+    _touch_images(tmp_path / "imgs", ["img_000.png", "img_001.png"])
+    _touch_images(tmp_path / "masks", ["mask_000.gif", "mask_001.gif"])
+    _touch_images(tmp_path / "ends" / "imgs", ["000_image.png", "001_image.png"])
+    _touch_images(tmp_path / "ends" / "masks", ["000_label.png", "001_label.png"])
+    for root, image, mask in ((tmp_path, "img_000.png", "mask_000.gif"),
+                              (tmp_path / "ends", "000_image.png", "000_label.png")):
+        for typed in (None, "_mask"):
+            with pytest.raises(UserError) as error:
+                list_pairs(root / "imgs", root / "masks", typed)
+            stem, suffix = Path(image).stem, Path(mask).suffix
+            assert str(error.value).endswith(
+                f"the names differ at their start or end ({image}, {mask}), and --mask-suffix only adds to an image's "
+                f"name: rename each mask to its image's name ({stem}{suffix}, or {stem}_mask{suffix})")
+    _touch_images(tmp_path / "shared" / "imgs", ["scan_a.png", "scan_b.png"])  # one shared word, nothing else
+    _touch_images(tmp_path / "shared" / "masks", ["scan_x.png", "scan_y.png"])
+    with pytest.raises(UserError, match=r"check the folders or pass --mask-suffix$"):
+        list_pairs(tmp_path / "shared" / "imgs", tmp_path / "shared" / "masks")
 
 
 @pytest.mark.parametrize("missing", ["imgs", "masks"])

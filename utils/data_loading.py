@@ -11,7 +11,7 @@ import threading
 import unicodedata
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -642,6 +642,23 @@ def _typed_suffix_fix(typed: str, image_stems: list[str], mask_stems: set[str], 
     return "check the folders and --mask-suffix, or leave the flag out to detect it"
 
 
+def _names_apart(image_stems: list[str], mask_stems: set[str]) -> tuple[str, str] | None:
+    """An image and a mask whose names differ by a word at the start or at the end of each (img_000 and mask_000,
+    000_img and 000_mask), which no --mask-suffix pairs: it is added to the image's whole name. The rest of the
+    name must be one file's own in each folder (scan_a beside scan_b is no such pair)."""
+    def cores(stems: Iterable[str]) -> dict[tuple[int, str], str]:
+        found: dict[tuple[int, str], list[str]] = {}
+        for stem in stems:
+            words = re.split(r"[_\-. ]", stem)
+            if len(words) > 1:  # without the first word, or without the last
+                found.setdefault((0, stem[len(words[0]):]), []).append(stem)
+                found.setdefault((1, stem[:len(stem) - len(words[-1])]), []).append(stem)
+        return {core: stems[0] for core, stems in found.items() if len(stems) == 1}
+
+    images = cores(image_stems)
+    return next(((images[core], mask) for core, mask in sorted(cores(mask_stems).items()) if core in images), None)
+
+
 def pair_files(images_dir: Path, masks_dir: Path, mask_suffix: str | None = None) -> Pairing:
     """Pair every image with its mask, listing each folder once; the unpaired files are returned by name."""
     # One folder for both (x.jpg beside x_mask.png): without a suffix every file would be its own mask.
@@ -663,10 +680,14 @@ def pair_files(images_dir: Path, masks_dir: Path, mask_suffix: str | None = None
              for stem, image in images.items() if stem + mask_suffix in masks]
     if not pairs:
         example = next(iter(images.values())).name
+        apart = None if one_folder else _names_apart(list(images), set(masks))
+        fix = (f"the names differ at their start or end ({images[apart[0]].name}, {masks[apart[1]].name}), and "
+               "--mask-suffix only adds to an image's name: rename each mask to its image's name "
+               f"({apart[0]}{masks[apart[1]].suffix}, or {apart[0]}_mask{masks[apart[1]].suffix})" if apart
+               else _typed_suffix_fix(mask_suffix, list(images), set(masks), one_folder) if typed
+               else "check the folders or pass --mask-suffix")
         raise UserError(f"no image in {images_dir} has a mask in {masks_dir} (e.g. {example} has no "
-                        f"'{Path(example).stem}{mask_suffix}.*'): "
-                        + (_typed_suffix_fix(mask_suffix, list(images), set(masks), one_folder) if typed
-                           else "check the folders or pass --mask-suffix"))
+                        f"'{Path(example).stem}{mask_suffix}.*'): {fix}")
     paired_images, paired_masks = {pair.image for pair in pairs}, {pair.mask for pair in pairs}
     # In one folder (suffix "_mask"), the names with the suffix are the masks and the others the images.
     lonely_images = [p.name for stem, p in images.items() if p not in paired_images and p not in paired_masks
