@@ -286,3 +286,7 @@ def test_a_binary_mask_saved_the_other_common_way_reads_as_the_same_object() -> 
         encode_mask(np.array([[0, 1, 255]], np.uint8), [0, 1], "m.png", either_binary=True)  # both: no one encoding
     with pytest.raises(UserError, match="fix the mask or train with it included"):
         encode_mask(np.array([[0, 1, 2]], np.uint8), [0, 1], "n.png")  # a value of a class it never saw
+    with pytest.raises(UserError, match=r"n.JPG has the value 2, which is not among the mask values \[0, 1\] the model "
+                                        r"knows: it is a JPEG file, whose lossy compression makes up values along "
+                                        r"edges: save the masks as PNG \(lossless\)$"):
+        encode_mask(np.array([[0, 1, 2]], np.uint8), [0, 1], "n.JPG")  # found by a review: JPEG ground truth

@@ -18,6 +18,7 @@ from .errors import UserError, check_flag
 MaskValue = int | list[int]
 IGNORE_CLASS = -1
 MAX_CLASSES = 2**16  # label masks 0 to 65535: what a 16-bit mask image holds
+JPEG_SUFFIXES = (".jpg", ".jpeg", ".jfif")  # lossy: a JPEG mask holds values made up along its edges
 
 
 def is_colour(mask_values: Sequence[MaskValue]) -> bool:
@@ -209,8 +210,11 @@ def encode_mask(
     if unknown.any():
         bad = pixels[unknown][0]
         value = unpack_colour(int(bad)) if colour else int(bad)
+        lossy = Path(str(source)).suffix.lower() in JPEG_SUFFIXES
+        fix = ("it is a JPEG file, whose lossy compression makes up values along edges: save the masks as PNG "
+               "(lossless)" if lossy else "fix the mask or train with it included")
         raise UserError(f"{source} has the value {value}, which is not among the mask values "
-                        f"{short_values(mask_values)} the model knows: fix the mask or train with it included")
+                        f"{short_values(mask_values)} the model knows: {fix}")
     return indices
 
 
