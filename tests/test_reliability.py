@@ -577,9 +577,15 @@ def test_a_run_goes_on_from_its_own_earlier_checkpoints(data: Path, tmp_path: Pa
     with pytest.raises(UserError, match=r"epoch_1.pth is an earlier point of the run in .*run: going on from it "
                                         "replaces its last.pth as it trains: pass --overwrite to go back to it"):
         train.main(train.get_args_parser().parse_args([*flags, "--epochs", "2", "--resume", str(run / "epoch_1.pth")]))
+    with pytest.raises(UserError, match=r"epoch_1.pth is at epoch 1, and .*run holds epoch_2.pth of later epochs, "
+                                        "which --keep-epochs would replace"):
+        train.main(train.get_args_parser().parse_args([*flags, "--epochs", "2", "--resume", str(run / "epoch_1.pth"),
+                                                       "--overwrite"]))
+    later = (run / "epoch_2.pth").read_bytes()
     train.main(train.get_args_parser().parse_args([*flags, "--epochs", "2", "--resume", str(run / "epoch_1.pth"),
-                                                   "--overwrite"]))
+                                                   "--overwrite", "--no-keep-epochs"]))
     assert {path.name for path in run.glob("*.pth")} == {"last.pth", "best.pth", "epoch_1.pth", "epoch_2.pth"}
+    assert (run / "epoch_2.pth").read_bytes() == later and load_checkpoint(run / "last.pth")["epoch"] == 2
     with open(run / "metrics.csv") as file:
         assert [row.split(",")[0] for row in file.read().splitlines()[1:]] == ["1", "2"]  # epoch 1's row kept
     (run / "last.pth").unlink()
