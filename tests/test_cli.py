@@ -489,6 +489,15 @@ def test_fields_a_notebook_sets_by_hand_as_text_are_read_as_the_flags_read_them(
     args.model, args.output = "runs/a/last.pth", "unet.pt"
     export.main(args)
     assert (tmp_path / "unet.pt").is_file()
+    args = train.get_args_parser().parse_args([])
+    args.overwrite = ""  # found by a code review: read as [""], which is true, an earlier run was replaced
+    with pytest.raises(UserError, match=r"^args.overwrite = '': --overwrite is a switch, set it to True or False$"):
+        train.main(args)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    args = export.get_args_parser().parse_args(["-m", "x.pth", "-o", "x.pt"])
+    args.model, args.output = "runs/a/last.pth", "~/unet.pt"  # as a shell expands it, not a folder named ~
+    export.main(args)
+    assert (tmp_path / "home" / "unet.pt").is_file() and not (tmp_path / "~").exists()
     args = evaluate.get_args_parser().parse_args([])
     args.model, args.batch_size = "runs/a/last.pth", "two"
     refused = (r"^args.batch_size = 'two' cannot be read as --batch-size reads it \(invalid literal for int\(\) "

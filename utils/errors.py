@@ -145,6 +145,11 @@ def as_parsed(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argp
         if action.dest == argparse.SUPPRESS or not hasattr(args, action.dest):
             continue
         value = getattr(args, action.dest)
+        if action.nargs == 0:  # a switch (--overwrite): text such as "" or "False" would be true
+            if isinstance(value, str):
+                flag = max(action.option_strings, key=len)
+                raise UserError(f"args.{action.dest} = {value!r}: {flag} is a switch, set it to True or False")
+            continue
         listed = action.nargs in ("+", "*") or isinstance(action.nargs, int)
         if listed and isinstance(value, (str, os.PathLike)):
             value = [value]
@@ -153,7 +158,7 @@ def as_parsed(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argp
         else:
             value = _parsed(action, value)
         setattr(args, action.dest, value)
-    return args
+    return home_expanded(args)  # "~/runs/a" as typed in a shell: the home folder, not a folder named "~"
 
 
 def _parsed(action: argparse.Action, value: object) -> object:
