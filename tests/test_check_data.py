@@ -406,6 +406,10 @@ def test_masks_resized_with_interpolation_are_refused_by_train_unless_classes_ar
     check = check_dataset(imgs, folder, workers=1)
     assert len(check.mask_values) > 12 and len(check.stray_values) == len(check.mask_values) - 2
     assert check.problems  # found by a review: the check exited 0 on what train.py then stopped on
+    for flags, code in (([], 1), (["--classes", str(len(check.mask_values))], 0), (["--classes", "2"], 2)):
+        result = run_script("-m utils.check_data", "--imgs", imgs, "--masks", folder, *flags, cwd=REPO)
+        assert result.returncode == code, (flags, result.stderr)  # --classes N says they are classes, as in train.py
+    assert result.stderr.strip().endswith(f"but --classes is 2: use --classes {len(check.mask_values)}")
     assert ("made up by resizing with interpolation, lossy saving or noise, not classes: re-save the masks with "
             "nearest-neighbour resizing and a lossless format (PNG), or pass --binarize 127 (values above 127 are "
             f"foreground); if they are classes, pass --classes {len(check.mask_values)}") in check.stray_values_error()
@@ -828,6 +832,10 @@ def test_binary_masks_saved_as_0_1_and_as_0_255_are_not_taken_for_three_classes(
     assert check.mixed_binary_error().startswith("the masks mix two binary encodings, 2 with values 0/1 (e.g. "
                                                  "m0.png) and 2 with values 0/255 (e.g. m2.png)")
     assert "suggestion: pass --binarize 0" in check.report()
+    for flags, code in (([], 1), (["--classes", "3"], 0)):  # 1 and 255 are then two classes, as in train.py
+        result = run_script("-m utils.check_data", "--imgs", tmp_path / "imgs", "--masks", tmp_path / "masks", *flags,
+                            cwd=REPO)
+        assert result.returncode == code, (flags, result.stderr)
     fixed = check_dataset(tmp_path / "imgs", tmp_path / "masks", binarize=0, workers=1)
     assert fixed.mixed_binary == {} and fixed.mask_values == [0, 1]
     # one file holding 1 and 255 together: three labels indeed (e.g. 255 borders), not a mix of encodings

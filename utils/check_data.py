@@ -43,13 +43,15 @@ from .data_loading import (
     size_mismatch,
     unread_format_note,
 )
-from .errors import UserError, counted, run_cli
+from .errors import UserError, check_flag, counted, run_cli
 from .mask_encoding import (
+    MAX_CLASSES,
     MaskValue,
     add_binarize_argument,
     binarize,
     binarize_threshold,
     check_binarize_flag,
+    check_classes,
     is_colour,
     merge_values,
     pack_colours,
@@ -361,9 +363,15 @@ class DataCheck:
 
     @property
     def problems(self) -> bool:
+        """What train.py stops on (or skips files for) without --classes."""
+        return self.problems_whatever_the_classes or bool(self.mixed_binary or self.stray_values)
+
+    @property
+    def problems_whatever_the_classes(self) -> bool:
+        """What train.py stops on (or skips files for) even with --classes, which says that rare mask values and
+        binary masks of two encodings are classes."""
         return bool(self.unreadable or self.size_mismatches or self.unresolved_lossy_masks or self.palette_conflicts
-                    or self.mixed_binary or self.too_small or self.one_value or self.unwritable_values
-                    or self.stray_values)  # train.py stops on them unless --classes says they are classes
+                    or self.too_small or self.one_value or self.unwritable_values)
 
     @property
     def instance_labels(self) -> bool:
@@ -809,19 +817,27 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="mask value excluded from training and scores (e.g. 255 borders)")
     parser.add_argument("--workers", type=int, default=None,
                         help="decoding processes; 0 or 1 decode in this process (default: all cores, max 8)")
+    parser.add_argument("--classes", type=int, default=None, metavar="N",
+                        help="train.py's --classes N: mask values that look made up, or binary masks of two "
+                             "encodings, are then classes, as train.py takes them")
     add_image_limit_argument(parser)
     return parser
 
 
 def main(args: argparse.Namespace) -> int:
-    """Prints the report; exit code 1 when DataCheck.problems (train.py would stop or skip files), else 0."""
+    """Prints the report; exit code 1 when train.py with the same flags would stop or skip files, else 0."""
     check_workers_flag(args.workers)
     check_binarize_flag(args.binarize)
+    check_flag("--classes", args.classes, args.classes is None or 1 <= args.classes <= MAX_CLASSES,
+               f"a whole number from 1 to {MAX_CLASSES}")
     with image_pixel_limit(args.max_image_pixels):
         check = check_dataset(args.imgs, args.masks, args.mask_suffix, args.binarize, args.ignore_index,
                               args.workers)
     print(check.report())
-    return 1 if check.problems else 0
+    if args.classes is None:
+        return 1 if check.problems else 0
+    check_classes(check.mask_values, args.classes)
+    return 1 if check.problems_whatever_the_classes else 0
 
 
 if __name__ == "__main__":
