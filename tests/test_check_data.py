@@ -350,6 +350,10 @@ def test_lossy_webp_masks_are_blurred_like_jpeg_ones_and_lossless_webp_is_not(tm
     write_lossy_masks(tmp_path / "gray", [disc, disc], ".webp")
     gray = check_dataset(tmp_path / "gray" / "imgs", tmp_path / "gray" / "masks", workers=1)
     assert "--binarize 127" in gray.lossy_mask_error()  # a binary mask: a threshold sorts the ringing out
+    frames = [Image.fromarray(disc).convert("RGB"), Image.fromarray(255 - disc).convert("RGB")]
+    for lossless, expected in ((False, "lossy WebP"), (True, None)):  # animated: the image is in a frame's chunk
+        frames[0].save(tmp_path / "anim.webp", save_all=True, append_images=frames[1:], lossless=lossless)
+        assert check_data.lossy_format(tmp_path / "anim.webp", "WEBP") == expected
 
 
 def test_lossy_masks_of_more_than_two_classes_are_not_offered_a_threshold(tmp_path: Path) -> None:
@@ -361,6 +365,11 @@ def test_lossy_masks_of_more_than_two_classes_are_not_offered_a_threshold(tmp_pa
     three = check_dataset(tmp_path / "three" / "imgs", tmp_path / "three" / "masks", workers=1)
     assert three.lossy_mask_error() == ("2 masks are JPEG files whose lossy compression blurred the edges into "
                                         "in-between values, e.g. s0.jpg: save the masks as PNG (lossless)")
+    disc = np.zeros((64, 96), np.uint8)
+    disc[16:48, 32:64] = 1
+    write_lossy_masks(tmp_path / "apart", [disc * 100, disc * 100, disc * 200, disc * 200], ".jpg", quality=95)
+    apart = check_dataset(tmp_path / "apart" / "imgs", tmp_path / "apart" / "masks", workers=1)  # a code review's
+    assert apart.lossy_mask_fix() == "save the masks as PNG (lossless)"  # 100 is between 0 and 200, as a class
     colours = np.zeros((64, 96, 3), np.uint8)
     colours[:, 48:] = (255, 0, 0)
     write_lossy_masks(tmp_path / "colour", [colours, np.fliplr(colours)], ".jpg", quality=90)

@@ -816,6 +816,8 @@ def test_save_under_an_image_name_is_refused_and_the_image_kept(ckpt_dir, small_
     with pytest.raises(UserError, match=r"photo\.PNG: that is an image's name; give a name ending in \.pth"):
         save_checkpoint(photo, small_unet, [0, 1])
     assert photo.read_bytes() == b"\x89PNG not really"
+    with pytest.raises(UserError, match="that is an image's name"):  # a phone's photo, which the tools do not read
+        save_checkpoint(ckpt_dir / "IMG_0001.HEIC", small_unet, [0, 1])
     save_checkpoint(ckpt_dir / "model.pt", small_unet, [0, 1])
     assert load_checkpoint(ckpt_dir / "model.pt")["mask_values"] == [0, 1]
 

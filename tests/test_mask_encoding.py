@@ -290,3 +290,5 @@ def test_a_binary_mask_saved_the_other_common_way_reads_as_the_same_object() -> 
                                         r"knows: it is a JPEG file, whose lossy compression makes up values along "
                                         r"edges: save the masks as PNG \(lossless\)$"):
         encode_mask(np.array([[0, 1, 2]], np.uint8), [0, 1], "n.JPG")  # found by a review: JPEG ground truth
+    with pytest.raises(UserError, match=r"n.webp has the value 2, .*: if it was saved as lossy WebP \(Pillow's "):
+        encode_mask(np.array([[0, 1, 2]], np.uint8), [0, 1], "n.webp")

@@ -163,7 +163,8 @@ def lossy_format(path: Path, image_format: str | None) -> str | None:
             if header[:4] in (b"VP8 ", b"VP8L"):
                 return "lossy WebP" if header[:4] == b"VP8 " else None
             size = int.from_bytes(header[4:], "little")
-            file.seek(size + size % 2, os.SEEK_CUR)
+            # an animation's first frame: its image's chunks follow the frame's 16-byte header
+            file.seek(16 if header[:4] == b"ANMF" else size + size % 2, os.SEEK_CUR)
     return None
 
 
@@ -321,8 +322,7 @@ class DataCheck:
     blurred_masks: list[str] = field(default_factory=list)  # JPEG or lossy WebP masks with more than two values
     blurred_top: int = 0  # the largest value (or colour channel) in them, before --binarize
     blurred_formats: list[str] = field(default_factory=list)  # "JPEG", "lossy WebP"
-    blurred_pixels: int = 0  # of the blurred masks of gray levels (colour ones not counted)
-    blurred_middle: int = 0  # of those, pixels far from both ends of their mask's values (a class in between?)
+    blurred_levels: Counter = field(default_factory=Counter)  # pixels per gray level of those that are not colour
     blurred_colour: bool = False  # some blurred masks have colours, which no threshold sorts into classes
     sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # per usable pair's name: (width, height)
     channels: dict[str, int] = field(default_factory=dict)  # per usable pair's name: its image's bands (1, 3, 4)
@@ -439,7 +439,8 @@ class DataCheck:
         no threshold for masks too faint (0/1 saved as JPEG) to tell the ringing from the objects, colour masks, or
         masks with many pixels far from both ends (a class in between, which a threshold would merge into one)."""
         top = self.blurred_top
-        if top < 16 or self.blurred_colour or self.blurred_middle >= STRAY_TOTAL * self.blurred_pixels > 0:
+        middle = sum(count for level, count in self.blurred_levels.items() if top / 8 < level < top * 7 / 8)
+        if top < 16 or self.blurred_colour or middle >= STRAY_TOTAL * self.blurred_levels.total() > 0:
             return "save the masks as PNG (lossless)"
         return (f"save the masks as PNG (lossless), or pass --binarize {top // 2} (values above {top // 2} are "
                 "foreground) if they show foreground on a dark background")
@@ -691,17 +692,14 @@ def check_dataset(
         if mask.get("lossy") and len(mask["values"]) > 2:
             check.blurred_masks.append(pair.mask.name)
             check.blurred_formats.append(mask["lossy"])
-            top = int(np.max(mask["values"]))
-            check.blurred_top = max(check.blurred_top, top)
+            check.blurred_top = max(check.blurred_top, int(np.max(mask["values"])))
             # gray levels: of a label mask, or of an RGB file whose colours are all gray but for the compression's
             # tinge (WebP has no gray mode)
             levels = [value[0] if isinstance(value, list) else value for value in mask["values"]]
             if any(isinstance(value, list) and max(value) - min(value) > GRAY_TINGE for value in mask["values"]):
                 check.blurred_colour = True
-            else:
-                check.blurred_pixels += sum(mask["counts"])
-                check.blurred_middle += sum(count for level, count in zip(levels, mask["counts"])
-                                            if top / 8 < level < top * 7 / 8)
+            else:  # judged against the largest value of all (0/100 masks beside 0/200 ones: 100 is in between)
+                check.blurred_levels.update(dict(zip(levels, mask["counts"])))
     check.pairs = [pair for pair, _ in usable]
     check.palette = _merged_palette([mask for _, mask in usable])
     if not usable:

@@ -29,7 +29,7 @@ from torch import nn
 from unet import CLASSIC_BASE_CHANNELS, MAX_BASE_CHANNELS, UNet
 
 from .atomic_files import TEMPORARY_NAME, atomic_path
-from .data_loading import IMAGE_SUFFIXES, repeats_values
+from .data_loading import IMAGE_SUFFIXES, UNREAD_IMAGE_SUFFIXES, repeats_values
 from .device import memory_format
 from .errors import UserError, check_flag, counted
 from .mask_encoding import MAX_CLASSES, MaskValue, complete_mask_values, full_palette
@@ -151,7 +151,7 @@ def remove_unfinished_saves(folder: Path | str) -> list[tuple[str, int]]:
 def write_checkpoint(path: Path | str, payload: dict[str, Any]) -> None:
     """Write atomically (temporary file, fsync, rename): a crash leaves the old file or the new one."""
     path = Path(path)
-    if path.suffix.lower() in IMAGE_SUFFIXES and path.suffix.lower() != ".pt":  # .pt is both
+    if path.suffix.lower() in (*IMAGE_SUFFIXES, *UNREAD_IMAGE_SUFFIXES) and path.suffix.lower() != ".pt":  # .pt: both
         raise UserError(f"cannot write checkpoint {path}: that is an image's name; give a name ending in .pth")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -210,9 +210,12 @@ def encode_mask(
     if unknown.any():
         bad = pixels[unknown][0]
         value = unpack_colour(int(bad)) if colour else int(bad)
-        lossy = Path(str(source)).suffix.lower() in JPEG_SUFFIXES
+        suffix = Path(str(source)).suffix.lower()
         fix = ("it is a JPEG file, whose lossy compression makes up values along edges: save the masks as PNG "
-               "(lossless)" if lossy else "fix the mask or train with it included")
+               "(lossless)" if suffix in JPEG_SUFFIXES
+               else "if it was saved as lossy WebP (Pillow's default), its compression made up values along edges: "
+               "save the masks as PNG (lossless)" if suffix == ".webp"
+               else "fix the mask or train with it included")
         raise UserError(f"{source} has the value {value}, which is not among the mask values "
                         f"{short_values(mask_values)} the model knows: {fix}")
     return indices
