@@ -862,6 +862,9 @@ def open_resumed_run(args: argparse.Namespace, world: World, say: Callable[..., 
     replaces_a_run = check_run_folder(args.checkpoint_dir, resume_file, args.overwrite)
     if resume_file is None and args.resume == "auto":
         say(f"no {args.checkpoint_dir / 'last.pth'} yet: starting a new run")
+    if resume_file is not None and replaces_a_run:  # (--checkpoint-dir's default, ./checkpoints, when not given)
+        say(f"note: {resume_file} goes on in --checkpoint-dir {args.checkpoint_dir}; its own "
+            f"folder is left as it is (pass --checkpoint-dir {resume_file.parent} to go on there)", file=sys.stderr)
     for line in run_data_folders(args, resumed, resume_file):
         say(line, file=sys.stderr)
     if resumed is not None:

@@ -1627,6 +1627,8 @@ def test_resume_in_an_epoch_of_mixed_sizes_saved_before_batching_by_size_starts_
                  cwd=tmp_path)
     assert "resuming checkpoints/now.pth: epoch 2 after its first 1 batches" in result.stdout
     assert "starts over" not in result.stderr
+    assert ("note: checkpoints/now.pth goes on in --checkpoint-dir now; its own folder is left as it "
+            "is (pass --checkpoint-dir checkpoints to go on there)") in result.stderr  # found by a review
     result = run("train.py", "--epochs", "2", "--resume", "checkpoints/older.pth", *flags, "--checkpoint-dir",
                  "older", cwd=tmp_path)
     assert ("note: checkpoints/older.pth was saved before batches were formed by image size, so epoch 2 starts "
