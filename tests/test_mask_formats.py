@@ -492,7 +492,7 @@ def test_gif_outputs_keep_the_class_values(tmp_path: Path) -> None:
         assert float(writer.rows[1][f"fraction_{len(mask_values) - 1}"]) == 1.0
 
 
-def test_16_bit_label_outputs_are_refused_in_8_bit_formats_before_predicting(tmp_path: Path) -> None:
+def test_outputs_in_formats_that_cannot_hold_the_values_are_refused_before_predicting(tmp_path: Path) -> None:
     from utils.errors import UserError
     from utils.mask_writer import MaskWriter, OutputOptions
 
@@ -503,6 +503,12 @@ def test_16_bit_label_outputs_are_refused_in_8_bit_formats_before_predicting(tmp
         with pytest.raises(UserError, match=rf"the masks hold label values up to 1000, which \{suffix} files cannot "
                                             r"store \(8 bits\): name the outputs .png or .tif"):
             writer.check_format(tmp_path / f"x{suffix}")
+    colours = MaskWriter([[0, 0, 0], [255, 0, 0], [0, 0, 255]], None, 3, OutputOptions(), threads=1)
+    for suffix in (".png", ".tif", ".bmp"):
+        colours.check_format(tmp_path / f"x{suffix}")
+    with pytest.raises(UserError, match=r"x.gif: the masks are RGB colours, which a GIF keeps as a palette that this "
+                                        r"toolkit reads back as indices"):
+        colours.check_format(tmp_path / "x.gif")  # found by a review: evaluate.py could not score them
     writer.close()
     MaskWriter([0, 300], None, 3, OutputOptions(save_mask=False), threads=1).check_format(tmp_path / "x.bmp")
 

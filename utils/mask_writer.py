@@ -199,9 +199,14 @@ class MaskWriter:
                 "height": height, **{f"fraction_{c}": f"{f:.6f}" for c, f in enumerate(fractions)}}
 
     def check_format(self, target: Path) -> None:
-        """Refuse, before any prediction, a mask file format that cannot hold the mask values (16-bit labels)."""
+        """Refuse, before any prediction, a mask file format that cannot hold the mask values (16-bit labels), or
+        colours as colours (GIF)."""
         if not self.options.save_mask:
             return
+        if target.suffix.lower() == ".gif" and self.table.ndim == 2:  # found by a review: unreadable as colours
+            raise UserError(f"output {target}: the masks are RGB colours, which a GIF keeps as a palette that this "
+                            "toolkit reads back as indices (evaluate.py's ground truth, --skip-existing): name the "
+                            "outputs .png, .tif or .bmp")
         top = int(np.max(self.table))
         if target.suffix.lower() in EIGHT_BIT_FORMATS and top > 255:
             raise UserError(f"output {target}: the masks hold label values up to {top}, which {target.suffix} files "
