@@ -1102,3 +1102,20 @@ def test_models_are_float32_whatever_default_dtype_a_notebook_set(ckpt_dir) -> N
         torch.set_default_dtype(torch.float32)
     with pytest.raises(ValueError, match="pretrained must be True or False, got 'no'"):
         hubconf.unet_carvana(pretrained="no")
+
+
+def test_the_readme_recipe_hands_our_checkpoint_to_the_reference_loading_code(ckpt_dir) -> None:
+    """Found by an outputs review: the reference's own code (pop mask_values, load_state_dict) failed on our dict."""
+    model = UNet(n_channels=3, n_classes=3, bilinear=True).eval()
+    save_checkpoint(ckpt_dir / "best.pth", model, [0, 128, 255], scale=0.5, epoch=2)
+    checkpoint = torch.load(ckpt_dir / "best.pth", weights_only=True)  # the README's two lines
+    torch.save({**checkpoint["model"], "mask_values": checkpoint["mask_values"]}, ckpt_dir / "for_reference.pth")
+    state_dict = torch.load(ckpt_dir / "for_reference.pth")  # what the reference's predict.py does
+    mask_values = state_dict.pop("mask_values", [0, 1])
+    reference = UNet(n_channels=3, n_classes=3, bilinear=True)
+    reference.load_state_dict(state_dict)  # strict: every key of the reference's layout, nothing else
+    assert mask_values == [0, 128, 255]
+    x = torch.rand(1, 3, 32, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(reference.eval()(x), model(x), rtol=0, atol=0)
+
