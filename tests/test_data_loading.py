@@ -105,6 +105,59 @@ def test_a_four_channel_model_reads_all_four_bands(tmp_path, suffix):
     assert np.array_equal(read_image(write_image(tmp_path / f"rgba{suffix}", rgba), channels=4), rgba)
 
 
+def _png_16_bit_gray_alpha(path: Path, gray: np.ndarray) -> None:
+    """A 16-bit gray + alpha PNG (colour type 4), which Pillow cannot write: chunks by hand."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    pixels = np.stack([gray, np.full_like(gray, 65535)], -1).astype(">u2")
+    rows = b"".join(b"\0" + row.tobytes() for row in pixels)
+    header = struct.pack(">IIBBBBB", gray.shape[1], gray.shape[0], 16, 4, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+                     + chunk(b"IEND", b""))
+
+
+def test_four_band_tiffs_and_16_bit_gray_alpha_read_as_stored_or_named(tmp_path):
+    """Found by a review: a TIFF whose fourth band is tagged as premultiplied alpha had its RGB divided by it without
+    a word; one tagged as unspecified (RGB + near-infrared from GIS tools) was said to hold 3 bands; a 16-bit gray +
+    alpha PNG was refused for its shape; a TIFF Pillow cannot decode was only told to be replaced."""
+    bands = np.zeros((HEIGHT, WIDTH, 4), np.uint8)
+    bands[..., :3], bands[..., 3] = 100, 50
+    Image.frombytes("RGBX", (WIDTH, HEIGHT), bands.tobytes()).save(tmp_path / "rgbn.tif")  # fourth: unspecified
+    assert np.array_equal(read_image(tmp_path / "rgbn.tif"), bands[..., :3])
+    with pytest.raises(UserError, match=r"rgbn.tif holds 4 bands, but its TIFF tags the fourth as unspecified, and "
+                                        r"Pillow reads only the first three: save its bands as an HxWx4 .npy array"):
+        read_image(tmp_path / "rgbn.tif", channels=4)
+    from utils.check_data import check_dataset
+
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "rgbn.tif").rename(tmp_path / "imgs" / "rgbn.tif")
+    write_image(tmp_path / "masks" / "rgbn.png", np.zeros((HEIGHT, WIDTH), np.uint8))
+    assert check_dataset(tmp_path / "imgs", tmp_path / "masks", workers=1).bands_error(4, "-").startswith(
+        "the model reads 4 channels, but Pillow does not read the fourth band, tagged as unspecified, of 1 TIFF image "
+        "(rgbn.tif): save its bands as an HxWx4 .npy array")
+    Image.fromarray(bands, "RGBA").save(tmp_path / "a.tif")
+    data = (tmp_path / "a.tif").read_bytes()
+    unassociated = bytes.fromhex("5201 0300 01000000 0200")  # ExtraSamples: 1 value, 2 (unassociated alpha)
+    assert data.count(unassociated) == 1
+    (tmp_path / "a.tif").write_bytes(data.replace(unassociated, bytes.fromhex("5201 0300 01000000 0100")))
+    with pytest.raises(UserError, match=r"a.tif is a TIFF whose fourth band is tagged as premultiplied alpha, which "
+                                        r"Pillow divides the colours by as it reads: save its bands as an HxWxC .npy"):
+        read_image(tmp_path / "a.tif")
+    gray = np.full((HEIGHT, WIDTH), 400, np.uint16)
+    gray[:10] = 4000
+    _png_16_bit_gray_alpha(tmp_path / "la16.png", gray)
+    assert np.array_equal(read_image(tmp_path / "la16.png", channels=1)[..., 0], (gray == 4000).astype(np.uint8) * 255)
+    Image.fromarray(bands[..., :3]).save(tmp_path / "cut.tif")
+    (tmp_path / "cut.tif").write_bytes((tmp_path / "cut.tif").read_bytes()[:200])
+    with pytest.raises(UserError, match=r"cut.tif .*: a damaged file, or a TIFF layout Pillow does not read \(more "
+                                        r"than four bands, several gray bands, bands stored apart\)"):
+        read_image(tmp_path / "cut.tif")
+
+
 def test_the_transparency_of_a_palette_image_is_no_fourth_band(tmp_path):
     """RGBA files hold a fourth band of data (near-infrared, say); a palette's transparency is not one: it is
     dropped, as gray + alpha's is (found by a review: one kept it, the other not)."""

@@ -26,7 +26,9 @@ from unet import MIN_SIDE
 
 from .atomic_files import atomic_path
 from .data_loading import (
+    DROPPED_FOURTH_BAND,
     SIZE_MISMATCH_FIX,
+    TIFF_BANDS_FIX,
     TURNED_IMAGE_FIX,
     TURNED_MASK_FIX,
     UPRIGHT_FIX,
@@ -66,7 +68,8 @@ CACHE_VERSION = 11  # 3: misnamed files and files over --max-image-pixels are un
 # 5: EXIF orientation of images noted; 6: interior pixels of each mask value; 7: EXIF orientation of masks noted;
 # 8: RGBA images counted as 4 bands, and whether the fourth varies; 9: int16 and float masks named as such;
 # 10: entries of files outside the cache's folder (images) keyed by absolute path, and dropped once gone; label
-# masks named by their type and values; 11: lossy WebP masks noted as JPEG ones are
+# masks named by their type and values; 11: lossy WebP masks noted as JPEG ones are, and TIFFs whose fourth band
+# Pillow drops
 
 # a pair's fix (data_loading.size_mismatch) as said of all the mismatched pairs
 FIXES_OF_ALL = {TURNED_IMAGE_FIX: f"the masks were drawn on the images as viewers show them: {UPRIGHT_FIX}",
@@ -327,6 +330,7 @@ class DataCheck:
     sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # per usable pair's name: (width, height)
     channels: dict[str, int] = field(default_factory=dict)  # per usable pair's name: its image's bands (1, 3, 4)
     fourth_bands: list[str] = field(default_factory=list)  # images whose fourth band is not one value throughout
+    unread_fourth_bands: list[str] = field(default_factory=list)  # TIFFs of 4 bands whose fourth Pillow drops
     encodings: Counter = field(default_factory=Counter)
     palette: list[int] | None = None
     palette_conflicts: list[str] = field(default_factory=list)  # an index shown as another colour than elsewhere
@@ -352,6 +356,10 @@ class DataCheck:
         lacking = [name for name, bands in self.channels.items() if bands != 4]
         if channels != 4 or not lacking:
             return None
+        if self.unread_fourth_bands:
+            return (f"the model reads 4 channels, but Pillow does not read the fourth band, tagged as unspecified, "
+                    f"of {counted(len(self.unread_fourth_bands), 'TIFF image')} {_names(self.unread_fourth_bands)}: "
+                    f"{TIFF_BANDS_FIX.replace('HxWxC', 'HxWx4')}, or save them as RGBA PNGs")
         return (f"the model reads 4 channels, but {len(lacking)} of the {len(self.channels)} images "
                 f"hold{'s' if len(lacking) == 1 else ''} fewer bands {_names(lacking)}: give every image its "
                 f"fourth band (RGBA PNG or TIFF, HxWx4 .npy), or {fix}")
@@ -688,6 +696,8 @@ def check_dataset(
         check.channels[pair.name] = image["channels"]
         if image.get("fourth_band_varies"):
             check.fourth_bands.append(pair.image.name)
+        if image.get("mode") == DROPPED_FOURTH_BAND:
+            check.unread_fourth_bands.append(pair.image.name)
         check.encodings[mask["encoding"]] += 1
         if mask.get("lossy") and len(mask["values"]) > 2:
             check.blurred_masks.append(pair.mask.name)

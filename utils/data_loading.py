@@ -154,7 +154,20 @@ def _unreadable(path: Path, error: Exception) -> UserError:
                          "or TIFF for an image)")
     found = _content_type(path)
     problem = _misnamed(path, found) if found else None
-    return problem or UserError(f"cannot read {path} ({_reason(error)}): replace or remove the file")
+    return problem or _decode_error(path, error, found)
+
+
+TIFF_BANDS_FIX = "save its bands as an HxWxC .npy array (tifffile.imread reads them as stored)"
+
+
+def _decode_error(path: Path, error: BaseException, image_format: str | None) -> UserError:
+    """A decoder's failure on a file: a TIFF may be one of the layouts Pillow does not read (4 gray bands, more than
+    four, bands stored one after another) rather than a broken file."""
+    if image_format == "TIFF":
+        return UserError(f"cannot read {path} ({_reason(error)}): a damaged file, or a TIFF layout Pillow does not "
+                         f"read (more than four bands, several gray bands, bands stored apart): {TIFF_BANDS_FIX}, or "
+                         "replace the file")
+    return UserError(f"cannot read {path} ({_reason(error)}): replace or remove the file")
 
 
 def _pixel_limit_error(path: Path, error: Exception) -> PixelLimitError:
@@ -248,16 +261,19 @@ def _check_values(path: Path | str, array: np.ndarray) -> None:
         raise UserError(f"{path} holds NaN or infinite values: replace them (numpy.nan_to_num) or remove the file")
 
 
+def _raw_modes(image: Image.Image) -> set[str]:
+    """How the file stores its pixels (Pillow's raw modes), where the mode says how they are read."""
+    raw_modes = [tile.args if isinstance(tile.args, str) else tile.args[0] for tile in image.tile if tile.args]
+    return {raw for raw in raw_modes if isinstance(raw, str)}
+
+
 def _sixteen_bit_colour(image: Image.Image) -> bool:
     """16 bits per colour channel (48/64-bit PNG, TIFF): Pillow decodes these to 8 bits, the low byte dropped."""
-    if image.mode not in ("RGB", "RGBA"):
-        return False
-    raw_modes = [tile.args if isinstance(tile.args, str) else tile.args[0] for tile in image.tile if tile.args]
-    return any(isinstance(raw, str) and ";16" in raw for raw in raw_modes)
+    return image.mode in ("RGB", "RGBA") and any(";16" in raw for raw in _raw_modes(image))
 
 
 def _read_png_16(path: Path) -> np.ndarray:
-    """A 16-bit colour PNG as HxWxC uint16 (torchvision's decoder keeps every bit)."""
+    """A 16-bit colour (or gray + alpha) PNG as HxWxC uint16 (torchvision's decoder keeps every bit)."""
     from torchvision import io as tv_io  # here: importing torchvision costs every script ~1 s at start
 
     try:
@@ -266,6 +282,8 @@ def _read_png_16(path: Path) -> np.ndarray:
             data = tv_io.decode_png(tv_io.read_file(str(path)), tv_io.ImageReadMode.UNCHANGED)
     except Exception as error:  # noqa: BLE001 - see _open
         raise UserError(f"cannot read {path} ({_reason(error)}): replace or remove the file") from None
+    if data.shape[0] == 2:  # gray + alpha (Pillow calls it RGBA): the transparency is no band of data, as in 8 bits
+        data = data[:1]
     return data.permute(1, 2, 0).numpy()
 
 
@@ -294,14 +312,23 @@ def _open(path: Path, reduce_to: tuple[int, int] | None = None, mask: bool = Fal
         raise UserError(f"{path} is a TIFF with an orientation tag ({orientation}), which Pillow applies as it reads "
                         "(and garbles in grayscale files), unlike every other format, read as stored: save it as PNG "
                         "without the tag (tifffile.imread gives the pixels as stored)")
+    if _raw_modes(image) & {"RGBa", "RGBa;16B", "RGBa;16L"}:
+        image.close()
+        raise UserError(f"{path} is a TIFF whose fourth band is tagged as premultiplied alpha, which Pillow divides "
+                        f"the colours by as it reads: {TIFF_BANDS_FIX}")
     if _sixteen_bit_colour(image):
-        image_format = image.format
+        image_format, bands = image.format, len(image.getbands())
         image.close()
         if image_format == "PNG" and not mask:
             return _read_png_16(path)
         fix = ("save colour masks with 8 bits per channel (their colours are the classes)" if mask else
-               f"Pillow cuts it to 8 in {image_format} files: save it as a 16-bit PNG or a .npy array (uint16, HxWx3)")
+               f"Pillow cuts it to 8 in {image_format} files: save it as a 16-bit PNG or a .npy array (uint16, "
+               f"HxWx{bands})")
         raise UserError(f"{path} holds 16 bits per colour channel: {fix}")
+    if image.format == "TIFF" and image.mode == "RGB" and "RGBX" in _raw_modes(image):
+        # RGB + a band tagged "unspecified" (as GIS tools write near-infrared): Pillow reads the first three; noted
+        # before loading, which forgets how the file stores its pixels
+        image.info[DROPPED_FOURTH_BAND] = True
     try:
         if reduce_to is not None and image.format == "JPEG":
             # DCT-domain downscaling inside libjpeg: 2-8x less decoding and resizing for a scaled image.
@@ -313,7 +340,7 @@ def _open(path: Path, reduce_to: tuple[int, int] | None = None, mask: bool = Fal
         raise _pixel_limit_error(path, error) from None
     except Exception as error:  # noqa: BLE001 - a decoder failing on a file is the file's fault: one line naming it
         image.close()
-        raise UserError(f"cannot read {path} ({_reason(error)}): replace or remove the file") from None
+        raise _decode_error(path, error, image.format) from None
 
 
 def _as_array(path: Path | str, image: Image.Image, mode: str | None = None) -> np.ndarray:
@@ -325,6 +352,7 @@ def _as_array(path: Path | str, image: Image.Image, mode: str | None = None) -> 
         raise UserError(f"cannot read {path} ({image.mode} pixels: {_reason(error)}): {fix}") from None
 
 
+DROPPED_FOURTH_BAND = "RGB (of RGBX)"  # the mode reported for a TIFF whose fourth band Pillow does not read
 EXIF_ORIENTATION = 0x0112  # 1: stored upright; 2-8: viewers turn or mirror the stored pixels to show the image
 UPRIGHT_FIX = "save the images upright first, e.g. with PIL.ImageOps.exif_transpose"
 
@@ -375,7 +403,7 @@ def read_image_data(path: Path, reduce_to: tuple[int, int] | None = None) -> tup
     data = _open(path, reduce_to)
     if isinstance(data, Image.Image):
         with data:  # closed once decoded: GIF and TIFF keep their file open for other frames
-            mode = data.mode
+            mode = DROPPED_FOURTH_BAND if data.info.get(DROPPED_FOURTH_BAND) else data.mode
             array = _as_array(path, data, _read_mode(data))
     else:
         array = np.asarray(data)
@@ -453,6 +481,9 @@ def _model_pixels(array: np.ndarray, channels: int, source: Path | str, mode: st
     """HxWxC in its own depth -> uint8 HxWxC with the model's channel count. A model of 3 channels or 1 reads
     the first three bands of a 4-band image, stretched (16-bit, float) over those three alone."""
     bands = array.shape[-1]
+    if channels == 4 and mode == DROPPED_FOURTH_BAND:
+        raise UserError(f"{source} holds 4 bands, but its TIFF tags the fourth as unspecified, and Pillow reads only "
+                        f"the first three: {TIFF_BANDS_FIX.replace('HxWxC', 'HxWx4')}, or save them as an RGBA PNG")
     if channels == 4 and bands != 4:
         held = f"{mode} colours" if mode == "CMYK" else counted(bands, "band")
         raise UserError(f"{source} holds {held}, but the model reads 4 channels (RGB + a fourth band, such as "
