@@ -492,6 +492,19 @@ def test_gif_outputs_keep_the_class_values(tmp_path: Path) -> None:
         assert float(writer.rows[1][f"fraction_{len(mask_values) - 1}"]) == 1.0
 
 
+def test_predictions_csv_shows_a_class_of_a_few_pixels_in_a_large_image(tmp_path: Path) -> None:
+    """Found by a review: six decimals wrote a 3x3 object in a 6000x4000 tile as 0.000000, the class absent."""
+    from utils.mask_writer import MaskWriter, OutputOptions
+
+    mask = np.zeros((2000, 2000), np.uint8)
+    mask[7, 9] = 255  # one pixel in four million (0/1 masks are written 0/255)
+    Image.fromarray(mask).save(tmp_path / "big.png")
+    writer = MaskWriter([0, 1], None, 3, OutputOptions(), threads=1)
+    assert writer.record_existing(0, tmp_path / "big.jpg", tmp_path / "big.png")
+    assert writer.rows[0]["fraction_1"] == "0.000000250" and writer.rows[0]["fraction_0"] == "0.999999750"
+    writer.close()
+
+
 def test_outputs_in_formats_that_cannot_hold_the_values_are_refused_before_predicting(tmp_path: Path) -> None:
     from utils.errors import UserError
     from utils.mask_writer import MaskWriter, OutputOptions

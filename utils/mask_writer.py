@@ -196,7 +196,7 @@ class MaskWriter:
 
     def _row(self, source: Path, target: Path, width: int, height: int, fractions: Sequence[float]) -> dict:
         return {"image": str(source), "mask": str(target) if self.options.save_mask else "", "width": width,
-                "height": height, **{f"fraction_{c}": f"{f:.6f}" for c, f in enumerate(fractions)}}
+                "height": height, **{f"fraction_{c}": f"{f:.9f}" for c, f in enumerate(fractions)}}
 
     def check_format(self, target: Path) -> None:
         """Refuse, before any prediction, a mask file format that cannot hold the mask values (16-bit labels), or
