@@ -183,8 +183,9 @@ def expand_inputs(inputs: list[str], keep_repeats: bool = False) -> tuple[list[P
             seen.add(resolved)
             unique.append(path)
     if len(unique) < len(paths):
-        print(f"note: {len(paths) - len(unique)} inputs name a file already among the inputs (twice, or through a "
-              "link): each file is predicted once")
+        repeats = len(paths) - len(unique)
+        print(f"note: {counted(repeats, 'input')} {'names' if repeats == 1 else 'name'} a file already among the "
+              "inputs (twice, or through a link): each file is predicted once", file=sys.stderr)
     return unique, left_out
 
 
@@ -492,7 +493,7 @@ def predict_batches(loader: Iterable[dict], total: int, logits_of: Callable[[tor
                 if batch is None:
                     break
                 for error in batch["errors"]:
-                    bar.write(f"skipped: {error}")
+                    bar.write(f"warning: skipped {error}", file=sys.stderr)
                 failed += batch["errors"]
                 turned += batch["turned"]
                 for group in batch["groups"]:
@@ -525,9 +526,9 @@ def predict_inputs(args: argparse.Namespace, device: torch.device) -> int:
     scale = inference_scale(checkpoint, args.scale)
     inputs, left_out = expand_inputs(args.input, keep_repeats=len(args.output or []) > 1)
     if left_out:
-        print(f"note: left out {left_out} files named like the outputs of a run without --output "
+        print(f"note: left out {counted(left_out, 'file')} named like the outputs of a run without --output "
               f"(<name>{DEFAULT_OUTPUT_TAG}.png and its _overlay/_viz/_probs files); name such a file explicitly "
-              "to predict it")
+              "to predict it", file=sys.stderr)
     outputs = output_paths(inputs, args.output)
     csv_path = csv_location(args.csv, args.output, outputs)
     if csv_path is not None:
@@ -577,7 +578,8 @@ def predict_inputs(args: argparse.Namespace, device: torch.device) -> int:
         print(f"{'mask' if saved == 1 else 'masks'} of {counted(saved, 'image')} saved in {saved_in}")
     if failed:
         others = "; the others were predicted" if len(failed) < len(todo) else ""
-        print(f"error: {len(failed)} of {len(todo)} images could not be predicted (listed above as skipped){others}",
+        print(f"error: {len(failed)} of {counted(len(todo), 'image')} could not be predicted (listed above as "
+              f"skipped){others}",
               file=sys.stderr)
         return 1
     return 0
