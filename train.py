@@ -1125,9 +1125,11 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     if tiny and (args.batch_size == 1 or len(train_set) <= world.size):  # one image per process at most
         (width, height), name = train_sizes[tiny[0]], train_pairs[tiny[0] % len(train_pairs)].image.name
         fix = "use --batch-size 2 or more" if args.batch_size == 1 else "add training images"
-        raise UserError(f"{len(tiny)} training images are under {LONE_IMAGE_MIN_SIDE} px on both sides at --scale "
-                        f"{args.scale:g} (e.g. {name}, {width}x{height}): the U-Net's deepest map of one is 1x1, and "
-                        f"BatchNorm cannot train on a batch of one such image: {fix}, or a larger --scale")
+        larger = ", or a larger --scale" if args.scale < 1 and not args.crop else ""  # at most 1; windows: --crop
+        held = "is" if len(tiny) == 1 else "are"
+        raise UserError(f"{counted(len(tiny), 'training image')} {held} under {LONE_IMAGE_MIN_SIDE} px on both sides "
+                        f"at --scale {args.scale:g} (e.g. {name}, {width}x{height}): the U-Net's deepest map of one is "
+                        f"1x1, and BatchNorm cannot train on a batch of one such image: {fix}{larger}")
     order = EpochOrder(len(train_set), args.batch_size, args.seed, world, sizes=train_sizes, no_lone_images=bool(tiny))
     # On a CPU, validation and the BatchNorm calibration decode in this process: a worker forked at the end of the
     # first epoch shares the trainer's gigabytes of heap copy-on-write, and the next epoch paid ~20% for the page

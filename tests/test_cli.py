@@ -1994,8 +1994,11 @@ def test_images_under_32_px_never_train_alone_in_a_batch(tmp_path: Path) -> None
     assert result.stderr.strip().splitlines()[-1].startswith(
         "error: 5 training images are under 32 px on both sides at --scale 1 (e.g. ")
     assert result.stderr.strip().endswith("24x24): the U-Net's deepest map of one is 1x1, and BatchNorm cannot train "
-                                          "on a batch of one such image: use --batch-size 2 or more, or a larger "
-                                          "--scale")
+                                          "on a batch of one such image: use --batch-size 2 or more")  # no scale > 1
+    write_carvana_like(tmp_path / "half" / "data", 6, size=(48, 48))
+    halved = [flag if flag != "1" or before != "--scale" else "0.5" for before, flag in zip(["", *flags], flags)]
+    result = run("train.py", *halved, "--batch-size", "1", cwd=tmp_path / "half", check=False)
+    assert result.stderr.strip().endswith("use --batch-size 2 or more, or a larger --scale")
 
 
 def test_file_names_that_are_not_utf8_train_and_are_listed_in_the_csv_files(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """Every supported mask format survives the round trip: train (in-process) -> checkpoint -> predict writes masks
 in the training masks' own encoding (mode and values or colours), with the classes inferred from the data."""
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -503,6 +504,23 @@ def test_predictions_csv_shows_a_class_of_a_few_pixels_in_a_large_image(tmp_path
     assert writer.record_existing(0, tmp_path / "big.jpg", tmp_path / "big.png")
     assert writer.rows[0]["fraction_1"] == "0.000000250" and writer.rows[0]["fraction_0"] == "0.999999750"
     writer.close()
+
+
+def test_a_csv_that_cannot_be_written_says_what_was_kept(tmp_path: Path) -> None:
+    """Found by a message audit: after a --no-save run the advice was to count the masks with --skip-existing,
+    which predict.py refuses beside --no-save, and there were no masks."""
+    from utils.errors import UserError
+    from utils.mask_writer import MaskWriter, OutputOptions
+
+    (tmp_path / "file").write_text("not a folder")
+    for options, fix in ((OutputOptions(), "the masks are written: run again with --skip-existing and a --csv "
+                                           "elsewhere to count them"),
+                         (OutputOptions(save_mask=False), "no masks were written (--no-save) to count from: free "
+                                                          "disk space or give --csv another file, and run again")):
+        writer = MaskWriter([0, 1], None, 3, options, threads=1)
+        with pytest.raises(UserError, match=rf"^cannot write --csv .*file/p.csv \(.*\); {re.escape(fix)}$"):
+            writer.write_csv(tmp_path / "file" / "p.csv")
+        writer.close()
 
 
 def test_outputs_in_formats_that_cannot_hold_the_values_are_refused_before_predicting(tmp_path: Path) -> None:

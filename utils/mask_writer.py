@@ -282,5 +282,7 @@ class MaskWriter:
                 writer.writeheader()
                 writer.writerows(self.rows[index] for index in sorted(self.rows))
         except OSError as error:  # the folder was tried before predicting; a disk can fill up since
-            raise UserError(f"cannot write --csv {path} ({error.strerror or error}); the masks are written: run "
-                            "again with --skip-existing and a --csv elsewhere to count them") from None
+            fix = ("the masks are written: run again with --skip-existing and a --csv elsewhere to count them"
+                   if self.options.save_mask else "no masks were written (--no-save) to count from: free disk "
+                   "space or give --csv another file, and run again")
+            raise UserError(f"cannot write --csv {path} ({error.strerror or error}); {fix}") from None
