@@ -386,8 +386,10 @@ def check_scaled_sizes(pairs: list[Pair], sizes: dict[str, tuple[int, int]], sca
 def out_of_memory_advice(args: argparse.Namespace, device: torch.device, precision: Precision,
                          saved: str | None) -> str:
     """The one line for a training step that did not fit: what to change, and what was kept (saved: where)."""
-    fixes = ["a smaller --batch-size", "--checkpointing" if not args.checkpointing else None,
-             "--amp" if precision.name == "fp32" else None,
+    # mixed precision where it is not on: --amp under auto, which --precision fp32 overrides; never on MPS
+    mixed = None if precision.name != "fp32" or device.type == "mps" else \
+        "--amp" if args.precision == "auto" else "--precision auto --amp (instead of --precision fp32)"
+    fixes = ["a smaller --batch-size", "--checkpointing" if not args.checkpointing else None, mixed,
              "a smaller --crop" if args.crop else "--crop 512 (windows at full resolution)", "a smaller --scale"]
     kept = (f"{saved} is kept (another batch size needs a new run: --resume keeps the run's)" if saved
             else "nothing had been saved yet")

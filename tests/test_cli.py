@@ -1499,8 +1499,16 @@ def test_out_of_memory_in_training_is_one_line_with_what_to_change_and_what_was_
         train.main(args)
     message = str(error.value)
     assert message.startswith("out of memory on cpu training batches of 2 at --scale 1 (fp32): try a smaller "
-                              "--batch-size, --checkpointing, --amp, --crop 512 (windows at full resolution), a "
-                              "smaller --scale;")
+                              "--batch-size, --checkpointing, --precision auto --amp (instead of --precision fp32), "
+                              "--crop 512 (windows at full resolution), a smaller --scale;")  # --amp alone: no change
+    from utils.device import Precision
+
+    cases = (("cpu", "auto", "--checkpointing, --amp, --crop"), ("mps", "auto", "--checkpointing, --crop"),
+             ("cpu", "bf16", "--checkpointing, --crop"))  # found by a message audit
+    for device, precision, said in cases:
+        args.precision = precision
+        dtype = torch.bfloat16 if precision == "bf16" else None
+        assert said in train.out_of_memory_advice(args, torch.device(device), Precision(device, dtype), None)
     assert message.endswith(f"{tmp_path / 'run' / 'last.pth'} (saved at step 2) is kept (another batch size needs "
                             "a new run: --resume keeps the run's)")
     assert load_checkpoint(tmp_path / "run" / "last.pth")["epoch"] == 1  # the work before it is on disk
