@@ -486,8 +486,11 @@ def keep_run_settings(args: argparse.Namespace, resumed: dict, resume_file: Path
         given = getattr(args, name)
         if given != value and (name in typed if typed is not None else given != parser.get_default(name)):
             flag = "--" + name.replace("_", "-")
-            lines.append(f"note: {resume_file} continues with {flag} {shown(value)}; {flag} {shown(given)} is "
-                         "ignored (start a new run to change it)")
+            run_has = f"without {flag}" if value is None or value is False else \
+                f"with {flag}" if value is True else f"with {flag} {shown(value)}"
+            typed_text = flag if given is True else f"{flag} {shown(given)}"
+            lines.append(f"note: {resume_file} continues {run_has}; {typed_text} is ignored (start a new run to change "
+                         "it)")
         setattr(args, name, value)
     # --epochs (raised to train longer), --max-bad-steps, --save-every and --keep-epochs may change; left out,
     # the run goes on with its own (each checked: a hand-edited value is left out, not an error about a flag)

@@ -904,6 +904,11 @@ def test_resume_keeps_the_runs_settings_and_names_each_flag_it_overrides(tmp_pat
     assert args.batch_size == 4 and args.scale == 0.25 and args.classes == 3
     assert lines == [f"note: {tmp_path / 'last.pth'} continues with --batch-size 4; --batch-size 8 is ignored "
                      "(start a new run to change it)"]  # flags left at their defaults, or equal, pass silently
+    args = train.get_args_parser().parse_args(["--crop", "32", "--ignore-index", "255", "--bilinear"])
+    assert train.keep_run_settings(args, {**resumed, "args": {**resumed["args"], "crop": None}}, tmp_path / "l.pth") \
+        == [f"note: {tmp_path / 'l.pth'} continues {said}; {typed} is ignored (start a new run to change it)"
+            for said, typed in (("without --bilinear", "--bilinear"), ("without --ignore-index", "--ignore-index 255"),
+                                ("without --crop", "--crop 32x32"))]  # not "--crop None" (a message audit)
 
 
 def test_resume_keeps_the_runs_width(tmp_path: pathlib.Path) -> None:
