@@ -931,6 +931,12 @@ def test_every_pair_mismatched_gets_the_fix_and_the_loader_names_folders_and_the
     assert str(error.value) == (f"{tmp_path / 'imgs' / 's.png'} is 48x32 but {tmp_path / 'masks' / 's.png'} is "
                                 "96x64: resize each mask to its image with nearest-neighbour interpolation, or remove "
                                 "the pair")
+    (tmp_path / "masks" / "s.png").unlink()
+    write_image(tmp_path / "masks" / "s.png", box_mask(W, H))  # the image's size turned, and no EXIF to say why
+    with pytest.raises(UserError) as error:
+        SegmentationDataset(list_pairs(tmp_path / "imgs", tmp_path / "masks"), [0, 1])[0]
+    assert str(error.value).endswith("is 32x48: the mask is the image's size turned by 90 degrees: check that it is "
+                                     "not stored turned (resizing would not align it), or remove the pair")
 
 
 def test_an_image_too_small_at_any_scale_is_named_by_the_check_and_by_train(tmp_path: Path) -> None:

@@ -2143,7 +2143,8 @@ def test_evaluate_says_when_a_reference_checkpoints_mask_values_are_assumed(tmp_
                  "--workers", "0", cwd=tmp_path, check=False)
     assert result.returncode == 2
     assert "note: plain.pth holds no mask_values, so its classes are taken to be the mask values [0, 1, 2]; if its " \
-           "masks used others, add them to it, e.g. checkpoint['mask_values'] = [0, 255]" in result.stderr
+           "masks used others, add one per class to it and save it again, e.g. checkpoint['mask_values'] = [0, 128, " \
+           "255]" in result.stderr  # one value per class (found by a message audit: the example held two)
     torch.save({**UNet(3, 2, base_channels=4).state_dict(), "mask_values": [[0, 0, 0], [255, 0, 0]]},
                tmp_path / "colour.pth")
     result = run("evaluate.py", "-m", "colour.pth", "--imgs", "imgs", "--masks", "masks", "--scale", "1",

@@ -359,6 +359,8 @@ UPRIGHT_FIX = "save the images upright first, e.g. with PIL.ImageOps.exif_transp
 
 
 SIZE_MISMATCH_FIX = "resize each mask to its image with nearest-neighbour interpolation, or remove the pair"
+SWAPPED_SIZES_FIX = ("the mask is the image's size turned by 90 degrees: check that it is not stored turned "
+                     "(resizing would not align it), or remove the pair")
 
 
 TURNED_IMAGE_FIX = f"the mask was drawn on the image as viewers show it: {UPRIGHT_FIX}"
@@ -380,7 +382,7 @@ def size_mismatch(image: Path, image_size: tuple[int, int], mask: Path, mask_siz
     if mask_orientation >= 5:
         return f"{message}, the mask as its EXIF orientation ({mask_orientation}) turns it for viewers", \
             TURNED_MASK_FIX
-    return message, SIZE_MISMATCH_FIX
+    return message, SWAPPED_SIZES_FIX
 
 
 def file_orientation(path: Path) -> int:
