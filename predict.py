@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
-from tqdm import tqdm
 
 from utils.atomic_files import NAME_BYTES, NAME_MAX, check_output_file, make_folder
 from utils.checkpoint import inference_scale, load_model
@@ -549,7 +548,7 @@ def predict_inputs(args: argparse.Namespace, device: torch.device) -> int:
     loader = WorkerLoader(ImageFiles(inputs, scale, model.n_channels, todo), batch_size=batch_size,
                           num_workers=workers, collate_fn=collate_by_size, pin_memory=on_gpu,
                           prefetch_factor=4 if workers else None)
-    notify = notify_once(tqdm.write)
+    notify = notify_once()
     encode = MaskEncoder(writer.table, max(model.n_classes, 2), device, writer.needs_class_indices,
                          args.save_probs, threshold)
     started = time.perf_counter()

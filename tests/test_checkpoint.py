@@ -656,7 +656,8 @@ def test_declared_architecture_that_contradicts_the_weights_is_refused(ckpt_dir)
      "base_channels is 1099511627776, more than the 256 a U-Net is built with"),
     ("model", [1, 2], "its weights are a list, not a state_dict"),
     ("mask_values", "0,255", "mask_values is '0,255', not a list"),
-    ("scale", -1.0, "scale is -1.0, not a positive number"),
+    ("scale", -1.0, "scale is -1.0, not a positive number: fix or drop the entry (e.g. del checkpoint['scale'], "
+                    "then torch.save it again)"),  # not "or pass --scale", read before --scale (a message audit)
     ("format", 99, "format 99; this code reads format 1"),
     ("wandb_run", 5, "wandb_run is 5, not a wandb run id"),
     ("epoch_loss", [1.5], "epoch_loss is [1.5], not the loss sum of the epoch's batches so far (a number)"),

@@ -414,8 +414,8 @@ def _check_metadata(checkpoint: dict[str, Any], source: Path | str) -> None:
     scalar = (int, float)
     scale = checkpoint.get("scale")
     if scale is not None and (not isinstance(scale, scalar) or isinstance(scale, bool) or not 0 < scale < math.inf):
-        raise UserError(f"{source}: scale is {scale!r}, not a positive number: fix or drop the entry, or pass "
-                        "--scale")
+        raise UserError(f"{source}: scale is {scale!r}, not a positive number: fix or drop the entry (e.g. del "
+                        "checkpoint['scale'], then torch.save it again)")
     loss = checkpoint.get("epoch_loss")  # NaN or infinite too: an uninterrupted run records that as well
     if loss is not None and (not isinstance(loss, (int, float)) or isinstance(loss, bool)):
         raise UserError(f"{source}: epoch_loss is {_clipped(loss)}, not the loss sum of the epoch's batches so far "

@@ -12,6 +12,7 @@ import dataclasses
 import math
 import numbers
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
+from tqdm import tqdm
 
 from unet import CLASSIC_BASE_CHANNELS, MIN_SIDE
 
@@ -419,7 +421,7 @@ class _Runner:
         pixels = min(budget or height * width, height * width) // 2
         while True:
             tile, tile_batch = plan_tiles(pixels, self.device, self.options.tile_batch)
-            self.notify(f"out of memory predicting {width}x{height} whole: using tiles of {tile} "
+            self.notify(f"note: out of memory predicting {width}x{height} whole: using tiles of {tile} "
                         f"(set --tile to choose them)")
             try:
                 return self.tiled(images, tile, tile_batch)
@@ -520,14 +522,15 @@ def _through_wrappers(model: nn.Module, name: str, default: object) -> object:
     return getattr(model, name)
 
 
-def notify_once(write: Callable[[str], None]) -> Callable[[str], None]:
-    """A notify callback that passes each distinct message on once (one line per image size, not per image)."""
+def notify_once() -> Callable[[str], None]:
+    """A notify callback that writes each distinct note once (one line per image size, not per image), on stderr
+    and on a line of its own beside a progress bar."""
     seen: set[str] = set()
 
     def notify(message: str) -> None:
         if message not in seen:
             seen.add(message)
-            write(message)
+            tqdm.write(message, file=sys.stderr)
 
     return notify
 

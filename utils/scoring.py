@@ -51,7 +51,7 @@ def evaluate(
     n_classes = max(unwrap_model(model).n_classes, 2)
     rows: list[dict] = []
     dice_sum = torch.zeros(n_classes, dtype=torch.float64)
-    notify = notify_once(tqdm.write)
+    notify = notify_once()
     iou_sum = torch.zeros(n_classes, dtype=torch.float64)
     pooled_counts = [torch.zeros(n_classes, dtype=torch.float64) for _ in range(3)]  # intersection, predicted, true
     images_with = torch.zeros(n_classes, dtype=torch.int64)  # images whose mask holds the class
