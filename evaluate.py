@@ -128,7 +128,8 @@ def score_folders(args: argparse.Namespace, device: torch.device) -> dict:
         print(note, file=sys.stderr)
     if checkpoint.get("mask_values") is None and model.n_classes > 2:  # a reference state_dict: values guessed
         # (binary models read 0/1 and 0/255 masks alike, so only the guess for more classes is worth a word)
-        example = [0, *(round(255 * (i + 1) / (model.n_classes - 1)) for i in range(model.n_classes - 1))]
+        example = [0, *(round(255 * (i + 1) / (model.n_classes - 1)) for i in range(model.n_classes - 1))] \
+            if model.n_classes <= 256 else list(range(model.n_classes))  # spread over 8 bits where they fit
         print(f"note: {args.model} holds no mask_values, so its classes are taken to be the mask values "
               f"{short_values(model.mask_values)}; if its masks used others, add one per class to it and save it "
               f"again, e.g. checkpoint['mask_values'] = {short_values(example)}", file=sys.stderr)

@@ -1,6 +1,7 @@
 """train -> checkpoint -> predict -> evaluate through the real command lines (their `__main__` blocks, see
 conftest.run_script), on tiny generated data."""
 
+import argparse
 import csv
 import json
 import os
@@ -2088,6 +2089,10 @@ def test_a_quoted_tilde_in_a_path_is_the_home_folder(tmp_path: Path, monkeypatch
         "--workers", "0", cwd=tmp_path / "here")
     assert len(list((home / "out").iterdir())) == 2 and (home / "e.csv").exists()
     assert list((tmp_path / "here").iterdir()) == []
+    from utils.errors import home_expanded  # a mask suffix is part of a name, not a path (found by a code review)
+
+    expanded = home_expanded(argparse.Namespace(mask_suffix="~", imgs=Path("~/imgs")))
+    assert expanded.mask_suffix == "~" and expanded.imgs == home / "imgs"
 
 
 def test_extra_classes_get_unused_labels_quickly() -> None:

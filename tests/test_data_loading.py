@@ -128,17 +128,23 @@ def test_four_band_tiffs_and_16_bit_gray_alpha_read_as_stored_or_named(tmp_path)
     bands[..., :3], bands[..., 3] = 100, 50
     Image.frombytes("RGBX", (WIDTH, HEIGHT), bands.tobytes()).save(tmp_path / "rgbn.tif")  # fourth: unspecified
     assert np.array_equal(read_image(tmp_path / "rgbn.tif"), bands[..., :3])
-    with pytest.raises(UserError, match=r"rgbn.tif holds 4 bands, but its TIFF tags the fourth as unspecified, and "
-                                        r"Pillow reads only the first three: save its bands as an HxWx4 .npy array"):
+    with pytest.raises(UserError, match=r"rgbn.tif holds 4 bands, but Pillow reads only the first three of this "
+                                        r"TIFF: save its bands as an HxWx4 .npy array"):
         read_image(tmp_path / "rgbn.tif", channels=4)
     from utils.check_data import check_dataset
 
     (tmp_path / "imgs").mkdir()
     (tmp_path / "rgbn.tif").rename(tmp_path / "imgs" / "rgbn.tif")
     write_image(tmp_path / "masks" / "rgbn.png", np.zeros((HEIGHT, WIDTH), np.uint8))
-    assert check_dataset(tmp_path / "imgs", tmp_path / "masks", workers=1).bands_error(4, "-").startswith(
-        "the model reads 4 channels, but Pillow does not read the fourth band, tagged as unspecified, of 1 TIFF image "
-        "(rgbn.tif): save its bands as an HxWx4 .npy array")
+    write_image(tmp_path / "imgs" / "rgb.png", random_rgb(0))  # a second group: the message names both (a review)
+    write_image(tmp_path / "masks" / "rgb.png", np.zeros((HEIGHT, WIDTH), np.uint8))
+    assert check_dataset(tmp_path / "imgs", tmp_path / "masks", workers=1).bands_error(4, "-") == (
+        "the model reads 4 channels, but Pillow does not read the bands past three of 1 TIFF image (rgbn): save "
+        "its bands as an HxWx4 .npy array (tifffile.imread reads them as stored), or as RGBA PNGs; and 1 of the 2 "
+        "images holds fewer bands (rgb): give every image its fourth band (RGBA PNG or TIFF, HxWx4 .npy), or -")
+    Image.fromarray(random_rgb(1)).convert("YCbCr").save(tmp_path / "ycbcr.tif", compression="tiff_lzw")
+    with pytest.raises(UserError, match=r"ycbcr.tif holds 3 bands, but the model reads 4"):  # no fourth (a review)
+        read_image(tmp_path / "ycbcr.tif", channels=4)
     Image.fromarray(bands, "RGBA").save(tmp_path / "a.tif")
     data = (tmp_path / "a.tif").read_bytes()
     unassociated = bytes.fromhex("5201 0300 01000000 0200")  # ExtraSamples: 1 value, 2 (unassociated alpha)

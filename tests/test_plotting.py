@@ -95,3 +95,19 @@ def test_every_class_of_many_gets_a_colour_of_its_own() -> None:
     colours = class_colours(21)
     assert colours.shape == (21, 3) and len({tuple(c) for c in colours}) == 21
     assert tuple(colours[0]) == (0, 0, 0)
+
+
+def test_overlay_in_blocks_rounds_as_the_whole_image_blend_did() -> None:
+    """Found by a code review: rounding the blend in float64 moved some pixels by one level at alpha 0.35."""
+    from utils.plotting import BLEND_BLOCK_PIXELS, class_colours, overlay_mask
+
+    image = np.full((3, 4, 3), 45, np.uint8)
+    classes = np.ones((3, 4), np.int64)
+    assert overlay_mask(image, classes, class_colours(2), alpha=0.35).getpixel((0, 0)) == (110, 38, 56)
+    tall = np.random.default_rng(0).integers(0, 256, (BLEND_BLOCK_PIXELS // 16 + 3, 32, 3)).astype(np.uint8)
+    labels = np.random.default_rng(1).integers(0, 3, tall.shape[:2])
+    blended = tall.astype(np.float32)  # the whole-image blend, in one piece
+    blended[labels > 0] = 0.65 * blended[labels > 0] + 0.35 * class_colours(3)[labels[labels > 0]]
+    assert np.array_equal(np.asarray(overlay_mask(tall, labels, class_colours(3), alpha=0.35)),
+                          blended.round().astype(np.uint8))
+

@@ -26,7 +26,6 @@ from unet import MIN_SIDE
 
 from .atomic_files import atomic_path
 from .data_loading import (
-    DROPPED_FOURTH_BAND,
     SIZE_MISMATCH_FIX,
     TIFF_BANDS_FIX,
     TURNED_IMAGE_FIX,
@@ -43,6 +42,7 @@ from .data_loading import (
     read_image_data,
     read_mask,
     size_mismatch,
+    unread_bands,
     unread_format_note,
 )
 from .errors import UserError, check_flag, counted, run_cli
@@ -356,13 +356,14 @@ class DataCheck:
         lacking = [name for name, bands in self.channels.items() if bands != 4]
         if channels != 4 or not lacking:
             return None
-        if self.unread_fourth_bands:
-            return (f"the model reads 4 channels, but Pillow does not read the fourth band, tagged as unspecified, "
-                    f"of {counted(len(self.unread_fourth_bands), 'TIFF image')} {_names(self.unread_fourth_bands)}: "
-                    f"{TIFF_BANDS_FIX.replace('HxWxC', 'HxWx4')}, or save them as RGBA PNGs")
-        return (f"the model reads 4 channels, but {len(lacking)} of the {len(self.channels)} images "
-                f"hold{'s' if len(lacking) == 1 else ''} fewer bands {_names(lacking)}: give every image its "
-                f"fourth band (RGBA PNG or TIFF, HxWx4 .npy), or {fix}")
+        others = [name for name in lacking if name not in self.unread_fourth_bands]
+        tiffs = (f"Pillow does not read the bands past three of {counted(len(self.unread_fourth_bands), 'TIFF image')} "
+                 f"{_names(self.unread_fourth_bands)}: {TIFF_BANDS_FIX.replace('HxWxC', 'HxWx4')}, or as RGBA PNGs"
+                 if self.unread_fourth_bands else "")
+        fewer = (f"{len(others)} of the {len(self.channels)} images hold{'s' if len(others) == 1 else ''} fewer bands "
+                 f"{_names(others)}: give every image its fourth band (RGBA PNG or TIFF, HxWx4 .npy), or {fix}"
+                 if others else "")
+        return "the model reads 4 channels, but " + "; and ".join(part for part in (tiffs, fewer) if part)
 
     @property
     def too_small(self) -> list[str]:
@@ -696,8 +697,8 @@ def check_dataset(
         check.channels[pair.name] = image["channels"]
         if image.get("fourth_band_varies"):
             check.fourth_bands.append(pair.image.name)
-        if image.get("mode") == DROPPED_FOURTH_BAND:
-            check.unread_fourth_bands.append(pair.image.name)
+        if unread_bands(image.get("mode")):
+            check.unread_fourth_bands.append(pair.name)
         check.encodings[mask["encoding"]] += 1
         if mask.get("lossy") and len(mask["values"]) > 2:
             check.blurred_masks.append(pair.mask.name)

@@ -312,12 +312,17 @@ def _open(path: Path, reduce_to: tuple[int, int] | None = None, mask: bool = Fal
         raise UserError(f"{path} is a TIFF with an orientation tag ({orientation}), which Pillow applies as it reads "
                         "(and garbles in grayscale files), unlike every other format, read as stored: save it as PNG "
                         "without the tag (tifffile.imread gives the pixels as stored)")
-    if _raw_modes(image) & {"RGBa", "RGBa;16B", "RGBa;16L"}:
+    if any(raw.startswith("RGBa") for raw in _raw_modes(image)):  # RGBa, RGBaX, RGBa;16B, ...
         image.close()
         raise UserError(f"{path} is a TIFF whose fourth band is tagged as premultiplied alpha, which Pillow divides "
                         f"the colours by as it reads: {TIFF_BANDS_FIX}")
+    # TIFF samples beyond the colours Pillow reads (RGB + near-infrared tagged "unspecified", as GIS tools write):
+    # noted before loading, which forgets how the file stores its pixels
+    samples = image.tag_v2.get(TIFF_SAMPLES_PER_PIXEL, 0) if image.format == "TIFF" else 0
+    if image.mode == "RGB" and samples > 3:
+        image.info[TIFF_BANDS_READ_AS_RGB] = samples
     if _sixteen_bit_colour(image):
-        image_format, bands = image.format, len(image.getbands())
+        image_format, bands = image.format, max(samples, len(image.getbands()))
         image.close()
         if image_format == "PNG" and not mask:
             return _read_png_16(path)
@@ -325,10 +330,6 @@ def _open(path: Path, reduce_to: tuple[int, int] | None = None, mask: bool = Fal
                f"Pillow cuts it to 8 in {image_format} files: save it as a 16-bit PNG or a .npy array (uint16, "
                f"HxWx{bands})")
         raise UserError(f"{path} holds 16 bits per colour channel: {fix}")
-    if image.format == "TIFF" and image.mode == "RGB" and "RGBX" in _raw_modes(image):
-        # RGB + a band tagged "unspecified" (as GIS tools write near-infrared): Pillow reads the first three; noted
-        # before loading, which forgets how the file stores its pixels
-        image.info[DROPPED_FOURTH_BAND] = True
     try:
         if reduce_to is not None and image.format == "JPEG":
             # DCT-domain downscaling inside libjpeg: 2-8x less decoding and resizing for a scaled image.
@@ -353,7 +354,15 @@ def _as_array(path: Path | str, image: Image.Image, mode: str | None = None) -> 
 
 
 STRETCH_BLOCK_VALUES = 2**22  # values stretched at a time (32 MiB of float64)
-DROPPED_FOURTH_BAND = "RGB (of RGBX)"  # the mode reported for a TIFF whose fourth band Pillow does not read
+TIFF_SAMPLES_PER_PIXEL = 277
+TIFF_BANDS_READ_AS_RGB = "unet_tiff_bands"  # image.info key: a TIFF's band count where Pillow reads three of them
+
+
+def unread_bands(mode: str | None) -> int:
+    """The bands of a TIFF that Pillow read as RGB, from the mode read_image_data reports for it ("RGB of 4
+    bands"); 0 for any other image."""
+    found = re.fullmatch(r"RGB of (\d+) bands", mode or "")
+    return int(found.group(1)) if found else 0
 EXIF_ORIENTATION = 0x0112  # 1: stored upright; 2-8: viewers turn or mirror the stored pixels to show the image
 UPRIGHT_FIX = "save the images upright first, e.g. with PIL.ImageOps.exif_transpose"
 
@@ -406,7 +415,8 @@ def read_image_data(path: Path, reduce_to: tuple[int, int] | None = None) -> tup
     data = _open(path, reduce_to)
     if isinstance(data, Image.Image):
         with data:  # closed once decoded: GIF and TIFF keep their file open for other frames
-            mode = DROPPED_FOURTH_BAND if data.info.get(DROPPED_FOURTH_BAND) else data.mode
+            bands = data.info.get(TIFF_BANDS_READ_AS_RGB)
+            mode = f"RGB of {bands} bands" if bands else data.mode
             array = _as_array(path, data, _read_mode(data))
     else:
         array = np.asarray(data)
@@ -484,9 +494,11 @@ def _model_pixels(array: np.ndarray, channels: int, source: Path | str, mode: st
     """HxWxC in its own depth -> uint8 HxWxC with the model's channel count. A model of 3 channels or 1 reads
     the first three bands of a 4-band image, stretched (16-bit, float) over those three alone."""
     bands = array.shape[-1]
-    if channels == 4 and mode == DROPPED_FOURTH_BAND:
-        raise UserError(f"{source} holds 4 bands, but its TIFF tags the fourth as unspecified, and Pillow reads only "
-                        f"the first three: {TIFF_BANDS_FIX.replace('HxWxC', 'HxWx4')}, or save them as an RGBA PNG")
+    if channels == 4 and unread_bands(mode):
+        samples = unread_bands(mode)
+        raise UserError(f"{source} holds {samples} bands, but Pillow reads only the first three of this TIFF: "
+                        f"{TIFF_BANDS_FIX.replace('HxWxC', 'HxWx4') if samples == 4 else TIFF_BANDS_FIX}"
+                        f"{', or save them as an RGBA PNG' if samples == 4 else ''}")
     if channels == 4 and bands != 4:
         held = f"{mode} colours" if mode == "CMYK" else counted(bands, "band")
         raise UserError(f"{source} holds {held}, but the model reads 4 channels (RGB + a fourth band, such as "

@@ -133,8 +133,12 @@ def home_expanded(args: argparse.Namespace) -> argparse.Namespace:
         return [expanded(item) for item in value] if isinstance(value, list) else value
 
     for name, value in vars(args).items():
-        setattr(args, name, expanded(value))
+        if name not in NAME_PARTS:
+            setattr(args, name, expanded(value))
     return args
+
+
+NAME_PARTS = ("mask_suffix",)  # text fields that are parts of file names, not paths: a suffix "~" stays "~"
 
 
 def as_parsed(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argparse.Namespace:

@@ -37,7 +37,7 @@ def overlay_mask(image: np.ndarray, class_indices: np.ndarray, colours: np.ndarr
         block, classes = blended[top:top + rows], class_indices[top:top + rows]
         foreground = classes > 0
         mixed = (1 - alpha) * block[foreground].astype(np.float32) + alpha * colours[classes[foreground]]
-        block[foreground] = mixed.round().astype(np.uint8)
+        block[foreground] = mixed.astype(np.float32).round().astype(np.uint8)  # rounded as float32, as before
     return Image.fromarray(blended)
 
 
