@@ -77,6 +77,7 @@ from utils.distributed import (
     World,
     all_reduce_sum,
     barrier,
+    buffers_from_rank_0,
     check_same_everywhere,
     close_world,
     init_world,
@@ -1290,6 +1291,7 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
                         "resume with the same command and --resume auto")
                     raise SystemExit(stop.exit_code)
                 try:
+                    buffers_from_rank_0(model, world)  # validated with the statistics the checkpoint saves
                     if calibration is not None:  # the plain model: each process reads the same images
                         recalibrate_batchnorm(model, calibration, device, precision)
                     scores = None

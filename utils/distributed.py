@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from .errors import UserError
 
@@ -95,6 +96,17 @@ def all_reduce_sum(tensor: torch.Tensor, world: World) -> torch.Tensor:
         with _peers(world):
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def buffers_from_rank_0(model: nn.Module, world: World) -> None:
+    """Every process's buffers (BatchNorm's running statistics) made rank 0's, the ones its checkpoint holds. DDP
+    sends them out at the start of each training step, and the last step then updates each process's own from its
+    own batch: validated so, each process scored its images with statistics no saved model has (a metrics review
+    measured 0.5753 against evaluate.py's 0.5757 on the saved checkpoint)."""
+    if world.distributed:
+        with _peers(world):
+            for buffer in model.buffers():
+                dist.broadcast(buffer, src=0)
 
 
 def smallest_everywhere(value: int, world: World, device: torch.device) -> int:
