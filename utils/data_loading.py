@@ -363,6 +363,8 @@ def unread_bands(mode: str | None) -> int:
     bands"); 0 for any other image."""
     found = re.fullmatch(r"RGB of (\d+) bands", mode or "")
     return int(found.group(1)) if found else 0
+
+
 EXIF_ORIENTATION = 0x0112  # 1: stored upright; 2-8: viewers turn or mirror the stored pixels to show the image
 UPRIGHT_FIX = "save the images upright first, e.g. with PIL.ImageOps.exif_transpose"
 
