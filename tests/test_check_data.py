@@ -1125,3 +1125,41 @@ def test_mostly_empty_masks_get_their_hint_beside_other_hints(tmp_path) -> None:
     assert "most masks are empty (background only): check the mask encoding or the folder" in check.suggestions()
     one_value = check_dataset(*write_pairs_with(tmp_path / "all_empty", [empty, empty]), workers=1)
     assert not any("most masks are empty" in hint for hint in one_value.suggestions())  # one_value says it
+
+
+def _scan_worker_threads(queue) -> None:  # noqa: ANN001
+    import threading
+
+    check_data._start_scan_worker(None)
+    queue.put(sorted(thread.name for thread in threading.enumerate()))
+
+
+def test_scan_workers_end_with_the_process_they_work_for() -> None:
+    """Found by a concurrency review: a data check killed outright (SIGKILL, the out-of-memory killer) left its
+    scanning processes waiting for work for good, 300-400 MB each."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    worker = context.Process(target=_scan_worker_threads, args=(queue,))
+    worker.start()
+    assert "orphan-watch" in queue.get(timeout=60)
+    worker.join(timeout=60)
+    orphan = context.Process(target=check_data._end_when_orphaned, args=(os.getpid() + 1,))  # not its parent
+    orphan.start()
+    orphan.join(timeout=60)
+    assert orphan.exitcode == 1  # ends at once when its parent is not the one it works for
+
+
+@pytest.mark.parametrize("files", [None, [1, 2], {"mask:good0_mask.png": 5}, {"mask:good0_mask.png": "record"},
+                                   "an unchanged file's entry without its record's fields"])
+def test_a_cache_of_the_wrong_shape_is_scanned_again(tmp_path: Path, files: object) -> None:
+    """Found by a concurrency review: valid JSON of another shape was a traceback on every run until deleted."""
+    write_good_pairs(tmp_path)
+    if isinstance(files, str):
+        stat = (tmp_path / "masks" / "good0_mask.png").stat()
+        files = {"mask:good0_mask.png": {"key": [stat.st_size, stat.st_mtime_ns], "record": {"width": 48}}}
+    (tmp_path / "masks" / CACHE_NAME).write_text(json.dumps({"version": CACHE_VERSION, "files": files}))
+    check = check_dataset(tmp_path / "imgs", tmp_path / "masks", workers=1)
+    assert len(check.pairs) == 3 and check.mask_values == [0, 1]
+

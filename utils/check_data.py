@@ -12,6 +12,8 @@ import contextlib
 import json
 import os
 import signal
+import threading
+import time
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -94,6 +96,9 @@ BINARY_OBJECT_VALUES = (1, 255, 65535)  # a binary mask's object: 0/1 (or bool),
 NUMBER_WORDS = {2: "two", 3: "three"}
 GRAY_TINGE = 8  # a lossy file's gray pixels may differ this much between channels (WebP's subsampled colour)
 WEBP_CHUNKS_READ = 8  # the image's chunk comes after at most a few others (VP8X, ICCP, ALPH)
+ORPHAN_CHECK_SECONDS = 1.0  # how often a scan worker checks that the process it works for is still there
+RECORD_KEYS = {"image": {"width", "height", "channels", "mode"},  # what a cached record must hold to be used
+               "mask": {"width", "height", "values", "counts", "interior", "encoding"}}
 INTERIOR_BLOCK_ROWS = 512  # rows per block when counting interior pixels: bounded memory on very large masks
 
 
@@ -188,8 +193,11 @@ def _inspect_one(kind: str, path: str) -> dict[str, Any]:
         return record
 
 
-def _verdict_holds(record: dict[str, Any]) -> bool:
-    """A cached record of an unchanged file still applies under the current --max-image-pixels."""
+def _verdict_holds(record: Any, kind: str) -> bool:
+    """A cached record of an unchanged file still applies under the current --max-image-pixels (and is whole: a
+    cache edited or written by other code is scanned again, not a traceback)."""
+    if not isinstance(record, dict) or not ("error" in record or RECORD_KEYS[kind] <= record.keys()):
+        return False
     limit = Image.MAX_IMAGE_PIXELS
     if "error" in record:
         return record.get("pixel_limit", limit) == limit
@@ -234,8 +242,9 @@ def _inspect_with_cache(paths: Sequence[Path], kind: str, workers: int | None, c
             key = [stat.st_size, stat.st_mtime_ns]
         except OSError:  # a broken link, or a file gone since the listing: inspected (and reported) each time
             key = None
-        entry = cache.get(_cache_key(kind, path, folder)) or {}
-        if key is not None and entry.get("key") == key and "record" in entry and _verdict_holds(entry["record"]):
+        entry = cache.get(_cache_key(kind, path, folder))
+        entry = entry if isinstance(entry, dict) else {}
+        if key is not None and entry.get("key") == key and _verdict_holds(entry.get("record"), kind):
             records[index] = entry["record"]
         else:
             stale.append(index)
@@ -269,10 +278,20 @@ def _inspect_with_cache(paths: Sequence[Path], kind: str, workers: int | None, c
 
 def _start_scan_worker(pixel_limit: int | None) -> None:
     """A scanning process: Pillow's limit as the main process has it (None too: a program's "no limit"); a
-    Ctrl-C is the main process's to act on."""
+    Ctrl-C is the main process's to act on; it ends with the main process, also one killed outright (SIGKILL, the
+    out-of-memory killer), which would otherwise leave it waiting for work for good (a review found them hours
+    later, 300-400 MB each)."""
     Image.MAX_IMAGE_PIXELS = pixel_limit
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     take_held_signals()
+    parent = os.getppid()
+    threading.Thread(target=_end_when_orphaned, args=(parent,), daemon=True, name="orphan-watch").start()
+
+
+def _end_when_orphaned(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(ORPHAN_CHECK_SECONDS)
+    os._exit(1)
 
 
 def _read_cache(cache_file: Path) -> dict:
@@ -280,9 +299,9 @@ def _read_cache(cache_file: Path) -> dict:
         data = json.loads(cache_file.read_text())
     except (OSError, ValueError):
         return {}
-    if not isinstance(data, dict) or data.get("version") != CACHE_VERSION:
+    if not isinstance(data, dict) or data.get("version") != CACHE_VERSION or not isinstance(data.get("files"), dict):
         return {}
-    return data.get("files", {})
+    return data["files"]
 
 
 def _write_cache(cache_file: Path, files: dict) -> None:
