@@ -35,6 +35,7 @@ from utils.data_loading import (
     WorkerLoader,
     add_image_limit_argument,
     image_pixel_limit,
+    image_size,
     is_hidden,
     is_image_file,
     unread_format_note,
@@ -380,13 +381,25 @@ def hand_over(ready: dict, writer: MaskWriter, inputs: list[Path], outputs: list
 
 def already_predicted(inputs: list[Path], outputs: list[Path], writer: MaskWriter, with_csv: bool) -> list[int]:
     """--skip-existing: the inputs whose output files all exist. Outputs are only ever renamed into place whole
-    (utils/atomic_files.py), so an existing file is a finished one. For predictions.csv each such mask is read
-    back and counted; one that cannot be read as this model's mask is predicted again."""
+    (utils/atomic_files.py), so an existing file is a finished one, but it may be another image's: a mask whose
+    size is not its input's (another run's image of that name, in an output folder both share) is predicted again.
+    For predictions.csv each such mask is read back and counted; one that cannot be read as this model's mask is
+    predicted again."""
     done = [index for index, target in enumerate(outputs) if all(path.exists() for path in writer.output_files(target))]
+    fits = writer.pool.map(lambda index: same_size(inputs[index], outputs[index]), done)
+    done = [index for index, ok in zip(done, fits) if ok]
     if with_csv:
         readable = writer.pool.map(lambda index: writer.record_existing(index, inputs[index], outputs[index]), done)
         done = [index for index, ok in zip(done, readable) if ok]
     return done
+
+
+def same_size(image: Path, mask: Path) -> bool:
+    """Whether a mask file is the size of its image (headers only); False where either cannot be read."""
+    try:
+        return image_size(image) == image_size(mask)
+    except UserError:
+        return False
 
 
 def rows_replaced(csv_path: Path | None, images: list[Path], masks: list[Path]) -> int:

@@ -283,6 +283,23 @@ def test_skip_existing_finishes_a_run_whose_outputs_carry_no_mark(trained: Path,
         in refused.stderr
 
 
+def test_skip_existing_predicts_again_a_mask_of_another_image_of_that_name(trained: Path, tmp_path: Path) -> None:
+    """Found by a concurrency review: two runs on different images of the same names into one folder; the second's
+    --skip-existing took the first's masks, of another size, for its own, and --csv gave their figures."""
+    images = sorted((trained / "data" / "imgs").iterdir())[:2]
+    (tmp_path / "other").mkdir()
+    for image in images:  # the same names, another size
+        Image.open(image).resize((24, 16)).save(tmp_path / "other" / image.name)
+    run("predict.py", "-m", "checkpoints/best.pth", "--workers", "0", "-i", *images, "-o", tmp_path / "out",
+        cwd=trained)
+    result = run("predict.py", "-m", "checkpoints/best.pth", "--workers", "0", "-i", tmp_path / "other", "-o",
+                 tmp_path / "out", "--skip-existing", "--csv", cwd=trained)
+    assert "--skip-existing: 0 of 2 images already have their outputs; 2 to predict" in result.stdout
+    assert all(Image.open(tmp_path / "out" / f"{image.stem}.png").size == (24, 16) for image in images)
+    with open(tmp_path / "out" / "predictions.csv", newline="") as file:
+        assert [(row["width"], row["height"]) for row in csv.DictReader(file)] == [("24", "16")] * 2
+
+
 def test_skip_existing_says_when_predictions_csv_loses_rows_of_other_images(trained: Path, tmp_path: Path) -> None:
     """Found by a review: a --skip-existing run on other images into the same folder replaced predictions.csv's
     rows of the first run without the note a plain run gives."""
