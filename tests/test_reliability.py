@@ -225,7 +225,11 @@ def test_only_unfinished_checkpoint_saves_are_removed(tmp_path: Path) -> None:
         (tmp_path / name).write_bytes(b"x")
     (tmp_path / ".last.pth.4242.tmp").write_bytes(b"half a checkpoint")
     (tmp_path / ".epoch_3.pth.7.tmp").write_bytes(b"")
-    assert sorted(remove_unfinished_saves(tmp_path)) == [(".epoch_3.pth.7.tmp", 0), (".last.pth.4242.tmp", 17)]
+    (tmp_path / ".training_curves.png.20471.tmp").write_bytes(b"")  # found by a concurrency review: left for good
+    (tmp_path / ".metrics.csv.20471.tmp").write_bytes(b"ep")
+    assert sorted(remove_unfinished_saves(tmp_path)) == [(".epoch_3.pth.7.tmp", 0), (".last.pth.4242.tmp", 17),
+                                                        (".metrics.csv.20471.tmp", 2),
+                                                        (".training_curves.png.20471.tmp", 0)]
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted(kept)
     assert remove_unfinished_saves(tmp_path / "not yet made") == []
 

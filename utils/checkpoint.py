@@ -121,10 +121,14 @@ PLAIN_ENTRIES = ("args", "scale", "mask_palette", "epoch", "step", "epoch_batche
                  "epoch_loss", "training_images", "validation_images", "processes", "data_folders")
 
 
+RUN_LOG_FILES = ("metrics.csv", "training_curves.png")  # written beside the checkpoints, also by temporary names
+
+
 def remove_unfinished_saves(folder: Path | str) -> list[tuple[str, int]]:
-    """Delete the temporary files of checkpoint saves that a killed run left unfinished (each up to a checkpoint's
-    size); the checkpoints themselves were never touched by them. Call it holding the folder's RunLock, so that no
-    other run's save is in progress. Returns each removed file's name (a path, beside a link's target) and size.
+    """Delete the temporary files of checkpoint saves (and of the run's logs) that a killed run left unfinished
+    (each up to a checkpoint's size); the checkpoints themselves were never touched by them. Call it holding the
+    folder's RunLock, so that no other run's save is in progress. Returns each removed file's name (a path, beside
+    a link's target) and size.
 
     A checkpoint that is a link (last.pth kept on another disk) is saved beside the file it links to
     (atomic_path), so its unfinished saves are looked for there too, for that file's name only."""
@@ -139,8 +143,9 @@ def remove_unfinished_saves(folder: Path | str) -> list[tuple[str, int]]:
         with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             for entry in os.scandir(place):
                 unfinished = TEMPORARY_NAME.match(entry.name)
-                if (unfinished and unfinished["target"].endswith(".pth") and only in (None, unfinished["target"])
-                        and entry.is_file(follow_symlinks=False)):
+                ours = unfinished and (unfinished["target"].endswith(".pth") or only is None and unfinished["target"]
+                                       in RUN_LOG_FILES)  # the run's logs too (found by a concurrency review)
+                if ours and only in (None, unfinished["target"]) and entry.is_file(follow_symlinks=False):
                     size = entry.stat().st_size
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(entry.path)
