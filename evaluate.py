@@ -138,11 +138,13 @@ def score_folders(args: argparse.Namespace, device: torch.device) -> dict:
     trained_with = checkpoint.get("args") or {}  # read the masks the way the model was trained on them
     dataset = SegmentationDataset(pairs, model.mask_values, scale, model.n_channels, scale_masks=False,
                                   binarize=binarize_threshold(trained_with.get("binarize")),
-                                  ignore_value=model.ignore_value, either_binary=True)
+                                  ignore_value=model.ignore_value, either_binary=True, skip_unreadable=True)
     batch_size = args.batch_size or default_prediction_batch(device, [pair.image for pair in pairs], scale)
     loader = make_loader(dataset, batch_size, device, prediction_workers(args.workers, device, len(pairs)))
     check_output_file(args.output, "--output", (".csv", ".json"), ours=is_scores_file)  # before the evaluation
     result = evaluate(model, loader, device, precision, threshold, options=options, bar_stays=True)
+    if result["images"] == 0 and result["skipped"]:
+        raise UserError(f"no pair could be scored: {result['skipped'][0]}")
     if result["images"] == 0 and result["unscored"]:  # all --ignore-index: a mean would be a 0 (or a free 1)
         raise UserError(f"every mask in {args.masks} holds only pixels of --ignore-index {model.ignore_value} "
                         f"(e.g. {result['unscored'][0]}), which {args.model} was trained to leave out: there is "
@@ -188,6 +190,10 @@ def score_folders(args: argparse.Namespace, device: torch.device) -> dict:
     if unwritten is not None:
         raise unwritten
     print(f"per-image scores written to {args.output}")
+    if result["skipped"]:  # found by a scale review: the first broken file of 20,000 stopped the run, none written
+        raise UserError(f"{len(result['skipped'])} of {counted(len(pairs), 'pair')} could not be read (listed above "
+                        f"as not scored, e.g. {result['skipped'][0]}): the scores above and in {args.output} are "
+                        "of the others; replace or remove those files")
     return result
 
 

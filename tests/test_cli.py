@@ -387,6 +387,24 @@ def test_evaluate_cli_prints_scores_and_writes_rows(trained: Path) -> None:
     assert mean == pytest.approx(sum(row["dice"] for row in rows) / 10, abs=1e-4)
 
 
+def test_evaluate_scores_the_readable_pairs_and_names_the_others(trained: Path, tmp_path: Path) -> None:
+    """Found by a scale review: the first broken file of 20,000 stopped evaluate.py after it had scored all the
+    others, and nothing was written; each rerun met the next broken file."""
+    for kind in ("imgs", "masks"):
+        shutil.copytree(trained / "data" / kind, tmp_path / kind)
+    broken = sorted((tmp_path / "imgs").iterdir())[:2]
+    for image in broken:
+        image.write_bytes(b"")  # empty after the copy: no data check runs in evaluate.py
+    result = run("evaluate.py", "-m", trained / "checkpoints" / "best.pth", "--imgs", tmp_path / "imgs", "--masks",
+                 tmp_path / "masks", "-o", tmp_path / "scores.csv", "--workers", "0", cwd=tmp_path, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert all(f"warning: not scored: cannot read {image}: the file is empty" in result.stderr for image in broken)
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"error: 2 of 10 pairs could not be read (listed above as not scored, e.g. cannot read {broken[0]}")
+    assert "8 images, model" in result.stdout
+    assert len((tmp_path / "scores.csv").read_text().splitlines()) == 1 + 8
+
+
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
 def test_evaluate_keeps_its_scores_when_its_printed_output_cannot_be_written(trained: Path) -> None:
     """Found by a review: with stdout on a full disk, the table's print failed first, and the scores file was
