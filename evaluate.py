@@ -191,9 +191,9 @@ def score_folders(args: argparse.Namespace, device: torch.device) -> dict:
         raise unwritten
     print(f"per-image scores written to {args.output}")
     if result["skipped"]:  # found by a scale review: the first broken file of 20,000 stopped the run, none written
-        raise UserError(f"{len(result['skipped'])} of {counted(len(pairs), 'pair')} could not be read (listed above "
-                        f"as not scored, e.g. {result['skipped'][0]}): the scores above and in {args.output} are "
-                        "of the others; replace or remove those files")
+        raise UserError(f"{len(result['skipped'])} of {counted(len(pairs), 'pair')} could not be scored (listed "
+                        f"above as not scored, e.g. {result['skipped'][0]}): the scores above and in {args.output} "
+                        "are of the others; mend, replace or remove those files")
     return result
 
 

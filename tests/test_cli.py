@@ -400,7 +400,7 @@ def test_evaluate_scores_the_readable_pairs_and_names_the_others(trained: Path, 
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert all(f"warning: not scored: cannot read {image}: the file is empty" in result.stderr for image in broken)
     assert result.stderr.strip().splitlines()[-1].startswith(
-        f"error: 2 of 10 pairs could not be read (listed above as not scored, e.g. cannot read {broken[0]}")
+        f"error: 2 of 10 pairs could not be scored (listed above as not scored, e.g. cannot read {broken[0]}")
     assert "8 images, model" in result.stdout
     assert len((tmp_path / "scores.csv").read_text().splitlines()) == 1 + 8
 
@@ -1224,16 +1224,19 @@ def test_evaluate_names_an_image_too_small_for_the_unet(tmp_path: Path) -> None:
     torch.save({**UNet(3, 2).state_dict(), "mask_values": [0, 255]}, tmp_path / "model.pth")
     result = run("evaluate.py", "-m", "model.pth", "--imgs", "imgs", "--masks", "masks", "--scale", "1",
                  "--workers", "0", cwd=tmp_path, check=False)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1] == ("error: imgs/speck.png is 10x10: the U-Net needs at least 16 px "
-                                                      "a side (four halvings): leave it out or enlarge it")
+    assert result.returncode == 2 and "Traceback" not in result.stderr  # the others scored and written first
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: 1 of 3 pairs could not be scored (listed above as not scored, e.g. imgs/speck.png is 10x10: the U-Net "
+        "needs at least 16 px a side (four halvings): leave it out or enlarge it): the scores above and in "
+        "evaluation.csv are of the others; mend, replace or remove those files")
+    assert "2 images, model model.pth" in result.stdout
     (tmp_path / "imgs" / "speck.png").unlink()
     (tmp_path / "masks" / "speck.png").unlink()
     result = run("evaluate.py", "-m", "model.pth", "--imgs", "imgs", "--masks", "masks", "--scale", "0.2",
                  "--workers", "0", cwd=tmp_path, check=False)  # found by a review: no --scale that would do
     assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == (
-        "error: imgs/cell0.png is 36x40, only 7x8 at scale 0.2: the U-Net needs at least 16 px a side (four "
-        "halvings): use --scale 0.45 or more")
+        "error: no pair could be scored: imgs/cell0.png is 36x40, only 7x8 at scale 0.2: the U-Net needs at least "
+        "16 px a side (four halvings): use --scale 0.45 or more")
 
 
 def test_evaluate_reads_0_255_masks_for_a_reference_checkpoint_without_mask_values(tmp_path: Path) -> None:

@@ -478,6 +478,33 @@ def test_a_validation_file_broken_during_the_run_is_left_out_of_the_scores(data:
     assert load_checkpoint(tmp_path / "run" / "last.pth")["epoch"] == 1
 
 
+def test_masks_changed_after_the_data_check_are_skipped_and_the_run_goes_on(data: Path, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch,
+                                                                          capfd: pytest.CaptureFixture) -> None:
+    """Found by a concurrency review: a mask another process resized (or gave a new value) during training stopped
+    the run with exit 2 and lost the epoch's steps, while a deleted file was skipped."""
+    import train
+
+    real_check = train.check_dataset
+
+    def check_then_change_two_masks(*args, **kwargs):  # noqa: ANN002, ANN003
+        found = real_check(*args, **kwargs)
+        training, _ = train.split_pairs(found.pairs, 0, 5)
+        write_image(training[0].mask, disc_mask(value=1)[::2, ::2])  # another size
+        write_image(training[1].mask, disc_mask(value=7))  # a value the run does not know
+        return found
+
+    shutil.copytree(data, tmp_path / "data")
+    monkeypatch.setattr(train, "check_dataset", check_then_change_two_masks)
+    result = train.main(train.get_args_parser().parse_args(
+        in_process_flags(tmp_path / "data", tmp_path / "run", "--epochs", "1", "--validation", "0")))
+    err = capfd.readouterr().err
+    assert "resize each mask to its image" in err and "has the value 7, which is not among the mask values" in err
+    assert result["step"] == 4 and load_checkpoint(tmp_path / "run" / "last.pth")["epoch"] == 1  # 8 images, batch 2
+    with open(tmp_path / "run" / "metrics.csv", newline="") as file:
+        assert [row["skipped"] for row in csv.DictReader(file)] == ["2"]
+
+
 def test_an_epoch_with_no_validation_image_scored_logs_no_scores_and_counts_the_files(
         data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture) -> None:
     """Found by a review: metrics.csv read val_iou 0.0 (val_dice empty) and the epoch line did not count the files."""

@@ -904,8 +904,9 @@ class SegmentationDataset(Dataset):
     item smaller than it is padded at the bottom and right, the mask with IGNORE_CLASS (no loss there). With
     probability crop_foreground the window is centred on a pixel of an object (foreground_pixel) instead.
     transform(image, mask) -> (image, mask) is the augmentation, applied after scaling and cropping.
-    skip_unreadable: a file that fails to decode mid-epoch yields {"skipped": reason} instead of stopping
-    the run (collate_skipping drops it from the batch and reports it).
+    skip_unreadable: a file that fails to decode mid-epoch, or a pair changed since the data check (a mask of
+    another size, or of a value not among mask_values), yields {"skipped": reason} instead of stopping the run
+    (collate_skipping drops it from the batch and reports it).
     either_binary: masks are scored against a model's binary values, 0/1 and 0/255 alike (encode_mask).
     """
 
@@ -946,14 +947,16 @@ class SegmentationDataset(Dataset):
         return len(self.pairs)
 
     def __getitem__(self, index: int) -> dict:
-        pair = self.pairs[index]
         try:
-            image_tensor, (width, height) = load_scaled_image(pair.image, self.scale, self.channels)
-            mask = read_mask(pair.mask)
-        except UserError as error:
+            return self._item(self.pairs[index])
+        except UserError as error:  # also a pair changed since the data check (a mask of another size or value)
             if self.skip_unreadable:
                 return {"skipped": str(error)}
             raise
+
+    def _item(self, pair: Pair) -> dict:
+        image_tensor, (width, height) = load_scaled_image(pair.image, self.scale, self.channels)
+        mask = read_mask(pair.mask)
         if (height, width) != mask.shape[:2]:
             message, fix = size_mismatch(pair.image, (width, height), pair.mask, (mask.shape[1], mask.shape[0]),
                                          file_orientation(pair.image), file_orientation(pair.mask))
