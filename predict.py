@@ -68,6 +68,7 @@ from utils.inference import (
 from utils.mask_writer import CSV_HEADER, EXTRA_OUTPUT_TAGS, MaskEncoder, MaskWriter, OutputOptions, written_by_predict
 from utils.progress import progress_bar
 
+SKIPPED_LISTED = 20  # unreadable inputs named one by one (a scale review's folder had 5,000: 535 KB of lines)
 MASK_FILE_SUFFIXES = (".png", ".gif", ".bmp", ".tif", ".tiff")  # lossless, so class values survive
 DEFAULT_OUTPUT_TAG = "_OUT"  # without --output, the mask of x.jpg is x_OUT.png beside it
 # What such a run writes beside its inputs (the mask, its overlay, viz and probabilities): a later run on the same
@@ -504,7 +505,7 @@ def predict_batches(loader: Iterable[dict], total: int, logits_of: Callable[[tor
                 waits.decoding += time.perf_counter() - asked
                 if batch is None:
                     break
-                for error in batch["errors"]:
+                for error in batch["errors"][:max(0, SKIPPED_LISTED - len(failed))]:  # not thousands of lines
                     bar.write(f"warning: skipped {error}", file=sys.stderr)
                 failed += batch["errors"]
                 turned += batch["turned"]
@@ -590,9 +591,9 @@ def predict_inputs(args: argparse.Namespace, device: torch.device) -> int:
         print(f"{'mask' if saved == 1 else 'masks'} of {counted(saved, 'image')} saved in {saved_in}")
     if failed:
         others = "; the others were predicted" if len(failed) < len(todo) else ""
-        print(f"error: {len(failed)} of {counted(len(todo), 'image')} could not be predicted (listed above as "
-              f"skipped){others}",
-              file=sys.stderr)
+        listed = "listed above" if len(failed) <= SKIPPED_LISTED else f"the first {SKIPPED_LISTED} listed above"
+        print(f"error: {len(failed)} of {counted(len(todo), 'image')} could not be predicted ({listed} as "
+              f"skipped){others}", file=sys.stderr)
         return 1
     return 0
 

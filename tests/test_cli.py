@@ -374,6 +374,23 @@ def test_predict_folder_reports_unreadable_and_too_small_files_and_predicts_the_
                                                       "skipped)")  # there are no others
 
 
+def test_predict_names_the_first_unreadable_inputs_not_thousands(trained: Path, tmp_path: Path) -> None:
+    """Found by a scale review: a folder of 20,000 images, 5,000 of them empty, printed 5,003 lines (535 KB)."""
+    import predict
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(sorted((trained / "data" / "imgs").iterdir())[0], folder / "good.jpg")
+    for index in range(predict.SKIPPED_LISTED + 3):
+        (folder / f"empty{index:02d}.png").write_bytes(b"")
+    result = run("predict.py", "-m", trained / "checkpoints" / "last.pth", "-i", folder, "-o", tmp_path / "out",
+                 "--workers", "0", cwd=tmp_path, check=False)
+    assert result.returncode == 1 and result.stderr.count("warning: skipped cannot read") == predict.SKIPPED_LISTED
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {predict.SKIPPED_LISTED + 3} of {predict.SKIPPED_LISTED + 4} images could not be predicted (the first "
+        f"{predict.SKIPPED_LISTED} listed above as skipped); the others were predicted")
+
+
 def test_evaluate_cli_prints_scores_and_writes_rows(trained: Path) -> None:
     result = run("evaluate.py", "-m", "checkpoints/best.pth", "-o", "scores.json", "--workers", "0", cwd=trained,
                  real_process=True)
