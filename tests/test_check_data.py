@@ -1130,8 +1130,13 @@ def test_mostly_empty_masks_get_their_hint_beside_other_hints(tmp_path) -> None:
 def _scan_worker_threads(queue) -> None:  # noqa: ANN001
     import threading
 
-    check_data._start_scan_worker(None)
+    check_data._start_scan_worker(None, os.getppid())
     queue.put(sorted(thread.name for thread in threading.enumerate()))
+
+
+def _owner_seen(owner: int, queue) -> None:  # noqa: ANN001
+    forked = os.getppid() == owner
+    queue.put((forked, check_data._owner_gone(owner, forked)))
 
 
 def test_scan_workers_end_with_the_process_they_work_for() -> None:
@@ -1145,10 +1150,19 @@ def test_scan_workers_end_with_the_process_they_work_for() -> None:
     worker.start()
     assert "orphan-watch" in queue.get(timeout=60)
     worker.join(timeout=60)
-    orphan = context.Process(target=check_data._end_when_orphaned, args=(os.getpid() + 1,))  # not its parent
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid whose process has ended: an owner killed before (spawn) or while the worker ran (forkserver)
+    orphan = context.Process(target=check_data._end_when_orphaned, args=(gone.pid,))
     orphan.start()
     orphan.join(timeout=60)
-    assert orphan.exitcode == 1  # ends at once when its parent is not the one it works for
+    assert orphan.exitcode == 1  # ends at once: its owner is not there
+    for method, forked in (("fork", True), ("forkserver", False)):  # forkserver's parent is the server, which
+        method_context = multiprocessing.get_context(method)         # outlives the owner (a code review)
+        answers = method_context.Queue()
+        watcher = method_context.Process(target=_owner_seen, args=(os.getpid(), answers))
+        watcher.start()
+        assert answers.get(timeout=120) == (forked, False), method  # the owner, here, is not gone
+        watcher.join(timeout=120)
 
 
 @pytest.mark.parametrize("files", [None, [1, 2], {"mask:good0_mask.png": 5}, {"mask:good0_mask.png": "record"},

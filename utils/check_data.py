@@ -255,7 +255,7 @@ def _inspect_with_cache(paths: Sequence[Path], kind: str, workers: int | None, c
         if workers > 1 and len(stale) >= 16:
             # The limit is handed over, not inherited: under spawn or forkserver a worker imports Pillow afresh.
             with ProcessPoolExecutor(max_workers=min(workers, len(stale)), initializer=_start_scan_worker,
-                                     initargs=(Image.MAX_IMAGE_PIXELS,)) as pool:
+                                     initargs=(Image.MAX_IMAGE_PIXELS, os.getpid())) as pool:
                 with signals_held_for_new_processes():  # map submits every chunk at once: the workers start here
                     results = pool.map(_inspect_one, kinds, names, chunksize=8)
                 try:
@@ -276,22 +276,39 @@ def _inspect_with_cache(paths: Sequence[Path], kind: str, workers: int | None, c
     return records, bool(stale or gone)  # type: ignore[return-value]
 
 
-def _start_scan_worker(pixel_limit: int | None) -> None:
+def _start_scan_worker(pixel_limit: int | None, owner: int) -> None:
     """A scanning process: Pillow's limit as the main process has it (None too: a program's "no limit"); a
     Ctrl-C is the main process's to act on; it ends with the main process, also one killed outright (SIGKILL, the
     out-of-memory killer), which would otherwise leave it waiting for work for good (a review found them hours
-    later, 300-400 MB each)."""
+    later, 300-400 MB each). owner: the main process's pid."""
     Image.MAX_IMAGE_PIXELS = pixel_limit
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     take_held_signals()
-    parent = os.getppid()
-    threading.Thread(target=_end_when_orphaned, args=(parent,), daemon=True, name="orphan-watch").start()
+    threading.Thread(target=_end_when_orphaned, args=(owner,), daemon=True, name="orphan-watch").start()
 
 
-def _end_when_orphaned(parent: int) -> None:
-    while os.getppid() == parent:
+def _end_when_orphaned(owner: int) -> None:
+    """Exit once the owner is gone. A forked worker is its child, and is handed to another parent when it dies; one
+    started by forkserver is the server's child (which outlives the owner), and one by spawn may start after the
+    owner died: those look for the owner's pid itself (found by a code review: forkserver's never ended)."""
+    forked = os.getppid() == owner
+    while not _owner_gone(owner, forked):
         time.sleep(ORPHAN_CHECK_SECONDS)
     os._exit(1)
+
+
+def _owner_gone(owner: int, forked: bool) -> bool:
+    return os.getppid() != owner if forked else not _exists(owner)
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # no signal sent: whether the process is there
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # there, another user's (the pid taken again)
+        return True
+    return True
 
 
 def _read_cache(cache_file: Path) -> dict:
