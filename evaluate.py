@@ -190,12 +190,21 @@ def score_folders(args: argparse.Namespace, device: torch.device) -> dict:
     if unwritten is not None:
         raise unwritten
     print(f"per-image scores written to {args.output}")
-    if result["skipped"]:  # found by a scale review: the first broken file of 20,000 stopped the run, none written
-        raise UserError(f"{len(result['skipped'])} of {counted(len(pairs), 'pair')} could not be scored (listed "
-                        f"above as not scored, e.g. {result['skipped'][0]}): the scores above and in {args.output} "
-                        "are of the others; mend, replace or remove those files")
+    return result
+
+
+def command_line(args: argparse.Namespace) -> dict:
+    """main(), and for the command line one closing line (exit code 2) when some pairs could not be scored; a
+    program calling main() gets the scores of the others, and the reasons in result["skipped"]. Found by a scale
+    review: the first broken file of 20,000 stopped the run once it had scored the others, with nothing written."""
+    result = main(args)
+    if result["skipped"]:
+        scored = result["images"] + len(result["unscored"])
+        raise UserError(f"{len(result['skipped'])} of {counted(scored + len(result['skipped']), 'pair')} could not "
+                        f"be scored (listed above as not scored, e.g. {result['skipped'][0]}): the scores above and "
+                        f"in {args.output} are of the others; mend, replace or remove those files")
     return result
 
 
 if __name__ == "__main__":
-    run_cli(main, get_args_parser())
+    run_cli(command_line, get_args_parser())

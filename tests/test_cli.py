@@ -420,6 +420,12 @@ def test_evaluate_scores_the_readable_pairs_and_names_the_others(trained: Path, 
         f"error: 2 of 10 pairs could not be scored (listed above as not scored, e.g. cannot read {broken[0]}")
     assert "8 images, model" in result.stdout
     assert len((tmp_path / "scores.csv").read_text().splitlines()) == 1 + 8
+    import evaluate  # from a program: the others' scores, and why the two were not scored (found by a code review)
+
+    scores = evaluate.main(evaluate.get_args_parser().parse_args([
+        "-m", str(trained / "checkpoints" / "best.pth"), "--imgs", str(tmp_path / "imgs"), "--masks",
+        str(tmp_path / "masks"), "-o", str(tmp_path / "again.csv"), "--workers", "0"]))
+    assert scores["images"] == 8 and len(scores["skipped"]) == 2 and "the file is empty" in scores["skipped"][0]
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
