@@ -1177,3 +1177,12 @@ def test_a_cache_of_the_wrong_shape_is_scanned_again(tmp_path: Path, files: obje
     check = check_dataset(tmp_path / "imgs", tmp_path / "masks", workers=1)
     assert len(check.pairs) == 3 and check.mask_values == [0, 1]
 
+
+def test_masks_of_ignored_pixels_only_are_named_as_such_not_as_background(tmp_path: Path) -> None:
+    """Found by a scale review: masks that were all --ignore-index were reported as "empty (background only)"."""
+    void = np.full((H, W), 255, np.uint8)
+    imgs, masks = write_pairs_with(tmp_path, [box_mask(), box_mask(), void])
+    report = check_dataset(imgs, masks, ignore_value=255, workers=1).report()
+    assert "masks of --ignore-index 255 only (nothing to learn or score): 1 (s2.png)" in report
+    assert "empty masks" not in report
+

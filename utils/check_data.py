@@ -358,6 +358,7 @@ class DataCheck:
     exif_turned: list[str] = field(default_factory=list)  # images with an EXIF orientation other than upright
     exif_turned_masks: list[str] = field(default_factory=list)  # masks with one
     empty_masks: list[str] = field(default_factory=list)
+    ignored_masks: list[str] = field(default_factory=list)  # every pixel of --ignore-index: nothing to learn or score
     blurred_masks: list[str] = field(default_factory=list)  # JPEG or lossy WebP masks with more than two values
     blurred_top: int = 0  # the largest value (or colour channel) in them, before --binarize
     blurred_formats: list[str] = field(default_factory=list)  # "JPEG", "lossy WebP"
@@ -638,6 +639,9 @@ class DataCheck:
         lines.append(f"  class pixels: {', '.join(shown)}{', ...' if len(self.mask_values) > 12 else ''}")
         if self.empty_masks:
             lines.append(f"  empty masks (background only): {len(self.empty_masks)} {_names(self.empty_masks)}")
+        if self.ignored_masks:
+            lines.append(f"  masks of --ignore-index {self.ignore_value} only (nothing to learn or score): "
+                         f"{len(self.ignored_masks)} {_names(self.ignored_masks)}")
         if self.exif_turned:
             lines.append(f"  EXIF orientation: {len(self.exif_turned)} images are stored turned or mirrored and "
                          f"shown upright by viewers {_names(self.exif_turned)}; they are read as stored")
@@ -773,7 +777,9 @@ def check_dataset(
     for name, counts in per_file.items():
         for value, count in counts.items():
             check.class_pixels[index[value]] += count
-        if set(counts) <= {_hashable(check.mask_values[0])} and not check.one_value:  # one value: one_value_error
+        if not counts:  # not "background only": no pixel is left to count (a scale review)
+            check.ignored_masks.append(name)
+        elif set(counts) <= {_hashable(check.mask_values[0])} and not check.one_value:  # one value: one_value_error
             check.empty_masks.append(name)
     check.class_interior = [0] * len(check.mask_values)
     for counts in interior:
