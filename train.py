@@ -86,12 +86,12 @@ from utils.distributed import (
 from utils.errors import UserError, as_parsed, check_flag, counted, exit_code_of, run_cli
 from utils.inference import WHOLE_IMAGE, InferenceOptions, is_out_of_memory, logits_to_classes, memory_share
 from utils.mask_encoding import (
-    MAX_CLASSES,
     MaskValue,
     add_binarize_argument,
     binarize_threshold,
     check_binarize_flag,
     check_classes,
+    check_classes_flag,
     complete_mask_values,
     short_values,
     unwritable_values,
@@ -295,8 +295,6 @@ def check_args(args: argparse.Namespace) -> None:
         ("--weight-decay", args.weight_decay, 0 <= args.weight_decay < math.inf, "0 (none) or more, e.g. 1e-4"),
         ("--scale", args.scale, 0 < args.scale <= 1, "above 0 and at most 1"),
         ("--validation", args.validation, 0 <= args.validation < 100, "a percent from 0 to below 100"),
-        ("--classes", args.classes, args.classes is None or 1 <= args.classes <= MAX_CLASSES,
-         f"a whole number from 1 to {MAX_CLASSES}"),
         ("--base-channels", args.base_channels,
          args.base_channels is None or 1 <= args.base_channels <= MAX_BASE_CHANNELS,
          f"a whole number from 1 to {MAX_BASE_CHANNELS}"),
@@ -312,6 +310,7 @@ def check_args(args: argparse.Namespace) -> None:
         check_flag(flag, value, ok, rule)
     check_workers_flag(args.workers)
     check_binarize_flag(args.binarize)
+    check_classes_flag(args.classes)
     parse_save_every(args.save_every)
     if (args.wandb or default_wandb_mode()) != "disabled":
         check_wandb_environment()

@@ -47,15 +47,15 @@ from .data_loading import (
     unread_bands,
     unread_format_note,
 )
-from .errors import UserError, check_flag, counted, run_cli
+from .errors import UserError, counted, run_cli
 from .mask_encoding import (
-    MAX_CLASSES,
     MaskValue,
     add_binarize_argument,
     binarize,
     binarize_threshold,
     check_binarize_flag,
     check_classes,
+    check_classes_flag,
     is_colour,
     merge_values,
     pack_colours,
@@ -879,8 +879,7 @@ def main(args: argparse.Namespace) -> int:
     """Prints the report; exit code 1 when train.py with the same flags would stop or skip files, else 0."""
     check_workers_flag(args.workers)
     check_binarize_flag(args.binarize)
-    check_flag("--classes", args.classes, args.classes is None or 1 <= args.classes <= MAX_CLASSES,
-               f"a whole number from 1 to {MAX_CLASSES}")
+    check_classes_flag(args.classes)
     with image_pixel_limit(args.max_image_pixels):
         check = check_dataset(args.imgs, args.masks, args.mask_suffix, args.binarize, args.ignore_index,
                               args.workers)

@@ -157,6 +157,12 @@ def check_binarize_flag(threshold: int | None) -> None:
     check_flag("--binarize", threshold, threshold is None or threshold >= 0, "0 or more")
 
 
+def check_classes_flag(classes: int | None) -> None:
+    """--classes' range, the same in train.py and the data check."""
+    check_flag("--classes", classes, classes is None or 1 <= classes <= MAX_CLASSES,
+               f"a whole number from 1 to {MAX_CLASSES}")
+
+
 def binarize_threshold(setting: bool | int | None) -> int | None:
     """The --binarize threshold from a setting as stored in a checkpoint's args: None (or False) for no
     binarization; True, from checkpoints written before --binarize took a value, meant any nonzero value (0)."""
