@@ -1290,11 +1290,11 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
                         "resume with the same command and --resume auto")
                     raise SystemExit(stop.exit_code)
                 try:
-                    buffers_from_rank_0(model, world)  # validated with the statistics the checkpoint saves
                     if calibration is not None:  # the plain model: each process reads the same images
                         recalibrate_batchnorm(model, calibration, device, precision)
                     scores = None
                     if val_loader is not None:  # the plain model: no DDP collectives, shards may differ in size
+                        buffers_from_rank_0(model, world)  # validated with the statistics the checkpoint saves
                         scores = reduce_scores(evaluate(model, val_loader, device, precision, progress=world.is_main,
                                                         options=val_options), world, device)
                 except BaseException:  # out of memory, a failing disk, a second Ctrl-C: keep the epoch's training
