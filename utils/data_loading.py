@@ -281,7 +281,7 @@ def _read_png_16(path: Path) -> np.ndarray:
             warnings.simplefilter("ignore", DeprecationWarning)
             data = tv_io.decode_png(tv_io.read_file(str(path)), tv_io.ImageReadMode.UNCHANGED)
     except Exception as error:  # noqa: BLE001 - see _open
-        raise UserError(f"cannot read {path} ({_reason(error)}): replace or remove the file") from None
+        raise _decode_error(path, error, "PNG") from None
     if data.shape[0] == 2:  # gray + alpha (Pillow calls it RGBA): the transparency is no band of data, as in 8 bits
         data = data[:1]
     return data.permute(1, 2, 0).numpy()
@@ -496,8 +496,7 @@ def _model_pixels(array: np.ndarray, channels: int, source: Path | str, mode: st
     """HxWxC in its own depth -> uint8 HxWxC with the model's channel count. A model of 3 channels or 1 reads
     the first three bands of a 4-band image, stretched (16-bit, float) over those three alone."""
     bands = array.shape[-1]
-    if channels == 4 and unread_bands(mode):
-        samples = unread_bands(mode)
+    if channels == 4 and (samples := unread_bands(mode)):
         raise UserError(f"{source} holds {samples} bands, but Pillow reads only the first three of this TIFF: "
                         f"{TIFF_BANDS_FIX.replace('HxWxC', 'HxWx4') if samples == 4 else TIFF_BANDS_FIX}"
                         f"{', or save them as an RGBA PNG' if samples == 4 else ''}")
