@@ -151,8 +151,8 @@ def as_parsed(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argp
         value = getattr(args, action.dest)
         if action.nargs == 0:  # a switch (--overwrite): text such as "" or "False" would be true
             if isinstance(value, str):
-                flag = max(action.option_strings, key=len)
-                raise UserError(f"args.{action.dest} = {value!r}: {flag} is a switch, set it to True or False")
+                raise UserError(f"args.{action.dest} = {value!r}: {_flag(action)} is a switch, set it to True or "
+                                "False")
             continue
         listed = action.nargs in ("+", "*") or isinstance(action.nargs, int)
         if listed and isinstance(value, (str, os.PathLike)):
@@ -165,12 +165,17 @@ def as_parsed(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argp
     return home_expanded(args)  # "~/runs/a" as typed in a shell: the home folder, not a folder named "~"
 
 
+def _flag(action: argparse.Action) -> str:
+    """The flag as messages name it: its long spelling (--batch-size, not -b)."""
+    return max(action.option_strings, key=len) if action.option_strings else action.dest
+
+
 def _parsed(action: argparse.Action, value: object) -> object:
     if action.type in (None, str):
         return os.fspath(value) if isinstance(value, os.PathLike) else value
     if not isinstance(value, str):
         return value
-    flag = max(action.option_strings, key=len) if action.option_strings else action.dest
+    flag = _flag(action)
     try:
         return action.type(value)
     except (ValueError, TypeError, argparse.ArgumentTypeError) as error:
