@@ -33,6 +33,7 @@ from .data_loading import IMAGE_SUFFIXES, UNREAD_IMAGE_SUFFIXES, repeats_values
 from .device import memory_format
 from .errors import UserError, check_flag, counted
 from .mask_encoding import MAX_CLASSES, MaskValue, complete_mask_values, full_palette
+from .run_log import CURVES_PNG, METRICS_CSV
 
 FORMAT_VERSION = 1
 INT64_MAX = 2**63 - 1  # the largest label an array of masks holds
@@ -121,9 +122,6 @@ PLAIN_ENTRIES = ("args", "scale", "mask_palette", "epoch", "step", "epoch_batche
                  "epoch_loss", "training_images", "validation_images", "processes", "data_folders")
 
 
-RUN_LOG_FILES = ("metrics.csv", "training_curves.png")  # written beside the checkpoints, also by temporary names
-
-
 def remove_unfinished_saves(folder: Path | str) -> list[tuple[str, int]]:
     """Delete the temporary files of checkpoint saves (and of the run's logs) that a killed run left unfinished
     (each up to a checkpoint's size); the checkpoints themselves were never touched by them. Call it holding the
@@ -144,7 +142,7 @@ def remove_unfinished_saves(folder: Path | str) -> list[tuple[str, int]]:
             for entry in os.scandir(place):
                 unfinished = TEMPORARY_NAME.match(entry.name)
                 ours = unfinished and (unfinished["target"].endswith(".pth") or only is None and unfinished["target"]
-                                       in RUN_LOG_FILES)  # the run's logs too (found by a concurrency review)
+                                       in (METRICS_CSV, CURVES_PNG))  # the run's logs too (a concurrency review)
                 if ours and only in (None, unfinished["target"]) and entry.is_file(follow_symlinks=False):
                     size = entry.stat().st_size
                     with contextlib.suppress(FileNotFoundError):

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .errors import UserError
+from .run_log import CURVES_PNG, METRICS_CSV
 
 
 def resume_path(resume: str | None, checkpoint_dir: Path) -> Path | None:
@@ -31,7 +32,7 @@ def earlier_run_files(folder: Path) -> list[str]:
     epochs in it (a run whose checkpoints were moved elsewhere), latest epoch_N.pth first."""
     found = [name for name in ("last.pth", "best.pth") if (folder / name).is_file()]
     found += [path.name for path in sorted(folder.glob("epoch_*.pth"), key=epoch_number, reverse=True)]
-    metrics = folder / "metrics.csv"
+    metrics = folder / METRICS_CSV
     if metrics.is_file() and len(metrics.read_text(errors="replace").splitlines()) > 1:
         found.append(metrics.name)
     return found
@@ -94,7 +95,7 @@ def set_aside_earlier_run(folder: Path, say: Callable[..., None]) -> Path | None
     run may never write, its epoch_N.pth) is taken for this run's, and nothing is lost if this run ends before its
     first last.pth (settle_earlier_run then puts them back). Only for a run that check_run_folder says replaces
     one: a run resumed from its own folder moves nothing. Returns the holding folder, or None when empty."""
-    found = earlier_run_files(folder) + (["training_curves.png"] if (folder / "training_curves.png").exists() else [])
+    found = earlier_run_files(folder) + ([CURVES_PNG] if (folder / CURVES_PNG).exists() else [])
     if not found:
         return None
     holding = folder / SET_ASIDE  # train.py settles one left by a killed run before it gets here

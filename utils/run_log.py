@@ -24,6 +24,8 @@ from .atomic_files import atomic_path
 from .errors import UserError
 from .plotting import save_training_curves
 
+METRICS_CSV, CURVES_PNG = "metrics.csv", "training_curves.png"  # written into the run's --checkpoint-dir
+
 CSV_FIELDS = ("epoch", "step", "train_loss", "val_dice", "val_iou", "lr", "skipped", "seconds", "images_per_second",
               "data_wait")
 WHOLE_FIELDS = ("epoch", "step", "skipped")  # the other fields are floats
@@ -78,8 +80,8 @@ class RunLog:
                  continues: str | None = None):
         """continues: the wandb run id of the run being resumed (from its checkpoint), to log on into it."""
         self.run_dir = run_dir
-        self.csv_path = run_dir / "metrics.csv"
-        self.curve_path = run_dir / "training_curves.png"
+        self.csv_path = run_dir / METRICS_CSV
+        self.curve_path = run_dir / CURVES_PNG
         self.rows = self._previous_rows(start_epoch)
         self._write_csv()
         self.wandb_run = None
