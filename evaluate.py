@@ -94,7 +94,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "trained at)")
     add_mask_threshold_argument(parser)
     parser.add_argument("--batch-size", "-b", type=int, default=None,
-                        help="images per batch; a batch of mixed sizes is split by size (default: as predict.py, "
+                        help="images per batch, of one size each (default: as predict.py, "
                              "16 on a CUDA GPU, elsewhere as many as fill 512x512 pixels, at most 64)")
     parser.add_argument("--workers", type=int, default=None,
                         help="image decoding processes (default: all cores but one, at most 8, on a CUDA GPU; 1 "
@@ -142,7 +142,8 @@ def score_folders(args: argparse.Namespace, device: torch.device) -> dict:
     batch_size = args.batch_size or default_prediction_batch(device, [pair.image for pair in pairs], scale)
     loader = make_loader(dataset, batch_size, device, prediction_workers(args.workers, device, len(pairs)))
     check_output_file(args.output, "--output", (".csv", ".json"), ours=is_scores_file)  # before the evaluation
-    result = evaluate(model, loader, device, precision, threshold, options=options, bar_stays=True)
+    result = evaluate(model, loader, device, precision, threshold, options=options, bar_stays=True,
+                      batch_size=batch_size)
     if result["images"] == 0 and result["skipped"]:
         raise UserError(f"no pair could be scored: {result['skipped'][0]}")
     if result["images"] == 0 and result["unscored"]:  # all --ignore-index: a mean would be a 0 (or a free 1)

@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 import unicodedata
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -67,6 +67,7 @@ from utils.inference import (
 )
 from utils.mask_writer import CSV_HEADER, EXTRA_OUTPUT_TAGS, MaskEncoder, MaskWriter, OutputOptions, written_by_predict
 from utils.progress import progress_bar
+from utils.size_groups import regrouped
 
 SKIPPED_LISTED = 20  # unreadable inputs named one by one (a scale review's folder had 5,000: 535 KB of lines)
 MASK_FILE_SUFFIXES = (".png", ".gif", ".bmp", ".tif", ".tiff")  # lossless, so class values survive
@@ -484,12 +485,12 @@ class PredictionRun(NamedTuple):
     first_batch: tuple[float, int] | None  # (seconds, images) when the first batch was under way
 
 
-def predict_batches(loader: Iterable[dict], total: int, logits_of: Callable[[torch.Tensor, tuple[int, int]],
-                    torch.Tensor], encode: MaskEncoder, writer: MaskWriter, inputs: list[Path],
-                    outputs: list[Path]) -> PredictionRun:
-    """The loop: each batch's image groups predicted and encoded on the device, handed to the writer threads one
-    batch late (its results are copied to the host while the next batch computes); the writers are always
-    closed, so that every mask begun is written whole."""
+def predict_batches(loader: Iterable[dict], batch_size: int, total: int,
+                    logits_of: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor], encode: MaskEncoder,
+                    writer: MaskWriter, inputs: list[Path], outputs: list[Path]) -> PredictionRun:
+    """The loop: the loader's image groups, regrouped into batches of one size, predicted and encoded on the
+    device, handed to the writer threads one batch late (its results are copied to the host while the next batch
+    computes); the writers are always closed, so that every mask begun is written whole."""
     failed: list[str] = []
     turned: list[int] = []
     waits = LoopWaits()
@@ -497,25 +498,30 @@ def predict_batches(loader: Iterable[dict], total: int, logits_of: Callable[[tor
     first_batch = None
     started = time.perf_counter()
     with progress_bar(total=total, desc="predict", unit="img", disable=total < 2) as bar:
-        try:
+
+        def decoded_groups() -> Iterator[dict]:
             batches = iter(loader)
             while True:
                 asked = time.perf_counter()
                 batch = next(batches, None)
                 waits.decoding += time.perf_counter() - asked
                 if batch is None:
-                    break
+                    return
                 for error in batch["errors"][:max(0, SKIPPED_LISTED - len(failed))]:  # not thousands of lines
                     bar.write(f"warning: skipped {error}", file=sys.stderr)
-                failed += batch["errors"]
-                turned += batch["turned"]
-                for group in batch["groups"]:
-                    ready = encode(logits_of(group["images"], group["size"]), group["indices"])
-                    if waiting is not None:
-                        hand_over(waiting, writer, inputs, outputs, waits)
-                    waiting = ready
-                bar.update(batch["count"])
-                first_batch = first_batch or (time.perf_counter() - started, batch["count"] - len(batch["errors"]))
+                failed.extend(batch["errors"])
+                turned.extend(batch["turned"])
+                bar.update(len(batch["errors"]))
+                yield from batch["groups"]
+
+        try:
+            for group in regrouped(decoded_groups(), batch_size):
+                ready = encode(logits_of(group["images"], group["size"]), group["indices"])
+                if waiting is not None:
+                    hand_over(waiting, writer, inputs, outputs, waits)
+                waiting = ready
+                bar.update(len(group["indices"]))
+                first_batch = first_batch or (time.perf_counter() - started, len(group["indices"]))
             if waiting is not None:
                 hand_over(waiting, writer, inputs, outputs, waits)
         finally:
@@ -566,7 +572,7 @@ def predict_inputs(args: argparse.Namespace, device: torch.device) -> int:
     encode = MaskEncoder(writer.table, max(model.n_classes, 2), device, writer.needs_class_indices,
                          args.save_probs, threshold)
     started = time.perf_counter()
-    run = predict_batches(loader, len(todo), lambda images, size: predict_logits(
+    run = predict_batches(loader, batch_size, len(todo), lambda images, size: predict_logits(
         net, images, device, precision, output_size=size, options=options, notify=notify), encode, writer,
         inputs, outputs)
     failed, turned = run.failed, run.turned

@@ -21,6 +21,7 @@ from .inference import (
     predict_logits,
 )
 from .progress import progress_bar
+from .size_groups import regrouped
 
 
 def evaluate(
@@ -32,6 +33,7 @@ def evaluate(
     progress: bool = True,
     options: InferenceOptions = WHOLE_IMAGE,
     bar_stays: bool = False,
+    batch_size: int | None = None,
 ) -> dict:
     """Per-image and mean Dice/IoU, comparing at the masks' resolution (logits are resized to it).
 
@@ -44,7 +46,9 @@ def evaluate(
     image scored, the means are None.
     options: tiles and test-time augmentation (evaluate.py); validation during training uses the whole-image
     default (tile="auto" under --crop). bar_stays: evaluate.py's progress bar stays when done (and is written to
-    logs); validation's vanishes, its epoch's line said after it.
+    logs); validation's vanishes, its epoch's line said after it. batch_size: images of one size from several
+    loader batches are scored together, this many at a time (evaluate.py, whose folders may hold sizes in any
+    order); None scores the loader's batches as they come (validation's are made of one size each).
     """
     was_training = model.training
     model.eval()
@@ -58,7 +62,15 @@ def evaluate(
     batches = progress_bar(loader, desc="evaluation", unit="batch", leave=bar_stays, disable=not progress)
     skipped: list[str] = []
     unscored: list[str] = []
-    for part in (part for batch in batches for part in readable_parts(batch, skipped)):
+    order: dict[str, int] = {}  # the loader's, which the rows keep whatever the regrouping
+
+    def loaded_parts() -> Iterator[dict]:
+        for batch in batches:
+            for part in readable_parts(batch, skipped):
+                order.update((name, len(order)) for name in part["name"] if name not in order)
+                yield part
+
+    for part in loaded_parts() if batch_size is None else regrouped(loaded_parts(), batch_size):
         masks = part["mask"].to(device, non_blocking=True).long()  # int8 from the loader
         logits = predict_logits(model, part["image"], device, precision, output_size=tuple(masks.shape[-2:]),
                                 options=options, notify=notify)
@@ -78,6 +90,7 @@ def evaluate(
                          **{f"dice_{c}": image_dice[c].item() for c in range(n_classes)},
                          **{f"iou_{c}": image_iou[c].item() for c in range(n_classes)}})
     model.train(was_training)
+    rows.sort(key=lambda row: order[row["name"]])
     count = max(len(rows), 1)
     pooled_dice, pooled_iou = scores_from_counts(*pooled_counts)
     seen = [bool(pooled_counts[1][c] + pooled_counts[2][c] > 0) for c in range(n_classes)]

@@ -1,0 +1,82 @@
+"""Images of one size gathered across loader batches (utils/size_groups.py): full batches of mixed folders, each
+image's rows kept together, and the memory it may hold bounded."""
+
+import torch
+
+from utils.size_groups import HELD_BATCHES, regrouped
+
+
+def part(indices: list[int], height: int, width: int = 8) -> dict:
+    """A loader part: each image filled with its index, so rows can be followed through the regrouping."""
+    images = torch.stack([torch.full((3, height, width), index, dtype=torch.uint8) for index in indices])
+    return {"indices": list(indices), "images": images, "size": (2 * height, 2 * width)}
+
+
+def follows_its_rows(group: dict) -> bool:
+    height, width = group["size"]
+    return group["images"][:, 0, 0, 0].tolist() == group["indices"] and \
+        tuple(group["images"].shape[2:]) == (height // 2, width // 2)
+
+
+def test_parts_of_one_size_from_several_batches_fill_whole_batches() -> None:
+    parts = [part([0, 2], 4), part([1, 3], 6), part([4, 6], 4), part([5, 7], 6), part([8], 4)]
+    groups = list(regrouped(parts, 4))
+    assert [group["indices"] for group in groups] == [[0, 2, 4, 6], [1, 3, 5, 7], [8]]
+    assert all(follows_its_rows(group) for group in groups)
+    assert [group["size"] for group in groups] == [(8, 16), (12, 16), (8, 16)]
+
+
+def test_full_parts_go_through_as_they_came_while_a_short_one_waits() -> None:
+    first = part([0, 1, 2], 4)  # a batch with an unreadable file: three of four
+    full = part([3, 4, 5, 6], 4)
+    groups = list(regrouped([first, full, part([7], 4)], 4))
+    assert groups[0] is full  # not copied, and not held back behind the short one
+    assert [group["indices"] for group in groups] == [[3, 4, 5, 6], [0, 1, 2, 7]]
+    assert all(follows_its_rows(group) for group in groups)
+
+
+def test_a_part_that_overfills_its_batch_leaves_the_rest_waiting() -> None:
+    groups = list(regrouped([part([0, 1, 2], 4), part([3, 4, 5], 4), part([6, 7], 4)], 4))
+    assert [group["indices"] for group in groups] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert all(follows_its_rows(group) for group in groups)
+
+
+def test_waiting_rows_are_bounded_by_giving_out_the_largest_group() -> None:
+    batch_size = 4
+    count = 3 * HELD_BATCHES * batch_size
+    read: list[int] = []
+
+    def parts():  # every image a size of its own: none ever fills a batch
+        for index in range(count):
+            read.append(index)
+            yield part([index], 4 + index)
+
+    given: list[int] = []
+    for group in regrouped(parts(), batch_size):
+        given += group["indices"]
+        assert len(read) - len(given) <= HELD_BATCHES * batch_size
+        assert len(read) == count or len(read) - len(given) == HELD_BATCHES * batch_size  # not given out sooner
+    assert sorted(given) == list(range(count))
+
+
+def test_held_rows_own_their_memory() -> None:
+    """A waiting view of a loader batch would keep all of it alive, up to HELD_BATCHES * batch_size batches."""
+    batch = part([0, 1, 2, 3], 4)
+    view = {"indices": [0], "images": batch["images"][:1], "size": batch["size"]}
+    group = next(iter(regrouped([view], 4)))
+    assert group["images"].untyped_storage().nbytes() == group["images"].nbytes
+    assert group["images"].untyped_storage().data_ptr() != batch["images"].untyped_storage().data_ptr()
+
+
+def test_other_fields_and_masks_travel_with_their_rows() -> None:
+    """evaluate.py's parts: image, mask, name."""
+    def scored(names: list[str], height: int) -> dict:
+        codes = [int(name[1:]) for name in names]
+        return {"image": torch.tensor(codes).view(-1, 1, 1, 1).expand(-1, 3, height, 5).clone(),
+                "mask": torch.tensor(codes).view(-1, 1, 1).expand(-1, 2 * height, 10).clone(), "name": names}
+
+    groups = list(regrouped([scored(["n0"], 3), scored(["n1"], 4), scored(["n2", "n3"], 3), scored(["n4"], 4)], 3))
+    assert [group["name"] for group in groups] == [["n0", "n2", "n3"], ["n1", "n4"]]
+    for group in groups:
+        codes = [int(name[1:]) for name in group["name"]]
+        assert group["image"][:, 0, 0, 0].tolist() == codes and group["mask"][:, 0, 0].tolist() == codes
