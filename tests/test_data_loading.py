@@ -963,3 +963,56 @@ def test_reading_gif_masks_and_images_closes_their_files(tmp_path):
         gc.collect()
     assert [str(warning.message) for warning in caught if warning.category is ResourceWarning] == []
     assert all(mask.shape == (HEIGHT, WIDTH) for mask in masks) and all(image.ndim == 3 for image in images)
+
+
+# --- EXIF orientation from headers ------------------------------------------------------------------------------------
+
+
+def png_chunks(data: bytes) -> list[bytes]:
+    """The chunks of a PNG file's bytes, each whole (length, type, data, checksum)."""
+    chunks, at = [], 8
+    while at < len(data):
+        end = at + 12 + int.from_bytes(data[at:at + 4], "big")
+        chunks.append(data[at:end])
+        at = end
+    return chunks
+
+
+def test_the_orientation_of_a_png_is_read_without_decoding_its_pixels_unless_tags_follow_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a review: Pillow's PNG getexif decodes every pixel, in case an EXIF chunk follows them, so each
+    PNG was decoded twice (the data check, predict.py, evaluate.py: 33-53% of inspecting a file)."""
+    from PIL import PngImagePlugin
+
+    from utils.data_loading import file_orientation
+
+    decoded: list[str] = []
+    load = PngImagePlugin.PngImageFile.load
+
+    def counting_load(image):
+        decoded.append(image.filename)
+        return load(image)
+
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", counting_load)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    pixels = Image.fromarray(random_rgb(0, 40, 56))
+    pixels.save(tmp_path / "plain.png")
+    pixels.save(tmp_path / "tagged.png", exif=exif)  # Pillow writes the eXIf chunk before the pixels
+    xmp = b'<x:xmpmeta><rdf:Description tiff:Orientation="3"/></x:xmpmeta>'
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("XML:com.adobe.xmp", xmp.decode())
+    pixels.save(tmp_path / "xmp.png", pnginfo=info)
+    assert [file_orientation(tmp_path / name) for name in ("plain.png", "tagged.png", "xmp.png")] == [1, 6, 3]
+    assert decoded == []
+
+    chunks = png_chunks((tmp_path / "tagged.png").read_bytes())  # the eXIf chunk moved after the pixels
+    tag = next(chunk for chunk in chunks if chunk[4:8] == b"eXIf")
+    chunks.remove(tag)
+    (tmp_path / "late.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"".join(chunks[:-1]) + tag + chunks[-1])
+    assert [chunk[4:8] for chunk in png_chunks((tmp_path / "late.png").read_bytes())][-3:] == \
+        [b"IDAT", b"eXIf", b"IEND"]
+    assert file_orientation(tmp_path / "late.png") == 6
+    assert decoded == [str(tmp_path / "late.png")]  # only where the tags follow the pixels
+    (tmp_path / "cut.png").write_bytes((tmp_path / "late.png").read_bytes()[:-40])  # no IEND: Pillow judges
+    assert file_orientation(tmp_path / "cut.png") == 1
