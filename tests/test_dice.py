@@ -1,5 +1,6 @@
 """Dice/IoU scores and the training loss against hand-computed values."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -111,6 +112,31 @@ def test_per_class_scores_are_one_for_a_perfect_prediction():
     classes = torch.tensor([[[0, 1, 2], [2, 1, 0]]])
     dice, iou = scores_from_counts(*per_class_counts(classes, classes, n_classes=4))
     assert torch.equal(dice, torch.ones(1, 4)) and torch.equal(iou, torch.ones(1, 4))
+
+
+def test_per_class_counts_match_a_count_by_numpy_leave_out_ignored_pixels_and_stay_exact_past_float32() -> None:
+    """Counted as integers: float32 sums of one-hot maps stop at 2**24 (16,777,216) and dropped pixels of a
+    4096x4096 image (found by a profiling review)."""
+    from utils.mask_encoding import IGNORE_CLASS
+
+    rng = np.random.default_rng(0)
+    pred = rng.integers(0, 4, (3, 17, 23))
+    true = rng.integers(-1, 4, (3, 17, 23))  # -1: ignored
+    assert IGNORE_CLASS == -1
+    both, predicted, truth = per_class_counts(torch.from_numpy(pred), torch.from_numpy(true), n_classes=4)
+    valid = true != IGNORE_CLASS
+    for image in range(3):
+        for c in range(4):
+            assert both[image, c] == np.sum((pred[image] == c) & (true[image] == c))
+            assert predicted[image, c] == np.sum((pred[image] == c) & valid[image])
+            assert truth[image, c] == np.sum(true[image] == c)
+    side = 4097  # 16,785,409 pixels, past float32's whole numbers
+    pred = torch.ones(1, side, side, dtype=torch.uint8)
+    true = torch.ones(1, side, side, dtype=torch.int8)
+    true[0, 0, 0] = 0
+    both, predicted, truth = per_class_counts(pred, true, n_classes=2)
+    assert predicted[0].tolist() == [0, side * side] and truth[0].tolist() == [1, side * side - 1]
+    assert both[0].tolist() == [0, side * side - 1]
 
 
 def _manual_dice(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
