@@ -178,7 +178,7 @@ class RepeatedItems(Dataset):
 
 
 class SeededItems(Dataset):
-    """dataset[index] drawn with torch's random generator seeded for the item (the key is (index, seed)).
+    """dataset[index] drawn with torch's CPU random generator seeded for the item (the key is (index, seed)).
 
     The generator's state is restored afterwards, so reading items in the training process (no workers)
     leaves the training's own randomness untouched.
@@ -193,5 +193,7 @@ class SeededItems(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> dict:
         index, seed = key
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            # the CPU generator alone, which fork_rng restores: torch.manual_seed also queues the seeding of
+            # every accelerator's, at 0.44 ms an item against 0.015 (found by a profiling review)
+            torch.default_generator.manual_seed(seed)
             return self.dataset[index]
