@@ -122,7 +122,7 @@ def score_folders(args: argparse.Namespace, device: torch.device) -> dict:
     options = inference_options(args)
     check_prediction_flags(args)
     model, checkpoint = load_model(args.model, device)
-    model = fuse_batchnorm(model)  # the unfused original is freed
+    model = fuse_batchnorm(model, in_place=True)  # the unfused original is not needed
     threshold, note = settle_mask_threshold(args.mask_threshold, model.n_classes)
     if note:
         print(note, file=sys.stderr)

@@ -538,7 +538,7 @@ def predict_inputs(args: argparse.Namespace, device: torch.device) -> int:
     check_prediction_flags(args)
     check_flag("--writers", args.writers, args.writers is None or args.writers >= 1, "a whole number of at least 1")
     model, checkpoint = load_model(args.model, device, n_classes=args.classes, bilinear=args.bilinear)
-    model = fuse_batchnorm(model)  # the unfused original is freed
+    model = fuse_batchnorm(model, in_place=True)  # the unfused original is not needed
     threshold, note = settle_mask_threshold(args.mask_threshold, model.n_classes)
     if note:
         print(note, file=sys.stderr)

@@ -406,3 +406,26 @@ def test_float_images_are_refused_not_divided_by_255_again() -> None:
     with pytest.raises(TypeError, match=r"uint8 images \(0..255\).*not torch.float32"):
         predict_logits(small_unet(), images, CPU, FP32)
     assert torch.equal(images, before)  # and the caller's tensor left as it was
+
+
+def test_batchnorm_folded_into_the_convolutions_computes_the_same_with_or_without_a_copy() -> None:
+    from utils.inference import fuse_batchnorm
+
+    torch.manual_seed(0)
+    model = UNet(3, 2, base_channels=16)
+    for module in model.modules():  # statistics of a trained model, not the identity of a new one
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+    model.eval()
+    images = torch.rand(2, 3, 48, 64)
+    with torch.no_grad():
+        expected = model(images)
+        folded = fuse_batchnorm(model)
+        assert folded is not model and any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # left as it was
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+        assert torch.allclose(folded(images), expected, atol=1e-4)
+        same = fuse_batchnorm(model, in_place=True)
+        assert same is model and not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+        assert torch.allclose(model(images), expected, atol=1e-4)
