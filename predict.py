@@ -40,6 +40,7 @@ from utils.data_loading import (
     is_image_file,
     unread_format_note,
     where,
+    where_all,
 )
 from utils.device import (
     COMPILE_CHOICES,
@@ -179,8 +180,8 @@ def expand_inputs(inputs: list[str], keep_repeats: bool = False) -> tuple[list[P
     if keep_repeats:
         return paths, left_out
     unique, seen = [], set()
-    for path in paths:  # a file named twice (a.png and '*.png', or through a link) is predicted once
-        resolved = where(path)
+    for path, resolved in zip(paths, where_all(paths)):  # a file named twice (a.png and '*.png', or through a
+        # link) is predicted once
         if resolved not in seen:
             seen.add(resolved)
             unique.append(path)
@@ -252,17 +253,21 @@ def check_distinct(inputs: list[Path], outputs: list[list[Path]], masks: bool = 
     Where the output folder does not tell case apart, Cat.png and cat.png are one file."""
     probed: dict[object, bool] = {}  # output folders only: nothing is written to probe an input's folder
 
-    def key(path: Path, probe: bool) -> tuple:
-        resolved = where(path)
-        folder = _folder_identity(resolved.parent)
+    identities: dict[Path, object] = {}
+
+    def key(resolved: Path, probe: bool) -> tuple:
+        if resolved.parent not in identities:  # a stat per folder, not per file
+            identities[resolved.parent] = _folder_identity(resolved.parent)
+        folder = identities[resolved.parent]
         if probe and folder not in probed:
             probed[folder] = case_insensitive(resolved.parent)
         if not probed.get(folder):
             return folder, resolved.name
         return folder, unicodedata.normalize("NFC", resolved.name).casefold()  # macOS's: nor NFC from NFD
 
-    keyed = [[key(file, True) for file in files] for files in outputs]
-    sources = {key(source, False): source for source in inputs}
+    resolved = iter(where_all(file for files in outputs for file in files))
+    keyed = [[key(next(resolved), True) for _ in files] for files in outputs]
+    sources = {key(source_file, False): source for source, source_file in zip(inputs, where_all(inputs))}
     seen: dict[tuple, tuple[Path, Path]] = {}
     for source, files, keys in zip(inputs, outputs, keyed):
         for index, (file, file_key) in enumerate(zip(files, keys)):
@@ -419,8 +424,8 @@ def rows_replaced(csv_path: Path | None, images: list[Path], masks: list[Path]) 
 def _places(paths: list[Path]) -> dict[str, set[tuple[str, ...]]]:
     """Per file name, the absolute paths (as typed and through links, in parts) of these files."""
     places: dict[str, set[tuple[str, ...]]] = {}
-    for path in paths:
-        places.setdefault(path.name, set()).update({where(path).parts, path.absolute().parts})
+    for path, resolved in zip(paths, where_all(paths)):
+        places.setdefault(path.name, set()).update({resolved.parts, path.absolute().parts})
     return places
 
 

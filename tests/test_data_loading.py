@@ -1016,3 +1016,21 @@ def test_the_orientation_of_a_png_is_read_without_decoding_its_pixels_unless_tag
     assert decoded == [str(tmp_path / "late.png")]  # only where the tags follow the pixels
     (tmp_path / "cut.png").write_bytes((tmp_path / "late.png").read_bytes()[:-40])  # no IEND: Pillow judges
     assert file_orientation(tmp_path / "cut.png") == 1
+
+
+def test_where_all_finds_what_where_finds_folder_by_folder(tmp_path: Path) -> None:
+    from utils.data_loading import where, where_all
+
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "a.png").write_bytes(b"a")
+    (tmp_path / "real" / "b.png").write_bytes(b"b")
+    (tmp_path / "linked").symlink_to("real")  # a folder through a link
+    (tmp_path / "real" / "to_a.png").symlink_to("a.png")  # a file that is a link
+    (tmp_path / "real" / "elsewhere.png").symlink_to(tmp_path / "linked" / "b.png")
+    (tmp_path / "real" / "loop.png").symlink_to("loop.png")
+    paths = [tmp_path / "real" / "a.png", tmp_path / "linked" / "a.png", tmp_path / "linked" / "to_a.png",
+             tmp_path / "real" / "elsewhere.png", tmp_path / "real" / "loop.png", tmp_path / "gone" / "x.png",
+             Path("relative.png"), tmp_path / "real" / ".." / "real" / "b.png", tmp_path / "real" / "..",
+             tmp_path / "real" / ("a" * 300 + ".png")]  # too long a name: lstat fails
+    assert where_all(paths) == [where(path) for path in paths]
+    assert where_all(paths)[:4] == [tmp_path / "real" / name for name in ("a.png", "a.png", "a.png", "b.png")]

@@ -696,6 +696,27 @@ def where(path: Path) -> Path:
         return path.absolute()
 
 
+def where_all(paths: Iterable[Path]) -> list[Path]:
+    """where() of each path, each folder resolved once and each file followed only where it is a link: a whole
+    resolve per file walks every folder above it (found by a profiling review: 0.5 ms a file, before predicting)."""
+    folders: dict[Path, Path] = {}
+    found = []
+    for path in paths:
+        folder = folders.get(path.parent)
+        if folder is None:
+            folder = folders[path.parent] = where(path.parent)
+        joined = folder / path.name
+        found.append(where(joined) if path.name in ("", ".", "..") or _is_link(joined) else joined)
+    return found
+
+
+def _is_link(path: Path) -> bool:
+    try:
+        return path.is_symlink()
+    except OSError:  # a name too long for the file system, say: where() tells
+        return True
+
+
 def _typed_suffix_fix(typed: str, image_stems: list[str], mask_stems: set[str], one_folder: bool) -> str:
     """What to pass instead of a --mask-suffix that pairs nothing: the suffix without its extension
     (_mask.gif -> _mask), or the suffix the names show, where it pairs some images."""
