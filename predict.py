@@ -317,9 +317,9 @@ def has_display() -> bool:
 
 
 def collate_by_size(items: list[dict]) -> dict:
-    """In the worker: stack the images of one size into a batch, wherever they stand among the --batch-size files
-    (a folder of mixed sizes in any order still fills its batches; each image keeps its index, so outputs and
-    predictions.csv are unaffected); unreadable files ride along."""
+    """In the worker: stack the images of one size among the --batch-size files, wherever they stand (the main
+    process joins them with those of the next batches: regrouped); each image keeps its index, so outputs and
+    predictions.csv are unaffected; unreadable files ride along."""
     groups: dict[tuple, dict] = {}
     for item in items:
         if "error" in item:
