@@ -458,6 +458,9 @@ def run_data_folders(args: argparse.Namespace, resumed: dict | None, resume_file
 RUN_SETTINGS = ("binarize", "ignore_index", "class_weights", "batch_size", "validation", "crop", "crops_per_image",
                 "crop_foreground", "augment", "seed", "grad_clip", "batchnorm_images", "learning_rate",
                 "weight_decay")
+# Settings a run saved before they existed ran without, where today's default is something else: found by a
+# review of old runs (a first-day run resumed with the augmentation it never had, without a word)
+BEFORE_THEY_EXISTED = {"augment": "none"}
 ARCHITECTURE_FLAGS = {"classes": "n_classes", "channels": "n_channels", "bilinear": "bilinear",
                       "base_channels": "base_channels"}  # flag -> its model_args key
 
@@ -470,9 +473,10 @@ def keep_run_settings(args: argparse.Namespace, resumed: dict, resume_file: Path
     did)."""
     architecture = resumed["model_args"]
     saved_args = resumed.get("args", {})
+    older = {name: value for name, value in BEFORE_THEY_EXISTED.items() if saved_args and name not in saved_args}
     kept = {**{name: architecture[key] for name, key in ARCHITECTURE_FLAGS.items()},
             "scale": resumed.get("scale", args.scale),
-            **{name: saved_args.get(name, getattr(args, name)) for name in RUN_SETTINGS}}
+            **{name: saved_args.get(name, older.get(name, getattr(args, name))) for name in RUN_SETTINGS}}
     kept["binarize"] = binarize_threshold(kept["binarize"])  # older checkpoints stored True/False
     kept["crop"] = tuple(kept["crop"]) if kept["crop"] is not None else None
     parser = get_args_parser()
@@ -481,7 +485,9 @@ def keep_run_settings(args: argparse.Namespace, resumed: dict, resume_file: Path
             raise UserError(f"{resume_file}: its args['{name}'] is {kept[name]!r}, not a value of "
                             f"--{name.replace('_', '-')}: the file was edited or damaged; start a new run")
     typed = getattr(args, "typed", None)  # None: a Namespace made otherwise; then a flag at its default is untyped
-    lines = []
+    lines = [f"note: {resume_file} was written by a version without --{name.replace('_', '-')}: it continues "
+             f"as it trained, with --{name.replace('_', '-')} {value}" for name, value in older.items()
+             if typed is None or name not in typed]
     for name, value in kept.items():
         given = getattr(args, name)
         if given != value and (name in typed if typed is not None else given != parser.get_default(name)):
@@ -1175,6 +1181,12 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
         steps_left = max(0, (args.epochs - start_epoch + 1) * order.batches_per_epoch - skip_batches)
         if scheduler.last_epoch + steps_left != scheduler.T_max:
             stretch_schedule(scheduler, scheduler.last_epoch + steps_left)
+        if "epoch_loss" not in resumed and args.scale != 1 and best_dice >= 0:  # found by a review of old runs
+            say(f"note: {resume_file} was written before 2026-11-29 10:00 UTC (it has no 'epoch_loss' entry); "
+                "versions before then may have scored validation against masks shrunk by --scale, and this one "
+                f"scores at the masks' own size, so its best Dice {best_dice:.4f} may not compare with the new "
+                "epochs' (best.pth is replaced only by a higher one); evaluate.py on its validation images gives "
+                "today's figure", file=sys.stderr)
         best = f", best validation Dice {best_dice:.4f}" if best_dice >= 0 else ""
         within = (" at its validation (its training was done)" if skip_batches == order.batches_per_epoch
                   else f" after its first {skip_batches} batches" if skip_batches else "")

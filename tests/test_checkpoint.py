@@ -899,7 +899,8 @@ def test_resume_keeps_the_runs_settings_and_names_each_flag_it_overrides(tmp_pat
 
     resumed = {"model_args": {"n_classes": 3, "n_channels": 3, "bilinear": False, "base_channels": 64},
                "scale": 0.25,
-               "args": {"batch_size": 4, "binarize": False, "ignore_index": None, "class_weights": None}}
+               "args": {"batch_size": 4, "binarize": False, "ignore_index": None, "class_weights": None,
+                        "augment": "light"}}
     args = train.get_args_parser().parse_args(["--batch-size", "8", "--scale", "0.25", "--classes", "3"])
     lines = train.keep_run_settings(args, resumed, tmp_path / "last.pth")
     assert args.batch_size == 4 and args.scale == 0.25 and args.classes == 3
@@ -944,13 +945,33 @@ def test_resume_takes_seed_and_augmentation_left_out_and_names_a_flag_typed_at_i
         "change it)"]  # the typed seed equals the run's: nothing to say
 
 
+def test_a_run_saved_before_augmentation_existed_resumes_without_it_and_says_so(tmp_path: pathlib.Path) -> None:
+    """Found by a review of old runs: a first-day run (its args hold no 'augment', it had none) resumed with
+    today's default light augmentation, without a word."""
+    import train
+
+    resumed = {"model_args": {"n_classes": 2, "n_channels": 3, "bilinear": False, "base_channels": 64},
+               "scale": 0.5, "args": {"batch_size": 2, "seed": 0, "grad_clip": 1.0}}
+    last = tmp_path / "last.pth"
+    args = train.get_args_parser().parse_args(["--resume", "auto"])
+    assert train.keep_run_settings(args, resumed, last) == [
+        f"note: {last} was written by a version without --augment: it continues as it trained, with --augment none"]
+    assert args.augment == "none"
+    args = train.get_args_parser().parse_args(["--resume", "auto", "--augment", "strong"])
+    assert train.keep_run_settings(args, resumed, last) == [
+        f"note: {last} continues with --augment none; --augment strong is ignored (start a new run to change it)"]
+    args = train.get_args_parser().parse_args(["--resume", "auto"])
+    assert train.keep_run_settings(args, {**resumed, "args": {**resumed["args"], "augment": "light"}}, last) == []
+    assert args.augment == "light"  # today's runs: as saved
+
+
 def test_resume_keeps_the_runs_save_every_and_keep_epochs_unless_typed(tmp_path: pathlib.Path) -> None:
     """Found by a review: `--resume auto` after a SIGKILL went on without the run's --save-every 1 and
     --keep-epochs, without a word: the next kill lost a whole epoch, and no more epoch_N.pth were kept."""
     import train
 
     resumed = {"model_args": {"n_classes": 2, "n_channels": 3, "bilinear": False, "base_channels": 64},
-               "scale": 0.5, "args": {"batch_size": 1, "save_every": "1", "keep_epochs": True}}
+               "scale": 0.5, "args": {"batch_size": 1, "save_every": "1", "keep_epochs": True, "augment": "light"}}
     last = tmp_path / "last.pth"
     args = train.get_args_parser().parse_args(["--resume", "auto"])
     assert train.keep_run_settings(args, resumed, last) == [
@@ -975,7 +996,7 @@ def test_resume_keeps_the_runs_max_bad_steps_unless_typed(tmp_path: pathlib.Path
 
     resumed = {"model_args": {"n_classes": 2, "n_channels": 3, "bilinear": False, "base_channels": 64},
                "scale": 0.5,
-               "args": {"batch_size": 1, "epochs": 5, "max_bad_steps": 3}}
+               "args": {"batch_size": 1, "epochs": 5, "max_bad_steps": 3, "augment": "light"}}
     args = train.get_args_parser().parse_args(["--resume", "auto"])
     assert train.keep_run_settings(args, resumed, tmp_path / "last.pth") == [
         f"note: {tmp_path / 'last.pth'} goes on with its own --max-bad-steps 3 (give --max-bad-steps to change it)"]
@@ -993,7 +1014,8 @@ def test_resume_reads_binarize_as_stored_also_the_true_false_of_older_checkpoint
 
     resumed = {"model_args": {"n_classes": 2, "n_channels": 3, "bilinear": False, "base_channels": 64},
                "scale": 0.5,
-               "args": {"batch_size": 1, "binarize": stored, "ignore_index": None, "class_weights": None}}
+               "args": {"batch_size": 1, "binarize": stored, "ignore_index": None, "class_weights": None,
+                        "augment": "light"}}
     args = train.get_args_parser().parse_args(["--batch-size", "1", *given])
     assert train.keep_run_settings(args, resumed, tmp_path / "last.pth") == []  # the same setting: no note
     assert args.binarize == kept
@@ -1018,7 +1040,7 @@ def test_resume_keeps_a_runs_full_precision_unless_typed(tmp_path: pathlib.Path)
     import train
 
     resumed = {"model_args": {"n_classes": 2, "n_channels": 3, "bilinear": False, "base_channels": 64},
-               "scale": 0.5, "args": {"batch_size": 1, "precision": "fp32"}}
+               "scale": 0.5, "args": {"batch_size": 1, "precision": "fp32", "augment": "light"}}
     last = tmp_path / "last.pth"
     args = train.get_args_parser().parse_args(["--resume", "auto"])
     assert train.keep_run_settings(args, resumed, last) == [

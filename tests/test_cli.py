@@ -1540,6 +1540,30 @@ def test_resume_of_a_checkpoint_without_the_split_draws_the_seeded_split(tmp_pat
                                                           [pair.name for pair in pairs[-4:]])
 
 
+def test_resuming_a_run_from_before_validation_at_the_masks_size_says_its_best_may_not_compare(
+        tmp_path: Path) -> None:
+    """Found by a review of old runs: versions before 1fe719e scored validation against masks shrunk by --scale;
+    their best Dice, carried into a resumed run, was compared with scores at the masks' own size, without a word.
+    Their files have no 'epoch_loss' entry (added a few hours later)."""
+    from utils.checkpoint import write_checkpoint
+
+    write_carvana_like(tmp_path / "data", 6)
+    flags = ["--imgs", "data/imgs", "--masks", "data/masks", *TRAIN_FLAGS, "--scale", "0.5", "--validation", "34"]
+    run("train.py", "--epochs", "1", *flags, cwd=tmp_path)
+    saved = torch.load(tmp_path / "checkpoints" / "last.pth", weights_only=True)
+    assert "epoch_loss" in saved and saved["best_dice"] >= 0
+    resumed = run("train.py", "--resume", "auto", "--epochs", "2", "--workers", "0", cwd=tmp_path)
+    assert "may not compare" not in resumed.stderr  # today's files
+    write_checkpoint(tmp_path / "checkpoints" / "last.pth", {key: value for key, value in saved.items()
+                                                              if key != "epoch_loss"})
+    old = run("train.py", "--resume", tmp_path / "checkpoints" / "last.pth", "--overwrite", "--epochs", "2",
+              "--workers", "0", cwd=tmp_path)
+    assert (f"note: {tmp_path / 'checkpoints' / 'last.pth'} was written before 2026-11-29 10:00 UTC (it has no "
+            "'epoch_loss' entry); versions before then may have scored validation against masks shrunk by --scale, "
+            "and this one scores at the masks' own size, so its best Dice 0.") in old.stderr
+    assert " may not compare with the new epochs' (best.pth is replaced only by a higher one)" in old.stderr
+
+
 def test_out_of_memory_in_training_is_one_line_with_what_to_change_and_what_was_kept(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import train
