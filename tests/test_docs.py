@@ -1,9 +1,12 @@
 """The README documents every command-line flag and the two Quickstart commands."""
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 import evaluate
 import predict
@@ -54,3 +57,15 @@ def test_the_readme_flag_lists_carry_each_flag_s_current_help() -> None:
                     stale.append(f"{script.__name__} {'/'.join(action.option_strings) or action.dest}: {text[:60]}")
     assert not stale, "README.md -h blocks are out of date (refresh them with COLUMNS=120 python X -h):\n" + \
         "\n".join(stale)
+
+
+@pytest.mark.parametrize("module", ["check_data", "synthetic_data"])
+def test_a_utils_command_run_as_a_file_says_how_to_run_it(module: str, tmp_path: Path) -> None:
+    """Found by a review: `python utils/synthetic_data.py` (the README gives `python -m utils.synthetic_data`)
+    ended in an ImportError traceback."""
+    result = subprocess.run([sys.executable, str(REPO / "utils" / f"{module}.py"), "--out", str(tmp_path)],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == [f"error: run it as a module, from the repository's folder: python -m "
+                                          f"utils.{module} (see -h)"]
+    assert list(tmp_path.iterdir()) == []

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from collections import Counter
@@ -23,6 +24,10 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+
+if not __package__:  # run as a file (python utils/check_data.py), where its imports of the package fail
+    sys.stderr.write("error: run it as a module, from the repository's folder: python -m utils.check_data (see -h)\n")
+    raise SystemExit(2)  # as every other one-line error
 
 from unet import MIN_SIDE
 

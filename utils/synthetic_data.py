@@ -8,11 +8,17 @@ import argparse
 import hashlib
 import math
 import os
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+if not __package__:  # run as a file (python utils/synthetic_data.py), where its imports of the package fail
+    sys.stderr.write("error: run it as a module, from the repository's folder: python -m utils.synthetic_data "
+                     "(see -h)\n")
+    raise SystemExit(2)  # as every other one-line error
 
 from .atomic_files import make_folder
 from .errors import UserError, check_flag, counted, run_cli
