@@ -331,7 +331,7 @@ def collate_by_size(items: list[dict]) -> dict:
     for group in groups.values():
         group["images"] = torch.stack(group["images"])
     return {"groups": list(groups.values()), "errors": [item["error"] for item in items if "error" in item],
-            "count": len(items), "turned": [item["index"] for item in items if item.get("orientation", 1) != 1]}
+            "turned": [item["index"] for item in items if item.get("orientation", 1) != 1]}
 
 
 @dataclass

@@ -460,7 +460,7 @@ RUN_SETTINGS = ("binarize", "ignore_index", "class_weights", "batch_size", "vali
                 "weight_decay")
 # Settings a run saved before they existed ran without, where today's default is something else: found by a
 # review of old runs (a first-day run resumed with the augmentation it never had, without a word)
-BEFORE_THEY_EXISTED = {"augment": "none"}
+BEFORE_THEY_EXISTED = {"augment": "none", "crop_foreground": 0.0}  # --crop's windows were anywhere before baee070
 ARCHITECTURE_FLAGS = {"classes": "n_classes", "channels": "n_channels", "bilinear": "bilinear",
                       "base_channels": "base_channels"}  # flag -> its model_args key
 
@@ -486,8 +486,9 @@ def keep_run_settings(args: argparse.Namespace, resumed: dict, resume_file: Path
                             f"--{name.replace('_', '-')}: the file was edited or damaged; start a new run")
     typed = getattr(args, "typed", None)  # None: a Namespace made otherwise; then a flag at its default is untyped
     lines = [f"note: {resume_file} was written by a version without --{name.replace('_', '-')}: it continues "
-             f"as it trained, with --{name.replace('_', '-')} {value}" for name, value in older.items()
-             if typed is None or name not in typed]
+             f"as it trained, with --{name.replace('_', '-')} {shown(value)}" for name, value in older.items()
+             if (name not in typed if typed is not None else getattr(args, name) == parser.get_default(name))
+             and (name != "crop_foreground" or kept["crop"] is not None)]  # said where it matters
     for name, value in kept.items():
         given = getattr(args, name)
         if given != value and (name in typed if typed is not None else given != parser.get_default(name)):
@@ -568,6 +569,43 @@ def _save_every(value: object) -> bool:
     except UserError:
         return False
     return True
+
+
+NOTHING_LEARNT_DICE = 0.1  # a best validation Dice below this: the model finds next to nothing yet
+FLAT_EPOCHS = 3  # validated epochs of one Dice (to 4 decimals) that say the model ignores its input,
+FLAT_BELOW = 0.5  # where that Dice is low: one class everywhere scores low (a converged model may hold still)
+
+
+def best_said(best_file: Path) -> str:
+    """best.pth's epoch and Dice, for the run's last line (found by a review: a run ended without saying what it
+    had reached, even after Ctrl-C)."""
+    score = saved_score(best_file) if best_file.exists() else None
+    if score is None:
+        return ""
+    dice, epoch = score
+    return f"; best.pth: epoch {epoch}, validation Dice {dice:.4f}"
+
+
+def learning_warning(dices: list[float], best: float, args: argparse.Namespace, steps: int) -> str | None:
+    """A warning when the run's validation says the model has not learnt (found by a review: 16-image sets
+    trained 5 epochs of 4 steps at the defaults to Dice 0.08, and multi-class ones predicted one class
+    everywhere, Dice 0.0242 every epoch, each ending with best.pth saved and not a word): what was seen, then the
+    flags that would change it."""
+    shown = [round(dice, 4) for dice in dices]
+    if len(shown) >= FLAT_EPOCHS and len(set(shown)) == 1 and shown[0] < FLAT_BELOW:
+        seen = (f"the validation Dice was {shown[0]:.4f} in each of {len(shown)} epochs: the model predicts the "
+                "same whatever the image (one class everywhere?)")
+    elif 0 <= best < NOTHING_LEARNT_DICE:
+        seen = f"the best validation Dice is {best:.4f}: the model finds next to nothing yet"
+    else:
+        return None
+    tries = [f"more epochs (-e {4 * args.epochs}, or --resume auto -e {4 * args.epochs} to go on)"
+             if steps < 1000 else "more epochs (-e)"]
+    if args.learning_rate < 1e-3:
+        tries.append("a higher --learning-rate (1e-3)")
+    tries.append("--batchnorm-images 16" if not args.batchnorm_images else "a smaller --batch-size")
+    return f"warning: {seen}; it made {counted(steps, 'step')} in all: try " + ", ".join(tries[:-1]) + \
+        f" or {tries[-1]}"
 
 
 def keep_better_best(best_file: Path, resume_file: Path, best_dice: float, say: Callable[..., None]) -> float:
@@ -1174,6 +1212,12 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
             scaler.load_state_dict(resumed["scaler"])
         restore_rng_state(resumed["rng"])
         start_epoch, step, best_dice = resumed["epoch"] + 1, resumed["step"], resumed["best_dice"]
+        if "epoch_loss" not in resumed and args.scale != 1 and best_dice >= 0:  # found by a review of old runs
+            say(f"note: {resume_file} was written before 2026-11-29 10:00 UTC (it has no 'epoch_loss' entry); "
+                "versions before then may have scored validation against masks shrunk by --scale, and this one "
+                f"scores at the masks' own size, so its best Dice {best_dice:.4f} may not compare with the new "
+                "epochs' (best.pth is replaced only by a higher one); evaluate.py on its validation images gives "
+                "today's figure", file=sys.stderr)
         if not replaces_a_run:  # going on in its own folder, maybe from an earlier point (epoch_N.pth, --overwrite)
             best_dice = keep_better_best(args.checkpoint_dir / "best.pth", resume_file, best_dice, say)
         skip_batches = batches_to_skip(args, resumed, resume_file, world, order, len(train_pairs), say)
@@ -1181,12 +1225,6 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
         steps_left = max(0, (args.epochs - start_epoch + 1) * order.batches_per_epoch - skip_batches)
         if scheduler.last_epoch + steps_left != scheduler.T_max:
             stretch_schedule(scheduler, scheduler.last_epoch + steps_left)
-        if "epoch_loss" not in resumed and args.scale != 1 and best_dice >= 0:  # found by a review of old runs
-            say(f"note: {resume_file} was written before 2026-11-29 10:00 UTC (it has no 'epoch_loss' entry); "
-                "versions before then may have scored validation against masks shrunk by --scale, and this one "
-                f"scores at the masks' own size, so its best Dice {best_dice:.4f} may not compare with the new "
-                "epochs' (best.pth is replaced only by a higher one); evaluate.py on its validation images gives "
-                "today's figure", file=sys.stderr)
         best = f", best validation Dice {best_dice:.4f}" if best_dice >= 0 else ""
         within = (" at its validation (its training was done)" if skip_batches == order.batches_per_epoch
                   else f" after its first {skip_batches} batches" if skip_batches else "")
@@ -1281,6 +1319,7 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
             failed_save[:] = [error]
 
     told_unscored = False
+    dices: list[float] = []  # this run's validation Dice, epoch by epoch (learning_warning)
     with GracefulStop(announce=world.is_main) as stop:  # under torchrun every rank gets the signal
         control = EpochControl(args, world, NonFiniteGuard(model, optimizer, device), stop,
                                lambda step, batches: save(epoch - 1, step, batches, []))
@@ -1299,7 +1338,7 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
                     if failed_save:
                         raise failed_save[0]
                     say(f"stopped by {stop.requested} at epoch {epoch}, step {step}: {last_file} holds this point; "
-                        "resume with the same command and --resume auto")
+                        f"resume with the same command and --resume auto{best_said(args.checkpoint_dir / 'best.pth')}")
                     raise SystemExit(stop.exit_code)
                 try:
                     if calibration is not None:  # the plain model: each process reads the same images
@@ -1322,6 +1361,8 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
                     say(f"note: {counted(scores['unscored'], 'validation mask')} {hold} only pixels of --ignore-index "
                         f"{args.ignore_index}{example}: nothing in them to score, {what}", file=sys.stderr)
                     told_unscored = True
+                if val_dice is not None:
+                    dices.append(val_dice)
                 is_best = val_dice is not None and val_dice > best_dice
                 best_dice = max(best_dice, val_dice) if val_dice is not None else best_dice
                 seconds = time.perf_counter() - started
@@ -1372,7 +1413,11 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     say(f"checkpoints in {args.checkpoint_dir}: last.pth"
         + (", best.pth" if (args.checkpoint_dir / "best.pth").exists() else "")
         + (f", epoch_{start_epoch}.pth to epoch_{args.epochs}.pth" if args.keep_epochs and start_epoch < args.epochs
-           else f", epoch_{args.epochs}.pth" if args.keep_epochs else ""))
+           else f", epoch_{args.epochs}.pth" if args.keep_epochs else "")
+        + best_said(args.checkpoint_dir / "best.pth"))
+    warning = learning_warning(dices, best_dice, args, step) if dices else None
+    if warning:
+        say(warning, file=sys.stderr)
     if stop.requested:  # during the last epoch's validation: no step came after it, and the run is complete
         say(f"{stop.requested} received during the last validation: the run completed and saved all it had")
         raise SystemExit(stop.exit_code)  # what the first signal exits with wherever it comes

@@ -963,6 +963,14 @@ def test_a_run_saved_before_augmentation_existed_resumes_without_it_and_says_so(
     args = train.get_args_parser().parse_args(["--resume", "auto"])
     assert train.keep_run_settings(args, {**resumed, "args": {**resumed["args"], "augment": "light"}}, last) == []
     assert args.augment == "light"  # today's runs: as saved
+    cropped = {**resumed, "args": {**resumed["args"], "augment": "light", "crop": [32, 32]}}  # before baee070
+    args = train.get_args_parser().parse_args(["--resume", "auto"])
+    assert train.keep_run_settings(args, cropped, last) == [
+        f"note: {last} was written by a version without --crop-foreground: it continues as it trained, with "
+        "--crop-foreground 0.0"] and args.crop_foreground == 0.0  # windows anywhere, as then (a code review)
+    args = train.get_args_parser().parse_args(["--resume", "auto"])
+    assert train.keep_run_settings(args, {**resumed, "args": {**resumed["args"], "augment": "light"}}, last) == []
+    assert args.crop_foreground == 0.0  # without --crop it decides nothing: set, not said
 
 
 def test_resume_keeps_the_runs_save_every_and_keep_epochs_unless_typed(tmp_path: pathlib.Path) -> None:
@@ -1147,3 +1155,32 @@ def test_the_readme_recipe_hands_our_checkpoint_to_the_reference_loading_code(ck
     with torch.no_grad():
         torch.testing.assert_close(reference.eval()(x), model(x), rtol=0, atol=0)
 
+
+
+def test_a_run_that_learnt_nothing_is_told_what_was_seen_and_what_to_try() -> None:
+    """Found by a review: small sets trained at the defaults to a Dice of 0.08, or predicted one class everywhere
+    (0.0242 every epoch), and the run ended with best.pth saved and not a word."""
+    import train
+
+    args = train.get_args_parser().parse_args([])  # lr 1e-4, 5 epochs, no --batchnorm-images
+    assert train.learning_warning([0.0242, 0.0242, 0.0242, 0.0242, 0.0242], 0.0242, args, 20) == (
+        "warning: the validation Dice was 0.0242 in each of 5 epochs: the model predicts the same whatever the image "
+        "(one class everywhere?); it made 20 steps in all: try more epochs (-e 20, or --resume auto -e 20 to go on), "
+        "a higher --learning-rate (1e-3) or --batchnorm-images 16")
+    assert train.learning_warning([0.0, 0.0, 0.0, 0.0, 0.0846], 0.0846, args, 20).startswith(
+        "warning: the best validation Dice is 0.0846: the model finds next to nothing yet; it made 20 steps in all")
+    tuned = train.get_args_parser().parse_args(["-l", "1e-3", "--batchnorm-images", "8", "-e", "40"])
+    assert train.learning_warning([0.0, 0.01], 0.01, tuned, 4000) == (
+        "warning: the best validation Dice is 0.0100: the model finds next to nothing yet; it made 4000 steps in "
+        "all: try more epochs (-e) or a smaller --batch-size")
+    assert train.learning_warning([0.6, 0.85, 0.9], 0.9, args, 20) is None  # it learnt
+    assert train.learning_warning([0.93, 0.93, 0.93], 0.93, args, 20) is None  # settled, not stuck
+    assert train.learning_warning([0.3, 0.3], 0.3, args, 20) is None  # two epochs say little
+
+
+def test_the_runs_last_line_names_best_pths_epoch_and_dice(tmp_path: pathlib.Path) -> None:
+    import train
+
+    assert train.best_said(tmp_path / "best.pth") == ""  # none kept (no validation)
+    save_checkpoint(tmp_path / "best.pth", UNet(3, 2, base_channels=8), [0, 1], epoch=22, val_dice=0.95721)
+    assert train.best_said(tmp_path / "best.pth") == "; best.pth: epoch 22, validation Dice 0.9572"

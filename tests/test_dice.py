@@ -137,6 +137,9 @@ def test_per_class_counts_match_a_count_by_numpy_leave_out_ignored_pixels_and_st
     both, predicted, truth = per_class_counts(pred, true, n_classes=2)
     assert predicted[0].tolist() == [0, side * side] and truth[0].tolist() == [1, side * side - 1]
     assert both[0].tolist() == [0, side * side - 1]
+    many = torch.tensor([[[-1, 5], [127, 0]]], dtype=torch.int8)  # 128 classes, the most int8 masks carry
+    both, predicted, truth = per_class_counts(torch.tensor([[[0, 5], [127, 0]]]), many, n_classes=128)
+    assert both[0, [0, 5, 127]].tolist() == [1, 1, 1] and predicted.sum() == truth.sum() == 3  # a code review
 
 
 def _manual_dice(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -80,3 +80,28 @@ def test_other_fields_and_masks_travel_with_their_rows() -> None:
     for group in groups:
         codes = [int(name[1:]) for name in group["name"]]
         assert group["image"][:, 0, 0, 0].tolist() == codes and group["mask"][:, 0, 0].tolist() == codes
+
+
+def test_a_short_whole_batch_joins_the_runs_cut_from_padded_ones_and_dtypes_stay_apart(tmp_path) -> None:
+    """Found by a code review: a loader batch of one size (3 readable of 4) kept its "skipped" key and never met
+    the parts cut from padded batches; and parts of another dtype must not be joined."""
+    from conftest import disc_mask, random_rgb, write_image
+
+    from utils.data_loading import SegmentationDataset, collate_skipping, list_pairs, same_size_parts
+
+    for index, (height, width) in enumerate([(32, 48)] * 4 + [(40, 32), (32, 48)]):
+        write_image(tmp_path / "imgs" / f"i{index}.png", random_rgb(index, height, width))
+        write_image(tmp_path / "masks" / f"i{index}.png", disc_mask(height, width))
+    dataset = SegmentationDataset(list_pairs(tmp_path / "imgs", tmp_path / "masks"), [0, 1], scale=1.0,
+                                  scale_masks=False, skip_unreadable=True)
+    (tmp_path / "imgs" / "i3.png").write_bytes(b"broken")  # after the listing: skipped when read
+    first = collate_skipping([dataset[index] for index in range(4)])
+    second = collate_skipping([dataset[index] for index in (4, 5)])
+    assert first["skipped"] and "sizes" in second
+    parts = [part for batch in (first, second) for part in same_size_parts(batch)]
+    assert [group["name"] for group in regrouped(parts, 4)] == [["i0", "i1", "i2", "i5"], ["i4"]]
+
+    as_float = part([1], 4)
+    as_float["images"] = as_float["images"].float()
+    groups = list(regrouped([part([0], 4), as_float], 2))
+    assert [(group["indices"], group["images"].dtype) for group in groups] == [([0], torch.uint8), ([1], torch.float32)]

@@ -706,7 +706,8 @@ def where_all(paths: Iterable[Path]) -> list[Path]:
         if folder is None:
             folder = folders[path.parent] = where(path.parent)
         joined = folder / path.name
-        found.append(where(joined) if path.name in ("", ".", "..") or _is_link(joined) else joined)
+        # a link (or a link loop, which where() leaves unresolved as typed) is followed from the path as given
+        found.append(where(path) if path.name in ("", ".", "..") or _is_link(joined) else joined)
     return found
 
 
@@ -1090,8 +1091,8 @@ def pad_bottom_right(tensor: torch.Tensor, height: int, width: int, value: int) 
 def same_size_parts(batch: dict) -> Iterator[dict]:
     """The batch itself, or for a padded one (pad_to_largest) its runs of consecutive same-size items, unpadded:
     scores must see each image as it is predicted alone, without another image's padding around it."""
-    if "sizes" not in batch:
-        yield batch
+    if "sizes" not in batch:  # its images, masks and names only, as the runs below: one part of one shape
+        yield {key: batch[key] for key in ("image", "mask", "name")}
         return
     sizes = batch["sizes"]
     start = 0

@@ -60,11 +60,13 @@ def per_class_counts(pred: Tensor, target: Tensor, n_classes: int) -> tuple[Tens
     predicted, and true, as three (B, C) int64 tensors. Pixels whose target is IGNORE_CLASS are left out.
 
     Counted from one confusion matrix per image: one pass of integers (found by a profiling review: float one-hot
-    maps were 9-12% of evaluate.py, and their float32 sums drop pixels past 2**24, a 4096x4096 image)."""
+    maps were 9-12% of evaluate.py, and their float32 sums drop pixels past 2**24, a 4097x4097 image). On a GPU
+    bincount reads the largest index back (a wait for the device), as the caller's copy of the counts would."""
     batch = pred.shape[0]
-    # ignored pixels get a true class of their own, n_classes, whose column is dropped (no boolean indexing,
-    # which would wait for the device)
-    truth = torch.where(target == IGNORE_CLASS, n_classes, target).long()
+    # ignored pixels get a true class of their own, n_classes, whose column is dropped; int64 first, since an int8
+    # mask (utils.mask_encoding.class_index_dtype, up to 128 classes) cannot hold n_classes
+    target = target.long()
+    truth = torch.where(target == IGNORE_CLASS, n_classes, target)
     images = torch.arange(batch, device=pred.device).view(-1, 1, 1)
     joint = (images * n_classes + pred.long()) * (n_classes + 1) + truth
     confusion = torch.bincount(joint.flatten(), minlength=batch * n_classes * (n_classes + 1))

@@ -91,6 +91,7 @@ def evaluate(
                          **{f"iou_{c}": image_iou[c].item() for c in range(n_classes)}})
     model.train(was_training)
     rows.sort(key=lambda row: order[row["name"]])
+    unscored.sort(key=order.__getitem__)
     count = max(len(rows), 1)
     pooled_dice, pooled_iou = scores_from_counts(*pooled_counts)
     seen = [bool(pooled_counts[1][c] + pooled_counts[2][c] > 0) for c in range(n_classes)]

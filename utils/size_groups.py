@@ -11,24 +11,27 @@ HELD_BATCHES = 4  # images held back waiting for others of their size, in batche
 
 def regrouped(parts: Iterable[dict], batch_size: int) -> Iterator[dict]:
     """The parts (dicts of tensors and lists of one image per row, and of values shared by the part, such as its
-    size) joined with the earlier ones of the same shapes and values, given out batch_size rows at a time; a full
-    part goes as it is. Parts wait for others of their size while at most HELD_BATCHES * batch_size rows wait in
-    all; past that, the largest waiting group goes as it is. A folder of one size goes through batch by batch."""
-    held: dict[tuple, dict] = {}
+    size) joined with the earlier ones of the same shapes, dtypes and values, given out batch_size rows at a time;
+    a full part goes as it is. Parts wait for others of their size while at most HELD_BATCHES * batch_size rows
+    wait in all; past that, the largest waiting group goes as it is. A folder of one size goes through batch by
+    batch. Each row is copied at most twice: once where it waits as a view of a larger batch, once when joined."""
+    held: dict[tuple, list[dict]] = {}
     for part in parts:
         if _rows(part) >= batch_size:  # a full batch goes as it came (no copy), whatever waits
             yield part
             continue
         key = _shape_key(part)
-        joined = _joined(held.pop(key), part) if key in held else _owned(part)
-        if _rows(joined) >= batch_size:
+        waiting = held.setdefault(key, [])
+        waiting.append(_owned(part))
+        if sum(map(_rows, waiting)) >= batch_size:
+            joined = _joined(held.pop(key))
             yield _sliced(joined, 0, batch_size)
-            joined = _owned(_sliced(joined, batch_size, None))
-        if _rows(joined):
-            held[key] = joined
-        while held and sum(_rows(group) for group in held.values()) > HELD_BATCHES * batch_size:
-            yield held.pop(max(held, key=lambda waiting: _rows(held[waiting])))
-    yield from held.values()
+            if _rows(joined) > batch_size:
+                held[key] = [_sliced(joined, batch_size, None)]  # a view of the joined copy, no larger
+        while held and sum(sum(map(_rows, group)) for group in held.values()) > HELD_BATCHES * batch_size:
+            yield _joined(held.pop(max(held, key=lambda waiting_key: sum(map(_rows, held[waiting_key])))))
+    for group in held.values():
+        yield _joined(group)
 
 
 def _is_rows(value: object) -> bool:
@@ -36,17 +39,22 @@ def _is_rows(value: object) -> bool:
 
 
 def _shape_key(part: dict) -> tuple:
-    return tuple((name, tuple(value.shape[1:]) if isinstance(value, torch.Tensor) else None if _is_rows(value)
-                  else value) for name, value in part.items())
+    return tuple((name, (tuple(value.shape[1:]), value.dtype) if isinstance(value, torch.Tensor) else None
+                  if _is_rows(value) else value) for name, value in part.items())
 
 
 def _rows(part: dict) -> int:
     return next(len(value) for value in part.values() if _is_rows(value))
 
 
-def _joined(first: dict, second: dict) -> dict:
-    return {name: _copied([value, second[name]]) if isinstance(value, torch.Tensor) else
-            value + second[name] if isinstance(value, list) else value for name, value in first.items()}
+def _joined(group: list[dict]) -> dict:
+    """The parts' rows in one part (the one part itself where there is one)."""
+    if len(group) == 1:
+        return group[0]
+    first = group[0]
+    return {name: _copied([part[name] for part in group]) if isinstance(value, torch.Tensor) else
+            [row for part in group for row in part[name]] if isinstance(value, list) else value
+            for name, value in first.items()}
 
 
 def _copied(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -58,8 +66,13 @@ def _copied(tensors: list[torch.Tensor]) -> torch.Tensor:
 
 
 def _owned(part: dict) -> dict:
-    """The part in memory of its own: a waiting view would keep its whole loader batch alive."""
-    return {name: _copied([value]) if isinstance(value, torch.Tensor) else value for name, value in part.items()}
+    """The part, its tensors in memory of their own: a waiting view would keep its whole loader batch alive."""
+    return {name: value if not isinstance(value, torch.Tensor) or _whole(value) else _copied([value])
+            for name, value in part.items()}
+
+
+def _whole(tensor: torch.Tensor) -> bool:
+    return tensor.storage_offset() == 0 and tensor.untyped_storage().nbytes() == tensor.nbytes
 
 
 def _sliced(part: dict, start: int, end: int | None) -> dict:
