@@ -155,13 +155,38 @@ def test_binary_loss_is_bce_plus_dice_loss():
     assert segmentation_loss(logits, masks).item() == pytest.approx(expected.item(), rel=1e-6)
 
 
-def test_multiclass_loss_is_cross_entropy_plus_dice_loss():
+def _manual_class_dice_loss(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 - each foreground class's Dice over the batch, averaged over the classes some target holds."""
+    losses = [1 - _manual_dice(probs[:, c], target[:, c]) for c in range(1, probs.shape[1]) if target[:, c].sum() > 0]
+    return torch.stack(losses).mean() if losses else torch.tensor(0.0)
+
+
+def test_multiclass_loss_is_cross_entropy_plus_the_foreground_classes_dice_loss():
     torch.manual_seed(0)
     logits = torch.randn(2, 3, 5, 7)
     masks = torch.randint(0, 3, (2, 5, 7))
     target = F.one_hot(masks, 3).permute(0, 3, 1, 2).float()
-    expected = F.cross_entropy(logits, masks) + 1 - _manual_dice(F.softmax(logits, dim=1), target)
+    expected = F.cross_entropy(logits, masks) + _manual_class_dice_loss(F.softmax(logits, dim=1), target)
     assert segmentation_loss(logits, masks).item() == pytest.approx(expected.item(), rel=1e-6)
+    masks[masks == 2] = 1  # class 2 in no mask of the batch: left out of the Dice term
+    target = F.one_hot(masks, 3).permute(0, 3, 1, 2).float()
+    expected = F.cross_entropy(logits, masks) + 1 - _manual_dice(F.softmax(logits, dim=1)[:, 1], target[:, 1])
+    assert segmentation_loss(logits, masks).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_predicting_background_around_small_objects_costs_the_dice_term_all_it_can() -> None:
+    """Found by a review: the reference's Dice pools every class and the background, which for softmax outputs
+    is the mean probability of the true class: background everywhere around two 2x2 objects cost 0.004."""
+    from utils.dice_score import class_dice_loss
+
+    masks = torch.zeros(2, 32, 32, dtype=torch.long)
+    masks[0, 4:6, 4:6] = 1
+    masks[1, 20:22, 9:11] = 1
+    target = F.one_hot(masks, 2).permute(0, 3, 1, 2).float()
+    background = torch.stack([torch.ones(2, 32, 32), torch.zeros(2, 32, 32)], dim=1)
+    assert dice_loss(background, target, multiclass=True).item() == pytest.approx(8 / 2048, abs=1e-6)  # pooled
+    assert class_dice_loss(background, target).item() == pytest.approx(1.0, abs=1e-6)
+    assert class_dice_loss(target, target).item() == pytest.approx(0.0, abs=1e-6)
 
 
 @pytest.mark.parametrize("n_classes", [1, 3])
@@ -200,7 +225,7 @@ def test_cross_entropy_term_is_the_weighted_mean_over_pixels_not_ignored(weighte
     probs = F.softmax(logits, dim=1) * valid[:, None]
     target = F.one_hot(masks.clamp(min=0), 3).permute(0, 3, 1, 2).float() * valid[:, None]
     ce = F.cross_entropy(logits, masks, weight=weights, ignore_index=IGNORE_CLASS)
-    expected = ce + 1 - _manual_dice(probs, target)
+    expected = ce + _manual_class_dice_loss(probs, target)
     assert segmentation_loss(logits, masks, weights).item() == pytest.approx(expected.item(), rel=1e-6)
 
 

@@ -26,12 +26,31 @@ def multiclass_dice_coeff(input: Tensor, target: Tensor, reduce_batch_first: boo
 
 
 def dice_loss(input: Tensor, target: Tensor, multiclass: bool = False) -> Tensor:
+    """The reference's Dice loss (bench/reference_recipe.py re-creates its recipe with it)."""
     fn = multiclass_dice_coeff if multiclass else dice_coeff
     return 1 - fn(input, target, reduce_batch_first=True)
 
 
+def class_dice_loss(probs: Tensor, one_hot: Tensor, epsilon: float = 1e-6) -> Tensor:
+    """1 - the mean over the foreground classes of each class's soft Dice over the batch, for (B, C, H, W)
+    probabilities and one-hot targets (ignored pixels zero in both); a class no target of the batch holds is left
+    out (cross-entropy answers for predicting it).
+
+    The reference pools all classes, the background too, into one Dice, which for softmax outputs is just the
+    mean probability of each pixel's true class: predicting background everywhere around small objects cost it
+    almost nothing (found by a review: 0.004 for two 2x2 objects in 32x32, their Dice 0).
+    """
+    dims = (0, 2, 3)
+    true = one_hot.sum(dims)[1:]
+    both = (probs * one_hot).sum(dims)[1:]
+    dice = (2 * both + epsilon) / (probs.sum(dims)[1:] + true + epsilon)
+    present = (true > 0).to(dice.dtype)  # a mask, not an index: no wait for the device
+    return ((1 - dice) * present).sum() / present.sum().clamp(min=1)
+
+
 def segmentation_loss(logits: Tensor, masks: Tensor, class_weights: Tensor | None = None) -> Tensor:
-    """Cross-entropy + Dice for C >= 2 classes, BCE + Dice for one-channel (binary) output.
+    """Cross-entropy + Dice of the foreground classes for C >= 2 classes (class_dice_loss), BCE + Dice for
+    one-channel (binary) output.
 
     Pixels labelled IGNORE_CLASS count in neither term; class_weights (one per class, also two for the
     one-channel case: background, foreground) weight the cross-entropy/BCE term.
@@ -52,7 +71,7 @@ def segmentation_loss(logits: Tensor, masks: Tensor, class_weights: Tensor | Non
     counted = (valid.float() if class_weights is None else class_weights[target] * valid).sum()
     ce = ce / torch.where(counted > 0, counted, torch.ones_like(counted))
     one_hot = F.one_hot(target, logits.size(1)).permute(0, 3, 1, 2).float() * valid[:, None]
-    return ce + dice_loss(F.softmax(logits, dim=1) * valid[:, None], one_hot, multiclass=True)
+    return ce + class_dice_loss(F.softmax(logits, dim=1) * valid[:, None], one_hot)
 
 
 def per_class_counts(pred: Tensor, target: Tensor, n_classes: int) -> tuple[Tensor, Tensor, Tensor]:
