@@ -66,9 +66,10 @@ def predict_like_reference(model: UNet, files: list[Path], out_dir: Path, scale:
 
 class BlurInsteadOfUNet(nn.Module):
     """Two smooth logit maps of the image's brightness, at its size: masks of blobs (PNGs of realistic cost) at
-    next to no compute. Carries the attributes predict.py reads from the U-Net."""
+    next to no compute. Carries the attributes predict.py reads from the U-Net. Stands in for fuse_batchnorm,
+    whose arguments it takes."""
 
-    def __init__(self, unet: UNet):
+    def __init__(self, unet: UNet, in_place: bool = False):
         super().__init__()
         for name in ("mask_values", "mask_palette", "ignore_value", "n_classes", "n_channels", "scale"):
             setattr(self, name, getattr(unet, name, None))
