@@ -583,16 +583,19 @@ def best_said(best_file: Path) -> str:
     if score is None:
         return ""
     dice, epoch = score
-    return f"; best.pth: epoch {epoch}, validation Dice {dice:.4f}"
+    return f"; best.pth: {f'epoch {epoch}, ' if epoch is not None else ''}validation Dice {dice:.4f}"
 
 
-def learning_warning(dices: list[float], best: float, args: argparse.Namespace, steps: int) -> str | None:
+def learning_warning(dices: list[float], best: float, args: argparse.Namespace, steps: int,
+                     from_start: bool = True) -> str | None:
     """A warning when the run's validation says the model has not learnt (found by a review: 16-image sets
     trained 5 epochs of 4 steps at the defaults to Dice 0.08, and multi-class ones predicted one class
     everywhere, Dice 0.0242 every epoch, each ending with best.pth saved and not a word): what was seen, then the
-    flags that would change it."""
+    flags that would change it. A resumed run's Dice may hold still at the end of its schedule (a code review): only
+    a run from its start, which never scored higher, is told that it looks stuck."""
     shown = [round(dice, 4) for dice in dices]
-    if len(shown) >= FLAT_EPOCHS and len(set(shown)) == 1 and shown[0] < FLAT_BELOW:
+    if from_start and len(shown) >= FLAT_EPOCHS and len(set(shown)) == 1 and best <= dices[0] + 1e-4 \
+            and shown[0] < FLAT_BELOW:
         seen = (f"the validation Dice was {shown[0]:.4f} in each of {len(shown)} epochs: the model predicts the "
                 "same whatever the image (one class everywhere?)")
     elif 0 <= best < NOTHING_LEARNT_DICE:
@@ -1338,7 +1341,8 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
                     if failed_save:
                         raise failed_save[0]
                     say(f"stopped by {stop.requested} at epoch {epoch}, step {step}: {last_file} holds this point; "
-                        f"resume with the same command and --resume auto{best_said(args.checkpoint_dir / 'best.pth')}")
+                        "resume with the same command and --resume auto"
+                        + (best_said(args.checkpoint_dir / "best.pth") if world.is_main else ""))
                     raise SystemExit(stop.exit_code)
                 try:
                     if calibration is not None:  # the plain model: each process reads the same images
@@ -1414,8 +1418,8 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
         + (", best.pth" if (args.checkpoint_dir / "best.pth").exists() else "")
         + (f", epoch_{start_epoch}.pth to epoch_{args.epochs}.pth" if args.keep_epochs and start_epoch < args.epochs
            else f", epoch_{args.epochs}.pth" if args.keep_epochs else "")
-        + best_said(args.checkpoint_dir / "best.pth"))
-    warning = learning_warning(dices, best_dice, args, step) if dices else None
+        + (best_said(args.checkpoint_dir / "best.pth") if world.is_main else ""))
+    warning = learning_warning(dices, best_dice, args, step, from_start=resumed is None) if dices else None
     if warning:
         say(warning, file=sys.stderr)
     if stop.requested:  # during the last epoch's validation: no step came after it, and the run is complete

@@ -1176,6 +1176,9 @@ def test_a_run_that_learnt_nothing_is_told_what_was_seen_and_what_to_try() -> No
     assert train.learning_warning([0.6, 0.85, 0.9], 0.9, args, 20) is None  # it learnt
     assert train.learning_warning([0.93, 0.93, 0.93], 0.93, args, 20) is None  # settled, not stuck
     assert train.learning_warning([0.3, 0.3], 0.3, args, 20) is None  # two epochs say little
+    # a code review: a converged run extended at the end of its schedule holds still, and once scored higher
+    assert train.learning_warning([0.4521] * 3, 0.4521, args, 5000, from_start=False) is None
+    assert train.learning_warning([0.4521, 0.4521, 0.4521], 0.83, args, 5000) is None
 
 
 def test_the_runs_last_line_names_best_pths_epoch_and_dice(tmp_path: pathlib.Path) -> None:
@@ -1184,3 +1187,5 @@ def test_the_runs_last_line_names_best_pths_epoch_and_dice(tmp_path: pathlib.Pat
     assert train.best_said(tmp_path / "best.pth") == ""  # none kept (no validation)
     save_checkpoint(tmp_path / "best.pth", UNet(3, 2, base_channels=8), [0, 1], epoch=22, val_dice=0.95721)
     assert train.best_said(tmp_path / "best.pth") == "; best.pth: epoch 22, validation Dice 0.9572"
+    save_checkpoint(tmp_path / "best.pth", UNet(3, 2, base_channels=8), [0, 1], val_dice=0.5)  # saved elsewhere
+    assert train.best_said(tmp_path / "best.pth") == "; best.pth: validation Dice 0.5000"

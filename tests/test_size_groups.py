@@ -105,3 +105,23 @@ def test_a_short_whole_batch_joins_the_runs_cut_from_padded_ones_and_dtypes_stay
     as_float["images"] = as_float["images"].float()
     groups = list(regrouped([part([0], 4), as_float], 2))
     assert [(group["indices"], group["images"].dtype) for group in groups] == [([0], torch.uint8), ([1], torch.float32)]
+
+
+def test_the_rows_left_over_from_a_join_hold_no_more_memory_than_themselves() -> None:
+    """Found by a code review: the rows a join left over waited as a view of the whole joined copy, so with many
+    sizes the memory held was up to batch_size + 1 times the rows counted."""
+    def parts():
+        for k in range(8):  # at most 10 rows wait: under the limit of 16
+            yield part([2 * k, 2 * k], 8 + k)  # two rows, then three: a batch of 4 and one row over
+            yield part([2 * k + 1] * 3, 8 + k)
+
+    groups = regrouped(parts(), 4)
+    for _ in range(8):
+        assert len(next(groups)["indices"]) == 4
+    held = groups.gi_frame.f_locals["held"]
+    assert sum(len(group) for group in held.values()) == 7  # one row of each size (the last one's is put
+    # aside once its batch is taken)
+    for group in held.values():
+        (waiting,) = group
+        assert waiting["images"].untyped_storage().nbytes() == waiting["images"].nbytes
+    assert [len(group["indices"]) for group in groups] == [1] * 8

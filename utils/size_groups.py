@@ -15,8 +15,8 @@ def regrouped(parts: Iterable[dict], batch_size: int) -> Iterator[dict]:
     size) joined with the earlier ones of the same shapes, dtypes and values, given out batch_size rows at a time;
     a full part goes as it is. Parts wait for others of their size while at most HELD_BATCHES * batch_size rows
     wait in all; past that, the largest waiting group goes as it is. A folder of one size goes through batch by
-    batch. Each row is copied at most three times, however long it waits: where it waits as a view of a larger
-    batch, and in the one or two joins it takes part in (a running concatenation would copy it at every join)."""
+    batch. The memory held is that of the rows counted: a waiting view is copied. Each row is copied at most three
+    times, however long it waits (a running concatenation would copy it at every join)."""
     held: dict[tuple, list[dict]] = {}
     for part in parts:
         if _rows(part) >= batch_size:  # a full batch goes as it came (no copy), whatever waits
@@ -25,11 +25,12 @@ def regrouped(parts: Iterable[dict], batch_size: int) -> Iterator[dict]:
         key = _shape_key(part)
         waiting = held.setdefault(key, [])
         waiting.append(_owned(part))
-        if sum(map(_rows, waiting)) >= batch_size:
-            joined = _joined(held.pop(key))
-            yield _sliced(joined, 0, batch_size)
-            if _rows(joined) > batch_size:
-                held[key] = [_sliced(joined, batch_size, None)]  # a view of the joined copy, no larger
+        if sum(map(_rows, waiting)) >= batch_size:  # the last part fills the batch, its other rows wait
+            group = held.pop(key)
+            last, needed = group[-1], batch_size - sum(map(_rows, group[:-1]))
+            yield _joined([*group[:-1], _sliced(last, 0, needed)])
+            if _rows(last) > needed:  # copied: a view would keep the whole part alive (found by a code review)
+                held[key] = [_owned(_sliced(last, needed, None))]
         while held and sum(sum(map(_rows, group)) for group in held.values()) > HELD_BATCHES * batch_size:
             yield _joined(held.pop(max(held, key=lambda waiting_key: sum(map(_rows, held[waiting_key])))))
     for group in held.values():
