@@ -1089,8 +1089,8 @@ def pad_bottom_right(tensor: torch.Tensor, height: int, width: int, value: int) 
 
 
 def same_size_parts(batch: dict) -> Iterator[dict]:
-    """The batch itself, or for a padded one (pad_to_largest) its runs of consecutive same-size items, unpadded:
-    scores must see each image as it is predicted alone, without another image's padding around it."""
+    """The batch's images, masks and names, or for a padded one (pad_to_largest) its runs of consecutive same-size
+    items, unpadded: scores must see each image as it is predicted alone, without another image's padding."""
     if "sizes" not in batch:  # its images, masks and names only, as the runs below: one part of one shape
         yield {key: batch[key] for key in ("image", "mask", "name")}
         return
