@@ -179,9 +179,8 @@ def expand_inputs(inputs: list[str], keep_repeats: bool = False) -> tuple[list[P
         print(f"note: left out {unread_format_note(unread)}", file=sys.stderr)
     if keep_repeats:
         return paths, left_out
-    unique, seen = [], set()
-    for path, resolved in zip(paths, where_all(paths)):  # a file named twice (a.png and '*.png', or through a
-        # link) is predicted once
+    unique, seen = [], set()  # a file named twice (a.png and '*.png', or through a link) is predicted once
+    for path, resolved in zip(paths, where_all(paths)):
         if resolved not in seen:
             seen.add(resolved)
             unique.append(path)
