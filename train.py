@@ -112,6 +112,11 @@ from utils.scoring import evaluate, set_image_means
 from utils.signals import GracefulStop, sigterm_as_exit
 
 DEFAULT_AUGMENT = "light"  # chosen by the held-out Dice measured in the README
+# --epochs auto: the reference's 5, or more where 5 epochs make fewer optimizer steps than this. Sets of 16-20 small
+# images trained 5 epochs of 4-5 steps to a held-out Dice of 0.00-0.18; 500 steps reached 0.94-0.96 at the
+# classic width (bench/README.md, "Epochs for small sets").
+DEFAULT_EPOCHS = 5
+AUTO_EPOCHS_MIN_STEPS = 500
 # Share of --crop windows centred on an object: nnU-Net's 1/3; measured here (README): +0.034 held-out Dice on
 # small objects, no change on large ones.
 DEFAULT_CROP_FOREGROUND = 0.33
@@ -238,7 +243,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     model.add_argument("--sync-batchnorm", action="store_true",
                        help="under torchrun, BatchNorm statistics over the global batch (CUDA only)")
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--epochs", "-e", type=int, default=5, help="number of epochs (default: %(default)s)")
+    optim.add_argument("--epochs", "-e", type=parse_epochs, default="auto", metavar="N|auto",
+                       help=f"number of epochs; auto = {DEFAULT_EPOCHS}, or as many as make "
+                            f"{AUTO_EPOCHS_MIN_STEPS:,} optimizer steps where {DEFAULT_EPOCHS} would make fewer (small "
+                            "data sets) (default: %(default)s)")
     optim.add_argument("--batch-size", "-b", type=int, default=None,
                        help="images per step and process (default: on a CUDA GPU the largest power of two up to "
                             "16 that fits its free memory; elsewhere 4, 16 for images of up to 1,024 pixels after "
@@ -282,6 +290,21 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_epochs(text: str) -> int | str:
+    """--epochs: a whole number, or auto (settled by auto_epochs once the steps per epoch are known)."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise UserError(f"--epochs {text}: give a whole number of at least 1, or auto") from None
+
+
+def auto_epochs(steps_per_epoch: int) -> int:
+    """--epochs auto: enough epochs for AUTO_EPOCHS_MIN_STEPS steps, never fewer than the usual DEFAULT_EPOCHS."""
+    return max(DEFAULT_EPOCHS, math.ceil(AUTO_EPOCHS_MIN_STEPS / max(steps_per_epoch, 1)))
+
+
 def described_width(width: int) -> str:
     return counted(width, "base channel")
 
@@ -289,7 +312,7 @@ def described_width(width: int) -> str:
 def check_args(args: argparse.Namespace) -> None:
     at_least_1 = "a whole number of at least 1"
     for flag, value, ok, rule in (
-        ("--epochs", args.epochs, args.epochs >= 1, at_least_1),
+        ("--epochs", args.epochs, args.epochs == "auto" or args.epochs >= 1, f"auto or {at_least_1}"),
         ("--batch-size", args.batch_size, args.batch_size is None or args.batch_size >= 1, at_least_1),
         ("--learning-rate", args.learning_rate, 0 < args.learning_rate < math.inf, "above 0, e.g. 1e-4"),
         ("--weight-decay", args.weight_decay, 0 <= args.weight_decay < math.inf, "0 (none) or more, e.g. 1e-4"),
@@ -1183,6 +1206,13 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
                         f"at --scale {args.scale:g} (e.g. {name}, {width}x{height}): the U-Net's deepest map of one is "
                         f"1x1, and BatchNorm cannot train on a batch of one such image: {fix}{larger}")
     order = EpochOrder(len(train_set), args.batch_size, args.seed, world, sizes=train_sizes, no_lone_images=bool(tiny))
+    if args.epochs == "auto":
+        args.epochs = auto_epochs(order.batches_per_epoch)
+        if args.epochs > DEFAULT_EPOCHS:
+            say(f"note: --epochs auto: {args.epochs} epochs of {counted(order.batches_per_epoch, 'step')}, "
+                f"{args.epochs * order.batches_per_epoch:,} steps in all ({DEFAULT_EPOCHS} epochs would make "
+                f"{DEFAULT_EPOCHS * order.batches_per_epoch}, too few to learn from; -e N sets another number)",
+                file=sys.stderr)
     # On a CPU, validation and the BatchNorm calibration decode in this process: a worker forked at the end of the
     # first epoch shares the trainer's gigabytes of heap copy-on-write, and the next epoch paid ~20% for the page
     # copies (measured).

@@ -575,13 +575,52 @@ def test_classes_1_trains_with_sigmoid_and_predicts_binary(tmp_path: Path) -> No
     assert set(np.unique(np.asarray(Image.open(tmp_path / "one.png")))) <= {0, 255}
 
 
+def test_epochs_auto_trains_a_small_set_enough_steps_and_a_resume_keeps_the_number(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """Found by a review: 16-20-image sets trained 5 epochs of 4-5 steps learnt nothing. --epochs auto (the
+    default) trains at least AUTO_EPOCHS_MIN_STEPS steps (12 here instead of 500: the rule, not its number)."""
+    import train
+
+    def train_here(*flags: str) -> tuple[str, str]:
+        train.main(train.get_args_parser().parse_args(["--validation", "0", *TRAIN_FLAGS, "--batch-size", "2",
+                                                       *flags]))
+        return capsys.readouterr()
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(train, "AUTO_EPOCHS_MIN_STEPS", 12)
+    write_carvana_like(tmp_path / "data", 4)  # batches of 2: 2 steps an epoch
+    assert ("note: --epochs auto: 6 epochs of 2 steps, 12 steps in all (5 epochs would make 10, too few to learn "
+            "from; -e N sets another number)") in train_here().err
+    checkpoint = load_checkpoint(tmp_path / "checkpoints" / "last.pth")
+    assert checkpoint["epoch"] == 6 and checkpoint["step"] == 12 and checkpoint["args"]["epochs"] == 6
+    assert checkpoint["scheduler"]["T_max"] == 12  # the cosine spans the steps chosen
+
+    # the number is the run's: a resume goes on with it, not with a new choice for what the folder holds now
+    write_carvana_like(tmp_path / "more", 8, seed=1)  # 4 more images, 4 steps an epoch: auto would say 5
+    for kind, pattern in (("imgs", "*0000[4-7]_*.jpg"), ("masks", "*0000[4-7]_*.gif")):
+        for path in (tmp_path / "more" / kind).glob(pattern):
+            shutil.move(path, tmp_path / "data" / kind / path.name)
+    assert "has already trained 6 epochs of --epochs 6: nothing left to do" in train_here("--resume", "auto").out
+    # a new run on a set large enough for 5 epochs trains 5, without a note
+    assert "--epochs auto" not in train_here("--checkpoint-dir", "five").err
+    assert load_checkpoint(tmp_path / "five" / "last.pth")["epoch"] == 5
+
+    assert train.auto_epochs(1) == 12 and train.auto_epochs(100) == 5
+    result = run("train.py", "--epochs", "abc", cwd=tmp_path, check=False)
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == (
+        "error: --epochs abc: give a whole number of at least 1, or auto")
+    result = run("train.py", "--epochs", "0", cwd=tmp_path, check=False)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        "error: --epochs must be auto or a whole number of at least 1, got 0"]
+
+
 def test_resume_continues_step_count_and_matches_uninterrupted_run(tmp_path: Path) -> None:
     write_carvana_like(tmp_path / "data", 6)
     flags = ["--epochs", "2", "--validation", "0", *TRAIN_FLAGS]
     run("train.py", "--checkpoint-dir", "straight", "--keep-epochs", *flags, cwd=tmp_path)
     (tmp_path / "split").mkdir()  # a run of the same plan that stopped after epoch 1
     shutil.copy(tmp_path / "straight" / "epoch_1.pth", tmp_path / "split" / "last.pth")
-    # --epochs left out: the run's own 2, not the default 5 (found by a review)
+    # --epochs left out: the run's own 2, not the default auto (found by a review, when the default was 5)
     result = run("train.py", "--checkpoint-dir", "split", "--resume", "auto", *flags[2:], cwd=tmp_path)
     assert "resuming" in result.stdout and "epoch 2" in result.stdout
     assert "split/last.pth goes on with its own --epochs 2 (give --epochs to train longer or shorter)" in result.stderr
@@ -1075,7 +1114,7 @@ def test_load_of_a_model_that_ignored_a_value_the_masks_hold_says_how_to_keep_ig
         mask.unlink()
     save_checkpoint(tmp_path / "voc.pth", UNet(3, 3, base_channels=16), [0, 7, 8], args={"ignore_index": 255})
     flags = ["--imgs", str(tmp_path / "data" / "imgs"), "--masks", str(tmp_path / "data" / "masks"), *TRAIN_FLAGS,
-             "--load", str(tmp_path / "voc.pth")]
+             "--epochs", "1", "--load", str(tmp_path / "voc.pth")]
     train.main(train.get_args_parser().parse_args([*flags, "--checkpoint-dir", str(tmp_path / "a")]))
     assert (f"note: {tmp_path / 'voc.pth'} left mask value 255 out of training (--ignore-index 255), and these masks "
             "hold it: add --ignore-index 255 to leave it out again; without it, it is a class"
