@@ -113,8 +113,8 @@ from utils.signals import GracefulStop, sigterm_as_exit
 
 DEFAULT_AUGMENT = "light"  # chosen by the held-out Dice measured in the README
 # --epochs auto: the reference's 5, or more where 5 epochs make fewer optimizer steps than this. Sets of 16-20 small
-# images trained 5 epochs of 4-5 steps to a held-out Dice of 0.00-0.18; 500 steps reached 0.94-0.96 at the
-# classic width (bench/README.md, "Epochs for small sets").
+# images trained 5 epochs of 4-5 steps to a held-out Dice of 0.00-0.18 (16 base channels); 500 steps reached 0.94
+# and 0.96 at the classic width (bench/README.md, "Epochs for small sets").
 DEFAULT_EPOCHS = 5
 AUTO_EPOCHS_MIN_STEPS = 500
 # Share of --crop windows centred on an object: nnU-Net's 1/3; measured here (README): +0.034 held-out Dice on
