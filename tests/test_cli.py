@@ -3,6 +3,7 @@ conftest.run_script), on tiny generated data."""
 
 import argparse
 import csv
+import io
 import json
 import os
 import shutil
@@ -1277,6 +1278,43 @@ def test_images_of_different_sizes_score_in_batches_as_one_at_a_time(tmp_path: P
     assert [row["name"] for row in batched] == [f"cell{index}" for index in range(8)]
     assert batched == one_at_a_time
     assert len({row["dice"] for row in batched}) > 2  # not a model that predicts the same for every image
+
+
+def test_evaluate_s_bar_counts_images_scored_not_batches_loaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                                  ) -> None:
+    """Found by a review: regrouping by size holds images of a few loader batches back, and the bar of batches
+    loaded stood at 100% while they were still to score."""
+    from tqdm import tqdm
+
+    from utils import scoring
+    from utils.batch_cache import BatchCache
+    from utils.data_loading import SegmentationDataset, list_pairs, make_loader
+    from utils.device import choose_precision
+
+    write_cells(tmp_path, 8)  # sizes mixed: batches of 3 regrouped into parts of one size
+    dataset = SegmentationDataset(list_pairs(tmp_path / "imgs", tmp_path / "masks"), [0, 255], scale_masks=False)
+    bars: list[tqdm] = []
+    monkeypatch.setattr(scoring, "progress_bar", lambda **options: bars.append(tqdm(**options, file=io.StringIO()))
+                        or bars[-1])
+    done_at_each_prediction, real_predict = [], scoring.predict_logits
+
+    def predict_logits(model, images, *args, **kwargs):
+        done_at_each_prediction.append((bars[0].n, len(images)))
+        return real_predict(model, images, *args, **kwargs)
+
+    monkeypatch.setattr(scoring, "predict_logits", predict_logits)
+    device = torch.device("cpu")
+    result = scoring.evaluate(UNet(3, 2, base_channels=8), make_loader(dataset, 3, device, 0), device,
+                              choose_precision(device, precision="fp32"), batch_size=3)
+    assert result["images"] == 8 and bars[0].total == 8 and bars[0].n == 8 and bars[0].unit == "img"
+    before = [sum(size for _, size in done_at_each_prediction[:index]) for index in range(len(done_at_each_prediction))]
+    assert [done for done, _ in done_at_each_prediction] == before  # each image counted once it is scored
+    # validation's loader: a BatchCache, whose bar keeps its total also once the batches are kept
+    cache = BatchCache(make_loader(dataset, 3, device, 0))
+    for _ in range(2):
+        scoring.evaluate(UNet(3, 2, base_channels=8), cache, device, choose_precision(device, precision="fp32"))
+        assert bars[-1].total == bars[-1].n == 8
+    assert cache.cached
 
 
 def test_evaluate_names_an_image_too_small_for_the_unet(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ class BatchCache:
 
     def __init__(self, loader: Iterable[dict], budget: int | None = None):
         self.loader: Iterable[dict] | None = loader
+        self.dataset = getattr(loader, "dataset", None)  # for progress bars' totals, also once the loader is gone
         self.budget = budget if budget is not None else min(MAX_CACHE_BYTES, available_ram() // 8)
         self.kept: list[dict] | None = None
 

@@ -59,36 +59,41 @@ def evaluate(
     iou_sum = torch.zeros(n_classes, dtype=torch.float64)
     pooled_counts = [torch.zeros(n_classes, dtype=torch.float64) for _ in range(3)]  # intersection, predicted, true
     images_with = torch.zeros(n_classes, dtype=torch.int64)  # images whose mask holds the class
-    batches = progress_bar(loader, desc="evaluation", unit="batch", leave=bar_stays, disable=not progress)
+    # Images scored, not batches loaded: regrouping holds up to a few batches' images back, and a bar of batches
+    # stood at 100% while they were scored (a review).
+    bar = progress_bar(total=images_in(loader), desc="evaluation", unit="img", leave=bar_stays, disable=not progress)
     skipped: list[str] = []
     unscored: list[str] = []
     order: dict[str, int] = {}  # the loader's, which the rows keep whatever the regrouping
 
     def loaded_parts() -> Iterator[dict]:
-        for batch in batches:
+        for batch in loader:
+            bar.update(len(batch.get("skipped", [])))
             for part in readable_parts(batch, skipped):
                 order.update((name, len(order)) for name in part["name"] if name not in order)
                 yield part
 
-    for part in loaded_parts() if batch_size is None else regrouped(loaded_parts(), batch_size):
-        masks = part["mask"].to(device, non_blocking=True).long()  # int8 from the loader
-        logits = predict_logits(model, part["image"], device, precision, output_size=tuple(masks.shape[-2:]),
-                                options=options, notify=notify)
-        counts = [count.cpu().double() for count in per_class_counts(logits_to_classes(logits, threshold), masks,
-                                                                      n_classes)]
-        dice, iou = scores_from_counts(*counts)
-        scored = counts[2].sum(1) > 0  # an image whose mask is all --ignore-index has nothing to score
-        unscored += [name for name, has_pixels in zip(part["name"], scored.tolist()) if not has_pixels]
-        dice, iou, names = dice[scored], iou[scored], [name for name, has in zip(part["name"], scored) if has]
-        dice_sum += dice.sum(0)
-        iou_sum += iou.sum(0)
-        for pooled, count in zip(pooled_counts, counts):
-            pooled += count.sum(0)
-        images_with += (counts[2] > 0).sum(0)
-        for name, image_dice, image_iou in zip(names, dice, iou):
-            rows.append({"name": name, "dice": None, "iou": None,  # the means, below: they need every image
-                         **{f"dice_{c}": image_dice[c].item() for c in range(n_classes)},
-                         **{f"iou_{c}": image_iou[c].item() for c in range(n_classes)}})
+    with bar:
+        for part in loaded_parts() if batch_size is None else regrouped(loaded_parts(), batch_size):
+            masks = part["mask"].to(device, non_blocking=True).long()  # int8 from the loader
+            logits = predict_logits(model, part["image"], device, precision, output_size=tuple(masks.shape[-2:]),
+                                    options=options, notify=notify)
+            counts = [count.cpu().double() for count in per_class_counts(logits_to_classes(logits, threshold), masks,
+                                                                          n_classes)]
+            dice, iou = scores_from_counts(*counts)
+            scored = counts[2].sum(1) > 0  # an image whose mask is all --ignore-index has nothing to score
+            unscored += [name for name, has_pixels in zip(part["name"], scored.tolist()) if not has_pixels]
+            dice, iou, names = dice[scored], iou[scored], [name for name, has in zip(part["name"], scored) if has]
+            dice_sum += dice.sum(0)
+            iou_sum += iou.sum(0)
+            for pooled, count in zip(pooled_counts, counts):
+                pooled += count.sum(0)
+            images_with += (counts[2] > 0).sum(0)
+            for name, image_dice, image_iou in zip(names, dice, iou):
+                rows.append({"name": name, "dice": None, "iou": None,  # the means, below: they need every image
+                             **{f"dice_{c}": image_dice[c].item() for c in range(n_classes)},
+                             **{f"iou_{c}": image_iou[c].item() for c in range(n_classes)}})
+            bar.update(len(part["name"]))
     model.train(was_training)
     rows.sort(key=lambda row: order[row["name"]])
     unscored.sort(key=order.__getitem__)
@@ -114,6 +119,14 @@ def evaluate(
         "skipped": skipped,
         "unscored": unscored,  # every pixel ignored: in no mean, no row
     }
+
+
+def images_in(loader: Iterable[dict]) -> int | None:
+    """The images a pass over the loader gives (its dataset's length), where it says; None: a bar without a total."""
+    try:
+        return len(loader.dataset)  # type: ignore[attr-defined]
+    except (AttributeError, TypeError):
+        return None
 
 
 def scored_classes(seen: list[bool]) -> list[int]:
