@@ -564,6 +564,18 @@ def test_fields_a_notebook_sets_by_hand_as_text_are_read_as_the_flags_read_them(
                r"with base 10: 'two'\): set it to what --batch-size takes$")
     with pytest.raises(UserError, match=refused):
         evaluate.main(args)
+    # numbers set by hand are read as their text is (a review: 7.0, 2.5 and True ran, or ended in a TypeError)
+    for value, message in ((7.0, r"^--epochs 7.0: give a whole number of at least 1, or auto$"),
+                           (True, r"^--epochs True: give a whole number of at least 1, or auto$"),
+                           (None, r"^args.epochs = None: set it to what --epochs takes \(default 'auto'\)$")):
+        args = train.get_args_parser().parse_args([])
+        args.epochs = value
+        with pytest.raises(UserError, match=message):
+            train.main(args)
+    args = train.get_args_parser().parse_args(["--validation", "34", *TRAIN_FLAGS, "--checkpoint-dir", "runs/b"])
+    args.epochs, args.learning_rate = np.int64(1), np.float32(0.01)  # numpy's numbers, as a sweep makes them
+    train.main(args)
+    assert type(args.epochs) is int and load_checkpoint(tmp_path / "runs" / "b" / "last.pth")["epoch"] == 1
 
 
 def test_classes_1_trains_with_sigmoid_and_predicts_binary(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 import argparse
 import contextlib
+import numbers
 import os
 import re
 import select
@@ -171,11 +172,17 @@ def _flag(action: argparse.Action) -> str:
 
 
 def _parsed(action: argparse.Action, value: object) -> object:
+    """A number set by hand is read from its text as well (a review: args.epochs = 7.0, 2.5 or True ran, or ended
+    in a TypeError deep inside, where --epochs 7.0 is refused); None only where it is the flag's default."""
     if action.type in (None, str):
         return os.fspath(value) if isinstance(value, os.PathLike) else value
+    flag = _flag(action)
+    if value is None and action.default is not None:
+        raise UserError(f"args.{action.dest} = None: set it to what {flag} takes (default {action.default!r})")
+    if isinstance(value, numbers.Number):  # numpy's too; True is a number, and int("True") refuses it
+        value = str(value)
     if not isinstance(value, str):
         return value
-    flag = _flag(action)
     try:
         return action.type(value)
     except (ValueError, TypeError, argparse.ArgumentTypeError) as error:
