@@ -3,6 +3,7 @@ conftest.run_script), on tiny generated data."""
 
 import argparse
 import csv
+import inspect
 import io
 import json
 import os
@@ -625,6 +626,89 @@ def test_epochs_auto_trains_a_small_set_enough_steps_and_a_resume_keeps_the_numb
     result = run("train.py", "--epochs", "0", cwd=tmp_path, check=False)
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [
         "error: --epochs must be auto or a whole number of at least 1, got 0"]
+
+
+def test_short_epochs_save_at_the_first_best_and_last_epochs_and_once_the_last_save_is_old(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """Found after --epochs auto: a small set's 100+ epochs of a second or two each wrote last.pth (~370 MB at the
+    classic width). An epoch's end saves only where the last save is EPOCH_SAVE_GAP_S old, besides a run's first
+    epoch, its best ones, --keep-epochs and the last (the gap is patched to never and to always: the rule)."""
+    import train
+    from utils import checkpoint as checkpoint_module
+    from utils.checkpoint import CheckpointWriter
+
+    saved: list[tuple[int, list[str]]] = []  # (epoch, copies) of each save
+    real_save = CheckpointWriter.save
+
+    def recording_save(self: CheckpointWriter, path: Path, model: torch.nn.Module, mask_values: list,
+                       copies: list[Path] = (), **extra: object) -> None:
+        saved.append((extra["epoch"], sorted(Path(copy).name for copy in copies)))
+        real_save(self, path, model, mask_values, copies, **extra)
+
+    def train_here(gap: float, *flags: str) -> list[tuple[int, list[str]]]:
+        saved.clear()
+        monkeypatch.setattr(train, "EPOCH_SAVE_GAP_S", gap)
+        train.main(train.get_args_parser().parse_args([*TRAIN_FLAGS, "--batch-size", "2", *flags]))
+        capsys.readouterr()
+        return list(saved)
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(CheckpointWriter, "save", recording_save)
+    write_carvana_like(tmp_path / "data", 6)
+    never, always = float("inf"), 0.0
+    assert train_here(never, "-e", "4", "--validation", "0", "--checkpoint-dir", "plain") == [(1, []), (4, [])]
+    assert load_checkpoint(tmp_path / "plain" / "last.pth")["epoch"] == 4
+    assert [epoch for epoch, _ in train_here(always, "-e", "3", "--validation", "0", "--checkpoint-dir", "each")] == [
+        1, 2, 3]
+    assert train_here(never, "-e", "3", "--validation", "0", "--keep-epochs", "--checkpoint-dir", "kept") == [
+        (epoch, [f"epoch_{epoch}.pth"]) for epoch in (1, 2, 3)]
+
+    # a save that failed is tried again at the next epoch's end
+    real_write = checkpoint_module.write_checkpoint
+    failures = iter([True])
+
+    def full_disk_once(path: Path, payload: dict) -> None:
+        if next(failures, False):
+            raise UserError(f"cannot write checkpoint {path} (No space left on device)")
+        real_write(path, payload)
+
+    monkeypatch.setattr(checkpoint_module, "write_checkpoint", full_disk_once)
+    assert train_here(never, "-e", "4", "--validation", "0", "--checkpoint-dir", "full") == [(1, []), (2, []), (4, [])]
+    monkeypatch.setattr(checkpoint_module, "write_checkpoint", real_write)
+
+    # with validation: each epoch that raised the best Dice saved (best.pth), whatever the gap (Dice scripted)
+    scripted = iter([0.5, 0.7, 0.6, 0.8, 0.1])
+    real_evaluate = train.evaluate
+    monkeypatch.setattr(train, "evaluate", lambda *args, **kwargs: {**real_evaluate(*args, **kwargs),
+                                                                   "dice": next(scripted)})
+    assert train_here(never, "-e", "5", "--validation", "34", "--checkpoint-dir", "val") == [
+        (1, ["best.pth"]), (2, ["best.pth"]), (4, ["best.pth"]), (5, [])]
+    assert load_checkpoint(tmp_path / "val" / "best.pth")["epoch"] == 4
+
+    # killed in epoch 4 (last saved at epoch 1): a resume goes on from epoch 2, metrics.csv drops the lost epochs'
+    # rows, and the run ends where one never stopped does
+    class Killed(BaseException):
+        pass
+
+    real_epoch = train.train_one_epoch
+
+    def killed_in_epoch_4(*args: object, **kwargs: object) -> dict:
+        if inspect.signature(real_epoch).bind(*args, **kwargs).arguments["epoch"] == 4:
+            raise Killed
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train, "train_one_epoch", killed_in_epoch_4)
+    with pytest.raises(Killed):
+        train_here(never, "-e", "4", "--validation", "0", "--checkpoint-dir", "killed")
+    assert saved == [(1, [])] and load_checkpoint(tmp_path / "killed" / "last.pth")["epoch"] == 1
+    monkeypatch.setattr(train, "train_one_epoch", real_epoch)
+    assert train_here(never, "--resume", "auto", "--checkpoint-dir", "killed") == [(2, []), (4, [])]
+    with open(tmp_path / "killed" / "metrics.csv", newline="") as file:
+        assert [int(row["epoch"]) for row in csv.DictReader(file)] == [1, 2, 3, 4]
+    resumed, straight = (load_checkpoint(tmp_path / run / "last.pth") for run in ("killed", "plain"))
+    assert resumed["step"] == straight["step"] == 12
+    for key, value in straight["model"].items():
+        torch.testing.assert_close(resumed["model"][key], value, rtol=0, atol=0, msg=key)
 
 
 def test_resume_continues_step_count_and_matches_uninterrupted_run(tmp_path: Path) -> None:

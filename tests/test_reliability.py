@@ -349,6 +349,7 @@ def test_a_failed_save_warns_keeps_training_and_the_previous_file(data: Path, tm
         real_write(path, payload)
 
     monkeypatch.setattr(checkpoint_module, "write_checkpoint", disk_full_once)
+    monkeypatch.setattr(train, "EPOCH_SAVE_GAP_S", 0)  # a save at every epoch's end, short as they are
     flags = ["--imgs", str(data / "imgs"), "--masks", str(data / "masks"), "--checkpoint-dir", str(tmp_path),
              "--epochs", "3", "--batch-size", "4", "--scale", "1", "--validation", "0", "--workers", "0",
              "--wandb", "disabled", *NARROW_UNET]
