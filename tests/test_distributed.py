@@ -68,7 +68,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 writes=root / "ddp.writes")
     root.joinpath("ddp.log").write_text(ddp.stdout)
     root.joinpath("ddp.err").write_text(ddp.stderr)  # rank 0's progress bars
-    train(root, *data, *FLAGS, "--batch-size", "4", "--checkpoint-dir", "single")
+    # the one-process run in this process (conftest's one thread, as OMP_NUM_THREADS=1 gives torchrun's): a new
+    # process spends 3-4 s starting
+    single = run_script("train.py", *data, *FLAGS, "--batch-size", "4", "--checkpoint-dir", "single", cwd=root)
+    assert single.returncode == 0, single.stderr[-3000:]
     return root
 
 
