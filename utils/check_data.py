@@ -87,9 +87,10 @@ INSTANCE_LABELS_FIX = "look like instance labels (one value per object): pass --
     "background"
 INSTANCE_LABEL_HINT = 16  # more distinct values than this in label masks usually means one value per object
 # Mask values made up by resizing with interpolation, lossy saving or noise: each under STRAY_FRACTION of the
-# pixels, together under STRAY_TOTAL, at least twice as many as the values that cover more, and under
-# STRAY_INTERIOR of their pixels inside a region of their own value (thin bands along edges, isolated pixels).
-# Objects of one value each (instance labels) are mostly interior: a disc of radius 2 already has 5 of 13 pixels.
+# pixels, at least twice as many as the values that cover more, and under STRAY_INTERIOR of their pixels inside a
+# region of their own value (thin bands along edges, isolated pixels). Objects of one value each (instance labels)
+# are mostly interior: a disc of radius 2 already has 5 of 13 pixels. Where interior counts are missing, together
+# under STRAY_TOTAL instead (edge bands of small masks cover more: 8.9% of 32x32 tiles of resized discs).
 STRAY_FRACTION = 0.005
 STRAY_TOTAL = 0.05
 STRAY_INTERIOR = 0.2
@@ -509,17 +510,19 @@ class DataCheck:
     def stray_values(self) -> list[MaskValue]:
         """Values that look made up rather than classes: bilinear-resized 0/255 masks hold ~150 values, a colour
         mask with a little noise dozens; each covers a sliver of the pixels, in thin bands or alone. Real rare
-        classes are few beside the common ones, and instance labels (one value per object) cover more together or
-        fill regions of their own (cells: 40 objects on 0.3% of the pixels)."""
+        classes are few beside the common ones, and instance labels (one value per object) fill regions of their
+        own, however small (cells: 40 objects on 0.3% of the pixels) or many."""
         fractions = self.class_fractions
         rare = [i for i, fraction in enumerate(fractions) if fraction < STRAY_FRACTION]
         common = len(self.mask_values) - len(rare)
-        if len(rare) < max(3, 2 * common) or sum(fractions[i] for i in rare) >= STRAY_TOTAL:
+        if len(rare) < max(3, 2 * common):
             return []
-        if self.class_interior:
+        if self.class_interior:  # the telling sign; their share is not: small masks are mostly edges
             inside = sum(self.class_interior[i] for i in rare) / max(1, sum(self.class_pixels[i] for i in rare))
             if inside >= STRAY_INTERIOR:
                 return []
+        elif sum(fractions[i] for i in rare) >= STRAY_TOTAL:
+            return []
         return [self.mask_values[i] for i in rare]
 
     def stray_values_fix(self) -> str:
