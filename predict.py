@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 import torch
 
-from utils.atomic_files import NAME_BYTES, NAME_MAX, check_output_file, make_folder
+from utils.atomic_files import NAME_BYTES, NAME_MAX, check_output_file, make_folder, remove_abandoned_temporaries
 from utils.checkpoint import inference_scale, load_model
 from utils.data_loading import (
     IMAGE_SUFFIXES,
@@ -565,6 +565,11 @@ def predict_inputs(args: argparse.Namespace, device: torch.device) -> int:
     writer = MaskWriter(model.mask_values, model.mask_palette, model.n_channels,
                         OutputOptions(not args.no_save, args.save_probs, args.overlay, viz), threads=writers,
                         ignore_value=model.ignore_value)
+    abandoned = remove_abandoned_temporaries([*(path for target in outputs for path in writer.output_files(target)),
+                                              *([csv_path] if csv_path is not None else [])])
+    if abandoned:
+        print(f"note: removed {counted(len(abandoned), 'unfinished file')} left by a predict.py killed while writing "
+              f"(e.g. {abandoned[0]})", file=sys.stderr)
     todo = inputs_to_predict(args, inputs, outputs, writer, csv_path)
     workers = prediction_workers(args.workers, device, len(todo))
     net = compile_model(model, args.compile) if should_compile(args.compile, device, len(todo)) else model

@@ -226,6 +226,30 @@ def test_skip_existing_finishes_a_stopped_folder_run_with_the_same_masks_and_csv
     assert {name: (trained / "full" / name).stat().st_mtime_ns for name in names[3:]} == kept  # not rewritten
 
 
+def test_predict_removes_the_unfinished_files_of_a_killed_run_and_no_others(trained: Path, tmp_path: Path) -> None:
+    """predict.py killed outright (SIGKILL, power loss) left its hidden .<name>.<pid>.tmp files beside the outputs
+    for good. The next run writing those outputs removes the ones whose process is gone, and only those."""
+    images = sorted((trained / "data" / "imgs").iterdir())[:2]
+    out = tmp_path / "out"
+    out.mkdir()
+    gone = 2**22 + 1  # above Linux's largest process id: no process has it
+    dead = [out / f".{images[0].stem}.png.{gone}.tmp", out / f".{images[1].stem}_overlay.png.{gone}.tmp",
+            out / f".predictions.csv.{gone}.tmp"]
+    kept = [out / f".{images[1].stem}.png.{os.getppid()}.tmp",  # its process is still there: writing it still
+            out / f".notes.txt.{gone}.tmp", out / f".{images[0].stem}_probs.npy.{gone}.tmp"]  # not this run's
+    for path in dead + kept:
+        path.write_bytes(b"half")
+    result = run("predict.py", "-m", "checkpoints/best.pth", "-i", *images, "-o", out, "--overlay", "--csv",
+                 "--workers", "0", cwd=trained)
+    assert f"note: removed 3 unfinished files left by a predict.py killed while writing (e.g. {out}/." in result.stderr
+    assert not any(path.exists() for path in dead) and all(path.exists() for path in kept)
+    assert {path.name for path in out.iterdir() if not path.name.startswith(".")} == {
+        f"{images[0].stem}.png", f"{images[1].stem}.png", f"{images[0].stem}_overlay.png",
+        f"{images[1].stem}_overlay.png", "predictions.csv"}
+    result = run("predict.py", "-m", "checkpoints/best.pth", "-i", *images, "-o", out, "--workers", "0", cwd=trained)
+    assert "unfinished" not in result.stderr
+
+
 def test_predict_never_replaces_a_file_it_did_not_write_without_overwrite(trained: Path, tmp_path: Path) -> None:
     """Found by a review: `-o data/masks/` (the image folder's twin) replaced the ground-truth masks, and
     `-o photo.png` a photo, without a word. predict.py's own earlier outputs (marked) are still replaced."""

@@ -10,13 +10,13 @@ import contextlib
 import hashlib
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from .errors import UserError
 
 # What temporary_path names: ".<target name>.<pid>.tmp".
-TEMPORARY_NAME = re.compile(r"^\.(?P<target>.+)\.\d+\.tmp$")
+TEMPORARY_NAME = re.compile(r"^\.(?P<target>.+)\.(?P<pid>\d+)\.tmp$")
 
 
 NAME_MAX = 255  # bytes in a file name, on the common file systems
@@ -38,6 +38,44 @@ def temporary_path(path: Path) -> Path:
     return path.with_name(f".{stem}{tail}")
 
 
+def written_path(path: Path) -> Path:
+    """The file a write to path replaces: a symbolic link's target (see atomic_path)."""
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
+def _process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: nothing is sent, the process is only looked up
+    except ProcessLookupError:
+        return True
+    except OSError:  # another user's: alive
+        return False
+    return False
+
+
+def remove_abandoned_temporaries(targets: Iterable[Path]) -> list[Path]:
+    """Delete the temporary files of these targets that a process killed while writing them left behind (the
+    ones whose process is gone; atomic_path removes its own on any error it lives through). Returns them.
+
+    POSIX only: on Windows, os.kill would end the process it is asked about."""
+    if os.name != "posix":
+        return []
+    names: dict[Path, set[str]] = {}  # per folder, the temporary names without their ".<pid>.tmp"
+    for target in map(written_path, targets):
+        names.setdefault(target.parent, set()).add(TEMPORARY_NAME.match(temporary_path(target).name)["target"])
+    removed = []
+    for folder, wanted in names.items():
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(folder):
+                found = TEMPORARY_NAME.match(entry.name)
+                if (found and found["target"] in wanted and entry.is_file(follow_symlinks=False)
+                        and _process_gone(int(found["pid"]))):
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
+                        removed.append(Path(entry.path))
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
     """Write to the yielded temporary path; when the block ends without an error it replaces path in one rename.
@@ -46,9 +84,7 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     ends in .tmp, so writers that pick the format from the extension must be told it (Pillow's format=). A path
     that is a symbolic link writes the file it links to, as writing through it in place would, not over the link.
     """
-    path = Path(path)
-    if path.is_symlink():
-        path = Path(os.path.realpath(path))
+    path = written_path(Path(path))
     tmp = temporary_path(path)
     try:
         yield tmp
