@@ -84,7 +84,14 @@ from utils.distributed import (
     smallest_everywhere,
 )
 from utils.errors import UserError, as_parsed, check_flag, counted, exit_code_of, run_cli
-from utils.inference import WHOLE_IMAGE, InferenceOptions, is_out_of_memory, logits_to_classes, memory_share
+from utils.inference import (
+    WHOLE_IMAGE,
+    InferenceOptions,
+    is_out_of_memory,
+    logits_to_classes,
+    memory_share,
+    notify_once,
+)
 from utils.mask_encoding import (
     MaskValue,
     add_binarize_argument,
@@ -1227,6 +1234,7 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
     # With --crop, validation images are larger than the training windows: scored whole where they fit in memory
     # and in tiles where not (predict.py's default).
     val_options = InferenceOptions(tile="auto") if args.crop else WHOLE_IMAGE
+    val_notes = notify_once() if world.is_main else lambda message: None  # each note once a run, not each epoch
     val_batch_size = validation_batch_size(args.batch_size, args.crop, largest[0] * largest[1])
     val_batches = same_size_batches(range(len(val_set)), sizes_of(val_pairs[world.rank::world.size]), val_batch_size)
     val_loader = BatchCache(make_loader(val_set, args.batch_size, device, min(side_workers, len(val_set)),
@@ -1389,7 +1397,7 @@ def train(args: argparse.Namespace, device: torch.device, world: World) -> dict:
                     if val_loader is not None:  # the plain model: no DDP collectives, shards may differ in size
                         buffers_from_rank_0(model, world)  # validated with the statistics the checkpoint saves
                         scores = reduce_scores(evaluate(model, val_loader, device, precision, progress=world.is_main,
-                                                        options=val_options), world, device)
+                                                        options=val_options, notify=val_notes), world, device)
                 except BaseException:  # out of memory, a failing disk, a second Ctrl-C: keep the epoch's training
                     save(epoch - 1, step, plan.order.batches_per_epoch, [],  # a resume validates it again
                          then="and the run stops on the error below")

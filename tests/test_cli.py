@@ -139,6 +139,24 @@ def test_csv_outputs_replace_only_their_own_files_and_a_file_in_the_way_is_said_
     assert result.returncode == 2 and "--overlap must be a fraction of the tile from 0 to 0.9" in result.stderr
 
 
+def test_evaluate_and_predict_say_when_tile_auto_tiles(trained: Path, tmp_path: Path) -> None:
+    """Found by a review: under --tile auto, images over the memory budget were scored and predicted in tiles
+    without a word (evaluate's summary names only a --tile N), and tiled scores differ from whole-image ones."""
+    note = "note: 48x32 is predicted in tiles of 64: whole, it does not fit in the 0.0001 GiB the forward pass may use"
+    flags = ["-m", "checkpoints/best.pth", "--workers", "0"]
+    tiled = run("evaluate.py", *flags, "--max-memory", "0.0001", "-o", tmp_path / "auto.csv", cwd=trained)
+    assert tiled.stderr.count(note) == 1  # once, for the 10 images of that size
+    def scores(result: subprocess.CompletedProcess) -> str:
+        return next(line for line in result.stdout.splitlines() if line.startswith("mean foreground Dice"))
+
+    assert scores(run("evaluate.py", *flags, "--tile", "64", "-o", tmp_path / "64.csv", cwd=trained)) == scores(
+        tiled)  # the tiles said are those scored
+    assert "tiles" not in run("evaluate.py", *flags, "-o", tmp_path / "whole.csv", cwd=trained).stderr
+    image = sorted((trained / "data" / "imgs").iterdir())[0]
+    result = run("predict.py", *flags, "--max-memory", "0.0001", "-i", image, "-o", tmp_path / "m.png", cwd=trained)
+    assert result.stderr.count(note) == 1
+
+
 def test_predict_several_inputs_viz_without_saving(trained: Path) -> None:
     images = sorted((trained / "data" / "imgs").iterdir())[:2]
     result = run("predict.py", "-m", "checkpoints/last.pth", "-i", *images, "--viz", "--no-save", cwd=trained)
@@ -2033,6 +2051,22 @@ def test_crop_trains_on_windows_of_one_size_validates_whole_images_and_is_kept_o
                                                             "--crop", "128"]))
     assert "continues with --crop 64x48; --crop 128x128 is ignored" in capsys.readouterr().err
     assert shapes == [(48, 64)] * 6 and load_checkpoint(tmp_path / "run" / "last.pth")["args"]["crop"] == [64, 48]
+
+
+def test_validation_under_crop_says_once_a_run_that_it_scores_in_tiles(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """Under --crop, validation is --tile auto's: images over the memory budget are scored in tiles, said once for
+    the run, not at every epoch (the budget patched to a few hundred pixels)."""
+    import train
+    from utils import inference
+
+    monkeypatch.setattr(inference, "memory_budget", lambda device, max_memory=None: 300 * 1904)
+    write_carvana_like(tmp_path / "data", 6, size=(96, 64))
+    monkeypatch.chdir(tmp_path)
+    train.main(train.get_args_parser().parse_args([*TRAIN_FLAGS, "--epochs", "3", "--validation", "34",
+                                                   "--crop", "32"]))
+    notes = [line for line in capsys.readouterr().err.splitlines() if "tiles of" in line]
+    assert len(notes) == 1 and notes[0].startswith("note: 96x64 is predicted in tiles of 64: whole, it does not"), notes
 
 
 def test_crops_per_image_cuts_that_many_windows_of_each_image_per_epoch(

@@ -229,12 +229,14 @@ def test_auto_tiles_only_when_the_whole_image_does_not_fit() -> None:
     roomy = InferenceOptions(tile="auto", max_memory=160 * 240 * per_pixel * 1.1 / 2**30)
     tight = InferenceOptions(tile="auto", max_memory=100 * 100 * per_pixel / 2**30)
     whole_only = OutOfMemoryAbove(model, max_pixels=160 * 240)
-    predict_logits(whole_only, images, CPU, FP32, options=roomy)
-    assert whole_only.largest == 160 * 240
-    tiles_only = OutOfMemoryAbove(model, max_pixels=100 * 100)
     messages: list[str] = []
+    predict_logits(whole_only, images, CPU, FP32, options=roomy, notify=messages.append)
+    assert whole_only.largest == 160 * 240 and messages == []
+    tiles_only = OutOfMemoryAbove(model, max_pixels=100 * 100)
     predict_logits(tiles_only, images, CPU, FP32, options=tight, notify=messages.append)
-    assert messages == [] and 0 < tiles_only.largest <= 100 * 100  # planned tiles, no out-of-memory detour
+    assert 0 < tiles_only.largest <= 100 * 100  # planned tiles, no out-of-memory detour, and said (a review)
+    assert messages == ["note: 240x160 is predicted in tiles of 96: whole, it does not fit in the "
+                        f"{tight.max_memory:.3g} GiB the forward pass may use"]
 
 
 def test_auto_tiles_count_the_width_of_the_model() -> None:

@@ -2,7 +2,7 @@
 reports them and as training validates (one function for both, so that evaluate.py reproduces validation's Dice)."""
 
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -34,6 +34,7 @@ def evaluate(
     options: InferenceOptions = WHOLE_IMAGE,
     bar_stays: bool = False,
     batch_size: int | None = None,
+    notify: Callable[[str], None] | None = None,
 ) -> dict:
     """Per-image and mean Dice/IoU, comparing at the masks' resolution (logits are resized to it).
 
@@ -48,14 +49,15 @@ def evaluate(
     default (tile="auto" under --crop). bar_stays: evaluate.py's progress bar stays when done (and is written to
     logs); validation's vanishes, its epoch's line said after it. batch_size: images of one size from several
     loader batches are scored together, this many at a time (evaluate.py, whose folders may hold sizes in any
-    order); None scores the loader's batches as they come (validation's are made of one size each).
+    order); None scores the loader's batches as they come (validation's are made of one size each). notify: where
+    notes on tiles go (default: stderr, each once per call; training passes one for the whole run).
     """
     was_training = model.training
     model.eval()
     n_classes = max(unwrap_model(model).n_classes, 2)
     rows: list[dict] = []
     dice_sum = torch.zeros(n_classes, dtype=torch.float64)
-    notify = notify_once()
+    notify = notify or notify_once()
     iou_sum = torch.zeros(n_classes, dtype=torch.float64)
     pooled_counts = [torch.zeros(n_classes, dtype=torch.float64) for _ in range(3)]  # intersection, predicted, true
     images_with = torch.zeros(n_classes, dtype=torch.int64)  # images whose mask holds the class
