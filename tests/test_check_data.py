@@ -508,6 +508,17 @@ def test_small_resized_masks_are_stray_values_and_small_crowded_instance_labels_
     assert len(check.mask_values) > 100 and sum(check.class_fractions[1:]) > 0.05 and check.stray_values == []
     assert any("look like instance labels" in hint for hint in check.suggestions())
 
+    # found by a review of the above: 40 objects of 3x3 pixels (one pixel of each inside) on each 64x64 image
+    specks = []
+    for _ in range(4):
+        labels = np.zeros((64, 64), np.uint8)
+        for label, place in enumerate(rng.choice(64, 40, replace=False), start=1):
+            top, left = place // 8 * 8 + 2, place % 8 * 8 + 2
+            labels[top:top + 3, left:left + 3] = label
+        specks.append(labels)
+    check = check_dataset(*write_pairs_with(tmp_path / "specks", specks), workers=1)
+    assert len(check.mask_values) == 41 and sum(check.class_fractions[1:]) > 0.05 and check.stray_values == []
+
 
 def test_a_class_under_one_percent_of_the_pixels_suggests_class_weights(tmp_path: Path) -> None:
     rare = np.zeros((H, W), np.uint8)

@@ -89,11 +89,14 @@ INSTANCE_LABEL_HINT = 16  # more distinct values than this in label masks usuall
 # Mask values made up by resizing with interpolation, lossy saving or noise: each under STRAY_FRACTION of the
 # pixels, at least twice as many as the values that cover more, and under STRAY_INTERIOR of their pixels inside a
 # region of their own value (thin bands along edges, isolated pixels). Objects of one value each (instance labels)
-# are mostly interior: a disc of radius 2 already has 5 of 13 pixels. Where interior counts are missing, together
-# under STRAY_TOTAL instead (edge bands of small masks cover more: 8.9% of 32x32 tiles of resized discs).
+# are mostly interior: a disc of radius 2 already has 5 of 13 pixels. Together over STRAY_TOTAL, under
+# STRAY_BANDS_INTERIOR: the edge bands of small masks cover more (8.9% of 32x32 tiles of resized discs, 0% of them
+# inside), and so may many tiny objects (40 of 3x3 pixels on 64x64 images: 8.8%, 11% inside). Without interior
+# counts, under STRAY_TOTAL alone.
 STRAY_FRACTION = 0.005
 STRAY_TOTAL = 0.05
 STRAY_INTERIOR = 0.2
+STRAY_BANDS_INTERIOR = 0.02
 # 255 as VOC's and Cityscapes' "void": the other labels all at most VOID_APART, and under VOID_INTERIOR of its
 # pixels inside a region of it (a border a few pixels wide; a class's regions are mostly interior, though a class
 # of specks is not, hence a hint with "if").
@@ -511,17 +514,17 @@ class DataCheck:
         """Values that look made up rather than classes: bilinear-resized 0/255 masks hold ~150 values, a colour
         mask with a little noise dozens; each covers a sliver of the pixels, in thin bands or alone. Real rare
         classes are few beside the common ones, and instance labels (one value per object) fill regions of their
-        own, however small (cells: 40 objects on 0.3% of the pixels) or many."""
+        own, however small and sparse (cells: 40 objects on 0.3% of the pixels) or many."""
         fractions = self.class_fractions
         rare = [i for i, fraction in enumerate(fractions) if fraction < STRAY_FRACTION]
         common = len(self.mask_values) - len(rare)
         if len(rare) < max(3, 2 * common):
             return []
-        if self.class_interior:  # the telling sign; their share is not: small masks are mostly edges
-            inside = sum(self.class_interior[i] for i in rare) / max(1, sum(self.class_pixels[i] for i in rare))
-            if inside >= STRAY_INTERIOR:
-                return []
-        elif sum(fractions[i] for i in rare) >= STRAY_TOTAL:
+        many = sum(fractions[i] for i in rare) >= STRAY_TOTAL
+        if not self.class_interior:
+            return [] if many else [self.mask_values[i] for i in rare]
+        inside = sum(self.class_interior[i] for i in rare) / max(1, sum(self.class_pixels[i] for i in rare))
+        if inside >= (STRAY_BANDS_INTERIOR if many else STRAY_INTERIOR):
             return []
         return [self.mask_values[i] for i in rare]
 
