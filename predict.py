@@ -565,12 +565,12 @@ def predict_inputs(args: argparse.Namespace, device: torch.device) -> int:
     writer = MaskWriter(model.mask_values, model.mask_palette, model.n_channels,
                         OutputOptions(not args.no_save, args.save_probs, args.overlay, viz), threads=writers,
                         ignore_value=model.ignore_value)
+    todo = inputs_to_predict(args, inputs, outputs, writer, csv_path)
     abandoned = remove_abandoned_temporaries([*(path for target in outputs for path in writer.output_files(target)),
-                                              *([csv_path] if csv_path is not None else [])])
+                                              *([csv_path] if csv_path is not None else [])])  # names checked
     if abandoned:
         print(f"note: removed {counted(len(abandoned), 'unfinished file')} left by a predict.py killed while writing "
               f"(e.g. {abandoned[0]})", file=sys.stderr)
-    todo = inputs_to_predict(args, inputs, outputs, writer, csv_path)
     workers = prediction_workers(args.workers, device, len(todo))
     net = compile_model(model, args.compile) if should_compile(args.compile, device, len(todo)) else model
     batch_size = args.batch_size or default_prediction_batch(device, [inputs[index] for index in todo], scale)

@@ -10,7 +10,9 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -19,6 +21,7 @@ from conftest import NARROW_UNET, run_script
 from PIL import Image
 
 from unet import UNet
+from utils.atomic_files import temporary_path
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.errors import UserError
 from utils.mask_writer import written_by_predict
@@ -246,24 +249,35 @@ def test_skip_existing_finishes_a_stopped_folder_run_with_the_same_masks_and_csv
 
 def test_predict_removes_the_unfinished_files_of_a_killed_run_and_no_others(trained: Path, tmp_path: Path) -> None:
     """predict.py killed outright (SIGKILL, power loss) left its hidden .<name>.<pid>.tmp files beside the outputs
-    for good. The next run writing those outputs removes the ones whose process is gone, and only those."""
+    for good. The next run writing those outputs removes those untouched for 10 minutes whose process is gone, and
+    only those (a review: a process id alone says nothing of a writer in another container or on another host)."""
     images = sorted((trained / "data" / "imgs").iterdir())[:2]
+    long_name = tmp_path / ("b" * 245 + images[0].suffix)  # its temporary name is hashed to fit 255 bytes
+    shutil.copy(images[0], long_name)
+    images.append(long_name)
     out = tmp_path / "out"
     out.mkdir()
     gone = 2**22 + 1  # above Linux's largest process id: no process has it
+    with mock.patch("os.getpid", return_value=gone):  # as that process named it (a review: a shorter pid than
+        long_temporary = temporary_path(out / f"{long_name.stem}.png").name  # ours was not found)
     dead = [out / f".{images[0].stem}.png.{gone}.tmp", out / f".{images[1].stem}_overlay.png.{gone}.tmp",
-            out / f".predictions.csv.{gone}.tmp"]
+            out / f".predictions.csv.{gone}.tmp", out / long_temporary]
     kept = [out / f".{images[1].stem}.png.{os.getppid()}.tmp",  # its process is still there: writing it still
-            out / f".notes.txt.{gone}.tmp", out / f".{images[0].stem}_probs.npy.{gone}.tmp"]  # not this run's
+            out / f".notes.txt.{gone}.tmp", out / f".{images[0].stem}_probs.npy.{gone}.tmp",  # not this run's
+            out / f".{images[0].stem}_overlay.png.{gone}.tmp"]  # touched under 10 minutes ago
     for path in dead + kept:
         path.write_bytes(b"half")
-    result = run("predict.py", "-m", "checkpoints/best.pth", "-i", *images, "-o", out, "--overlay", "--csv",
-                 "--workers", "0", cwd=trained)
+        if path != kept[-1]:
+            os.utime(path, (time.time() - 601, time.time() - 601))
+    refused = run("predict.py", "-m", "checkpoints/best.pth", "-i", *images, "-o", out, "--overlay", "--csv",
+                  "--workers", "0", cwd=trained, check=False)  # the long name's overlay: over 255 bytes
+    assert refused.returncode == 2 and all(path.exists() for path in dead + kept)  # nothing removed before
+    kept.append(dead.pop(1))  # no overlays from here on
+    result = run("predict.py", "-m", "checkpoints/best.pth", "-i", *images, "-o", out, "--csv", "--workers", "0",
+                 cwd=trained)
     assert f"note: removed 3 unfinished files left by a predict.py killed while writing (e.g. {out}/." in result.stderr
     assert not any(path.exists() for path in dead) and all(path.exists() for path in kept)
-    assert {path.name for path in out.iterdir() if not path.name.startswith(".")} == {
-        f"{images[0].stem}.png", f"{images[1].stem}.png", f"{images[0].stem}_overlay.png",
-        f"{images[1].stem}_overlay.png", "predictions.csv"}
+    assert len([path for path in out.iterdir() if not path.name.startswith(".")]) == 4  # 3 masks and the CSV
     result = run("predict.py", "-m", "checkpoints/best.pth", "-i", *images, "-o", out, "--workers", "0", cwd=trained)
     assert "unfinished" not in result.stderr
 

@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import os
 import re
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -17,6 +18,9 @@ from .errors import UserError
 
 # What temporary_path names: ".<target name>.<pid>.tmp".
 TEMPORARY_NAME = re.compile(r"^\.(?P<target>.+)\.(?P<pid>\d+)\.tmp$")
+# A temporary file untouched this long is not being written (a mask takes well under a second): one whose process
+# is gone is removed by remove_abandoned_temporaries.
+ABANDONED_AFTER_S = 600
 
 
 NAME_MAX = 255  # bytes in a file name, on the common file systems
@@ -31,11 +35,16 @@ def temporary_path(path: Path) -> Path:
     name = f".{path.name}.{os.getpid()}.tmp"
     if len(os.fsencode(name)) <= NAME_MAX:
         return path.with_name(name)
-    tail = f"~{hashlib.sha256(os.fsencode(path.name)).hexdigest()[:8]}{path.suffix}.{os.getpid()}.tmp"
+    tail = f"{_hashed_tail(path)}.{os.getpid()}.tmp"
     stem = path.stem
     while stem and len(os.fsencode(f".{stem}{tail}")) > NAME_MAX:
         stem = stem[:-1]
     return path.with_name(f".{stem}{tail}")
+
+
+def _hashed_tail(path: Path) -> str:
+    """How a temporary name too long for the file system ends, before its ".<pid>.tmp": a hash of path's name."""
+    return f"~{hashlib.sha256(os.fsencode(path.name)).hexdigest()[:8]}{path.suffix}"
 
 
 def written_path(path: Path) -> Path:
@@ -54,23 +63,27 @@ def _process_gone(pid: int) -> bool:
 
 
 def remove_abandoned_temporaries(targets: Iterable[Path]) -> list[Path]:
-    """Delete the temporary files of these targets that a process killed while writing them left behind (the
-    ones whose process is gone; atomic_path removes its own on any error it lives through). Returns them.
-
-    POSIX only: on Windows, os.kill would end the process it is asked about."""
+    """Delete the temporary files of these targets that a process killed while writing them left behind (atomic_path
+    removes its own on any error it lives through): those untouched for ABANDONED_AFTER_S whose process is gone.
+    Returns them. The age too, since a process id says nothing of another host or container writing to a shared
+    disk. POSIX only: on Windows, os.kill would end the process it is asked about."""
     if os.name != "posix":
         return []
-    names: dict[Path, set[str]] = {}  # per folder, the temporary names without their ".<pid>.tmp"
+    names: dict[Path, set[str]] = {}  # per folder, the target names and the hashed tails of long ones
     for target in map(written_path, targets):
-        names.setdefault(target.parent, set()).add(TEMPORARY_NAME.match(temporary_path(target).name)["target"])
+        names.setdefault(target.parent, set()).update((target.name, _hashed_tail(target)))
+    before = time.time() - ABANDONED_AFTER_S
     removed = []
     for folder, wanted in names.items():
         with contextlib.suppress(OSError):
             for entry in os.scandir(folder):
                 found = TEMPORARY_NAME.match(entry.name)
-                if (found and found["target"] in wanted and entry.is_file(follow_symlinks=False)
-                        and _process_gone(int(found["pid"]))):
-                    with contextlib.suppress(OSError):
+                target = found["target"] if found else ""
+                if target not in wanted and ("~" not in target or target[target.rindex("~"):] not in wanted):
+                    continue
+                with contextlib.suppress(OSError):
+                    if (entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < before
+                            and _process_gone(int(found["pid"]))):
                         os.unlink(entry.path)
                         removed.append(Path(entry.path))
     return removed
