@@ -402,12 +402,11 @@ class _Runner:
             budget = memory_budget(self.device, options.max_memory) // self.bytes_per_pixel
             return self.tiled(images, *plan_tiles(budget, self.device, options.tile_batch, side=options.tile))
         if options.tile == "auto":
-            memory = memory_budget(self.device, options.max_memory)
-            budget = memory // self.bytes_per_pixel
+            budget = memory_budget(self.device, options.max_memory) // self.bytes_per_pixel
             if height * width > budget:
                 tile, tile_batch = plan_tiles(budget, self.device, options.tile_batch)
                 self.notify(f"note: {width}x{height} is predicted in tiles of {tile}: whole, it does not fit in the "
-                            f"{memory / 2**30:.3g} GiB the forward pass may use")
+                            "memory the forward pass may use")  # no figures that vary: said once per size
                 return self.tiled(images, tile, tile_batch)
             per_chunk = max(1, budget // (height * width))
         else:
