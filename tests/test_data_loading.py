@@ -1,6 +1,7 @@
 """Decoding images and masks of every supported format, pairing folders, and dataset items."""
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -663,6 +664,14 @@ def test_scaled_jpeg_matches_full_decode_then_resize(tmp_path, scale):
     assert tuple(tensor.shape) == (3, int(400 * scale), int(600 * scale)) and tensor.dtype == torch.uint8
     full = image_to_tensor(read_image(path), (int(600 * scale), int(400 * scale)))
     assert (tensor.float() - full.float()).abs().mean() < 2.0  # grey levels out of 255
+
+
+def test_a_jpeg_named_jfif_is_decoded_at_reduced_size_as_one_named_jpg(tmp_path):
+    """.jfif is a JPEG's name too (data_loading reads it): its scaled-down decode took the slow full-size path."""
+    Image.fromarray(smooth_rgb(400, 600)).save(tmp_path / "photo.jpg", quality=95)
+    shutil.copy(tmp_path / "photo.jpg", tmp_path / "photo.jfif")
+    jpg, jfif = (load_scaled_image(tmp_path / name, 0.25)[0] for name in ("photo.jpg", "photo.jfif"))
+    assert torch.equal(jpg, jfif)
 
 
 def test_scaled_png_is_the_bicubic_resize_of_the_file(tmp_path):

@@ -26,7 +26,7 @@ from unet import MIN_SIDE
 
 from .device import memory_format
 from .errors import UserError, check_flag, counted
-from .mask_encoding import IGNORE_CLASS, MaskValue, binarize_threshold, encode_mask
+from .mask_encoding import IGNORE_CLASS, JPEG_SUFFIXES, MaskValue, binarize_threshold, encode_mask
 from .signals import leave_first_signal_to_main, signals_held_for_new_processes, take_held_signals
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jfif", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".npy", ".pt")
@@ -882,7 +882,7 @@ def load_scaled_image(path: Path, scale: float, channels: int = 3) -> tuple[torc
     same pixels. A scaled-down JPEG is decoded at reduced size by libjpeg, then resized the rest of the way.
     """
     size = reduce_to = None
-    if scale < 1 and path.suffix.lower() in (".jpg", ".jpeg"):
+    if scale < 1 and path.suffix.lower() in JPEG_SUFFIXES:
         try:
             with open_image(path) as header:  # the size, without decoding the pixels
                 size = header.size
