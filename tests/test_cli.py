@@ -60,6 +60,11 @@ def run(script: str, *args: str, cwd: Path, check: bool = True, real_process: bo
     return result
 
 
+def headline(result: subprocess.CompletedProcess) -> str:
+    """evaluate.py's line of mean scores."""
+    return next(line for line in result.stdout.splitlines() if line.startswith("mean foreground Dice"))
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-class model trained for 3 epochs with the default data folders (data/imgs, data/masks)."""
@@ -149,10 +154,7 @@ def test_evaluate_and_predict_say_when_tile_auto_tiles(trained: Path, tmp_path: 
     flags = ["-m", "checkpoints/best.pth", "--workers", "0"]
     tiled = run("evaluate.py", *flags, "--max-memory", "0.0001", "-o", tmp_path / "auto.csv", cwd=trained)
     assert tiled.stderr.count(note) == 1  # once, for the 10 images of that size
-    def scores(result: subprocess.CompletedProcess) -> str:
-        return next(line for line in result.stdout.splitlines() if line.startswith("mean foreground Dice"))
-
-    assert scores(run("evaluate.py", *flags, "--tile", "64", "-o", tmp_path / "64.csv", cwd=trained)) == scores(
+    assert headline(run("evaluate.py", *flags, "--tile", "64", "-o", tmp_path / "64.csv", cwd=trained)) == headline(
         tiled)  # the tiles said are those scored
     image = sorted((trained / "data" / "imgs").iterdir())[0]
     result = run("predict.py", *flags, "--max-memory", "0.0001", "-i", image, "-o", tmp_path / "m.png", cwd=trained)
@@ -2330,8 +2332,8 @@ def test_instance_labels_read_as_classes_are_named_as_such_in_training_and_evalu
     assert "mask values [0, 1, 2, 3, 4, 5, 6, 7, ...]" in summary and len(summary) < 300
 
     result = run("evaluate.py", "-m", "checkpoints/last.pth", cwd=tmp_path)
-    headline = next(line for line in result.stdout.splitlines() if line.startswith("mean foreground Dice"))
-    per_image, pooled = float(headline.split()[3]), float(headline.split("pooled over all pixels: Dice ")[1].split()[0])
+    scores = headline(result)
+    per_image, pooled = float(scores.split()[3]), float(scores.split("pooled over all pixels: Dice ")[1].split()[0])
     assert per_image > 0.5 > pooled  # the free 1s of the absent classes, and the score of what was found
 
 

@@ -28,7 +28,7 @@ from torch import nn
 
 from unet import CLASSIC_BASE_CHANNELS, MAX_BASE_CHANNELS, UNet
 
-from .atomic_files import TEMPORARY_NAME, atomic_path
+from .atomic_files import TEMPORARY_NAME, atomic_path, written_path
 from .data_loading import IMAGE_SUFFIXES, UNREAD_IMAGE_SUFFIXES, repeats_values
 from .device import memory_format
 from .errors import UserError, check_flag, counted
@@ -134,7 +134,7 @@ def remove_unfinished_saves(folder: Path | str) -> list[tuple[str, int]]:
     with contextlib.suppress(FileNotFoundError):
         for entry in os.scandir(folder):
             if entry.name.endswith(".pth") and entry.is_symlink():
-                target = Path(os.path.realpath(entry.path))
+                target = written_path(Path(entry.path))
                 places.append((target.parent, target.name))
     removed = []
     for place, only in places:
