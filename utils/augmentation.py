@@ -1,4 +1,4 @@
-"""Training augmentation presets: one random geometry for image and mask, colour jitter for the image only.
+"""Training augmentation presets: one random geometry for image and mask, colour changes for the image only.
 
 torchvision.transforms.v2 draws the geometric parameters once per call and applies them to every tv_tensor,
 resampling the Image bilinearly and the Mask with nearest neighbour, so image and mask stay aligned and no
@@ -15,7 +15,7 @@ import torch
 
 from .mask_encoding import IGNORE_CLASS
 
-AUGMENT_PRESETS = ("none", "light", "strong")
+AUGMENT_PRESETS = ("none", "light", "strong", "geometry")
 
 
 def _geometry(preset: str) -> Callable:
@@ -25,7 +25,7 @@ def _geometry(preset: str) -> Callable:
     # Areas revealed by rotation, zoom-out or translation: black in the image, ignored (never background) in the mask.
     fill = {tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_CLASS}
     # Vertical flips are left out on purpose: upside-down scenes (cars) are not in the data we segment.
-    if preset == "light":
+    if preset in ("light", "geometry"):
         # Zoom in only (scale >= 1): keeps H and W exactly and reveals no border.
         affine = v2.RandomAffine(degrees=0, scale=(1.0, 1.25), interpolation=v2.InterpolationMode.BILINEAR, fill=fill)
     else:
@@ -34,20 +34,26 @@ def _geometry(preset: str) -> Callable:
     return v2.Compose([v2.RandomHorizontalFlip(p=0.5), affine])
 
 
-def _colour(preset: str) -> Callable:
+def _colour(preset: str) -> Callable | None:
     from torchvision.transforms import v2
 
+    if preset == "geometry":  # for data whose colours tell the classes apart (stains, land cover)
+        return None
+    # The channels in a random order: a model trained on a few object colours otherwise fails on a new one (on the
+    # synthetic Carvana set, trained on a green and a white car, a 2-3 px halo around a red one: bench/README.md,
+    # "Object colours"). A full hue jitter fixed that as well, at about 4x the cost per image. One channel: a no-op.
+    shuffle = v2.RandomChannelPermutation()
     # Saturation and hue leave 1-channel images unchanged in v2 (as in PIL), so one jitter serves both.
     if preset == "light":
-        return v2.ColorJitter(brightness=0.1, contrast=0.1)
-    return v2.ColorJitter(brightness=0.25, contrast=0.25, saturation=0.2, hue=0.02)
+        return v2.Compose([shuffle, v2.ColorJitter(brightness=0.1, contrast=0.1)])
+    return v2.Compose([shuffle, v2.ColorJitter(brightness=0.25, contrast=0.25, saturation=0.2, hue=0.02)])
 
 
 class TrainAugmentation:
     """(image uint8 CxHxW, mask int64 HxW) -> the same shapes and dtypes, randomly flipped/zoomed/jittered.
 
     A class rather than a closure so that DataLoader workers started with spawn can pickle it.
-    colour=False keeps only the geometry (for tests of alignment, or data whose colours carry the label).
+    colour=False keeps only the geometry (for tests of alignment), as the "geometry" preset does.
     """
 
     def __init__(self, preset: str, colour: bool = True):
