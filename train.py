@@ -210,7 +210,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     data.add_argument("--ignore-index", type=int, default=None, metavar="VALUE",
                       help="mask value left out of the loss and the scores (e.g. 255 borders in VOC-style masks)")
     data.add_argument("--augment", choices=AUGMENT_PRESETS, default=DEFAULT_AUGMENT,
-                      help="augmentation of the training images (default: %(default)s; see README)")
+                      help="augmentation of the training images: light and strong also shuffle the colour channels, "
+                           "geometry only flips and zooms (for data whose colours tell the classes apart) "
+                           "(default: %(default)s; see README)")
     data.add_argument("--crop", type=parse_crop, default=None, metavar="N|WxH",
                       help="train on one random N x N (or W x H) window of each image per epoch, cut after --scale: "
                            "full resolution at the memory of the window (images smaller than it are padded, the "

@@ -60,8 +60,10 @@ def _background(width: int, height: int, horizon: float, wall: float, shadow_box
     return Image.composite(Image.new("RGB", (width, height), (45, 45, 48)), image, alpha)
 
 
-def _render(width: int, height: int, seed: int, car: int, view: int) -> tuple[Image.Image, Image.Image]:
-    """One view of one car: the same shapes are drawn into the photo and the mask so they line up exactly."""
+def _render(width: int, height: int, seed: int, car: int, view: int,
+            paint: tuple[int, int, int] | None = None) -> tuple[Image.Image, Image.Image]:
+    """One view of one car: the same shapes are drawn into the photo and the mask so they line up exactly.
+    paint: the car in that colour instead of its own, all else the same (bench/object_colours.py)."""
     rng = np.random.default_rng([seed, car])  # per car: the same car in every view, whichever worker draws it
     jitter = np.random.default_rng([seed, car, view])
     unit = min(width / 1918, height / 1280) * 1918
@@ -70,6 +72,7 @@ def _render(width: int, height: int, seed: int, car: int, view: int) -> tuple[Im
     wheel = length * rng.uniform(0.075, 0.085)
     body_h, cabin_h = length * rng.uniform(0.13, 0.155), length * rng.uniform(0.10, 0.12)
     colour = np.clip(np.array(CAR_COLOURS[rng.integers(len(CAR_COLOURS))]) + rng.integers(-15, 16, 3), 0, 255)
+    colour = colour if paint is None else np.array(paint)  # drawn all the same, so the draws after it stay
     wall, horizon = rng.uniform(208, 228), height * rng.uniform(0.54, 0.6)
 
     angle = math.radians((view - 1) * 360 / VIEWS)  # view 01 = front, 05 = side, 09 = back
