@@ -64,3 +64,18 @@ def test_a_folder_that_already_holds_data_is_not_written_into(tmp_path: Path) ->
     assert ("data/imgs already holds files: give --out another folder (download_data.sh --synthetic takes it too), or "
             "empty") in result.stderr
     assert [path.name for path in (tmp_path / "data" / "imgs").iterdir()] == ["mine.jpg"]
+
+
+def test_a_repainted_car_changes_only_the_car_s_paint() -> None:
+    """bench/object_colours.py's premise: the same car, view and scene, in another colour."""
+    from utils.synthetic_data import _render
+
+    own_image, own_mask = _render(240, 160, 1, 1, 5)
+    image, mask = _render(240, 160, 1, 1, 5, paint=(28, 58, 130))
+    assert np.array_equal(np.asarray(mask), np.asarray(own_mask))
+    car = np.asarray(mask) > 0
+    own, repainted = np.asarray(own_image).astype(int), np.asarray(image).astype(int)
+    assert np.array_equal(own[~car], repainted[~car])  # the scene around it, noise included
+    blue = repainted[car][:, 2] > repainted[car][:, 0] + 40
+    red = own[car][:, 0] > own[car][:, 2] + 40  # car 1 of seed 1 is the set's red car
+    assert blue.mean() > 0.5 and red.mean() > 0.5
