@@ -41,7 +41,7 @@ def _colour(preset: str) -> Callable | None:
         return None
     # The channels in a random order: a model trained on a few object colours otherwise fails on a new one (on the
     # synthetic Carvana set, trained on a green and a white car, a 2-3 px halo around a red one: bench/README.md,
-    # "Object colours"). A full hue jitter fixed that as well, at about 4x the cost per image. One channel: a no-op.
+    # "Object colours"). A full hue jitter fixed that as well, at 3.5-5x the cost per image. One channel: a no-op.
     shuffle = v2.RandomChannelPermutation()
     # Saturation and hue leave 1-channel images unchanged in v2 (as in PIL), so one jitter serves both.
     if preset == "light":
