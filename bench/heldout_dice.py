@@ -31,7 +31,7 @@ from utils.device import choose_precision  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
 from utils.inference import TTA_CHOICES, InferenceOptions  # noqa: E402
 from utils.scoring import evaluate  # noqa: E402
-from utils.synthetic_data import make_synthetic_carvana  # noqa: E402
+from utils.synthetic_data import VIEWS, _car_id, make_synthetic_carvana  # noqa: E402
 
 # Per data set: the training flags of the comparison (the same for every preset).
 SETTINGS = {
@@ -67,11 +67,22 @@ def make_nuclei_split(root: Path, tile: int = 96, stride: int = 48) -> tuple[Pat
     return root / "train", root / "test"
 
 
+# The synthetic Carvana split: 16 views of each of 3 cars, 480x320, seed 1; the 2 cars whose ids sort first train.
+CARVANA_SEED, CARVANA_WIDTH, CARVANA_HEIGHT, CARVANA_CARS, CARVANA_TRAINING_CARS = 1, 480, 320, 3, 2
+
+
+def carvana_cars() -> tuple[list[int], list[int]]:
+    """(training cars, held-out cars) of make_carvana_split, as utils.synthetic_data's car numbers."""
+    cars = sorted(range(CARVANA_CARS), key=lambda car: _car_id(CARVANA_SEED, car))
+    return cars[:CARVANA_TRAINING_CARS], cars[CARVANA_TRAINING_CARS:]
+
+
 def make_carvana_split(root: Path) -> tuple[Path, Path]:
-    """48 synthetic views of 3 cars: the first two cars train, the third is held out."""
-    imgs, masks = make_synthetic_carvana(root / "all", count=48, width=480, height=320, seed=1)
-    car_ids = sorted({path.name[:12] for path in imgs.iterdir()})
-    for part, ids in (("train", car_ids[:2]), ("test", car_ids[2:])):
+    """48 synthetic views of 3 cars: two cars train, the third is held out (carvana_cars)."""
+    imgs, masks = make_synthetic_carvana(root / "all", count=CARVANA_CARS * VIEWS, width=CARVANA_WIDTH,
+                                         height=CARVANA_HEIGHT, seed=CARVANA_SEED)
+    for part, cars in zip(("train", "test"), carvana_cars()):
+        ids = {_car_id(CARVANA_SEED, car) for car in cars}
         for kind, folder in (("imgs", imgs), ("masks", masks)):
             (root / part / kind).mkdir(parents=True, exist_ok=True)
             for path in folder.iterdir():

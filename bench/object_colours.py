@@ -21,30 +21,30 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.heldout_dice import CARVANA_CARS, CARVANA_HEIGHT, CARVANA_SEED, CARVANA_WIDTH, carvana_cars  # noqa: E402
 from utils.checkpoint import load_model  # noqa: E402
+from utils.dice_score import per_class_counts, scores_from_counts  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
 from utils.inference import predict_image  # noqa: E402
-from utils.synthetic_data import _car_id, _render  # noqa: E402
+from utils.synthetic_data import _render  # noqa: E402
 
 # The paints: the set's own cars (seed 1) are dark green (car 0), red (car 1) and white (car 2); the others are of
 # the generator's palette.
 PAINTS = {"green": (30, 75, 62), "white": (218, 221, 215), "red": (135, 31, 15), "blue": (28, 58, 130),
           "grey": (96, 99, 105)}
-SEED, WIDTH, HEIGHT, CARS = 1, 480, 320, 3  # bench.heldout_dice.make_carvana_split's set
 
 
-def scores(model: torch.nn.Module, scale: float, car: int, paint: tuple[int, int, int],
+def scores(model: torch.nn.Module, scale: float | None, car: int, paint: tuple[int, int, int],
            views: list[int]) -> tuple[float, int, int]:
-    """(Dice, false positives, false negatives) over the views, pixels pooled."""
-    both = false_positive = false_negative = 0
+    """(Dice, false positives, false negatives) of the car over the views, pixels pooled."""
+    counts = []
     for view in views:
-        image, mask = _render(WIDTH, HEIGHT, SEED, car, view, paint=paint)
-        truth = np.asarray(mask) > 0
-        predicted = predict_image(model, image, scale=scale, precision="fp32").numpy() > 0
-        both += int((predicted & truth).sum())
-        false_positive += int((predicted & ~truth).sum())
-        false_negative += int((~predicted & truth).sum())
-    return 2 * both / max(2 * both + false_positive + false_negative, 1), false_positive, false_negative
+        image, mask = _render(CARVANA_WIDTH, CARVANA_HEIGHT, CARVANA_SEED, car, view, paint=paint)
+        predicted = predict_image(model, image, scale=scale, precision="fp32") > 0
+        counts.append(per_class_counts(predicted[None], torch.from_numpy(np.asarray(mask) > 0)[None], 2))
+    both, predicted, true = (torch.cat(parts).sum(0)[1] for parts in zip(*counts))
+    dice, _ = scores_from_counts(both, predicted, true)
+    return dice.item(), int(predicted - both), int(true - both)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -52,7 +52,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("-m", "--models", nargs="+", type=Path, required=True,
                         help="checkpoints: train.py's, or the reference's plain state dicts")
     parser.add_argument("--scale", type=float, default=None,
-                        help="the scale the models read at (default: each checkpoint's own; 0.5 for plain state dicts)")
+                        help="the scale the models read at (default: each checkpoint's own; 0.5 for plain state dicts, "
+                             "as in predict.py)")
     parser.add_argument("--views", nargs="+", type=int, default=list(range(1, 17)), choices=range(1, 17),
                         metavar="V", help="views 1-16 to render (default: all)")
     return parser
@@ -60,14 +61,13 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> None:
     torch.set_grad_enabled(False)
-    held_out = max(range(CARS), key=lambda car: _car_id(SEED, car))  # the split trains the cars whose ids sort first
+    _, held_out = carvana_cars()
     print("| model | car | " + " | ".join(PAINTS) + " |\n|---|---|" + "---|" * len(PAINTS))
     for path in args.models:
-        model, checkpoint = load_model(path, torch.device("cpu"))
-        scale = args.scale or checkpoint.get("scale") or 0.5
-        for car in range(CARS):
-            cells = [scores(model, scale, car, paint, args.views) for paint in PAINTS.values()]
-            role = "held out" if car == held_out else "trained"
+        model, _ = load_model(path, torch.device("cpu"))
+        for car in range(CARVANA_CARS):
+            cells = [scores(model, args.scale, car, paint, args.views) for paint in PAINTS.values()]
+            role = "held out" if car in held_out else "trained"
             print(f"| {path} | {car} ({role}) | "
                   + " | ".join(f"{dice:.4f} ({fp} FP, {fn} FN)" for dice, fp, fn in cells) + " |", flush=True)
 
